@@ -1,0 +1,275 @@
+"""The eager API on the simulated mesh: making, inspecting and moving distributed values.
+
+`pack` / `unpack` convert between per-device components and a `DTensor`; `copy_to_mesh` lays a
+global numpy array out on a mesh; `relayout` changes a DTensor's layout by running the relayout
+planner's collectives on its stacked array, or, on a value being traced inside a compiled
+function, records a relayout op in the IR. `default_mesh` sets the mesh that compiled
+functions and `call_with_layout` use when nothing else names one.
+
+Mirrors the reference system's functions of the same names, with these differences: scalar
+components are checked instead of crashing, `pack` verifies that replicated copies agree, and
+only single-client meshes exist until the multi-process runtime lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+
+import numpy as np
+
+from dtensor_compiler import tracing
+from dtensor_compiler.dtensor import DistributedValue, DTensor
+from dtensor_compiler.errors import DTensorError, LayoutError, MeshError
+from dtensor_compiler.ir.types import dtype_name
+from dtensor_compiler.layout import MATCH, Layout
+from dtensor_compiler.mesh import Mesh, create_mesh
+from dtensor_compiler.relayout import plan_relayout
+from dtensor_compiler.runtime.collectives import apply_step
+from dtensor_compiler.runtime.stacked import device_shard, from_device_shards, to_stacked
+from dtensor_compiler.tracing import TracedArray
+from dtensor_compiler.tracing.location import user_location
+
+DEVICE_NAME = "/job:localhost/replica:0/task:0/device:CUSTOM:0"
+
+_DEFAULT_MESH: ContextVar[Mesh | None] = ContextVar("dtc_default_mesh", default=None)
+
+
+# -- meshes -------------------------------------------------------------------------------------
+
+
+def create_distributed_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int],
+                            mesh_name: str = "", local_devices: Sequence[str] | None = None,
+                            device_type: str | None = None, use_xla_spmd: bool = False) -> Mesh:
+    """A mesh over every client's devices. With one client (no ``DTENSOR_JOBS`` naming several)
+    this is `create_mesh`; several clients need the multi-process runtime, not available yet."""
+    jobs = [j for j in os.environ.get("DTENSOR_JOBS", "").split(",") if j]
+    if len(jobs) > 1:
+        raise DTensorError(f"DTENSOR_JOBS names {len(jobs)} clients, but multi-client meshes "
+                           "need the multi-process runtime, which is not available yet; unset "
+                           "DTENSOR_JOBS to simulate the whole mesh in this process")
+    return create_mesh(mesh_dims, mesh_name, local_devices, device_type, use_xla_spmd)
+
+
+@contextlib.contextmanager
+def default_mesh(mesh: Mesh) -> Iterator[Mesh]:
+    """Within the block, `get_default_mesh()` is `mesh`."""
+    if not isinstance(mesh, Mesh):
+        raise MeshError(f"default_mesh expects a Mesh, got {type(mesh).__name__}")
+    token = _DEFAULT_MESH.set(mesh)
+    try:
+        yield mesh
+    finally:
+        _DEFAULT_MESH.reset(token)
+
+
+run_on = default_mesh
+
+
+def get_default_mesh() -> Mesh | None:
+    """The mesh of the innermost `default_mesh` block, or None outside every such block."""
+    return _DEFAULT_MESH.get()
+
+
+def device_name() -> str:
+    """The name of the (single, simulated) DTensor device."""
+    return DEVICE_NAME
+
+
+# -- inspecting ---------------------------------------------------------------------------------
+
+
+def is_dtensor(value: object) -> bool:
+    """True for a `DTensor` or a `DVariable`."""
+    return isinstance(value, DistributedValue)
+
+
+def fetch_layout(value: DistributedValue) -> Layout:
+    if not isinstance(value, DistributedValue):
+        raise TypeError(f"fetch_layout expects a DTensor or DVariable, got "
+                        f"{type(value).__name__}")
+    return value.layout
+
+
+def check_layout(value: DistributedValue, layout: Layout) -> None:
+    """Raise LayoutError unless `value` has exactly `layout`."""
+    actual = fetch_layout(value)
+    if actual != layout:
+        raise LayoutError(f"expected layout {layout.short_text()} on "
+                          f"{layout.mesh.mesh_shape().text()}, the tensor has "
+                          f"{actual.short_text()} on {actual.mesh.mesh_shape().text()}")
+
+
+# -- per-device components ----------------------------------------------------------------------
+
+
+def _single_client(mesh: Mesh, what: str) -> None:
+    if mesh.num_local_devices() != mesh.size:
+        raise DTensorError(f"{what}: the mesh has {mesh.num_local_devices()} local devices of "
+                           f"{mesh.size}; multi-client meshes need the multi-process runtime")
+
+
+def _component(value: object, device: str, rank: int) -> np.ndarray:
+    if isinstance(value, DistributedValue):
+        raise TypeError(f"the component for {device} is a DTensor; pack takes local arrays")
+    array = np.asarray(value)
+    try:
+        dtype_name(array.dtype)
+    except TypeError as e:
+        raise TypeError(f"the component for {device}: {e}") from None
+    if array.ndim != rank:
+        kind = "a scalar" if array.ndim == 0 else f"of rank {array.ndim}"
+        raise LayoutError(f"the component for {device} is {kind}, but the layout has rank "
+                          f"{rank}; every component has the rank of the global tensor")
+    return array
+
+
+def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
+    """A DTensor from one local component per device of `layout.mesh.local_devices()`."""
+    mesh = layout.mesh
+    _single_client(mesh, "pack")
+    sharding = layout.sharding
+    devices = mesh.local_devices()
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"pack expects a list of components, got {type(tensors).__name__}")
+    if len(tensors) != len(devices):
+        raise LayoutError(f"pack got {len(tensors)} components for the {len(devices)} devices "
+                          f"of {mesh.mesh_shape().text()}")
+    arrays = [_component(t, d, layout.rank) for t, d in zip(tensors, devices)]
+    first = arrays[0]
+    for array, device in zip(arrays, devices):
+        if array.shape != first.shape:
+            raise LayoutError(f"the component for {device} has shape {list(array.shape)}, the "
+                              f"one for {devices[0]} has {list(first.shape)}")
+        if array.dtype != first.dtype:
+            raise TypeError(f"the component for {device} has dtype {array.dtype}, the one for "
+                            f"{devices[0]} has {first.dtype}")
+    try:
+        stacked = from_device_shards(arrays, sharding, mesh.mesh_shape())
+    except ValueError as e:
+        raise LayoutError(f"pack onto {layout.short_text()}: {e} (devices are numbered by "
+                          "their position in mesh.local_devices())") from None
+    return DTensor(stacked, layout, tuple(layout.global_shape_from_local_shape(first.shape)))
+
+
+def unpack(tensor: DTensor) -> list[np.ndarray]:
+    """The local component of every device, in the order of `mesh.local_devices()`."""
+    if not isinstance(tensor, DTensor):
+        raise TypeError(f"unpack expects a DTensor, got {type(tensor).__name__}")
+    _single_client(tensor.mesh, "unpack")
+    mesh = tensor.mesh.mesh_shape()
+    sharding = tensor.layout.sharding
+    return [device_shard(tensor.stacked, sharding, mesh, i) for i in range(mesh.num_devices)]
+
+
+# -- moving values ------------------------------------------------------------------------------
+
+
+def _resolve_match(layout: Layout, specs: Sequence[object], rank: int) -> Layout:
+    """`layout` with every MATCH spec replaced by the spec the value has on that dim."""
+    if layout.rank != rank:
+        raise LayoutError(f"layout {layout.short_text()} has rank {layout.rank}, the tensor "
+                          f"has rank {rank}")
+    if MATCH not in layout.sharding_specs:
+        return layout
+    resolved = [have if want == MATCH else want
+                for want, have in zip(layout.sharding_specs, specs)]
+    return Layout(resolved, layout.mesh, layout.partial)
+
+
+def _check_fits(layout: Layout, shape: tuple[int, ...]) -> None:
+    problems = layout.sharding.problems(layout.mesh.mesh_shape(), shape)
+    if problems:
+        raise LayoutError(f"a tensor of shape {list(shape)} cannot be laid out as "
+                          f"{layout.short_text()}: {'; '.join(problems)}")
+
+
+def _relayout_dtensor(tensor: DTensor, layout: Layout) -> DTensor:
+    if layout.mesh != tensor.mesh:
+        raise LayoutError(f"relayout cannot move a tensor between meshes (from "
+                          f"{tensor.mesh.mesh_shape().text()} to "
+                          f"{layout.mesh.mesh_shape().text()}); use copy_to_mesh")
+    target = _resolve_match(layout, tensor.layout.sharding_specs, tensor.ndim)
+    _check_fits(target, tensor.shape)
+    mesh = tensor.mesh.mesh_shape()
+    stacked = tensor.stacked
+    for step in plan_relayout(tensor.layout.sharding, target.sharding, mesh, tensor.shape,
+                              tensor.dtype.itemsize):
+        stacked = apply_step(stacked, step.kind, step.attr_dict(), step.src, mesh)
+    return DTensor(stacked, target, tensor.shape)
+
+
+def _relayout_traced(array: TracedArray, layout: Layout) -> TracedArray:
+    if array.recorder.mesh != layout.mesh.mesh_shape():
+        raise LayoutError(f"a relayout to {layout.short_text()} on "
+                          f"{layout.mesh.mesh_shape().text()} inside a function compiled for "
+                          f"{array.recorder.mesh.text()}")
+    current = array.value.type.sharding
+    if current is None and MATCH in layout.sharding_specs:
+        raise LayoutError("MATCH inside a compiled function needs the value's layout, which "
+                          "is known only for arguments with a layout and relayout results")
+    specs = () if current is None else Layout.from_sharding(current, layout.mesh).sharding_specs
+    target = _resolve_match(layout, specs, array.value.type.rank)
+    why = f"dtc.relayout at {user_location()}"
+    return tracing.traced_relayout(array, target.sharding, why)
+
+
+def relayout(tensor: DistributedValue | TracedArray, layout: Layout
+             ) -> DTensor | TracedArray:
+    """`tensor` laid out as `layout`; MATCH specs keep the tensor's spec on their dim.
+
+    On a DTensor the relayout planner's collectives run now; inside a compiled function the
+    relayout becomes an op of the traced program.
+    """
+    if tracing.is_traced(tensor):
+        return _relayout_traced(tensor, layout)
+    if not isinstance(tensor, DistributedValue):
+        raise TypeError(f"relayout expects a DTensor, got {type(tensor).__name__}; use "
+                        "copy_to_mesh for numpy arrays")
+    return _relayout_dtensor(tensor.as_dtensor(), layout)
+
+
+def relayout_like(tensor: DistributedValue | TracedArray, like: DistributedValue
+                  ) -> DTensor | TracedArray:
+    """`tensor` relayouted to the layout of `like`."""
+    return relayout(tensor, fetch_layout(like))
+
+
+def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray:
+    """`tensor` (a numpy array, a DTensor on any mesh, or a traced value) laid out as
+    `layout`. A DTensor on another mesh is gathered and laid out again."""
+    if tracing.is_traced(tensor):
+        return _relayout_traced(tensor, layout)
+    if isinstance(tensor, DistributedValue):
+        if tensor.mesh == layout.mesh:
+            return _relayout_dtensor(tensor.as_dtensor(), layout)
+        layout = _resolve_match(layout, tensor.layout.sharding_specs, tensor.ndim)
+    _single_client(layout.mesh, "copy_to_mesh")
+    array = np.asarray(tensor)
+    try:
+        dtype_name(array.dtype)
+    except TypeError as e:
+        raise TypeError(f"copy_to_mesh: {e}") from None
+    if MATCH in layout.sharding_specs:
+        raise LayoutError("MATCH specs need a DTensor to match; a numpy array has no layout")
+    if layout.rank != array.ndim:
+        raise LayoutError(f"layout {layout.short_text()} has rank {layout.rank}, the array "
+                          f"has rank {array.ndim}")
+    _check_fits(layout, array.shape)
+    stacked = to_stacked(array, layout.sharding, layout.mesh.mesh_shape())
+    if np.may_share_memory(stacked, array):
+        stacked = stacked.copy()
+    return DTensor(stacked, layout, array.shape)
+
+
+def call_with_layout(fn: Callable[..., object], layout: Layout | None, *args: object,
+                     **kwargs: object) -> DTensor | TracedArray | object:
+    """`fn(*args, **kwargs)` run with `layout.mesh` as the default mesh, its result laid out
+    as `layout` (packed if `fn` returns a numpy array). With no layout, just `fn(...)`."""
+    if layout is None:
+        return fn(*args, **kwargs)
+    with default_mesh(layout.mesh):
+        result = fn(*args, **kwargs)
+    return copy_to_mesh(result, layout)

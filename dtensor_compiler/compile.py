@@ -1,0 +1,373 @@
+"""`compile`: a numpy function in, a partitioned SPMD program on the simulated mesh out.
+
+    @dtc.compile(in_layouts=(...), out_layouts=...)
+    def f(x, w): ...
+
+    y = f(x, w)             # numpy arrays or DTensors in, DTensor(s) out
+    low = f.lower(x, w)     # or dtc.TensorSpec(shape, dtype) for inputs
+    low.ir("propagate-layouts"), low.collectives(), low.comm_bytes()
+
+A call traces the function on the argument types (global shape, dtype, and the layout when the
+argument's in_layout or its DTensor names one), runs the pass pipeline (default
+`passes.DEFAULT_PIPELINE`) keeping the IR after every stage, and executes the localized module
+on the simulated mesh. The result of all that is a `Lowered`, cached on the `CompiledFunction`
+per (mesh, argument types).
+
+Arguments are positional: numpy arrays (anything `np.asarray` makes a numeric array of),
+DTensors or DVariables (their layout is the argument's layout, and must equal its in_layout
+when one is given), and for `lower` also `TensorSpec`s. A function returning several values
+gives a tuple of DTensors; one value (or a one-element tuple) gives one DTensor.
+
+The mesh is the one the layouts name (they must all name the same), else the mesh of the
+DTensor arguments, else `get_default_mesh()`, else `create_mesh()`.
+
+Collective records describe the last global-shape IR, the module as it stands just before the
+`localize` pass: one record per data-moving collective (``local_slice`` only copies).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dtensor_compiler import tracing
+from dtensor_compiler.api import copy_to_mesh, get_default_mesh
+from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
+from dtensor_compiler.dtensor import DistributedValue, DTensor
+from dtensor_compiler.errors import DTensorError, LayoutError, TraceError
+from dtensor_compiler.ir.core import Module
+from dtensor_compiler.ir.opdefs import COLLECTIVES
+from dtensor_compiler.ir.printer import Namer, format_op
+from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
+from dtensor_compiler.layout import MATCH, Layout
+from dtensor_compiler.mesh import Mesh, create_mesh
+from dtensor_compiler.pass_manager import ModulePass, PassContext, PassManager, Stage
+from dtensor_compiler.passes import DEFAULT_PIPELINE
+from dtensor_compiler.runtime.simulated import SimulatedExecutor
+
+BACKENDS = ("numpy", "triton")
+COMMUNICATING = tuple(c for c in COLLECTIVES if c != "local_slice")
+"""Collective ops that move data between devices."""
+LOCALIZE = "localize"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Stands for an input of `shape` and `dtype` when only its type matters (`lower`)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype = np.dtype(np.float32)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One collective of a compiled program."""
+
+    kind: str
+    """``all_gather``, ``all_reduce``, ``reduce_scatter`` or ``all_to_all``."""
+    mesh_dims: tuple[str, ...]
+    bytes: int
+    """Size of its per-device result buffer."""
+    seconds: float
+    """The cost model's estimate."""
+    reason: str
+    """Why it is there, and the user's source line that made it necessary."""
+    op: str
+    """Its line in the printed IR."""
+
+
+def _collectives(module: Module, cost_model: CostModel) -> tuple[Collective, ...]:
+    """The records of the data-moving collectives of a global-shape module."""
+    func, mesh = module.main, module.mesh
+    namer = Namer(func)
+    out = []
+    for op in func.ops:
+        if op.name not in COMMUNICATING:
+            continue
+        mesh_dims = tuple(op.attrs["mesh_dims"])
+        nbytes = op.type.local_nbytes(mesh)
+        moved = op.operands[0].type.local_nbytes(mesh) if op.name == "reduce_scatter" else nbytes
+        reason = op.why or "no reason recorded"
+        if op.loc is not None:
+            reason += f" at {op.loc}"
+        out.append(Collective(op.name, mesh_dims, nbytes,
+                              cost_model.collective_time(op.name, mesh_dims, mesh, moved),
+                              reason, format_op(op, namer)))
+    return tuple(out)
+
+
+def _check_type(name: str, shape: tuple[int, ...], dtype: np.dtype, type: TensorType) -> None:
+    if shape != type.shape or dtype != numpy_dtype(type.dtype):
+        raise TraceError(f"argument {name!r} is {dtype}{list(shape)}; the program takes "
+                         f"{type.text()}")
+
+
+class Lowered:
+    """A compiled program for one set of argument types: its IR after every stage, its
+    collectives, and `run`."""
+
+    def __init__(self, mesh: Mesh, arg_names: Sequence[str], arg_types: Sequence[TensorType],
+                 result_types: Sequence[TensorType], stages: Sequence[Stage], module: Module,
+                 collectives: tuple[Collective, ...]) -> None:
+        self.mesh = mesh
+        self._arg_names = tuple(arg_names)
+        self._arg_types = tuple(arg_types)
+        self._result_types = tuple(result_types)
+        self.in_layouts = tuple(Layout.from_sharding(t.sharding, mesh) for t in arg_types)
+        """The layout of every argument, as given or as propagation chose it."""
+        self.out_layouts = tuple(Layout.from_sharding(t.sharding, mesh) for t in result_types)
+        self._stages = tuple(stages)
+        self._collectives = collectives
+        self.module = module
+        """The final module (localized by the default pipeline)."""
+
+    @property
+    def stages(self) -> list[str]:
+        """Stage names in order: ``trace``, then one per pass."""
+        return [s.name for s in self._stages]
+
+    def ir(self, stage: str = "final") -> str:
+        """The printed IR after `stage` (``"final"``: after the last one)."""
+        if stage == "final":
+            stage = self._stages[-1].name
+        for s in self._stages:
+            if s.name == stage:
+                assert s.ir is not None
+                return s.ir
+        raise ValueError(f"no stage {stage!r}; stages are {self.stages + ['final']}")
+
+    def collectives(self) -> list[Collective]:
+        return list(self._collectives)
+
+    def comm_bytes(self) -> int:
+        """Per-device result bytes of all collectives together."""
+        return sum(c.bytes for c in self._collectives)
+
+    def kernel_sources(self) -> dict[str, str]:
+        """Generated kernel sources by name; the numpy backend generates none."""
+        return {}
+
+    def run(self, *args: object) -> DTensor | tuple[DTensor, ...]:
+        """Run on numpy arrays or DTensors of the lowered types; DTensor(s) out."""
+        if len(args) != len(self._arg_types):
+            raise TraceError(f"the program takes {len(self._arg_types)} arguments, got "
+                             f"{len(args)}")
+        stacked = [self._stacked_input(*arg) for arg in
+                   zip(self._arg_names, args, self._arg_types, self.in_layouts)]
+        outs = SimulatedExecutor().run(self.module, stacked)
+        results = tuple(DTensor(x, layout, t.shape)
+                        for x, t, layout in zip(outs, self._result_types, self.out_layouts))
+        return results[0] if len(results) == 1 else results
+
+    def _stacked_input(self, name: str, value: object, type: TensorType, layout: Layout
+                       ) -> np.ndarray:
+        """`value`'s stacked array, checked against the argument's type and layout."""
+        if isinstance(value, DistributedValue):
+            tensor = value.as_dtensor()
+            _check_type(name, tensor.shape, tensor.dtype, type)
+            if tensor.layout != layout:
+                raise LayoutError(f"argument {name!r} has layout {tensor.layout.short_text()} "
+                                  f"on {tensor.mesh.mesh_shape().text()}; the program takes "
+                                  f"{layout.short_text()} on {self.mesh.mesh_shape().text()}")
+            return tensor.stacked
+        array = np.asarray(value)
+        _check_type(name, array.shape, array.dtype, type)
+        return copy_to_mesh(array, layout).stacked
+
+
+def _normalize_layouts(layouts: Layout | Sequence[Layout | None] | None, what: str
+                       ) -> tuple[Layout | None, ...] | None:
+    if layouts is None:
+        return None
+    entries = (layouts,) if isinstance(layouts, Layout) else tuple(layouts)
+    for i, layout in enumerate(entries):
+        if layout is not None and not isinstance(layout, Layout):
+            raise TypeError(f"{what}[{i}] must be a Layout or None, got {type(layout).__name__}")
+        if layout is not None and MATCH in layout.sharding_specs:
+            raise LayoutError(f"{what}[{i}] has a MATCH spec; MATCH is only valid as a "
+                              "relayout target")
+    return entries
+
+
+def _arg_names(signature: inspect.Signature | None, count: int) -> list[str]:
+    """IR names of `count` positional arguments: parameter names, ``args0``, ... for ``*args``."""
+    names: list[str] = []
+    params = signature.parameters.values() if signature is not None else ()
+    for p in params:
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            names += [f"{p.name}{i}" for i in range(count - len(names))]
+        elif p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                        inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+    names += [f"arg{i}" for i in range(len(names), count)]
+    return names[:count]
+
+
+class CompiledFunction:
+    """A numpy function compiled for the simulated mesh; see the module docstring."""
+
+    def __init__(self, fn: Callable[..., Any], in_layouts: Layout | Sequence[Layout | None]
+                 | None = None, out_layouts: Layout | Sequence[Layout | None] | None = None,
+                 backend: str = "numpy", pipeline: str | None = None,
+                 cost_model: CostModel | None = None, verify: bool = False,
+                 specs: Sequence[TensorSpec] | None = None) -> None:
+        if backend not in BACKENDS:
+            raise DTensorError(f"unknown backend {backend!r}; backends are {list(BACKENDS)}")
+        if backend == "triton":
+            raise DTensorError("the triton backend is not available yet: it lands with the "
+                               "Triton lowering issue; use backend='numpy'")
+        self._fn = fn
+        self._name = re.sub(r"\W", "_", getattr(fn, "__name__", type(fn).__name__))
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self._signature = None
+        self._in_layouts = _normalize_layouts(in_layouts, "in_layouts")
+        self._out_layouts = _normalize_layouts(out_layouts, "out_layouts")
+        meshes = {layout.mesh for layout in (self._in_layouts or ()) + (self._out_layouts or ())
+                  if layout is not None}
+        if len(meshes) > 1:
+            raise LayoutError("in_layouts and out_layouts must all be on one mesh; they name "
+                              + ", ".join(sorted(m.mesh_shape().text() for m in meshes)))
+        self._layout_mesh = meshes.pop() if meshes else None
+        passes = PassManager.parse(pipeline or DEFAULT_PIPELINE).passes
+        split = next((i for i, p in enumerate(passes) if p.name == LOCALIZE), len(passes))
+        self._global_passes: list[ModulePass] = passes[:split]
+        self._local_passes: list[ModulePass] = passes[split:]
+        self._cost_model = cost_model or DEFAULT_COST_MODEL
+        self._verify = verify
+        self._cache: dict[tuple[Mesh, tuple[TensorType, ...]], Lowered] = {}
+        if specs is not None and not all(isinstance(s, TensorSpec) for s in specs):
+            raise TypeError("specs must be TensorSpecs, one per argument")
+        self.specs: tuple[TensorSpec, ...] | None = None if specs is None else tuple(specs)
+        """Example argument types for tools that lower without arguments (the CLI)."""
+        functools.update_wrapper(self, fn, updated=())
+
+    def __call__(self, *args: object, **kwargs: object) -> DTensor | tuple[DTensor, ...]:
+        if kwargs:
+            raise TraceError(f"{self._name}: compiled functions take their arrays "
+                             f"positionally; got keyword arguments {sorted(kwargs)}")
+        mesh, types, values = self._resolve(args)
+        return self._lowered(mesh, types).run(*values)
+
+    def lower(self, *args: object) -> Lowered:
+        """Compile for arguments given as arrays, DTensors or `TensorSpec`s."""
+        mesh, types, _ = self._resolve(args)
+        return self._lowered(mesh, types)
+
+    # -- arguments -----------------------------------------------------------------------------
+    def _resolve(self, args: Sequence[object]
+                 ) -> tuple[Mesh, list[TensorType], list[object]]:
+        """The mesh, the argument types (with pinned shardings) and the argument values."""
+        if self._signature is not None:
+            try:
+                self._signature.bind(*args)
+            except TypeError as e:
+                raise TraceError(f"{self._name}{self._signature}: {e}") from None
+        names = _arg_names(self._signature, len(args))
+        layouts = self._in_layouts or (None,) * len(args)
+        if len(layouts) != len(args):
+            raise LayoutError(f"in_layouts has {len(layouts)} entries, but {self._name} got "
+                              f"{len(args)} arguments")
+        mesh = self._mesh(args)
+        types, values = [], []
+        for name, value, layout in zip(names, args, layouts):
+            type, value = _argument(name, value, layout, mesh)
+            types.append(type)
+            values.append(value)
+        return mesh, types, values
+
+    def _mesh(self, args: Sequence[object]) -> Mesh:
+        if self._layout_mesh is not None:
+            return self._layout_mesh
+        for value in args:
+            if isinstance(value, DistributedValue):
+                return value.mesh
+        return get_default_mesh() or create_mesh()
+
+    # -- compiling -----------------------------------------------------------------------------
+    def _lowered(self, mesh: Mesh, types: list[TensorType]) -> Lowered:
+        key = (mesh, tuple(types))
+        if key not in self._cache:
+            self._cache[key] = self._compile(mesh, types)
+        return self._cache[key]
+
+    def _compile(self, mesh: Mesh, types: list[TensorType]) -> Lowered:
+        names = _arg_names(self._signature, len(types))
+        out_shardings = None if self._out_layouts is None else [
+            None if layout is None else layout.sharding for layout in self._out_layouts]
+        module = tracing.trace(self._fn, types, names, mesh.mesh_shape(), out_shardings,
+                               name=self._name)
+        ctx = PassContext(self._cost_model)
+        front = PassManager(self._global_passes, verify=self._verify, keep_ir=True, ctx=ctx)
+        front.run(module, input_stage="trace")
+        collectives = _collectives(module, self._cost_model)
+        arg_types = [a.type for a in module.main.args]
+        result_types = [v.type for v in module.main.results]
+        back = PassManager(self._local_passes, verify=self._verify, keep_ir=True, ctx=ctx)
+        back.run(module)
+        return Lowered(mesh, names, arg_types, result_types, front.stages + back.stages, module,
+                       collectives)
+
+
+def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
+              ) -> tuple[TensorType, object]:
+    """The type of one argument (sharding pinned when known) and its value for `run`."""
+    if isinstance(value, DistributedValue):
+        tensor = value.as_dtensor()
+        if tensor.mesh != mesh:
+            raise LayoutError(f"argument {name!r} is on {tensor.mesh.mesh_shape().text()}, the "
+                              f"function runs on {mesh.mesh_shape().text()}")
+        if layout is not None and tensor.layout != layout:
+            raise LayoutError(f"argument {name!r} has layout {tensor.layout.short_text()}, "
+                              f"in_layouts gives {layout.short_text()}; relayout it first")
+        return TensorType(dtype_name(tensor.dtype), tensor.shape, tensor.layout.sharding), tensor
+    if isinstance(value, TensorSpec):
+        shape, dtype = value.shape, value.dtype
+    else:
+        value = np.asarray(value)
+        shape, dtype = value.shape, value.dtype
+    try:
+        dtype_text = dtype_name(dtype)
+    except TypeError as e:
+        raise TraceError(f"argument {name!r} must be a numeric array, DTensor or TensorSpec: "
+                         f"{e}") from None
+    if layout is None:
+        return TensorType(dtype_text, shape), value
+    problems = layout.sharding.problems(mesh.mesh_shape(), shape)
+    if problems:
+        raise LayoutError(f"argument {name!r} of shape {list(shape)} does not fit its layout "
+                          f"{layout.short_text()}: {'; '.join(problems)}")
+    return TensorType(dtype_text, shape, layout.sharding), value
+
+
+def compile(fn: Callable[..., Any] | None = None, *,
+            in_layouts: Layout | Sequence[Layout | None] | None = None,
+            out_layouts: Layout | Sequence[Layout | None] | None = None,
+            backend: str = "numpy", pipeline: str | None = None,
+            cost_model: CostModel | None = None, verify: bool = False,
+            specs: Sequence[TensorSpec] | None = None
+            ) -> CompiledFunction | Callable[[Callable[..., Any]], CompiledFunction]:
+    """Compile `fn` for the simulated mesh: ``@compile``, ``@compile(in_layouts=...)`` or
+    ``compile(fn, in_layouts=...)``.
+
+    `in_layouts`: a Layout per positional argument (None: from the DTensor argument, or chosen
+    by propagation), or one Layout for a one-argument function. `out_layouts`: likewise per
+    result. `pipeline`: pass pipeline text (default `DEFAULT_PIPELINE`). `verify`: verify the
+    IR after every pass (slower; tests turn it on). `specs`: example argument types, kept as
+    `CompiledFunction.specs` for tools that lower without arguments (the CLI).
+    """
+    def wrap(f: Callable[..., Any]) -> CompiledFunction:
+        return CompiledFunction(f, in_layouts, out_layouts, backend, pipeline, cost_model,
+                                verify, specs)
+    return wrap if fn is None else wrap(fn)

@@ -1,0 +1,166 @@
+"""`DTensor`: a distributed value on the simulated mesh, and the face it shares with `DVariable`.
+
+A DTensor is a global shape, a dtype, a `Layout` and the value's stacked array (see
+`runtime.stacked`): one numpy array whose leading axes are the mesh axes along which the value
+differs. It is immutable.
+
+Outside a compiled function a distributed value is data, not a numpy array: ``np.asarray(t)``,
+``np.array(t)`` and ``t.numpy()`` gather the global value (applying pending partial
+reductions), and everything else numpy-like (operators, ufuncs such as ``np.exp(t)``, array
+functions such as ``np.concatenate``, indexing) raises a `TypeError` that points at
+`dtc.compile`, so no distributed computation silently runs on one device. Unlike the reference
+system, gathering a sharded DTensor is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import numpy as np
+
+from dtensor_compiler.layout import Layout
+from dtensor_compiler.mesh import Mesh
+from dtensor_compiler.runtime.stacked import check_stacked, from_stacked
+
+_OPERATORS: dict[str, str] = {  # method stem -> symbol; each also has a reflected __r...__
+    "add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%",
+    "pow": "**", "matmul": "@", "and": "&", "or": "|", "xor": "^", "lshift": "<<",
+    "rshift": ">>", "divmod": "divmod",
+}
+_UNREFLECTED_OPERATORS: dict[str, str] = {
+    "neg": "unary -", "pos": "unary +", "abs": "abs", "invert": "~", "lt": "<", "le": "<=",
+    "gt": ">", "ge": ">=",
+}
+
+
+class DistributedValue:
+    """What `DTensor` and `DVariable` share: metadata and gathering read through `as_dtensor`,
+    and the rejection of eager numpy math (see the module docstring)."""
+
+    __slots__ = ()
+    _what = "a distributed value"
+
+    def as_dtensor(self) -> DTensor:
+        """The current value as a DTensor."""
+        raise NotImplementedError
+
+    @property
+    def layout(self) -> Layout:
+        return self.as_dtensor().layout
+
+    @property
+    def mesh(self) -> Mesh:
+        return self.layout.mesh
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.as_dtensor().shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.as_dtensor().dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def numpy(self) -> np.ndarray:
+        """The global value as a new numpy array."""
+        return self.as_dtensor().numpy()
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError(f"gathering {self._what} always makes a copy; "
+                             "np.asarray(..., copy=False) cannot be honoured")
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    # -- eager numpy math is rejected ----------------------------------------------------------
+    def _reject(self, what: str) -> NoReturn:
+        raise TypeError(
+            f"{what} is not supported on {self._what} outside a compiled function: put the "
+            "computation in a function decorated with @dtc.compile, or gather the global "
+            "value first with np.asarray(...)")
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any
+                        ) -> NoReturn:
+        name = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+        self._reject(f"numpy ufunc np.{name}")
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> NoReturn:
+        self._reject(f"numpy function np.{func.__name__}")
+
+    def __getitem__(self, index: Any) -> NoReturn:
+        self._reject("indexing")
+
+
+def _rejecting(method: str, symbol: str):
+    def reject(self: DistributedValue, *other: Any) -> NoReturn:
+        self._reject(f"the operator {symbol}")
+    reject.__name__ = method
+    return reject
+
+
+for _name, _symbol in _OPERATORS.items():
+    for _method in (f"__{_name}__", f"__r{_name}__"):
+        setattr(DistributedValue, _method, _rejecting(_method, _symbol))
+for _name, _symbol in _UNREFLECTED_OPERATORS.items():
+    setattr(DistributedValue, f"__{_name}__", _rejecting(f"__{_name}__", _symbol))
+
+
+class DTensor(DistributedValue):
+    """A global value of `shape` and `dtype`, laid out on `layout.mesh` as `layout`.
+
+    Made by `pack`, `copy_to_mesh`, `relayout` and compiled functions. `stacked` must be the
+    stacked form of `layout` for `shape` (checked); the DTensor keeps a read-only view of it.
+    """
+
+    __slots__ = ("_layout", "_shape", "_stacked")
+    _what = "a DTensor"
+
+    def __init__(self, stacked: np.ndarray, layout: Layout, shape: tuple[int, ...]) -> None:
+        shape = tuple(int(s) for s in shape)
+        sharding = layout.sharding
+        mesh = layout.mesh.mesh_shape()
+        problems = sharding.problems(mesh, shape)
+        if problems:
+            raise ValueError(f"a DTensor of shape {list(shape)} cannot have layout "
+                             f"{layout.short_text()}: {'; '.join(problems)}")
+        check_stacked(stacked, sharding, mesh)
+        local = sharding.local_shape(shape, mesh)
+        if stacked.shape[len(mesh.dims):] != local:
+            raise ValueError(f"a stacked array of shape {list(stacked.shape)} does not hold "
+                             f"shards of shape {list(local)}")
+        view = stacked.view()
+        view.flags.writeable = False
+        self._stacked = view
+        self._layout = layout
+        self._shape = shape
+
+    def as_dtensor(self) -> DTensor:
+        return self
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._stacked.dtype
+
+    @property
+    def stacked(self) -> np.ndarray:
+        """The read-only stacked array (mesh axes first) the simulated runtime works on."""
+        return self._stacked
+
+    def numpy(self) -> np.ndarray:
+        sharding = self._layout.sharding
+        return np.array(from_stacked(self._stacked, sharding, self.mesh.mesh_shape()))
+
+    def __repr__(self) -> str:
+        return (f"DTensor(shape={list(self._shape)}, dtype={self.dtype}, "
+                f"layout={self._layout.short_text()} on {self.mesh.mesh_shape().text()})")

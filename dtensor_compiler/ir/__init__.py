@@ -1,0 +1,1 @@
+"""The IR: layouts, types, ops, printer, parser and verifier."""

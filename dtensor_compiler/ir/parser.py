@@ -1,0 +1,396 @@
+"""Reads the textual IR back into a `Module`: the inverse of `printer.print_module`.
+
+``print_module(parse_module(text)) == text`` for every printed module, with or without
+locations. Parsing runs in two steps:
+
+1. `grammar.lark` with lark's LALR parser and an embedded, stateless `_Syntax` transformer turns
+   text into light syntax records (`_FuncSyntax`, `_OpSyntax`) whose names are still tokens, so
+   every later complaint can point at a line and column. Types become `TensorType`s here.
+2. `_build_module` resolves names in SSA order (operands must be defined earlier in the same
+   function), checks op names against the registry, turns ``dense<...>`` and ``dense_hex<...>``
+   into arrays of the op's result dtype, and creates `Operation`s with their declared result
+   types. Shape inference is the verifier's business, not the parser's.
+
+Every malformed input raises `IRParseError` with a 1-based line and column.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, v_args
+from lark.exceptions import UnexpectedToken
+from lark.lexer import PatternStr
+
+from dtensor_compiler.errors import IRParseError, Location
+from dtensor_compiler.ir import opdefs
+from dtensor_compiler.ir.core import Attr, Function, Module, Operation, Value
+from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.types import DTYPE_NAMES, TensorType, numpy_dtype
+
+_GRAMMAR_FILE = Path(__file__).with_name("grammar.lark")
+
+_TERMINAL_WORDS = {
+    "NAME": "name",
+    "VALUE": "%value",
+    "TENSOR": "tensor type like f32[4,8]",
+    "INT": "integer",
+    "FLOAT": "float",
+    "STRING": "quoted string",
+    "WHY": "'// why:' comment",
+    "_NL": "line break",
+    "$END": "end of the text",
+}
+
+
+def parse_module(text: str) -> Module:
+    """Parse IR text (as written by `print_module`) into a new `Module`."""
+    try:
+        syntax = _lark().parse(text)
+        return _build_module(syntax)
+    except _Fault as fault:
+        raise _error(text, fault.message, fault.line, fault.column) from None
+    except UnexpectedInput as e:
+        raise _syntax_error(text, e) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# step 1: text -> syntax records
+
+
+class _Fault(Exception):
+    """A problem found at a token; `parse_module` adds the offending line."""
+
+    def __init__(self, message: str, at: Token) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = at.line or 1
+        self.column = at.column or 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Dense:
+    """``dense<...>``: nested Python scalars, typed once the op's result dtype is known."""
+
+    value: object
+    at: Token
+
+
+@dataclass(frozen=True, slots=True)
+class _DenseHex:
+    """``dense_hex<"...">``: raw little-endian bytes of the op's result dtype."""
+
+    hex: str
+    at: Token
+
+
+@dataclass(frozen=True, slots=True)
+class _OpSyntax:
+    result: Token | None
+    name: Token
+    operands: list[Token]
+    attrs: dict[str, Attr | _Dense | _DenseHex]
+    type: TensorType | None
+    loc: Location | None
+    why: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _FuncSyntax:
+    name: Token
+    args: list[tuple[Token, TensorType]]
+    result_types: list[TensorType]
+    ops: list[_OpSyntax]
+    returned: list[Token]
+    return_at: Token
+
+
+@dataclass(frozen=True, slots=True)
+class _ModuleSyntax:
+    mesh: MeshShape
+    localized: bool
+    functions: list[_FuncSyntax]
+
+
+@v_args(inline=True)
+class _Syntax(Transformer):
+    """Callbacks of the LALR parser. Stateless, so one parser serves every call."""
+
+    def start(self, mesh: tuple[MeshShape, bool], *functions: _FuncSyntax) -> _ModuleSyntax:
+        return _ModuleSyntax(mesh[0], mesh[1], list(functions))
+
+    def mesh(self, dims: list[tuple[Token, Token]] | None, local: Token | None
+             ) -> tuple[MeshShape, bool]:
+        seen: set[str] = set()
+        for name, size in dims or []:
+            if name in seen:
+                raise _Fault(f"mesh dim {str(name)!r} appears twice", name)
+            if int(size) <= 0:
+                raise _Fault(f"mesh dim {str(name)!r} must have a positive size", size)
+            seen.add(name)
+        shape = MeshShape(tuple((str(name), int(size)) for name, size in dims or []))
+        return shape, local is not None
+
+    def mesh_dims(self, *dims: tuple[Token, Token]) -> list[tuple[Token, Token]]:
+        return list(dims)
+
+    def mesh_dim(self, name: Token, size: Token) -> tuple[Token, Token]:
+        return name, size
+
+    def func(self, name: Token, args: list[tuple[Token, TensorType]] | None,
+             result_types: list[TensorType] | None, *body: _OpSyntax | tuple[Token, list[Token]]
+             ) -> _FuncSyntax:
+        *ops, (return_at, returned) = body
+        return _FuncSyntax(name, args or [], result_types or [], ops, returned, return_at)
+
+    def args(self, *args: tuple[Token, TensorType]) -> list[tuple[Token, TensorType]]:
+        return list(args)
+
+    def arg(self, name: Token, t: TensorType) -> tuple[Token, TensorType]:
+        return name, t
+
+    def types(self, *types: TensorType) -> list[TensorType]:
+        return list(types)
+
+    def ret(self, at: Token, values: list[Token] | None) -> tuple[Token, list[Token]]:
+        return at, values or []
+
+    def values(self, *values: Token) -> list[Token]:
+        return list(values)
+
+    def result_op(self, result: Token, name: Token, operands: list[Token] | None,
+                  attrs: dict | None, t: TensorType, loc: Location | None, why: Token | None
+                  ) -> _OpSyntax:
+        return _OpSyntax(result, name, operands or [], attrs or {}, t, loc, _why(why))
+
+    def effect_op(self, name: Token, operands: list[Token] | None, attrs: dict | None,
+                  loc: Location | None, why: Token | None) -> _OpSyntax:
+        return _OpSyntax(None, name, operands or [], attrs or {}, None, loc, _why(why))
+
+    def loc(self, file: Token, line: Token) -> Location:
+        return Location(json.loads(file), int(line))
+
+    # -- types --------------------------------------------------------------------------------
+    def tensor_type(self, tensor: Token, sharding: Sharding | None) -> TensorType:
+        dtype, dims = tensor[:-1].split("[")
+        if dtype not in DTYPE_NAMES:
+            raise _Fault(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_NAMES)}", tensor)
+        shape = tuple(int(d) for d in dims.split(",")) if dims else ()
+        if sharding is not None and sharding.rank != len(shape):
+            raise _Fault(f"layout {sharding.text()} has rank {sharding.rank} but the shape "
+                         f"{list(shape)} has rank {len(shape)}", tensor)
+        return TensorType(dtype, shape, sharding)
+
+    def sharding(self, dims: list[tuple[str, ...]] | None,
+                 partial: tuple[tuple[str, str], ...] | None) -> Sharding:
+        return Sharding(tuple(dims or ()), partial or ())
+
+    def shard_dims(self, *dims: tuple[str, ...]) -> list[tuple[str, ...]]:
+        return list(dims)
+
+    def unsharded(self) -> tuple[str, ...]:
+        return ()
+
+    def one_mesh_dim(self, name: Token) -> tuple[str, ...]:
+        return (str(name),)
+
+    def mesh_dim_group(self, *names: Token) -> tuple[str, ...]:
+        return tuple(str(n) for n in names)
+
+    def partial(self, *reductions: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return reductions
+
+    def reduction(self, mesh_dim: Token, op: Token) -> tuple[str, str]:
+        return str(mesh_dim), str(op)
+
+    # -- attributes ---------------------------------------------------------------------------
+    def attrs(self, *items: tuple[Token, Attr | _Dense | _DenseHex]
+              ) -> dict[str, Attr | _Dense | _DenseHex]:
+        out: dict[str, Attr | _Dense | _DenseHex] = {}
+        for key, value in items:
+            if key in out:
+                raise _Fault(f"attribute {str(key)!r} is given twice", key)
+            out[str(key)] = value
+        return out
+
+    def attr(self, key: Token, value: Attr | _Dense | _DenseHex
+             ) -> tuple[Token, Attr | _Dense | _DenseHex]:
+        return key, value
+
+    def dense(self, at: Token, value: object) -> _Dense:
+        return _Dense(value, at)
+
+    def dense_hex(self, at: Token, data: Token) -> _DenseHex:
+        return _DenseHex(json.loads(data), at)
+
+    def int_value(self, tok: Token) -> int:
+        return int(tok)
+
+    def float_value(self, tok: Token) -> float:
+        return float(tok)
+
+    def inf(self) -> float:
+        return math.inf
+
+    def neg_inf(self) -> float:
+        return -math.inf
+
+    def nan(self) -> float:
+        return math.nan
+
+    def true(self) -> bool:
+        return True
+
+    def false(self) -> bool:
+        return False
+
+    def bare_string(self, tok: Token) -> str:
+        return str(tok)
+
+    def quoted_string(self, tok: Token) -> str:
+        return json.loads(tok)
+
+    def list_value(self, *items: Attr) -> tuple:
+        return items
+
+
+def _why(tok: Token | None) -> str | None:
+    return None if tok is None else tok[len("// why: "):]
+
+
+@functools.cache
+def _lark() -> Lark:
+    return Lark(_GRAMMAR_FILE.read_text(), parser="lalr", transformer=_Syntax(),
+                maybe_placeholders=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# step 2: syntax records -> Module
+
+
+def _build_module(syntax: _ModuleSyntax) -> Module:
+    module = Module(syntax.mesh, localized=syntax.localized)
+    names: set[str] = set()
+    for f in syntax.functions:
+        if f.name in names:
+            raise _Fault(f"function @{f.name} is defined twice", f.name)
+        names.add(str(f.name))
+        module.functions.append(_build_function(f, module))
+    return module
+
+
+def _build_function(f: _FuncSyntax, module: Module) -> Function:
+    scope: dict[str, Value] = {}
+
+    def define(at: Token, value: Value) -> None:
+        if at in scope:
+            raise _Fault(f"value {at} is defined twice", at)
+        scope[str(at)] = value
+
+    def lookup(at: Token) -> Value:
+        value = scope.get(at)
+        if value is None:
+            raise _Fault(f"value {at} is used before it is defined", at)
+        return value
+
+    args = []
+    for at, t in f.args:
+        arg = Value(t, name_hint=at[1:])
+        define(at, arg)
+        args.append(arg)
+    ops = []
+    for s in f.ops:
+        if s.name not in opdefs.OPS:
+            raise _Fault(f"unknown op {str(s.name)!r}", s.name)
+        operands = [lookup(at) for at in s.operands]
+        attrs = {k: _attr_value(v, s.type, module) for k, v in s.attrs.items()}
+        op = Operation(str(s.name), operands, s.type, attrs, s.loc, s.why)
+        if s.result is not None:
+            assert op.result is not None
+            define(s.result, op.result)
+        ops.append(op)
+    results = [lookup(at) for at in f.returned]
+    if len(results) != len(f.result_types):
+        raise _Fault(f"@{f.name} declares {len(f.result_types)} results but returns "
+                     f"{len(results)}", f.return_at)
+    for at, value, declared in zip(f.returned, results, f.result_types):
+        if value.type != declared:
+            raise _Fault(f"{at} has type {value.type.text()} but @{f.name} declares "
+                         f"{declared.text()}", at)
+    return Function(str(f.name), args, ops, results)
+
+
+def _attr_value(value: Attr | _Dense | _DenseHex, result: TensorType | None, module: Module
+                ) -> Attr:
+    if not isinstance(value, (_Dense, _DenseHex)):
+        return value
+    if result is None:
+        raise _Fault("a dense attribute needs the op's result type", value.at)
+    dtype = numpy_dtype(result.dtype)
+    shape = result.shape
+    if module.localized and result.sharding is not None:
+        unknown = [m for m in result.sharding.sharded_mesh_dims() if m not in module.mesh.names]
+        if unknown:
+            raise _Fault(f"mesh dim {unknown[0]!r} is not in {module.mesh.text()}", value.at)
+        shape = result.sharding.global_shape(shape, module.mesh)
+    if isinstance(value, _DenseHex):
+        return _array_from_hex(value, dtype, shape)
+    try:
+        array = np.array(value.value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise _Fault(f"dense value does not fit {result.dtype}: {e}", value.at) from None
+    if array.size == 0 and math.prod(shape) == 0:
+        array = array.reshape(shape)
+    return array
+
+
+def _array_from_hex(value: _DenseHex, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        data = bytes.fromhex(value.hex)
+    except ValueError:
+        raise _Fault("dense_hex data is not hexadecimal", value.at) from None
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise _Fault(f"dense_hex holds {len(data)} bytes, {dtype.name}{list(shape)} needs "
+                     f"{expected}", value.at)
+    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def _error(text: str, message: str, line: int, column: int) -> IRParseError:
+    lines = text.split("\n")
+    context = lines[line - 1] if 1 <= line <= len(lines) else ""
+    return IRParseError(message, line, column, context)
+
+
+def _syntax_error(text: str, e: UnexpectedInput) -> IRParseError:
+    if isinstance(e, UnexpectedCharacters):
+        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        return _error(text, f"unexpected character {char!r}", e.line, e.column)
+    if isinstance(e, UnexpectedToken):
+        expected = ", ".join(sorted(_describe(name) for name in e.expected))
+        if e.token.type == "$END":
+            lines = text.split("\n")
+            return _error(text, f"unexpected end of the text, expected {expected}",
+                          len(lines), len(lines[-1]) + 1)
+        found = _describe(e.token.type)
+        if found != repr(str(e.token)) and "\n" not in e.token:
+            found += f" {str(e.token)!r}"
+        message = f"unexpected {found}, expected {expected}"
+        return _error(text, message, e.line, e.column)
+    return _error(text, str(e), max(e.line, 1), max(e.column, 1))
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[terminal]
+    pattern = _lark().get_terminal(terminal).pattern
+    return repr(pattern.value) if isinstance(pattern, PatternStr) else terminal.lower()

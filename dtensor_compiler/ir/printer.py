@@ -1,0 +1,132 @@
+"""The textual IR: a deterministic printer whose output `parser.parse_module` reads back.
+
+```
+mesh<dp=2, tp=4>
+func @mlp(%x: f32[512,256] @ {dp, -}, %w: f32[256,1024] @ {-, tp}) -> (f32[512,1024] @ {dp, tp}) {
+  %0 = matmul %x, %w : f32[512,1024] @ {dp, tp}
+  %1 = all_reduce %0 {mesh_dims = [tp], op = sum} : f32[512,256] @ {dp, -}  // why: ...
+  return %1
+}
+```
+A localized module's first line is ``mesh<...> local`` and its shapes are per device.
+Function arguments keep the user's names; op results are numbered in order by the printer.
+With ``locations=True`` every op ends with ``loc("file.py":12)`` (like MLIR's debug info).
+Constants of more than `INLINE_LIMIT` elements print as ``dense_hex<"...">`` (raw little-endian
+bytes), so printing is exact and lossless.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+
+from dtensor_compiler.ir import opdefs
+from dtensor_compiler.ir.core import Function, Module, Operation, Value
+
+INLINE_LIMIT = 16
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KEYWORDS = {"true", "false", "inf", "nan", "local", "partial", "dense", "dense_hex"}
+
+
+def _scalar(x: object) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "true" if x else "false"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        f = float(x)
+        if math.isnan(f):
+            return "nan"
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        return repr(f)
+    if isinstance(x, complex):
+        raise TypeError("complex attributes are not printable")
+    raise TypeError(f"cannot print attribute value {x!r}")
+
+
+def format_attr(value: object) -> str:
+    if isinstance(value, str):
+        return value if _IDENT.match(value) and value not in _KEYWORDS else json.dumps(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(format_attr(v) for v in value) + "]"
+    if isinstance(value, np.ndarray):
+        return format_dense(value)
+    return _scalar(value)
+
+
+def format_dense(value: np.ndarray) -> str:
+    if value.size > INLINE_LIMIT:
+        data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False)
+        return f'dense_hex<"{data.tobytes().hex()}">'
+
+    def nest(a: np.ndarray) -> str:
+        if a.ndim == 0:
+            return _scalar(a.item())
+        return "[" + ", ".join(nest(x) for x in a) + "]"
+
+    return f"dense<{nest(value)}>"
+
+
+class Namer:
+    """Assigns printed names: arguments by their hint (made unique), results by number."""
+
+    def __init__(self, func: Function) -> None:
+        self.names: dict[int, str] = {}
+        used: set[str] = set()
+        for i, arg in enumerate(func.args):
+            base = arg.name_hint if arg.name_hint and _IDENT.match(arg.name_hint) else f"arg{i}"
+            name, k = base, 1
+            while name in used:
+                name, k = f"{base}_{k}", k + 1
+            used.add(name)
+            self.names[id(arg)] = name
+        n = 0
+        for op in func.ops:
+            if op.result is not None:
+                self.names[id(op.result)] = str(n)
+                n += 1
+
+    def __call__(self, v: Value) -> str:
+        return "%" + self.names.get(id(v), "<unknown>")
+
+
+def format_op(op: Operation, name: Namer, locations: bool = False) -> str:
+    parts = []
+    if op.result is not None:
+        parts.append(f"{name(op.result)} = ")
+    parts.append(op.name)
+    if op.operands:
+        parts.append(" " + ", ".join(name(v) for v in op.operands))
+    order = opdefs.OPS[op.name].attrs if op.name in opdefs.OPS else tuple(sorted(op.attrs))
+    keys = [k for k in order if k in op.attrs] + sorted(k for k in op.attrs if k not in order)
+    if keys:
+        parts.append(" {" + ", ".join(f"{k} = {format_attr(op.attrs[k])}" for k in keys) + "}")
+    if op.result is not None:
+        parts.append(f" : {op.result.type.text()}")
+    if locations and op.loc is not None:
+        parts.append(f" loc({json.dumps(op.loc.file)}:{op.loc.line})")
+    if op.why:
+        parts.append(f"  // why: {op.why}")
+    return "".join(parts)
+
+
+def print_function(func: Function, locations: bool = False) -> str:
+    name = Namer(func)
+    args = ", ".join(f"{name(a)}: {a.type.text()}" for a in func.args)
+    rets = ", ".join(v.type.text() for v in func.results)
+    lines = [f"func @{func.name}({args}) -> ({rets}) {{"]
+    lines += ["  " + format_op(op, name, locations) for op in func.ops]
+    lines.append("  return" + (" " + ", ".join(name(v) for v in func.results)
+                               if func.results else ""))
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def print_module(module: Module, locations: bool = False) -> str:
+    head = module.mesh.text() + (" local" if module.localized else "")
+    body = "\n\n".join(print_function(f, locations) for f in module.functions)
+    return f"{head}\n{body}\n"

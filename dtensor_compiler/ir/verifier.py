@@ -1,0 +1,183 @@
+"""The IR verifier: the invariants every pass expects on entry and must keep on exit.
+
+Per function, in one walk over its ops and their use-lists (linear in ops plus uses, so it can
+run after every pass on 20k-op modules):
+
+- every op name is registered, with the registry's operand count, result count and attributes;
+- SSA: every operand is an argument or the result of an earlier op of the same function, every
+  value is defined once, and every returned value is defined in the function;
+- use-lists match operands: each operand slot is listed once in its value's `uses`, and no
+  entry names an op of the function that does not use the value there;
+- the (dtype, shape) the registry infers from the operand types equals the result type;
+- every layout has the tensor's rank and names each mesh dim of the module's mesh at most once;
+  in global IR each sharded dim also divides evenly (local shapes need no such check);
+- a collective's result layout is what `opdefs.apply_collective` makes of its operand's layout.
+
+A failure raises `VerificationError` naming the problem, the pass it ran after, and the printed
+function around the faulty line, which is marked with ``>``.
+"""
+
+from __future__ import annotations
+
+from dtensor_compiler.errors import VerificationError
+from dtensor_compiler.ir import opdefs
+from dtensor_compiler.ir.core import Function, Module, Operation, Value
+from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.printer import Namer, print_function
+from dtensor_compiler.ir.sharding import Sharding
+
+CONTEXT_LINES = 3
+"""Printed lines shown before and after the faulty one."""
+
+_INFER_ERRORS = (ValueError, TypeError, KeyError, IndexError)
+"""What an inference function raises on operands or attributes of the wrong kind or range."""
+
+
+def verify_module(module: Module, after: str | None = None) -> None:
+    """Raise `VerificationError` at the first broken invariant; `after` names the last pass."""
+    ctx = InferContext(module.mesh, module.localized)
+    for func in module.functions:
+        try:
+            _FunctionVerifier(func, module, ctx).run()
+        except _Broken as broken:
+            raise VerificationError(_report(func, broken, after)) from None
+
+
+class _Broken(Exception):
+    """A broken invariant at one printed line of the function (0 is its header)."""
+
+    def __init__(self, message: str, line: int, op: Operation | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.op = op
+
+
+class _FunctionVerifier:
+    def __init__(self, func: Function, module: Module, ctx: InferContext) -> None:
+        self.func = func
+        self.module = module
+        self.ctx = ctx
+        self.defined: set[int] = set()
+        self.layout_problems: dict[tuple[Sharding, tuple[int, ...]], list[str]] = {}
+        self._namer: Namer | None = None
+
+    def name(self, value: Value) -> str:
+        """The printed name of `value`; only needed for messages, so built on first use."""
+        if self._namer is None:
+            self._namer = Namer(self.func)
+        return self._namer(value)
+
+    def run(self) -> None:
+        for arg in self.func.args:
+            self.define(arg, 0)
+        for line, op in enumerate(self.func.ops, start=1):
+            self.check_op(op, line)
+            if op.result is not None:
+                self.define(op.result, line, op)
+        self.check_use_lists()
+        return_line = len(self.func.ops) + 1
+        for i, value in enumerate(self.func.results):
+            if id(value) not in self.defined:
+                raise _Broken(f"returned value {i} ({self.name(value)}) is not defined in "
+                              f"@{self.func.name}", return_line)
+
+    def define(self, value: Value, line: int, op: Operation | None = None) -> None:
+        if id(value) in self.defined:
+            raise _Broken(f"{self.name(value)} is defined twice", line, op)
+        self.defined.add(id(value))
+        self.check_layout(value, line, op)
+
+    def check_op(self, op: Operation, line: int) -> None:
+        opdef = opdefs.OPS.get(op.name)
+        if opdef is None:
+            raise _Broken(f"unknown op {op.name!r}", line, op)
+        operands = op.operands
+        if opdef.num_operands is not None and len(operands) != opdef.num_operands:
+            raise _Broken(f"{op.name} takes {opdef.num_operands} operands, has {len(operands)}",
+                          line, op)
+        if opdef.has_result != (op.result is not None):
+            raise _Broken(f"{op.name} must have {'a' if opdef.has_result else 'no'} result",
+                          line, op)
+        missing = [a for a in opdef.attrs if a not in op.attrs]
+        if missing:
+            raise _Broken(f"{op.name} is missing attributes {missing}", line, op)
+        for i, value in enumerate(operands):
+            if id(value) not in self.defined:
+                raise _Broken(f"operand {i} ({self.name(value)}) is not defined before its use",
+                              line, op)
+        declared = None if op.result is None else op.result.type
+        try:
+            dtype, shape = opdef.infer([v.type for v in operands], op.attrs, declared, self.ctx)
+        except _INFER_ERRORS as e:
+            raise _Broken(f"{op.name}: {e}", line, op) from None
+        if declared is not None and (dtype, tuple(shape)) != (declared.dtype, declared.shape):
+            raise _Broken(f"{op.name} gives {dtype}[{','.join(map(str, shape))}] but its result "
+                          f"type is {declared.text()}", line, op)
+        if op.name in opdefs.COLLECTIVES:
+            self.check_collective(op, line)
+
+    def check_collective(self, op: Operation, line: int) -> None:
+        src = op.operands[0].type.sharding
+        dst = op.type.sharding
+        if src is None or dst is None:
+            raise _Broken(f"{op.name} needs a layout on its operand and on its result", line, op)
+        try:
+            expected = opdefs.apply_collective(op.name, op.attrs, src)
+        except _INFER_ERRORS as e:
+            raise _Broken(f"{op.name}: {e}", line, op) from None
+        if expected != dst:
+            raise _Broken(f"{op.name} turns {src.text()} into {expected.text()}, but its result "
+                          f"layout is {dst.text()}", line, op)
+
+    def check_layout(self, value: Value, line: int, op: Operation | None) -> None:
+        sharding = value.type.sharding
+        if sharding is None:
+            return
+        key = (sharding, value.type.shape)
+        problems = self.layout_problems.get(key)
+        if problems is None:
+            problems = self.layout_problems[key] = self.find_layout_problems(*key)
+        if problems:
+            raise _Broken(f"layout of {self.name(value)}: {'; '.join(problems)}", line, op)
+
+    def find_layout_problems(self, sharding: Sharding, shape: tuple[int, ...]) -> list[str]:
+        if not self.module.localized:
+            return sharding.problems(self.module.mesh, shape)
+        rank = [] if sharding.rank == len(shape) else [
+            f"layout has rank {sharding.rank} but the tensor has rank {len(shape)}"]
+        return rank + sharding.problems(self.module.mesh)
+
+    def check_use_lists(self) -> None:
+        line_of = {id(op): line for line, op in enumerate(self.func.ops, start=1)}
+        operands_of = {id(op): op.operands for op in self.func.ops}
+        listed: set[tuple[int, int]] = set()
+        for value in self.func.values():
+            for user, index in value.uses:
+                line = line_of.get(id(user))
+                if line is None:
+                    continue
+                operands = operands_of[id(user)]
+                if not (0 <= index < len(operands) and operands[index] is value):
+                    raise _Broken(f"use-list of {self.name(value)} names operand {index} of "
+                                  f"this op, which is not {self.name(value)}", line, user)
+                if (id(user), index) in listed:
+                    raise _Broken(f"use-list of {self.name(value)} names operand {index} of "
+                                  "this op twice", line, user)
+                listed.add((id(user), index))
+        for op in self.func.ops:
+            for index, value in enumerate(operands_of[id(op)]):
+                if (id(op), index) not in listed:
+                    raise _Broken(f"operand {index} is missing from the use-list of "
+                                  f"{self.name(value)}", line_of[id(op)], op)
+
+
+def _report(func: Function, broken: _Broken, after: str | None) -> str:
+    where = f" after pass {after!r}" if after else ""
+    at = f" (at {broken.op.loc})" if broken.op is not None and broken.op.loc else ""
+    lines = print_function(func).split("\n")
+    first = max(broken.line - CONTEXT_LINES, 0)
+    last = min(broken.line + CONTEXT_LINES, len(lines) - 1)
+    excerpt = [("> " if i == broken.line else "  ") + lines[i] for i in range(first, last + 1)]
+    return (f"IR verification failed{where} in @{func.name}: {broken.message}{at}\n"
+            + "\n".join(excerpt))

@@ -1,0 +1,238 @@
+"""`Layout`: how a tensor lies on a `Mesh`, the public face of `ir.sharding.Sharding`.
+
+One spec per tensor dim: a mesh dim name, `UNSHARDED`, `MATCH` (relayout targets only: keep the
+input's spec), or a tuple of mesh dim names (the dim split over several mesh dims, major to
+minor). A tensor is replicated over every mesh dim its specs do not name. A layout may also
+carry pending partial reductions (``Layout([...], mesh, partial={"tp": "sum"})``).
+
+Text form (the reference's, extended): ``sharding_specs:dp,unsharded, mesh:<mesh string>``;
+a multi-dim spec is written ``x*y`` and partials add ``partial:tp=sum;x=max, `` before ``mesh:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dtensor_compiler.errors import LayoutError, MeshError
+from dtensor_compiler.ir.sharding import REDUCE_OPS, Sharding
+from dtensor_compiler.mesh import Mesh
+
+UNSHARDED = "unsharded"
+MATCH = "match"
+
+Spec = str | tuple[str, ...]
+
+
+class Layout:
+    def __init__(self, sharding_specs: Sequence[Spec], mesh: Mesh,
+                 partial: dict[str, str] | None = None) -> None:
+        if not isinstance(mesh, Mesh):
+            raise LayoutError(f"mesh is not a valid Mesh object: {mesh!r}")
+        if isinstance(sharding_specs, str):
+            raise LayoutError("sharding_specs must be a list of specs, one per tensor dim, "
+                              f"not the string {sharding_specs!r}")
+        specs: list[Spec] = []
+        used: list[str] = []
+        for spec in sharding_specs:
+            names = (spec,) if isinstance(spec, str) else tuple(spec)
+            if isinstance(spec, str) and spec in (UNSHARDED, MATCH):
+                specs.append(spec)
+                continue
+            if not names:
+                raise LayoutError("an empty spec tuple is not allowed; use UNSHARDED")
+            for n in names:
+                if not isinstance(n, str) or n not in mesh:
+                    raise LayoutError(
+                        f"A dimension sharding must either be a valid mesh dimension or "
+                        f"UNSHARDED; got {n!r}, mesh dims are {mesh.dim_names}")
+                if n in used:
+                    raise LayoutError(f"Mesh dimensions must be unique in a layout: {n!r} is "
+                                      f"used twice in {list(sharding_specs)}")
+                used.append(n)
+            specs.append(names[0] if len(names) == 1 else names)
+        partial = dict(partial or {})
+        for m, op in partial.items():
+            if m not in mesh:
+                raise LayoutError(f"partial mesh dim {m!r} is not in mesh dims {mesh.dim_names}")
+            if m in used:
+                raise LayoutError(f"mesh dim {m!r} cannot both shard a dim and be partial")
+            if op not in REDUCE_OPS:
+                raise LayoutError(f"partial reduction {op!r} is not one of {list(REDUCE_OPS)}")
+        self._specs = specs
+        self._mesh = mesh
+        self._partial = dict(sorted(partial.items()))
+
+    # -- factories -----------------------------------------------------------------------------
+    @classmethod
+    def replicated(cls, mesh: Mesh, rank: int) -> Layout:
+        return cls([UNSHARDED] * rank, mesh)
+
+    @classmethod
+    def batch_sharded(cls, mesh: Mesh, batch_dim: str, rank: int, axis: int = 0) -> Layout:
+        specs: list[Spec] = [UNSHARDED] * rank
+        if not -rank <= axis < rank:
+            raise LayoutError(f"axis {axis} is out of range for rank {rank}")
+        specs[axis] = batch_dim
+        return cls(specs, mesh)
+
+    @classmethod
+    def inner_sharded(cls, mesh: Mesh, inner_dim: str, rank: int) -> Layout:
+        return cls.batch_sharded(mesh, inner_dim, rank, axis=rank - 1)
+
+    @classmethod
+    def from_sharding(cls, sharding: Sharding, mesh: Mesh) -> Layout:
+        specs = [UNSHARDED if not d else d[0] if len(d) == 1 else d for d in sharding.dims]
+        return cls(specs, mesh, sharding.partial_map)
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def sharding_specs(self) -> list[Spec]:
+        return list(self._specs)
+
+    @property
+    def mesh(self) -> Mesh:
+        return self._mesh
+
+    @property
+    def rank(self) -> int:
+        return len(self._specs)
+
+    @property
+    def partial(self) -> dict[str, str]:
+        return dict(self._partial)
+
+    @property
+    def shape(self) -> list[int]:
+        return self._mesh.shape()
+
+    @property
+    def sharding(self) -> Sharding:
+        """The compiler's view. Raises LayoutError if a spec is MATCH."""
+        if MATCH in self._specs:
+            raise LayoutError("a layout with MATCH specs is only valid as a relayout target")
+        dims = tuple(() if s == UNSHARDED else (s,) if isinstance(s, str) else tuple(s)
+                     for s in self._specs)
+        return Sharding(dims, tuple(self._partial.items()))
+
+    def num_shards(self, idx: int) -> int:
+        spec = self._specs[idx]
+        if spec == MATCH:
+            return -1
+        if spec == UNSHARDED:
+            return 1
+        names = (spec,) if isinstance(spec, str) else spec
+        return int(np.prod([self._mesh.dim_size(n) for n in names]))
+
+    def is_fully_replicated(self) -> bool:
+        return all(s == UNSHARDED for s in self._specs) and not self._partial
+
+    def is_batch_parallel(self) -> bool:
+        return bool(self._specs) and self._specs[0] != UNSHARDED and all(
+            s == UNSHARDED for s in self._specs[1:])
+
+    def is_single_device(self) -> bool:
+        return False
+
+    def delete(self, dims: Sequence[int]) -> Layout:
+        drop = {d % self.rank for d in dims}
+        return Layout([s for i, s in enumerate(self._specs) if i not in drop], self._mesh,
+                      self._partial)
+
+    # -- shapes --------------------------------------------------------------------------------
+    def _check_shape(self, shape: Sequence[int]) -> None:
+        if len(shape) != self.rank:
+            raise LayoutError(f"layout {self.short_text()} has rank {self.rank} but the shape "
+                              f"{list(shape)} has rank {len(shape)}")
+
+    def local_shape_from_global_shape(self, global_shape: Sequence[int]) -> list[int]:
+        self._check_shape(global_shape)
+        out = []
+        for i, s in enumerate(global_shape):
+            n = self.num_shards(i)
+            if s % n:
+                raise LayoutError(f"dim {i} of size {s} is not divisible into {n} shards of "
+                                  f"layout {self.short_text()}")
+            out.append(s // n)
+        return out
+
+    def global_shape_from_local_shape(self, local_shape: Sequence[int]) -> list[int]:
+        self._check_shape(local_shape)
+        return [s * self.num_shards(i) for i, s in enumerate(local_shape)]
+
+    def offset_to_shard(self) -> list[tuple[int, ...]]:
+        """For each device (by flat offset), the block index of each tensor dim it holds."""
+        out = []
+        for dev in range(self._mesh.size):
+            loc = dict(zip(self._mesh.dim_names, self._mesh.device_location(
+                dev + self._mesh.min_global_device_id())))
+            idx = []
+            for spec in self._specs:
+                names = () if spec in (UNSHARDED, MATCH) else (
+                    (spec,) if isinstance(spec, str) else spec)
+                b = 0
+                for n in names:
+                    b = b * self._mesh.dim_size(n) + loc[n]
+                idx.append(b)
+            out.append(tuple(idx))
+        return out
+
+    def offset_tuple_to_global_index(self, offset_tuple: Sequence[int]) -> int:
+        """Flat device offset of the first device holding the block `offset_tuple`."""
+        for dev, blocks in enumerate(self.offset_to_shard()):
+            if blocks == tuple(offset_tuple):
+                return dev
+        raise LayoutError(f"no device holds block {tuple(offset_tuple)}")
+
+    # -- text ----------------------------------------------------------------------------------
+    def _spec_text(self, spec: Spec) -> str:
+        return spec if isinstance(spec, str) else "*".join(spec)
+
+    def to_string(self) -> str:
+        specs = "".join(self._spec_text(s) + "," for s in self._specs)
+        partial = ""
+        if self._partial:
+            partial = "partial:" + ";".join(f"{m}={op}" for m, op in self._partial.items()) + ", "
+        return f"sharding_specs:{specs} {partial}mesh:{self._mesh.to_string()}"
+
+    @staticmethod
+    def from_string(text: str) -> Layout:
+        head, sep, mesh_text = text.partition(" mesh:")
+        if not sep or not head.startswith("sharding_specs:"):
+            raise LayoutError(f"layout string must look like 'sharding_specs:x,unsharded, "
+                              f"mesh:<mesh>', got {text!r}")
+        specs_text, _, partial_text = head[len("sharding_specs:"):].partition(" partial:")
+        try:
+            mesh = Mesh.from_string(mesh_text)
+        except MeshError as e:
+            raise LayoutError(f"bad mesh in layout string: {e}") from None
+        parts = specs_text.split(",")
+        if parts[-1] == "":
+            parts.pop()
+        specs: list[Spec] = [tuple(s.split("*")) if "*" in s else s for s in parts]
+        partial = {}
+        for item in filter(None, partial_text.rstrip(", ").split(";")):
+            m, _, op = item.partition("=")
+            partial[m] = op
+        return Layout(specs, mesh, partial)
+
+    def short_text(self) -> str:
+        """Compact form for messages: ``{dp, -} partial(tp:sum)``."""
+        return self.sharding.text() if MATCH not in self._specs else str(self._specs)
+
+    # -- identity ------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layout) and self.to_string() == other.to_string()
+
+    def __hash__(self) -> int:
+        return hash(self.to_string())
+
+    def __reduce__(self):
+        return (Layout.from_string, (self.to_string(),))
+
+    def __repr__(self) -> str:
+        return f"Layout.from_string({self.to_string()!r})"
+
+    def __str__(self) -> str:
+        return self.to_string()

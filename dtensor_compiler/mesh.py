@@ -1,0 +1,274 @@
+"""`Mesh`: named dims over a grid of devices, with the reference system's semantics.
+
+Device ids are row-major over the mesh coordinates (last dim fastest) and must be consecutive.
+The text form is ``<name>|<dim>=<size>,...|<global ids>|<local ids>|<local devices>[|<global
+devices>]``, e.g. ``|dp=2,tp=4|0,...,7|0,...,7|/job:localhost/replica:0/task:0/device:CPU:0,...``.
+On the simulated platform every device is a virtual CPU of this process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from dtensor_compiler.errors import MeshError
+from dtensor_compiler.ir.sharding import MeshShape
+
+RESERVED_DIM_NAMES = ("any", "match", "unsharded", "scalar")
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_DEVICE = re.compile(r"/job:[^/]+(/replica:\d+)?/task:\d+/device:([A-Za-z]+):\d+\Z")
+
+
+def cpu_device_name(i: int, task: int = 0, job: str = "localhost") -> str:
+    return f"/job:{job}/replica:0/task:{task}/device:CPU:{i}"
+
+
+class Mesh:
+    """A logical mesh of devices: ``Mesh(dim_names, global_device_ids, local_device_ids,
+    local_devices, mesh_name='', global_devices=None, use_xla_spmd=False)``."""
+
+    def __init__(self, dim_names: Sequence[str], global_device_ids: np.ndarray,
+                 local_device_ids: Sequence[int], local_devices: Sequence[str],
+                 mesh_name: str = "", global_devices: Sequence[str] | None = None,
+                 use_xla_spmd: bool = False) -> None:
+        if not isinstance(global_device_ids, np.ndarray):
+            raise MeshError("global_device_ids must be an ndarray")
+        if global_device_ids.size == 0:
+            raise MeshError("global_device_ids must be non-empty")
+        dim_names = list(dim_names)
+        if len(dim_names) != global_device_ids.ndim:
+            raise MeshError(f"mesh has {len(dim_names)} dim names {dim_names} but "
+                            f"global_device_ids has {global_device_ids.ndim} dims")
+        for name in dim_names:
+            if not isinstance(name, str) or not _DIM_NAME.match(name):
+                raise MeshError(f"mesh dim name {name!r} is not an identifier")
+            if name in RESERVED_DIM_NAMES:
+                raise MeshError(f"mesh dim name {name!r} is reserved")
+        dupes = sorted({n for n in dim_names if dim_names.count(n) > 1})
+        if dupes:
+            raise MeshError(f"mesh dim names must be unique; repeated: {dupes}")
+        flat = global_device_ids.reshape(-1)
+        if not np.array_equal(flat - flat[0], np.arange(flat.size)):
+            raise MeshError("global_device_ids must sequentially increase (row-major, "
+                            f"consecutive); got {flat.tolist()}")
+        if not isinstance(local_device_ids, (list, tuple)):
+            raise MeshError("local_device_ids must be a list")
+        if not isinstance(local_devices, (list, tuple)):
+            raise MeshError("local_devices must be a list")
+        if len(local_device_ids) != len(local_devices):
+            raise MeshError(f"{len(local_device_ids)} local_device_ids but "
+                            f"{len(local_devices)} local_devices")
+        if len(local_device_ids) > flat.size:
+            raise MeshError("more local device ids than global device ids")
+        bad = [i for i in local_device_ids if i not in set(flat.tolist())]
+        if bad:
+            raise MeshError(f"local device ids {bad} are not global device ids")
+        devices = list(local_devices) or list(global_devices or [])
+        if not devices:
+            raise MeshError("Empty list of devices not allowed.")
+        types = set()
+        for d in devices:
+            m = _DEVICE.match(str(d))
+            if not m:
+                raise MeshError(f"device name {d!r} is not of the form "
+                                "/job:<job>/replica:<r>/task:<t>/device:<TYPE>:<i>")
+            types.add(m.group(2).upper())
+        if len(types) > 1:
+            raise MeshError(f"Devices containing multiple device_types: {sorted(types)}")
+        if use_xla_spmd:
+            raise MeshError("use_xla_spmd is a TPU feature and is not supported")
+        self._dim_names = tuple(dim_names)
+        self._ids = global_device_ids.astype(np.int64)
+        self._local_ids = [int(i) for i in local_device_ids]
+        self._local_devices = [str(d) for d in local_devices]
+        self._global_devices = [str(d) for d in global_devices] if global_devices else []
+        self._name = mesh_name
+        self._device_type = types.pop()
+
+    # -- properties of the reference API -----------------------------------------------------
+    @property
+    def dim_names(self) -> list[str]:
+        return list(self._dim_names)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def size(self) -> int:
+        return int(self._ids.size)
+
+    @property
+    def strides(self) -> list[int]:
+        shape = self.shape()
+        return [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+
+    def shape(self) -> list[int]:
+        return list(self._ids.shape)
+
+    def dim_size(self, name: str) -> int:
+        if name not in self._dim_names:
+            raise MeshError(f"mesh has no dim {name!r}; dims are {self.dim_names}")
+        return self.shape()[self._dim_names.index(name)]
+
+    def __getitem__(self, name: str) -> tuple[str, int]:
+        return (name, self.dim_size(name))
+
+    def contains_dim(self, name: str) -> bool:
+        return name in self._dim_names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._dim_names
+
+    def device_type(self) -> str:
+        return self._device_type
+
+    def global_device_ids(self) -> np.ndarray:
+        return self._ids.copy()
+
+    def local_device_ids(self) -> list[int]:
+        return list(self._local_ids)
+
+    def local_devices(self) -> list[str]:
+        return list(self._local_devices)
+
+    def global_devices(self) -> list[str]:
+        return list(self._global_devices)
+
+    def num_local_devices(self) -> int:
+        return len(self._local_ids)
+
+    def min_global_device_id(self) -> int:
+        return int(self._ids.reshape(-1)[0])
+
+    def is_remote(self) -> bool:
+        return not self._local_ids and self.size > 0
+
+    def is_single_device(self) -> bool:
+        return False
+
+    def use_xla_spmd(self) -> bool:
+        return False
+
+    def coords(self, device_id: int) -> np.ndarray:
+        """Mesh coordinates of a device (row-major)."""
+        idx = device_id - self.min_global_device_id()
+        return (idx // np.array(self.strides)) % np.array(self.shape())
+
+    def device_location(self, device_id: int) -> list[int]:
+        return [int(c) for c in self.coords(device_id)]
+
+    def unravel_index(self) -> dict[int, dict[str, int]]:
+        return {int(i): dict(zip(self._dim_names, self.device_location(int(i))))
+                for i in self._ids.reshape(-1)}
+
+    def local_device_locations(self) -> list[dict[str, int]]:
+        return [dict(zip(self._dim_names, self.device_location(i))) for i in self._local_ids]
+
+    def host_mesh(self) -> Mesh:
+        """The same mesh on host CPUs (the simulated platform is already on CPUs)."""
+        devices = [re.sub(r"device:[A-Za-z]+:", "device:CPU:", d) for d in self._local_devices]
+        return Mesh(self._dim_names, self._ids.copy(), self._local_ids, devices, self._name)
+
+    # -- compiler view --------------------------------------------------------------------------
+    def mesh_shape(self) -> MeshShape:
+        """The (name, size) pairs the compiler works with."""
+        return MeshShape(tuple(zip(self._dim_names, (int(s) for s in self._ids.shape))))
+
+    # -- text form ------------------------------------------------------------------------------
+    def to_string(self) -> str:
+        dims = ",".join(f"{n}={s}" for n, s in zip(self._dim_names, self.shape()))
+        parts = [self._name, dims, ",".join(str(int(i)) for i in self._ids.reshape(-1)),
+                 ",".join(str(i) for i in self._local_ids), ",".join(self._local_devices)]
+        if self._global_devices:
+            parts.append(",".join(self._global_devices))
+        return "|".join(parts)
+
+    @staticmethod
+    def from_string(text: str) -> Mesh:
+        parts = text.split("|")
+        if len(parts) == 3 and parts[2].startswith("*"):
+            name, dims_text, dev_type = parts[0], parts[1], parts[2][1:]
+            dims = _parse_dims(dims_text, text)
+            n = int(np.prod([s for _, s in dims]))
+            devices = [f"/job:localhost/replica:0/task:0/device:{dev_type}:{i}" for i in range(n)]
+            return Mesh([d for d, _ in dims], np.arange(n).reshape([s for _, s in dims]),
+                        list(range(n)), devices, name)
+        if len(parts) not in (5, 6, 7):
+            raise MeshError(f"mesh string must have 5 or 6 '|'-separated parts, got "
+                            f"{len(parts)}: {text!r}")
+        name, dims_text, gids, lids, ldevs = parts[:5]
+        gdevs = parts[5] if len(parts) > 5 and parts[5] != "use_xla_spmd" else ""
+        dims = _parse_dims(dims_text, text)
+        try:
+            ids = [int(i) for i in gids.split(",") if i]
+            local = [int(i) for i in lids.split(",") if i]
+        except ValueError:
+            raise MeshError(f"mesh string has non-integer device ids: {text!r}") from None
+        shape = [s for _, s in dims]
+        if len(ids) != int(np.prod(shape)):
+            raise MeshError(f"mesh string has {len(ids)} device ids for shape {shape}")
+        return Mesh([d for d, _ in dims], np.array(ids).reshape(shape), local,
+                    [d for d in ldevs.split(",") if d], name,
+                    [d for d in gdevs.split(",") if d] or None)
+
+    # -- identity -------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mesh) and self.to_string() == other.to_string()
+
+    def __hash__(self) -> int:
+        return hash(self.to_string())
+
+    def __reduce__(self):
+        return (Mesh.from_string, (self.to_string(),))
+
+    def __repr__(self) -> str:
+        return f"Mesh.from_string({self.to_string()!r})"
+
+
+def _parse_dims(text: str, whole: str) -> list[tuple[str, int]]:
+    out = []
+    for item in filter(None, text.split(",")):
+        name, sep, size = item.partition("=")
+        if not sep or not size.isdigit():
+            raise MeshError(f"mesh dim {item!r} is not NAME=SIZE in {whole!r}")
+        out.append((name, int(size)))
+    return out
+
+
+def num_simulated_devices() -> int:
+    """`DTC_NUM_DEVICES` (default 8): devices of a mesh made without explicit dims."""
+    raw = os.environ.get("DTC_NUM_DEVICES", "8")
+    if not raw.isdigit() or int(raw) < 1:
+        raise MeshError(f"DTC_NUM_DEVICES must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def create_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int] | None = None,
+                mesh_name: str = "", devices: Sequence[str] | None = None,
+                device_type: str | None = None, use_xla_spmd: bool = False) -> Mesh:
+    """A single-client mesh of simulated CPU devices (as many as the dims need).
+
+    Without dims: a 1-D mesh ``x`` over `DTC_NUM_DEVICES` devices (default 8).
+    """
+    if mesh_dims is None:
+        dims = [("x", len(devices) if devices else num_simulated_devices())]
+    elif isinstance(mesh_dims, dict):
+        dims = list(mesh_dims.items())
+    else:
+        dims = [tuple(d) for d in mesh_dims]
+    for d in dims:
+        if len(d) != 2 or not isinstance(d[1], (int, np.integer)) or d[1] < 1:
+            raise MeshError(f"mesh dim {d!r} must be a (name, positive size) pair")
+    shape = [int(s) for _, s in dims]
+    n = int(np.prod(shape))
+    if devices is None:
+        kind = (device_type or "CPU").upper()
+        devices = [f"/job:localhost/replica:0/task:0/device:{kind}:{i}" for i in range(n)]
+    elif len(devices) != n:
+        raise MeshError(f"mesh dims {dims} need {n} devices, got {len(devices)}")
+    return Mesh([name for name, _ in dims], np.arange(n).reshape(shape), list(range(n)),
+                list(devices), mesh_name, use_xla_spmd=use_xla_spmd)

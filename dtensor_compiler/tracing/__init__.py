@@ -1,0 +1,10 @@
+"""Tracing: an ordinary numpy function to an IR module (global shapes, user layouts pinned).
+
+`trace` is the entry point; `traced_relayout` and `is_traced` serve ``dtc.relayout`` inside a
+compiled function.
+"""
+
+from dtensor_compiler.tracing.driver import is_traced, trace, traced_relayout
+from dtensor_compiler.tracing.tracer import TracedArray
+
+__all__ = ["TracedArray", "is_traced", "trace", "traced_relayout"]

@@ -1,0 +1,91 @@
+"""Tracing a numpy function into an IR module.
+
+`trace` calls the function once with one `TracedArray` per argument and records every numpy
+operation as an op at the user's source line. The result is a module with one function in
+global shapes: arguments carry the user's in_layouts (or no sharding), and every output with
+an out_layout ends in a ``relayout`` op whose type carries it, so the user's layouts are pinned
+and every other value is left for layout propagation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dtensor_compiler.errors import LayoutError, Location, TraceError
+from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Value
+from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.types import TensorType
+from dtensor_compiler.tracing.location import user_location
+from dtensor_compiler.tracing.recorder import Recorder
+from dtensor_compiler.tracing.tracer import TracedArray, unwrap
+
+
+def is_traced(x: object) -> bool:
+    """True for an array inside a function being traced."""
+    return isinstance(x, TracedArray)
+
+
+def _check_sharding(sharding: Sharding, value: Value, mesh: MeshShape, what: str,
+                    loc: Location) -> None:
+    problems = sharding.problems(mesh, value.type.shape)
+    if problems:
+        raise LayoutError(f"{loc}: {what} {sharding.text()} does not fit "
+                          f"{value.type.text()}: " + "; ".join(problems))
+
+
+def _relayout(rec: Recorder, value: Value, sharding: Sharding, why: str, origin: str) -> Value:
+    _check_sharding(sharding, value, rec.mesh, why, user_location())
+    result = rec.emit("relayout", [value], sharding=sharding, why=why)
+    result.origin = LayoutOrigin(origin)
+    return result
+
+
+def traced_relayout(x: TracedArray, sharding: Sharding, why: str) -> TracedArray:
+    """``dtc.relayout`` inside a traced function: a ``relayout`` op to `sharding`."""
+    result = _relayout(x.recorder, x.value, sharding, why, why)
+    return TracedArray(result, x.recorder)
+
+
+def _outputs(returned: object) -> list[object]:
+    return list(returned) if isinstance(returned, (tuple, list)) else [returned]
+
+
+def _out_shardings(out_shardings: Sequence[Sharding | None] | Sharding | None, count: int,
+                   fn_name: str) -> list[Sharding | None]:
+    if out_shardings is None:
+        return [None] * count
+    given = [out_shardings] if isinstance(out_shardings, Sharding) else list(out_shardings)
+    if len(given) != count:
+        raise TraceError(f"{fn_name} returns {count} value(s) but {len(given)} out_layouts are "
+                         "given", user_location())
+    return given
+
+
+def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], mesh: MeshShape,
+          out_shardings: Sequence[Sharding | None] | Sharding | None = None,
+          name: str | None = None) -> Module:
+    """Trace `fn` on arguments of types `args` (their shardings are the in_layouts) into a
+    module with one function, named `name` or after `fn`."""
+    func_name = name or getattr(fn, "__name__", type(fn).__name__)
+    if len(args) != len(arg_names):
+        raise TraceError(f"{func_name}: {len(args)} argument types but {len(arg_names)} names")
+    params = [Value(t, None, n) for t, n in zip(args, arg_names)]
+    for param in params:
+        if param.type.sharding is not None:
+            param.origin = LayoutOrigin(f"%{param.name_hint}")
+    func = Function(func_name, params)
+    rec = Recorder(func, mesh)
+    try:
+        returned = unwrap(fn(*[TracedArray(p, rec) for p in params]), rec)
+        outputs = [rec.value(out) for out in _outputs(returned)]
+        shardings = _out_shardings(out_shardings, len(outputs), func_name)
+        results = [
+            value if sharding is None else _relayout(
+                rec, value, sharding, f"out_layouts[{i}] of {func_name}", f"out_layouts[{i}]")
+            for i, (value, sharding) in enumerate(zip(outputs, shardings))
+        ]
+    finally:
+        rec.active = False
+    func.set_results(results)
+    return Module(mesh, [func])
+

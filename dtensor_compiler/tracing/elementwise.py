@@ -1,0 +1,112 @@
+"""Elementwise lowerings: ufunc calls, ``where``, ``clip`` and ``astype``.
+
+Binary ops are emitted with numpy broadcasting left to the op. Python numbers are weakly typed
+as in numpy 2 (NEP 50): ``x_f32 * 2.0`` stays f32. The dtype such a number gets in the IR is
+chosen so that the op's inferred dtype equals what numpy itself returns for the same call on
+one-element stand-ins; no promotion table is written here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from dtensor_compiler.errors import ShapeError
+from dtensor_compiler.ir.core import Value
+from dtensor_compiler.ir.opdefs import ufunc_result_dtype
+from dtensor_compiler.ir.types import TensorType, numpy_dtype
+from dtensor_compiler.tracing.location import user_location
+from dtensor_compiler.tracing.recorder import (
+    Operand,
+    Recorder,
+    ir_dtype,
+    is_python_scalar,
+)
+
+
+def _stand_in(x: Operand) -> object:
+    """A one-element array of `x`'s dtype; Python numbers stay themselves (weak)."""
+    if isinstance(x, Value):
+        return np.ones(1, numpy_dtype(x.type.dtype))
+    if is_python_scalar(x):
+        return x
+    return np.ones(1, np.asarray(x).dtype)
+
+
+def numpy_result_dtype(name: str, fn: Callable[..., np.ndarray], operands: Sequence[Operand]
+                       ) -> str:
+    """The dtype numpy's `fn` returns on `operands`; numpy's own error as a ShapeError."""
+    try:
+        with np.errstate(all="ignore"):
+            return ir_dtype(fn(*[_stand_in(x) for x in operands]).dtype)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ShapeError(f"{name}: {e}", user_location()) from None
+
+
+def _dtype_or_none(rule: Callable[[tuple[str, ...]], str], dtypes: tuple[str, ...]
+                   ) -> str | None:
+    try:
+        return rule(dtypes)
+    except TypeError:  # numpy has no loop for these dtypes
+        return None
+
+
+def lift_operands(rec: Recorder, name: str, operands: Sequence[Operand],
+                  ir_result: Callable[[tuple[str, ...]], str], expected: str) -> list[Value]:
+    """IR values for `operands`, giving each Python number the dtype under which
+    `ir_result(operand dtypes)` (the op's dtype rule) equals numpy's dtype `expected`."""
+    strong = {i: rec.value(x) for i, x in enumerate(operands) if not is_python_scalar(x)}
+    weak = [i for i in range(len(operands)) if i not in strong]
+    strong_dtypes = [numpy_dtype(v.type.dtype) for v in strong.values()]
+    candidates = [
+        dict.fromkeys((ir_dtype(np.result_type(*strong_dtypes, operands[i])),
+                       ir_dtype(np.asarray(operands[i]).dtype)))
+        for i in weak
+    ]
+    for choice in itertools.product(*candidates):
+        chosen = dict(zip(weak, choice))
+        dtypes = tuple(strong[i].type.dtype if i in strong else chosen[i]
+                       for i in range(len(operands)))
+        if _dtype_or_none(ir_result, dtypes) == expected:
+            return [strong[i] if i in strong else rec.full((), chosen[i], operands[i])
+                    for i in range(len(operands))]
+    raise ShapeError(f"{name}: no operand dtypes give numpy's result dtype {expected}",
+                     user_location())
+
+
+def apply_ufunc(rec: Recorder, name: str, operands: Sequence[Operand]) -> Value:
+    """The elementwise op `name` (a numpy ufunc name) on `operands`, broadcasting."""
+    expected = numpy_result_dtype(f"numpy.{name}", getattr(np, name), operands)
+    values = lift_operands(rec, name, operands, lambda ds: ufunc_result_dtype(name, ds),
+                           expected)
+    return rec.emit(name, values)
+
+
+def where(rec: Recorder, condition: Operand, x: Operand, y: Operand) -> Value:
+    """``np.where(condition, x, y)``; a non-bool condition is tested for being non-zero."""
+    cond = astype(rec, rec.value(condition), np.bool_)
+    expected = numpy_result_dtype("numpy.where", lambda a, b: np.where(True, a, b), (x, y))
+    a, b = lift_operands(rec, "where", (x, y), lambda ds: ufunc_result_dtype("add", ds),
+                         expected)
+    return rec.emit("where", [cond, a, b])
+
+
+def clip(rec: Recorder, a: Operand, a_min: Operand | None = None,
+         a_max: Operand | None = None) -> Value:
+    """``np.clip``: ``minimum(maximum(a, a_min), a_max)``, either bound may be None."""
+    out = rec.value(a)
+    if a_min is not None:
+        out = apply_ufunc(rec, "maximum", (out, a_min))
+    if a_max is not None:
+        out = apply_ufunc(rec, "minimum", (out, a_max))
+    return out
+
+
+def astype(rec: Recorder, x: Value, dtype: object) -> Value:
+    """`x` converted to numpy dtype `dtype` (no op when it already has it)."""
+    target = ir_dtype(dtype)
+    if target == x.type.dtype:
+        return x
+    return rec.emit("astype", [x], result=TensorType(target, x.type.shape))

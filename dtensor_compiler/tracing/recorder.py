@@ -1,0 +1,107 @@
+"""The function under construction: appends ops at the user's source line, lifts constants.
+
+Everything the lowering modules emit goes through `Recorder.emit`, which stamps the op with the
+user's file and line and turns numpy's dtype complaints into `ShapeError`. Captured numpy
+values enter the IR as strongly typed constants: an array whose elements are all the same
+(``np.zeros(...)`` and friends), a numpy scalar and a 0-d array become a compact ``full`` op,
+anything else a ``constant`` op holding a private copy of the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dtensor_compiler.errors import ShapeError, TraceError
+from dtensor_compiler.ir.builder import Builder
+from dtensor_compiler.ir.core import Attr, Function, Value
+from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
+from dtensor_compiler.tracing.location import user_location
+
+PythonScalar = bool | int | float | complex
+Operand = Value | np.ndarray | np.generic | PythonScalar | list | tuple
+"""What a lowering accepts as an array: a traced value or anything numpy turns into an array."""
+
+
+def is_python_scalar(x: object) -> bool:
+    """Python numbers are weakly typed (NEP 50): the other operand decides the dtype."""
+    return type(x) in (bool, int, float, complex)
+
+
+def ir_dtype(dtype: object) -> str:
+    """The IR name of a numpy dtype; TraceError (at the user's line) if the IR has none."""
+    try:
+        return dtype_name(np.dtype(dtype))
+    except TypeError:
+        raise TraceError(f"dtype {dtype!r} is not supported by dtensor_compiler",
+                         user_location()) from None
+
+
+def scalar_attr(value: object, dtype: str) -> bool | int | float | complex:
+    """`value` as the Python number a ``full`` op of `dtype` holds. Raises like numpy does
+    when the value does not fit (``np.int8`` and 300)."""
+    np_dtype = numpy_dtype(dtype)
+    try:
+        np.asarray(value, dtype=np_dtype)
+    except (OverflowError, ValueError) as e:
+        raise ShapeError(f"{value!r} does not fit {dtype}: {e}", user_location()) from None
+    kind = np_dtype.kind
+    if kind == "b":
+        return bool(value)
+    if kind in "iu":
+        return int(value)  # type: ignore[call-overload]
+    if kind == "f":
+        return float(value)  # type: ignore[arg-type]
+    return complex(value)  # type: ignore[arg-type]
+
+
+class Recorder:
+    """Appends ops to one traced function. Inactive once its trace has finished."""
+
+    def __init__(self, func: Function, mesh: MeshShape) -> None:
+        self.func = func
+        self.mesh = mesh
+        self.active = True
+        self._builder = Builder(func, InferContext(mesh))
+
+    def emit(self, name: str, operands: Sequence[Value], attrs: dict[str, Attr] | None = None,
+             result: TensorType | None = None, sharding: Sharding | None = None,
+             why: str | None = None) -> Value:
+        """Append op `name`; `result` is the declared type of ops that need one."""
+        loc = user_location()
+        if not self.active:
+            raise TraceError(f"a traced array of @{self.func.name} was used after its trace "
+                             "finished (it escaped the function)", loc)
+        try:
+            return self._builder.create(name, list(operands), attrs, result, sharding, loc, why)
+        except TypeError as e:  # numpy has no loop for these dtypes
+            raise ShapeError(f"{name}: {e}", loc) from None
+
+    def full(self, shape: Sequence[int], dtype: str, value: object) -> Value:
+        """A tensor of `shape` filled with `value` (converted to `dtype`)."""
+        return self.emit("full", [], {"value": scalar_attr(value, dtype)},
+                         TensorType(dtype, tuple(shape)))
+
+    def constant(self, data: object) -> Value:
+        """A captured numpy value (array, numpy scalar, nested list) as a constant."""
+        array = np.asarray(data)
+        dtype = ir_dtype(array.dtype)
+        flat = array.reshape(-1)
+        if flat.size and _all_equal(flat):
+            return self.full(array.shape, dtype, flat[0].item())
+        return self.emit("constant", [], {"value": np.array(array, copy=True, order="C")},
+                         TensorType(dtype, array.shape))
+
+    def value(self, x: Operand) -> Value:
+        """`x` as an IR value: traced values pass through, anything else becomes a constant
+        (a Python number with numpy's default dtype for it)."""
+        return x if isinstance(x, Value) else self.constant(x)
+
+
+def _all_equal(flat: np.ndarray) -> bool:
+    """Bitwise equality of every element with the first (so -0.0 and 0.0 differ, nan works)."""
+    rows = np.ascontiguousarray(flat).view(np.uint8).reshape(flat.size, flat.dtype.itemsize)
+    return bool((rows == rows[0]).all())

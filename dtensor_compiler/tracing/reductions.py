@@ -1,0 +1,105 @@
+"""Reductions: sum/prod/max/min, mean, var/std, argmax/argmin, as numpy defines them.
+
+``sum``, ``prod``, ``max`` and ``min`` are single ``reduce_*`` ops. ``mean`` is a ``reduce_sum``
+divided by the element count, accumulated in the dtype numpy uses (f64 for integers and bool,
+f32 for f16, whose result is cast back). ``var`` is the mean of squared deviations from the
+mean, divided by ``count - ddof``; ``std`` its square root. ``argmax``/``argmin`` with no axis
+work on the flattened array, like numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import numpy as np
+
+from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
+from dtensor_compiler.ir.core import Value
+from dtensor_compiler.ir.types import numpy_dtype
+from dtensor_compiler.tracing.elementwise import apply_ufunc, astype
+from dtensor_compiler.tracing.location import user_location
+from dtensor_compiler.tracing.recorder import Operand, Recorder
+from dtensor_compiler.tracing.shape_ops import normalize_axis, reshape
+
+Axis = int | Sequence[int] | None
+
+
+def normalize_axes(axis: Axis, rank: int) -> tuple[int, ...]:
+    """Sorted, non-negative axes; None means all of them."""
+    if axis is None:
+        return tuple(range(rank))
+    raw = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = tuple(sorted(normalize_axis(int(a), rank) for a in raw))
+    if len(set(axes)) != len(axes):
+        raise ShapeError(f"duplicate value in 'axis': {list(raw)}", user_location())
+    return axes
+
+
+def reduce(rec: Recorder, kind: str, a: Operand, axis: Axis = None, dtype: object = None,
+           keepdims: bool = False) -> Value:
+    """``reduce_<kind>`` (sum, prod, max, min) of `a` over `axis`, accumulated in `dtype`."""
+    x = rec.value(a)
+    if dtype is not None:
+        x = astype(rec, x, dtype)
+    axes = normalize_axes(axis, x.type.rank)
+    return rec.emit(f"reduce_{kind}", [x], {"axes": axes, "keepdims": bool(keepdims)})
+
+
+def _count(x: Value, axes: tuple[int, ...]) -> int:
+    return prod(x.type.shape[i] for i in axes)
+
+
+def _divide_in_place(rec: Recorder, total: Value, count: int | float) -> Value:
+    """``total / count`` keeping `total`'s dtype, as numpy's ``true_divide(..., out=total)``."""
+    return astype(rec, apply_ufunc(rec, "divide", (total, count)),
+                  numpy_dtype(total.type.dtype))
+
+
+def _accumulator(x: Value, dtype: object) -> object:
+    """The dtype numpy's mean and var sum in: the requested one, else f64 for integers and bool."""
+    if dtype is not None:
+        return dtype
+    return np.float64 if numpy_dtype(x.type.dtype).kind in "biu" else None
+
+
+def mean(rec: Recorder, a: Operand, axis: Axis = None, dtype: object = None,
+         keepdims: bool = False) -> Value:
+    x = rec.value(a)
+    acc = _accumulator(x, dtype)
+    half = acc is None and x.type.dtype == "f16"
+    total = reduce(rec, "sum", x, axis, np.float32 if half else acc, keepdims)
+    out = _divide_in_place(rec, total, _count(x, normalize_axes(axis, x.type.rank)))
+    return astype(rec, out, np.float16) if half else out
+
+
+def var(rec: Recorder, a: Operand, axis: Axis = None, dtype: object = None,
+        ddof: int | float = 0, keepdims: bool = False) -> Value:
+    x = rec.value(a)
+    if numpy_dtype(x.type.dtype).kind == "c":
+        raise UnsupportedOperationError("var/std of complex arrays is not supported",
+                                        user_location())
+    acc = _accumulator(x, dtype)
+    count = _count(x, normalize_axes(axis, x.type.rank))
+    centre = _divide_in_place(rec, reduce(rec, "sum", x, axis, acc, keepdims=True), count)
+    deviation = apply_ufunc(rec, "subtract", (x, centre))
+    squares = apply_ufunc(rec, "multiply", (deviation, deviation))
+    total = reduce(rec, "sum", squares, axis, acc, keepdims)
+    return _divide_in_place(rec, total, max(count - ddof, 0))
+
+
+def std(rec: Recorder, a: Operand, axis: Axis = None, dtype: object = None,
+        ddof: int | float = 0, keepdims: bool = False) -> Value:
+    return apply_ufunc(rec, "sqrt", (var(rec, a, axis, dtype, ddof, keepdims),))
+
+
+def arg_reduce(rec: Recorder, kind: str, a: Operand, axis: int | None = None,
+               keepdims: bool = False) -> Value:
+    """``argmax``/``argmin`` (`kind`) along `axis`; None means over the flattened array."""
+    x = rec.value(a)
+    if axis is not None:
+        attrs = {"axis": normalize_axis(int(axis), x.type.rank), "keepdims": bool(keepdims)}
+        return rec.emit(kind, [x], attrs)
+    flat = reshape(rec, x, (x.type.size,))
+    index = rec.emit(kind, [flat], {"axis": 0, "keepdims": False})
+    return reshape(rec, index, (1,) * x.type.rank) if keepdims else index

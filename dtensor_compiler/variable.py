@@ -1,0 +1,69 @@
+"""`DVariable`: a mutable distributed value whose layout is fixed when it is created.
+
+The layout comes from a DTensor initial value, or from `layout` for any other initial value
+(which is copied onto the mesh). Giving neither, or a DTensor together with a different layout,
+is a `LayoutError`. `assign` replaces the value and never the layout: a DTensor must already
+have the variable's layout, and a numpy value is laid out as it. A DVariable reads as its
+current DTensor wherever the API accepts one (`relayout`, `fetch_layout`, compiled functions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dtensor_compiler.api import check_layout, copy_to_mesh
+from dtensor_compiler.dtensor import DistributedValue, DTensor
+from dtensor_compiler.errors import LayoutError
+from dtensor_compiler.layout import Layout
+
+
+class DVariable(DistributedValue):
+    """`DVariable(initial_value, layout=None, dtype=None, name=None)`.
+
+    `save_as_bf16` (default False) makes checkpoints store a float32 variable as bfloat16.
+    """
+
+    __slots__ = ("_value", "name", "save_as_bf16")
+    _what = "a DVariable"
+
+    def __init__(self, initial_value: object, layout: Layout | None = None,
+                 dtype: np.dtype | type | str | None = None, name: str | None = None) -> None:
+        if isinstance(initial_value, DistributedValue):
+            value = initial_value.as_dtensor()
+            if layout is not None and layout != value.layout:
+                raise LayoutError(f"conflicting layouts: the initial value has "
+                                  f"{value.layout.short_text()}, layout= is "
+                                  f"{layout.short_text()}")
+            if dtype is not None and np.dtype(dtype) != value.dtype:
+                raise TypeError(f"the initial value has dtype {value.dtype}, dtype= is "
+                                f"{np.dtype(dtype)}")
+        elif layout is None:
+            raise LayoutError("a DVariable needs a layout: pass layout= or a DTensor initial "
+                              "value")
+        else:
+            value = copy_to_mesh(np.asarray(initial_value, dtype=dtype), layout)
+        self._value: DTensor = value
+        self.name = name
+        self.save_as_bf16 = False
+
+    def as_dtensor(self) -> DTensor:
+        return self._value
+
+    def read_value(self) -> DTensor:
+        return self._value
+
+    def assign(self, value: object) -> DVariable:
+        """Replace the value, keeping shape, dtype and layout; returns the variable."""
+        if isinstance(value, DistributedValue):
+            check_layout(value, self.layout)
+        elif not isinstance(value, np.ndarray):
+            value = np.asarray(value, dtype=self.dtype)
+        if value.shape != self.shape or value.dtype != self.dtype:
+            raise ValueError(f"cannot assign a {value.dtype}{list(value.shape)} value to a "
+                             f"{self.dtype}{list(self.shape)} variable")
+        self._value = (value.as_dtensor() if isinstance(value, DistributedValue)
+                       else copy_to_mesh(value, self.layout))
+        return self
+
+    def __repr__(self) -> str:
+        return f"DVariable(name={self.name!r}, value={self._value!r})"

@@ -1,0 +1,185 @@
+"""Factor shardings: an op's strategy stated as the mesh dims of each factor of its rule.
+
+A `FactorRule` (see `ir/rules.py`) names an op's factors and, for every dim of every operand
+and of the result, the factors it is made of, major to minor. A *factor sharding* gives every
+factor a tuple of mesh dims (major to minor; empty means unsharded). It fixes the layout of
+every tensor of the op at once:
+
+- *Projection* reads a tensor's layout as a factor sharding. The mesh dims of a tensor dim go
+  to its factors major to minor: to the current factor while what is left of its size is
+  divisible by the mesh dim's size, to the next one once the current factor is used up.
+  A mesh dim that does not fit (or lands on a must-replicate factor, or on a dim without
+  factors) is dropped together with every mesh dim after it in that tensor dim.
+- *Un-projection* gives each tensor dim the mesh dims of its factors in order. A minor factor
+  may only be sharded when every factor before it in the dim is sharded all the way down
+  (one element per shard); otherwise the tensor dim would not be split into contiguous blocks.
+
+`FactorSpace.normalize` removes assignments that break these rules for any tensor of the op,
+so every factor sharding it returns un-projects losslessly onto every operand and the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from math import prod
+
+import numpy as np
+
+from dtensor_compiler.ir import rules
+from dtensor_compiler.ir.core import Operation
+from dtensor_compiler.ir.rules import REPLICATE, DimFactors, FactorRule
+from dtensor_compiler.ir.sharding import MeshShape
+
+MeshDims = tuple[str, ...]
+TensorDims = tuple[MeshDims, ...]
+"""The dims part of a `Sharding`: per tensor dim, its mesh dims."""
+FactorSharding = tuple[MeshDims, ...]
+"""Per factor of a rule, the mesh dims it is split over."""
+
+
+class FactorSpace:
+    """The factor shardings of one op rule on one mesh.
+
+    Tensors are numbered like the rule's: operands first, then the result (index
+    `result_index`). Projections are memoized; one instance serves every op with this rule.
+    """
+
+    def __init__(self, rule: FactorRule, mesh: MeshShape) -> None:
+        self.rule = rule
+        self.mesh_sizes = dict(mesh.dims)
+        self.tensors: tuple[tuple[DimFactors, ...], ...] = rule.operands + (rule.result,)
+        self.result_index = len(rule.operands)
+        self._projections: dict[tuple[int, TensorDims], FactorSharding] = {}
+
+    @property
+    def empty(self) -> FactorSharding:
+        return ((),) * len(self.rule.sizes)
+
+    def _shards(self, mesh_dims: MeshDims) -> int:
+        return prod(self.mesh_sizes[m] for m in mesh_dims)
+
+    def _exhausted(self, fs: FactorSharding, factor: int) -> bool:
+        return self._shards(fs[factor]) == self.rule.sizes[factor]
+
+    # -- tensor layout <-> factor sharding -------------------------------------------------------
+    def project(self, tensor: int, dims: TensorDims) -> FactorSharding:
+        """The factor sharding a tensor laid out as `dims` implies (see the module docstring)."""
+        key = (tensor, dims)
+        if key not in self._projections:
+            self._projections[key] = self.normalize(self._project(self.tensors[tensor], dims))
+        return self._projections[key]
+
+    def _project(self, tensor: tuple[DimFactors, ...], dims: TensorDims) -> FactorSharding:
+        out: list[MeshDims] = list(self.empty)
+        for factors, mesh_dims in zip(tensor, dims):
+            pos = 0
+            left = self.rule.sizes[factors[0]] if factors else 1
+            for m in mesh_dims:
+                while left == 1 and pos + 1 < len(factors):
+                    pos += 1
+                    left = self.rule.sizes[factors[pos]]
+                n = self.mesh_sizes[m]
+                if not factors or left % n or self.rule.kind(factors[pos]) == REPLICATE:
+                    break
+                out[factors[pos]] += (m,)
+                left //= n
+        return tuple(out)
+
+    def unproject(self, fs: FactorSharding, tensor: int) -> TensorDims:
+        """The layout dims of one tensor of the op under the normalized factor sharding `fs`."""
+        dims: list[MeshDims] = []
+        for factors in self.tensors[tensor]:
+            mesh_dims: MeshDims = ()
+            for f in factors:
+                mesh_dims += fs[f]
+                if not self._exhausted(fs, f):
+                    break
+            dims.append(mesh_dims)
+        return tuple(dims)
+
+    # -- building candidates ----------------------------------------------------------------------
+    def normalize(self, fs: FactorSharding) -> FactorSharding:
+        """`fs` without the assignments some tensor of the op cannot represent: mesh dims on
+        must-replicate factors, a mesh dim used twice, shard counts that do not divide a
+        factor, and minor factors sharded under a major factor that is not used up."""
+        out: list[MeshDims] = []
+        seen: set[str] = set()
+        for f, mesh_dims in enumerate(fs):
+            kept: MeshDims = ()
+            if self.rule.kind(f) != REPLICATE:
+                for m in mesh_dims:
+                    if m in seen or self.rule.sizes[f] % self._shards(kept + (m,)):
+                        break
+                    kept += (m,)
+            seen.update(kept)
+            out.append(kept)
+        changed = True
+        while changed:
+            changed = False
+            for tensor in self.tensors:
+                for factors in tensor:
+                    for major, minor in zip(factors, factors[1:]):
+                        if out[minor] and not self._exhausted(tuple(out), major):
+                            out[minor] = ()
+                            changed = True
+        return tuple(out)
+
+    def merge(self, base: FactorSharding, other: FactorSharding) -> FactorSharding:
+        """`base` plus the factors of `other` that `base` leaves unsharded, where their mesh
+        dims are still free."""
+        used = {m for mesh_dims in base for m in mesh_dims}
+        out = list(base)
+        for f, mesh_dims in enumerate(other):
+            if mesh_dims and not out[f] and used.isdisjoint(mesh_dims):
+                out[f] = mesh_dims
+                used.update(mesh_dims)
+        return self.normalize(tuple(out))
+
+    def reduced(self, fs: FactorSharding) -> dict[str, str]:
+        """The pending reductions the result gets: ``{mesh dim: op}`` for every mesh dim of a
+        factor that is reduced away (a contracted dim, a reduced axis)."""
+        out: dict[str, str] = {}
+        for f, mesh_dims in enumerate(fs):
+            kind = self.rule.kind(f)
+            if kind is not None and kind != REPLICATE:
+                out.update((m, kind) for m in mesh_dims)
+        return out
+
+    def is_reduced(self, factor: int) -> bool:
+        kind = self.rule.kind(factor)
+        return kind is not None and kind != REPLICATE
+
+
+class FactorSpaces:
+    """The `FactorSpace` of every op, built once per distinct (op name, attributes, operand and
+    result types), so the identical layers of a deep model share one space, its memoized
+    projections, and the strategies chosen for it."""
+
+    def __init__(self, mesh: MeshShape) -> None:
+        self.mesh = mesh
+        self._by_signature: dict[Hashable, FactorSpace | None] = {}
+        self._by_op: dict[int, FactorSpace | None] = {}
+
+    def of(self, op: Operation) -> FactorSpace | None:
+        """The op's factor space, or None for ops without a rule (``relayout``, collectives)."""
+        key = id(op)
+        if key not in self._by_op:
+            self._by_op[key] = self._build(op)
+        return self._by_op[key]
+
+    def _build(self, op: Operation) -> FactorSpace | None:
+        if op.result is None:
+            return None
+        signature: Hashable = None
+        if not any(isinstance(v, np.ndarray) for v in op.attrs.values()):
+            signature = (op.name, tuple(sorted(op.attrs.items())),
+                         tuple(v.type.with_sharding(None) for v in op.operands),
+                         op.result.type.with_sharding(None))
+            if signature in self._by_signature:
+                return self._by_signature[signature]
+        rule = rules.factor_rule(op.name, op.attrs, [v.type for v in op.operands],
+                                 op.result.type)
+        space = None if rule is None else FactorSpace(rule, self.mesh)
+        if signature is not None:
+            self._by_signature[signature] = space
+        return space

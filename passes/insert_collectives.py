@@ -1,0 +1,69 @@
+"""insert-collectives: carry out every `relayout` op with the collectives that perform it.
+
+Expects: a global-shape module (not localized) in which every value has a sharding, as
+`propagate-layouts` leaves it, and every change of layout is an explicit `relayout` op whose
+result type holds the target layout, whose `why` says why it is needed and whose `loc` is the
+user's line.
+
+Guarantees: no `relayout` op remains. Each one is replaced, in place, by the steps that
+`plan_relayout` picks under the context's cost model, emitted in order as `all_reduce`,
+`reduce_scatter`, `all_to_all`, `all_gather` and `local_slice` ops built with checked types;
+every emitted op carries the relayout's `loc` and `why`, and the last one's result takes over
+the relayout result's uses and `origin`. A relayout whose source and target layouts are equal
+is removed and its uses read the source. No other op changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dtensor_compiler.cost import CostModel
+from dtensor_compiler.errors import PassError, PlanningError
+from dtensor_compiler.ir.builder import Builder
+from dtensor_compiler.ir.core import Function, Module, Operation
+from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
+from dtensor_compiler.relayout import plan_relayout
+
+
+@register_pass
+@dataclass(frozen=True)
+class InsertCollectivesPass(ModulePass):
+    """Replace every `relayout` op by its cheapest sequence of collectives."""
+
+    name = "insert-collectives"
+
+    def apply(self, module: Module, ctx: PassContext) -> None:
+        if module.localized:
+            raise PassError("insert-collectives expects a global-shape module, "
+                            "but this one is localized")
+        infer = InferContext(module.mesh)
+        for func in module.functions:
+            for op in [o for o in func.ops if o.name == "relayout"]:
+                _expand(func, op, infer, ctx.cost_model)
+
+
+def _expand(func: Function, op: Operation, infer: InferContext, cost_model: CostModel) -> None:
+    """Insert the planned collectives before `op`, reroute its uses, and erase it."""
+    assert op.result is not None
+    (source,) = op.operands
+    src, dst = source.type.sharding, op.result.type.sharding
+    where = f"{op.loc}: " if op.loc is not None else ""
+    if src is None or dst is None:
+        raise PassError(f"{where}relayout of a value without a layout in @{func.name}; "
+                        "run propagate-layouts first")
+    try:
+        steps = plan_relayout(src, dst, infer.mesh, source.type.shape, source.type.itemsize,
+                              cost_model)
+    except PlanningError as e:
+        raise PlanningError(f"{where}{e}") from None
+    why = op.why or f"relayout to {dst.text()}"
+    builder = Builder(func, infer, before=op)
+    value = source
+    for step in steps:
+        value = builder.create(step.kind, [value], step.attr_dict(), sharding=step.dst,
+                               loc=op.loc, why=why)
+    if steps:
+        value.origin = op.result.origin
+    func.replace_value(op.result, value)
+    func.erase(op)

@@ -1,0 +1,115 @@
+"""localize: turn global shapes into per-device shapes.
+
+Expects: a global-shape module in which every value has a sharding that fits the mesh and
+divides its shape evenly, and every change of layout is an explicit collective (no `relayout`
+op is left: run insert-collectives first).
+
+Guarantees: `module.localized` is True and every value's type holds its per-device shape, with
+its sharding kept. Shape-valued attributes are rewritten to local terms: a `slice` may cut only
+unsharded dims, and a full-range slice of a sharded dim becomes the full local range. Ops whose
+shape comes from their declared result type (`reshape`, `broadcast_to`, `full`, `iota`,
+`astype`, `constant`) get the local type; a `constant` keeps its GLOBAL value, which the
+runtime splits per device. Every local shape is checked by mapping it back to the global shape
+it came from. Nothing is changed when the pass fails.
+
+```
+%0 = matmul %x, %w : f32[512,1024] @ {dp, tp}            // mesh<dp=2, tp=4>
+%0 = matmul %x, %w : f32[256,256] @ {dp, tp}             // after localize
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dtensor_compiler.errors import PassError
+from dtensor_compiler.ir.core import Attr, Function, Module, Operation, Value
+from dtensor_compiler.ir.printer import Namer
+from dtensor_compiler.ir.sharding import MeshShape
+from dtensor_compiler.ir.types import TensorType
+from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
+
+
+@register_pass
+@dataclass(frozen=True)
+class LocalizePass(ModulePass):
+    """Rewrite a global-shape module into per-device shapes."""
+
+    name = "localize"
+
+    def apply(self, module: Module, ctx: PassContext) -> None:
+        if module.localized:
+            raise PassError("localize expects a global-shape module, but this one is "
+                            "already localized")
+        rewrites = [_Localizer(func, module.mesh).plan() for func in module.functions]
+        for types, attrs in rewrites:
+            for value, local in types:
+                value.type = local
+            for op, new_attrs in attrs:
+                op.attrs.update(new_attrs)
+        module.localized = True
+
+
+class _Localizer:
+    """Works out the local type of every value and the local attributes of every op of one
+    function, without changing it."""
+
+    def __init__(self, func: Function, mesh: MeshShape) -> None:
+        self.func = func
+        self.mesh = mesh
+        self.name = Namer(func)
+
+    def plan(self) -> tuple[list[tuple[Value, TensorType]],
+                            list[tuple[Operation, dict[str, Attr]]]]:
+        types = [(v, self.local_type(v)) for v in self.func.values()]
+        attrs = []
+        for op in self.func.ops:
+            if op.name == "relayout":
+                raise self.error(op, "relayout is left in the module; run insert-collectives "
+                                     "before localize")
+            if op.name == "slice":
+                attrs.append((op, self.local_slice(op)))
+        return types, attrs
+
+    def error(self, op: Operation | None, message: str) -> PassError:
+        where = f"{op.loc}: " if op is not None and op.loc is not None else ""
+        return PassError(f"{where}localize @{self.func.name}: {message}")
+
+    def local_type(self, value: Value) -> TensorType:
+        t = value.type
+        sharding = t.sharding
+        if sharding is None:
+            raise self.error(value.owner, f"{self.name(value)} has no layout; run "
+                                          "propagate-layouts first")
+        problems = sharding.problems(self.mesh)
+        if sharding.rank != t.rank:
+            problems.insert(0, f"layout has rank {sharding.rank}, the tensor has rank {t.rank}")
+        if problems:
+            raise self.error(value.owner, f"layout of {self.name(value)} {sharding.text()}: "
+                                          + "; ".join(problems))
+        local = sharding.local_shape(t.shape, self.mesh)
+        if sharding.global_shape(local, self.mesh) != t.shape:
+            uneven = [i for i, s in enumerate(t.shape) if s % sharding.num_shards(i, self.mesh)]
+            i = uneven[0]
+            raise self.error(value.owner, f"{self.name(value)}: {t.text()} does not split "
+                                          f"evenly: dim {i} of size {t.shape[i]} into "
+                                          f"{sharding.num_shards(i, self.mesh)} shards")
+        return t.with_shape(local)
+
+    def local_slice(self, op: Operation) -> dict[str, Attr]:
+        """Sharded dims must be taken whole; they become the whole local range."""
+        source = op.operands[0].type
+        src, dst = source.sharding, op.type.sharding
+        assert src is not None and dst is not None, "checked by local_type"
+        start, stop, step = (list(op.attrs[k]) for k in ("start", "stop", "step"))
+        for i, size in enumerate(source.shape):
+            if src.dims[i] != dst.dims[i]:
+                raise self.error(op, f"slice changes the layout of dim {i} from "
+                                     f"{src.text()} to {dst.text()}")
+            if not src.dims[i]:
+                continue
+            if (start[i], stop[i], step[i]) != (0, size, 1):
+                raise self.error(op, f"slice {start[i]}:{stop[i]}:{step[i]} cuts dim {i}, "
+                                     f"which is sharded over {list(src.dims[i])}")
+            stop[i] = size // src.num_shards(i, self.mesh)
+        return {"start": tuple(start), "stop": tuple(stop), "step": tuple(step)}

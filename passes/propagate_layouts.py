@@ -1,0 +1,207 @@
+"""propagate-layouts: give every value a layout and make every change of layout explicit.
+
+Expects: a global-shape module as the tracer makes it. Function arguments have the user's
+layout or none; op results have none, except the results of ``relayout`` ops (pinned output
+layouts and the user's ``dtc.relayout`` calls), whose type holds their target layout.
+
+Guarantees:
+- every value has a layout and an `origin` naming the annotations it was derived from
+  (``%x``, ``out_layouts[0]``, or ``default: replicated``) and the op that carried it;
+- every operand has exactly the layout its op's strategy needs; wherever a value's layout
+  must change there is a ``relayout`` op right before the consumer, at the consumer's
+  location, whose `why` says why in the user's terms; one relayout serves every later
+  consumer that needs the same value in the same layout;
+- returned values carry no pending reduction unless a pinned output layout asks for one;
+- ``relayout`` ops whose operand already has the target layout are gone;
+- unannotated arguments that nothing constrains are replicated.
+
+The op semantics come only from `rules.factor_rule` and `rules.partial_result`. Phase 1
+(`_desired_layouts`) propagates layouts (dims only) forward and backward to a fixpoint, resolving
+conflicts by cost. Phase 2 (here) walks the ops in program order and picks each op's strategy
+(`_strategy.StrategyChooser`) from the actual layouts of its operands, pending reductions
+included, and the phase-1 layout wanted for its result; then it inserts the relayouts that
+strategy needs. Every choice is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dtensor_compiler.cost import CostModel
+from dtensor_compiler.errors import PassError
+from dtensor_compiler.ir.builder import make_op
+from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Operation, Value
+from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
+from dtensor_compiler.passes._desired_layouts import (
+    DEFAULT_SOURCE,
+    DesiredLayouts,
+    Sources,
+    desired_layouts,
+    merge_sources,
+)
+from dtensor_compiler.passes._explain import Explainer
+from dtensor_compiler.passes._factor_sharding import FactorSpaces
+from dtensor_compiler.passes._strategy import LayoutCosts, StrategyChooser
+
+
+@register_pass
+@dataclass(frozen=True)
+class PropagateLayoutsPass(ModulePass):
+    """Choose a layout for every value and insert the relayouts the chosen strategies need."""
+
+    name = "propagate-layouts"
+
+    def apply(self, module: Module, ctx: PassContext) -> None:
+        if module.localized:
+            raise PassError("propagate-layouts expects a global-shape module, "
+                            "but this one is localized")
+        for func in module.functions:
+            _Propagation(func, module.mesh, ctx.cost_model).run()
+
+
+class _Propagation:
+    """Phase 2 over one function, and the bookkeeping around it."""
+
+    def __init__(self, func: Function, mesh: MeshShape, cost_model: CostModel) -> None:
+        self.func = func
+        self.infer = InferContext(mesh)
+        self.spaces = FactorSpaces(mesh)
+        self.chooser = StrategyChooser(LayoutCosts(mesh, cost_model), _consumers(func))
+        self.explain = Explainer(func)
+        self.actual: dict[Value, Sharding] = {}
+        self.sources: dict[Value, Sources] = {}
+        self.relayouts: dict[tuple[Value, Sharding], Value] = {}
+        self.ops: list[Operation] = []
+
+    def run(self) -> None:
+        pinned = self._pinned()
+        desired = desired_layouts(self.func, pinned, self.spaces, self.chooser, self.explain)
+        for arg in self.func.args:
+            if arg in pinned:
+                self._set(arg, pinned[arg][0], pinned[arg][1], arg.origin)
+            elif arg in desired.layouts:
+                self._set(arg, desired.layouts[arg], desired.sources[arg],
+                          LayoutOrigin(", ".join(desired.sources[arg]), desired.via[arg]))
+            else:
+                self._set(arg, Sharding.replicated(arg.type.rank), (DEFAULT_SOURCE,))
+        for op in self.func.ops:
+            self._place(op, pinned, desired)
+        self._resolve_returned_partials(pinned)
+        self.func.ops = [op for op in self.ops if not self._drop_if_noop(op)]
+
+    # -- seeds ------------------------------------------------------------------------------------
+    def _pinned(self) -> dict[Value, tuple[Sharding, Sources]]:
+        """Layouts that never change: annotated arguments and the results of ops without a
+        factor rule, with the annotation each comes from."""
+        pinned: dict[Value, tuple[Sharding, Sources]] = {}
+        for arg in self.func.args:
+            if arg.type.sharding is not None:
+                source = arg.origin.source if arg.origin is not None else self.explain.value(arg)
+                pinned[arg] = (arg.type.sharding, (source,))
+        returned = {id(v): i for i, v in reversed(list(enumerate(self.func.results)))}
+        for op in self.func.ops:
+            value = op.result
+            if value is None or self.spaces.of(op) is not None:
+                continue
+            if value.type.sharding is None:
+                raise PassError(f"{self.explain.op(op)}: {op.name} has no sharding rule and its "
+                                "result has no layout")
+            if value.origin is not None:
+                source = value.origin.source
+            elif id(value) in returned:
+                source = f"out_layouts[{returned[id(value)]}]"
+            else:
+                source = self.explain.op(op)
+            pinned[value] = (value.type.sharding, (source,))
+        return pinned
+
+    # -- phase 2 ----------------------------------------------------------------------------------
+    def _place(self, op: Operation, pinned: dict[Value, tuple[Sharding, Sources]],
+               desired: DesiredLayouts) -> None:
+        """Choose `op`'s strategy, insert the relayouts it needs, and set its result layout."""
+        result = op.result
+        space = self.spaces.of(op)
+        if result is None or space is None:
+            if result is not None:
+                layout, sources = pinned[result]
+                self._set(result, layout, sources, result.origin)
+                if op.why is None and op.name == "relayout":
+                    op.why = f"{sources[0]} asks for {layout.text()}"
+            self.ops.append(op)
+            return
+        operands = op.operands
+        wanted = desired.layouts.get(result)
+        strategy = self.chooser.choose(space, op, [self.actual[v] for v in operands], wanted)
+        sources = merge_sources([self.sources[operands[t]] if t < len(operands) else
+                                 desired.sources[result] for t in strategy.seeds])
+        origin = LayoutOrigin(", ".join(sources), self.explain.op(op))
+        for i, (value, need) in enumerate(zip(operands, strategy.operands)):
+            have = self.actual[value]
+            if have == need:
+                continue
+            key = (value, need)
+            if key not in self.relayouts:
+                matched = [self.explain.value(v) for v, n in zip(operands, strategy.operands)
+                           if v is not value and self.actual[v] == n]
+                if not matched and wanted == strategy.result.without_partial():
+                    matched = ["the layout wanted for its result"]
+                why = self.explain.operand_relayout(op, i, space, strategy.factors, have, need,
+                                                    matched)
+                self.relayouts[key] = self._relayout(value, need, op, why, sources, origin)
+            op.set_operand(i, self.relayouts[key])
+        self.ops.append(op)
+        self._set(result, strategy.result, sources, origin)
+
+    def _relayout(self, value: Value, layout: Sharding, consumer: Operation | None, why: str,
+                  sources: Sources, origin: LayoutOrigin | None) -> Value:
+        """Append a relayout of `value` to `layout` at the consumer's location."""
+        loc = consumer.loc if consumer is not None else None
+        op = make_op("relayout", [value], {}, self.infer, sharding=layout, loc=loc, why=why)
+        self.ops.append(op)
+        assert op.result is not None
+        self._set(op.result, layout, sources, origin)
+        return op.result
+
+    def _resolve_returned_partials(self, pinned: dict[Value, tuple[Sharding, Sources]]) -> None:
+        """Reduce the pending reductions of returned values no annotation asked for."""
+        for i, value in enumerate(self.func.results):
+            have = self.actual[value]
+            if not have.partial or value in pinned:
+                continue
+            need = have.without_partial()
+            key = (value, need)
+            if key not in self.relayouts:
+                why = (f"returned value {i} ({self.explain.value(value)}): "
+                       + self.explain.pending("a returned value", have.partial))
+                self.relayouts[key] = self._relayout(value, need, value.owner, why,
+                                                     self.sources[value], value.origin)
+            self.func.set_result(i, self.relayouts[key])
+
+    def _drop_if_noop(self, op: Operation) -> bool:
+        """Remove a relayout whose operand already has its target layout."""
+        if op.name != "relayout" or op.result is None:
+            return False
+        (source,) = op.operands
+        if self.actual[source] != self.actual[op.result]:
+            return False
+        self.func.replace_value(op.result, source)
+        op.drop_operands()
+        return True
+
+    def _set(self, value: Value, layout: Sharding, sources: Sources,
+             origin: LayoutOrigin | None = None) -> None:
+        self.actual[value] = layout
+        self.sources[value] = sources
+        value.type = value.type.with_sharding(layout)
+        value.origin = origin or LayoutOrigin(", ".join(sources))
+
+
+def _consumers(func: Function) -> dict[Value, int]:
+    """How many ops use each value."""
+    counts: dict[Value, int] = {}
+    for op in func.ops:
+        for value in dict.fromkeys(op.operands):
+            counts[value] = counts.get(value, 0) + 1
+    return counts

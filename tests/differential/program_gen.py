@@ -1,0 +1,172 @@
+"""Random numpy programs for differential testing.
+
+A `Program` is a list of `Step`s applied to a growing list of values; `Program.__call__` runs it
+on whatever arrays it is given, so the same program runs as plain numpy (the reference) and
+traced by `dtc.compile`. Every op the tracer and the planner support should appear here: when
+you add an op or a pass, add a step kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import strategies as st
+
+Shape = tuple[int, ...]
+MESH_SHAPES: tuple[tuple[int, ...], ...] = ((2,), (4,), (8,), (2, 2), (2, 4), (4, 2), (2, 2, 2))
+DIM_SIZES = (8, 16)
+
+
+@dataclass
+class Step:
+    """One line of a program: `fn(env)` computes value `name` from earlier named values."""
+
+    name: str
+    text: str
+    fn: Callable[[dict], object]
+
+
+@dataclass
+class Program:
+    inputs: list[tuple[str, Shape]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def input_shapes(self) -> list[Shape]:
+        return [s for _, s in self.inputs]
+
+    def __call__(self, *arrays):
+        env = {name: a for (name, _), a in zip(self.inputs, arrays)}
+        for step in self.steps:
+            env[step.name] = step.fn(env)
+        outs = tuple(env[n] for n in self.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    def text(self) -> str:
+        lines = [f"{n}: {list(s)}" for n, s in self.inputs]
+        lines += [f"{s.name} = {s.text}" for s in self.steps]
+        lines.append(f"return {', '.join(self.outputs)}")
+        return "\n".join(lines)
+
+
+def _softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@st.composite
+def programs(draw) -> Program:
+    """A random program over 1-2 inputs of rank 2 or 3 (plus weights), with 1-6 steps."""
+    rank = draw(st.sampled_from([2, 3]))
+    shape0 = tuple(draw(st.sampled_from(DIM_SIZES)) for _ in range(rank))
+    prog = Program()
+    shapes: dict[str, Shape] = {}
+
+    def new_input(shape: Shape) -> str:
+        name = f"a{len(prog.inputs)}"
+        prog.inputs.append((name, shape))
+        shapes[name] = shape
+        return name
+
+    def add(text: str, fn: Callable[[dict], object], shape: Shape) -> None:
+        name = f"v{len(prog.steps)}"
+        prog.steps.append(Step(name, text, fn))
+        shapes[name] = shape
+
+    new_input(shape0)
+    if draw(st.booleans()):
+        new_input(shape0)
+    for _ in range(draw(st.integers(1, 6))):
+        x = draw(st.sampled_from(sorted(shapes)))
+        s = shapes[x]
+        last = len(s) - 1
+        kind = draw(st.sampled_from(["unary", "binary", "scalar", "reduce", "transpose",
+                                     "softmax", "matmul", "einsum", "slice", "reshape",
+                                     "concat", "where"]))
+        if kind == "unary":
+            name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
+            f = getattr(np, name)
+            add(f"np.{name}({x} * 0.1)", lambda e, x=x, f=f: f(e[x] * 0.1), s)
+        elif kind == "binary":
+            y = draw(st.sampled_from(sorted(n for n, t in shapes.items() if t == s)))
+            op = draw(st.sampled_from(["add", "subtract", "multiply", "maximum"]))
+            f = getattr(np, op)
+            add(f"np.{op}({x}, {y})", lambda e, x=x, y=y, f=f: f(e[x], e[y]), s)
+        elif kind == "scalar":
+            c = draw(st.sampled_from([0.5, 2.0, -1.5]))
+            add(f"{x} * {c} + 1", lambda e, x=x, c=c: e[x] * c + 1, s)
+        elif kind == "reduce":
+            axis = draw(st.integers(0, last))
+            keep = draw(st.booleans())
+            red = draw(st.sampled_from(["sum", "max", "mean", "min"]))
+            out = tuple(1 if k == axis else d for k, d in enumerate(s)) if keep else tuple(
+                d for k, d in enumerate(s) if k != axis)
+            if out:
+                add(f"{x}.{red}(axis={axis}, keepdims={keep})",
+                    lambda e, x=x, a=axis, k=keep, r=red: getattr(e[x], r)(axis=a, keepdims=k),
+                    out)
+        elif kind == "transpose":
+            perm = tuple(draw(st.permutations(range(len(s)))))
+            add(f"{x}.transpose({perm})", lambda e, x=x, p=perm: e[x].transpose(p),
+                tuple(s[p] for p in perm))
+        elif kind == "softmax":
+            axis = draw(st.integers(0, last))
+            add(f"softmax({x}, axis={axis})", lambda e, x=x, a=axis: _softmax(e[x], a), s)
+        elif kind == "matmul":
+            w = new_input((s[-1], draw(st.sampled_from(DIM_SIZES))))
+            add(f"{x} @ {w}", lambda e, x=x, w=w: e[x] @ e[w], s[:-1] + shapes[w][1:])
+        elif kind == "einsum" and len(s) == 3:
+            w = new_input((s[2], draw(st.sampled_from(DIM_SIZES))))
+            add(f"np.einsum('abc,cd->abd', {x}, {w})",
+                lambda e, x=x, w=w: np.einsum("abc,cd->abd", e[x], e[w]), s[:2] + shapes[w][1:])
+        elif kind == "slice":
+            axis = draw(st.integers(0, last))
+            half = s[axis] // 2
+            idx = tuple(slice(None) if k != axis else slice(0, half) for k in range(len(s)))
+            add(f"{x}[axis {axis}: 0:{half}]", lambda e, x=x, idx=idx: e[x][idx],
+                tuple(half if k == axis else d for k, d in enumerate(s)))
+        elif kind == "reshape":
+            splittable = [k for k, d in enumerate(s) if d % 2 == 0 and d > 2]
+            if len(s) >= 2 and draw(st.booleans()):
+                k = draw(st.integers(0, len(s) - 2))
+                new = s[:k] + (s[k] * s[k + 1],) + s[k + 2:]
+            elif splittable:
+                k = draw(st.sampled_from(splittable))
+                new = s[:k] + (2, s[k] // 2) + s[k + 1:]
+            else:
+                continue
+            add(f"{x}.reshape({new})", lambda e, x=x, n=new: e[x].reshape(n), new)
+        elif kind == "concat":
+            axis = draw(st.integers(0, last))
+            add(f"np.concatenate([{x}, 2 * {x}], axis={axis})",
+                lambda e, x=x, a=axis: np.concatenate([e[x], e[x] * 2], axis=a),
+                tuple(2 * d if k == axis else d for k, d in enumerate(s)))
+        elif kind == "where":
+            add(f"np.where({x} > 0, {x}, 0.5 * {x})",
+                lambda e, x=x: np.where(e[x] > 0, e[x], 0.5 * e[x]), s)
+    if not prog.steps:
+        add("np.tanh(a0)", lambda e: np.tanh(e["a0"]), shape0)
+    results = [st_.name for st_ in prog.steps]
+    chosen = draw(st.lists(st.sampled_from(results), min_size=1, max_size=2, unique=True))
+    prog.outputs = sorted(chosen, key=results.index)
+    if results[-1] not in prog.outputs:
+        prog.outputs.append(results[-1])
+    return prog
+
+
+def shardings_for(draw, shape: Shape, mesh_names: list[str], mesh_sizes: list[int]
+                  ) -> list[tuple[str, ...]]:
+    """A random valid assignment of mesh dims to the dims of `shape` (divisible, each mesh
+    dim at most once)."""
+    dims: list[tuple[str, ...]] = [() for _ in shape]
+    for name, size in zip(mesh_names, mesh_sizes):
+        choice = draw(st.integers(-1, len(shape) - 1))
+        if choice < 0:
+            continue
+        shards = int(np.prod([mesh_sizes[mesh_names.index(m)] for m in dims[choice]])) * size
+        if shape[choice] % shards == 0:
+            dims[choice] = dims[choice] + (name,)
+    return dims

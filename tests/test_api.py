@@ -1,0 +1,375 @@
+"""The eager API on the simulated mesh: DTensor, pack/unpack, relayout, copy_to_mesh,
+call_with_layout, default meshes and DVariable.
+
+Expected per-device components are computed here from the layout's shard map
+(`Layout.offset_to_shard`), independently of the runtime's stacked representation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+import dtensor_compiler as dtc
+
+U = dtc.UNSHARDED
+
+
+def component(global_array: np.ndarray, layout: dtc.Layout, device: int) -> np.ndarray:
+    """The block of `global_array` that `device` holds under a partial-free `layout`."""
+    blocks = layout.offset_to_shard()[device]
+    index = []
+    for axis, block in enumerate(blocks):
+        size = global_array.shape[axis] // layout.num_shards(axis)
+        index.append(slice(block * size, (block + 1) * size))
+    return global_array[tuple(index)]
+
+
+def all_layouts(mesh: dtc.Mesh, rank: int) -> list[dtc.Layout]:
+    """Every partial-free layout of a rank-`rank` tensor on `mesh`."""
+    out = []
+    names = mesh.dim_names
+    for placement in itertools.product(range(rank + 1), repeat=len(names)):
+        for order in itertools.permutations(names):
+            dims: list[list[str]] = [[] for _ in range(rank)]
+            for name in order:
+                where = placement[names.index(name)]
+                if where < rank:
+                    dims[where].append(name)
+            specs = [U if not d else d[0] if len(d) == 1 else tuple(d) for d in dims]
+            layout = dtc.Layout(specs, mesh)
+            if layout not in out:
+                out.append(layout)
+    return out
+
+
+MESHES = [[("x", 4)], [("x", 2), ("y", 3)], [("x", 2), ("y", 2), ("z", 2)]]
+
+
+def arange(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    return np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+
+
+# -- DTensor ------------------------------------------------------------------------------------
+
+
+def test_dtensor_metadata_and_gathering():
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    layout = dtc.Layout(["dp", "tp"], mesh)
+    x = arange((4, 8))
+    t = dtc.copy_to_mesh(x, layout)
+    assert (t.shape, t.dtype, t.ndim, t.layout, t.mesh) == ((4, 8), np.float32, 2, layout, mesh)
+    assert repr(t) == "DTensor(shape=[4, 8], dtype=float32, layout={dp, tp} on mesh<dp=2, tp=4>)"
+    np.testing.assert_array_equal(np.asarray(t), x)
+    np.testing.assert_array_equal(t.numpy(), x)
+    assert np.asarray(t, dtype=np.float64).dtype == np.float64
+    x[0, 0] = 100.0  # the DTensor holds its own copy
+    assert np.asarray(t)[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("expr, what", [
+    (lambda t: t + 1, "operator +"),
+    (lambda t: 2 * t, "operator *"),
+    (lambda t: -t, "operator unary -"),
+    (lambda t: t @ t, "operator @"),
+    (lambda t: t < 0, "operator <"),
+    (lambda t: np.ones((4, 4), np.float32) + t, "ufunc np.add"),
+    (lambda t: np.exp(t), "ufunc np.exp"),
+    (lambda t: np.add.reduce(t), "ufunc np.add.reduce"),
+    (lambda t: np.concatenate([t, t]), "function np.concatenate"),
+    (lambda t: np.sum(t), "function np.sum"),
+    (lambda t: t[0], "indexing"),
+])
+def test_eager_math_on_a_dtensor_points_at_compile(expr, what):
+    mesh = dtc.create_mesh([("x", 2)])
+    t = dtc.copy_to_mesh(np.ones((4, 4), np.float32), dtc.Layout(["x", U], mesh))
+    message = re.escape(what) + " is not supported on a DTensor.*@dtc.compile"
+    with pytest.raises(TypeError, match=message):
+        expr(t)
+
+
+# -- pack / unpack ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims", MESHES, ids=str)
+def test_pack_unpack_round_trips_on_every_layout(dims):
+    mesh = dtc.create_mesh(dims)
+    rank = 2
+    shape = (12, 8)
+    x = arange(shape)
+    for layout in all_layouts(mesh, rank):
+        if layout.sharding.problems(mesh.mesh_shape(), shape):
+            continue
+        expected = [component(x, layout, d) for d in range(mesh.size)]
+        scattered = dtc.copy_to_mesh(x, layout)
+        for got, want in zip(dtc.unpack(scattered), expected, strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=layout.short_text())
+        packed = dtc.pack(expected, layout)
+        assert packed.layout == layout and packed.shape == shape
+        np.testing.assert_array_equal(np.asarray(packed), x, err_msg=layout.short_text())
+        for got, want in zip(dtc.unpack(packed), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_unpack_follows_the_docs_example():
+    mesh = dtc.create_mesh([("x", 3), ("y", 2)])
+    t = dtc.copy_to_mesh(np.arange(6).reshape(3, 2), dtc.Layout(["x", U], mesh))
+    parts = [p.tolist() for p in dtc.unpack(t)]
+    assert parts == [[[0, 1]], [[0, 1]], [[2, 3]], [[2, 3]], [[4, 5]], [[4, 5]]]
+
+
+def test_pack_of_partial_sums_gathers_their_sum():
+    mesh = dtc.create_mesh([("x", 2), ("y", 2)])
+    layout = dtc.Layout(["x", U], mesh, partial={"y": "sum"})
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((2, 3)) for _ in range(4)]
+    t = dtc.pack(parts, layout)
+    expected = np.concatenate([parts[0] + parts[1], parts[2] + parts[3]])
+    np.testing.assert_allclose(np.asarray(t), expected)
+    for got, want in zip(dtc.unpack(t), parts, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pack_of_scalars_needs_a_rank_0_layout():
+    mesh = dtc.create_mesh([("x", 2)])
+    t = dtc.pack([3.0, 3.0], dtc.Layout([], mesh))
+    assert t.shape == () and float(np.asarray(t)) == 3.0
+    with pytest.raises(dtc.LayoutError, match="CPU:0 is a scalar, but the layout has rank 1"):
+        dtc.pack([3.0, 3.0], dtc.Layout(["x"], mesh))
+
+
+def test_pack_errors_name_the_device():
+    mesh = dtc.create_mesh([("x", 2), ("y", 2)])
+    layout = dtc.Layout(["x", U], mesh)
+    ok = [np.zeros((2, 4), np.float32)] * 4
+    with pytest.raises(dtc.LayoutError, match="got 3 components for the 4 devices"):
+        dtc.pack(ok[:3], layout)
+    with pytest.raises(dtc.LayoutError, match="CPU:2 is of rank 1, but the layout has rank 2"):
+        dtc.pack(ok[:2] + [np.zeros(4, np.float32)] + ok[3:], layout)
+    with pytest.raises(dtc.LayoutError, match=r"CPU:1 has shape \[2, 5\]"):
+        dtc.pack([ok[0], np.zeros((2, 5), np.float32)] + ok[2:], layout)
+    with pytest.raises(TypeError, match="CPU:3 has dtype float64"):
+        dtc.pack(ok[:3] + [np.zeros((2, 4))], layout)
+    with pytest.raises(TypeError, match="CPU:0"):
+        dtc.pack([np.array([["a"] * 4] * 2)] * 4, layout)
+    differs = ok[:3] + [np.ones((2, 4), np.float32)]
+    with pytest.raises(dtc.LayoutError, match="device 3 .* differs from the copy on device 2"):
+        dtc.pack(differs, layout)
+    with pytest.raises(dtc.LayoutError, match="MATCH"):
+        dtc.pack(ok, dtc.Layout([dtc.MATCH, U], mesh))
+
+
+def test_copy_to_mesh_checks_the_array_against_the_layout():
+    mesh = dtc.create_mesh([("x", 4)])
+    with pytest.raises(dtc.LayoutError, match="rank 2, the array has rank 1"):
+        dtc.copy_to_mesh(np.zeros(8), dtc.Layout(["x", U], mesh))
+    with pytest.raises(dtc.LayoutError, match="shape \\[6\\].*not divisible by its 4 shards"):
+        dtc.copy_to_mesh(np.zeros(6), dtc.Layout(["x"], mesh))
+
+
+def test_copy_to_mesh_moves_a_dtensor_to_another_mesh():
+    x = arange((4, 6))
+    src = dtc.copy_to_mesh(x, dtc.Layout(["x", U], dtc.create_mesh([("x", 2)])))
+    target = dtc.Layout([U, "b"], dtc.create_mesh([("a", 2), ("b", 3)]))
+    moved = dtc.copy_to_mesh(src, target)
+    assert moved.layout == target
+    np.testing.assert_array_equal(np.asarray(moved), x)
+
+
+# -- inspecting ---------------------------------------------------------------------------------
+
+
+def test_fetch_check_and_is_dtensor():
+    mesh = dtc.create_mesh([("x", 2), ("y", 2)])
+    layout = dtc.Layout(["x", U], mesh)
+    t = dtc.copy_to_mesh(np.zeros((4, 4)), layout)
+    assert dtc.fetch_layout(t) == layout
+    assert dtc.is_dtensor(t) and not dtc.is_dtensor(np.zeros(3))
+    dtc.check_layout(t, layout)
+    with pytest.raises(dtc.LayoutError, match=r"expected layout \{-, y\}.*has \{x, -\}"):
+        dtc.check_layout(t, dtc.Layout([U, "y"], mesh))
+    with pytest.raises(TypeError, match="got ndarray"):
+        dtc.fetch_layout(np.zeros(3))
+
+
+# -- relayout -----------------------------------------------------------------------------------
+
+
+def check_relayouts(mesh: dtc.Mesh, pairs: list[tuple[dtc.Layout, dtc.Layout]],
+                    x: np.ndarray) -> None:
+    for src_layout, dst_layout in pairs:
+        out = dtc.relayout(dtc.copy_to_mesh(x, src_layout), dst_layout)
+        note = f"{src_layout.short_text()} -> {dst_layout.short_text()}"
+        assert out.layout == dst_layout, note
+        for d, got in enumerate(dtc.unpack(out)):
+            np.testing.assert_array_equal(got, component(x, dst_layout, d), err_msg=note)
+
+
+def fitting_layouts(mesh: dtc.Mesh, shape: tuple[int, ...]) -> list[dtc.Layout]:
+    return [lay for lay in all_layouts(mesh, len(shape))
+            if not lay.sharding.problems(mesh.mesh_shape(), shape)]
+
+
+@pytest.mark.parametrize("dims", MESHES[:2], ids=str)
+def test_relayout_between_every_pair_of_layouts(dims):
+    mesh = dtc.create_mesh(dims)
+    x = arange((12, 8))
+    layouts = fitting_layouts(mesh, x.shape)
+    check_relayouts(mesh, list(itertools.product(layouts, layouts)), x)
+
+
+def test_relayout_on_a_3d_mesh():
+    mesh = dtc.create_mesh(MESHES[2])
+    x = arange((4, 8, 2))
+    layouts = fitting_layouts(mesh, x.shape)
+    pairs = list(itertools.product(layouts, layouts))
+    picks = np.random.default_rng(0).choice(len(pairs), size=150, replace=False)
+    check_relayouts(mesh, [pairs[i] for i in picks], x)
+
+
+def test_relayout_reduces_pending_partials():
+    mesh = dtc.create_mesh([("x", 2), ("y", 2)])
+    rng = np.random.default_rng(1)
+    parts = [rng.standard_normal((4, 6)) for _ in range(4)]
+    t = dtc.pack(parts, dtc.Layout([U, U], mesh, partial={"x": "sum", "y": "sum"}))
+    total = sum(parts)
+    for target in ([U, U], ["x", U], [("y", "x"), U], [U, "y"]):
+        out = dtc.relayout(t, dtc.Layout(target, mesh))
+        np.testing.assert_allclose(np.asarray(out), total)
+        assert not out.layout.partial
+    kept = dtc.relayout(t, dtc.Layout([U, U], mesh, partial={"y": "sum"}))
+    assert kept.layout.partial == {"y": "sum"}
+    np.testing.assert_allclose(np.asarray(kept), total)
+
+
+def test_relayout_match_keeps_the_input_spec():
+    mesh = dtc.create_mesh([("x", 2), ("y", 2)])
+    t = dtc.copy_to_mesh(arange((4, 4)), dtc.Layout(["x", "y"], mesh))
+    out = dtc.relayout(t, dtc.Layout([dtc.MATCH, U], mesh))
+    assert out.layout == dtc.Layout(["x", U], mesh)
+    np.testing.assert_array_equal(np.asarray(out), arange((4, 4)))
+    with pytest.raises(dtc.LayoutError, match="'x' is used twice"):
+        dtc.relayout(t, dtc.Layout([dtc.MATCH, "x"], mesh))
+
+
+def test_relayout_errors():
+    mesh = dtc.create_mesh([("x", 2)])
+    t = dtc.copy_to_mesh(arange((4, 4)), dtc.Layout(["x", U], mesh))
+    other = dtc.create_mesh([("y", 2)])
+    message = r"between meshes \(from mesh<x=2> to mesh<y=2>\); use copy_to_mesh"
+    with pytest.raises(dtc.LayoutError, match=message):
+        dtc.relayout(t, dtc.Layout(["y", U], other))
+    with pytest.raises(dtc.LayoutError, match="rank 1, the tensor has rank 2"):
+        dtc.relayout(t, dtc.Layout(["x"], mesh))
+    with pytest.raises(TypeError, match="copy_to_mesh"):
+        dtc.relayout(np.zeros((4, 4)), dtc.Layout(["x", U], mesh))
+    odd = dtc.copy_to_mesh(arange((3, 4)), dtc.Layout([U, U], mesh))
+    with pytest.raises(dtc.LayoutError, match="not divisible"):
+        dtc.relayout(odd, dtc.Layout(["x", U], mesh))
+
+
+def test_relayout_like_takes_the_other_tensors_layout():
+    mesh = dtc.create_mesh([("x", 2), ("y", 2)])
+    a = dtc.copy_to_mesh(arange((4, 4)), dtc.Layout(["x", "y"], mesh))
+    b = dtc.copy_to_mesh(np.zeros((4, 4), np.float32), dtc.Layout(["y", U], mesh))
+    out = dtc.relayout_like(a, b)
+    assert out.layout == b.layout
+    np.testing.assert_array_equal(np.asarray(out), arange((4, 4)))
+
+
+# -- default mesh and call_with_layout ---------------------------------------------------------
+
+
+def test_default_mesh_nests_and_restores():
+    a, b = dtc.create_mesh([("a", 2)]), dtc.create_mesh([("b", 4)])
+    assert dtc.get_default_mesh() is None
+    with dtc.default_mesh(a) as got:
+        assert got is a and dtc.get_default_mesh() is a
+        with dtc.run_on(b):
+            assert dtc.get_default_mesh() is b
+        assert dtc.get_default_mesh() is a
+    assert dtc.get_default_mesh() is None
+    with pytest.raises(dtc.MeshError, match="expects a Mesh"):
+        with dtc.default_mesh("a"):  # type: ignore[arg-type]
+            pass
+    assert dtc.device_name() == "/job:localhost/replica:0/task:0/device:CUSTOM:0"
+
+
+def test_call_with_layout_runs_under_the_mesh_and_lays_out_the_result():
+    mesh = dtc.create_mesh([("x", 2), ("y", 2)])
+    layout = dtc.Layout([U, "y"], mesh)
+    seen = []
+
+    def make(n):
+        seen.append(dtc.get_default_mesh())
+        return np.ones((n, 4))
+
+    out = dtc.call_with_layout(make, layout, 2)
+    assert seen == [mesh] and out.layout == layout
+    np.testing.assert_array_equal(np.asarray(out), np.ones((2, 4)))
+    sharded = dtc.call_with_layout(lambda: dtc.copy_to_mesh(arange((4, 4)),
+                                                            dtc.Layout(["x", U], mesh)), layout)
+    assert sharded.layout == layout
+    np.testing.assert_array_equal(np.asarray(sharded), arange((4, 4)))
+    assert dtc.call_with_layout(lambda: 7, None) == 7
+
+
+def test_create_distributed_mesh_is_single_client_for_now(monkeypatch):
+    dims = [("x", 2), ("y", 2)]
+    assert dtc.create_distributed_mesh(dims) == dtc.create_mesh(dims)
+    monkeypatch.setenv("DTENSOR_JOBS", "localhost:1000,localhost:1001")
+    with pytest.raises(dtc.DTensorError, match="2 clients.*multi-process runtime"):
+        dtc.create_distributed_mesh(dims)
+
+
+# -- DVariable ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mesh22() -> dtc.Mesh:
+    return dtc.create_mesh([("x", 2), ("y", 2)])
+
+
+def test_dvariable_takes_the_layout_of_its_initial_value(mesh22):
+    layout = dtc.Layout(["x", U], mesh22)
+    t = dtc.copy_to_mesh(arange((4, 4)), layout)
+    v = dtc.DVariable(t, name="w")
+    assert v.layout == layout and v.read_value() is t and v.name == "w"
+    assert (v.shape, v.dtype, v.save_as_bf16) == ((4, 4), np.float32, False)
+    assert dtc.fetch_layout(v) == layout and dtc.is_dtensor(v)
+    np.testing.assert_array_equal(np.asarray(v), arange((4, 4)))
+
+
+def test_dvariable_from_an_array_needs_a_layout(mesh22):
+    layout = dtc.Layout([U, "y"], mesh22)
+    v = dtc.DVariable([[1, 2], [3, 4]], layout=layout, dtype=np.float64)
+    assert v.layout == layout and v.dtype == np.float64
+    np.testing.assert_array_equal(np.asarray(v), [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(dtc.LayoutError, match="needs a layout"):
+        dtc.DVariable(np.zeros((2, 2)))
+
+
+def test_dvariable_rejects_a_conflicting_layout(mesh22):
+    t = dtc.copy_to_mesh(arange((4, 4)), dtc.Layout(["x", U], mesh22))
+    with pytest.raises(dtc.LayoutError, match=r"conflicting layouts.*\{x, -\}.*\{-, x\}"):
+        dtc.DVariable(t, layout=dtc.Layout([U, "x"], mesh22))
+    assert dtc.DVariable(t, layout=dtc.Layout(["x", U], mesh22)).layout == t.layout
+
+
+def test_dvariable_assign_keeps_the_layout(mesh22):
+    layout = dtc.Layout(["x", U], mesh22)
+    v = dtc.DVariable(np.zeros((4, 4), np.float32), layout=layout)
+    new = dtc.copy_to_mesh(arange((4, 4)), layout)
+    assert v.assign(new) is v and v.read_value() is new
+    with pytest.raises(dtc.LayoutError, match=r"expected layout \{x, -\}"):
+        v.assign(dtc.copy_to_mesh(arange((4, 4)), dtc.Layout(["y", U], mesh22)))
+    v.assign(np.full((4, 4), 2.0, np.float32))
+    assert v.layout == layout
+    np.testing.assert_array_equal(np.asarray(v), np.full((4, 4), 2.0))
+    with pytest.raises(ValueError, match=r"float32\[4, 2\].*float32\[4, 4\]"):
+        v.assign(np.zeros((4, 2), np.float32))
+    with pytest.raises(TypeError, match="on a DVariable.*@dtc.compile"):
+        _ = v + 1

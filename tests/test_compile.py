@@ -1,0 +1,285 @@
+"""`dtc.compile`: decorator forms, caching, mesh choice, argument errors, `lower()` and its
+stages, IR and collective records, and values against numpy."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import numpy as np
+import pytest
+
+import dtensor_compiler as dtc
+from dtensor_compiler.cost import DEFAULT_COST_MODEL
+
+U = dtc.UNSHARDED
+STAGES = ["trace", "simplify", "propagate-layouts", "insert-collectives", "localize"]
+
+
+@pytest.fixture
+def mesh() -> dtc.Mesh:
+    return dtc.create_mesh([("dp", 2), ("tp", 4)])
+
+
+def rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def mlp_layouts(mesh: dtc.Mesh) -> dict[str, object]:
+    return {
+        "in_layouts": (dtc.Layout(["dp", U], mesh), dtc.Layout([U, "tp"], mesh),
+                       dtc.Layout(["tp", U], mesh)),
+        "out_layouts": dtc.Layout(["dp", U], mesh),
+    }
+
+
+def mlp(x, w1, w2):
+    h = np.tanh(x @ w1)
+    return h @ w2
+
+
+MLP_AFTER_INSERT_COLLECTIVES = """\
+mesh<dp=2, tp=4>
+func @mlp(%x: f32[16,8] @ {dp, -}, %w1: f32[8,32] @ {-, tp}, %w2: f32[32,8] @ {tp, -}) -> (f32[16,8] @ {dp, -}) {
+  %0 = matmul %x, %w1 : f32[16,32] @ {dp, tp}
+  %1 = tanh %0 : f32[16,32] @ {dp, tp}
+  %2 = matmul %1, %w2 : f32[16,8] @ {dp, -} partial(tp:sum)
+  %3 = all_reduce %2 {mesh_dims = [tp], op = sum} : f32[16,8] @ {dp, -}  // why: out_layouts[0] of mlp
+  return %3
+}
+"""  # noqa: E501
+
+
+def mlp_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return rand(16, 8, seed=1), rand(8, 32, seed=2), rand(32, 8, seed=3)
+
+
+# -- decorator forms and values -----------------------------------------------------------------
+
+
+def test_the_three_ways_to_compile_agree(mesh):
+    x, w1, w2 = mlp_inputs()
+    expected = mlp(x, w1, w2)
+
+    @dtc.compile
+    def bare(x, w1, w2):
+        return mlp(x, w1, w2)
+
+    @dtc.compile(**mlp_layouts(mesh), verify=True)
+    def configured(x, w1, w2):
+        return mlp(x, w1, w2)
+
+    direct = dtc.compile(mlp, **mlp_layouts(mesh), verify=True)
+    for f in (bare, configured, direct):
+        assert isinstance(f, dtc.CompiledFunction)
+        out = f(x, w1, w2)
+        assert isinstance(out, dtc.DTensor) and out.shape == (16, 8)
+        np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+    assert direct(x, w1, w2).layout == dtc.Layout(["dp", U], mesh)
+    assert direct.__name__ == "mlp" and direct.__wrapped__ is mlp
+
+
+def test_dtensor_arguments_keep_their_layouts(mesh):
+    x, w1, w2 = mlp_inputs()
+    layouts = mlp_layouts(mesh)["in_layouts"]
+    args = [dtc.copy_to_mesh(a, lay) for a, lay in zip((x, w1, w2), layouts)]
+    f = dtc.compile(mlp, verify=True)
+    low = f.lower(*args)
+    assert low.in_layouts == layouts
+    np.testing.assert_allclose(np.asarray(f(*args)), mlp(x, w1, w2), rtol=1e-5, atol=1e-5)
+
+
+def test_tuple_results_and_out_layout_entries(mesh):
+    @dtc.compile(in_layouts=dtc.Layout(["dp", "tp"], mesh),
+                 out_layouts=(dtc.Layout([U, U], mesh), None), verify=True)
+    def two(a):
+        return a * 2.0, np.exp(a)
+
+    a = rand(4, 8)
+    doubled, exp = two(a)
+    assert doubled.layout == dtc.Layout([U, U], mesh)
+    np.testing.assert_allclose(np.asarray(doubled), a * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(exp), np.exp(a), rtol=1e-6)
+
+
+def test_results_do_not_alias_the_arguments():
+    a = rand(4, 4)
+    out = dtc.compile(lambda a: a, verify=True)(a)
+    a[0, 0] = 100.0
+    assert np.asarray(out)[0, 0] != 100.0
+
+
+def test_dvariable_arguments_read_as_their_value(mesh):
+    layout = dtc.Layout(["dp", U], mesh)
+    v = dtc.DVariable(rand(4, 4), layout=layout)
+    out = dtc.compile(lambda a: a + 1.0, verify=True)(v)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(v) + 1.0)
+
+
+# -- caching ------------------------------------------------------------------------------------
+
+
+def test_programs_are_cached_per_argument_types(mesh):
+    traces = []
+
+    @dtc.compile(verify=True)
+    def f(a, b):
+        traces.append(1)
+        return a + b
+
+    a, b = rand(4, 8), rand(4, 8, seed=1)
+    f(a, b)
+    f(a + 1, b)
+    assert len(traces) == 1
+    assert f.lower(dtc.TensorSpec((4, 8)), dtc.TensorSpec((4, 8), np.float32)) is f.lower(a, b)
+    assert len(traces) == 1
+    f(a.astype(np.float64), b)
+    assert len(traces) == 2
+    f(rand(8, 8), rand(8, 8))
+    assert len(traces) == 3
+    f(dtc.copy_to_mesh(a, dtc.Layout(["dp", U], mesh)), b)
+    f(dtc.copy_to_mesh(a + 1, dtc.Layout(["dp", U], mesh)), b)
+    assert len(traces) == 4
+    f(dtc.copy_to_mesh(a, dtc.Layout([U, "tp"], mesh)), b)
+    assert len(traces) == 5
+
+
+# -- the mesh -----------------------------------------------------------------------------------
+
+
+def test_the_mesh_comes_from_layouts_then_dtensors_then_the_default(mesh):
+    f = dtc.compile(lambda a: a * 2.0)
+    a = rand(8, 8)
+    assert f.lower(a).mesh == dtc.create_mesh()
+    with dtc.default_mesh(mesh):
+        assert f.lower(a).mesh == mesh
+        other = dtc.create_mesh([("r", 2)])
+        assert f.lower(dtc.copy_to_mesh(a, dtc.Layout(["r", U], other))).mesh == other
+    g = dtc.compile(lambda a: a * 2.0, in_layouts=dtc.Layout(["dp", U], mesh))
+    assert g.lower(a).mesh == mesh
+
+
+def test_layouts_on_two_meshes_are_rejected(mesh):
+    other = dtc.create_mesh([("r", 2)])
+    with pytest.raises(dtc.LayoutError, match="one mesh.*mesh<dp=2, tp=4>.*mesh<r=2>"):
+        dtc.compile(mlp, in_layouts=(dtc.Layout(["dp", U], mesh), None, None),
+                    out_layouts=dtc.Layout(["r", U], other))
+
+
+# -- argument errors ----------------------------------------------------------------------------
+
+
+def test_argument_errors_name_the_argument(mesh):
+    f = dtc.compile(mlp, **mlp_layouts(mesh))
+    x, w1, w2 = mlp_inputs()
+    with pytest.raises(dtc.TraceError, match=r"mlp\(x, w1, w2\).*'w2'"):
+        f(x, w1)
+    with pytest.raises(dtc.LayoutError, match=r"argument 'w1' of shape \[32\].*rank 2"):
+        f(x, w1[0], w2)
+    with pytest.raises(dtc.LayoutError, match=r"argument 'x' of shape \[15, 8\].*divisible"):
+        f(x[:15], w1, w2)
+    with pytest.raises(dtc.TraceError, match="argument 'w2' must be a numeric array"):
+        f(x, w1, "w2")
+    with pytest.raises(dtc.TraceError, match="argument 'w2' must be a numeric array"):
+        f(x, w1, None)
+    with pytest.raises(dtc.TraceError, match="positionally"):
+        f(x, w1, w2=w2)
+    wrong = dtc.copy_to_mesh(x, dtc.Layout([U, U], mesh))
+    with pytest.raises(dtc.LayoutError, match=r"argument 'x' has layout \{-, -\}.*\{dp, -\}"):
+        f(wrong, w1, w2)
+    with pytest.raises(dtc.LayoutError, match="in_layouts has 3 entries.*2 arguments"):
+        dtc.compile(lambda *a: a[0], **mlp_layouts(mesh))(x, w1)
+    with pytest.raises(dtc.LayoutError, match="MATCH"):
+        dtc.compile(mlp, in_layouts=dtc.Layout([dtc.MATCH, U], mesh))
+
+
+def test_specs_are_kept_for_tools(mesh):
+    specs = (dtc.TensorSpec((8, 4)),)
+    f = dtc.compile(lambda a: a, in_layouts=dtc.Layout(["dp", U], mesh), specs=specs)
+    assert f.specs == specs and dtc.compile(mlp).specs is None
+    assert f.lower(*f.specs).in_layouts == (dtc.Layout(["dp", U], mesh),)
+    with pytest.raises(TypeError, match="TensorSpecs"):
+        dtc.compile(mlp, specs=((8, 4),))
+
+
+def test_backends_and_pipelines_are_checked_when_compiling():
+    with pytest.raises(dtc.DTensorError, match="Triton lowering"):
+        dtc.compile(mlp, backend="triton")
+    with pytest.raises(dtc.DTensorError, match="unknown backend 'cuda'"):
+        dtc.compile(mlp, backend="cuda")
+    with pytest.raises(dtc.PassError, match="unknown pass 'fold-everything'"):
+        dtc.compile(mlp, pipeline="simplify,fold-everything")
+
+
+# -- lower() ------------------------------------------------------------------------------------
+
+
+def test_lowered_megatron_mlp(mesh):
+    f = dtc.compile(mlp, **mlp_layouts(mesh), verify=True)
+    specs = [dtc.TensorSpec(a.shape) for a in mlp_inputs()]
+    low = f.lower(*specs)
+    assert low.stages == STAGES
+    assert low.ir() == low.ir("final") == low.ir("localize")
+    assert low.ir("insert-collectives") == MLP_AFTER_INSERT_COLLECTIVES
+    assert low.ir().startswith("mesh<dp=2, tp=4> local\n")
+    assert low.module.localized
+    assert low.kernel_sources() == {}
+    (ar,) = low.collectives()
+    assert (ar.kind, ar.mesh_dims) == ("all_reduce", ("tp",))
+    assert ar.bytes == 8 * 8 * 4  # the [16/dp, 8] f32 result block of one device
+    assert low.comm_bytes() == ar.bytes
+    assert ar.seconds == DEFAULT_COST_MODEL.collective_time(
+        "all_reduce", ("tp",), mesh.mesh_shape(), ar.bytes)
+    assert ar.op == MLP_AFTER_INSERT_COLLECTIVES.splitlines()[5].strip()
+    assert re.fullmatch(f"out_layouts\\[0\\] of mlp at {re.escape(__file__)}:\\d+", ar.reason)
+    assert low.in_layouts == mlp_layouts(mesh)["in_layouts"]
+    assert low.out_layouts == (dtc.Layout(["dp", U], mesh),)
+    with pytest.raises(ValueError, match=r"no stage 'bogus'; stages are \['trace', 'simplify'"):
+        low.ir("bogus")
+    x, w1, w2 = mlp_inputs()
+    np.testing.assert_allclose(np.asarray(low.run(x, w1, w2)), mlp(x, w1, w2), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(dtc.TraceError, match=r"argument 'x' is float64\[16, 8\]"):
+        low.run(x.astype(np.float64), w1, w2)
+
+
+def test_a_custom_pipeline_names_the_stages(mesh):
+    f = dtc.compile(mlp, **mlp_layouts(mesh), pipeline="propagate-layouts,insert-collectives,"
+                    "localize", verify=True)
+    low = f.lower(*mlp_inputs())
+    assert low.stages == ["trace", "propagate-layouts", "insert-collectives", "localize"]
+    assert [c.kind for c in low.collectives()] == ["all_reduce"]
+
+
+def test_relayout_inside_a_compiled_function(mesh):
+    def gather_rows(a):
+        b = np.exp(a)
+        return dtc.relayout(b, dtc.Layout([U, "tp"], mesh))
+
+    line = inspect.getsourcelines(gather_rows)[1] + 2
+    f = dtc.compile(gather_rows, in_layouts=dtc.Layout(["dp", "tp"], mesh), verify=True)
+    a = rand(4, 8)
+    out = f(a)
+    assert out.layout == dtc.Layout([U, "tp"], mesh)
+    np.testing.assert_allclose(np.asarray(out), np.exp(a), rtol=1e-6)
+    (gather,) = f.lower(a).collectives()
+    assert (gather.kind, gather.mesh_dims, gather.bytes) == ("all_gather", ("dp",), 4 * 2 * 4)
+    assert f"dtc.relayout at {__file__}:{line}" in gather.reason
+
+
+def test_relayout_match_and_mesh_checks_inside_a_compiled_function(mesh):
+    a = rand(4, 8)
+    keep_rows = dtc.compile(lambda a: dtc.relayout(a, dtc.Layout([dtc.MATCH, U], mesh)),
+                            in_layouts=dtc.Layout(["dp", "tp"], mesh), verify=True)
+    assert keep_rows.lower(a).out_layouts == (dtc.Layout(["dp", U], mesh),)
+    np.testing.assert_array_equal(np.asarray(keep_rows(a)), a)
+    unknown = dtc.compile(lambda a: dtc.relayout(a * 2.0, dtc.Layout([dtc.MATCH, U], mesh)),
+                          in_layouts=dtc.Layout(["dp", "tp"], mesh))
+    with pytest.raises(dtc.LayoutError, match="MATCH inside a compiled function"):
+        unknown(a)
+    other = dtc.create_mesh([("r", 2)])
+    elsewhere = dtc.compile(lambda a: dtc.relayout(a, dtc.Layout(["r", U], other)),
+                            in_layouts=dtc.Layout(["dp", "tp"], mesh))
+    with pytest.raises(dtc.LayoutError, match="mesh<r=2> inside a function compiled for "
+                                              "mesh<dp=2, tp=4>"):
+        elsewhere(a)

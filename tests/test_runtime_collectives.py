@@ -1,0 +1,173 @@
+"""Collectives on stacked arrays, checked exhaustively over small meshes and layouts.
+
+For every layout of a rank-3 tensor and every collective that applies to it (every group of
+mesh dims, every axis), the result must have exactly the stacked shape of the layout
+`apply_collective` gives, and hold the same global value. Operands are random stacked arrays,
+so partial values have nontrivial terms on every device; integer-valued floats keep sums exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from stacked_cases import MESHES, all_shardings
+
+from dtensor_compiler.ir.opdefs import apply_collective
+from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.runtime import collectives
+from dtensor_compiler.runtime.collectives import apply_step
+from dtensor_compiler.runtime.stacked import (
+    check_stacked,
+    expected_stacked_shape,
+    from_stacked,
+    to_stacked,
+)
+
+SHAPE = (8, 16, 24)
+"""Every dim divides by every group of the test meshes (at most 8 devices)."""
+
+MESH_2x4 = MESHES["2x4"]
+
+
+def _groups(names: list[str]) -> Iterator[tuple[str, ...]]:
+    """Every non-empty ordered group of distinct mesh dims from `names`."""
+    for n in range(1, len(names) + 1):
+        yield from itertools.permutations(names, n)
+
+
+def _steps(s: Sharding, mesh: MeshShape) -> Iterator[tuple[str, dict]]:
+    """Every collective (kind, attrs) that applies to layout `s`."""
+    axes = range(s.rank)
+    for group in _groups(sorted(s.partial_dims)):
+        ops = {s.partial_map[m] for m in group}
+        if len(ops) == 1:
+            (op,) = ops
+            yield "all_reduce", {"mesh_dims": group, "op": op}
+            for axis in axes:
+                yield "reduce_scatter", {"mesh_dims": group, "op": op, "axis": axis}
+    for axis in axes:
+        dims = s.dims[axis]
+        for n in range(1, len(dims) + 1):
+            suffix = dims[len(dims) - n:]
+            yield "all_gather", {"mesh_dims": suffix, "axis": axis}
+            for split in axes:
+                yield "all_to_all", {"mesh_dims": suffix, "split_axis": split,
+                                     "concat_axis": axis}
+    free = [m for m in mesh.names if m not in s.used_mesh_dims()]
+    for group in _groups(free):
+        for axis in axes:
+            yield "local_slice", {"mesh_dims": group, "axis": axis}
+
+
+def _random_stacked(s: Sharding, mesh: MeshShape, rng: np.random.Generator) -> np.ndarray:
+    shape = expected_stacked_shape(s.local_shape(SHAPE, mesh), s, mesh)
+    return rng.integers(-20, 20, size=shape).astype(np.float64)
+
+
+@pytest.mark.parametrize("mesh_name", sorted(MESHES))
+def test_every_collective_keeps_the_value_and_makes_the_layout_apply_collective_says(
+        mesh_name: str) -> None:
+    mesh = MESHES[mesh_name]
+    rng = np.random.default_rng(0)
+    kinds_seen: set[str] = set()
+    for src in all_shardings(3, mesh, partial_ops=("sum", "max")):
+        if len(set(src.partial_map.values())) > 1:
+            continue  # mixed pending reductions only have a value in one reduction order
+        x = _random_stacked(src, mesh, rng)
+        value = from_stacked(x, src, mesh)
+        for kind, attrs in _steps(src, mesh):
+            dst = apply_collective(kind, attrs, src)
+            if not dst.divides(SHAPE, mesh):
+                continue
+            out = apply_step(x, kind, attrs, src, mesh)
+            check_stacked(out, dst, mesh)
+            np.testing.assert_array_equal(from_stacked(out, dst, mesh), value,
+                                          err_msg=f"{kind} {attrs} on {src}")
+            kinds_seen.add(kind)
+    assert kinds_seen == set(collectives.COLLECTIVES)
+
+
+def test_all_reduce_sums_every_device_term() -> None:
+    mesh = MESHES["2x2"]
+    s = Sharding.of(None, partial={"x": "sum", "y": "sum"})
+    x = np.arange(4.0).reshape(2, 2, 1)
+    out = collectives.all_reduce(x, ("x", "y"), "sum", s, mesh)
+    assert out.shape == (1, 1, 1) and out.item() == 6.0
+    out = collectives.all_reduce(x, ("y",), "sum", s, mesh)
+    assert out.tolist() == [[[1.0]], [[5.0]]]
+
+
+def test_all_reduce_keeps_small_integer_dtypes() -> None:
+    s = Sharding.of(None, partial={"x": "sum"})
+    x = np.full((4, 1), 100, dtype=np.int8)
+    out = collectives.all_reduce(x, ("x",), "sum", s, MESHES["1d"])
+    assert out.dtype == np.int8
+
+
+def test_reduce_scatter_gives_each_device_its_block_of_the_sum() -> None:
+    mesh = MESHES["1d"]
+    s = Sharding.of(None, partial={"x": "sum"})
+    x = np.arange(4 * 8.0).reshape(4, 8)
+    out = collectives.reduce_scatter(x, ("x",), "sum", 0, s, mesh)
+    total = x.sum(axis=0)
+    assert out.shape == (4, 2)
+    for d in range(4):
+        np.testing.assert_array_equal(out[d], total[2 * d: 2 * d + 2])
+
+
+def test_all_gather_concatenates_blocks_in_device_order() -> None:
+    s = Sharding.of(("x", "y"), None)
+    g = np.arange(16).reshape(8, 2)
+    out = collectives.all_gather(to_stacked(g, s, MESH_2x4), ("x", "y"), 0, s, MESH_2x4)
+    assert out.shape == (1, 1, 8, 2)
+    np.testing.assert_array_equal(out[0, 0], g)
+
+
+def test_all_gather_of_the_minor_mesh_dim_keeps_the_major_one() -> None:
+    s = Sharding.of(("x", "y"), None)
+    g = np.arange(16).reshape(8, 2)
+    out = collectives.all_gather(to_stacked(g, s, MESH_2x4), ("y",), 0, s, MESH_2x4)
+    assert out.shape == (2, 1, 4, 2)
+    np.testing.assert_array_equal(out[1, 0], g[4:])
+
+
+def test_all_to_all_moves_the_split_from_one_dim_to_another() -> None:
+    s = Sharding.of("y", None)
+    g = np.arange(32).reshape(4, 8)
+    out = collectives.all_to_all(to_stacked(g, s, MESH_2x4), ("y",), 1, 0, s, MESH_2x4)
+    assert out.shape == (1, 4, 4, 2)
+    for y in range(4):
+        np.testing.assert_array_equal(out[0, y], g[:, 2 * y: 2 * y + 2])
+
+
+def test_local_slice_appends_minor_most() -> None:
+    s = Sharding.of("x")
+    g = np.arange(8)
+    out = collectives.local_slice(to_stacked(g, s, MESH_2x4), ("y",), 0, s, MESH_2x4)
+    # device (x=1, y=3) holds block 1 * 4 + 3 of the (x, y) split
+    assert out[1, 3].tolist() == [7]
+
+
+def test_collectives_reject_what_apply_collective_rejects() -> None:
+    s = Sharding.of(("x", "y"), None)
+    x = to_stacked(np.zeros((8, 2)), s, MESH_2x4)
+    with pytest.raises(ValueError, match="end with"):
+        collectives.all_gather(x, ("x",), 0, s, MESH_2x4)
+    with pytest.raises(ValueError, match="pending sum"):
+        collectives.all_reduce(x, ("x",), "sum", s, MESH_2x4)
+    with pytest.raises(ValueError, match="already used"):
+        collectives.local_slice(x, ("y",), 1, s, MESH_2x4)
+    with pytest.raises(ValueError, match="mesh extents"):
+        collectives.all_gather(x[:1], ("y",), 0, s, MESH_2x4)
+    with pytest.raises(ValueError, match="not a collective"):
+        apply_step(x, "relayout", {}, s, MESH_2x4)
+
+
+def test_local_slice_moves_no_data() -> None:
+    s = Sharding.of(None, None)
+    x = to_stacked(np.arange(32.0).reshape(8, 4), s, MESH_2x4)
+    sliced = collectives.local_slice(x, ("x", "y"), 0, s, MESH_2x4)
+    assert np.shares_memory(sliced, x)

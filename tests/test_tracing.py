@@ -1,0 +1,572 @@
+"""Tracing numpy functions into IR.
+
+Every traced function is run through a small reference interpreter (each op evaluated with
+numpy on the global arrays) and must equal calling the function on numpy arrays directly,
+dtype included. A few small functions are checked against their exact printed IR, and every
+error must name the thing at fault and the line of this file that caused it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytest
+
+import dtensor_compiler.errors as errors
+from dtensor_compiler.ir.core import Function, Module, Operation
+from dtensor_compiler.ir.opdefs import BINARY_UFUNCS, REDUCTIONS, UNARY_UFUNCS
+from dtensor_compiler.ir.printer import print_module
+from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
+from dtensor_compiler.tracing import is_traced, trace, traced_relayout
+
+MESH = MeshShape((("dp", 2), ("tp", 4)))
+RNG = np.random.default_rng(0)
+
+# ---------------------------------------------------------------------------------------------
+# reference interpreter
+
+
+def _iota(op: Operation, args: list) -> np.ndarray:
+    shape, d = op.type.shape, op.attrs["dimension"]
+    line = np.arange(shape[d], dtype=numpy_dtype(op.type.dtype))
+    return np.broadcast_to(line.reshape([-1 if i == d else 1 for i in range(len(shape))]),
+                           shape)
+
+
+EVAL: dict[str, Callable[[Operation, list], object]] = {
+    "matmul": lambda op, a: np.matmul(*a),
+    "einsum": lambda op, a: np.einsum(op.attrs["spec"], *a),
+    "reshape": lambda op, a: np.reshape(a[0], op.type.shape),
+    "transpose": lambda op, a: np.transpose(a[0], op.attrs["perm"]),
+    "broadcast_to": lambda op, a: np.broadcast_to(a[0], op.type.shape),
+    "concatenate": lambda op, a: np.concatenate(a, axis=op.attrs["axis"]),
+    "slice": lambda op, a: a[0][tuple(slice(*s) for s in zip(
+        op.attrs["start"], op.attrs["stop"], op.attrs["step"]))],
+    "take": lambda op, a: np.take(a[0], a[1], axis=op.attrs["axis"]),
+    "constant": lambda op, a: op.attrs["value"],
+    "full": lambda op, a: np.full(op.type.shape, op.attrs["value"], numpy_dtype(op.type.dtype)),
+    "iota": _iota,
+    "astype": lambda op, a: a[0].astype(numpy_dtype(op.type.dtype)),
+    "where": lambda op, a: np.where(*a),
+    "argmax": lambda op, a: np.argmax(a[0], op.attrs["axis"], keepdims=op.attrs["keepdims"]),
+    "argmin": lambda op, a: np.argmin(a[0], op.attrs["axis"], keepdims=op.attrs["keepdims"]),
+    "relayout": lambda op, a: a[0],
+}
+for _name in UNARY_UFUNCS + BINARY_UFUNCS:
+    EVAL[_name] = lambda op, a: getattr(np, op.name)(*a)
+for _name, _kind in REDUCTIONS.items():
+    EVAL[_name] = (lambda fn: lambda op, a: fn(a[0], axis=op.attrs["axes"],
+                                               keepdims=op.attrs["keepdims"]))(
+        {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}[_kind])
+
+
+def interpret(func: Function, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Evaluate `func` on global arrays; every op's result must match its IR type."""
+    env = {id(a): x for a, x in zip(func.args, inputs)}
+    with np.errstate(all="ignore"):
+        for op in func.ops:
+            out = np.asarray(EVAL[op.name](op, [env[id(v)] for v in op.operands]))
+            assert (dtype_name(out.dtype), out.shape) == (op.type.dtype, op.type.shape), op.name
+            env[id(op.result)] = out
+    return [env[id(v)] for v in func.results]
+
+
+def type_of(x: np.ndarray, sharding: Sharding | None = None) -> TensorType:
+    return TensorType(dtype_name(x.dtype), x.shape, sharding)
+
+
+def trace_on(fn: Callable, *inputs: np.ndarray, **kwargs: object) -> Module:
+    names = list(inspect.signature(fn).parameters)
+    if len(names) != len(inputs):
+        names = [f"x{i}" for i in range(len(inputs))]
+    return trace(fn, [type_of(x) for x in inputs], names, MESH, **kwargs)
+
+
+def check(fn: Callable, *inputs: np.ndarray) -> Module:
+    """Trace `fn`, interpret it, compare with numpy (values and dtypes)."""
+    module = trace_on(fn, *inputs)
+    got = interpret(module.main, inputs)
+    with np.errstate(all="ignore"):
+        want = fn(*inputs)
+    want = list(want) if isinstance(want, (tuple, list)) else [want]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        w = np.asarray(w)
+        assert g.dtype == w.dtype, (g.dtype, w.dtype)
+        assert g.shape == w.shape, (g.shape, w.shape)
+        if g.dtype.kind in "fc":  # numpy's own kernels (dot vs matmul) may round differently
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(g, w)
+    return module
+
+
+def f32(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def ops_of(module: Module) -> list[str]:
+    return [op.name for op in module.main.ops]
+
+
+def line_of(marker: str) -> int:
+    """The line of this file holding `marker` (in a comment), for location checks."""
+    with open(__file__) as f:
+        for i, text in enumerate(f, 1):
+            if text.rstrip().endswith(f"# {marker}"):
+                return i
+    raise AssertionError(marker)
+
+
+HERE = os.path.basename(__file__)
+
+# ---------------------------------------------------------------------------------------------
+# printed IR
+
+
+def test_mlp_prints_with_pinned_layouts() -> None:
+    def mlp(x, w1, w2):
+        return np.tanh(x @ w1) @ w2
+
+    types = [TensorType("f32", (8, 16), Sharding.of("dp", None)), TensorType("f32", (16, 32)),
+             TensorType("f32", (32, 16), Sharding.of("tp", None))]
+    module = trace(mlp, types, ["x", "w1", "w2"], MESH, out_shardings=Sharding.of("dp", None))
+    assert print_module(module) == "\n".join([
+        "mesh<dp=2, tp=4>",
+        "func @mlp(%x: f32[8,16] @ {dp, -}, %w1: f32[16,32], %w2: f32[32,16] @ {tp, -})"
+        " -> (f32[8,16] @ {dp, -}) {",
+        "  %0 = matmul %x, %w1 : f32[8,32]",
+        "  %1 = tanh %0 : f32[8,32]",
+        "  %2 = matmul %1, %w2 : f32[8,16]",
+        "  %3 = relayout %2 : f32[8,16] @ {dp, -}  // why: out_layouts[0] of mlp",
+        "  return %3",
+        "}",
+        "",
+    ])
+    assert module.main.results[0].origin.text() == "out_layouts[0]"
+    assert module.main.args[0].origin.text() == "%x"
+    assert module.main.args[1].origin is None
+
+
+def test_softmax_prints_and_locates_every_op() -> None:
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))  # softmax-exp
+        return e / e.sum(-1, keepdims=True)  # softmax-div
+
+    module = trace(softmax, [TensorType("f32", (4, 8))], ["x"], MESH, name="sm")
+    text = print_module(module)
+    assert text == """\
+mesh<dp=2, tp=4>
+func @sm(%x: f32[4,8]) -> (f32[4,8]) {
+  %0 = reduce_max %x {axes = [1], keepdims = true} : f32[4,1]
+  %1 = subtract %x, %0 : f32[4,8]
+  %2 = exp %1 : f32[4,8]
+  %3 = reduce_sum %2 {axes = [1], keepdims = true} : f32[4,1]
+  %4 = divide %2, %3 : f32[4,8]
+  return %4
+}
+"""
+    lines = [op.loc.line for op in module.main.ops]
+    assert lines == [line_of("softmax-exp")] * 3 + [line_of("softmax-div")] * 2
+    assert all(op.loc.file == __file__ for op in module.main.ops)
+
+
+def test_python_scalars_are_weak_and_constants_compact() -> None:
+    table = np.arange(20, dtype=np.float32).reshape(4, 5)
+
+    def f(x):
+        return x * 2 + np.float64(0.5) + table + np.zeros((4, 5), np.float32)
+
+    module = trace_on(f, f32(4, 5))
+    text = print_module(module)
+    assert "%0 = full {value = 2.0} : f32[]" in text
+    assert "%2 = full {value = 0.5} : f64[]" in text
+    assert "%4 = constant {value = dense_hex<" in text
+    assert "%6 = full {value = 0.0} : f32[4,5]" in text
+    assert module.main.results[0].type.dtype == "f64"
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise
+
+
+def _ufunc_input(name: str, n: int) -> list[np.ndarray]:
+    if name in ("gcd", "lcm", "left_shift", "right_shift", "bitwise_and", "bitwise_or",
+                "bitwise_xor", "invert"):
+        return [RNG.integers(0, 7, (3, 4)).astype(np.int32) for _ in range(n)]
+    if name in ("logical_not", "logical_and", "logical_or", "logical_xor"):
+        return [RNG.random((3, 4)) > 0.5 for _ in range(n)]
+    if name == "ldexp":
+        return [f32(3, 4), RNG.integers(-3, 3, (3, 4)).astype(np.int32)]
+    if name in ("arccosh",):
+        return [1.5 + RNG.random((3, 4)).astype(np.float32)]
+    if name in ("arcsin", "arccos", "arctanh"):
+        return [RNG.uniform(-0.9, 0.9, (3, 4)).astype(np.float32)]
+    return [np.abs(f32(3, 4)) + 0.5 for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", UNARY_UFUNCS + BINARY_UFUNCS)
+def test_every_ufunc(name: str) -> None:
+    ufunc = getattr(np, name)
+    inputs = _ufunc_input(name, ufunc.nin)
+    module = check(lambda *xs: ufunc(*xs), *inputs)
+    assert ops_of(module) == [name]
+
+
+def test_operators_with_scalars_and_reflection() -> None:
+    def f(x, i, b):
+        return (x + 1, 1 + x, x - 2.5, 3 - x, x * 2, 2.0 * x, x / 4, 1 / (x + 9), x // 2,
+                7 // (i + 1), x % 3, 5 % (i + 1), x ** 2, 2 ** i, -x, +x, abs(x), x @ x.T,
+                x < 0, 0 < x, x <= i, x > 1, x >= 1, x == i, x != i, i & 3, 3 | i, i ^ i,
+                ~i, ~b, b & True, i << 1, i >> 1, i * 2.5, np.float32(2) * i, x * True,
+                np.ones((3, 3)) - x, np.eye(3) @ x, np.float64(1) < x)
+
+    check(f, f32(3, 3), RNG.integers(0, 9, (3, 3)).astype(np.int32), RNG.random((3, 3)) > 0.5)
+
+
+def test_mixed_dtypes_follow_numpy() -> None:
+    def f(h, x, i, u):
+        return h + x, h * 2.0, i + x, i / 2, u + 3, i * u, h + np.float16(1), x.astype(np.int8)
+
+    check(f, f32(3).astype(np.float16), f32(3), np.arange(3, dtype=np.int32),
+          np.arange(3, dtype=np.uint8))
+
+
+def test_where_clip_maximum_minimum() -> None:
+    def f(x, y, i):
+        return (np.where(x > 0, x, 0.0), np.where(x > y, x, y), np.where(i, x, -np.inf),
+                np.where(x > 0, 1.0, 0), np.clip(x, -0.5, 0.5), x.clip(0), np.clip(i, 0, 1.5),
+                np.clip(x, None, y), np.maximum(x, y), np.minimum(x, 0.1), np.power(x, 2),
+                np.sign(x), np.sqrt(np.abs(x)), np.exp(x), np.log(np.abs(x) + 1),
+                np.tanh(x) * np.exp(1.0))
+
+    check(f, f32(4, 5), f32(4, 5), RNG.integers(0, 2, (4, 5)).astype(np.int64))
+
+
+def test_broadcasting_is_left_to_the_ops() -> None:
+    module = check(lambda x, b: x * b + x[:, :1], f32(3, 4), f32(4))
+    assert ops_of(module) == ["multiply", "slice", "add"]
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+
+
+@pytest.mark.parametrize("axis", [None, 0, -1, (0, 2), (2, 0)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reductions(axis: object, keepdims: bool) -> None:
+    def f(x, i):
+        kw = {"axis": axis, "keepdims": keepdims}
+        return (np.sum(x, **kw), x.sum(**kw), x.mean(**kw), np.max(x, **kw), x.min(**kw),
+                np.prod(x, **kw), np.amax(x, **kw), np.amin(x, **kw), np.var(x, **kw),
+                x.std(**kw), x.var(ddof=1, **kw), np.std(x, ddof=1, **kw), i.sum(**kw),
+                i.mean(**kw), i.var(**kw), np.prod(i, **kw), i.max(**kw),
+                x.astype(np.float16).mean(**kw), np.add.reduce(x, **kw),
+                np.maximum.reduce(i, **kw), np.sum(i, dtype=np.float32, **kw))
+
+    check(f, f32(2, 3, 4), RNG.integers(-5, 5, (2, 3, 4)).astype(np.int32))
+
+
+def test_ufunc_reduce_defaults_to_axis_zero() -> None:
+    module = check(lambda x: (np.add.reduce(x), np.multiply.reduce(x), np.minimum.reduce(x)),
+                   f32(3, 4))
+    assert [op.attrs["axes"] for op in module.main.ops] == [(0,)] * 3
+
+
+def test_mean_divides_by_the_count() -> None:
+    module = check(lambda x: x.mean(axis=(0, 1)), f32(2, 3, 4))
+    assert ops_of(module) == ["reduce_sum", "full", "divide"]
+    assert module.main.ops[1].attrs["value"] == 6.0
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_argmax_argmin(axis: int | None, keepdims: bool) -> None:
+    check(lambda x: (np.argmax(x, axis=axis, keepdims=keepdims),
+                     x.argmin(axis=axis, keepdims=keepdims)), f32(3, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# contractions
+
+
+def test_matmul_and_dot_lift_vectors_like_numpy() -> None:
+    def f(m, v, b, w, t):
+        return (m @ v, v @ m.T, v @ v, np.matmul(b, m.T), b @ v, np.dot(m, v), np.dot(v, v),
+                np.dot(m, m.T), np.dot(b, m.T), np.dot(m, t), np.dot(2.0, m), m.dot(v),
+                np.matmul(w, m.T))
+
+    check(f, f32(3, 4), f32(4), f32(2, 5, 4), np.arange(8).reshape(2, 4),
+          f32(2, 4, 3))
+
+
+def test_vector_matmul_ops() -> None:
+    module = trace_on(lambda v, m: v @ m, f32(4), f32(4, 3))
+    assert ops_of(module) == ["reshape", "matmul", "reshape"]
+    assert module.main.results[0].type.shape == (3,)
+
+
+@pytest.mark.parametrize("spec, shapes", [
+    ("ij,jk->ik", [(3, 4), (4, 5)]),
+    ("ij,jk", [(3, 4), (4, 5)]),
+    ("ba", [(3, 4)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("...ij,...jk->...ik", [(2, 3, 4), (4, 5)]),
+    ("...ij,jk", [(2, 6, 3, 4), (4, 5)]),
+    ("i...,i...->...", [(3, 2, 4), (3, 1, 4)]),
+    ("ij->", [(3, 4)]),
+    ("ij,j->i", [(3, 4), (4,)]),
+    ("bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 5, 4)]),
+    ("ij,kj->ik", [(3, 1), (2, 4)]),
+])
+def test_einsum(spec: str, shapes: list[tuple[int, ...]]) -> None:
+    module = check(lambda *xs: np.einsum(spec, *xs), *[f32(*s) for s in shapes])
+    einsum = next(op for op in module.main.ops if op.name == "einsum")
+    assert "->" in einsum.attrs["spec"] and "." not in einsum.attrs["spec"]
+
+
+def test_einsum_normalized_specs() -> None:
+    module = trace_on(lambda a, b: np.einsum("...ij,jk", a, b), f32(2, 3, 4), f32(4, 5))
+    assert module.main.ops[0].attrs["spec"] == "aij,jk->aik"
+    module = trace_on(lambda a: np.einsum("ba", a), f32(2, 3))
+    assert module.main.ops[0].attrs["spec"] == "ba->ab"
+
+
+def test_tensordot_inner_outer() -> None:
+    def f(a, b, c, v):
+        return (np.tensordot(a, b), np.tensordot(a, c.T, axes=1),
+                np.tensordot(a, c, axes=([1], [0])), np.tensordot(b, a, axes=([0, 1], [1, 2])),
+                np.tensordot(a, c, axes=0), np.inner(v, v), np.inner(c, v[:4]), np.outer(v, c),
+                np.inner(a, 3.0))
+
+    check(f, f32(2, 3, 4), f32(3, 4, 2), f32(3, 4), f32(5))
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes, joins and splits
+
+
+def test_shape_ops() -> None:
+    def f(x):
+        return (x.reshape(4, -1), x.reshape((-1,)), np.reshape(x, (2, 2, 6)), x.transpose(),
+                x.transpose(1, 0, 2), x.transpose((2, 0, 1)), x.T, np.transpose(x, (0, 2, 1)),
+                x.swapaxes(0, 2), np.moveaxis(x, 0, -1), np.moveaxis(x, [0, 1], [2, 0]),
+                np.expand_dims(x, 1), np.expand_dims(x, (0, -1)), np.squeeze(x[:, :1]),
+                x[:1].squeeze(0), np.broadcast_to(x[:, :1], (2, 3, 4)), np.ravel(x),
+                x.flatten(), x.ravel(), x.copy(), np.copy(x), x.astype(np.int32),
+                np.astype(x, np.float64), x.shape[0] * x, x.size + x.ndim + len(x) + x)
+
+    check(f, f32(2, 3, 4))
+
+
+def test_identity_shape_ops_emit_nothing() -> None:
+    module = trace_on(lambda x: x.reshape(2, 3).transpose(0, 1).astype(np.float32).copy(),
+                      f32(2, 3))
+    assert ops_of(module) == []
+
+
+def test_numpy_queries() -> None:
+    def f(x):
+        assert np.shape(x) == (2, 3) and np.ndim(x) == 2 and np.size(x) == 6
+        assert np.size(x, 1) == 3 and x.dtype == np.float32 and is_traced(x)
+        return x
+
+    assert trace_on(f, f32(2, 3)).main.results[0] is not None
+    assert not is_traced(np.ones(3))
+
+
+def test_joins_and_splits() -> None:
+    def f(a, b, v):
+        p, q = np.split(a, 2, axis=1)
+        r = np.array_split(a, 3, axis=1)
+        s = np.split(a, [1, -1], axis=1)
+        return (np.concatenate([a, b]), np.concatenate((a, b), axis=-1),
+                np.concatenate([a, b], axis=None), np.concatenate([a, np.ones((1, 4))]),
+                np.stack([a, b]), np.stack([a, b], axis=-1), np.hstack([a, b]), np.hstack([v, v]),
+                np.vstack([a, b]), np.vstack([v, v]), p, q, *r, *s)
+
+    check(f, f32(2, 4), f32(2, 4), f32(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# indexing
+
+
+def test_basic_slicing() -> None:
+    def f(x):
+        return (x[0], x[-1], x[1:], x[:, -2:], x[..., 1], x[None], x[:, None, 1:3],
+                x[1, ..., np.newaxis], x[::2, 1::3, :-1], x[0, 1, 2], x[5:], x[2:1],
+                x[-100:100], x[...], x[:, 0:4:2])
+
+    check(f, f32(3, 4, 5))
+
+
+def test_int_index_is_slice_and_reshape() -> None:
+    module = trace_on(lambda x: x[1, :, None], f32(3, 4))
+    assert ops_of(module) == ["slice", "reshape"]
+    assert module.main.ops[0].attrs == {"start": (1, 0), "stop": (2, 4), "step": (1, 1)}
+    assert module.main.results[0].type.shape == (4, 1)
+
+
+def test_take_embedding_lookup() -> None:
+    idx = np.array([[0, 3], [2, -1]])
+
+    def f(table, ids):
+        return (np.take(table, ids, axis=0), table[ids], table[:, ids[0]], table[idx],
+                np.take(table, [1, 2]), table.take(ids, axis=1), table[..., [0, 2]],
+                np.take(table, 3, axis=0))
+
+    module = check(f, f32(5, 4), np.array([[1, 2], [0, 3]], dtype=np.int32))
+    assert ops_of(module).count("take") == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# creation and constants
+
+
+def test_creation() -> None:
+    def f(x, i):
+        return (np.zeros_like(x), np.ones_like(i), np.full_like(x, 2.5), np.full_like(i, 2.5),
+                np.zeros_like(x, shape=(2,)),
+                np.zeros((2, 3), like=x), np.ones(3, np.int32, like=x), np.full(2, 7, like=x),
+                np.full((2, 3), x[0], like=x), np.arange(5, like=x), np.arange(1, 10, 3, like=x),
+                np.arange(0.5, 2.0, 0.25, like=x), np.arange(2, 4, dtype=np.float32, like=x),
+                np.arange(1, like=x), x + np.arange(3), np.exp(2.0) * x)
+
+    module = check(f, f32(2, 3), np.arange(4, dtype=np.int32))
+    assert "iota" in ops_of(module)
+
+
+def test_empty_is_zeros() -> None:
+    module = trace_on(lambda x: (np.empty_like(x, dtype=np.int8), np.empty(2, like=x)), f32(3))
+    assert [interpret(module.main, [f32(3)])[i].tolist() for i in (0, 1)] == [[0, 0, 0],
+                                                                            [0.0, 0.0]]
+    assert [v.type.dtype for v in module.main.results] == ["i8", "f64"]
+
+
+def test_constant_outputs() -> None:
+    module = check(lambda x: (x, np.arange(3.0), 2), f32(2))
+    assert ops_of(module) == ["constant", "full"]
+
+
+# ---------------------------------------------------------------------------------------------
+# relayout and out_layouts
+
+
+def test_traced_relayout_and_multiple_out_layouts() -> None:
+    def f(x):
+        y = traced_relayout(x, Sharding.of(None, "tp"), "relayout in f")
+        return y + 1, x
+
+    types = [TensorType("f32", (4, 8), Sharding.of("dp", None))]
+    module = trace(f, types, ["x"], MESH, out_shardings=[Sharding.of("dp", "tp"), None])
+    relayouts = [op for op in module.main.ops if op.name == "relayout"]
+    assert [(op.type.sharding.text(), op.why) for op in relayouts] == [
+        ("{-, tp}", "relayout in f"), ("{dp, tp}", "out_layouts[0] of f")]
+    assert module.main.results[1] is module.main.args[0]
+
+
+def test_bad_out_layouts() -> None:
+    with pytest.raises(errors.TraceError, match="returns 2 value"):
+        trace_on(lambda x: (x, x), f32(4), out_shardings=Sharding.of("dp"))
+    with pytest.raises(errors.LayoutError, match="rank"):
+        trace_on(lambda x: x, f32(4), out_shardings=Sharding.of("dp", None))
+
+
+# ---------------------------------------------------------------------------------------------
+# errors name the function and the user's line
+
+
+def _raises(exc: type[Exception], fn: Callable, marker: str, *inputs: np.ndarray) -> str:
+    with pytest.raises(exc) as info:
+        trace_on(fn, *inputs)
+    message = str(info.value)
+    assert f"{HERE}:{line_of(marker)}" in message, message
+    return message
+
+
+def test_unsupported_function() -> None:
+    def f(x):
+        return np.linalg.svd(x)  # svd-line
+
+    message = _raises(errors.UnsupportedOperationError, f, "svd-line", f32(3, 3))
+    assert "numpy.linalg.svd is not supported" in message
+
+
+def test_unsupported_ufunc_method_and_arguments() -> None:
+    def f(x):
+        return np.add.accumulate(x)  # accumulate-line
+
+    message = _raises(errors.UnsupportedOperationError, f, "accumulate-line", f32(3))
+    assert "numpy.add.accumulate is not supported" in message
+
+    def g(x):
+        return np.sum(x, where=x > 0)  # where-kwarg
+
+    message = _raises(errors.UnsupportedOperationError, g, "where-kwarg", f32(3))
+    assert "numpy.sum" in message and "where" in message
+
+
+def test_shape_mismatch_names_the_line() -> None:
+    def f(x, y):
+        return x @ y  # mismatch-line
+
+    message = _raises(errors.ShapeError, f, "mismatch-line", f32(3, 4), f32(5, 6))
+    assert "matmul" in message
+
+    def g(x):
+        return x.reshape(7, -1)  # reshape-line
+
+    _raises(errors.ShapeError, g, "reshape-line", f32(3, 4))
+
+
+def test_data_dependent_control_flow() -> None:
+    def f(x):
+        if x.sum() > 0:  # bool-line
+            return x
+        return -x
+
+    message = _raises(errors.TraceError, f, "bool-line", f32(3))
+    assert "truth value" in message
+
+    for conversion in (float, int, np.asarray, list, range):
+        with pytest.raises(errors.TraceError):
+            trace_on(lambda x, c=conversion: c(x), f32(1))
+
+
+def test_boolean_and_advanced_indexing_are_rejected() -> None:
+    def f(x):
+        return x[x > 0]  # mask-line
+
+    message = _raises(errors.UnsupportedOperationError, f, "mask-line", f32(4))
+    assert "boolean" in message
+
+    def g(x):
+        return x[[0, 1], [1, 0]]  # fancy-line
+
+    _raises(errors.UnsupportedOperationError, g, "fancy-line", f32(3, 3))
+
+    def h(x):
+        x[0] = 1.0  # setitem-line
+        return x
+
+    _raises(errors.TraceError, h, "setitem-line", f32(3))
+
+
+def test_unsupported_dtype() -> None:
+    def f(x):
+        return x.astype(str)  # dtype-line
+
+    message = _raises(errors.TraceError, f, "dtype-line", f32(3))
+    assert "not supported" in message
+
+
+def test_escaped_tracer_is_rejected() -> None:
+    leaked = []
+    trace_on(lambda x: leaked.append(x) or x, f32(2))
+    with pytest.raises(errors.TraceError, match="escaped"):
+        leaked[0] + 1
