@@ -7,14 +7,15 @@ it. Node attribute ``kind`` is ``argument``, ``op``, ``collective`` or ``return`
 attribute ``partial`` says whether the value carries a pending reduction.
 
 `to_dot` writes the graph as Graphviz DOT text with collectives filled and partial values
-dashed. Both are deterministic: nodes and edges come in program order.
+dashed. Both are deterministic: nodes come in program order, edges grouped by their source
+in that order.
 """
 
 from __future__ import annotations
 
 import networkx as nx
 
-from dtensor_compiler.ir.core import Function
+from dtensor_compiler.ir.core import Function, Value
 from dtensor_compiler.ir.opdefs import COLLECTIVES
 from dtensor_compiler.ir.printer import Namer
 from dtensor_compiler.ir.types import TensorType
@@ -32,11 +33,11 @@ def dataflow_graph(func: Function) -> nx.MultiDiGraph:
     """One node per argument and op, one for the return; one edge per use of a value."""
     name = Namer(func)
     graph = nx.MultiDiGraph(name=func.name)
-    producer: dict[int, str] = {}
+    producer: dict[Value, str] = {}
     for i, arg in enumerate(func.args):
         node = f"arg{i}"
         graph.add_node(node, kind="argument", label=f"{name(arg)}: {arg.type.text()}", why="")
-        producer[id(arg)] = node
+        producer[arg] = node
     for i, op in enumerate(func.ops):
         node = f"op{i}"
         label = op.name if op.result is None else f"{name(op.result)} = {op.name}"
@@ -45,12 +46,12 @@ def dataflow_graph(func: Function) -> nx.MultiDiGraph:
             label += " [" + ", ".join(op.attrs["mesh_dims"]) + "]"
         graph.add_node(node, kind=kind, label=label, why=op.why or "")
         for value in op.operands:
-            _add_use(graph, producer[id(value)], node, value.type)
+            _add_use(graph, producer[value], node, value.type)
         if op.result is not None:
-            producer[id(op.result)] = node
+            producer[op.result] = node
     graph.add_node("return", kind="return", label="return", why="")
     for value in func.results:
-        _add_use(graph, producer[id(value)], "return", value.type)
+        _add_use(graph, producer[value], "return", value.type)
     return graph
 
 
@@ -69,7 +70,7 @@ def _attrs(items: dict[str, str]) -> str:
 
 def to_dot(graph: nx.MultiDiGraph) -> str:
     """Graphviz DOT text for a graph made by `dataflow_graph`."""
-    lines = [f"digraph {_quote(graph.graph.get('name', 'dataflow'))} {{",
+    lines = [f"digraph {_quote(graph.graph['name'])} {{",
              '  node [fontname="monospace", fontsize=10];',
              '  edge [fontname="monospace", fontsize=9];']
     for node, data in graph.nodes(data=True):

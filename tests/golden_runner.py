@@ -2,17 +2,18 @@
 
 A RUN line is a small shell-like pipeline:
 
-    // RUN: [not] dtc ARGS... [2>&1] [| filecheck %s [FLAGS...] | diff-golden %s]
+    // RUN: [not] dtc ARGS... [2>&1] [| CHECKER]
 
 - ``%s`` stands for the golden file's path.
 - ``dtc ARGS`` calls `dtensor_compiler.cli.main(ARGS)` here, not in a subprocess, so a golden
   costs milliseconds. Its exit status must be 0, or nonzero after ``not`` (a negative golden).
-- ``2>&1`` passes the command's stderr to the next stage after its stdout.
-- ``filecheck %s FLAGS`` checks the output against the file's ``// CHECK`` directives with the
-  `filecheck` package (LLVM FileCheck semantics).
-- ``diff-golden %s`` compares the output exactly with the block after ``// EXPECTED:`` at the
-  end of the file (each line behind ``// ``); ``update=True`` rewrites that block instead.
-  A file holds at most one such block.
+- ``2>&1`` merges the command's stderr into its output, in the order they are written.
+- The CHECKER, if any, is one of:
+  ``filecheck %s FLAGS``: the output must match the file's ``// CHECK`` directives, with
+  LLVM FileCheck semantics (the `filecheck` package);
+  ``diff-golden %s``: the output must equal the block after ``// EXPECTED:`` at the end of
+  the file (each line behind ``// ``); ``update=True`` rewrites that block instead. A file
+  holds at most one such block.
 
 `GoldenFailure` carries a message meant for the test report.
 """
@@ -48,8 +49,8 @@ class RunLine:
     negated: bool
     dtc_args: tuple[str, ...]
     merge_stderr: bool
-    checks: tuple[tuple[str, ...], ...]
-    """The stages after the command: ``("filecheck", *flags)`` or ``("diff-golden",)``."""
+    check: tuple[str, ...] | None
+    """What reads the output: ``("filecheck", *flags)``, ``("diff-golden",)`` or nothing."""
 
 
 def parse_run_line(text: str, path: Path) -> RunLine:
@@ -60,22 +61,23 @@ def parse_run_line(text: str, path: Path) -> RunLine:
             stages.append([])
         else:
             stages[-1].append(w)
-    command, *checks = stages
+    command, *checkers = stages
     negated = command[:1] == ["not"]
     command = command[1:] if negated else command
     merge_stderr = command[-1:] == ["2>&1"]
     command = command[:-1] if merge_stderr else command
     if command[:1] != ["dtc"]:
         raise GoldenFailure(f"RUN line must run dtc: {text}")
-    parsed = []
-    for stage in checks:
-        if stage[:1] == ["filecheck"] and str(path) in stage:
-            parsed.append(("filecheck", *(w for w in stage[1:] if w != str(path))))
-        elif stage == ["diff-golden", str(path)]:
-            parsed.append(("diff-golden",))
-        else:
-            raise GoldenFailure(f"unknown RUN stage {' '.join(stage)!r} in: {text}")
-    return RunLine(text, negated, tuple(command[1:]), merge_stderr, tuple(parsed))
+    if len(checkers) > 1:
+        raise GoldenFailure(f"RUN line has more than one checker: {text}")
+    check: tuple[str, ...] | None = None
+    if checkers and checkers[0][:1] == ["filecheck"] and str(path) in checkers[0]:
+        check = ("filecheck", *(w for w in checkers[0][1:] if w != str(path)))
+    elif checkers and checkers[0] == ["diff-golden", str(path)]:
+        check = ("diff-golden",)
+    elif checkers:
+        raise GoldenFailure(f"unknown RUN stage {' '.join(checkers[0])!r} in: {text}")
+    return RunLine(text, negated, tuple(command[1:]), merge_stderr, check)
 
 
 def run_lines(path: Path) -> list[RunLine]:
@@ -168,16 +170,15 @@ def _diff_golden(path: Path, output: str, update: bool) -> None:
 def run_golden(path: Path, update: bool = False) -> None:
     """Run every RUN line of `path`; raise `GoldenFailure` on the first that does not hold."""
     runs = run_lines(path)
-    if sum(("diff-golden",) in r.checks for r in runs) > 1:
+    if sum(r.check == ("diff-golden",) for r in runs) > 1:
         raise GoldenFailure(f"{path} has more than one diff-golden RUN line")
     for run in runs:
         status, output, stderr = run_dtc(run.dtc_args, run.merge_stderr)
         _check_status(run, status, stderr)
-        for check in run.checks:
-            if check[0] == "diff-golden":
-                _diff_golden(path, output, update)
-                continue
-            code, report = filecheck(path, output, check[1:])
+        if run.check == ("diff-golden",):
+            _diff_golden(path, output, update)
+        elif run.check is not None:
+            code, report = filecheck(path, output, run.check[1:])
             if code != 0:
                 raise GoldenFailure(f"filecheck failed\nRUN:{run.text}\n{report}\n"
                                     f"--- dtc output ---\n{output}")

@@ -12,7 +12,7 @@ import pytest
 
 from dtensor_compiler.cli.explain import format_bytes, format_seconds
 from dtensor_compiler.cli.target import load_function
-from dtensor_compiler.compile import TensorSpec
+from dtensor_compiler.compile import Lowered, TensorSpec
 
 FIXTURES = Path(__file__).parent / "cli_fixtures"
 MLP = f"{FIXTURES / 'mlp.py'}:mlp"
@@ -26,10 +26,9 @@ func @f(%a: f32[4,6] @ {x, -}) -> (f32[4,6] @ {-, -}) {
 """
 
 
-def dtc(*args: str, stdin: str | None = None, cwd: Path | None = None
-        ) -> subprocess.CompletedProcess[str]:
+def dtc(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dtensor_compiler.cli", *args], input=stdin,
-                          capture_output=True, text=True, cwd=cwd, check=False)
+                          capture_output=True, text=True, check=False)
 
 
 def error_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -40,7 +39,8 @@ def error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def lowered_mlp():
+def lowered_mlp() -> Lowered:
+    """The MLP fixture lowered in this process, to compare the CLI's output with."""
     return load_function(MLP).lower(TensorSpec((16, 8)), TensorSpec((8, 32)),
                                     TensorSpec((32, 8)))
 

@@ -38,7 +38,7 @@ def test_parse_run_line() -> None:
                          Path("g.dtir"))
     assert run.negated and run.merge_stderr
     assert run.dtc_args == ("opt", "g.dtir", "-p", "a,b{c=1}")
-    assert run.checks == (("filecheck", "--check-prefix=X"),)
+    assert run.check == ("filecheck", "--check-prefix=X")
 
 
 def test_unknown_stage_is_an_error(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ and every other value is left for layout propagation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from dtensor_compiler.errors import LayoutError, Location, TraceError
@@ -33,9 +34,11 @@ def _check_sharding(sharding: Sharding, value: Value, mesh: MeshShape, what: str
                           f"{value.type.text()}: " + "; ".join(problems))
 
 
-def _relayout(rec: Recorder, value: Value, sharding: Sharding, why: str, origin: str) -> Value:
-    _check_sharding(sharding, value, rec.mesh, why, user_location())
-    result = rec.emit("relayout", [value], sharding=sharding, why=why)
+def _relayout(rec: Recorder, value: Value, sharding: Sharding, why: str, origin: str,
+              loc: Location | None = None) -> Value:
+    loc = loc or user_location()
+    _check_sharding(sharding, value, rec.mesh, why, loc)
+    result = rec.emit("relayout", [value], sharding=sharding, why=why, loc=loc)
     result.origin = LayoutOrigin(origin)
     return result
 
@@ -44,6 +47,16 @@ def traced_relayout(x: TracedArray, sharding: Sharding, why: str) -> TracedArray
     """``dtc.relayout`` inside a traced function: a ``relayout`` op to `sharding`."""
     result = _relayout(x.recorder, x.value, sharding, why, why)
     return TracedArray(result, x.recorder)
+
+
+def _output_location(value: Value, fn: Callable) -> Location:
+    """Where an output comes from: the op that made it, else the function's first line."""
+    if value.owner is not None and value.owner.loc is not None:
+        return value.owner.loc
+    code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
+    if code is None:
+        return user_location()
+    return Location(code.co_filename, code.co_firstlineno)
 
 
 def _outputs(returned: object) -> list[object]:
@@ -66,7 +79,10 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
           name: str | None = None) -> Module:
     """Trace `fn` on arguments of types `args` (their shardings are the in_layouts) into a
     module with one function, named `name` or after `fn`."""
-    func_name = name or getattr(fn, "__name__", type(fn).__name__)
+    raw_name = name or getattr(fn, "__name__", type(fn).__name__)
+    func_name = re.sub(r"\W+", "_", raw_name).strip("_") or "fn"  # "<lambda>" -> "lambda"
+    if func_name[0].isdigit():
+        func_name = "fn_" + func_name
     if len(args) != len(arg_names):
         raise TraceError(f"{func_name}: {len(args)} argument types but {len(arg_names)} names")
     params = [Value(t, None, n) for t, n in zip(args, arg_names)]
@@ -81,7 +97,8 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
         shardings = _out_shardings(out_shardings, len(outputs), func_name)
         results = [
             value if sharding is None else _relayout(
-                rec, value, sharding, f"out_layouts[{i}] of {func_name}", f"out_layouts[{i}]")
+                rec, value, sharding, f"out_layouts[{i}] of {func_name}", f"out_layouts[{i}]",
+                _output_location(value, fn))
             for i, (value, sharding) in enumerate(zip(outputs, shardings))
         ]
     finally:

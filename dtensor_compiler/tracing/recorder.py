@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dtensor_compiler.errors import ShapeError, TraceError
+from dtensor_compiler.errors import Location, ShapeError, TraceError
 from dtensor_compiler.ir.builder import Builder
 from dtensor_compiler.ir.core import Attr, Function, Value
 from dtensor_compiler.ir.opdefs import InferContext
@@ -69,9 +69,10 @@ class Recorder:
 
     def emit(self, name: str, operands: Sequence[Value], attrs: dict[str, Attr] | None = None,
              result: TensorType | None = None, sharding: Sharding | None = None,
-             why: str | None = None) -> Value:
-        """Append op `name`; `result` is the declared type of ops that need one."""
-        loc = user_location()
+             why: str | None = None, loc: Location | None = None) -> Value:
+        """Append op `name` at `loc` (default: the user's current line); `result` is the
+        declared type of ops that need one."""
+        loc = loc or user_location()
         if not self.active:
             raise TraceError(f"a traced array of @{self.func.name} was used after its trace "
                              "finished (it escaped the function)", loc)
