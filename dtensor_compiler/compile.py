@@ -41,6 +41,7 @@ from dtensor_compiler.api import copy_to_mesh, get_default_mesh
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import DTensorError, LayoutError, TraceError
+from dtensor_compiler.explain import explain_table
 from dtensor_compiler.ir.core import Module
 from dtensor_compiler.ir.opdefs import COLLECTIVES
 from dtensor_compiler.ir.printer import Namer, format_op
@@ -98,7 +99,7 @@ def _collectives(module: Module, cost_model: CostModel) -> tuple[Collective, ...
         nbytes = op.type.local_nbytes(mesh)
         moved = op.operands[0].type.local_nbytes(mesh) if op.name == "reduce_scatter" else nbytes
         reason = op.why or "no reason recorded"
-        if op.loc is not None:
+        if op.loc is not None and str(op.loc) not in reason:
             reason += f" at {op.loc}"
         out.append(Collective(op.name, mesh_dims, nbytes,
                               cost_model.collective_time(op.name, mesh_dims, mesh, moved),
@@ -142,12 +143,17 @@ class Lowered:
             stage = self._stages[-1].name
         for s in self._stages:
             if s.name == stage:
-                assert s.ir is not None
+                if s.ir is None:
+                    raise ValueError("IR stages were not kept: compile with keep_ir=True")
                 return s.ir
         raise ValueError(f"no stage {stage!r}; stages are {self.stages + ['final']}")
 
     def collectives(self) -> list[Collective]:
         return list(self._collectives)
+
+    def explain(self) -> str:
+        """The table of collectives with bytes, estimated time and reason, and the totals."""
+        return explain_table(self._collectives)
 
     def comm_bytes(self) -> int:
         """Per-device result bytes of all collectives together."""
@@ -220,7 +226,7 @@ class CompiledFunction:
                  | None = None, out_layouts: Layout | Sequence[Layout | None] | None = None,
                  backend: str = "numpy", pipeline: str | None = None,
                  cost_model: CostModel | None = None, verify: bool = False,
-                 specs: Sequence[TensorSpec] | None = None) -> None:
+                 specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True) -> None:
         if backend not in BACKENDS:
             raise DTensorError(f"unknown backend {backend!r}; backends are {list(BACKENDS)}")
         if backend == "triton":
@@ -246,6 +252,7 @@ class CompiledFunction:
         self._local_passes: list[ModulePass] = passes[split:]
         self._cost_model = cost_model or DEFAULT_COST_MODEL
         self._verify = verify
+        self._keep_ir = keep_ir
         self._cache: dict[tuple[Mesh, tuple[TensorType, ...]], Lowered] = {}
         if specs is not None and not all(isinstance(s, TensorSpec) for s in specs):
             raise TypeError("specs must be TensorSpecs, one per argument")
@@ -309,12 +316,14 @@ class CompiledFunction:
         module = tracing.trace(self._fn, types, names, mesh.mesh_shape(), out_shardings,
                                name=self._name)
         ctx = PassContext(self._cost_model)
-        front = PassManager(self._global_passes, verify=self._verify, keep_ir=True, ctx=ctx)
+        front = PassManager(self._global_passes, verify=self._verify, keep_ir=self._keep_ir,
+                            ctx=ctx)
         front.run(module, input_stage="trace")
         collectives = _collectives(module, self._cost_model)
         arg_types = [a.type for a in module.main.args]
         result_types = [v.type for v in module.main.results]
-        back = PassManager(self._local_passes, verify=self._verify, keep_ir=True, ctx=ctx)
+        back = PassManager(self._local_passes, verify=self._verify, keep_ir=self._keep_ir,
+                            ctx=ctx)
         back.run(module)
         return Lowered(mesh, names, arg_types, result_types, front.stages + back.stages, module,
                        collectives)
@@ -356,7 +365,7 @@ def compile(fn: Callable[..., Any] | None = None, *,
             out_layouts: Layout | Sequence[Layout | None] | None = None,
             backend: str = "numpy", pipeline: str | None = None,
             cost_model: CostModel | None = None, verify: bool = False,
-            specs: Sequence[TensorSpec] | None = None
+            specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True
             ) -> CompiledFunction | Callable[[Callable[..., Any]], CompiledFunction]:
     """Compile `fn` for the simulated mesh: ``@compile``, ``@compile(in_layouts=...)`` or
     ``compile(fn, in_layouts=...)``.
@@ -365,9 +374,10 @@ def compile(fn: Callable[..., Any] | None = None, *,
     by propagation), or one Layout for a one-argument function. `out_layouts`: likewise per
     result. `pipeline`: pass pipeline text (default `DEFAULT_PIPELINE`). `verify`: verify the
     IR after every pass (slower; tests turn it on). `specs`: example argument types, kept as
-    `CompiledFunction.specs` for tools that lower without arguments (the CLI).
+    `CompiledFunction.specs` for tools that lower without arguments (the CLI). `keep_ir`:
+    keep the printed IR of every stage for `Lowered.ir` (printing costs time on big models).
     """
     def wrap(f: Callable[..., Any]) -> CompiledFunction:
         return CompiledFunction(f, in_layouts, out_layouts, backend, pipeline, cost_model,
-                                verify, specs)
+                                verify, specs, keep_ir)
     return wrap if fn is None else wrap(fn)

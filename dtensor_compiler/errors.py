@@ -6,6 +6,7 @@ print it; errors that concern IR text carry the line and column and the offendin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -17,7 +18,13 @@ class Location:
     line: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        """``file:line``, the file relative to the working directory when it lies below it."""
+        file = self.file
+        if os.path.isabs(file):
+            rel = os.path.relpath(file)
+            if not rel.startswith(".."):
+                file = rel
+        return f"{file}:{self.line}"
 
 
 class DTensorError(Exception):

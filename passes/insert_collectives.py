@@ -8,7 +8,8 @@ user's line.
 Guarantees: no `relayout` op remains. Each one is replaced, in place, by the steps that
 `plan_relayout` picks under the context's cost model, emitted in order as `all_reduce`,
 `reduce_scatter`, `all_to_all`, `all_gather` and `local_slice` ops built with checked types;
-every emitted op carries the relayout's `loc` and `why`, and the last one's result takes over
+every emitted op carries the relayout's `loc` and `why` (a step that reduces a pending partial
+also names the op that left it pending), and the last one's result takes over
 the relayout result's uses and `origin`. A relayout whose source and target layouts are equal
 is removed and its uses read the source. No other op changes.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from dtensor_compiler.cost import CostModel
 from dtensor_compiler.errors import PassError, PlanningError
 from dtensor_compiler.ir.builder import Builder
-from dtensor_compiler.ir.core import Function, Module, Operation
+from dtensor_compiler.ir.core import Function, Module, Operation, Value
 from dtensor_compiler.ir.opdefs import InferContext
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
 from dtensor_compiler.relayout import plan_relayout
@@ -61,9 +62,31 @@ def _expand(func: Function, op: Operation, infer: InferContext, cost_model: Cost
     builder = Builder(func, infer, before=op)
     value = source
     for step in steps:
+        step_why = why
+        if step.kind in ("all_reduce", "reduce_scatter") and "pending" not in why:
+            step_why += _pending_note(source, step.mesh_dims)
         value = builder.create(step.kind, [value], step.attr_dict(), sharding=step.dst,
-                               loc=op.loc, why=why)
+                               loc=op.loc, why=step_why)
     if steps:
         value.origin = op.result.origin
     func.replace_value(op.result, value)
     func.erase(op)
+
+
+def _pending_note(value: Value, mesh_dims: tuple[str, ...]) -> str:
+    """``"; matmul at f.py:12 left a pending sum over tp"``: walks back through the ops that
+    carried the partial to the one that created it."""
+    owner = value.owner
+    while owner is not None and any(
+            all(m in v.type.sharding.partial_map for m in mesh_dims)
+            for v in owner.operands if v.type.sharding is not None):
+        value = next(v for v in owner.operands if v.type.sharding is not None and all(
+            m in v.type.sharding.partial_map for m in mesh_dims))
+        owner = value.owner
+    if owner is None or value.type.sharding is None:
+        return ""
+    ops = sorted({value.type.sharding.partial_map[m] for m in mesh_dims
+                  if m in value.type.sharding.partial_map})
+    where = f" at {owner.loc}" if owner.loc is not None else ""
+    return (f"; {owner.name}{where} left a pending {'/'.join(ops)} over "
+            f"{', '.join(mesh_dims)}")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dtensor_compiler.cli.explain import format_bytes, format_seconds
 from dtensor_compiler.cli.target import load_function
 from dtensor_compiler.compile import Lowered, TensorSpec
+from dtensor_compiler.explain import format_bytes, format_seconds
 
 FIXTURES = Path(__file__).parent / "cli_fixtures"
 MLP = f"{FIXTURES / 'mlp.py'}:mlp"

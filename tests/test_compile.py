@@ -11,6 +11,7 @@ import pytest
 
 import dtensor_compiler as dtc
 from dtensor_compiler.cost import DEFAULT_COST_MODEL
+from dtensor_compiler.errors import Location
 
 U = dtc.UNSHARDED
 STAGES = ["trace", "simplify", "propagate-layouts", "insert-collectives", "localize"]
@@ -38,16 +39,19 @@ def mlp(x, w1, w2):
     return h @ w2
 
 
+MLP_SECOND_MATMUL = Location(__file__, inspect.getsourcelines(mlp)[1] + 2)
+
+
 MLP_AFTER_INSERT_COLLECTIVES = """\
 mesh<dp=2, tp=4>
 func @mlp(%x: f32[16,8] @ {dp, -}, %w1: f32[8,32] @ {-, tp}, %w2: f32[32,8] @ {tp, -}) -> (f32[16,8] @ {dp, -}) {
   %0 = matmul %x, %w1 : f32[16,32] @ {dp, tp}
   %1 = tanh %0 : f32[16,32] @ {dp, tp}
   %2 = matmul %1, %w2 : f32[16,8] @ {dp, -} partial(tp:sum)
-  %3 = all_reduce %2 {mesh_dims = [tp], op = sum} : f32[16,8] @ {dp, -}  // why: out_layouts[0] of mlp
+  %3 = all_reduce %2 {mesh_dims = [tp], op = sum} : f32[16,8] @ {dp, -}  // why: out_layouts[0] of mlp; matmul at MATMUL_LINE left a pending sum over tp
   return %3
 }
-"""  # noqa: E501
+""".replace("MATMUL_LINE", str(MLP_SECOND_MATMUL))
 
 
 def mlp_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,7 +235,9 @@ def test_lowered_megatron_mlp(mesh):
     assert ar.seconds == DEFAULT_COST_MODEL.collective_time(
         "all_reduce", ("tp",), mesh.mesh_shape(), ar.bytes)
     assert ar.op == MLP_AFTER_INSERT_COLLECTIVES.splitlines()[5].strip()
-    assert re.fullmatch(f"out_layouts\\[0\\] of mlp at {re.escape(__file__)}:\\d+", ar.reason)
+    here = re.escape(str(Location(__file__, 0))[:-2])
+    assert re.fullmatch(f"out_layouts\\[0\\] of mlp; matmul at {here}:\\d+ left a pending "
+                        "sum over tp", ar.reason)
     assert low.in_layouts == mlp_layouts(mesh)["in_layouts"]
     assert low.out_layouts == (dtc.Layout(["dp", U], mesh),)
     with pytest.raises(ValueError, match=r"no stage 'bogus'; stages are \['trace', 'simplify'"):
@@ -264,7 +270,7 @@ def test_relayout_inside_a_compiled_function(mesh):
     np.testing.assert_allclose(np.asarray(out), np.exp(a), rtol=1e-6)
     (gather,) = f.lower(a).collectives()
     assert (gather.kind, gather.mesh_dims, gather.bytes) == ("all_gather", ("dp",), 4 * 2 * 4)
-    assert f"dtc.relayout at {__file__}:{line}" in gather.reason
+    assert f"dtc.relayout at {Location(__file__, line)}" in gather.reason
 
 
 def test_relayout_match_and_mesh_checks_inside_a_compiled_function(mesh):

@@ -1,0 +1,57 @@
+"""The table of collectives a compiled program needs: what, over which mesh dims, how many
+bytes, how long under the cost model, and why. Shared by `Lowered.explain` and `dtc explain`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+HEADERS = ("#", "op", "kind", "mesh dims", "bytes", "time", "why")
+_RIGHT_ALIGNED = {"#", "bytes", "time"}
+
+
+class CollectiveRecord(Protocol):
+    kind: str
+    mesh_dims: tuple[str, ...]
+    bytes: int
+    seconds: float
+    reason: str
+    op: str
+
+
+def format_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def format_seconds(s: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+        if s >= scale:
+            return f"{s / scale:.1f} {unit}"
+    return f"{s * 1e6:.1f} us"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.rjust(w) if h in _RIGHT_ALIGNED else c.ljust(w)
+               for h, c, w in zip(headers, cells, widths)]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)]) + "\n"
+
+
+def explain_table(records: Sequence[CollectiveRecord]) -> str:
+    """One row per collective in program order, then a line of totals."""
+    rows = [(str(i), r.op.split(" = ", 1)[0], r.kind, ", ".join(r.mesh_dims),
+             format_bytes(r.bytes), format_seconds(r.seconds), r.reason)
+            for i, r in enumerate(records, 1)]
+    table = format_table(HEADERS, rows) if rows else ""
+    noun = "collective" if len(records) == 1 else "collectives"
+    total = (f"total: {len(records)} {noun}, {format_bytes(sum(r.bytes for r in records))}, "
+             f"{format_seconds(sum(r.seconds for r in records))}\n")
+    return table + total
