@@ -6,6 +6,7 @@ print it; errors that concern IR text carry the line and column and the offendin
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -19,12 +20,16 @@ class Location:
 
     def __str__(self) -> str:
         """``file:line``, the file relative to the working directory when it lies below it."""
-        file = self.file
-        if os.path.isabs(file):
-            rel = os.path.relpath(file)
-            if not rel.startswith(".."):
-                file = rel
-        return f"{file}:{self.line}"
+        return f"{_display_path(self.file, os.getcwd())}:{self.line}"
+
+
+@functools.lru_cache(maxsize=256)
+def _display_path(file: str, cwd: str) -> str:
+    if os.path.isabs(file):
+        rel = os.path.relpath(file, cwd)
+        if not rel.startswith(".."):
+            return rel
+    return file
 
 
 class DTensorError(Exception):
