@@ -41,7 +41,7 @@ from dtensor_compiler.api import copy_to_mesh, get_default_mesh
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import DTensorError, LayoutError, TraceError
-from dtensor_compiler.explain import explain_table
+from dtensor_compiler.explain import Collective, explain_table
 from dtensor_compiler.ir.core import Module
 from dtensor_compiler.ir.opdefs import COLLECTIVES
 from dtensor_compiler.ir.printer import Namer, format_op
@@ -68,23 +68,6 @@ class TensorSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
-
-
-@dataclass(frozen=True)
-class Collective:
-    """One collective of a compiled program."""
-
-    kind: str
-    """``all_gather``, ``all_reduce``, ``reduce_scatter`` or ``all_to_all``."""
-    mesh_dims: tuple[str, ...]
-    bytes: int
-    """Size of its per-device result buffer."""
-    seconds: float
-    """The cost model's estimate."""
-    reason: str
-    """Why it is there, and the user's source line that made it necessary."""
-    op: str
-    """Its line in the printed IR."""
 
 
 def _collectives(module: Module, cost_model: CostModel) -> tuple[Collective, ...]:

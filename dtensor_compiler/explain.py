@@ -1,23 +1,32 @@
-"""The table of collectives a compiled program needs: what, over which mesh dims, how many
-bytes, how long under the cost model, and why. Shared by `Lowered.explain` and `dtc explain`.
+"""`Collective` records of a compiled program, and their table: what, over which mesh dims,
+how many bytes, how long under the cost model, and why. Shared by `Lowered.explain` and
+`dtc explain`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
 HEADERS = ("#", "op", "kind", "mesh dims", "bytes", "time", "why")
 _RIGHT_ALIGNED = {"#", "bytes", "time"}
 
 
-class CollectiveRecord(Protocol):
+@dataclass(frozen=True)
+class Collective:
+    """One collective of a compiled program."""
+
     kind: str
+    """``all_gather``, ``all_reduce``, ``reduce_scatter`` or ``all_to_all``."""
     mesh_dims: tuple[str, ...]
     bytes: int
+    """Size of its per-device result buffer."""
     seconds: float
+    """The cost model's estimate."""
     reason: str
+    """Why it is there, and the user's source line that made it necessary."""
     op: str
+    """Its line in the printed IR."""
 
 
 def format_bytes(n: int) -> str:
@@ -45,7 +54,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(headers), *(line(r) for r in rows)]) + "\n"
 
 
-def explain_table(records: Sequence[CollectiveRecord]) -> str:
+def explain_table(records: Sequence[Collective]) -> str:
     """One row per collective in program order, then a line of totals."""
     rows = [(str(i), r.op.split(" = ", 1)[0], r.kind, ", ".join(r.mesh_dims),
              format_bytes(r.bytes), format_seconds(r.seconds), r.reason)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from models import block, softmax
 
 import dtensor_compiler as dtc
 
@@ -24,29 +25,7 @@ def kinds(lowered):
     return [(c.kind, c.mesh_dims) for c in lowered.collectives()]
 
 
-def layernorm(x, g):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + 1e-5) * g
 
-
-def softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def block(x, g1, wq, wk, wv, wo, g2, w1, w2):
-    b, s, d = x.shape
-    hd = d // H
-    h = layernorm(x, g1)
-    q = (h @ wq).reshape(b, s, H, hd).transpose(0, 2, 1, 3)
-    k = (h @ wk).reshape(b, s, H, hd).transpose(0, 2, 1, 3)
-    v = (h @ wv).reshape(b, s, H, hd).transpose(0, 2, 1, 3)
-    p = softmax(q @ k.transpose(0, 1, 3, 2) / hd**0.5)
-    a = (p @ v).transpose(0, 2, 1, 3).reshape(b, s, d)
-    x = x + a @ wo
-    h = layernorm(x, g2)
-    return x + np.tanh(h @ w1) @ w2
 
 
 def block_layouts(mesh, x_layout):

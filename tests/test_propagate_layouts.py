@@ -6,6 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from models import block, mlp, softmax
 
 from dtensor_compiler.errors import PassError
 from dtensor_compiler.ir import rules
@@ -62,36 +63,7 @@ def layout_of(module: Module, op_name: str, index: int = 0) -> str:
     return ops[index].type.sharding.text()
 
 
-# -- models ----------------------------------------------------------------------------------------
-
-
-def mlp(x, w1, w2):
-    return np.tanh(x @ w1) @ w2
-
-
-def layernorm(x, g):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + 1e-5) * g
-
-
-def softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def block(x, g1, wq, wk, wv, wo, g2, w1, w2):
-    b, s, d = x.shape
-    hd = d // H
-    h = layernorm(x, g1)
-    q = (h @ wq).reshape(b, s, H, hd).transpose(0, 2, 1, 3)
-    k = (h @ wk).reshape(b, s, H, hd).transpose(0, 2, 1, 3)
-    v = (h @ wv).reshape(b, s, H, hd).transpose(0, 2, 1, 3)
-    p = softmax(q @ k.transpose(0, 1, 3, 2) / hd**0.5)
-    a = (p @ v).transpose(0, 2, 1, 3).reshape(b, s, d)
-    x = x + a @ wo
-    h = layernorm(x, g2)
-    return x + np.tanh(h @ w1) @ w2
+# -- models (tests/models.py) ----------------------------------------------------------------------
 
 
 def block_args(x_layout: Sharding) -> list[tuple[str, tuple[int, ...], Sharding | None]]:
@@ -213,7 +185,7 @@ def test_transformer_block_resolves_two_partial_sums_and_nothing_else() -> None:
     assert moves(module) == [(f"[{B}, {S}, {D}]", "{dp, -, -} partial(tp:sum)", "{dp, -, -}")] * 2
     for op in relayouts(module):
         assert op.why is not None and "add cannot take a pending sum over tp" in op.why
-        assert op.loc is not None and op.loc.file == __file__
+        assert op.loc is not None and op.loc.file == block.__code__.co_filename
     # the reshape that splits D (sharded on tp) into heads keeps tp on the heads, for free
     assert [op.type.sharding.text() for op in module.main.ops if op.name == "reshape"] == [
         "{dp, -, tp, -}"] * 3 + ["{dp, -, tp}"]
