@@ -17,7 +17,9 @@ mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
 
 @dtc.compile(in_layouts=(dtc.Layout(["dp", U], mesh), dtc.Layout([U, "tp"], mesh),
                          dtc.Layout(["tp", U], mesh)),
-             out_layouts=dtc.Layout(["dp", U], mesh))
+             out_layouts=dtc.Layout(["dp", U], mesh),
+             specs=(dtc.TensorSpec((512, 256)), dtc.TensorSpec((256, 1024)),
+                    dtc.TensorSpec((1024, 256))))
 def mlp(x, w1, w2):
     return np.tanh(x @ w1) @ w2
 
