@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from dtensor_compiler.ir.core import Function, Operation, Value
 from dtensor_compiler.ir.sharding import Sharding
-from dtensor_compiler.passes._explain import Explainer
 from dtensor_compiler.passes._factor_sharding import FactorSpaces
 from dtensor_compiler.passes._strategy import StrategyChooser
 
@@ -42,11 +41,11 @@ class DesiredLayouts:
 
     layouts: dict[Value, Sharding] = field(default_factory=dict)
     sources: dict[Value, Sources] = field(default_factory=dict)
-    via: dict[Value, str] = field(default_factory=dict)
+    via: dict[Value, Operation] = field(default_factory=dict)
     """The op that handed a derived layout to the value."""
 
     def assign(self, value: Value, layout: Sharding, sources: Sources,
-               via: str | None = None) -> None:
+               via: Operation | None = None) -> None:
         self.layouts[value] = layout
         self.sources[value] = sources
         if via is not None:
@@ -54,8 +53,7 @@ class DesiredLayouts:
 
 
 def desired_layouts(func: Function, pinned: dict[Value, tuple[Sharding, Sources]],
-                    spaces: FactorSpaces, chooser: StrategyChooser, explain: Explainer
-                    ) -> DesiredLayouts:
+                    spaces: FactorSpaces, chooser: StrategyChooser) -> DesiredLayouts:
     """Propagate the `pinned` layouts (and the annotations they come from) through `func`."""
     out = DesiredLayouts()
     for value, (layout, sources) in pinned.items():
@@ -65,7 +63,7 @@ def desired_layouts(func: Function, pinned: dict[Value, tuple[Sharding, Sources]
     while queue:
         op = queue.popleft()
         queued.discard(id(op))
-        for value in _visit(op, out, spaces, chooser, explain):
+        for value in _visit(op, out, spaces, chooser):
             neighbours = [] if value.owner is None else [value.owner]
             for user in neighbours + value.users:
                 if id(user) not in queued:
@@ -74,8 +72,8 @@ def desired_layouts(func: Function, pinned: dict[Value, tuple[Sharding, Sources]
     return out
 
 
-def _visit(op: Operation, out: DesiredLayouts, spaces: FactorSpaces, chooser: StrategyChooser,
-           explain: Explainer) -> list[Value]:
+def _visit(op: Operation, out: DesiredLayouts, spaces: FactorSpaces, chooser: StrategyChooser
+           ) -> list[Value]:
     """Give layouts to the op's tensors that lack one; return those values."""
     if op.result is None:
         return []
@@ -86,7 +84,7 @@ def _visit(op: Operation, out: DesiredLayouts, spaces: FactorSpaces, chooser: St
         operand = op.operands[0]
         if operand in out.layouts:
             return []
-        out.assign(operand, out.layouts[op.result], out.sources[op.result], explain.op(op))
+        out.assign(operand, out.layouts[op.result], out.sources[op.result], op)
         return [operand]
     tensors = [*op.operands, op.result]
     known = [out.layouts.get(v) for v in tensors]
@@ -97,7 +95,6 @@ def _visit(op: Operation, out: DesiredLayouts, spaces: FactorSpaces, chooser: St
     assigned = []
     for t, value in enumerate(tensors):
         if value not in out.layouts:
-            out.assign(value, Sharding(space.unproject(strategy.factors, t)), sources,
-                       explain.op(op))
+            out.assign(value, Sharding(space.unproject(strategy.factors, t)), sources, op)
             assigned.append(value)
     return assigned

@@ -8,6 +8,7 @@ arguments by their printed names.
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import cached_property
 
 from dtensor_compiler.ir.core import Function, Operation, Value
 from dtensor_compiler.ir.printer import Namer
@@ -24,7 +25,12 @@ class Explainer:
     """Names ops and values of one function and says why an operand must be relaid out."""
 
     def __init__(self, func: Function) -> None:
-        self._namer = Namer(func)
+        self._func = func
+
+    @cached_property
+    def _namer(self) -> Namer:
+        """Printed names; only arguments' are used, so it may be built late (and rarely is)."""
+        return Namer(self._func)
 
     def op(self, op: Operation) -> str:
         return op.name if op.loc is None else f"{op.name} at {op.loc}"

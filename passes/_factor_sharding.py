@@ -41,7 +41,8 @@ class FactorSpace:
     """The factor shardings of one op rule on one mesh.
 
     Tensors are numbered like the rule's: operands first, then the result (index
-    `result_index`). Projections are memoized; one instance serves every op with this rule.
+    `result_index`). Projections and un-projections are memoized; one instance serves every op
+    with this rule.
     """
 
     def __init__(self, rule: FactorRule, mesh: MeshShape) -> None:
@@ -50,6 +51,7 @@ class FactorSpace:
         self.tensors: tuple[tuple[DimFactors, ...], ...] = rule.operands + (rule.result,)
         self.result_index = len(rule.operands)
         self._projections: dict[tuple[int, TensorDims], FactorSharding] = {}
+        self._unprojections: dict[tuple[FactorSharding, int], TensorDims] = {}
 
     @property
     def empty(self) -> FactorSharding:
@@ -87,6 +89,12 @@ class FactorSpace:
 
     def unproject(self, fs: FactorSharding, tensor: int) -> TensorDims:
         """The layout dims of one tensor of the op under the normalized factor sharding `fs`."""
+        key = (fs, tensor)
+        if key not in self._unprojections:
+            self._unprojections[key] = self._unproject(fs, tensor)
+        return self._unprojections[key]
+
+    def _unproject(self, fs: FactorSharding, tensor: int) -> TensorDims:
         dims: list[MeshDims] = []
         for factors in self.tensors[tensor]:
             mesh_dims: MeshDims = ()
@@ -173,8 +181,8 @@ class FactorSpaces:
         signature: Hashable = None
         if not any(isinstance(v, np.ndarray) for v in op.attrs.values()):
             signature = (op.name, tuple(sorted(op.attrs.items())),
-                         tuple(v.type.with_sharding(None) for v in op.operands),
-                         op.result.type.with_sharding(None))
+                         tuple((v.type.dtype, v.type.shape) for v in op.operands),
+                         (op.result.type.dtype, op.result.type.shape))
             if signature in self._by_signature:
                 return self._by_signature[signature]
         rule = rules.factor_rule(op.name, op.attrs, [v.type for v in op.operands],

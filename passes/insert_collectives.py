@@ -11,7 +11,8 @@ Guarantees: no `relayout` op remains. Each one is replaced, in place, by the ste
 every emitted op carries the relayout's `loc` and `why` (a step that reduces a pending partial
 also names the op that left it pending), and the last one's result takes over
 the relayout result's uses and `origin`. A relayout whose source and target layouts are equal
-is removed and its uses read the source. No other op changes.
+is removed and its uses read the source. No other op changes, and nothing changes when some
+relayout has no plan.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 
 from dtensor_compiler.cost import CostModel
 from dtensor_compiler.errors import PassError, PlanningError
-from dtensor_compiler.ir.builder import Builder
+from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, Module, Operation, Value
 from dtensor_compiler.ir.opdefs import InferContext
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
-from dtensor_compiler.relayout import plan_relayout
+from dtensor_compiler.relayout import Step, plan_relayout
 
 
 @register_pass
@@ -40,12 +41,22 @@ class InsertCollectivesPass(ModulePass):
                             "but this one is localized")
         infer = InferContext(module.mesh)
         for func in module.functions:
-            for op in [o for o in func.ops if o.name == "relayout"]:
-                _expand(func, op, infer, ctx.cost_model)
+            plans = {op: _plan(func, op, infer, ctx.cost_model)
+                     for op in func.ops if op.name == "relayout"}
+            # One new op list: inserting before each relayout in place would search the list
+            # once per relayout.
+            ops: list[Operation] = []
+            for op in func.ops:
+                if op in plans:
+                    ops += _expand(func, op, plans[op], infer)
+                else:
+                    ops.append(op)
+            func.ops = ops
 
 
-def _expand(func: Function, op: Operation, infer: InferContext, cost_model: CostModel) -> None:
-    """Insert the planned collectives before `op`, reroute its uses, and erase it."""
+def _plan(func: Function, op: Operation, infer: InferContext, cost_model: CostModel
+          ) -> list[Step]:
+    """The collectives that carry out the relayout `op`."""
     assert op.result is not None
     (source,) = op.operands
     src, dst = source.type.sharding, op.result.type.sharding
@@ -54,23 +65,33 @@ def _expand(func: Function, op: Operation, infer: InferContext, cost_model: Cost
         raise PassError(f"{where}relayout of a value without a layout in @{func.name}; "
                         "run propagate-layouts first")
     try:
-        steps = plan_relayout(src, dst, infer.mesh, source.type.shape, source.type.itemsize,
-                              cost_model)
+        return plan_relayout(src, dst, infer.mesh, source.type.shape, source.type.itemsize,
+                             cost_model)
     except PlanningError as e:
         raise PlanningError(f"{where}{e}") from None
-    why = op.why or f"relayout to {dst.text()}"
-    builder = Builder(func, infer, before=op)
+
+
+def _expand(func: Function, op: Operation, steps: list[Step], infer: InferContext
+            ) -> list[Operation]:
+    """The ops of `steps` that replace `op`; reroutes its uses to them and detaches `op`."""
+    assert op.result is not None
+    (source,) = op.operands
+    why = op.why or f"relayout to {op.type.sharding}"
+    new_ops = []
     value = source
     for step in steps:
         step_why = why
         if step.kind in ("all_reduce", "reduce_scatter") and "pending" not in why:
             step_why += _pending_note(source, step.mesh_dims)
-        value = builder.create(step.kind, [value], step.attr_dict(), sharding=step.dst,
-                               loc=op.loc, why=step_why)
+        new_ops.append(make_op(step.kind, [value], step.attr_dict(), infer, sharding=step.dst,
+                               loc=op.loc, why=step_why))
+        value = new_ops[-1].result
+        assert value is not None
     if steps:
         value.origin = op.result.origin
     func.replace_value(op.result, value)
-    func.erase(op)
+    op.drop_operands()
+    return new_ops
 
 
 def _pending_note(value: Value, mesh_dims: tuple[str, ...]) -> str:

@@ -20,6 +20,7 @@ it came from. Nothing is changed when the pass fails.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from dtensor_compiler.errors import PassError
@@ -57,7 +58,13 @@ class _Localizer:
     def __init__(self, func: Function, mesh: MeshShape) -> None:
         self.func = func
         self.mesh = mesh
-        self.name = Namer(func)
+        self._local: dict[TensorType, TensorType] = {}
+        """Checked global type -> local type; the layers of a deep model repeat few types."""
+
+    @functools.cached_property
+    def name(self) -> Namer:
+        """Printed value names, for messages only (built on the first error)."""
+        return Namer(self.func)
 
     def plan(self) -> tuple[list[tuple[Value, TensorType]],
                             list[tuple[Operation, dict[str, Attr]]]]:
@@ -76,6 +83,14 @@ class _Localizer:
         return PassError(f"{where}localize @{self.func.name}: {message}")
 
     def local_type(self, value: Value) -> TensorType:
+        """The per-device type of `value`; PassError when its layout does not fit."""
+        t = value.type
+        local = self._local.get(t)
+        if local is None:
+            local = self._local[t] = self._check_local_type(value)
+        return local
+
+    def _check_local_type(self, value: Value) -> TensorType:
         t = value.type
         sharding = t.sharding
         if sharding is None:

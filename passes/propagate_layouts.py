@@ -77,13 +77,14 @@ class _Propagation:
 
     def run(self) -> None:
         pinned = self._pinned()
-        desired = desired_layouts(self.func, pinned, self.spaces, self.chooser, self.explain)
+        desired = desired_layouts(self.func, pinned, self.spaces, self.chooser)
         for arg in self.func.args:
             if arg in pinned:
                 self._set(arg, pinned[arg][0], pinned[arg][1], arg.origin)
             elif arg in desired.layouts:
                 self._set(arg, desired.layouts[arg], desired.sources[arg],
-                          LayoutOrigin(", ".join(desired.sources[arg]), desired.via[arg]))
+                          LayoutOrigin(", ".join(desired.sources[arg]),
+                                       self.explain.op(desired.via[arg])))
             else:
                 self._set(arg, Sharding.replicated(arg.type.rank), (DEFAULT_SOURCE,))
         for op in self.func.ops:

@@ -163,6 +163,21 @@ def test_an_impossible_relayout_names_the_line_and_both_layouts() -> None:
         InsertCollectivesPass().apply(Module(mesh, [func]), PassContext())
 
 
+def test_nothing_changes_when_a_later_relayout_has_no_plan() -> None:
+    module = parse_module(textwrap.dedent("""\
+        mesh<x=4>
+        func @f(%a: f32[8] @ {-} partial(x:sum), %b: f32[6] @ {-}) -> (f32[8] @ {-}, f32[6] @ {x}) {
+          %0 = relayout %a : f32[8] @ {-}
+          %1 = relayout %b : f32[6] @ {x}
+          return %0, %1
+        }
+        """))  # noqa: E501
+    before = print_module(module)
+    with pytest.raises(PlanningError, match="no relayout plan from"):
+        InsertCollectivesPass().apply(module, PassContext())
+    assert print_module(module) == before
+
+
 def test_a_localized_module_is_rejected() -> None:
     module = parse_module("mesh<x=2> local\nfunc @f(%a: f32[4] @ {x}) -> (f32[4] @ {x}) {\n"
                           "  return %a\n}\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 
@@ -98,12 +99,19 @@ def ufunc_result_dtype(ufunc: str, dtypes: tuple[str, ...]) -> str:
 
 
 def broadcast_shapes(*shapes: Shape) -> Shape:
-    try:
-        return tuple(np.broadcast_shapes(*shapes))
-    except ValueError:
-        raise ValueError(
-            "shapes " + ", ".join(str(list(s)) for s in shapes) + " cannot be broadcast together"
-        ) from None
+    """numpy's broadcasting of `shapes` (written out: ``np.broadcast_shapes`` costs more than
+    the rest of inferring a small op)."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = [1] * rank
+    for shape in shapes:
+        for i, size in enumerate(shape, rank - len(shape)):
+            if size == 1 or size == out[i]:
+                continue
+            if out[i] != 1:
+                raise ValueError("shapes " + ", ".join(str(list(s)) for s in shapes)
+                                 + " cannot be broadcast together")
+            out[i] = size
+    return tuple(out)
 
 
 def normalize_axis(axis: int, rank: int) -> int:
@@ -151,7 +159,7 @@ def _astype(ts, attrs, declared, ctx):
 
 def _reshape(ts, attrs, declared, ctx):
     dtype, shape = _declared(ts, attrs, declared, ctx)
-    if int(np.prod(shape)) != int(np.prod(ts[0].shape)):
+    if prod(shape) != prod(ts[0].shape):
         raise ValueError(f"cannot reshape {list(ts[0].shape)} into {list(shape)}")
     if dtype != ts[0].dtype:
         raise ValueError(f"reshape cannot change the dtype {ts[0].dtype} to {dtype}")
@@ -230,14 +238,16 @@ def _reduce(kind: str):
         axes = tuple(attrs["axes"])
         if any(not 0 <= a < t.rank for a in axes) or len(set(axes)) != len(axes):
             raise ValueError(f"bad reduction axes {list(axes)} for rank {t.rank}")
-        if kind == "sum":
-            dtype = dtype_name(np.sum(np.ones(1, numpy_dtype(t.dtype))).dtype)
-        elif kind == "prod":
-            dtype = dtype_name(np.prod(np.ones(1, numpy_dtype(t.dtype))).dtype)
-        else:
-            dtype = t.dtype
+        dtype = _accumulated_dtype(kind, t.dtype) if kind in ("sum", "prod") else t.dtype
         return dtype, reduced_shape(t.shape, axes, bool(attrs["keepdims"]))
     return infer
+
+
+@functools.cache
+def _accumulated_dtype(kind: str, dtype: str) -> str:
+    """The dtype numpy's ``sum`` or ``prod`` gives on `dtype` (small ints widen)."""
+    fn = np.sum if kind == "sum" else np.prod
+    return dtype_name(fn(np.ones(1, numpy_dtype(dtype))).dtype)
 
 
 def _argreduce(ts, attrs, declared, ctx):

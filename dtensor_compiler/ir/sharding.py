@@ -11,6 +11,7 @@ Printed form: ``{dp, -}``, ``{(dp, tp), -}``, ``{-, -} partial(tp:sum)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from math import prod
 
 REDUCE_OPS = ("sum", "max", "min", "prod")
@@ -22,9 +23,15 @@ class MeshShape:
 
     dims: tuple[tuple[str, int], ...]
 
-    @property
+    # Planning asks for mesh dim sizes hundreds of thousands of times, so the lookups are
+    # computed once (cached_property writes the instance dict, which a frozen dataclass allows).
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.dims)
+
+    @cached_property
+    def _size_of(self) -> dict[str, int]:
+        return dict(self.dims)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -35,16 +42,18 @@ class MeshShape:
         return prod(self.sizes)
 
     def size(self, name: str) -> int:
-        for dim, size in self.dims:
-            if dim == name:
-                return size
-        raise KeyError(f"mesh has no dim {name!r}; dims are {list(self.names)}")
+        size = self._size_of.get(name)
+        if size is None:
+            raise KeyError(f"mesh has no dim {name!r}; dims are {list(self.names)}")
+        return size
 
     def index(self, name: str) -> int:
         return self.names.index(name)
 
     def group_size(self, names: tuple[str, ...] | list[str]) -> int:
         """Number of devices in one group of a collective over `names`."""
+        if not names:
+            return 1
         return prod(self.size(n) for n in names)
 
     def text(self) -> str:

@@ -29,6 +29,8 @@ _NUMPY_OF: dict[str, str] = {
     "c128": "complex128",
 }
 _NAME_OF: dict[str, str] = {v: k for k, v in _NUMPY_OF.items()}
+_NAME_OF_DTYPE: dict[np.dtype, str] = {np.dtype(v): k for k, v in _NUMPY_OF.items()}
+"""The native-byte-order dtypes, looked up without numpy's slow `dtype.name`."""
 DTYPE_NAMES: tuple[str, ...] = tuple(_NUMPY_OF)
 
 
@@ -36,7 +38,11 @@ def dtype_name(dtype: np.dtype | type | str) -> str:
     """The IR name of a numpy dtype (``np.float32`` → ``"f32"``). Raises TypeError if unknown."""
     if isinstance(dtype, str) and dtype in _NUMPY_OF:
         return dtype
-    key = np.dtype(dtype).name
+    np_dtype = np.dtype(dtype)
+    name = _NAME_OF_DTYPE.get(np_dtype)
+    if name is not None:
+        return name
+    key = np_dtype.name
     if key not in _NAME_OF:
         raise TypeError(f"dtype {key} is not supported by dtensor_compiler")
     return _NAME_OF[key]

@@ -8,6 +8,7 @@ one-element stand-ins; no promotion table is written here.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -20,27 +21,43 @@ from dtensor_compiler.ir.types import TensorType, numpy_dtype
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import (
     Operand,
+    PythonScalar,
     Recorder,
     ir_dtype,
     is_python_scalar,
 )
 
+DtypeKey = np.dtype | tuple[type, PythonScalar]
+"""What numpy's result dtype depends on: an array's dtype, or a Python number's type and value
+(a weak number that does not fit the other operand's dtype is an error)."""
 
-def _stand_in(x: Operand) -> object:
-    """A one-element array of `x`'s dtype; Python numbers stay themselves (weak)."""
+
+def _dtype_key(x: Operand) -> DtypeKey:
     if isinstance(x, Value):
-        return np.ones(1, numpy_dtype(x.type.dtype))
+        return numpy_dtype(x.type.dtype)
     if is_python_scalar(x):
-        return x
-    return np.ones(1, np.asarray(x).dtype)
+        return (type(x), x)  # type: ignore[return-value]
+    return np.asarray(x).dtype
+
+
+def _stand_in(key: DtypeKey) -> object:
+    """A one-element array of the key's dtype; Python numbers stay themselves (weak)."""
+    return np.ones(1, key) if isinstance(key, np.dtype) else key[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _result_dtype(fn: Callable[..., np.ndarray], keys: tuple[DtypeKey, ...]) -> str:
+    # Calling numpy costs far more than the lookup, and a model repeats a few dtype
+    # combinations thousands of times.
+    with np.errstate(all="ignore"):
+        return ir_dtype(fn(*[_stand_in(k) for k in keys]).dtype)
 
 
 def numpy_result_dtype(name: str, fn: Callable[..., np.ndarray], operands: Sequence[Operand]
                        ) -> str:
     """The dtype numpy's `fn` returns on `operands`; numpy's own error as a ShapeError."""
     try:
-        with np.errstate(all="ignore"):
-            return ir_dtype(fn(*[_stand_in(x) for x in operands]).dtype)
+        return _result_dtype(fn, tuple(_dtype_key(x) for x in operands))
     except (TypeError, ValueError, OverflowError) as e:
         raise ShapeError(f"{name}: {e}", user_location()) from None
 
@@ -84,10 +101,14 @@ def apply_ufunc(rec: Recorder, name: str, operands: Sequence[Operand]) -> Value:
     return rec.emit(name, values)
 
 
+def _where_xy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.where(True, x, y)
+
+
 def where(rec: Recorder, condition: Operand, x: Operand, y: Operand) -> Value:
     """``np.where(condition, x, y)``; a non-bool condition is tested for being non-zero."""
     cond = astype(rec, rec.value(condition), np.bool_)
-    expected = numpy_result_dtype("numpy.where", lambda a, b: np.where(True, a, b), (x, y))
+    expected = numpy_result_dtype("numpy.where", _where_xy, (x, y))
     a, b = lift_operands(rec, "where", (x, y), lambda ds: ufunc_result_dtype("add", ds),
                          expected)
     return rec.emit("where", [cond, a, b])

@@ -45,6 +45,9 @@ class Program:
         outs = tuple(env[n] for n in self.outputs)
         return outs[0] if len(outs) == 1 else outs
 
+    def __repr__(self) -> str:
+        return "Program:\n" + self.text()
+
     def text(self) -> str:
         lines = [f"{n}: {list(s)}" for n, s in self.inputs]
         lines += [f"{s.name} = {s.text}" for s in self.steps]
@@ -85,7 +88,8 @@ def programs(draw) -> Program:
         last = len(s) - 1
         kind = draw(st.sampled_from(["unary", "binary", "scalar", "reduce", "transpose",
                                      "softmax", "matmul", "einsum", "slice", "reshape",
-                                     "concat", "where"]))
+                                     "concat", "where", "center", "variance", "take", "argmax",
+                                     "stack_split", "expand_squeeze", "astype", "swapaxes"]))
         if kind == "unary":
             name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
             f = getattr(np, name)
@@ -147,6 +151,44 @@ def programs(draw) -> Program:
         elif kind == "where":
             add(f"np.where({x} > 0, {x}, 0.5 * {x})",
                 lambda e, x=x: np.where(e[x] > 0, e[x], 0.5 * e[x]), s)
+        elif kind == "center":
+            axis = draw(st.integers(0, last))
+            add(f"{x} - {x}.mean(axis={axis}, keepdims=True)",
+                lambda e, x=x, a=axis: e[x] - e[x].mean(axis=a, keepdims=True), s)
+        elif kind == "variance":
+            axis = draw(st.integers(0, last))
+            fn = draw(st.sampled_from(["var", "std"]))
+            out = tuple(d for k, d in enumerate(s) if k != axis)
+            if out:
+                add(f"{x}.{fn}(axis={axis})",
+                    lambda e, x=x, a=axis, f=fn: getattr(e[x], f)(axis=a), out)
+        elif kind == "take":
+            axis = draw(st.integers(0, last))
+            idx = np.array(draw(st.lists(st.integers(0, s[axis] - 1), min_size=1, max_size=4)))
+            add(f"np.take({x}, {idx.tolist()}, axis={axis})",
+                lambda e, x=x, i=idx, a=axis: np.take(e[x], i, axis=a),
+                s[:axis] + idx.shape + s[axis + 1:])
+        elif kind == "argmax":
+            axis = draw(st.integers(0, last))
+            out = tuple(d for k, d in enumerate(s) if k != axis)
+            if out:
+                add(f"{x}.argmax(axis={axis})", lambda e, x=x, a=axis: e[x].argmax(axis=a), out)
+        elif kind == "stack_split":
+            axis = draw(st.integers(0, len(s)))
+            add(f"sum(np.split(np.stack([{x}, -{x}], axis={axis}), 2, axis={axis}))",
+                lambda e, x=x, a=axis: sum(np.split(np.stack([e[x], 0.5 * e[x]], axis=a), 2,
+                                                    axis=a)),
+                s[:axis] + (1,) + s[axis:])
+        elif kind == "expand_squeeze":
+            axis = draw(st.integers(0, len(s)))
+            add(f"np.squeeze(np.expand_dims({x}, {axis}) * 2, axis={axis})",
+                lambda e, x=x, a=axis: np.squeeze(np.expand_dims(e[x], a) * 2, axis=a), s)
+        elif kind == "astype":
+            add(f"{x}.astype(np.float32) * 3", lambda e, x=x: e[x].astype(np.float32) * 3, s)
+        elif kind == "swapaxes" and len(s) >= 2:
+            a, b = draw(st.permutations(range(len(s))))[:2]
+            add(f"np.swapaxes({x}, {a}, {b})", lambda e, x=x, a=a, b=b: np.swapaxes(e[x], a, b),
+                tuple(s[b] if k == a else s[a] if k == b else d for k, d in enumerate(s)))
     if not prog.steps:
         add("np.tanh(a0)", lambda e: np.tanh(e["a0"]), shape0)
     results = [st_.name for st_ in prog.steps]

@@ -49,11 +49,11 @@ def test_random_programs_match_numpy(case):
     f = dtc.compile(prog, in_layouts=in_layouts, out_layouts=out_layouts, verify=True)
     got = f(*inputs)
     got = got if isinstance(got, tuple) else (got,)
-    tol = 1e-9 if dtype == np.float64 else 2e-4
     note = prog.text()
     assert len(got) == len(expected), note
     for g, e in zip(got, expected):
         g = np.asarray(g)
         assert g.shape == e.shape, note
         assert g.dtype == e.dtype, note
+        tol = 1e-9 if e.dtype == np.float64 else 2e-4
         np.testing.assert_allclose(g, e, rtol=tol, atol=tol, err_msg=note)
