@@ -42,6 +42,12 @@ class ModulePass:
     def apply(self, module: Module, ctx: PassContext) -> None:
         raise NotImplementedError
 
+    def require_global(self, module: Module) -> None:
+        """Raise PassError if `module` is already localized (this pass needs global shapes)."""
+        if module.localized:
+            raise PassError(f"{self.name} expects a global-shape module, but this one is "
+                            "already localized")
+
     def text(self) -> str:
         opts = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
                 if getattr(self, f.name) != f.default]

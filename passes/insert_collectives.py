@@ -36,9 +36,7 @@ class InsertCollectivesPass(ModulePass):
     name = "insert-collectives"
 
     def apply(self, module: Module, ctx: PassContext) -> None:
-        if module.localized:
-            raise PassError("insert-collectives expects a global-shape module, "
-                            "but this one is localized")
+        self.require_global(module)
         infer = InferContext(module.mesh)
         for func in module.functions:
             plans = {op: _plan(func, op, infer, ctx.cost_model)

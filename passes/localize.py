@@ -39,9 +39,7 @@ class LocalizePass(ModulePass):
     name = "localize"
 
     def apply(self, module: Module, ctx: PassContext) -> None:
-        if module.localized:
-            raise PassError("localize expects a global-shape module, but this one is "
-                            "already localized")
+        self.require_global(module)
         rewrites = [_Localizer(func, module.mesh).plan() for func in module.functions]
         for types, attrs in rewrites:
             for value, local in types:

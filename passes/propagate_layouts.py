@@ -54,9 +54,7 @@ class PropagateLayoutsPass(ModulePass):
     name = "propagate-layouts"
 
     def apply(self, module: Module, ctx: PassContext) -> None:
-        if module.localized:
-            raise PassError("propagate-layouts expects a global-shape module, "
-                            "but this one is localized")
+        self.require_global(module)
         for func in module.functions:
             _Propagation(func, module.mesh, ctx.cost_model).run()
 
