@@ -22,7 +22,8 @@ The mesh is the one the layouts name (they must all name the same), else the mes
 DTensor arguments, else `get_default_mesh()`, else `create_mesh()`.
 
 Collective records describe the last global-shape IR, the module as it stands just before the
-`localize` pass: one record per data-moving collective (``local_slice`` only copies).
+`localize` pass: one record per data-moving collective (``local_slice`` and ``make_partial``
+move no data).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import DTensorError, LayoutError, TraceError
 from dtensor_compiler.explain import Collective, explain_table
 from dtensor_compiler.ir.core import Module
-from dtensor_compiler.ir.opdefs import COLLECTIVES
+from dtensor_compiler.ir.opdefs import COLLECTIVES, LOCAL_LAYOUT_CHANGES
 from dtensor_compiler.ir.printer import Namer, format_op
 from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
 from dtensor_compiler.layout import MATCH, Layout
@@ -53,7 +54,7 @@ from dtensor_compiler.passes import DEFAULT_PIPELINE
 from dtensor_compiler.runtime.simulated import SimulatedExecutor
 
 BACKENDS = ("numpy", "triton")
-COMMUNICATING = tuple(c for c in COLLECTIVES if c != "local_slice")
+COMMUNICATING = tuple(c for c in COLLECTIVES if c not in LOCAL_LAYOUT_CHANGES)
 """Collective ops that move data between devices."""
 LOCALIZE = "localize"
 

@@ -10,6 +10,7 @@ in bytes:
     all_reduce      launch + 2(n-1)·alpha + 2(n-1)/n · bytes / bw
     all_to_all      launch + (n-1)·alpha + (n-1)/n · bytes / bw
     local_slice     result_bytes / memory_bw   (a copy, no communication)
+    make_partial    result_bytes / memory_bw   (identities written, no communication)
 
 `bytes` are per-device buffer sizes. Defaults are NVLink-class links; `CostModel.with_link`
 sets a slower dim (for example a cross-host ``dp``).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dtensor_compiler.ir.opdefs import LOCAL_LAYOUT_CHANGES
 from dtensor_compiler.ir.sharding import MeshShape
 
 
@@ -54,7 +56,7 @@ class CostModel:
     def collective_time(self, kind: str, mesh_dims: tuple[str, ...], mesh: MeshShape,
                         nbytes: int) -> float:
         """Estimated seconds for one collective; `nbytes` as in the module docstring."""
-        if kind == "local_slice":
+        if kind in LOCAL_LAYOUT_CHANGES:
             return nbytes / self.memory_bandwidth
         n = mesh.group_size(mesh_dims)
         if n == 1:

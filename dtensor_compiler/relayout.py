@@ -5,7 +5,8 @@ item size, cost model). It runs Dijkstra's algorithm over layouts: a state is a 
 the value, an edge is one collective whose effect on the layout is exactly
 `opdefs.apply_collective`, weighted by the cost model's time for it. Only layouts whose shards
 divide the global shape are visited. Pending partial reductions that the target keeps are
-carried through untouched; every other pending partial is reduced on the way.
+carried through untouched; every other pending partial is reduced on the way; a pending
+reduction the target has and the source lacks is created locally (`make_partial`).
 
 Edges leaving a layout, in the order that breaks ties between equally cheap plans:
 
@@ -14,6 +15,7 @@ Edges leaving a layout, in the order that breaks ties between equally cheap plan
     all_to_all      the last mesh dim of one tensor dim, moved to the end of another
     all_gather      a non-empty suffix of one tensor dim's mesh dims
     local_slice     one unused mesh dim appended to one tensor dim (a copy, no communication)
+    make_partial    one unused mesh dim made a pending reduction the target has (local)
 
 Among plans of equal time the one with fewer steps wins, then the one found first. Plans are
 memoized, since layout propagation asks for the same relayout costs many times.
@@ -64,7 +66,8 @@ def plan_relayout(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape,
     """The cheapest steps turning a value of global `shape` laid out as `src` into `dst`.
 
     Empty when `src == dst`. Raises `PlanningError` when no plan exists: a layout that does not
-    fit the mesh or divide the shape, or a target that keeps a partial the source lacks.
+    fit the mesh or divide the shape, or a target whose pending reduction on a mesh dim differs
+    from the source's on that dim.
     """
     return list(_plan(src, dst, mesh, tuple(shape), itemsize, cost_model))
 
@@ -87,9 +90,9 @@ def _check_endpoints(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape
             _fail(src, dst, mesh, shape, f"{role} layout: " + "; ".join(problems))
     have = src.partial_map
     for m, op in dst.partial:
-        if have.get(m) != op:
-            _fail(src, dst, mesh, shape,
-                  f"the target keeps a pending {op} on {m!r} that the source does not have")
+        if m in have and have[m] != op:
+            _fail(src, dst, mesh, shape, f"the target keeps a pending {op} on {m!r} where the "
+                                         f"source has a pending {have[m]}")
 
 
 def _local_size(dims: tuple[tuple[str, ...], ...], shape: Shape, sizes: dict[str, int]
@@ -106,8 +109,8 @@ def _local_size(dims: tuple[tuple[str, ...], ...], shape: Shape, sizes: dict[str
     return total
 
 
-def _edges(state: Sharding, keep: frozenset[str], mesh_names: tuple[str, ...]
-           ) -> Iterator[_Edge]:
+def _edges(state: Sharding, keep: frozenset[str], mesh_names: tuple[str, ...],
+           wanted: tuple[tuple[str, str], ...]) -> Iterator[_Edge]:
     """Every single collective applicable to `state`, in tie-breaking order."""
     dims = state.dims
     rank = len(dims)
@@ -145,6 +148,10 @@ def _edges(state: Sharding, keep: frozenset[str], mesh_names: tuple[str, ...]
         for axis in range(rank):
             sliced = dims[:axis] + (dims[axis] + (m,),) + dims[axis + 1:]
             yield "local_slice", (m,), (("axis", axis),), Sharding(sliced, state.partial)
+    for m, op in wanted:
+        if m not in used:
+            yield ("make_partial", (m,), (("op", op),),
+                   Sharding(dims, state.partial + ((m, op),)))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -173,7 +180,7 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
         done.add(state)
         in_bytes = nbytes[state]
         assert in_bytes is not None
-        for kind, mesh_dims, attrs, nxt in _edges(state, keep, mesh.names):
+        for kind, mesh_dims, attrs, nxt in _edges(state, keep, mesh.names, dst.partial):
             if nxt in done:
                 continue
             if nxt not in nbytes:

@@ -19,7 +19,7 @@ import numpy as np
 
 from dtensor_compiler.ir.opdefs import apply_collective
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
-from dtensor_compiler.runtime.stacked import check_stacked, reduce_mesh_axes
+from dtensor_compiler.runtime.stacked import check_stacked, place_partial, reduce_mesh_axes
 
 
 def _check(kind: str, attrs: Mapping[str, object], src: Sharding, x: np.ndarray,
@@ -102,12 +102,19 @@ def local_slice(x: np.ndarray, mesh_dims: Sequence[str], axis: int, sharding: Sh
     return _scatter_into_mesh(x, mesh_dims, axis, mesh)
 
 
+def make_partial(x: np.ndarray, mesh_dims: Sequence[str], op: str, sharding: Sharding,
+                 mesh: MeshShape) -> np.ndarray:
+    _check("make_partial", {"mesh_dims": mesh_dims, "op": op}, sharding, x, mesh)
+    return place_partial(x, Sharding(sharding.dims, tuple((m, op) for m in mesh_dims)), mesh)
+
+
 COLLECTIVES: dict[str, Callable[..., np.ndarray]] = {
     "all_reduce": all_reduce,
     "reduce_scatter": reduce_scatter,
     "all_gather": all_gather,
     "all_to_all": all_to_all,
     "local_slice": local_slice,
+    "make_partial": make_partial,
 }
 
 

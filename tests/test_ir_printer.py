@@ -83,6 +83,8 @@ def every_op_module() -> Module:
              sharding=Sharding.of(None, "dp"))
     b.create("local_slice", [x], {"mesh_dims": ("tp",), "axis": 1},
              sharding=Sharding.of("dp", "tp"))
+    b.create("make_partial", [x], {"mesh_dims": ("tp",), "op": "sum"},
+             sharding=Sharding.of("dp", None, partial={"tp": "sum"}))
     func.set_results(results)
     return Module(MESH, [func])
 

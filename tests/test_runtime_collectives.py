@@ -60,6 +60,9 @@ def _steps(s: Sharding, mesh: MeshShape) -> Iterator[tuple[str, dict]]:
     for group in _groups(free):
         for axis in axes:
             yield "local_slice", {"mesh_dims": group, "axis": axis}
+    for m in free:  # one reduction kind per layout, as the test below needs
+        for op in sorted(set(s.partial_map.values()) or {"sum", "max"}):
+            yield "make_partial", {"mesh_dims": (m,), "op": op}
 
 
 def _random_stacked(s: Sharding, mesh: MeshShape, rng: np.random.Generator) -> np.ndarray:

@@ -43,9 +43,13 @@ REDUCTIONS: dict[str, str] = {
     "reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min", "reduce_prod": "prod",
 }
 COLLECTIVES: tuple[str, ...] = (
-    "all_gather", "all_reduce", "reduce_scatter", "all_to_all", "local_slice",
+    "all_gather", "all_reduce", "reduce_scatter", "all_to_all", "local_slice", "make_partial",
 )
-"""Ops that change a value's layout. ``local_slice`` moves no data between devices."""
+"""Ops that change a value's layout."""
+LOCAL_LAYOUT_CHANGES: tuple[str, ...] = ("local_slice", "make_partial")
+"""The layout changes that move no data between devices: ``local_slice`` keeps this device's
+block; ``make_partial`` turns a replicated value into a pending reduction (coordinate 0 keeps
+the value, the other devices hold the reduction's identity)."""
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,14 @@ def apply_collective(name: str, attrs: dict, src: Sharding) -> Sharding:
         if name == "all_to_all":
             dims[attrs["split_axis"]] = dims[attrs["split_axis"]] + md
         return Sharding(tuple(dims), tuple(partial.items()))
+    if name == "make_partial":
+        op = attrs["op"]
+        if op not in REDUCE_OPS:
+            raise ValueError(f"make_partial: unknown reduction {op!r}")
+        used = src.used_mesh_dims()
+        if any(m in used for m in md):
+            raise ValueError(f"make_partial over {list(md)}: already used in {src.text()}")
+        return Sharding(tuple(dims), tuple(partial.items()) + tuple((m, op) for m in md))
     if name == "local_slice":
         used = src.used_mesh_dims()
         if any(m in used for m in md):
@@ -427,5 +439,6 @@ _register("all_reduce", _collective("all_reduce"), 1, ("mesh_dims", "op"))
 _register("reduce_scatter", _collective("reduce_scatter"), 1, ("mesh_dims", "op", "axis"))
 _register("all_to_all", _collective("all_to_all"), 1, ("mesh_dims", "split_axis", "concat_axis"))
 _register("local_slice", _collective("local_slice"), 1, ("mesh_dims", "axis"))
+_register("make_partial", _collective("make_partial"), 1, ("mesh_dims", "op"))
 
 assert set(REDUCTIONS.values()) <= set(REDUCE_OPS)

@@ -18,36 +18,52 @@ def cases(draw):
     prog: Program = draw(programs())
     sizes = list(draw(st.sampled_from(MESH_SHAPES)))
     names = list(MESH_NAMES[: len(sizes)])
-    in_dims = [shardings_for(draw, s, names, sizes) for s in prog.input_shapes]
-    out_dims = None
+    in_layouts = [with_partial(draw, shardings_for(draw, s, names, sizes), names)
+                  for s in prog.input_shapes]
+    out_layouts = None
     if draw(st.booleans()):
         outs = prog(*[np.zeros(s) for s in prog.input_shapes])
         outs = outs if isinstance(outs, tuple) else (outs,)
-        out_dims = [shardings_for(draw, np.shape(o), names, sizes) for o in outs]
+        out_layouts = [
+            with_partial(draw, shardings_for(draw, np.shape(o), names, sizes), names)
+            if o.dtype.kind == "f" else (shardings_for(draw, np.shape(o), names, sizes), {})
+            for o in outs]
     dtype = draw(st.sampled_from([np.float64, np.float32]))
     seed = draw(st.integers(0, 2**16))
-    return prog, names, sizes, in_dims, out_dims, dtype, seed
+    return prog, names, sizes, in_layouts, out_layouts, dtype, seed
 
 
-def _layout(dims, mesh):
+def with_partial(draw, dims, names):
+    """`dims` plus, sometimes, a pending sum over one mesh dim the dims leave free."""
+    free = [n for n in names if not any(n in d for d in dims)]
+    if free and draw(st.integers(0, 3)) == 0:
+        return dims, {draw(st.sampled_from(free)): "sum"}
+    return dims, {}
+
+
+def _layout(spec, mesh):
+    dims, partial = spec
     return dtc.Layout([dtc.UNSHARDED if not d else d[0] if len(d) == 1 else d for d in dims],
-                      mesh)
+                      mesh, partial=partial)
 
 
 @settings(max_examples=250, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_random_programs_match_numpy(case):
-    prog, names, sizes, in_dims, out_dims, dtype, seed = case
+    prog, names, sizes, in_specs, out_specs, dtype, seed = case
     mesh = dtc.create_mesh(list(zip(names, sizes)))
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal(s).astype(dtype) for s in prog.input_shapes]
     expected = prog(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    in_layouts = tuple(_layout(d, mesh) for d in in_dims)
-    out_layouts = None if out_dims is None else tuple(_layout(d, mesh) for d in out_dims)
+    in_layouts = tuple(_layout(spec, mesh) for spec in in_specs)
+    out_layouts = None if out_specs is None else tuple(_layout(s, mesh) for s in out_specs)
     f = dtc.compile(prog, in_layouts=in_layouts, out_layouts=out_layouts, verify=True)
-    got = f(*inputs)
+    # arguments alternate between numpy arrays and DTensors already on the mesh
+    args = [dtc.copy_to_mesh(a, layout) if i % 2 else a
+            for i, (a, layout) in enumerate(zip(inputs, in_layouts))]
+    got = f(*args)
     got = got if isinstance(got, tuple) else (got,)
     note = prog.text()
     assert len(got) == len(expected), note
