@@ -102,7 +102,8 @@ class Lowered:
     collectives, and `run`."""
 
     def __init__(self, mesh: Mesh, arg_names: Sequence[str], arg_types: Sequence[TensorType],
-                 result_types: Sequence[TensorType], stages: Sequence[Stage], module: Module,
+                 result_types: Sequence[TensorType], global_stages: Sequence[Stage],
+                 local_stages: Sequence[Stage], module: Module,
                  collectives: tuple[Collective, ...]) -> None:
         self.mesh = mesh
         self._arg_names = tuple(arg_names)
@@ -111,7 +112,10 @@ class Lowered:
         self.in_layouts = tuple(Layout.from_sharding(t.sharding, mesh) for t in arg_types)
         """The layout of every argument, as given or as propagation chose it."""
         self.out_layouts = tuple(Layout.from_sharding(t.sharding, mesh) for t in result_types)
-        self._stages = tuple(stages)
+        self._stages = tuple(global_stages) + tuple(local_stages)
+        self.global_stage = global_stages[-1].name
+        """The last stage with global shapes, every collective in place (the records'
+        stage)."""
         self._collectives = collectives
         self.module = module
         """The final module (localized by the default pipeline)."""
@@ -309,7 +313,7 @@ class CompiledFunction:
         back = PassManager(self._local_passes, verify=self._verify, keep_ir=self._keep_ir,
                             ctx=ctx)
         back.run(module)
-        return Lowered(mesh, names, arg_types, result_types, front.stages + back.stages, module,
+        return Lowered(mesh, names, arg_types, result_types, front.stages, back.stages, module,
                        collectives)
 
 

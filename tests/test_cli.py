@@ -231,6 +231,15 @@ def test_graph_dot(tmp_path: Path) -> None:
     assert "\n  op4 -> return [label=" in dot
 
 
+def test_graph_draws_global_shapes_by_default(tmp_path: Path) -> None:
+    out = tmp_path / "mlp.dot"
+    assert dtc("graph", MLP, *SHAPES, "-o", str(out)).returncode == 0
+    staged = tmp_path / "staged.dot"
+    assert dtc("graph", MLP, *SHAPES, "-o", str(staged), "--stage",
+               "insert-collectives").returncode == 0
+    assert out.read_text() == staged.read_text()
+
+
 def test_graph_svg(tmp_path: Path) -> None:
     out = tmp_path / "mlp.svg"
     done = dtc("graph", MLP, *SHAPES, "-o", str(out))

@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     target.add_target_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file: .dot, or .svg/.png/.pdf (needs graphviz)")
-    p.add_argument("--stage", metavar="NAME", help="stage to draw (default: the last one)")
+    p.add_argument("--stage", metavar="NAME",
+                   help="stage to draw (default: the last one with global shapes, where every "
+                        "collective is in place)")
     p.set_defaults(handler=run)
 
 
@@ -56,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from dtensor_compiler.graph import dataflow_graph, to_dot
 
     lowered = target.lower(args)
-    module = parse_module(lowered.ir(target.stage_name(lowered, args.stage)))
+    stage = lowered.global_stage if args.stage is None else target.stage_name(lowered,
+                                                                                args.stage)
+    module = parse_module(lowered.ir(stage))
     dot = to_dot(dataflow_graph(module.main))
     if fmt == "dot":
         out.write_text(dot, encoding="utf-8")
