@@ -6,7 +6,8 @@ the value, an edge is one collective whose effect on the layout is exactly
 `opdefs.apply_collective`, weighted by the cost model's time for it. Only layouts whose shards
 divide the global shape are visited. Pending partial reductions that the target keeps are
 carried through untouched; every other pending partial is reduced on the way; a pending
-reduction the target has and the source lacks is created locally (`make_partial`).
+reduction the target has and the source lacks (or has with another op) is created locally
+(`make_partial`). So every valid layout reaches every other.
 
 Edges leaving a layout, in the order that breaks ties between equally cheap plans:
 
@@ -65,9 +66,8 @@ def plan_relayout(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape,
                   itemsize: int = 4, cost_model: CostModel = DEFAULT_COST_MODEL) -> list[Step]:
     """The cheapest steps turning a value of global `shape` laid out as `src` into `dst`.
 
-    Empty when `src == dst`. Raises `PlanningError` when no plan exists: a layout that does not
-    fit the mesh or divide the shape, or a target whose pending reduction on a mesh dim differs
-    from the source's on that dim.
+    Empty when `src == dst`. Raises `PlanningError` when either layout does not fit the mesh or
+    divide the shape (between valid layouts a plan always exists).
     """
     return list(_plan(src, dst, mesh, tuple(shape), itemsize, cost_model))
 
@@ -88,11 +88,6 @@ def _check_endpoints(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape
         problems = sharding.problems(mesh, shape)
         if problems:
             _fail(src, dst, mesh, shape, f"{role} layout: " + "; ".join(problems))
-    have = src.partial_map
-    for m, op in dst.partial:
-        if m in have and have[m] != op:
-            _fail(src, dst, mesh, shape, f"the target keeps a pending {op} on {m!r} where the "
-                                         f"source has a pending {have[m]}")
 
 
 def _local_size(dims: tuple[tuple[str, ...], ...], shape: Shape, sizes: dict[str, int]
@@ -162,7 +157,8 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
     if src == dst:
         return ()
     sizes = dict(mesh.dims)
-    keep = frozenset(dst.partial_dims)
+    have = src.partial_map
+    keep = frozenset(m for m, op in dst.partial if have.get(m) == op)
     src_size = _local_size(src.dims, shape, sizes)
     assert src_size is not None, "checked by _check_endpoints"
     nbytes: dict[Sharding, int | None] = {src: src_size * itemsize}

@@ -327,11 +327,18 @@ def test_replicated_to_partial_is_one_local_make_partial() -> None:
              cost("make_partial", ("y",), MESH_2X4, 8 * 8 * 4))]
 
 
-def test_target_with_another_reduction_on_a_partial_dim_raises() -> None:
-    with pytest.raises(PlanningError, match=r"keeps a pending sum on 'y' where the source has "
-                                            r"a pending max"):
-        plan_relayout(Sharding.of(None, None, partial={"y": "max"}),
-                      Sharding.of(None, None, partial={"y": "sum"}), MESH_2X4, (8, 8))
+def test_a_pending_max_becomes_a_pending_sum_by_reducing_it_first() -> None:
+    src = Sharding.of(None, None, partial={"y": "max"})
+    dst = Sharding.of(None, None, partial={"y": "sum"})
+    plan = plan_relayout(src, dst, MESH_2X4, (8, 8))
+    assert [(s.kind, s.mesh_dims, s.attrs) for s in plan] == [
+        ("all_reduce", ("y",), (("op", "max"),)), ("make_partial", ("y",), (("op", "sum"),))]
+    rng = np.random.default_rng(0)
+    x = rng.integers(-9, 10, (8, 8)).astype(np.float64)
+    local = scatter(x, src, MESH_2X4, rng)
+    for step in plan:
+        local = execute(step, local, MESH_2X4)
+    assert_holds(local, x, dst, MESH_2X4)
 
 
 def test_plans_do_not_depend_on_hash_seeds() -> None:
