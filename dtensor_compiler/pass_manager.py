@@ -49,9 +49,16 @@ class ModulePass:
                             "already localized")
 
     def text(self) -> str:
-        opts = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                if getattr(self, f.name) != f.default]
+        """The pass as pipeline text; `parse_pass` reads it back."""
+        opts = [f"{f.name.replace('_', '-')}={_option_text(getattr(self, f.name))}"
+                for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
         return self.name + ("{" + ",".join(opts) + "}" if opts else "")
+
+
+def _option_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 _REGISTRY: dict[str, type[ModulePass]] = {}
