@@ -154,7 +154,10 @@ def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | N
               seeds: tuple[int, ...], keep: tuple[int, ...], costs: LayoutCosts
               ) -> Strategy | None:
     kept = [operands[i].partial_map if i in keep else {} for i in range(len(operands))]
-    passed = rules.partial_result(op.name, op.attrs, kept) if keep else {}
+    assert op.result is not None
+    rtype = op.result.type
+    passed = rules.partial_result(op.name, op.attrs, kept, [v.type for v in op.operands],
+                                  rtype) if keep else {}
     if passed is None:
         return None
     sharded = {m for mesh_dims in factors for m in mesh_dims}
@@ -167,8 +170,6 @@ def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | N
                      for i in range(len(operands)))
     produced = Sharding(space.unproject(factors, space.result_index),
                         tuple({**passed, **reduced}.items()))
-    assert op.result is not None
-    rtype = op.result.type
     cost = costs.volume(produced, rtype) + costs.compute(produced, rtype)
     for value, actual, need, shared_by in zip(op.operands, operands, required, consumers):
         if actual is not None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from models import block, mlp, softmax
 
+import dtensor_compiler as dtc
 from dtensor_compiler.errors import PassError
 from dtensor_compiler.ir import rules
 from dtensor_compiler.ir.core import LayoutOrigin, Module, Operation
@@ -268,6 +269,35 @@ def test_pending_sum_passes_through_a_linear_op_and_is_reduced_once() -> None:
                        Sharding.of(None, None))
     assert layout_of(module, "multiply") == "{-, -} partial(tp:sum)"
     assert moves(module) == [("[16, 32]", "{-, -} partial(tp:sum)", "{-, -}")]
+
+
+@pytest.mark.parametrize(("dtype", "fn", "widened"), [
+    ("bool", lambda a, b: (a @ b).sum(axis=1), "reduce_sum"),   # or-sum counted in i64
+    ("bool", lambda a, b: (a @ b) * 2.5, "multiply"),          # bool to f64
+    ("i8", lambda a, b: (a @ b) * np.arange(8), "multiply"),   # wrapping i8 sum to i64
+    ("f16", lambda a, b: (a @ b) * np.float32(2), "multiply"),  # f16 sum to f32
+])
+def test_pending_sum_is_reduced_before_an_op_that_changes_its_dtype(dtype, fn, widened) -> None:
+    types = [TensorType(dtype, (8, 16), COL), TensorType(dtype, (16, 8), ROW)]
+    module = trace(fn, types, ["a", "b"], MESH)
+    PassManager([PropagateLayoutsPass()]).run(module)
+    assert moves(module)[0] == ("[8, 8]", "{-, -} partial(tp:sum)", "{-, -}")
+    (op,) = [op for op in module.main.ops if op.name == widened]
+    assert op.operands[0].owner is not None and op.operands[0].owner.name == "relayout"
+    assert not op.type.sharding.partial
+
+
+def test_pending_sums_of_bool_and_int8_give_numpy_values_end_to_end() -> None:
+    mesh = dtc.create_mesh([("x", 2), ("y", 4)])
+    in_layouts = (dtc.Layout([dtc.UNSHARDED, "y"], mesh), dtc.Layout(["y", dtc.UNSHARDED], mesh))
+    rng = np.random.default_rng(0)
+    a, b = rng.random((8, 16)) > 0.3, rng.random((16, 8)) > 0.3
+    count = dtc.compile(lambda a, b: (a @ b).sum(axis=1), in_layouts=in_layouts)
+    np.testing.assert_array_equal(np.asarray(count(a, b)), (a @ b).sum(axis=1))
+    a8 = rng.integers(-128, 128, (8, 16)).astype(np.int8)
+    b8 = rng.integers(-128, 128, (16, 8)).astype(np.int8)
+    scaled = dtc.compile(lambda a, b: (a @ b) * np.arange(8), in_layouts=in_layouts)
+    np.testing.assert_array_equal(np.asarray(scaled(a8, b8)), (a8 @ b8) * np.arange(8))
 
 
 def test_returned_pending_sum_without_out_layout_is_reduced() -> None:

@@ -18,6 +18,7 @@ import pytest
 import dtensor_compiler.errors as errors
 from dtensor_compiler.ir.core import Function, Module, Operation
 from dtensor_compiler.ir.opdefs import BINARY_UFUNCS, REDUCTIONS, UNARY_UFUNCS
+from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
@@ -190,6 +191,20 @@ def test_python_scalars_are_weak_and_constants_compact() -> None:
     assert module.main.results[0].type.dtype == "f64"
 
 
+def test_complex_scalars_and_constants_print_and_parse_back() -> None:
+    small = np.arange(5) * 1j
+
+    def f(z):
+        return z * 2 + 1j + small + np.full((4, 5), 2 - 1j) + np.zeros_like(z)
+
+    z = RNG.standard_normal((4, 5)) + 1j * RNG.standard_normal((4, 5))
+    module = check(f, z)
+    text = print_module(module)
+    assert "%0 = constant {value = dense_hex<" in text
+    assert " full " not in text  # no complex scalar attribute
+    assert print_module(parse_module(text)) == text
+
+
 # ---------------------------------------------------------------------------------------------
 # elementwise
 
@@ -269,6 +284,15 @@ def test_reductions(axis: object, keepdims: bool) -> None:
                 np.maximum.reduce(i, **kw), np.sum(i, dtype=np.float32, **kw))
 
     check(f, f32(2, 3, 4), RNG.integers(-5, 5, (2, 3, 4)).astype(np.int32))
+
+
+def test_a_narrow_accumulation_dtype_wraps_like_numpy() -> None:
+    i8 = RNG.integers(-128, 128, (4, 16)).astype(np.int8)
+    module = check(lambda i, b: (i.sum(axis=1, dtype=np.int8), np.prod(i, 0, dtype=np.int8),
+                                 np.sum(i, dtype=np.uint8), b.sum(axis=0, dtype=bool),
+                                 b.prod(axis=1, dtype=bool)),
+                   i8, RNG.random((4, 16)) > 0.7)
+    assert [v.type.dtype for v in module.main.results] == ["i8", "i8", "u8", "bool", "bool"]
 
 
 def test_ufunc_reduce_defaults_to_axis_zero() -> None:

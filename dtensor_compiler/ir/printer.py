@@ -11,8 +11,8 @@ func @mlp(%x: f32[512,256] @ {dp, -}, %w: f32[256,1024] @ {-, tp}) -> (f32[512,1
 A localized module's first line is ``mesh<...> local`` and its shapes are per device.
 Function arguments keep the user's names; op results are numbered in order by the printer.
 With ``locations=True`` every op ends with ``loc("file.py":12)`` (like MLIR's debug info).
-Constants of more than `INLINE_LIMIT` elements print as ``dense_hex<"...">`` (raw little-endian
-bytes), so printing is exact and lossless.
+Constants of more than `INLINE_LIMIT` elements, and complex constants, print as
+``dense_hex<"...">`` (raw little-endian bytes), so printing is exact and lossless.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def format_attr(value: object) -> str:
 
 
 def format_dense(value: np.ndarray) -> str:
-    if value.size > INLINE_LIMIT:
+    """``dense<[...]>`` for small arrays, else ``dense_hex``; complex arrays always use
+    ``dense_hex`` (the text form has no complex literal)."""
+    if value.size > INLINE_LIMIT or value.dtype.kind == "c":
         data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False)
         return f'dense_hex<"{data.tobytes().hex()}">'
 

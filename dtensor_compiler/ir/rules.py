@@ -210,16 +210,24 @@ def factor_rule(name: str, attrs: dict, operands: Sequence[TensorType],
     return None
 
 
-def partial_result(name: str, attrs: dict, partials: Sequence[dict[str, str]]
+def partial_result(name: str, attrs: dict, partials: Sequence[dict[str, str]],
+                   operands: Sequence[TensorType], result: TensorType
                    ) -> dict[str, str] | None:
     """The pending reductions an op's result keeps when its operands carry `partials`.
 
     None means the op cannot take these partial operands: they must be reduced first.
     An empty dict means nothing is pending.
+
+    A pending reduction combines its pieces in the operand's own dtype (a bool sum is an
+    ``or``, an int8 sum wraps), so only an op whose result keeps that dtype can carry it: one
+    that converts it (a bool or int8 sum counted in int64, f16 widened to f32) would combine
+    the pieces in the new dtype and get another value.
     """
     pending = [p for p in partials if p]
     if not pending:
         return {}
+    if any(p and t.dtype != result.dtype for p, t in zip(partials, operands)):
+        return None
     structural = ("reshape", "transpose", "slice", "broadcast_to", "positive")
     if name in structural and len(partials) == 1:
         return dict(partials[0])

@@ -82,9 +82,17 @@ class Recorder:
             raise ShapeError(f"{name}: {e}", loc) from None
 
     def full(self, shape: Sequence[int], dtype: str, value: object) -> Value:
-        """A tensor of `shape` filled with `value` (converted to `dtype`)."""
-        return self.emit("full", [], {"value": scalar_attr(value, dtype)},
-                         TensorType(dtype, tuple(shape)))
+        """A tensor of `shape` filled with `value` (converted to `dtype`). A complex value is
+        a 0-d ``constant`` broadcast to `shape`: ``full`` holds a scalar attribute, and the IR
+        text has no complex scalar."""
+        scalar = scalar_attr(value, dtype)
+        if not isinstance(scalar, complex):
+            return self.emit("full", [], {"value": scalar}, TensorType(dtype, tuple(shape)))
+        zero_d = self.emit("constant", [], {"value": np.array(scalar, numpy_dtype(dtype))},
+                           TensorType(dtype, ()))
+        if not shape:
+            return zero_d
+        return self.emit("broadcast_to", [zero_d], result=TensorType(dtype, tuple(shape)))
 
     def constant(self, data: object) -> Value:
         """A captured numpy value (array, numpy scalar, nested list) as a constant."""

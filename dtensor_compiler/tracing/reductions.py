@@ -38,12 +38,17 @@ def normalize_axes(axis: Axis, rank: int) -> tuple[int, ...]:
 
 def reduce(rec: Recorder, kind: str, a: Operand, axis: Axis = None, dtype: object = None,
            keepdims: bool = False) -> Value:
-    """``reduce_<kind>`` (sum, prod, max, min) of `a` over `axis`, accumulated in `dtype`."""
+    """``reduce_<kind>`` (sum, prod, max, min) of `a` over `axis`, accumulated in `dtype`.
+
+    ``reduce_sum`` and ``reduce_prod`` widen small integers and bool to int64 as numpy's
+    default does; a requested narrower `dtype` is the wide result cast back, which wraps (and
+    for bool, tests for non-zero) exactly as accumulating in `dtype` does."""
     x = rec.value(a)
     if dtype is not None:
         x = astype(rec, x, dtype)
     axes = normalize_axes(axis, x.type.rank)
-    return rec.emit(f"reduce_{kind}", [x], {"axes": axes, "keepdims": bool(keepdims)})
+    out = rec.emit(f"reduce_{kind}", [x], {"axes": axes, "keepdims": bool(keepdims)})
+    return out if dtype is None else astype(rec, out, dtype)
 
 
 def _count(x: Value, axes: tuple[int, ...]) -> int:

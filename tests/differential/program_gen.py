@@ -89,7 +89,8 @@ def programs(draw) -> Program:
         kind = draw(st.sampled_from(["unary", "binary", "scalar", "reduce", "transpose",
                                      "softmax", "matmul", "einsum", "slice", "reshape",
                                      "concat", "where", "center", "variance", "take", "argmax",
-                                     "stack_split", "expand_squeeze", "astype", "swapaxes"]))
+                                     "stack_split", "expand_squeeze", "astype", "swapaxes",
+                                     "bool_matmul", "int8_sum"]))
         if kind == "unary":
             name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
             f = getattr(np, name)
@@ -189,6 +190,21 @@ def programs(draw) -> Program:
             a, b = draw(st.permutations(range(len(s))))[:2]
             add(f"np.swapaxes({x}, {a}, {b})", lambda e, x=x, a=a, b=b: np.swapaxes(e[x], a, b),
                 tuple(s[b] if k == a else s[a] if k == b else d for k, d in enumerate(s)))
+        elif kind in ("bool_matmul", "int8_sum"):
+            # on an input, whose exact values decide the signs and the integer parts
+            x = draw(st.sampled_from([n for n, _ in prog.inputs]))
+            s = shapes[x]
+            axis = draw(st.integers(0, len(s) - 1))
+            if kind == "bool_matmul":  # a pending bool sum (an `or`) that is then counted
+                w = new_input((s[-1], draw(st.sampled_from(DIM_SIZES))))
+                add(f"(({x} > 0) @ ({w} > 0)).sum(axis=-1) * 0.5",
+                    lambda e, x=x, w=w: ((e[x] > 0) @ (e[w] > 0)).sum(axis=-1) * 0.5, s[:-1])
+            elif len(s) > 1:  # a sum that wraps in int8
+                add(f"np.clip({x} * 40, -100, 100).astype(np.int8).sum(axis={axis}, "
+                    "dtype=np.int8)",
+                    lambda e, x=x, a=axis: np.clip(e[x] * 40, -100, 100).astype(np.int8).sum(
+                        axis=a, dtype=np.int8),
+                    tuple(d for k, d in enumerate(s) if k != axis))
     if not prog.steps:
         add("np.tanh(a0)", lambda e: np.tanh(e["a0"]), shape0)
     results = [st_.name for st_ in prog.steps]
