@@ -30,7 +30,6 @@ from dtensor_compiler.relayout import plan_relayout
 from dtensor_compiler.runtime.collectives import apply_step
 from dtensor_compiler.runtime.stacked import device_shard, from_device_shards, to_stacked
 from dtensor_compiler.tracing import TracedArray
-from dtensor_compiler.tracing.location import user_location
 
 DEVICE_NAME = "/job:localhost/replica:0/task:0/device:CUSTOM:0"
 
@@ -212,8 +211,7 @@ def _relayout_traced(array: TracedArray, layout: Layout) -> TracedArray:
                           "is known only for arguments with a layout and relayout results")
     specs = () if current is None else Layout.from_sharding(current, layout.mesh).sharding_specs
     target = _resolve_match(layout, specs, array.value.type.rank)
-    why = f"dtc.relayout at {user_location()}"
-    return tracing.traced_relayout(array, target.sharding, why)
+    return tracing.traced_relayout(array, target.sharding, "dtc.relayout")
 
 
 def relayout(tensor: DistributedValue | TracedArray, layout: Layout
@@ -233,7 +231,11 @@ def relayout(tensor: DistributedValue | TracedArray, layout: Layout
 
 def relayout_like(tensor: DistributedValue | TracedArray, like: DistributedValue
                   ) -> DTensor | TracedArray:
-    """`tensor` relayouted to the layout of `like`."""
+    """`tensor` relayouted to the layout of `like` (a DTensor or DVariable)."""
+    if tracing.is_traced(like):
+        raise LayoutError("relayout_like inside a compiled function needs a DTensor to take "
+                          "the layout from; a traced value's layout is chosen after tracing. "
+                          "Use dtc.relayout(x, layout) instead")
     return relayout(tensor, fetch_layout(like))
 
 

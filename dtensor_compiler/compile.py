@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -221,7 +220,7 @@ class CompiledFunction:
             raise DTensorError("the triton backend is not available yet: it lands with the "
                                "Triton lowering issue; use backend='numpy'")
         self._fn = fn
-        self._name = re.sub(r"\W", "_", getattr(fn, "__name__", type(fn).__name__))
+        self._name = tracing.function_name(fn)
         try:
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):

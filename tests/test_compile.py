@@ -289,3 +289,29 @@ def test_relayout_match_and_mesh_checks_inside_a_compiled_function(mesh):
     with pytest.raises(dtc.LayoutError, match="mesh<r=2> inside a function compiled for "
                                               "mesh<dp=2, tp=4>"):
         elsewhere(a)
+
+
+def test_a_function_returning_something_else_than_arrays_is_named() -> None:
+    def returns_none(a):
+        np.exp(a)
+
+    line = inspect.getsourcelines(returns_none)[1]
+    with pytest.raises(dtc.TraceError, match=rf"{re.escape(str(Location(__file__, line)))}: "
+                       r"returns_none returned a NoneType; a compiled function must return "
+                       r"arrays"):
+        dtc.compile(returns_none)(rand(4))
+
+
+def test_relayout_like_a_traced_value_is_refused_with_advice(mesh) -> None:
+    f = dtc.compile(lambda a, b: dtc.relayout_like(a, b),
+                    in_layouts=(dtc.Layout(["dp"], mesh), dtc.Layout(["tp"], mesh)))
+    with pytest.raises(dtc.LayoutError, match=r"relayout_like inside a compiled function.*"
+                                              r"Use dtc.relayout\(x, layout\)"):
+        f(rand(8), rand(8))
+
+
+def test_lambdas_are_named_lambda_everywhere(mesh) -> None:
+    f = dtc.compile(lambda a: a, in_layouts=(dtc.Layout(["dp"], mesh),))
+    assert f.lower(rand(8)).ir("trace").splitlines()[1].startswith("func @lambda(")
+    with pytest.raises(dtc.TraceError, match=r"^lambda\(a\): too many positional arguments"):
+        f(rand(8), rand(8))

@@ -4,7 +4,7 @@
 compiled function.
 """
 
-from dtensor_compiler.tracing.driver import is_traced, trace, traced_relayout
+from dtensor_compiler.tracing.driver import function_name, is_traced, trace, traced_relayout
 from dtensor_compiler.tracing.tracer import TracedArray
 
-__all__ = ["TracedArray", "is_traced", "trace", "traced_relayout"]
+__all__ = ["TracedArray", "function_name", "is_traced", "trace", "traced_relayout"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from dtensor_compiler.errors import LayoutError, Location, TraceError
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Value
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
@@ -19,6 +21,13 @@ from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Recorder
 from dtensor_compiler.tracing.tracer import TracedArray, unwrap
+
+
+def function_name(fn: Callable) -> str:
+    """An IR-safe name for `fn`: ``<lambda>`` becomes ``lambda``."""
+    raw = getattr(fn, "__name__", type(fn).__name__)
+    name = re.sub(r"\W+", "_", raw).strip("_") or "fn"
+    return "fn_" + name if name[0].isdigit() else name
 
 
 def is_traced(x: object) -> bool:
@@ -59,6 +68,16 @@ def _output_location(value: Value, fn: Callable) -> Location:
     return Location(code.co_filename, code.co_firstlineno)
 
 
+def _check_output(out: object, func_name: str, fn: Callable) -> object:
+    """Raise TraceError unless `out` is something a compiled function may return."""
+    if isinstance(out, (Value, np.ndarray, np.generic, bool, int, float, complex)):
+        return out
+    code = getattr(fn, "__code__", None)
+    loc = None if code is None else Location(code.co_filename, code.co_firstlineno)
+    raise TraceError(f"{func_name} returned a {type(out).__name__}; a compiled function must "
+                     "return arrays (or a tuple or list of them)", loc)
+
+
 def _outputs(returned: object) -> list[object]:
     return list(returned) if isinstance(returned, (tuple, list)) else [returned]
 
@@ -79,10 +98,7 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
           name: str | None = None) -> Module:
     """Trace `fn` on arguments of types `args` (their shardings are the in_layouts) into a
     module with one function, named `name` or after `fn`."""
-    raw_name = name or getattr(fn, "__name__", type(fn).__name__)
-    func_name = re.sub(r"\W+", "_", raw_name).strip("_") or "fn"  # "<lambda>" -> "lambda"
-    if func_name[0].isdigit():
-        func_name = "fn_" + func_name
+    func_name = name or function_name(fn)
     if len(args) != len(arg_names):
         raise TraceError(f"{func_name}: {len(args)} argument types but {len(arg_names)} names")
     params = [Value(t, None, n) for t, n in zip(args, arg_names)]
@@ -93,7 +109,7 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
     rec = Recorder(func, mesh)
     try:
         returned = unwrap(fn(*[TracedArray(p, rec) for p in params]), rec)
-        outputs = [rec.value(out) for out in _outputs(returned)]
+        outputs = [rec.value(_check_output(out, func_name, fn)) for out in _outputs(returned)]
         shardings = _out_shardings(out_shardings, len(outputs), func_name)
         results = [
             value if sharding is None else _relayout(
