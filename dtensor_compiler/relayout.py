@@ -194,7 +194,8 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
                 reached_by[nxt] = Step(kind, mesh_dims, attrs, state, nxt, out_bytes, cost)
                 pushed += 1
                 heapq.heappush(heap, (key[0], key[1], pushed, nxt))
-    _fail(src, dst, mesh, shape, "no sequence of collectives reaches the target")
+    # Unreachable: from any valid layout, reduce, gather, slice and make_partial reach dst.
+    raise AssertionError(f"planner found no path from {src.text()} to {dst.text()}")
 
 
 def _path(reached_by: dict[Sharding, Step], src: Sharding, dst: Sharding) -> tuple[Step, ...]:

@@ -7,7 +7,8 @@ user's line.
 
 Guarantees: no `relayout` op remains. Each one is replaced, in place, by the steps that
 `plan_relayout` picks under the context's cost model, emitted in order as `all_reduce`,
-`reduce_scatter`, `all_to_all`, `all_gather` and `local_slice` ops built with checked types;
+`reduce_scatter`, `all_to_all`, `all_gather`, `local_slice` and `make_partial` ops built with
+checked types;
 every emitted op carries the relayout's `loc` and `why` (a step that reduces a pending partial
 also names the op that left it pending), and the last one's result takes over
 the relayout result's uses and `origin`. A relayout whose source and target layouts are equal
@@ -95,17 +96,20 @@ def _expand(func: Function, op: Operation, steps: list[Step], infer: InferContex
 def _pending_note(value: Value, mesh_dims: tuple[str, ...]) -> str:
     """``"; matmul at f.py:12 left a pending sum over tp"``: walks back through the ops that
     carried the partial to the one that created it."""
-    owner = value.owner
-    while owner is not None and any(
-            all(m in v.type.sharding.partial_map for m in mesh_dims)
-            for v in owner.operands if v.type.sharding is not None):
-        value = next(v for v in owner.operands if v.type.sharding is not None and all(
-            m in v.type.sharding.partial_map for m in mesh_dims))
-        owner = value.owner
-    if owner is None or value.type.sharding is None:
+    while (carrier := _carrying_operand(value.owner, mesh_dims)) is not None:
+        value = carrier
+    owner, sharding = value.owner, value.type.sharding
+    if owner is None or sharding is None:
         return ""
-    ops = sorted({value.type.sharding.partial_map[m] for m in mesh_dims
-                  if m in value.type.sharding.partial_map})
+    ops = sorted({sharding.partial_map[m] for m in mesh_dims if m in sharding.partial_map})
     where = f" at {owner.loc}" if owner.loc is not None else ""
     return (f"; {owner.name}{where} left a pending {'/'.join(ops)} over "
             f"{', '.join(mesh_dims)}")
+
+
+def _carrying_operand(op: Operation | None, mesh_dims: tuple[str, ...]) -> Value | None:
+    """The operand of `op` that already had the pending reduction over `mesh_dims`, if any."""
+    if op is None:
+        return None
+    return next((v for v in op.operands if v.type.sharding is not None
+                 and all(m in v.type.sharding.partial_map for m in mesh_dims)), None)

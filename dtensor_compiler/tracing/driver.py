@@ -58,24 +58,25 @@ def traced_relayout(x: TracedArray, sharding: Sharding, why: str) -> TracedArray
     return TracedArray(result, x.recorder)
 
 
+def _definition(fn: Callable) -> Location | None:
+    """The first line of `fn` (or of a callable object's ``__call__``), if it has one."""
+    code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
+    return None if code is None else Location(code.co_filename, code.co_firstlineno)
+
+
 def _output_location(value: Value, fn: Callable) -> Location:
     """Where an output comes from: the op that made it, else the function's first line."""
     if value.owner is not None and value.owner.loc is not None:
         return value.owner.loc
-    code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
-    if code is None:
-        return user_location()
-    return Location(code.co_filename, code.co_firstlineno)
+    return _definition(fn) or user_location()
 
 
 def _check_output(out: object, func_name: str, fn: Callable) -> object:
     """Raise TraceError unless `out` is something a compiled function may return."""
     if isinstance(out, (Value, np.ndarray, np.generic, bool, int, float, complex)):
         return out
-    code = getattr(fn, "__code__", None)
-    loc = None if code is None else Location(code.co_filename, code.co_firstlineno)
     raise TraceError(f"{func_name} returned a {type(out).__name__}; a compiled function must "
-                     "return arrays (or a tuple or list of them)", loc)
+                     "return arrays (or a tuple or list of them)", _definition(fn))
 
 
 def _outputs(returned: object) -> list[object]:
