@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dtensor_compiler.errors import LayoutError, MeshError
+from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.sharding import REDUCE_OPS, Sharding
 from dtensor_compiler.mesh import Mesh
 
@@ -148,34 +149,26 @@ class Layout:
 
     def local_shape_from_global_shape(self, global_shape: Sequence[int]) -> list[int]:
         self._check_shape(global_shape)
-        out = []
-        for i, s in enumerate(global_shape):
-            n = self.num_shards(i)
-            if s % n:
-                raise LayoutError(f"dim {i} of size {s} is not divisible into {n} shards of "
-                                  f"layout {self.short_text()}")
-            out.append(s // n)
-        return out
+        shape = tuple(int(s) for s in global_shape)
+        problems = geometry.misfits(shape, self.sharding.dims, self._mesh.mesh_shape())
+        if problems:
+            raise LayoutError(f"{problems[0]} of layout {self.short_text()}")
+        return list(geometry.local_shape(shape, self.sharding.dims, self._mesh.mesh_shape()))
 
     def global_shape_from_local_shape(self, local_shape: Sequence[int]) -> list[int]:
         self._check_shape(local_shape)
-        return [s * self.num_shards(i) for i, s in enumerate(local_shape)]
+        shape = tuple(int(s) for s in local_shape)
+        return list(geometry.global_shape(shape, self.sharding.dims, self._mesh.mesh_shape()))
 
     def offset_to_shard(self) -> list[tuple[int, ...]]:
         """For each device (by flat offset), the block index of each tensor dim it holds."""
+        mesh = self._mesh.mesh_shape()
+        dims = self.sharding.dims
         out = []
         for dev in range(self._mesh.size):
             loc = dict(zip(self._mesh.dim_names, self._mesh.device_location(
                 dev + self._mesh.min_global_device_id())))
-            idx = []
-            for spec in self._specs:
-                names = () if spec in (UNSHARDED, MATCH) else (
-                    (spec,) if isinstance(spec, str) else spec)
-                b = 0
-                for n in names:
-                    b = b * self._mesh.dim_size(n) + loc[n]
-                idx.append(b)
-            out.append(tuple(idx))
+            out.append(tuple(geometry.block_number(d, loc.__getitem__, mesh, 0) for d in dims))
         return out
 
     def offset_tuple_to_global_index(self, offset_tuple: Sequence[int]) -> int:

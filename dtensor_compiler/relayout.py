@@ -29,10 +29,12 @@ import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations, permutations
+from math import prod
 from typing import NoReturn
 
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.errors import PlanningError
+from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.core import Attr
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 
@@ -90,18 +92,11 @@ def _check_endpoints(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape
             _fail(src, dst, mesh, shape, f"{role} layout: " + "; ".join(problems))
 
 
-def _local_size(dims: tuple[tuple[str, ...], ...], shape: Shape, sizes: dict[str, int]
-                ) -> int | None:
-    """Elements per device, or None when some tensor dim does not divide into its shards."""
-    total = 1
-    for mesh_dims, extent in zip(dims, shape):
-        shards = 1
-        for m in mesh_dims:
-            shards *= sizes[m]
-        if extent % shards:
-            return None
-        total *= extent // shards
-    return total
+def _local_size(dims: tuple[tuple[str, ...], ...], shape: Shape, mesh: MeshShape) -> int | None:
+    """Elements per device, or None when some tensor dim does not fit its shards."""
+    if not geometry.fits(shape, dims, mesh):
+        return None
+    return prod(geometry.local_shape(shape, dims, mesh))
 
 
 def _edges(state: Sharding, keep: frozenset[str], mesh_names: tuple[str, ...],
@@ -156,10 +151,9 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
     _check_endpoints(src, dst, mesh, shape)
     if src == dst:
         return ()
-    sizes = dict(mesh.dims)
     have = src.partial_map
     keep = frozenset(m for m, op in dst.partial if have.get(m) == op)
-    src_size = _local_size(src.dims, shape, sizes)
+    src_size = _local_size(src.dims, shape, mesh)
     assert src_size is not None, "checked by _check_endpoints"
     nbytes: dict[Sharding, int | None] = {src: src_size * itemsize}
     best: dict[Sharding, tuple[float, int]] = {src: (0.0, 0)}
@@ -180,7 +174,7 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
             if nxt in done:
                 continue
             if nxt not in nbytes:
-                size = _local_size(nxt.dims, shape, sizes)
+                size = _local_size(nxt.dims, shape, mesh)
                 nbytes[nxt] = None if size is None else size * itemsize
             out_bytes = nbytes[nxt]
             if out_bytes is None:

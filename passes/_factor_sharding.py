@@ -25,7 +25,7 @@ from math import prod
 
 import numpy as np
 
-from dtensor_compiler.ir import rules
+from dtensor_compiler.ir import geometry, rules
 from dtensor_compiler.ir.core import Operation
 from dtensor_compiler.ir.rules import REPLICATE, DimFactors, FactorRule
 from dtensor_compiler.ir.sharding import MeshShape
@@ -81,10 +81,11 @@ class FactorSpace:
                     pos += 1
                     left = self.rule.sizes[factors[pos]]
                 n = self.mesh_sizes[m]
-                if not factors or left % n or self.rule.kind(factors[pos]) == REPLICATE:
+                if (not factors or not geometry.splits(left, n)
+                        or self.rule.kind(factors[pos]) == REPLICATE):
                     break
                 out[factors[pos]] += (m,)
-                left //= n
+                left = geometry.block_size(left, n)
         return tuple(out)
 
     def unproject(self, fs: FactorSharding, tensor: int) -> TensorDims:
@@ -116,7 +117,8 @@ class FactorSpace:
             kept: MeshDims = ()
             if self.rule.kind(f) != REPLICATE:
                 for m in mesh_dims:
-                    if m in seen or self.rule.sizes[f] % self._shards(kept + (m,)):
+                    if m in seen or not geometry.splits(self.rule.sizes[f],
+                                                        self._shards(kept + (m,))):
                         break
                     kept += (m,)
             seen.update(kept)

@@ -24,6 +24,7 @@ import functools
 from dataclasses import dataclass
 
 from dtensor_compiler.errors import PassError
+from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.core import Attr, Function, Module, Operation, Value
 from dtensor_compiler.ir.printer import Namer
 from dtensor_compiler.ir.sharding import MeshShape
@@ -100,13 +101,11 @@ class _Localizer:
         if problems:
             raise self.error(value.owner, f"layout of {self.name(value)} {sharding.text()}: "
                                           + "; ".join(problems))
-        local = sharding.local_shape(t.shape, self.mesh)
-        if sharding.global_shape(local, self.mesh) != t.shape:
-            uneven = [i for i, s in enumerate(t.shape) if s % sharding.num_shards(i, self.mesh)]
-            i = uneven[0]
+        misfits = geometry.misfits(t.shape, sharding.dims, self.mesh)
+        if misfits:
             raise self.error(value.owner, f"{self.name(value)}: {t.text()} does not split "
-                                          f"evenly: dim {i} of size {t.shape[i]} into "
-                                          f"{sharding.num_shards(i, self.mesh)} shards")
+                                          f"evenly: {misfits[0]}")
+        local = geometry.local_shape(t.shape, sharding.dims, self.mesh)
         return t.with_shape(local)
 
     def local_slice(self, op: Operation) -> dict[str, Attr]:
@@ -124,5 +123,5 @@ class _Localizer:
             if (start[i], stop[i], step[i]) != (0, size, 1):
                 raise self.error(op, f"slice {start[i]}:{stop[i]}:{step[i]} cuts dim {i}, "
                                      f"which is sharded over {list(src.dims[i])}")
-            stop[i] = size // src.num_shards(i, self.mesh)
+            stop[i] = geometry.block_size(size, src.num_shards(i, self.mesh))
         return {"start": tuple(start), "stop": tuple(stop), "step": tuple(step)}

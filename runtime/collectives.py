@@ -17,6 +17,7 @@ from math import prod
 
 import numpy as np
 
+from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.opdefs import apply_collective
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.runtime.stacked import check_stacked, place_partial, reduce_mesh_axes
@@ -37,14 +38,14 @@ def _scatter_into_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh:
     targets = [mesh.index(m) for m in mesh_dims]
     counts = tuple(mesh.size(m) for m in mesh_dims)
     local = x.shape[k:]
-    if local[axis] % prod(counts):
+    if not geometry.splits(local[axis], prod(counts)):
         raise ValueError(f"dim {axis} of local size {local[axis]} does not split into "
                          f"{prod(counts)} blocks")
     kept = [j for j in range(k) if j not in targets]
     squeezed = x.reshape([x.shape[j] for j in kept] + list(local))
     at = len(kept) + axis
-    split = squeezed.reshape(squeezed.shape[:at] + counts + (local[axis] // prod(counts),)
-                             + squeezed.shape[at + 1:])
+    block = geometry.block_size(local[axis], prod(counts))
+    split = squeezed.reshape(squeezed.shape[:at] + counts + (block,) + squeezed.shape[at + 1:])
     block_of = {t: at + i for i, t in enumerate(targets)}
     kept_at = {j: i for i, j in enumerate(kept)}
     mesh_order = [block_of[j] if j in block_of else kept_at[j] for j in range(k)]

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 
 REDUCE_UFUNCS: dict[str, np.ufunc] = {
@@ -45,12 +46,13 @@ def expected_stacked_shape(local_shape: Sequence[int], sharding: Sharding, mesh:
 def block_index(mesh_dims: Sequence[str], mesh: MeshShape) -> np.ndarray:
     """Each device's block number along a tensor dim sharded over `mesh_dims` (major to
     minor), as an int64 array with one axis per mesh dim (extent 1 for the others)."""
-    index = np.zeros((1,) * len(mesh.dims), dtype=np.int64)
-    for m in mesh_dims:
+    k = len(mesh.dims)
+
+    def coord(m: str) -> np.ndarray:
         j = mesh.index(m)
-        coord = np.arange(mesh.size(m)).reshape((1,) * j + (-1,) + (1,) * (len(mesh.dims) - j - 1))
-        index = index * mesh.size(m) + coord
-    return index
+        return np.arange(mesh.size(m)).reshape((1,) * j + (-1,) + (1,) * (k - j - 1))
+
+    return geometry.block_number(mesh_dims, coord, mesh, np.zeros((1,) * k, dtype=np.int64))
 
 
 def reduction_identity(op: str, dtype: np.dtype) -> np.generic:
@@ -119,7 +121,7 @@ def to_stacked(global_array: np.ndarray, sharding: Sharding, mesh: MeshShape) ->
             block_axis[m] = len(split_shape)
             split_shape.append(mesh.size(m))
         local_axes.append(len(split_shape))
-        split_shape.append(size // sharding.num_shards(i, mesh))
+        split_shape.append(geometry.block_size(size, sharding.num_shards(i, mesh)))
     # one trailing size-1 axis per mesh dim no tensor dim is split over
     split = x.reshape(split_shape + [1] * (len(mesh.dims) - len(block_axis)))
     spare = iter(range(len(split_shape), split.ndim))

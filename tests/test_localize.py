@@ -120,7 +120,7 @@ def test_rejects_uneven_shards() -> None:
     module, b, (x,) = new_module(MESH, {"x": ("f32", (6, 8), S("tp", None))})
     module.main.set_results([b.create("exp", [x], sharding=S("tp", None))])
     _assert_rejected(module, r"%x: f32\[6,8\] @ \{tp, -\} does not split evenly: dim 0 of "
-                             "size 6 into 4 shards")
+                             "size 6 is not divisible by its 4 shards")
 
 
 def test_rejects_a_partial_slice_of_a_sharded_dim() -> None:

@@ -132,7 +132,7 @@ def test_local_and_global_shapes(mesh32):
     both = dtc.Layout([("x", "y"), dtc.UNSHARDED], mesh32)
     assert [both.num_shards(0), both.num_shards(1)] == [6, 1]
     assert both.local_shape_from_global_shape([12, 5]) == [2, 5]
-    with pytest.raises(dtc.LayoutError, match="dim 0 of size 4 is not divisible into 6"):
+    with pytest.raises(dtc.LayoutError, match="dim 0 of size 4 is not divisible by its 6 shards"):
         both.local_shape_from_global_shape([4, 5])
     with pytest.raises(dtc.LayoutError, match="rank 2 but the shape"):
         layout.local_shape_from_global_shape([6, 4, 2])

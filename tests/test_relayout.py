@@ -201,11 +201,11 @@ def test_every_pair_of_layouts(mesh: MeshShape, shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(-9, 10, shape)
     layouts = all_layouts(mesh, len(shape))
-    for src in (s for s in layouts if s.divides(shape, mesh)):
+    for src in (s for s in layouts if s.fits(shape, mesh)):
         start = scatter(x, src, mesh, rng)
         for dst in layouts:
             pair = f"{src} -> {dst} on {mesh} for {list(shape)}"
-            if not dst.divides(shape, mesh):
+            if not dst.fits(shape, mesh):
                 with pytest.raises(PlanningError):
                     plan_relayout(src, dst, mesh, shape)
                 continue
@@ -345,7 +345,7 @@ def test_plans_do_not_depend_on_hash_seeds() -> None:
     script = (
         "from tests.test_relayout import MESH_2X4, all_layouts\n"
         "from dtensor_compiler.relayout import plan_relayout\n"
-        "ls = [s for s in all_layouts(MESH_2X4, 3) if s.divides((8, 8, 8), MESH_2X4)]\n"
+        "ls = [s for s in all_layouts(MESH_2X4, 3) if s.fits((8, 8, 8), MESH_2X4)]\n"
         "for a in ls:\n"
         "    for b in ls:\n"
         "        if set(b.partial) <= set(a.partial):\n"

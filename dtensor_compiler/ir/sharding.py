@@ -11,56 +11,11 @@ Printed form: ``{dp, -}``, ``{(dp, tp), -}``, ``{-, -} partial(tp:sum)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
-from math import prod
+
+from dtensor_compiler.ir import geometry
+from dtensor_compiler.ir.mesh_shape import MeshShape
 
 REDUCE_OPS = ("sum", "max", "min", "prod")
-
-
-@dataclass(frozen=True)
-class MeshShape:
-    """Ordered mesh dims with their sizes, e.g. ``(("dp", 2), ("tp", 4))``."""
-
-    dims: tuple[tuple[str, int], ...]
-
-    # Planning asks for mesh dim sizes hundreds of thousands of times, so the lookups are
-    # computed once (cached_property writes the instance dict, which a frozen dataclass allows).
-    @cached_property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.dims)
-
-    @cached_property
-    def _size_of(self) -> dict[str, int]:
-        return dict(self.dims)
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(size for _, size in self.dims)
-
-    @property
-    def num_devices(self) -> int:
-        return prod(self.sizes)
-
-    def size(self, name: str) -> int:
-        size = self._size_of.get(name)
-        if size is None:
-            raise KeyError(f"mesh has no dim {name!r}; dims are {list(self.names)}")
-        return size
-
-    def index(self, name: str) -> int:
-        return self.names.index(name)
-
-    def group_size(self, names: tuple[str, ...] | list[str]) -> int:
-        """Number of devices in one group of a collective over `names`."""
-        if not names:
-            return 1
-        return prod(self.size(n) for n in names)
-
-    def text(self) -> str:
-        return "mesh<" + ", ".join(f"{n}={s}" for n, s in self.dims) + ">"
-
-    def __str__(self) -> str:
-        return self.text()
 
 
 @dataclass(frozen=True)
@@ -122,17 +77,18 @@ class Sharding:
         return None
 
     def num_shards(self, dim: int, mesh: MeshShape) -> int:
-        return mesh.group_size(self.dims[dim])
+        return geometry.shard_count(self.dims[dim], mesh)
 
     def local_shape(self, shape: tuple[int, ...], mesh: MeshShape) -> tuple[int, ...]:
-        """Per-device shape. Callers check divisibility first (`divides`)."""
-        return tuple(s // self.num_shards(i, mesh) for i, s in enumerate(shape))
+        """Per-device shape (see `geometry`). Callers check that it fits first (`fits`)."""
+        return geometry.local_shape(shape, self.dims, mesh)
 
     def global_shape(self, local: tuple[int, ...], mesh: MeshShape) -> tuple[int, ...]:
-        return tuple(s * self.num_shards(i, mesh) for i, s in enumerate(local))
+        return geometry.global_shape(local, self.dims, mesh)
 
-    def divides(self, shape: tuple[int, ...], mesh: MeshShape) -> bool:
-        return all(s % self.num_shards(i, mesh) == 0 for i, s in enumerate(shape))
+    def fits(self, shape: tuple[int, ...], mesh: MeshShape) -> bool:
+        """Whether a tensor of global `shape` can be laid out so."""
+        return geometry.fits(shape, self.dims, mesh)
 
     def problems(self, mesh: MeshShape, shape: tuple[int, ...] | None = None) -> list[str]:
         """Everything wrong with this sharding on `mesh` (and `shape`), as messages."""
@@ -150,10 +106,7 @@ class Sharding:
             if op not in REDUCE_OPS:
                 out.append(f"unknown partial reduction {op!r} on {m!r}")
         if shape is not None and not out:
-            for i, s in enumerate(shape):
-                n = self.num_shards(i, mesh)
-                if s % n:
-                    out.append(f"dim {i} of size {s} is not divisible by its {n} shards")
+            out += geometry.misfits(shape, self.dims, mesh)
         return out
 
     # -- derivation ---------------------------------------------------------------------------
