@@ -1,9 +1,9 @@
 """The eager API on the simulated mesh: making, inspecting and moving distributed values.
 
 `pack` / `unpack` convert between per-device components and a `DTensor`; `copy_to_mesh` lays a
-global numpy array out on a mesh; `relayout` changes a DTensor's layout by running the relayout
-planner's collectives on its stacked array, or, on a value being traced inside a compiled
-function, records a relayout op in the IR. `default_mesh` sets the mesh that compiled
+global numpy array out on a mesh; `relayout` changes a DTensor's layout by running a one-op
+compiled program (see `eager`), or, on a value being traced inside a compiled function,
+records a relayout op in the IR. `default_mesh` sets the mesh that compiled
 functions and `call_with_layout` use when nothing else names one.
 
 Mirrors the reference system's functions of the same names, with these differences: scalar
@@ -22,13 +22,12 @@ import numpy as np
 
 from dtensor_compiler import tracing
 from dtensor_compiler.dtensor import DistributedValue, DTensor
+from dtensor_compiler.eager import DEFAULT_BACKEND, place, relayout_storage
 from dtensor_compiler.errors import DTensorError, LayoutError, MeshError
 from dtensor_compiler.ir.types import dtype_name
 from dtensor_compiler.layout import MATCH, Layout
 from dtensor_compiler.mesh import Mesh, create_mesh
-from dtensor_compiler.relayout import plan_relayout
-from dtensor_compiler.runtime.collectives import apply_step
-from dtensor_compiler.runtime.stacked import device_shard, from_device_shards, to_stacked
+from dtensor_compiler.runtime.backends import get_backend
 from dtensor_compiler.tracing import TracedArray
 
 DEVICE_NAME = "/job:localhost/replica:0/task:0/device:CUSTOM:0"
@@ -146,11 +145,12 @@ def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
             raise TypeError(f"the component for {device} has dtype {array.dtype}, the one for "
                             f"{devices[0]} has {first.dtype}")
     try:
-        stacked = from_device_shards(arrays, sharding, mesh.mesh_shape())
+        storage = get_backend(DEFAULT_BACKEND).from_device_shards(arrays, sharding,
+                                                                  mesh.mesh_shape())
     except ValueError as e:
         raise LayoutError(f"pack onto {layout.short_text()}: {e} (devices are numbered by "
                           "their position in mesh.local_devices())") from None
-    return DTensor(stacked, layout, tuple(layout.global_shape_from_local_shape(first.shape)))
+    return DTensor(storage, layout, tuple(layout.global_shape_from_local_shape(first.shape)))
 
 
 def unpack(tensor: DTensor) -> list[np.ndarray]:
@@ -158,9 +158,8 @@ def unpack(tensor: DTensor) -> list[np.ndarray]:
     if not isinstance(tensor, DTensor):
         raise TypeError(f"unpack expects a DTensor, got {type(tensor).__name__}")
     _single_client(tensor.mesh, "unpack")
-    mesh = tensor.mesh.mesh_shape()
-    sharding = tensor.layout.sharding
-    return [device_shard(tensor.stacked, sharding, mesh, i) for i in range(mesh.num_devices)]
+    storage = tensor.storage
+    return [storage.device_shard(i) for i in range(tensor.mesh.size)]
 
 
 # -- moving values ------------------------------------------------------------------------------
@@ -192,12 +191,10 @@ def _relayout_dtensor(tensor: DTensor, layout: Layout) -> DTensor:
                           f"{layout.mesh.mesh_shape().text()}); use copy_to_mesh")
     target = _resolve_match(layout, tensor.layout.sharding_specs, tensor.ndim)
     _check_fits(target, tensor.shape)
-    mesh = tensor.mesh.mesh_shape()
-    stacked = tensor.stacked
-    for step in plan_relayout(tensor.layout.sharding, target.sharding, mesh, tensor.shape,
-                              tensor.dtype.itemsize):
-        stacked = apply_step(stacked, step.kind, step.attr_dict(), step.src, mesh)
-    return DTensor(stacked, target, tensor.shape)
+    if target.sharding == tensor.layout.sharding:
+        return DTensor(tensor.storage, target, tensor.shape)
+    storage = relayout_storage(tensor.storage, target.sharding, tensor.shape)
+    return DTensor(storage, target, tensor.shape)
 
 
 def _relayout_traced(array: TracedArray, layout: Layout) -> TracedArray:
@@ -260,10 +257,7 @@ def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray:
         raise LayoutError(f"layout {layout.short_text()} has rank {layout.rank}, the array "
                           f"has rank {array.ndim}")
     _check_fits(layout, array.shape)
-    stacked = to_stacked(array, layout.sharding, layout.mesh.mesh_shape())
-    if np.may_share_memory(stacked, array):
-        stacked = stacked.copy()
-    return DTensor(stacked, layout, array.shape)
+    return DTensor(place(array, layout.sharding, layout.mesh.mesh_shape()), layout, array.shape)
 
 
 def call_with_layout(fn: Callable[..., object], layout: Layout | None, *args: object,

@@ -10,8 +10,9 @@
 A call traces the function on the argument types (global shape, dtype, and the layout when the
 argument's in_layout or its DTensor names one), runs the pass pipeline (default
 `passes.DEFAULT_PIPELINE`) keeping the IR after every stage, and executes the localized module
-on the simulated mesh. The result of all that is a `Lowered`, cached on the `CompiledFunction`
-per (mesh, argument types).
+with the chosen backend (`runtime.backends`; ``numpy``, the simulated mesh, by default). The
+result of all that is a `Lowered`, cached on the `CompiledFunction` per (mesh, argument
+types).
 
 Arguments are positional: numpy arrays (anything `np.asarray` makes a numeric array of),
 DTensors or DVariables (their layout is the argument's layout, and must equal its in_layout
@@ -22,8 +23,8 @@ The mesh is the one the layouts name (they must all name the same), else the mes
 DTensor arguments, else `get_default_mesh()`, else `create_mesh()`.
 
 Collective records describe the last global-shape IR, the module as it stands just before the
-`localize` pass: one record per data-moving collective (``local_slice`` and ``make_partial``
-move no data).
+pass that localizes it: one record per data-moving collective (``local_slice`` and
+``make_partial`` move no data).
 """
 
 from __future__ import annotations
@@ -37,25 +38,20 @@ from typing import Any
 import numpy as np
 
 from dtensor_compiler import tracing
-from dtensor_compiler.api import copy_to_mesh, get_default_mesh
+from dtensor_compiler.api import get_default_mesh
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DistributedValue, DTensor
-from dtensor_compiler.errors import DTensorError, LayoutError, TraceError
+from dtensor_compiler.errors import LayoutError, TraceError
 from dtensor_compiler.explain import Collective, explain_table
-from dtensor_compiler.ir.core import Module
-from dtensor_compiler.ir.opdefs import COLLECTIVES, LOCAL_LAYOUT_CHANGES
+from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.core import Level, Module
 from dtensor_compiler.ir.printer import Namer, format_op
 from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
 from dtensor_compiler.layout import MATCH, Layout
 from dtensor_compiler.mesh import Mesh, create_mesh
 from dtensor_compiler.pass_manager import ModulePass, PassContext, PassManager, Stage
 from dtensor_compiler.passes import DEFAULT_PIPELINE
-from dtensor_compiler.runtime.simulated import SimulatedExecutor
-
-BACKENDS = ("numpy", "triton")
-COMMUNICATING = tuple(c for c in COLLECTIVES if c not in LOCAL_LAYOUT_CHANGES)
-"""Collective ops that move data between devices."""
-LOCALIZE = "localize"
+from dtensor_compiler.runtime.backends import Backend, Executor, Storage, get_backend
 
 
 @dataclass(frozen=True)
@@ -76,17 +72,19 @@ def _collectives(module: Module, cost_model: CostModel) -> tuple[Collective, ...
     namer = Namer(func)
     out = []
     for op in func.ops:
-        if op.name not in COMMUNICATING:
+        collective = opdef.lookup(op.name).collective
+        if collective is None or not collective.moves_data:
             continue
-        mesh_dims = tuple(op.attrs["mesh_dims"])
+        mesh_dims = op.attrs["mesh_dims"]
+        assert isinstance(mesh_dims, tuple)
         nbytes = op.type.local_nbytes(mesh)
-        moved = op.operands[0].type.local_nbytes(mesh) if op.name == "reduce_scatter" else nbytes
+        seconds = cost_model.collective_time(collective, mesh_dims, mesh,
+                                             op.operands[0].type.local_nbytes(mesh), nbytes)
         reason = op.why or "no reason recorded"
         if op.loc is not None and str(op.loc) not in reason:
             reason += f" at {op.loc}"
-        out.append(Collective(op.name, mesh_dims, nbytes,
-                              cost_model.collective_time(op.name, mesh_dims, mesh, moved),
-                              reason, format_op(op, namer)))
+        out.append(Collective(op.name, mesh_dims, nbytes, seconds, reason,
+                              format_op(op, namer)))
     return tuple(out)
 
 
@@ -101,23 +99,25 @@ class Lowered:
     collectives, and `run`."""
 
     def __init__(self, mesh: Mesh, arg_names: Sequence[str], arg_types: Sequence[TensorType],
-                 result_types: Sequence[TensorType], global_stages: Sequence[Stage],
-                 local_stages: Sequence[Stage], module: Module,
-                 collectives: tuple[Collective, ...]) -> None:
+                 result_types: Sequence[TensorType], stages: Sequence[Stage],
+                 global_stage: str, module: Module, collectives: tuple[Collective, ...],
+                 backend: Backend) -> None:
         self.mesh = mesh
+        self.backend = backend
         self._arg_names = tuple(arg_names)
         self._arg_types = tuple(arg_types)
         self._result_types = tuple(result_types)
         self.in_layouts = tuple(Layout.from_sharding(t.sharding, mesh) for t in arg_types)
         """The layout of every argument, as given or as propagation chose it."""
         self.out_layouts = tuple(Layout.from_sharding(t.sharding, mesh) for t in result_types)
-        self._stages = tuple(global_stages) + tuple(local_stages)
-        self.global_stage = global_stages[-1].name
+        self._stages = tuple(stages)
+        self.global_stage = global_stage
         """The last stage with global shapes, every collective in place (the records'
         stage)."""
         self._collectives = collectives
         self.module = module
         """The final module (localized by the default pipeline)."""
+        self._executor: Executor | None = None
 
     @property
     def stages(self) -> list[str]:
@@ -155,16 +155,17 @@ class Lowered:
         if len(args) != len(self._arg_types):
             raise TraceError(f"the program takes {len(self._arg_types)} arguments, got "
                              f"{len(args)}")
-        stacked = [self._stacked_input(*arg) for arg in
-                   zip(self._arg_names, args, self._arg_types, self.in_layouts)]
-        outs = SimulatedExecutor().run(self.module, stacked)
+        inputs = [self._input(*arg) for arg in
+                  zip(self._arg_names, args, self._arg_types, self.in_layouts)]
+        if self._executor is None:
+            self._executor = self.backend.executor(self.module)
+        outs = self._executor.run(inputs)
         results = tuple(DTensor(x, layout, t.shape)
                         for x, t, layout in zip(outs, self._result_types, self.out_layouts))
         return results[0] if len(results) == 1 else results
 
-    def _stacked_input(self, name: str, value: object, type: TensorType, layout: Layout
-                       ) -> np.ndarray:
-        """`value`'s stacked array, checked against the argument's type and layout."""
+    def _input(self, name: str, value: object, type: TensorType, layout: Layout) -> Storage:
+        """`value`'s storage, checked against the argument's type and layout."""
         if isinstance(value, DistributedValue):
             tensor = value.as_dtensor()
             _check_type(name, tensor.shape, tensor.dtype, type)
@@ -172,10 +173,11 @@ class Lowered:
                 raise LayoutError(f"argument {name!r} has layout {tensor.layout.short_text()} "
                                   f"on {tensor.mesh.mesh_shape().text()}; the program takes "
                                   f"{layout.short_text()} on {self.mesh.mesh_shape().text()}")
-            return tensor.stacked
+            return tensor.storage
         array = np.asarray(value)
         _check_type(name, array.shape, array.dtype, type)
-        return copy_to_mesh(array, layout).stacked
+        assert type.sharding is not None
+        return self.backend.place(array, type.sharding, self.mesh.mesh_shape())
 
 
 def _normalize_layouts(layouts: Layout | Sequence[Layout | None] | None, what: str
@@ -214,11 +216,7 @@ class CompiledFunction:
                  backend: str = "numpy", pipeline: str | None = None,
                  cost_model: CostModel | None = None, verify: bool = False,
                  specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True) -> None:
-        if backend not in BACKENDS:
-            raise DTensorError(f"unknown backend {backend!r}; backends are {list(BACKENDS)}")
-        if backend == "triton":
-            raise DTensorError("the triton backend is not available yet: it lands with the "
-                               "Triton lowering issue; use backend='numpy'")
+        self._backend = get_backend(backend)
         self._fn = fn
         self._name = tracing.function_name(fn)
         try:
@@ -233,10 +231,7 @@ class CompiledFunction:
             raise LayoutError("in_layouts and out_layouts must all be on one mesh; they name "
                               + ", ".join(sorted(m.mesh_shape().text() for m in meshes)))
         self._layout_mesh = meshes.pop() if meshes else None
-        passes = PassManager.parse(pipeline or DEFAULT_PIPELINE).passes
-        split = next((i for i, p in enumerate(passes) if p.name == LOCALIZE), len(passes))
-        self._global_passes: list[ModulePass] = passes[:split]
-        self._local_passes: list[ModulePass] = passes[split:]
+        self._passes: list[ModulePass] = PassManager.parse(pipeline or DEFAULT_PIPELINE).passes
         self._cost_model = cost_model or DEFAULT_COST_MODEL
         self._verify = verify
         self._keep_ir = keep_ir
@@ -302,18 +297,30 @@ class CompiledFunction:
             None if layout is None else layout.sharding for layout in self._out_layouts]
         module = tracing.trace(self._fn, types, names, mesh.mesh_shape(), out_shardings,
                                name=self._name)
-        ctx = PassContext(self._cost_model)
-        front = PassManager(self._global_passes, verify=self._verify, keep_ir=self._keep_ir,
-                            ctx=ctx)
-        front.run(module, input_stage="trace")
-        collectives = _collectives(module, self._cost_model)
-        arg_types = [a.type for a in module.main.args]
-        result_types = [v.type for v in module.main.results]
-        back = PassManager(self._local_passes, verify=self._verify, keep_ir=self._keep_ir,
-                            ctx=ctx)
-        back.run(module)
-        return Lowered(mesh, names, arg_types, result_types, front.stages, back.stages, module,
-                       collectives)
+        snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType],
+                             list[TensorType]]] = []
+        manager = PassManager(self._passes, verify=self._verify, keep_ir=self._keep_ir,
+                              ctx=PassContext(self._cost_model))
+
+        def before_each(p: ModulePass, m: Module) -> None:
+            if not snapshot and p.produces is not None and p.produces is not Level.GLOBAL:
+                snapshot.append(self._global_facts(manager, m))
+
+        manager.before_each = before_each
+        manager.run(module, input_stage="trace")
+        if not snapshot:
+            snapshot.append(self._global_facts(manager, module))
+        global_stage, collectives, arg_types, result_types = snapshot[0]
+        return Lowered(mesh, names, arg_types, result_types, manager.stages, global_stage,
+                       module, collectives, self._backend)
+
+    def _global_facts(self, manager: PassManager, module: Module
+                      ) -> tuple[str, tuple[Collective, ...], list[TensorType],
+                                 list[TensorType]]:
+        """What `Lowered` keeps of the last global-shape module: its stage name, collectives
+        and argument and result types."""
+        return (manager.stages[-1].name, _collectives(module, self._cost_model),
+                [a.type for a in module.main.args], [v.type for v in module.main.results])
 
 
 def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh

@@ -3,16 +3,14 @@
 Times follow ring algorithms over a group of n devices along the named mesh dims, with the
 latency (alpha) and bandwidth (beta) of the slowest of those dims, plus a fixed launch cost per
 collective, so that one all_reduce is cheaper than the reduce_scatter + all_gather it equals
-in bytes:
+in bytes. A collective's definition (`CollectiveDef`) gives the number of ring passes p and
+which per-device buffer is charged (its input for reduce_scatter, else its result):
 
-    all_gather      launch + (n-1)·alpha + (n-1)/n · result_bytes / bw
-    reduce_scatter  launch + (n-1)·alpha + (n-1)/n · input_bytes / bw
-    all_reduce      launch + 2(n-1)·alpha + 2(n-1)/n · bytes / bw
-    all_to_all      launch + (n-1)·alpha + (n-1)/n · bytes / bw
-    local_slice     result_bytes / memory_bw   (a copy, no communication)
-    make_partial    result_bytes / memory_bw   (identities written, no communication)
+    launch + p·(n-1)·alpha + p·(n-1)/n · charged_bytes / bw
 
-`bytes` are per-device buffer sizes. Defaults are NVLink-class links; `CostModel.with_link`
+with p = 2 for all_reduce and 1 for all_gather, reduce_scatter and all_to_all. The local
+layout changes (p = 0: local_slice copies a block, make_partial writes identities) cost
+``charged_bytes / memory_bw``. Defaults are NVLink-class links; `CostModel.with_link`
 sets a slower dim (for example a cross-host ``dp``).
 """
 
@@ -20,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dtensor_compiler.ir.opdefs import LOCAL_LAYOUT_CHANGES
-from dtensor_compiler.ir.sharding import MeshShape
+from dtensor_compiler.ir.collective import CollectiveDef
+from dtensor_compiler.ir.mesh_shape import MeshShape
 
 
 @dataclass(frozen=True)
@@ -53,18 +51,20 @@ class CostModel:
         return CostModel(self.default, rest + ((mesh_dim, link),), self.launch,
                          self.memory_bandwidth)
 
-    def collective_time(self, kind: str, mesh_dims: tuple[str, ...], mesh: MeshShape,
-                        nbytes: int) -> float:
-        """Estimated seconds for one collective; `nbytes` as in the module docstring."""
-        if kind in LOCAL_LAYOUT_CHANGES:
+    def collective_time(self, collective: CollectiveDef, mesh_dims: tuple[str, ...],
+                        mesh: MeshShape, in_bytes: int, out_bytes: int) -> float:
+        """Estimated seconds for one collective over `mesh_dims` whose per-device operand and
+        result buffers hold `in_bytes` and `out_bytes` (see the module docstring)."""
+        nbytes = collective.charged_bytes(in_bytes, out_bytes)
+        if collective.ring_passes == 0:
             return nbytes / self.memory_bandwidth
         n = mesh.group_size(mesh_dims)
         if n == 1:
             return 0.0
         alpha = max(self.link(m).latency for m in mesh_dims)
         bw = min(self.link(m).bandwidth for m in mesh_dims)
-        factor = 2.0 if kind == "all_reduce" else 1.0
-        return self.launch + factor * ((n - 1) * alpha + (n - 1) / n * nbytes / bw)
+        passes = collective.ring_passes
+        return self.launch + passes * ((n - 1) * alpha + (n - 1) / n * nbytes / bw)
 
     def compute_time(self, nbytes: int) -> float:
         """Seconds to stream `nbytes` through memory once (elementwise work, copies)."""

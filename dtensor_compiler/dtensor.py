@@ -1,8 +1,9 @@
-"""`DTensor`: a distributed value on the simulated mesh, and the face it shares with `DVariable`.
+"""`DTensor`: a distributed value, and the face it shares with `DVariable`.
 
-A DTensor is a global shape, a dtype, a `Layout` and the value's stacked array (see
-`runtime.stacked`): one numpy array whose leading axes are the mesh axes along which the value
-differs. It is immutable.
+A DTensor is a global shape, a dtype, a `Layout` and the value's shards, held in the storage
+type of the backend that made it (`runtime.backends.Storage`; on the simulated mesh, one
+stacked numpy array whose leading axes are the mesh axes along which the value differs). It is
+immutable.
 
 Outside a compiled function a distributed value is data, not a numpy array: ``np.asarray(t)``,
 ``np.array(t)`` and ``t.numpy()`` gather the global value (applying pending partial
@@ -20,7 +21,7 @@ import numpy as np
 
 from dtensor_compiler.layout import Layout
 from dtensor_compiler.mesh import Mesh
-from dtensor_compiler.runtime.stacked import check_stacked, from_stacked
+from dtensor_compiler.runtime.backends import Storage
 
 _OPERATORS: dict[str, str] = {  # method stem -> symbol; each also has a reflected __r...__
     "add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%",
@@ -111,14 +112,14 @@ for _name, _symbol in _UNREFLECTED_OPERATORS.items():
 class DTensor(DistributedValue):
     """A global value of `shape` and `dtype`, laid out on `layout.mesh` as `layout`.
 
-    Made by `pack`, `copy_to_mesh`, `relayout` and compiled functions. `stacked` must be the
-    stacked form of `layout` for `shape` (checked); the DTensor keeps a read-only view of it.
+    Made by `pack`, `copy_to_mesh`, `relayout` and compiled functions. `storage` must hold
+    shards of `layout` for `shape` (checked).
     """
 
-    __slots__ = ("_layout", "_shape", "_stacked")
+    __slots__ = ("_layout", "_shape", "_storage")
     _what = "a DTensor"
 
-    def __init__(self, stacked: np.ndarray, layout: Layout, shape: tuple[int, ...]) -> None:
+    def __init__(self, storage: Storage, layout: Layout, shape: tuple[int, ...]) -> None:
         shape = tuple(int(s) for s in shape)
         sharding = layout.sharding
         mesh = layout.mesh.mesh_shape()
@@ -126,14 +127,15 @@ class DTensor(DistributedValue):
         if problems:
             raise ValueError(f"a DTensor of shape {list(shape)} cannot have layout "
                              f"{layout.short_text()}: {'; '.join(problems)}")
-        check_stacked(stacked, sharding, mesh)
+        if storage.sharding != sharding or storage.mesh != mesh:
+            raise ValueError(f"storage laid out as {storage.sharding.text()} on "
+                             f"{storage.mesh.text()} cannot hold a {layout.short_text()} value "
+                             f"on {mesh.text()}")
         local = sharding.local_shape(shape, mesh)
-        if stacked.shape[len(mesh.dims):] != local:
-            raise ValueError(f"a stacked array of shape {list(stacked.shape)} does not hold "
-                             f"shards of shape {list(local)}")
-        view = stacked.view()
-        view.flags.writeable = False
-        self._stacked = view
+        if storage.local_shape != local:
+            raise ValueError(f"storage of shards of shape {list(storage.local_shape)} does not "
+                             f"hold shards of shape {list(local)}")
+        self._storage = storage
         self._layout = layout
         self._shape = shape
 
@@ -150,16 +152,15 @@ class DTensor(DistributedValue):
 
     @property
     def dtype(self) -> np.dtype:
-        return self._stacked.dtype
+        return self._storage.dtype
 
     @property
-    def stacked(self) -> np.ndarray:
-        """The read-only stacked array (mesh axes first) the simulated runtime works on."""
-        return self._stacked
+    def storage(self) -> Storage:
+        """The shards, in the storage type of the backend that holds them."""
+        return self._storage
 
     def numpy(self) -> np.ndarray:
-        sharding = self._layout.sharding
-        return np.array(from_stacked(self._stacked, sharding, self.mesh.mesh_shape()))
+        return self._storage.to_global()
 
     def __repr__(self) -> str:
         return (f"DTensor(shape={list(self._shape)}, dtype={self.dtype}, "

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import networkx as nx
 
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Function, Value
-from dtensor_compiler.ir.opdefs import COLLECTIVES
 from dtensor_compiler.ir.printer import Namer
 from dtensor_compiler.ir.types import TensorType
 
@@ -40,15 +40,16 @@ def dataflow_graph(func: Function) -> nx.MultiDiGraph:
         producer[arg] = node
     for i, op in enumerate(func.ops):
         node = f"op{i}"
-        label = op.name if op.result is None else f"{name(op.result)} = {op.name}"
-        kind = "collective" if op.name in COLLECTIVES else "op"
+        label = op.name if not op.results else (
+            ", ".join(name(r) for r in op.results) + f" = {op.name}")
+        kind = "collective" if opdef.lookup(op.name).collective is not None else "op"
         if kind == "collective":
             label += " [" + ", ".join(op.attrs["mesh_dims"]) + "]"
         graph.add_node(node, kind=kind, label=label, why=op.why or "")
         for value in op.operands:
             _add_use(graph, producer[value], node, value.type)
-        if op.result is not None:
-            producer[op.result] = node
+        for result in op.results:
+            producer[result] = node
     graph.add_node("return", kind="return", label="return", why="")
     for value in func.results:
         _add_use(graph, producer[value], "return", value.type)

@@ -11,13 +11,13 @@ a multi-dim spec is written ``x*y`` and partials add ``partial:tp=sum;x=max, `` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from dtensor_compiler.errors import LayoutError, MeshError
 from dtensor_compiler.ir import geometry
-from dtensor_compiler.ir.sharding import REDUCE_OPS, Sharding
+from dtensor_compiler.ir.sharding import ReduceOp, Sharding
 from dtensor_compiler.mesh import Mesh
 
 UNSHARDED = "unsharded"
@@ -28,7 +28,7 @@ Spec = str | tuple[str, ...]
 
 class Layout:
     def __init__(self, sharding_specs: Sequence[Spec], mesh: Mesh,
-                 partial: dict[str, str] | None = None) -> None:
+                 partial: Mapping[str, str] | None = None) -> None:
         if not isinstance(mesh, Mesh):
             raise LayoutError(f"mesh is not a valid Mesh object: {mesh!r}")
         if isinstance(sharding_specs, str):
@@ -53,17 +53,19 @@ class Layout:
                                       f"used twice in {list(sharding_specs)}")
                 used.append(n)
             specs.append(names[0] if len(names) == 1 else names)
-        partial = dict(partial or {})
-        for m, op in partial.items():
+        reductions: dict[str, ReduceOp] = {}
+        for m, op in (partial or {}).items():
             if m not in mesh:
                 raise LayoutError(f"partial mesh dim {m!r} is not in mesh dims {mesh.dim_names}")
             if m in used:
                 raise LayoutError(f"mesh dim {m!r} cannot both shard a dim and be partial")
-            if op not in REDUCE_OPS:
-                raise LayoutError(f"partial reduction {op!r} is not one of {list(REDUCE_OPS)}")
+            try:
+                reductions[m] = ReduceOp.parse(op)
+            except ValueError as e:
+                raise LayoutError(f"partial reduction on {m!r}: {e}") from None
         self._specs = specs
         self._mesh = mesh
-        self._partial = dict(sorted(partial.items()))
+        self._partial = dict(sorted(reductions.items()))
 
     # -- factories -----------------------------------------------------------------------------
     @classmethod
@@ -101,7 +103,7 @@ class Layout:
         return len(self._specs)
 
     @property
-    def partial(self) -> dict[str, str]:
+    def partial(self) -> dict[str, ReduceOp]:
         return dict(self._partial)
 
     @property

@@ -1,11 +1,13 @@
 """Pass infrastructure: the `ModulePass` base, the pass registry and the `PassManager`.
 
-A pass is a frozen dataclass subclassing `ModulePass` with a kebab-case class attribute `name`;
-its dataclass fields are its options, written in a pipeline as ``name{field=value,...}``:
+A pass is a frozen dataclass subclassing `ModulePass` with a kebab-case class attribute `name`
+and the module levels it accepts (`requires`) and leaves (`produces`); its dataclass fields are
+its options, written in a pipeline as ``name{field=value,...}``:
 
     PassManager.parse("simplify,propagate-layouts,insert-collectives{latency=2e-6}")
 
-The manager verifies the module after every pass (when `verify` is set), times each pass, and
+The manager refuses to run a pass on a module of a level it does not accept, verifies the
+module after every pass (when `verify` is set), times each pass, and
 keeps a `Stage` per pass: the pass name, its seconds, and the printed IR after it when
 `keep_ir` is set. `print_after_all` writes MLIR-style dumps to a stream as it goes.
 """
@@ -16,12 +18,13 @@ import dataclasses
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, TextIO
 
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.errors import DTensorError, PassError
-from dtensor_compiler.ir.core import Module
+from dtensor_compiler.ir.core import Level, Module
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.verifier import verify_module
 
@@ -38,15 +41,13 @@ class ModulePass:
     """Base class. Subclasses set `name` and implement `apply`, mutating the module."""
 
     name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[Level]] = frozenset({Level.GLOBAL})
+    """The module levels the pass accepts."""
+    produces: ClassVar[Level | None] = None
+    """The level of the module after the pass; None: the level it had."""
 
     def apply(self, module: Module, ctx: PassContext) -> None:
         raise NotImplementedError
-
-    def require_global(self, module: Module) -> None:
-        """Raise PassError if `module` is already localized (this pass needs global shapes)."""
-        if module.localized:
-            raise PassError(f"{self.name} expects a global-shape module, but this one is "
-                            "already localized")
 
     def text(self) -> str:
         """The pass as pipeline text; `parse_pass` reads it back."""
@@ -140,8 +141,11 @@ class Stage:
 class PassManager:
     def __init__(self, passes: list[ModulePass], *, verify: bool = True, keep_ir: bool = True,
                  print_after_all: bool = False, out: TextIO | None = None,
-                 ctx: PassContext | None = None) -> None:
+                 ctx: PassContext | None = None,
+                 before_each: Callable[[ModulePass, Module], None] | None = None) -> None:
         self.passes = passes
+        self.before_each = before_each
+        """Called with each pass and the module just before the pass runs."""
         self.verify = verify
         self.keep_ir = keep_ir
         self.print_after_all = print_after_all
@@ -170,6 +174,13 @@ class PassManager:
         if input_stage is not None:
             self._record(input_stage, 0.0, module)
         for p in self.passes:
+            level = module.level
+            if level not in p.requires:
+                wanted = " or ".join(sorted(lv.value for lv in p.requires))
+                raise PassError(f"{p.name} expects a {wanted} module, but this one is "
+                                f"{level.value}")
+            if self.before_each is not None:
+                self.before_each(p, module)
             start = time.perf_counter()
             try:
                 p.apply(module, self.ctx)
@@ -179,6 +190,9 @@ class PassManager:
                 done = ", ".join(s.name for s in self.stages) or "none"
                 raise PassError(f"pass {p.name!r} failed (after: {done}): "
                                 f"{type(e).__name__}: {e}") from e
+            expected = p.produces or level
+            assert module.level is expected, (
+                f"{p.name} left a {module.level.value} module, it declares {expected.value}")
             if self.verify:
                 verify_module(module, after=p.name)
             self._record(p.name, time.perf_counter() - start, module)

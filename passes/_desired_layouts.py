@@ -75,8 +75,6 @@ def desired_layouts(func: Function, pinned: dict[Value, tuple[Sharding, Sources]
 def _visit(op: Operation, out: DesiredLayouts, spaces: FactorSpaces, chooser: StrategyChooser
            ) -> list[Value]:
     """Give layouts to the op's tensors that lack one; return those values."""
-    if op.result is None:
-        return []
     space = spaces.of(op)
     if space is None:
         if op.name != "relayout" or op.result not in out.layouts:

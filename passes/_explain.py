@@ -11,8 +11,8 @@ from collections import defaultdict
 from functools import cached_property
 
 from dtensor_compiler.ir.core import Function, Operation, Value
+from dtensor_compiler.ir.factors import FactorKind
 from dtensor_compiler.ir.printer import Namer
-from dtensor_compiler.ir.rules import REPLICATE
 from dtensor_compiler.ir.sharding import Sharding
 from dtensor_compiler.passes._factor_sharding import FactorSharding, FactorSpace
 
@@ -49,6 +49,17 @@ class Explainer:
         return "; ".join(f"{who} cannot take a pending {reduce_op} over {', '.join(dims)}"
                          for reduce_op, dims in sorted(by_op.items()))
 
+    def barrier_relayout(self, op: Operation, index: int, src: Sharding, dst: Sharding) -> str:
+        """Why operand `index` of an op without a factor rule goes from `src` to `dst`."""
+        reasons = []
+        lost = tuple(p for p in src.partial if p not in dst.partial)
+        if lost:
+            reasons.append(self.pending(op.name, lost))
+        if src.dims != dst.dims:
+            reasons.append(f"{op.name} needs this operand as {dst.text()}")
+        return (f"{self.op(op)} needs {self.value(op.operands[index])} as {dst.text()}: "
+                + "; ".join(reasons))
+
     def operand_relayout(self, op: Operation, index: int, space: FactorSpace,
                          factors: FactorSharding, src: Sharding, dst: Sharding,
                          matched: list[str]) -> str:
@@ -64,7 +75,8 @@ class Explainer:
             if have == need:
                 continue
             dim_factors = space.tensors[index][i]
-            if not dim_factors or any(space.rule.kind(f) == REPLICATE for f in dim_factors):
+            if not dim_factors or any(space.rule.kind(f) is FactorKind.NEEDS_REPLICATION
+                                      for f in dim_factors):
                 reasons.append(f"{op.name} needs dim {i} whole")
                 continue
             moved = True

@@ -1,6 +1,6 @@
 """Factor shardings: an op's strategy stated as the mesh dims of each factor of its rule.
 
-A `FactorRule` (see `ir/rules.py`) names an op's factors and, for every dim of every operand
+A `FactorRule` (see `ir/factors.py`) names an op's factors and, for every dim of every operand
 and of the result, the factors it is made of, major to minor. A *factor sharding* gives every
 factor a tuple of mesh dims (major to minor; empty means unsharded). It fixes the layout of
 every tensor of the op at once:
@@ -25,10 +25,10 @@ from math import prod
 
 import numpy as np
 
-from dtensor_compiler.ir import geometry, rules
+from dtensor_compiler.ir import geometry, opdef
 from dtensor_compiler.ir.core import Operation
-from dtensor_compiler.ir.rules import REPLICATE, DimFactors, FactorRule
-from dtensor_compiler.ir.sharding import MeshShape
+from dtensor_compiler.ir.factors import DimFactors, FactorKind, FactorRule
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp
 
 MeshDims = tuple[str, ...]
 TensorDims = tuple[MeshDims, ...]
@@ -82,7 +82,7 @@ class FactorSpace:
                     left = self.rule.sizes[factors[pos]]
                 n = self.mesh_sizes[m]
                 if (not factors or not geometry.splits(left, n)
-                        or self.rule.kind(factors[pos]) == REPLICATE):
+                        or self.rule.kind(factors[pos]) is FactorKind.NEEDS_REPLICATION):
                     break
                 out[factors[pos]] += (m,)
                 left = geometry.block_size(left, n)
@@ -115,7 +115,7 @@ class FactorSpace:
         seen: set[str] = set()
         for f, mesh_dims in enumerate(fs):
             kept: MeshDims = ()
-            if self.rule.kind(f) != REPLICATE:
+            if self.rule.kind(f) is not FactorKind.NEEDS_REPLICATION:
                 for m in mesh_dims:
                     if m in seen or not geometry.splits(self.rule.sizes[f],
                                                         self._shards(kept + (m,))):
@@ -145,19 +145,18 @@ class FactorSpace:
                 used.update(mesh_dims)
         return self.normalize(tuple(out))
 
-    def reduced(self, fs: FactorSharding) -> dict[str, str]:
+    def reduced(self, fs: FactorSharding) -> dict[str, ReduceOp]:
         """The pending reductions the result gets: ``{mesh dim: op}`` for every mesh dim of a
         factor that is reduced away (a contracted dim, a reduced axis)."""
-        out: dict[str, str] = {}
+        out: dict[str, ReduceOp] = {}
         for f, mesh_dims in enumerate(fs):
-            kind = self.rule.kind(f)
-            if kind is not None and kind != REPLICATE:
-                out.update((m, kind) for m in mesh_dims)
+            if mesh_dims and self.is_reduced(f):
+                op = self.rule.reduce_op(f)
+                out.update((m, op) for m in mesh_dims)
         return out
 
     def is_reduced(self, factor: int) -> bool:
-        kind = self.rule.kind(factor)
-        return kind is not None and kind != REPLICATE
+        return self.rule.kind(factor) is FactorKind.REDUCED
 
 
 class FactorSpaces:
@@ -171,15 +170,17 @@ class FactorSpaces:
         self._by_op: dict[int, FactorSpace | None] = {}
 
     def of(self, op: Operation) -> FactorSpace | None:
-        """The op's factor space, or None for ops without a rule (``relayout``, collectives)."""
+        """The op's factor space, or None for a barrier (``relayout``, the collectives)."""
         key = id(op)
         if key not in self._by_op:
             self._by_op[key] = self._build(op)
         return self._by_op[key]
 
     def _build(self, op: Operation) -> FactorSpace | None:
-        if op.result is None:
+        definition = opdef.lookup(op.name)
+        if not isinstance(definition.sharding, opdef.Factors):
             return None
+        assert op.result is not None, "ops with a factor rule have one result"
         signature: Hashable = None
         if not any(isinstance(v, np.ndarray) for v in op.attrs.values()):
             signature = (op.name, tuple(sorted(op.attrs.items())),
@@ -187,9 +188,8 @@ class FactorSpaces:
                          (op.result.type.dtype, op.result.type.shape))
             if signature in self._by_signature:
                 return self._by_signature[signature]
-        rule = rules.factor_rule(op.name, op.attrs, [v.type for v in op.operands],
-                                 op.result.type)
-        space = None if rule is None else FactorSpace(rule, self.mesh)
+        rule = definition.sharding.rule(op.attrs, [v.type for v in op.operands], op.result.type)
+        space = FactorSpace(rule, self.mesh)
         if signature is not None:
             self._by_signature[signature] = space
         return space

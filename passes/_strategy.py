@@ -3,8 +3,8 @@
 Given the layouts an op's operands have (None where not known yet) and the layout wanted for
 its result (or None), `StrategyChooser.choose` builds candidate factor shardings -- the
 projection of every known layout, each projection merged with all the others, and the fully
-replicated one -- and, when operands carry pending reductions that `rules.partial_result` lets
-through, variants that keep them pending. It returns the candidate of least cost
+replicated one -- and, when operands carry pending reductions that the op's definition lets
+through (`OpDef.carried`), variants that keep them pending. It returns the candidate of least cost
 
     sum over operands of relayout(actual -> required)
     + relayout(produced dims -> wanted dims)
@@ -29,12 +29,12 @@ from math import prod
 
 from dtensor_compiler.cost import CostModel, Link
 from dtensor_compiler.errors import PlanningError
-from dtensor_compiler.ir import rules
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.passes._factor_sharding import FactorSharding, FactorSpace
-from dtensor_compiler.relayout import relayout_cost
+from dtensor_compiler.planner import relayout_cost
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,8 @@ def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | N
     kept = [operands[i].partial_map if i in keep else {} for i in range(len(operands))]
     assert op.result is not None
     rtype = op.result.type
-    passed = rules.partial_result(op.name, op.attrs, kept, [v.type for v in op.operands],
-                                  rtype) if keep else {}
+    passed = opdef.lookup(op.name).carried(kept, [v.type for v in op.operands],
+                                           rtype) if keep else {}
     if passed is None:
         return None
     sharded = {m for mesh_dims in factors for m in mesh_dims}

@@ -24,9 +24,9 @@ from dtensor_compiler.cost import CostModel
 from dtensor_compiler.errors import PassError, PlanningError
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, Module, Operation, Value
-from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
-from dtensor_compiler.relayout import Step, plan_relayout
+from dtensor_compiler.planner import Step, plan_relayout
 
 
 @register_pass
@@ -37,7 +37,6 @@ class InsertCollectivesPass(ModulePass):
     name = "insert-collectives"
 
     def apply(self, module: Module, ctx: PassContext) -> None:
-        self.require_global(module)
         infer = InferContext(module.mesh)
         for func in module.functions:
             plans = {op: _plan(func, op, infer, ctx.cost_model)

@@ -1,16 +1,16 @@
 """localize: turn global shapes into per-device shapes.
 
 Expects: a global-shape module in which every value has a sharding that fits the mesh and
-divides its shape evenly, and every change of layout is an explicit collective (no `relayout`
-op is left: run insert-collectives first).
+divides its shape evenly, and every op is legal in a local module (no `relayout` op is left:
+run insert-collectives first).
 
-Guarantees: `module.localized` is True and every value's type holds its per-device shape, with
-its sharding kept. Shape-valued attributes are rewritten to local terms: a `slice` may cut only
-unsharded dims, and a full-range slice of a sharded dim becomes the full local range. Ops whose
-shape comes from their declared result type (`reshape`, `broadcast_to`, `full`, `iota`,
-`astype`, `constant`) get the local type; a `constant` keeps its GLOBAL value, which the
-runtime splits per device. Every local shape is checked by mapping it back to the global shape
-it came from. Nothing is changed when the pass fails.
+Guarantees: the module is at the `local` level and every value's type holds its per-device
+shape, with its sharding kept. Shape-valued attributes are rewritten to local terms by the
+op's localize hook (`OpDef.localize`; a `slice` may cut only unsharded dims, and a full-range
+slice of a sharded dim becomes the full local range). Ops whose shape comes from their
+declared result type (`reshape`, `broadcast_to`, `full`, `iota`, `astype`, `constant`) get the
+local type; a `constant` keeps its GLOBAL value, which the runtime splits per device. Every
+layout is checked to fit its global shape first. Nothing is changed when the pass fails.
 
 ```
 %0 = matmul %x, %w : f32[512,1024] @ {dp, tp}            // mesh<dp=2, tp=4>
@@ -24,8 +24,9 @@ import functools
 from dataclasses import dataclass
 
 from dtensor_compiler.errors import PassError
-from dtensor_compiler.ir import geometry
-from dtensor_compiler.ir.core import Attr, Function, Module, Operation, Value
+from dtensor_compiler.ir import geometry, opdef
+from dtensor_compiler.ir.attrs import Attr
+from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 from dtensor_compiler.ir.printer import Namer
 from dtensor_compiler.ir.sharding import MeshShape
 from dtensor_compiler.ir.types import TensorType
@@ -38,16 +39,16 @@ class LocalizePass(ModulePass):
     """Rewrite a global-shape module into per-device shapes."""
 
     name = "localize"
+    produces = Level.LOCAL
 
     def apply(self, module: Module, ctx: PassContext) -> None:
-        self.require_global(module)
         rewrites = [_Localizer(func, module.mesh).plan() for func in module.functions]
         for types, attrs in rewrites:
             for value, local in types:
                 value.type = local
             for op, new_attrs in attrs:
                 op.attrs.update(new_attrs)
-        module.localized = True
+        module.level = Level.LOCAL
 
 
 class _Localizer:
@@ -70,11 +71,15 @@ class _Localizer:
         types = [(v, self.local_type(v)) for v in self.func.values()]
         attrs = []
         for op in self.func.ops:
-            if op.name == "relayout":
-                raise self.error(op, "relayout is left in the module; run insert-collectives "
-                                     "before localize")
-            if op.name == "slice":
-                attrs.append((op, self.local_slice(op)))
+            definition = opdef.lookup(op.name)
+            if Level.LOCAL not in definition.levels:
+                raise self.error(op, f"{op.name} is left in the module but has no local form; "
+                                     "run insert-collectives before localize")
+            if definition.localize is not None:
+                try:
+                    attrs.append((op, definition.localize(op, self.mesh)))
+                except ValueError as e:
+                    raise self.error(op, str(e)) from None
         return types, attrs
 
     def error(self, op: Operation | None, message: str) -> PassError:
@@ -107,21 +112,3 @@ class _Localizer:
                                           f"evenly: {misfits[0]}")
         local = geometry.local_shape(t.shape, sharding.dims, self.mesh)
         return t.with_shape(local)
-
-    def local_slice(self, op: Operation) -> dict[str, Attr]:
-        """Sharded dims must be taken whole; they become the whole local range."""
-        source = op.operands[0].type
-        src, dst = source.sharding, op.type.sharding
-        assert src is not None and dst is not None, "checked by local_type"
-        start, stop, step = (list(op.attrs[k]) for k in ("start", "stop", "step"))
-        for i, size in enumerate(source.shape):
-            if src.dims[i] != dst.dims[i]:
-                raise self.error(op, f"slice changes the layout of dim {i} from "
-                                     f"{src.text()} to {dst.text()}")
-            if not src.dims[i]:
-                continue
-            if (start[i], stop[i], step[i]) != (0, size, 1):
-                raise self.error(op, f"slice {start[i]}:{stop[i]}:{step[i]} cuts dim {i}, "
-                                     f"which is sharded over {list(src.dims[i])}")
-            stop[i] = geometry.block_size(size, src.num_shards(i, self.mesh))
-        return {"start": tuple(start), "stop": tuple(stop), "step": tuple(step)}

@@ -15,7 +15,9 @@ Guarantees:
 - ``relayout`` ops whose operand already has the target layout are gone;
 - unannotated arguments that nothing constrains are replicated.
 
-The op semantics come only from `rules.factor_rule` and `rules.partial_result`. Phase 1
+The op semantics come only from the op definitions: their factor rules, the pending
+reductions they let through (`OpDef.carried`), and for a barrier the operand layouts it needs
+(`Barrier.operands`; an effectful op is always a barrier). Phase 1
 (`_desired_layouts`) propagates layouts (dims only) forward and backward to a fixpoint, resolving
 conflicts by cost. Phase 2 (here) walks the ops in program order and picks each op's strategy
 (`_strategy.StrategyChooser`) from the actual layouts of its operands, pending reductions
@@ -28,10 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dtensor_compiler.cost import CostModel
-from dtensor_compiler.errors import PassError
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Operation, Value
-from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
 from dtensor_compiler.passes._desired_layouts import (
@@ -54,7 +56,6 @@ class PropagateLayoutsPass(ModulePass):
     name = "propagate-layouts"
 
     def apply(self, module: Module, ctx: PassContext) -> None:
-        self.require_global(module)
         for func in module.functions:
             _Propagation(func, module.mesh, ctx.cost_model).run()
 
@@ -92,8 +93,8 @@ class _Propagation:
 
     # -- seeds ------------------------------------------------------------------------------------
     def _pinned(self) -> dict[Value, tuple[Sharding, Sources]]:
-        """Layouts that never change: annotated arguments and the results of ops without a
-        factor rule, with the annotation each comes from."""
+        """Layouts that never change: annotated arguments and the results of barriers (their
+        declared layouts, else replicated), with the annotation each comes from."""
         pinned: dict[Value, tuple[Sharding, Sources]] = {}
         for arg in self.func.args:
             if arg.type.sharding is not None:
@@ -101,35 +102,29 @@ class _Propagation:
                 pinned[arg] = (arg.type.sharding, (source,))
         returned = {id(v): i for i, v in reversed(list(enumerate(self.func.results)))}
         for op in self.func.ops:
-            value = op.result
-            if value is None or self.spaces.of(op) is not None:
+            if self.spaces.of(op) is not None:
                 continue
-            if value.type.sharding is None:
-                raise PassError(f"{self.explain.op(op)}: {op.name} has no sharding rule and its "
-                                "result has no layout")
-            if value.origin is not None:
-                source = value.origin.source
-            elif id(value) in returned:
-                source = f"out_layouts[{returned[id(value)]}]"
-            else:
-                source = self.explain.op(op)
-            pinned[value] = (value.type.sharding, (source,))
+            for value in op.results:
+                if value.origin is not None:
+                    source = value.origin.source
+                elif id(value) in returned:
+                    source = f"out_layouts[{returned[id(value)]}]"
+                else:
+                    source = self.explain.op(op)
+                layout = value.type.sharding or Sharding.replicated(value.type.rank)
+                pinned[value] = (layout, (source,))
         return pinned
 
     # -- phase 2 ----------------------------------------------------------------------------------
     def _place(self, op: Operation, pinned: dict[Value, tuple[Sharding, Sources]],
                desired: DesiredLayouts) -> None:
         """Choose `op`'s strategy, insert the relayouts it needs, and set its result layout."""
-        result = op.result
         space = self.spaces.of(op)
-        if result is None or space is None:
-            if result is not None:
-                layout, sources = pinned[result]
-                self._set(result, layout, sources, result.origin)
-                if op.why is None and op.name == "relayout":
-                    op.why = f"{sources[0]} asks for {layout.text()}"
-            self.ops.append(op)
+        if space is None:
+            self._place_barrier(op, pinned)
             return
+        result = op.result
+        assert result is not None, "ops with a factor rule have one result"
         operands = op.operands
         wanted = desired.layouts.get(result)
         strategy = self.chooser.choose(space, op, [self.actual[v] for v in operands], wanted)
@@ -152,6 +147,29 @@ class _Propagation:
             op.set_operand(i, self.relayouts[key])
         self.ops.append(op)
         self._set(result, strategy.result, sources, origin)
+
+    def _place_barrier(self, op: Operation, pinned: dict[Value, tuple[Sharding, Sources]]
+                       ) -> None:
+        """Relayout the operands of an op without a factor rule to the layouts its definition
+        needs, and pin its results."""
+        barrier = opdef.lookup(op.name).sharding
+        assert isinstance(barrier, opdef.Barrier)
+        for i, (value, need) in enumerate(zip(op.operands, barrier.operands(op))):
+            have = self.actual[value]
+            if need is None or have == need:
+                continue
+            key = (value, need)
+            if key not in self.relayouts:
+                why = self.explain.barrier_relayout(op, i, have, need)
+                self.relayouts[key] = self._relayout(value, need, op, why, self.sources[value],
+                                                     value.origin)
+            op.set_operand(i, self.relayouts[key])
+        for result in op.results:
+            layout, sources = pinned[result]
+            self._set(result, layout, sources, result.origin)
+            if op.why is None and op.name == "relayout":
+                op.why = f"{sources[0]} asks for {layout.text()}"
+        self.ops.append(op)
 
     def _relayout(self, value: Value, layout: Sharding, consumer: Operation | None, why: str,
                   sources: Sources, origin: LayoutOrigin | None) -> Value:

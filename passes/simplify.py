@@ -1,23 +1,24 @@
 """simplify: remove identities, fold small constants, share common subexpressions, drop dead ops.
 
-Expects: any verified module, before or after layout propagation.
+Expects: any verified module, global or localized.
 
 Guarantees, per function, in one walk in program order followed by one backward sweep:
-- identities are gone: ``reshape`` to the same shape, ``transpose`` by the identity
-  permutation, ``broadcast_to`` the same shape, ``astype`` to the same dtype, and ``relayout``
-  of a value that already has the target layout (only when both layouts are set: a pinned
-  layout on a value without one yet stays). Only ops whose result type, layout included,
-  equals their operand's type are removed;
-- folding: an op whose operands are all ``constant`` or ``full`` and whose result has at most
-  `fold_limit` elements becomes a ``full`` when every element is the same, else a
-  ``constant``, with the same result type and location (global-shape modules only; complex
-  results are not folded, since the IR text has no complex attributes);
-- CSE: an op with the same name, operands, attributes (arrays compared by dtype, shape and
-  bytes) and result type as an earlier one is replaced by it (``relayout`` ops are kept: each
-  pinned layout stays with its own annotation);
-- DCE: ops whose result is neither used nor returned are removed (ops without a result are
-  kept).
-No layout changes; the verifier's invariants hold after the pass.
+- identities are gone: ops whose definition says this instance returns its operand unchanged
+  (`OpDef.identity`: ``reshape`` or ``broadcast_to`` to the same type, ``transpose`` by the
+  identity permutation, ``astype`` to the same dtype, ``relayout`` of a value that already
+  has the target layout);
+- folding: an op whose definition `folds`, whose operands are all sources with a known value
+  (`OpDef.value`: ``constant``, ``full``) and whose result has at most `fold_limit` elements
+  becomes a ``full`` when every element is the same, else a ``constant``, with the same
+  result type and location. The value is computed by the numpy backend's kernel of the op
+  (global modules only; complex results are not folded, since the IR text has no complex
+  attributes);
+- CSE: a pure op with the same name, operands (in any order for a commutative op),
+  attributes (arrays compared by dtype, shape and bytes), result types and reason as an
+  earlier one is replaced by it (so each pinned layout keeps its own annotation);
+- DCE: pure ops none of whose results is used or returned are removed.
+Ops with effects are never merged, removed or moved. No layout changes; the verifier's
+invariants hold after the pass.
 """
 
 from __future__ import annotations
@@ -27,15 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import make_op
-from dtensor_compiler.ir.core import Function, Module, Operation, Value
-from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.types import numpy_dtype
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
-from dtensor_compiler.passes._evaluate import evaluate
-
-SOURCES = ("constant", "full")
-"""Ops whose value is known at compile time, the inputs of folding."""
+from dtensor_compiler.runtime.kernels_numpy import evaluate
 
 
 @register_pass
@@ -44,11 +43,12 @@ class SimplifyPass(ModulePass):
     """CSE, DCE, constant folding and removal of identity ops."""
 
     name = "simplify"
+    requires = frozenset({Level.GLOBAL, Level.LOCAL})
     fold_limit: int = 1024
     """Largest result (in elements) that folding may create."""
 
     def apply(self, module: Module, ctx: PassContext) -> None:
-        infer = InferContext(module.mesh, module.localized)
+        infer = InferContext(module.mesh, module.level)
         for func in module.functions:
             _Simplifier(func, infer, self.fold_limit).run()
 
@@ -60,7 +60,7 @@ class _Simplifier:
         self.func = func
         self.infer = infer
         self.fold_limit = fold_limit
-        self.seen: dict[Hashable, Value] = {}
+        self.seen: dict[Hashable, Operation] = {}
         self.ops: list[Operation] = []
 
     def run(self) -> None:
@@ -69,47 +69,50 @@ class _Simplifier:
         self.func.ops = self._without_dead_ops(self.ops)
 
     def _visit(self, op: Operation) -> None:
-        result = op.result
-        if result is None:
+        definition = opdef.lookup(op.name)
+        if not definition.pure or not op.results:
             self.ops.append(op)
             return
-        if _is_identity(op):
-            self._replace(op, op.operands[0])
+        if definition.identity is not None and definition.identity(op):
+            self._replace(op, [op.operands[0]])
             return
-        folded = self._fold(op)
+        folded = self._fold(op, definition)
         if folded is not None:
-            self._replace(op, self._keep(folded))
+            self._replace(op, list(self._keep(folded).results))
             return
-        key = None if op.name == "relayout" else _cse_key(op)
-        if key is not None and key in self.seen:
-            self._replace(op, self.seen[key])
+        key = _cse_key(op, definition)
+        if key in self.seen:
+            self._replace(op, list(self.seen[key].results))
             return
-        if key is not None:
-            self.seen[key] = result
+        self.seen[key] = op
         self.ops.append(op)
 
-    def _keep(self, op: Operation) -> Value:
-        """Add a new op, or reuse an equal earlier one; return its result."""
-        assert op.result is not None
-        key = _cse_key(op)
+    def _keep(self, op: Operation) -> Operation:
+        """Add a new op, or reuse an equal earlier one."""
+        key = _cse_key(op, opdef.lookup(op.name))
         if key in self.seen:
             op.drop_operands()
             return self.seen[key]
-        self.seen[key] = op.result
+        self.seen[key] = op
         self.ops.append(op)
-        return op.result
+        return op
 
-    def _fold(self, op: Operation) -> Operation | None:
+    def _fold(self, op: Operation, definition: opdef.OpDef) -> Operation | None:
         """The ``full`` or ``constant`` op `op` folds to, not yet added."""
         result = op.result
-        assert result is not None
-        if (self.infer.localized or not op.operands or result.type.size > self.fold_limit
-                or numpy_dtype(result.type.dtype).kind == "c"
-                or any(v.owner is None or v.owner.name not in SOURCES for v in op.operands)):
+        if (not definition.folds or self.infer.level is not Level.GLOBAL or result is None
+                or not op.operands or result.type.size > self.fold_limit
+                or numpy_dtype(result.type.dtype).kind == "c"):
             return None
-        value = evaluate(op, [_source_value(v) for v in op.operands])
-        if value is None:
+        values = [_known_value(v) for v in op.operands]
+        if any(v is None for v in values):
             return None
+        try:
+            with np.errstate(all="ignore"):
+                out = evaluate(op, values)  # type: ignore[arg-type]
+        except (IndexError, ValueError):
+            return None  # e.g. an index out of range: left for the program to report at run time
+        value = np.asarray(out, dtype=numpy_dtype(result.type.dtype)).reshape(result.type.shape)
         flat = value.reshape(-1)
         if flat.size and _all_equal(flat):
             name, attr = "full", flat[0].item()
@@ -120,16 +123,17 @@ class _Simplifier:
         folded.result.origin = result.origin
         return folded
 
-    def _replace(self, op: Operation, value: Value) -> None:
-        assert op.result is not None
-        self.func.replace_value(op.result, value)
+    def _replace(self, op: Operation, values: list[Value]) -> None:
+        for old, new in zip(op.results, values):
+            self.func.replace_value(old, new)
         op.drop_operands()
 
     def _without_dead_ops(self, ops: list[Operation]) -> list[Operation]:
         kept: list[Operation] = []
         for op in reversed(ops):
-            result = op.result
-            if result is not None and not result.uses and not self.func.is_result(result):
+            dead = opdef.lookup(op.name).pure and not any(
+                r.uses or self.func.is_result(r) for r in op.results)
+            if dead:
                 op.drop_operands()
             else:
                 kept.append(op)
@@ -137,23 +141,13 @@ class _Simplifier:
         return kept
 
 
-def _is_identity(op: Operation) -> bool:
-    if len(op.operands) != 1 or op.type != op.operands[0].type:
-        return False
-    if op.name in ("reshape", "broadcast_to", "astype"):
-        return True
-    if op.name == "transpose":
-        return tuple(op.attrs["perm"]) == tuple(range(op.type.rank))
-    return op.name == "relayout" and op.type.sharding is not None
-
-
-def _source_value(value: Value) -> np.ndarray:
+def _known_value(value: Value) -> np.ndarray | None:
+    """The compile-time value of `value`, when a source op with a known value makes it."""
     op = value.owner
-    assert op is not None and op.name in SOURCES
-    if op.name == "constant":
-        return np.asarray(op.attrs["value"])
-    scalar = np.asarray(op.attrs["value"], dtype=numpy_dtype(value.type.dtype))
-    return np.broadcast_to(scalar, value.type.shape)  # a view: large splats cost no memory
+    if op is None:
+        return None
+    known = opdef.lookup(op.name).value
+    return None if known is None else known(op)
 
 
 def _all_equal(flat: np.ndarray) -> bool:
@@ -172,7 +166,9 @@ def _attr_key(value: object) -> Hashable:
     return (type(value).__name__, value)
 
 
-def _cse_key(op: Operation) -> Hashable:
-    assert op.result is not None
+def _cse_key(op: Operation, definition: opdef.OpDef) -> Hashable:
     attrs = tuple(sorted((k, _attr_key(v)) for k, v in op.attrs.items()))
-    return (op.name, op.operands, attrs, op.result.type)
+    operands: Hashable = op.operands
+    if definition.traits.commutative:
+        operands = tuple(sorted(map(id, op.operands)))
+    return (op.name, operands, attrs, tuple(r.type for r in op.results), op.why)

@@ -1,15 +1,18 @@
-"""Numpy kernels for every op of a localized module, on stacked arrays.
+"""The numpy backend's kernels: one per op definition.
 
-A kernel takes the op (for its attributes and types), its operands as stacked arrays (see
-`stacked`: leading mesh axes, then the per-device local dims) and the mesh, and returns the
-stacked result. The mesh axes are batch axes to every kernel: local axes are offset by the mesh
-rank, and operands of different local ranks are aligned by inserting size-1 local dims right
-after the mesh prefix, so broadcasting lines up on local dims only and replicated operands
-(mesh extent 1) broadcast against sharded ones for free.
+A kernel is built for one op and its `ExecContext` (see `executor`) and maps numpy arrays to a
+numpy array. Arrays have `ctx.mesh_axes` leading mesh axes (the simulated mesh's stacked form:
+one array for every device; none for one device's shard or a global value), which are batch
+axes to every kernel: local axes are offset by them, and operands of different local ranks are
+aligned by inserting size-1 local dims right after them, so broadcasting lines up on local dims
+only and replicated operands (mesh extent 1) broadcast against sharded ones for free.
 
 A kernel may return extent 1 on a mesh axis its result is sharded over when the value is the
-same on every device there (a ``full``); the executor broadcasts it. Ops without operands build
-their pending partial reductions themselves.
+same on every device there (a ``full``); the executor broadcasts it. Sources build their
+pending partial reductions themselves.
+
+`evaluate` runs a kernel on global arrays (a context with no mesh axes): constant folding uses
+it, so the compiler has one definition of what each op computes.
 """
 
 from __future__ import annotations
@@ -18,14 +21,21 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from dtensor_compiler.ir import geometry, opdef
 from dtensor_compiler.ir.core import Operation
-from dtensor_compiler.ir.opdefs import BINARY_UFUNCS, COLLECTIVES, REDUCTIONS, UNARY_UFUNCS
-from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.mesh_shape import MeshShape
+from dtensor_compiler.ir.ops import contractions, elementwise, indexing, reductions, shape, sources
+from dtensor_compiler.ir.sharding import ReduceOp, Sharding
 from dtensor_compiler.ir.types import numpy_dtype
-from dtensor_compiler.runtime.collectives import apply_step
-from dtensor_compiler.runtime.stacked import block_index, place_partial, to_stacked
+from dtensor_compiler.runtime.executor import ExecContext, KernelFn, KernelTable
+from dtensor_compiler.runtime.stacked_context import StackedContext
 
-Kernel = Callable[[Operation, Sequence[np.ndarray], MeshShape], np.ndarray]
+NUMPY_KERNELS = KernelTable("numpy")
+kernel = NUMPY_KERNELS.register
+
+_REDUCE_FUNCS: dict[ReduceOp, Callable[..., np.ndarray]] = {
+    ReduceOp.SUM: np.sum, ReduceOp.MAX: np.max, ReduceOp.MIN: np.min, ReduceOp.PROD: np.prod,
+}
 
 
 def _sharding(op: Operation) -> Sharding:
@@ -40,153 +50,193 @@ def align_local_rank(x: np.ndarray, rank: int, k: int) -> np.ndarray:
     return x.reshape(x.shape[:k] + (1,) * (rank - (x.ndim - k)) + x.shape[k:])
 
 
-def _aligned(args: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
-    rank = max(a.ndim for a in args) - k
-    return [align_local_rank(a, rank, k) for a in args]
+def _aligned(fn: Callable[..., np.ndarray], op: Operation, ctx: ExecContext) -> KernelFn:
+    """`fn` applied to the operands, aligned on local dims when their local ranks differ (the
+    ranks are known when the kernel is built)."""
+    ranks = [v.type.rank for v in op.operands]
+    rank = max(ranks, default=0)
+    k = ctx.mesh_axes
+    if k == 0 or all(r == rank for r in ranks):
+        return fn
+
+    def aligned(*args: np.ndarray) -> np.ndarray:
+        return fn(*[align_local_rank(a, rank, k) for a in args])
+    return aligned
 
 
-def _ufunc(name: str) -> Kernel:
-    ufunc = getattr(np, name)
-
-    def kernel(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-        return ufunc(*_aligned(args, len(mesh.dims)))
-
-    return kernel
+@kernel(*elementwise.UFUNCS.values())
+def _ufunc(op: Operation, ctx: ExecContext) -> KernelFn:
+    return _aligned(getattr(np, op.name), op, ctx)
 
 
-def _where(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    return np.where(*_aligned(args, len(mesh.dims)))
+@kernel(elementwise.WHERE)
+def _where(op: Operation, ctx: ExecContext) -> KernelFn:
+    return _aligned(np.where, op, ctx)
 
 
-def _matmul(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    return np.matmul(*_aligned(args, len(mesh.dims)))
+@kernel(elementwise.ASTYPE)
+def _astype(op: Operation, ctx: ExecContext) -> KernelFn:
+    dtype = numpy_dtype(op.type.dtype)
+    return lambda x: x.astype(dtype, copy=False)
 
 
-def _einsum(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    ins, out = op.attrs["spec"].replace(" ", "").split("->")
-    spec = ",".join("..." + sub for sub in ins.split(",")) + "->..." + out
-    return np.einsum(spec, *args, optimize=True)
+@kernel(contractions.MATMUL)
+def _matmul(op: Operation, ctx: ExecContext) -> KernelFn:
+    return _aligned(np.matmul, op, ctx)
 
 
-def _reduction(reduce: Callable[..., np.ndarray]) -> Kernel:
-    def kernel(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-        k = len(mesh.dims)
-        axes = tuple(k + a for a in op.attrs["axes"])
-        return reduce(args[0], axis=axes, keepdims=bool(op.attrs["keepdims"]))
-
-    return kernel
-
-
-def _argreduce(reduce: Callable[..., np.ndarray]) -> Kernel:
-    def kernel(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-        axis = len(mesh.dims) + op.attrs["axis"]
-        return reduce(args[0], axis=axis, keepdims=bool(op.attrs["keepdims"]))
-
-    return kernel
+@kernel(contractions.EINSUM)
+def _einsum(op: Operation, ctx: ExecContext) -> KernelFn:
+    spec = op.attrs["spec"]
+    assert isinstance(spec, str)
+    ins, out = spec.replace(" ", "").split("->")
+    batched = ",".join("..." + sub for sub in ins.split(",")) + "->..." + out
+    return lambda *args: np.einsum(batched, *args, optimize=True)
 
 
-def _transpose(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    k = len(mesh.dims)
-    return args[0].transpose(tuple(range(k)) + tuple(k + p for p in op.attrs["perm"]))
+@kernel(*reductions.REDUCTIONS.values())
+def _reduction(op: Operation, ctx: ExecContext) -> KernelFn:
+    kind = opdef.lookup(op.name).traits.reduction
+    assert kind is not None
+    reduce = _REDUCE_FUNCS[kind]
+    axes = tuple(ctx.mesh_axes + a for a in op.attrs["axes"])  # type: ignore[union-attr]
+    keepdims = bool(op.attrs["keepdims"])
+    return lambda x: reduce(x, axis=axes, keepdims=keepdims)
 
 
-def _reshape(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    x = args[0]
-    return x.reshape(x.shape[: len(mesh.dims)] + op.type.shape)
+@kernel(reductions.ARGMAX, reductions.ARGMIN)
+def _arg_reduction(op: Operation, ctx: ExecContext) -> KernelFn:
+    reduce = np.argmax if op.name == "argmax" else np.argmin
+    axis = ctx.mesh_axes + op.attrs["axis"]  # type: ignore[operator]
+    keepdims = bool(op.attrs["keepdims"])
+    return lambda x: reduce(x, axis=axis, keepdims=keepdims)
 
 
-def _broadcast_to(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    k = len(mesh.dims)
-    x = align_local_rank(args[0], op.type.rank, k)
-    return np.broadcast_to(x, x.shape[:k] + op.type.shape)
+@kernel(shape.TRANSPOSE)
+def _transpose(op: Operation, ctx: ExecContext) -> KernelFn:
+    k = ctx.mesh_axes
+    perm = tuple(range(k)) + tuple(k + p for p in op.attrs["perm"])  # type: ignore[union-attr]
+    return lambda x: x.transpose(perm)
 
 
-def _astype(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    return args[0].astype(numpy_dtype(op.type.dtype), copy=False)
+@kernel(shape.RESHAPE)
+def _reshape(op: Operation, ctx: ExecContext) -> KernelFn:
+    k = ctx.mesh_axes
+    target = op.type.shape
+    return lambda x: x.reshape(x.shape[:k] + target)
 
 
-def _slice(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    a = op.attrs
-    local = tuple(slice(b, e, s) for b, e, s in zip(a["start"], a["stop"], a["step"]))
-    return args[0][(slice(None),) * len(mesh.dims) + local]
+@kernel(shape.BROADCAST_TO)
+def _broadcast_to(op: Operation, ctx: ExecContext) -> KernelFn:
+    k = ctx.mesh_axes
+    target = op.type.shape
+    rank = op.type.rank
+
+    def broadcast(x: np.ndarray) -> np.ndarray:
+        x = align_local_rank(x, rank, k)
+        return np.broadcast_to(x, x.shape[:k] + target)
+    return broadcast
 
 
-def _concatenate(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
+@kernel(shape.CONCATENATE)
+def _concatenate(op: Operation, ctx: ExecContext) -> KernelFn:
     # operands agree on every sharded dim and pending reduction, so on their mesh extents
-    return np.concatenate(args, axis=len(mesh.dims) + op.attrs["axis"])
+    axis = ctx.mesh_axes + op.attrs["axis"]  # type: ignore[operator]
+    return lambda *args: np.concatenate(args, axis=axis)
 
 
-def _take(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
+@kernel(indexing.SLICE)
+def _slice(op: Operation, ctx: ExecContext) -> KernelFn:
+    a = op.attrs
+    local = tuple(slice(b, e, s) for b, e, s in zip(a["start"], a["stop"],  # type: ignore
+                                                    a["step"]))  # type: ignore[call-overload]
+    index = (slice(None),) * ctx.mesh_axes + local
+    return lambda x: x[index]
+
+
+@kernel(indexing.TAKE)
+def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     """Per device ``np.take(table, indices, axis)``, for all devices in one fancy index: the
     mesh axes are indexed by aranges that broadcast against the indices."""
-    table, indices = args
-    k = len(mesh.dims)
+    k = ctx.mesh_axes
     axis = op.attrs["axis"]
-    idx_rank = indices.ndim - k
-    mesh_index = tuple(
-        np.arange(table.shape[j]).reshape((1,) * j + (-1,) + (1,) * (k - j - 1 + idx_rank))
-        for j in range(k)
-    )
+    assert isinstance(axis, int)
+    if k == 0:
+        return lambda table, indices: np.take(table, indices, axis=axis)
+    idx_rank = op.operands[1].type.rank
     rows = (slice(None),) * axis
-    # advanced indices split by slices put their broadcast dims (mesh + index dims) first
-    picked = table[mesh_index + rows + (indices,)]
     index_dims = list(range(k, k + idx_rank))
-    return np.moveaxis(picked, index_dims, [d + axis for d in index_dims])
+
+    def take(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        mesh_index = tuple(
+            np.arange(table.shape[j]).reshape((1,) * j + (-1,) + (1,) * (k - j - 1 + idx_rank))
+            for j in range(k))
+        # advanced indices split by slices put their broadcast dims (mesh + index dims) first
+        picked = table[mesh_index + rows + (indices,)]
+        return np.moveaxis(picked, index_dims, [d + axis for d in index_dims])
+    return take
 
 
-def _full(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    dtype = numpy_dtype(op.type.dtype)
-    out = np.full((1,) * len(mesh.dims) + op.type.shape, op.attrs["value"], dtype=dtype)
-    return place_partial(out, _sharding(op), mesh)
+@kernel(sources.FULL)
+def _full(op: Operation, ctx: ExecContext) -> KernelFn:
+    scalar = np.asarray(op.attrs["value"], dtype=numpy_dtype(op.type.dtype))
+    out = np.broadcast_to(scalar, (1,) * ctx.mesh_axes + op.type.shape)  # a view, no memory
+    sharding = op.type.sharding
+    if sharding is not None and sharding.partial:
+        out = ctx.spread_partial(out, sharding)
+    return lambda: out
 
 
-def _iota(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
+@kernel(sources.IOTA)
+def _iota(op: Operation, ctx: ExecContext) -> KernelFn:
     """Each device counts from its block's offset along the iota dimension."""
-    k = len(mesh.dims)
-    shape = op.type.shape
+    k = ctx.mesh_axes
+    local = op.type.shape
     d = op.attrs["dimension"]
+    assert isinstance(d, int)
     dtype = numpy_dtype(op.type.dtype)
-    sharding = _sharding(op)
-    along = (1,) * k + tuple(s if i == d else 1 for i, s in enumerate(shape))
-    offsets = (block_index(sharding.dims[d], mesh) * shape[d]).astype(dtype)
-    counts = np.arange(shape[d], dtype=dtype).reshape(along)
-    values = offsets.reshape(offsets.shape + (1,) * len(shape)) + counts
-    out = np.broadcast_to(values, values.shape[:k] + shape)
-    return place_partial(out, sharding, mesh)
+    sharding = op.type.sharding
+    along = (1,) * k + tuple(s if i == d else 1 for i, s in enumerate(local))
+    counts = np.arange(local[d], dtype=dtype).reshape(along)
+    if sharding is not None and sharding.dims[d]:
+        shards = geometry.shard_count(sharding.dims[d], ctx.mesh)
+        extent = geometry.global_extent(local[d], shards)
+        block = np.asarray(ctx.block_index(sharding.dims[d]))
+        offsets = np.asarray(geometry.block_start(extent, shards, block)).astype(dtype)
+        counts = offsets.reshape(offsets.shape + (1,) * len(local)) + counts
+    out = np.broadcast_to(counts, counts.shape[:k] + local)
+    if sharding is not None and sharding.partial:
+        out = ctx.spread_partial(out, sharding)
+    return lambda: out
 
 
-def _constant(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-    return to_stacked(op.attrs["value"], _sharding(op), mesh)
+@kernel(sources.CONSTANT)
+def _constant(op: Operation, ctx: ExecContext) -> KernelFn:
+    value = op.attrs["value"]
+    assert isinstance(value, np.ndarray)
+    sharding = op.type.sharding
+    out = value if sharding is None else ctx.distribute(value, sharding)
+    return lambda: out
 
 
-def _collective(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
+def _collective(op: Operation, ctx: ExecContext) -> KernelFn:
     src = op.operands[0].type.sharding
     assert src is not None, f"{op.name} operand has no sharding in a localized module"
-    return apply_step(args[0], op.name, op.attrs, src, mesh)
+    run = getattr(ctx.comm, op.name)
+    attrs = dict(op.attrs)
+    return lambda x: run(x, src, **attrs)
 
 
-_REDUCE_FUNCS: dict[str, Callable[..., np.ndarray]] = {
-    "sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod,
-}
+for _definition in opdef.collectives():
+    kernel(_definition)(_collective)
 
-NUMPY_KERNELS: dict[str, Kernel] = {
-    **{name: _ufunc(name) for name in UNARY_UFUNCS + BINARY_UFUNCS},
-    **{name: _reduction(_REDUCE_FUNCS[kind]) for name, kind in REDUCTIONS.items()},
-    **{name: _collective for name in COLLECTIVES},
-    "where": _where,
-    "matmul": _matmul,
-    "einsum": _einsum,
-    "argmax": _argreduce(np.argmax),
-    "argmin": _argreduce(np.argmin),
-    "transpose": _transpose,
-    "reshape": _reshape,
-    "broadcast_to": _broadcast_to,
-    "astype": _astype,
-    "slice": _slice,
-    "concatenate": _concatenate,
-    "take": _take,
-    "full": _full,
-    "iota": _iota,
-    "constant": _constant,
-}
-"""Kernel of every op a localized module may hold (``relayout`` is gone by then)."""
+
+_GLOBAL = StackedContext(MeshShape(()))
+"""A mesh without dims: arrays are global values."""
+
+
+def evaluate(op: Operation, args: Sequence[np.ndarray]) -> np.ndarray:
+    """The value of `op`'s result on global operand values, with its kernel."""
+    build = NUMPY_KERNELS.get(op.name)
+    assert build is not None, f"no numpy kernel for {op.name}"
+    return build(op, _GLOBAL)(*args)  # type: ignore[no-any-return]

@@ -212,3 +212,49 @@ def _first_copy_device(device_id: int, extents: tuple[int, ...], mesh: MeshShape
     coords = device_coords(device_id, mesh)
     copy = tuple(c if e > 1 else 0 for c, e in zip(coords, extents))
     return int(np.ravel_multi_index(copy, mesh.sizes))
+
+
+class StackedStorage:
+    """A distributed value held as one stacked array: the simulated mesh's storage type
+    (implements `backends.Storage`). The array is read-only."""
+
+    __slots__ = ("stacked", "sharding", "mesh")
+
+    def __init__(self, stacked: np.ndarray, sharding: Sharding, mesh: MeshShape) -> None:
+        check_stacked(stacked, sharding, mesh)
+        if stacked.flags.writeable:
+            stacked = stacked.view()
+            stacked.flags.writeable = False
+        self.stacked = stacked
+        self.sharding = sharding
+        self.mesh = mesh
+
+    @classmethod
+    def from_global(cls, value: np.ndarray, sharding: Sharding, mesh: MeshShape
+                    ) -> StackedStorage:
+        """A global array laid out as `sharding`; never a view of `value`."""
+        stacked = to_stacked(value, sharding, mesh)
+        if np.may_share_memory(stacked, value):
+            stacked = stacked.copy()
+        return cls(stacked, sharding, mesh)
+
+    @classmethod
+    def from_device_shards(cls, shards: Sequence[np.ndarray], sharding: Sharding,
+                           mesh: MeshShape) -> StackedStorage:
+        return cls(from_device_shards(shards, sharding, mesh), sharding, mesh)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.stacked.dtype
+
+    @property
+    def local_shape(self) -> tuple[int, ...]:
+        return self.stacked.shape[len(self.mesh.dims):]
+
+    def to_global(self) -> np.ndarray:
+        """The global value as a new array."""
+        return np.array(from_stacked(self.stacked, self.sharding, self.mesh))
+
+    def device_shard(self, device_id: int) -> np.ndarray:
+        """One device's local array (a copy)."""
+        return device_shard(self.stacked, self.sharding, self.mesh, device_id)

@@ -1,4 +1,5 @@
-"""Shared pytest setup: golden IR files are tests, and ``--update-golden`` regenerates them.
+"""Shared pytest setup: golden IR files are tests, ``--update-golden`` regenerates them, and the
+test-only ops of `effect_ops` are registered.
 
 Every ``tests/golden/**/*.dtir`` file is collected as one test that runs its ``// RUN:`` lines
 (see `golden_runner`). ``pytest --update-golden`` rewrites the ``// EXPECTED:`` block of
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import effect_ops  # noqa: F401  (registers the test-only ops in every test)
 import pytest
 from golden_runner import GOLDEN_DIR, GoldenFailure, run_golden
 

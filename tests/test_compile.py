@@ -12,6 +12,8 @@ import pytest
 import dtensor_compiler as dtc
 from dtensor_compiler.cost import DEFAULT_COST_MODEL
 from dtensor_compiler.errors import Location
+from dtensor_compiler.ir.core import Level
+from dtensor_compiler.ir.ops import collectives
 
 U = dtc.UNSHARDED
 STAGES = ["trace", "simplify", "propagate-layouts", "insert-collectives", "localize"]
@@ -226,14 +228,14 @@ def test_lowered_megatron_mlp(mesh):
     assert low.ir() == low.ir("final") == low.ir("localize")
     assert low.ir("insert-collectives") == MLP_AFTER_INSERT_COLLECTIVES
     assert low.ir().startswith("mesh<dp=2, tp=4> local\n")
-    assert low.module.localized
+    assert low.module.level is Level.LOCAL
     assert low.kernel_sources() == {}
     (ar,) = low.collectives()
     assert (ar.kind, ar.mesh_dims) == ("all_reduce", ("tp",))
     assert ar.bytes == 8 * 8 * 4  # the [16/dp, 8] f32 result block of one device
     assert low.comm_bytes() == ar.bytes
     assert ar.seconds == DEFAULT_COST_MODEL.collective_time(
-        "all_reduce", ("tp",), mesh.mesh_shape(), ar.bytes)
+        collectives.ALL_REDUCE.collective, ("tp",), mesh.mesh_shape(), ar.bytes, ar.bytes)
     assert ar.op == MLP_AFTER_INSERT_COLLECTIVES.splitlines()[5].strip()
     here = re.escape(str(Location(__file__, 0))[:-2])
     assert re.fullmatch(f"out_layouts\\[0\\] of mlp; matmul at {here}:\\d+ left a pending "

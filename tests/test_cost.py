@@ -5,25 +5,34 @@ from __future__ import annotations
 import pytest
 
 from dtensor_compiler.cost import CostModel, Link
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.sharding import MeshShape
 
 MESH = MeshShape((("dp", 2), ("tp", 4)))
 MODEL = CostModel(default=Link(latency=1e-6, bandwidth=1e9), launch=1e-5, memory_bandwidth=1e11)
 
 
+def time(model: CostModel, kind: str, mesh_dims: tuple[str, ...], mesh: MeshShape,
+         nbytes: int) -> float:
+    """Seconds for collective `kind` whose charged buffer (input or result) holds `nbytes`."""
+    collective = opdef.lookup(kind).collective
+    assert collective is not None
+    return model.collective_time(collective, mesh_dims, mesh, nbytes, nbytes)
+
+
 def test_ring_formulas() -> None:
     n, nbytes = 4, 4000
     ring = (n - 1) * 1e-6 + (n - 1) / n * nbytes / 1e9
     for kind in ("all_gather", "reduce_scatter", "all_to_all"):
-        assert MODEL.collective_time(kind, ("tp",), MESH, nbytes) == pytest.approx(1e-5 + ring)
-    assert MODEL.collective_time("all_reduce", ("tp",), MESH, nbytes) == pytest.approx(
+        assert time(MODEL, kind, ("tp",), MESH, nbytes) == pytest.approx(1e-5 + ring)
+    assert time(MODEL, "all_reduce", ("tp",), MESH, nbytes) == pytest.approx(
         1e-5 + 2 * ring)
 
 
 def test_one_all_reduce_beats_the_reduce_scatter_and_all_gather_it_equals() -> None:
-    rs = MODEL.collective_time("reduce_scatter", ("tp",), MESH, 4000)
-    ag = MODEL.collective_time("all_gather", ("tp",), MESH, 4000)
-    assert MODEL.collective_time("all_reduce", ("tp",), MESH, 4000) == pytest.approx(
+    rs = time(MODEL, "reduce_scatter", ("tp",), MESH, 4000)
+    ag = time(MODEL, "all_gather", ("tp",), MESH, 4000)
+    assert time(MODEL, "all_reduce", ("tp",), MESH, 4000) == pytest.approx(
         rs + ag - MODEL.launch)
 
 
@@ -31,15 +40,24 @@ def test_groups_over_several_mesh_dims_use_the_slowest_link() -> None:
     slow = MODEL.with_link("dp", Link(latency=1e-4, bandwidth=1e8))
     n, nbytes = 8, 8000
     expected = 1e-5 + (n - 1) * 1e-4 + (n - 1) / n * nbytes / 1e8
-    assert slow.collective_time("all_gather", ("dp", "tp"), MESH, nbytes) == pytest.approx(
+    assert time(slow, "all_gather", ("dp", "tp"), MESH, nbytes) == pytest.approx(
         expected)
-    assert slow.collective_time("all_gather", ("tp",), MESH, nbytes) == MODEL.collective_time(
-        "all_gather", ("tp",), MESH, nbytes)
+    assert time(slow, "all_gather", ("tp",), MESH, nbytes) == time(MODEL, "all_gather", ("tp",), MESH, nbytes)
     assert slow.link("dp").latency == 1e-4 and slow.link("tp") == MODEL.default
 
 
 def test_local_layout_changes_cost_a_copy_and_groups_of_one_cost_nothing() -> None:
-    assert MODEL.collective_time("local_slice", ("tp",), MESH, 1000) == pytest.approx(1e-8)
-    assert MODEL.collective_time("make_partial", ("tp",), MESH, 1000) == pytest.approx(1e-8)
+    assert time(MODEL, "local_slice", ("tp",), MESH, 1000) == pytest.approx(1e-8)
+    assert time(MODEL, "make_partial", ("tp",), MESH, 1000) == pytest.approx(1e-8)
     one = MeshShape((("x", 1),))
-    assert MODEL.collective_time("all_reduce", ("x",), one, 1000) == 0.0
+    assert time(MODEL, "all_reduce", ("x",), one, 1000) == 0.0
+
+
+def test_reduce_scatter_is_charged_its_input_and_the_others_their_result() -> None:
+    rs = opdef.lookup("reduce_scatter").collective
+    ag = opdef.lookup("all_gather").collective
+    assert rs is not None and ag is not None
+    assert MODEL.collective_time(rs, ("tp",), MESH, 4000, 1000) == time(
+        MODEL, "reduce_scatter", ("tp",), MESH, 4000)
+    assert MODEL.collective_time(ag, ("tp",), MESH, 1000, 4000) == time(
+        MODEL, "all_gather", ("tp",), MESH, 4000)

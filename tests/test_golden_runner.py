@@ -79,7 +79,7 @@ def test_not_needs_a_failure(tmp_path: Path) -> None:
 def test_pytest_update_golden_rewrites_only_exact_blocks(tmp_path: Path) -> None:
     """End to end through pytest: the flag fixes the stale exact golden, leaves the FileCheck
     golden byte for byte alone, and that one still fails."""
-    for helper in ("conftest.py", "golden_runner.py"):
+    for helper in ("conftest.py", "golden_runner.py", "effect_ops.py"):
         shutil.copy(TESTS / helper, tmp_path / helper)
     exact = write(tmp_path / "golden" / "t" / "exact.dtir",
                   EXACT + EXPECTED_MARKER + "\n// stale\n")

@@ -10,7 +10,7 @@ from dtensor_compiler.cost import CostModel
 from dtensor_compiler.errors import Location, PassError, PlanningError
 from dtensor_compiler.ir.builder import Builder
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Value
-from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
@@ -181,8 +181,9 @@ def test_nothing_changes_when_a_later_relayout_has_no_plan() -> None:
 def test_a_localized_module_is_rejected() -> None:
     module = parse_module("mesh<x=2> local\nfunc @f(%a: f32[4] @ {x}) -> (f32[4] @ {x}) {\n"
                           "  return %a\n}\n")
-    with pytest.raises(PassError, match="localized"):
-        InsertCollectivesPass().apply(module, PassContext())
+    with pytest.raises(PassError, match="insert-collectives expects a global module, but this "
+                                        "one is local"):
+        PassManager([InsertCollectivesPass()]).run(module)
 
 
 def test_the_pass_is_registered_by_name() -> None:

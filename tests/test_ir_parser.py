@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from dtensor_compiler.errors import IRParseError, Location
+from dtensor_compiler.ir.core import Level
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
-from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
 
 MLP = """\
@@ -27,7 +28,7 @@ func @mlp(%x: f32[512,256] @ {dp, -}, %w1: f32[256,1024] @ {-, tp}) -> (f32[512,
 def test_parses_values_types_attributes_locations_and_explanations() -> None:
     module = parse_module(MLP)
     assert module.mesh == MeshShape((("dp", 2), ("tp", 4)))
-    assert not module.localized
+    assert module.level is Level.GLOBAL
     func = module.main
     x, w1 = func.args
     assert (func.name, x.name_hint, w1.name_hint) == ("mlp", "x", "w1")
@@ -111,7 +112,7 @@ def error_at(text: str) -> IRParseError:
     ("%x: f32[512,256]", "%x: f31[512,256]", 2, 15, "unknown dtype 'f31'"),
     ("f32[512,256] @ {dp, -}", "f32[512,256] @ {dp}", 2, 15,
      "layout {dp} has rank 1 but the shape [512, 256] has rank 2"),
-    ("%0 = matmul", "%0 matmul", 3, 6, "unexpected name 'matmul', expected '='"),
+    ("%0 = matmul", "%0 matmul", 3, 6, "unexpected name 'matmul', expected ',', '='"),
     ("tanh %0 : f32", "tanh %0 f32", 4, 16,
      "unexpected tensor type like f32[4,8] 'f32[512,1024]', expected"),
     ("tanh %0 :", "tanh %0 ; :", 4, 16, "unexpected character ';'"),
@@ -161,7 +162,7 @@ def test_bad_dense_values_are_reported_at_the_value(attr: str, result_type: str,
 def test_a_dense_value_needs_a_result_type() -> None:
     error = error_at("mesh<>\nfunc @f() -> () {\n  add {v = dense<1>}\n  return\n}\n")
     assert (error.line, error.column, error.context) == (3, 12, "  add {v = dense<1>}")
-    assert "a dense attribute needs the op's result type" in str(error)
+    assert "a dense attribute needs the op's one result type" in str(error)
 
 
 def test_a_function_name_is_defined_once() -> None:
@@ -176,3 +177,21 @@ def test_operands_from_another_function_are_undefined() -> None:
     error = error_at(text)
     assert (error.line, error.column) == (10, 13)
     assert "value %x is used before it is defined" in str(error)
+
+
+def test_an_unknown_reduction_is_reported_where_it_is_written() -> None:
+    error = error_at("mesh<dp=2>\nfunc @f(%x: f32[4] @ {-} partial(dp:avg)) -> () {\n  return\n}\n")
+    assert (error.line, error.column) == (2, 37)
+    assert "unknown reduction 'avg'; reductions are sum, max, min, prod" in str(error)
+
+
+def test_attributes_get_their_kinds_and_a_wrong_kind_is_reported() -> None:
+    module = parse_module("mesh<dp=2>\nfunc @f(%x: f32[4] @ {-} partial(dp:sum)) -> () {\n"
+                          "  %0 = all_reduce %x {mesh_dims = [dp], op = sum} : f32[4] @ {-}\n"
+                          "  return\n}\n")
+    assert module.main.ops[0].attrs == {"mesh_dims": ("dp",), "op": ReduceOp.SUM}
+    assert type(module.main.ops[0].attrs["op"]) is ReduceOp
+    error = error_at("mesh<dp=2>\nfunc @f(%x: f32[4]) -> () {\n"
+                     "  %0 = reduce_sum %x {axes = 0, keepdims = false} : f32[]\n  return\n}\n")
+    assert (error.line, error.column) == (3, 23)
+    assert "reduce_sum: attribute 'axes': expected a list of ints, got int 0" in str(error)

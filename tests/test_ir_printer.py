@@ -10,13 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtensor_compiler.errors import Location
-from dtensor_compiler.ir import opdefs
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import Builder, make_op
-from dtensor_compiler.ir.core import Function, Module, Operation, Value
-from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.ops.elementwise import BINARY_UFUNCS, UNARY_UFUNCS
+from dtensor_compiler.ir.ops.reductions import REDUCTIONS
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import INLINE_LIMIT, print_module
-from dtensor_compiler.ir.sharding import REDUCE_OPS, MeshShape, Sharding
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import DTYPE_NAMES, TensorType, numpy_dtype
 from dtensor_compiler.ir.verifier import verify_module
 
@@ -43,12 +45,12 @@ def every_op_module() -> Module:
     func = Function("every_op", [x, n, w, p, g])
     b = Builder(func, CTX)
     results = []
-    for name in opdefs.UNARY_UFUNCS:
+    for name in UNARY_UFUNCS:
         b.create(name, [n if name in INT_OPERANDS else x])
-    for name in opdefs.BINARY_UFUNCS:
+    for name in BINARY_UFUNCS:
         operands = [n, n] if name in INT_OPERANDS else [x, n] if name == "ldexp" else [x, x]
         b.create(name, operands, loc=Location("model.py", 10))
-    for name in opdefs.REDUCTIONS:
+    for name in (d.name for d in REDUCTIONS.values()):
         b.create(name, [x], {"axes": (1,), "keepdims": name == "reduce_max"})
     cond = b.create("greater", [x, x])
     b.create("where", [cond, x, x])
@@ -85,6 +87,8 @@ def every_op_module() -> Module:
              sharding=Sharding.of("dp", "tp"))
     b.create("make_partial", [x], {"mesh_dims": ("tp",), "op": "sum"},
              sharding=Sharding.of("dp", None, partial={"tp": "sum"}))
+    b.create_op("test_print", [x], {"tag": 7})
+    b.create_op("test_halves", [b.create("reshape", [x], declared=TensorType("f32", (128,)))])
     func.set_results(results)
     return Module(MESH, [func])
 
@@ -105,7 +109,7 @@ def assert_same_attr(a: object, b: object) -> None:
 
 
 def assert_same_module(a: Module, b: Module, locations: bool) -> None:
-    assert (a.mesh, a.localized) == (b.mesh, b.localized)
+    assert (a.mesh, a.level) == (b.mesh, b.level)
     assert len(a.functions) == len(b.functions)
     for fa, fb in zip(a.functions, b.functions):
         assert fa.name == fb.name
@@ -115,9 +119,7 @@ def assert_same_module(a: Module, b: Module, locations: bool) -> None:
         for oa, ob in zip(fa.ops, fb.ops):
             assert (oa.name, oa.why) == (ob.name, ob.why)
             assert ob.loc == (oa.loc if locations else None)
-            assert (oa.result is None) == (ob.result is None)
-            if oa.result is not None:
-                assert oa.type == ob.type
+            assert [r.type for r in oa.results] == [r.type for r in ob.results]
             assert oa.attrs.keys() == ob.attrs.keys()
             for key in oa.attrs:
                 assert_same_attr(oa.attrs[key], ob.attrs[key])
@@ -165,7 +167,7 @@ def test_the_printed_form_is_exact() -> None:
 @pytest.mark.parametrize("locations", [False, True])
 def test_every_op_round_trips(locations: bool) -> None:
     module = every_op_module()
-    assert {op.name for op in module.main.ops} == set(opdefs.OPS)
+    assert {op.name for op in module.main.ops} == {d.name for d in opdef.registered()}
     verify_module(module)
     parsed = round_trip(module, locations)
     verify_module(parsed)
@@ -197,7 +199,7 @@ def test_multi_dim_shardings_and_partials_round_trip() -> None:
 
 
 def test_localized_module_round_trips_with_global_constant_values() -> None:
-    ctx = InferContext(MESH, localized=True)
+    ctx = InferContext(MESH, Level.LOCAL)
     x = arg("x", "f32", (4, 16), Sharding.of("dp", None))
     odd = arg("odd", "f32", (3, 5), Sharding.of("dp", "tp"))
     func = Function("local", [x, odd])
@@ -208,13 +210,13 @@ def test_localized_module_round_trips_with_global_constant_values() -> None:
     const = b.create("constant", [], {"value": value},
                      declared=TensorType("f32", (4, 2), Sharding.of("dp", "tp")))
     func.set_results([gathered, const])
-    module = Module(MESH, [func], localized=True)
+    module = Module(MESH, [func], level=Level.LOCAL)
     verify_module(module)
     text = print_module(module)
     assert text.startswith("mesh<dp=2, tp=4> local\n")
     assert "%0 = all_gather %x {mesh_dims = [dp], axis = 0} : f32[8,16] @ {-, -}" in text
     parsed = round_trip(module)
-    assert parsed.localized
+    assert parsed.level is Level.LOCAL
     np.testing.assert_array_equal(parsed.main.ops[1].attrs["value"], value)
     verify_module(parsed)
 
@@ -275,7 +277,7 @@ def test_special_floats_strings_and_nested_lists_in_attributes() -> None:
         "empty": "",
         "nested": ((1, 2), (), (3.5, (math.nan, "x")), ("dense",)),
     }
-    op = Operation("full", [], TensorType("f32", (4,)), attrs, Location('dir/my "file".py', 1),
+    op = Operation("full", [], [TensorType("f32", (4,))], attrs, Location('dir/my "file".py', 1),
                    why="  spaces, // slashes and trailing   ")
     func = Function("attrs", [x], [op], [op.result])
     text = print_module(Module(MESH, [func]), locations=True)
@@ -296,23 +298,30 @@ def test_argument_names_are_made_unique_and_kept() -> None:
     assert [a.name_hint for a in parsed.main.args] == ["x", "x_1", "arg2", "arg3"]
 
 
-def test_ops_without_result_and_several_functions_round_trip(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(opdefs.OPS, "barrier", opdefs.OpDef(
-        "barrier", ("tag",), lambda ts, attrs, declared, ctx: ("bool", ()), None,
-        has_result=False))
+def test_ops_without_or_with_several_results_and_several_functions_round_trip() -> None:
     x = arg("x", "f32", (2,))
-    first = Function("first", [x], [Operation("barrier", [x, x], None, {"tag": 1}),
-                                    Operation("barrier", [], None, {"tag": 2}, why="sync")],
-                     [x])
-    second = Function("second", [], [Operation("barrier", [], None, {"tag": 3})])
+    first = Function("first", [x], [Operation("test_print", [x], [], {"tag": 1}),
+                                    Operation("test_halves", [x],
+                                              [TensorType("f32", (1,))] * 2, {},
+                                              why="split")])
+    first.set_results([x, *first.ops[1].results])
+    second = Function("second", [], [])
     module = Module(MESH, [first, second])
     text = print_module(module, locations=True)
-    assert "  barrier %x, %x {tag = 1}\n  barrier {tag = 2}  // why: sync\n" in text
-    assert "}\n\nfunc @second() -> () {\n  barrier {tag = 3}\n  return\n}\n" in text
+    assert ("  test_print %x {tag = 1}\n"
+            "  %0, %1 = test_halves %x : f32[1], f32[1]  // why: split\n"
+            "  return %x, %0, %1\n") in text
+    assert "}\n\nfunc @second() -> () {\n  return\n}\n" in text
     parsed = round_trip(module, locations=True)
     verify_module(parsed)
-    assert parsed.functions[0].ops[0].operands == (parsed.functions[0].args[0],) * 2
+    halves = parsed.functions[0].ops[1]
+    assert parsed.functions[0].results[1:] == halves.results
+
+
+def test_a_missing_attribute_with_a_default_is_filled_in_by_the_parser() -> None:
+    module = parse_module("mesh<dp=2>\nfunc @f(%x: f32[4]) -> () {\n  test_print %x\n"
+                          "  return\n}\n")
+    assert module.main.ops[0].attrs == {"tag": 0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +349,7 @@ def tensor_types(draw: st.DrawFn, mesh: MeshShape) -> TensorType:
         if where >= 0:
             dims[where] += (name,)
         elif where == -1:
-            partial[name] = draw(st.sampled_from(REDUCE_OPS))
+            partial[name] = draw(st.sampled_from(list(ReduceOp)))
     sharding = Sharding(tuple(dims), tuple(partial.items()))
     shape = tuple(draw(st.integers(1, 3)) * sharding.num_shards(i, mesh) for i in range(rank))
     return TensorType(dtype, shape, sharding)
@@ -368,9 +377,9 @@ def test_random_types_and_attributes_round_trip(data: st.DataObject) -> None:
         attrs = data.draw(st.dictionaries(st.sampled_from(["k", "mesh_dims", "z_1"]),
                                           attr_values, max_size=2))
         loc = Location(data.draw(line_text), data.draw(st.integers(0, 10**6)))
-        ops.append(Operation("relayout", [a], TensorType(a.type.dtype, a.type.shape,
-                                                         target.sharding),
+        ops.append(Operation("relayout", [a], [TensorType(a.type.dtype, a.type.shape,
+                                                          target.sharding)],
                              attrs, loc, data.draw(line_text) or None))
     func = Function("random", args, ops, [op.result for op in ops])
-    module = Module(mesh, [func], localized=data.draw(st.booleans()))
+    module = Module(mesh, [func], level=data.draw(st.sampled_from(list(Level))))
     round_trip(module, locations=True)

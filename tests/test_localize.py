@@ -7,7 +7,7 @@ import pytest
 from ir_building import new_module
 
 from dtensor_compiler.errors import PassError
-from dtensor_compiler.ir.core import Module
+from dtensor_compiler.ir.core import Level, Module
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType
@@ -48,7 +48,7 @@ def test_megatron_mlp_gets_per_device_shapes() -> None:
         "  return %3\n"
         "}\n"
     )
-    assert module.localized
+    assert module.level is Level.LOCAL
 
 
 def test_collectives_get_their_local_shapes() -> None:
@@ -107,13 +107,13 @@ def _assert_rejected(module: Module, match: str) -> None:
     before = print_module(module)
     with pytest.raises(PassError, match=match):
         LocalizePass().apply(module, PassContext())
-    assert print_module(module) == before and not module.localized
+    assert print_module(module) == before and module.level is Level.GLOBAL
 
 
 def test_rejects_a_relayout_left_in_the_module() -> None:
     module, b, (x,) = new_module(MESH, {"x": ("f32", (8, 8), S("dp", None))})
     module.main.set_results([b.create("relayout", [x], sharding=S(None, "tp"))])
-    _assert_rejected(module, "relayout is left in the module; run insert-collectives")
+    _assert_rejected(module, "relayout is left in the module but has no local form; run insert-collectives")
 
 
 def test_rejects_uneven_shards() -> None:
@@ -149,7 +149,9 @@ def test_rejects_values_without_layouts_and_bad_layouts() -> None:
 
 
 def test_rejects_a_module_that_is_already_local() -> None:
-    module, b, (x,) = new_module(MESH, {"x": ("f32", (8, 8), S("dp", None))}, localized=True)
+    module, b, (x,) = new_module(MESH, {"x": ("f32", (8, 8), S("dp", None))},
+                                 level=Level.LOCAL)
     module.main.set_results([x])
-    with pytest.raises(PassError, match="already localized"):
-        LocalizePass().apply(module, PassContext())
+    with pytest.raises(PassError, match="localize expects a global module, but this one is "
+                                        "local"):
+        PassManager([LocalizePass()]).run(module)

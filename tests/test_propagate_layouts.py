@@ -10,9 +10,8 @@ from models import block, mlp, softmax
 
 import dtensor_compiler as dtc
 from dtensor_compiler.errors import PassError
-from dtensor_compiler.ir import rules
-from dtensor_compiler.ir.core import LayoutOrigin, Module, Operation
-from dtensor_compiler.ir.opdefs import COLLECTIVES
+from dtensor_compiler.ir import factors, opdef
+from dtensor_compiler.ir.core import LayoutOrigin, Level, Module, Operation
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
@@ -21,7 +20,7 @@ from dtensor_compiler.pass_manager import PassManager
 from dtensor_compiler.passes._factor_sharding import FactorSpace
 from dtensor_compiler.passes.insert_collectives import InsertCollectivesPass
 from dtensor_compiler.passes.propagate_layouts import PropagateLayoutsPass
-from dtensor_compiler.relayout import relayout_cost
+from dtensor_compiler.planner import relayout_cost
 from dtensor_compiler.tracing import trace
 
 MESH = MeshShape((("dp", 2), ("tp", 4)))
@@ -56,7 +55,7 @@ def collectives(module: Module) -> list[tuple[str, tuple[str, ...], str]]:
     """Run insert-collectives; (kind, mesh dims, result type) of every collective."""
     PassManager([InsertCollectivesPass()]).run(module)
     return [(op.name, tuple(op.attrs["mesh_dims"]), op.type.text()) for op in module.main.ops
-            if op.name in COLLECTIVES]
+            if opdef.lookup(op.name).collective is not None]
 
 
 def layout_of(module: Module, op_name: str, index: int = 0) -> str:
@@ -78,7 +77,7 @@ def block_args(x_layout: Sharding) -> list[tuple[str, tuple[int, ...], Sharding 
 
 def reshape_space(src: tuple[int, ...], dst: tuple[int, ...],
                   mesh: MeshShape = MESH) -> FactorSpace:
-    rule = rules.factor_rule("reshape", {}, [TensorType("f32", src)], TensorType("f32", dst))
+    rule = factors.reshape(src, dst)
     assert rule is not None
     return FactorSpace(rule, mesh)
 
@@ -122,7 +121,7 @@ def test_regrouping_reshape_dims_must_be_whole() -> None:
 
 def test_contracted_factor_gives_a_pending_sum() -> None:
     a, b = TensorType("f32", (8, 16)), TensorType("f32", (16, 4))
-    rule = rules.factor_rule("matmul", {}, [a, b], TensorType("f32", (8, 4)))
+    rule = factors.matmul(a, b, TensorType("f32", (8, 4)))
     assert rule is not None
     space = FactorSpace(rule, MESH)
     fs = space.merge(space.project(0, Sharding.of("dp", "tp").dims),
@@ -409,21 +408,21 @@ def test_operand_that_must_be_whole_is_gathered_with_its_reason() -> None:
     assert op.why == "argmax at m.py:7 needs %x as {-, -}: argmax needs dim 1 whole"
 
 
-def test_op_without_rule_or_layout_is_an_error() -> None:
+def test_a_barrier_without_a_declared_layout_makes_a_replicated_result() -> None:
     ir = """\
         mesh<tp=4>
-        func @f(%x: f32[8,8]) -> (f32[8,8]) {
+        func @f(%x: f32[8,8] @ {tp, -}) -> (f32[8,8]) {
           %0 = relayout %x : f32[8,8]
           return %0
         }
         """
     module = parse_module(textwrap.dedent(ir))
-    with pytest.raises(PassError, match="relayout has no sharding rule"):
-        PropagateLayoutsPass().apply(module, PassManager([]).ctx)
+    PassManager([PropagateLayoutsPass()]).run(module)
+    assert module.main.results[0].type.sharding == Sharding.replicated(2)
 
 
 def test_localized_module_is_rejected() -> None:
     module = parse_module(textwrap.dedent(MLP_IR))
-    module.localized = True
-    with pytest.raises(PassError, match="localized"):
-        PropagateLayoutsPass().apply(module, PassManager([]).ctx)
+    module.level = Level.LOCAL
+    with pytest.raises(PassError, match="propagate-layouts expects a global module"):
+        PassManager([PropagateLayoutsPass()], verify=False).run(module)

@@ -1,8 +1,8 @@
 """Collectives on stacked arrays, checked exhaustively over small meshes and layouts.
 
 For every layout of a rank-3 tensor and every collective that applies to it (every group of
-mesh dims, every axis), the result must have exactly the stacked shape of the layout
-`apply_collective` gives, and hold the same global value. Operands are random stacked arrays,
+mesh dims, every axis), the result must have exactly the stacked shape of the layout the
+collective's definition (`transfer`) gives, and hold the same global value. Operands are random stacked arrays,
 so partial values have nontrivial terms on every device; integer-valued floats keep sums exact.
 """
 
@@ -15,21 +15,30 @@ import numpy as np
 import pytest
 from stacked_cases import MESHES, all_shardings
 
-from dtensor_compiler.ir.opdefs import apply_collective
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
-from dtensor_compiler.runtime import collectives
-from dtensor_compiler.runtime.collectives import apply_step
 from dtensor_compiler.runtime.stacked import (
     check_stacked,
     expected_stacked_shape,
     from_stacked,
     to_stacked,
 )
+from dtensor_compiler.runtime.stacked_comm import StackedCommunicator
 
 SHAPE = (8, 16, 24)
 """Every dim divides by every group of the test meshes (at most 8 devices)."""
 
 MESH_2x4 = MESHES["2x4"]
+
+
+def transfer(kind: str, attrs: dict, src: Sharding) -> Sharding:
+    collective = opdef.lookup(kind).collective
+    assert collective is not None
+    return collective.transfer(attrs, src)
+
+
+def run(kind: str, x: np.ndarray, attrs: dict, src: Sharding, mesh: MeshShape) -> np.ndarray:
+    return getattr(StackedCommunicator(mesh), kind)(x, src, **attrs)
 
 
 def _groups(names: list[str]) -> Iterator[tuple[str, ...]]:
@@ -71,7 +80,7 @@ def _random_stacked(s: Sharding, mesh: MeshShape, rng: np.random.Generator) -> n
 
 
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
-def test_every_collective_keeps_the_value_and_makes_the_layout_apply_collective_says(
+def test_every_collective_keeps_the_value_and_makes_the_layout_transfer_says(
         mesh_name: str) -> None:
     mesh = MESHES[mesh_name]
     rng = np.random.default_rng(0)
@@ -82,31 +91,31 @@ def test_every_collective_keeps_the_value_and_makes_the_layout_apply_collective_
         x = _random_stacked(src, mesh, rng)
         value = from_stacked(x, src, mesh)
         for kind, attrs in _steps(src, mesh):
-            dst = apply_collective(kind, attrs, src)
+            dst = transfer(kind, attrs, src)
             if not dst.fits(SHAPE, mesh):
                 continue
-            out = apply_step(x, kind, attrs, src, mesh)
+            out = run(kind, x, attrs, src, mesh)
             check_stacked(out, dst, mesh)
             np.testing.assert_array_equal(from_stacked(out, dst, mesh), value,
                                           err_msg=f"{kind} {attrs} on {src}")
             kinds_seen.add(kind)
-    assert kinds_seen == set(collectives.COLLECTIVES)
+    assert kinds_seen == {d.name for d in opdef.collectives()}
 
 
 def test_all_reduce_sums_every_device_term() -> None:
     mesh = MESHES["2x2"]
     s = Sharding.of(None, partial={"x": "sum", "y": "sum"})
     x = np.arange(4.0).reshape(2, 2, 1)
-    out = collectives.all_reduce(x, ("x", "y"), "sum", s, mesh)
+    out = run("all_reduce", x, {"mesh_dims": ("x", "y"), "op": "sum"}, s, mesh)
     assert out.shape == (1, 1, 1) and out.item() == 6.0
-    out = collectives.all_reduce(x, ("y",), "sum", s, mesh)
+    out = run("all_reduce", x, {"mesh_dims": ("y",), "op": "sum"}, s, mesh)
     assert out.tolist() == [[[1.0]], [[5.0]]]
 
 
 def test_all_reduce_keeps_small_integer_dtypes() -> None:
     s = Sharding.of(None, partial={"x": "sum"})
     x = np.full((4, 1), 100, dtype=np.int8)
-    out = collectives.all_reduce(x, ("x",), "sum", s, MESHES["1d"])
+    out = run("all_reduce", x, {"mesh_dims": ("x",), "op": "sum"}, s, MESHES["1d"])
     assert out.dtype == np.int8
 
 
@@ -114,7 +123,7 @@ def test_reduce_scatter_gives_each_device_its_block_of_the_sum() -> None:
     mesh = MESHES["1d"]
     s = Sharding.of(None, partial={"x": "sum"})
     x = np.arange(4 * 8.0).reshape(4, 8)
-    out = collectives.reduce_scatter(x, ("x",), "sum", 0, s, mesh)
+    out = run("reduce_scatter", x, {"mesh_dims": ("x",), "op": "sum", "axis": 0}, s, mesh)
     total = x.sum(axis=0)
     assert out.shape == (4, 2)
     for d in range(4):
@@ -124,7 +133,8 @@ def test_reduce_scatter_gives_each_device_its_block_of_the_sum() -> None:
 def test_all_gather_concatenates_blocks_in_device_order() -> None:
     s = Sharding.of(("x", "y"), None)
     g = np.arange(16).reshape(8, 2)
-    out = collectives.all_gather(to_stacked(g, s, MESH_2x4), ("x", "y"), 0, s, MESH_2x4)
+    out = run("all_gather", to_stacked(g, s, MESH_2x4), {"mesh_dims": ("x", "y"), "axis": 0}, s,
+              MESH_2x4)
     assert out.shape == (1, 1, 8, 2)
     np.testing.assert_array_equal(out[0, 0], g)
 
@@ -132,7 +142,8 @@ def test_all_gather_concatenates_blocks_in_device_order() -> None:
 def test_all_gather_of_the_minor_mesh_dim_keeps_the_major_one() -> None:
     s = Sharding.of(("x", "y"), None)
     g = np.arange(16).reshape(8, 2)
-    out = collectives.all_gather(to_stacked(g, s, MESH_2x4), ("y",), 0, s, MESH_2x4)
+    out = run("all_gather", to_stacked(g, s, MESH_2x4), {"mesh_dims": ("y",), "axis": 0}, s,
+              MESH_2x4)
     assert out.shape == (2, 1, 4, 2)
     np.testing.assert_array_equal(out[1, 0], g[4:])
 
@@ -140,7 +151,8 @@ def test_all_gather_of_the_minor_mesh_dim_keeps_the_major_one() -> None:
 def test_all_to_all_moves_the_split_from_one_dim_to_another() -> None:
     s = Sharding.of("y", None)
     g = np.arange(32).reshape(4, 8)
-    out = collectives.all_to_all(to_stacked(g, s, MESH_2x4), ("y",), 1, 0, s, MESH_2x4)
+    out = run("all_to_all", to_stacked(g, s, MESH_2x4),
+              {"mesh_dims": ("y",), "split_axis": 1, "concat_axis": 0}, s, MESH_2x4)
     assert out.shape == (1, 4, 4, 2)
     for y in range(4):
         np.testing.assert_array_equal(out[0, y], g[:, 2 * y: 2 * y + 2])
@@ -149,28 +161,27 @@ def test_all_to_all_moves_the_split_from_one_dim_to_another() -> None:
 def test_local_slice_appends_minor_most() -> None:
     s = Sharding.of("x")
     g = np.arange(8)
-    out = collectives.local_slice(to_stacked(g, s, MESH_2x4), ("y",), 0, s, MESH_2x4)
+    out = run("local_slice", to_stacked(g, s, MESH_2x4), {"mesh_dims": ("y",), "axis": 0}, s,
+              MESH_2x4)
     # device (x=1, y=3) holds block 1 * 4 + 3 of the (x, y) split
     assert out[1, 3].tolist() == [7]
 
 
-def test_collectives_reject_what_apply_collective_rejects() -> None:
+def test_collectives_reject_what_their_transfer_rejects() -> None:
     s = Sharding.of(("x", "y"), None)
     x = to_stacked(np.zeros((8, 2)), s, MESH_2x4)
     with pytest.raises(ValueError, match="end with"):
-        collectives.all_gather(x, ("x",), 0, s, MESH_2x4)
+        run("all_gather", x, {"mesh_dims": ("x",), "axis": 0}, s, MESH_2x4)
     with pytest.raises(ValueError, match="pending sum"):
-        collectives.all_reduce(x, ("x",), "sum", s, MESH_2x4)
+        run("all_reduce", x, {"mesh_dims": ("x",), "op": "sum"}, s, MESH_2x4)
     with pytest.raises(ValueError, match="already used"):
-        collectives.local_slice(x, ("y",), 1, s, MESH_2x4)
+        run("local_slice", x, {"mesh_dims": ("y",), "axis": 1}, s, MESH_2x4)
     with pytest.raises(ValueError, match="mesh extents"):
-        collectives.all_gather(x[:1], ("y",), 0, s, MESH_2x4)
-    with pytest.raises(ValueError, match="not a collective"):
-        apply_step(x, "relayout", {}, s, MESH_2x4)
+        run("all_gather", x[:1], {"mesh_dims": ("y",), "axis": 0}, s, MESH_2x4)
 
 
 def test_local_slice_moves_no_data() -> None:
     s = Sharding.of(None, None)
     x = to_stacked(np.arange(32.0).reshape(8, 4), s, MESH_2x4)
-    sliced = collectives.local_slice(x, ("x", "y"), 0, s, MESH_2x4)
+    sliced = run("local_slice", x, {"mesh_dims": ("x", "y"), "axis": 0}, s, MESH_2x4)
     assert np.shares_memory(sliced, x)

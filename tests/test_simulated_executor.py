@@ -9,23 +9,26 @@ replicated operands) and contracted dims leave pending reductions.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from ir_building import new_module
 
 from dtensor_compiler.errors import ShapeError
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import Builder
-from dtensor_compiler.ir.core import Module, Operation, Value
-from dtensor_compiler.ir.opdefs import BINARY_UFUNCS, UNARY_UFUNCS, InferContext
+from dtensor_compiler.ir.core import Level, Module, Operation, Value
+from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.ops.elementwise import BINARY_UFUNCS, UNARY_UFUNCS
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType, dtype_name
 from dtensor_compiler.pass_manager import PassContext, PassManager
 from dtensor_compiler.passes import DEFAULT_PIPELINE
 from dtensor_compiler.passes.localize import LocalizePass
+from dtensor_compiler.runtime.executor import ExecContext, ExecutionError, KernelFn, KernelTable
 from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS
-from dtensor_compiler.runtime.simulated import ExecutionError, SimulatedExecutor
+from dtensor_compiler.runtime.simulated import SimulatedExecutor
 from dtensor_compiler.runtime.stacked import from_stacked, to_stacked
 from dtensor_compiler.tracing import trace
 
@@ -45,7 +48,7 @@ def simulate(mesh: MeshShape, args: Args, body: Body) -> list[np.ndarray]:
     module.main.set_results(body(b, values))
     LocalizePass().apply(module, PassContext())
     stacked = [to_stacked(a, s, mesh) for a, s in args.values()]
-    outs = SimulatedExecutor().run(module, stacked)
+    outs = SimulatedExecutor(module).run_stacked(stacked)
     results = []
     for value, out in zip(module.main.results, outs):
         assert value.type.sharding is not None
@@ -278,7 +281,7 @@ def test_collective_ops_in_a_program() -> None:
 def _local_module() -> tuple[Module, list[Value]]:
     """tanh over a [4] local block of x sharded over the 4 devices of a 1-D mesh."""
     mesh = MeshShape((("x", 4),))
-    module, b, (x,) = new_module(mesh, {"x": ("f32", (4,), S("x"))}, localized=True)
+    module, b, (x,) = new_module(mesh, {"x": ("f32", (4,), S("x"))}, level=Level.LOCAL)
     return module, [x, b.create("tanh", [x], sharding=S("x"))]
 
 
@@ -286,21 +289,22 @@ def test_runs_hand_built_localized_modules() -> None:
     module, (x, y) = _local_module()
     module.main.set_results([y])
     inp = np.arange(16, dtype=np.float32).reshape(4, 4)
-    (out,) = SimulatedExecutor().run(module, [inp])
+    (out,) = SimulatedExecutor(module).run_stacked([inp])
     np.testing.assert_array_equal(out, np.tanh(inp))
 
 
 def test_rejects_global_modules_and_bad_inputs() -> None:
     module, (x, y) = _local_module()
     module.main.set_results([y])
-    with pytest.raises(ShapeError, match=r"input %x of type f32\[4\] @ \{x\} .* must be a "
-                                         r"stacked f32 array of shape \[4, 4\]"):
-        SimulatedExecutor().run(module, [np.zeros((1, 4), np.float32)])
+    with pytest.raises(ShapeError, match=r"input %x of type f32\[4\] @ \{x\} must be a "
+                                         r"float32 array of shape \[4, 4\], got float32 "
+                                         r"\[1, 4\]"):
+        SimulatedExecutor(module).run_stacked([np.zeros((1, 4), np.float32)])
     with pytest.raises(ShapeError, match="takes 1 inputs, got 0"):
-        SimulatedExecutor().run(module, [])
-    module.localized = False
-    with pytest.raises(ExecutionError, match="localized modules only"):
-        SimulatedExecutor().run(module, [np.zeros((4, 4), np.float32)])
+        SimulatedExecutor(module).run_stacked([])
+    module.level = Level.GLOBAL
+    with pytest.raises(ExecutionError, match="only localized modules run"):
+        SimulatedExecutor(module)
 
 
 def test_a_result_that_breaks_the_stacked_convention_is_an_internal_error() -> None:
@@ -309,36 +313,45 @@ def test_a_result_that_breaks_the_stacked_convention_is_an_internal_error() -> N
     module.main.set_results([y])
     with pytest.raises(ExecutionError, match=r"tanh produced stacked shape \[4, 4\]; its type "
                                              r"f32\[4\] @ \{-\} .* needs \[1, 4\]"):
-        SimulatedExecutor().run(module, [np.zeros((4, 4), np.float32)])
+        SimulatedExecutor(module).run_stacked([np.zeros((4, 4), np.float32)])
 
 
 def test_missing_kernels_are_reported() -> None:
     module, (x, y) = _local_module()
     module.main.set_results([y])
-    with pytest.raises(ExecutionError, match="no simulated kernel for op 'tanh'"):
-        SimulatedExecutor(kernels={}).run(module, [np.zeros((4, 4), np.float32)])
+    with pytest.raises(ExecutionError, match="the empty backend has no kernel for op 'tanh'"):
+        SimulatedExecutor(module, KernelTable("empty"))
 
 
 def test_values_are_released_after_their_last_use() -> None:
     module, (x, y) = _local_module()
-    b = Builder(module.main, InferContext(module.mesh, localized=True))
+    b = Builder(module.main, InferContext(module.mesh, level=Level.LOCAL))
     z = b.create("negative", [b.create("exp", [y], sharding=S("x"))], sharding=S("x"))
     module.main.set_results([z])
     produced: list[weakref.ref] = []
     alive_at_negative: list[bool] = []
 
-    def tanh(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-        out = NUMPY_KERNELS["tanh"](op, args, mesh)
-        produced.append(weakref.ref(out))
-        return out
+    def tanh(op: Operation, ctx: ExecContext) -> KernelFn:
+        def run(x: np.ndarray) -> np.ndarray:
+            out = np.tanh(x)
+            produced.append(weakref.ref(out))
+            return out
+        return run
 
-    def negative(op: Operation, args: Sequence[np.ndarray], mesh: MeshShape) -> np.ndarray:
-        alive_at_negative.append(produced[0]() is not None)
-        return NUMPY_KERNELS["negative"](op, args, mesh)
+    def negative(op: Operation, ctx: ExecContext) -> KernelFn:
+        def run(x: np.ndarray) -> np.ndarray:
+            alive_at_negative.append(produced[0]() is not None)
+            return np.negative(x)
+        return run
 
-    kernels = {**NUMPY_KERNELS, "tanh": tanh, "negative": negative}
+    kernels = KernelTable("watching")
+    kernels.register(opdef.lookup("tanh"))(tanh)
+    kernels.register(opdef.lookup("negative"))(negative)
+    exp = NUMPY_KERNELS.get("exp")
+    assert exp is not None
+    kernels.register(opdef.lookup("exp"))(exp)
     inp = np.ones((4, 4), np.float32)
-    (out,) = SimulatedExecutor(kernels).run(module, [inp])
+    (out,) = SimulatedExecutor(module, kernels).run_stacked([inp])
     np.testing.assert_allclose(out, -np.exp(np.tanh(inp)), rtol=1e-6)
     assert alive_at_negative == [False]
 
@@ -387,8 +400,8 @@ def test_traced_functions_match_numpy(fn: Callable, mesh: MeshShape,
     PassManager.parse(DEFAULT_PIPELINE).run(module)
     inputs = [normal(*t.shape) if t.dtype == "f64" else RNG.integers(0, 10, t.shape)
               for t in types]
-    outs = SimulatedExecutor().run(
-        module, [to_stacked(a, t.sharding, mesh) for a, t in zip(inputs, types)])
+    outs = SimulatedExecutor(module).run_stacked(
+        [to_stacked(a, t.sharding, mesh) for a, t in zip(inputs, types)])
     expected = fn(*inputs)
     for out, value, want in zip(outs, module.main.results,
                                 expected if isinstance(expected, tuple) else (expected,)):

@@ -17,7 +17,8 @@ import pytest
 
 import dtensor_compiler.errors as errors
 from dtensor_compiler.ir.core import Function, Module, Operation
-from dtensor_compiler.ir.opdefs import BINARY_UFUNCS, REDUCTIONS, UNARY_UFUNCS
+from dtensor_compiler.ir.ops.elementwise import BINARY_UFUNCS, UNARY_UFUNCS
+from dtensor_compiler.ir.ops.reductions import REDUCTIONS
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
@@ -59,8 +60,8 @@ EVAL: dict[str, Callable[[Operation, list], object]] = {
 }
 for _name in UNARY_UFUNCS + BINARY_UFUNCS:
     EVAL[_name] = lambda op, a: getattr(np, op.name)(*a)
-for _name, _kind in REDUCTIONS.items():
-    EVAL[_name] = (lambda fn: lambda op, a: fn(a[0], axis=op.attrs["axes"],
+for _kind, _definition in REDUCTIONS.items():
+    EVAL[_definition.name] = (lambda fn: lambda op, a: fn(a[0], axis=op.attrs["axes"],
                                                keepdims=op.attrs["keepdims"]))(
         {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}[_kind])
 

@@ -1,38 +1,60 @@
-"""Creating ops with checked result types.
+"""Creating ops with checked attributes and result types.
 
-`Builder.create` infers the result type from the registry (or checks a declared one), so no
-op enters a function with a shape or dtype that does not follow from its operands.
+`make_op` coerces the attributes to their kinds (filling in defaults) and infers the result
+types from the op's definition (or checks declared ones), so no op enters a function with an
+attribute, shape or dtype that does not follow from its definition and operands.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from dtensor_compiler.errors import Location, ShapeError
-from dtensor_compiler.ir import opdefs
-from dtensor_compiler.ir.core import Attr, Function, Operation, Value
-from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.attrs import Attr
+from dtensor_compiler.ir.core import Function, Operation, Value
+from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.sharding import Sharding
 from dtensor_compiler.ir.types import TensorType
 
 
-def make_op(name: str, operands: list[Value], attrs: dict[str, Attr] | None,
-            ctx: InferContext, declared: TensorType | None = None,
-            sharding: Sharding | None = None, loc: Location | None = None,
-            why: str | None = None) -> Operation:
-    """A new, unattached op. Raises ShapeError (with `loc`) when the operands do not fit."""
-    attrs = dict(attrs or {})
-    opdef = opdefs.get(name)
-    if opdef.num_operands is not None and len(operands) != opdef.num_operands:
-        raise ShapeError(f"{name} takes {opdef.num_operands} operands, got {len(operands)}", loc)
-    missing = [a for a in opdef.attrs if a not in attrs]
-    if missing:
-        raise ShapeError(f"{name} is missing attributes {missing}", loc)
+def make_op(name: str, operands: Sequence[Value], attrs: Mapping[str, object] | None,
+            ctx: InferContext, declared: TensorType | Sequence[TensorType] | None = None,
+            sharding: Sharding | Sequence[Sharding | None] | None = None,
+            loc: Location | None = None, why: str | None = None) -> Operation:
+    """A new, unattached op. Raises ShapeError (with `loc`) when the operands or attributes
+    do not fit. `declared` and `sharding` give one entry per result (or one value for a
+    single-result op); a result's sharding defaults to its declared type's."""
+    definition = opdef.lookup(name)
+    if definition.operands is not None and len(operands) != definition.operands:
+        raise ShapeError(f"{name} takes {definition.operands} operands, got {len(operands)}",
+                         loc)
+    declared_types = _per_result(declared, definition.results)
+    shardings = _per_result(sharding, definition.results)
     try:
-        dtype, shape = opdef.infer([v.type for v in operands], attrs, declared, ctx)
+        typed: dict[str, Attr] = definition.make_attrs(attrs or {})
+        inferred = definition.infer([v.type for v in operands], typed,
+                                    [t for t in declared_types if t is not None], ctx)
     except ValueError as e:
         raise ShapeError(f"{name}: {e}", loc) from None
-    if sharding is None and declared is not None:
-        sharding = declared.sharding
-    return Operation(name, operands, TensorType(dtype, tuple(shape), sharding), attrs, loc, why)
+    if len(inferred) != definition.results:
+        raise ShapeError(f"{name} infers {len(inferred)} results, its definition says "
+                         f"{definition.results}", loc)
+    types = []
+    for (dtype, shape), given, layout in zip(inferred, declared_types, shardings):
+        if layout is None and given is not None:
+            layout = given.sharding
+        types.append(TensorType(dtype, tuple(shape), layout))
+    return Operation(name, operands, types, typed, loc, why)
+
+
+def _per_result(given: object, count: int) -> list:
+    if given is None:
+        return [None] * count
+    if isinstance(given, (TensorType, Sharding)):
+        return [given] + [None] * (count - 1)
+    assert isinstance(given, Sequence)
+    return list(given) + [None] * (count - len(given))
 
 
 class Builder:
@@ -44,13 +66,24 @@ class Builder:
         self.ctx = ctx
         self.before = before
 
-    def create(self, name: str, operands: list[Value], attrs: dict[str, Attr] | None = None,
-               declared: TensorType | None = None, sharding: Sharding | None = None,
-               loc: Location | None = None, why: str | None = None) -> Value:
+    def create_op(self, name: str, operands: Sequence[Value],
+                  attrs: Mapping[str, object] | None = None,
+                  declared: TensorType | Sequence[TensorType] | None = None,
+                  sharding: Sharding | Sequence[Sharding | None] | None = None,
+                  loc: Location | None = None, why: str | None = None) -> Operation:
         op = make_op(name, operands, attrs, self.ctx, declared, sharding, loc, why)
         if self.before is None:
             self.func.ops.append(op)
         else:
             self.func.insert_before(self.before, op)
-        assert op.result is not None
-        return op.result
+        return op
+
+    def create(self, name: str, operands: Sequence[Value],
+               attrs: Mapping[str, object] | None = None, declared: TensorType | None = None,
+               sharding: Sharding | None = None, loc: Location | None = None,
+               why: str | None = None) -> Value:
+        """Add a single-result op; returns its result."""
+        op = self.create_op(name, operands, attrs, declared, sharding, loc, why)
+        result = op.result
+        assert result is not None, f"{name} has no result; use create_op"
+        return result

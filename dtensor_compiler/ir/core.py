@@ -1,28 +1,34 @@
 """IR data structures: values, operations, functions and modules.
 
-One flat function body of single-result (or no-result) operations in SSA form. Use-lists are
-kept in sync only through `Operation.set_operand` / `Value.replace_all_uses_with`; never mutate
-`Value.uses` or `Operation._operands` directly. Names are assigned by the printer, except for
-function arguments, which keep the user's parameter names.
+One flat function body of operations in SSA form; an op has zero, one or several results. Use
+lists are kept in sync only through `Operation.set_operand` / `Value.replace_all_uses_with`;
+never mutate `Value.uses` or `Operation._operands` directly. Names are assigned by the printer,
+except for function arguments, which keep the user's parameter names.
 
-Attributes are plain, typed Python values: int, float, bool, str, tuples of those, and
-`numpy.ndarray` for dense constants. The op registry (`opdefs`) says which attributes each op
-has. Layout facts live in the value's `TensorType.sharding` and in typed fields such as
-`Value.origin`, never in attributes.
+Attributes are typed Python values (`attrs.Attr`); the op's definition (`opdef.OpDef`) says
+which attributes it has and of what kind. Layout facts live in the value's
+`TensorType.sharding` and in typed fields such as `Value.origin`, never in attributes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
+from enum import Enum
 
 from dtensor_compiler.errors import Location
-from dtensor_compiler.ir.sharding import MeshShape
+from dtensor_compiler.ir.attrs import Attr
+from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.types import TensorType
 
-Attr = int | float | bool | str | tuple | np.ndarray
+
+class Level(Enum):
+    """What a module's shapes mean, and so which ops it may hold."""
+
+    GLOBAL = "global"
+    """Shapes are global; layouts are being chosen (tracing up to insert-collectives)."""
+    LOCAL = "local"
+    """Shapes are per device; every layout change is an explicit collective."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class LayoutOrigin:
 
 
 class Value:
-    """An SSA value: a function argument or the result of an operation."""
+    """An SSA value: a function argument or a result of an operation."""
 
     __slots__ = ("type", "owner", "uses", "name_hint", "origin")
 
@@ -67,11 +73,12 @@ class Value:
 
 
 class Operation:
-    """One op: a name from the registry, operands, attributes, at most one result."""
+    """One op: a registered name, operands, attributes and its results."""
 
-    __slots__ = ("name", "_operands", "result", "attrs", "loc", "why")
+    __slots__ = ("name", "_operands", "results", "attrs", "loc", "why")
 
-    def __init__(self, name: str, operands: Iterable[Value], result_type: TensorType | None,
+    def __init__(self, name: str, operands: Iterable[Value],
+                 result_types: Sequence[TensorType] = (),
                  attrs: dict[str, Attr] | None = None, loc: Location | None = None,
                  why: str | None = None) -> None:
         self.name = name
@@ -79,10 +86,20 @@ class Operation:
         self.attrs: dict[str, Attr] = dict(attrs or {})
         self.loc = loc
         self.why = why
-        self.result: Value | None = None if result_type is None else Value(result_type, self)
+        self.results: tuple[Value, ...] = tuple(Value(t, self) for t in result_types)
         for v in operands:
             self._operands.append(v)
             v.uses.append((self, len(self._operands) - 1))
+
+    @property
+    def result(self) -> Value | None:
+        """The only result, or None for an op without results; ops with several results are
+        read through `results`."""
+        results = self.results
+        if not results:
+            return None
+        assert len(results) == 1, f"{self.name} has {len(results)} results; use .results"
+        return results[0]
 
     @property
     def operands(self) -> tuple[Value, ...]:
@@ -102,8 +119,10 @@ class Operation:
 
     @property
     def type(self) -> TensorType:
-        assert self.result is not None, f"{self.name} has no result"
-        return self.result.type
+        """The type of the only result."""
+        result = self.result
+        assert result is not None, f"{self.name} has no result"
+        return result.type
 
     def __repr__(self) -> str:
         return f"<Operation {self.name}>"
@@ -137,8 +156,7 @@ class Function:
     def values(self) -> Iterator[Value]:
         yield from self.args
         for op in self.ops:
-            if op.result is not None:
-                yield op.result
+            yield from op.results
 
     def replace_value(self, old: Value, new: Value) -> None:
         """Replace every use of `old`, including in the returned values."""
@@ -146,9 +164,9 @@ class Function:
         self._results = [new if v is old else v for v in self._results]
 
     def erase(self, op: Operation) -> None:
-        """Remove an op whose result is unused."""
-        if op.result is not None:
-            assert not op.result.uses and not self.is_result(op.result), f"{op.name} is used"
+        """Remove an op whose results are unused."""
+        for result in op.results:
+            assert not result.uses and not self.is_result(result), f"{op.name} is used"
         op.drop_operands()
         self.ops.remove(op)
 
@@ -158,15 +176,11 @@ class Function:
 
 @dataclass
 class Module:
-    """The unit the compiler works on: a mesh and its functions.
-
-    `localized` is False while types hold global shapes and True after the `localize` pass,
-    when every shape (and shape-valued attribute) is per device.
-    """
+    """The unit the compiler works on: a mesh, its functions and their level."""
 
     mesh: MeshShape
     functions: list[Function] = field(default_factory=list)
-    localized: bool = False
+    level: Level = Level.GLOBAL
 
     @property
     def main(self) -> Function:

@@ -7,9 +7,11 @@ locations. Parsing runs in two steps:
    text into light syntax records (`_FuncSyntax`, `_OpSyntax`) whose names are still tokens, so
    every later complaint can point at a line and column. Types become `TensorType`s here.
 2. `_build_module` resolves names in SSA order (operands must be defined earlier in the same
-   function), checks op names against the registry, turns ``dense<...>`` and ``dense_hex<...>``
-   into arrays of the op's result dtype, and creates `Operation`s with their declared result
-   types. Shape inference is the verifier's business, not the parser's.
+   function), checks op names against the registry, gives each attribute its definition's
+   kind (``[0, 1]`` a tuple of ints, ``sum`` a reduction; a missing attribute with a default
+   gets it), turns ``dense<...>`` and ``dense_hex<...>`` into arrays of the op's result dtype,
+   and creates `Operation`s with their declared result types. Shape inference, result counts
+   and missing attributes are the verifier's business, not the parser's.
 
 Every malformed input raises `IRParseError` with a 1-based line and column.
 """
@@ -28,9 +30,10 @@ from lark.exceptions import UnexpectedToken
 from lark.lexer import PatternStr
 
 from dtensor_compiler.errors import IRParseError, Location
-from dtensor_compiler.ir import opdefs
-from dtensor_compiler.ir.core import Attr, Function, Module, Operation, Value
-from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.attrs import Attr
+from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import DTYPE_NAMES, TensorType, numpy_dtype
 
 _GRAMMAR_FILE = Path(__file__).with_name("grammar.lark")
@@ -91,11 +94,11 @@ class _DenseHex:
 
 @dataclass(frozen=True, slots=True)
 class _OpSyntax:
-    result: Token | None
+    results: list[Token]
     name: Token
     operands: list[Token]
-    attrs: dict[str, Attr | _Dense | _DenseHex]
-    type: TensorType | None
+    attrs: dict[Token, Attr | _Dense | _DenseHex]
+    types: list[TensorType]
     loc: Location | None
     why: str | None
 
@@ -163,14 +166,19 @@ class _Syntax(Transformer):
     def values(self, *values: Token) -> list[Token]:
         return list(values)
 
-    def result_op(self, result: Token, name: Token, operands: list[Token] | None,
-                  attrs: dict | None, t: TensorType, loc: Location | None, why: Token | None
-                  ) -> _OpSyntax:
-        return _OpSyntax(result, name, operands or [], attrs or {}, t, loc, _why(why))
+    def results(self, *values: Token) -> list[Token]:
+        return list(values)
+
+    def result_op(self, results: list[Token], name: Token, operands: list[Token] | None,
+                  attrs: dict | None, types: list[TensorType], loc: Location | None,
+                  why: Token | None) -> _OpSyntax:
+        if len(results) != len(types):
+            raise _Fault(f"{len(results)} results but {len(types)} result types", name)
+        return _OpSyntax(results, name, operands or [], attrs or {}, types, loc, _why(why))
 
     def effect_op(self, name: Token, operands: list[Token] | None, attrs: dict | None,
                   loc: Location | None, why: Token | None) -> _OpSyntax:
-        return _OpSyntax(None, name, operands or [], attrs or {}, None, loc, _why(why))
+        return _OpSyntax([], name, operands or [], attrs or {}, [], loc, _why(why))
 
     def loc(self, file: Token, line: Token) -> Location:
         return Location(json.loads(file), int(line))
@@ -205,17 +213,20 @@ class _Syntax(Transformer):
     def partial(self, *reductions: tuple[str, str]) -> tuple[tuple[str, str], ...]:
         return reductions
 
-    def reduction(self, mesh_dim: Token, op: Token) -> tuple[str, str]:
-        return str(mesh_dim), str(op)
+    def reduction(self, mesh_dim: Token, op: Token) -> tuple[str, ReduceOp]:
+        try:
+            return str(mesh_dim), ReduceOp.parse(str(op))
+        except ValueError as e:
+            raise _Fault(str(e), op) from None
 
     # -- attributes ---------------------------------------------------------------------------
     def attrs(self, *items: tuple[Token, Attr | _Dense | _DenseHex]
-              ) -> dict[str, Attr | _Dense | _DenseHex]:
-        out: dict[str, Attr | _Dense | _DenseHex] = {}
+              ) -> dict[Token, Attr | _Dense | _DenseHex]:
+        out: dict[Token, Attr | _Dense | _DenseHex] = {}
         for key, value in items:
             if key in out:
                 raise _Fault(f"attribute {str(key)!r} is given twice", key)
-            out[str(key)] = value
+            out[key] = value
         return out
 
     def attr(self, key: Token, value: Attr | _Dense | _DenseHex
@@ -274,7 +285,7 @@ def _lark() -> Lark:
 
 
 def _build_module(syntax: _ModuleSyntax) -> Module:
-    module = Module(syntax.mesh, localized=syntax.localized)
+    module = Module(syntax.mesh, level=Level.LOCAL if syntax.localized else Level.GLOBAL)
     names: set[str] = set()
     for f in syntax.functions:
         if f.name in names:
@@ -305,14 +316,14 @@ def _build_function(f: _FuncSyntax, module: Module) -> Function:
         args.append(arg)
     ops = []
     for s in f.ops:
-        if s.name not in opdefs.OPS:
+        definition = opdef.find(s.name)
+        if definition is None:
             raise _Fault(f"unknown op {str(s.name)!r}", s.name)
         operands = [lookup(at) for at in s.operands]
-        attrs = {k: _attr_value(v, s.type, module) for k, v in s.attrs.items()}
-        op = Operation(str(s.name), operands, s.type, attrs, s.loc, s.why)
-        if s.result is not None:
-            assert op.result is not None
-            define(s.result, op.result)
+        attrs = _attrs(definition, s, module)
+        op = Operation(str(s.name), operands, s.types, attrs, s.loc, s.why)
+        for at, result in zip(s.results, op.results):
+            define(at, result)
         ops.append(op)
     results = [lookup(at) for at in f.returned]
     if len(results) != len(f.result_types):
@@ -325,15 +336,35 @@ def _build_function(f: _FuncSyntax, module: Module) -> Function:
     return Function(str(f.name), args, ops, results)
 
 
+def _attrs(definition: opdef.OpDef, s: _OpSyntax, module: Module) -> dict[str, Attr]:
+    """The op's attributes with their definition's kinds, defaults filled in; attributes the
+    definition does not know are kept as written (the verifier names them)."""
+    specs = {a.name: a for a in definition.attrs}
+    out: dict[str, Attr] = {}
+    for key, raw in s.attrs.items():
+        value = _attr_value(raw, s.types[0] if len(s.types) == 1 else None, module)
+        spec = specs.get(key)
+        if spec is not None:
+            try:
+                value = spec.coerce(value)
+            except ValueError as e:
+                raise _Fault(f"{definition.name}: {e}", key) from None
+        out[str(key)] = value
+    for spec in definition.attrs:
+        if spec.name not in out and not spec.required:
+            out[spec.name] = spec.coerce(spec.default)
+    return out
+
+
 def _attr_value(value: Attr | _Dense | _DenseHex, result: TensorType | None, module: Module
                 ) -> Attr:
     if not isinstance(value, (_Dense, _DenseHex)):
         return value
     if result is None:
-        raise _Fault("a dense attribute needs the op's result type", value.at)
+        raise _Fault("a dense attribute needs the op's one result type", value.at)
     dtype = numpy_dtype(result.dtype)
     shape = result.shape
-    if module.localized and result.sharding is not None:
+    if module.level is Level.LOCAL and result.sharding is not None:
         unknown = [m for m in result.sharding.sharded_mesh_dims() if m not in module.mesh.names]
         if unknown:
             raise _Fault(f"mesh dim {unknown[0]!r} is not in {module.mesh.text()}", value.at)

@@ -10,6 +10,8 @@ func @mlp(%x: f32[512,256] @ {dp, -}, %w: f32[256,1024] @ {-, tp}) -> (f32[512,1
 ```
 A localized module's first line is ``mesh<...> local`` and its shapes are per device.
 Function arguments keep the user's names; op results are numbered in order by the printer.
+An op with several results prints them all, ``%2, %3 = op ... : f32[4], f32[4]``; an op
+without results prints no ``=`` and no type.
 With ``locations=True`` every op ends with ``loc("file.py":12)`` (like MLIR's debug info).
 Constants of more than `INLINE_LIMIT` elements, and complex constants, print as
 ``dense_hex<"...">`` (raw little-endian bytes), so printing is exact and lossless.
@@ -23,8 +25,8 @@ import re
 
 import numpy as np
 
-from dtensor_compiler.ir import opdefs
-from dtensor_compiler.ir.core import Function, Module, Operation, Value
+from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 
 INLINE_LIMIT = 16
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -88,8 +90,8 @@ class Namer:
             self.names[id(arg)] = name
         n = 0
         for op in func.ops:
-            if op.result is not None:
-                self.names[id(op.result)] = str(n)
+            for result in op.results:
+                self.names[id(result)] = str(n)
                 n += 1
 
     def __call__(self, v: Value) -> str:
@@ -98,17 +100,18 @@ class Namer:
 
 def format_op(op: Operation, name: Namer, locations: bool = False) -> str:
     parts = []
-    if op.result is not None:
-        parts.append(f"{name(op.result)} = ")
+    if op.results:
+        parts.append(", ".join(name(r) for r in op.results) + " = ")
     parts.append(op.name)
     if op.operands:
         parts.append(" " + ", ".join(name(v) for v in op.operands))
-    order = opdefs.OPS[op.name].attrs if op.name in opdefs.OPS else tuple(sorted(op.attrs))
+    definition = opdef.find(op.name)
+    order = [a.name for a in definition.attrs] if definition is not None else []
     keys = [k for k in order if k in op.attrs] + sorted(k for k in op.attrs if k not in order)
     if keys:
         parts.append(" {" + ", ".join(f"{k} = {format_attr(op.attrs[k])}" for k in keys) + "}")
-    if op.result is not None:
-        parts.append(f" : {op.result.type.text()}")
+    if op.results:
+        parts.append(" : " + ", ".join(r.type.text() for r in op.results))
     if locations and op.loc is not None:
         parts.append(f" loc({json.dumps(op.loc.file)}:{op.loc.line})")
     if op.why:
@@ -129,6 +132,6 @@ def print_function(func: Function, locations: bool = False) -> str:
 
 
 def print_module(module: Module, locations: bool = False) -> str:
-    head = module.mesh.text() + (" local" if module.localized else "")
+    head = module.mesh.text() + (" local" if module.level is Level.LOCAL else "")
     body = "\n\n".join(print_function(f, locations) for f in module.functions)
     return f"{head}\n{body}\n"

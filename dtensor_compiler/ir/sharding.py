@@ -11,25 +11,48 @@ Printed form: ``{dp, -}``, ``{(dp, tp), -}``, ``{-, -} partial(tp:sum)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.mesh_shape import MeshShape
 
-REDUCE_OPS = ("sum", "max", "min", "prod")
+
+class ReduceOp(StrEnum):
+    """A reduction that combines the pieces of a value held across devices. A `StrEnum`, so
+    it prints as its name (``sum``) and compares equal to it."""
+
+    SUM = "sum"
+    MAX = "max"
+    MIN = "min"
+    PROD = "prod"
+
+    @classmethod
+    def parse(cls, name: object) -> ReduceOp:
+        """`name` as a ReduceOp; ValueError naming the known ones otherwise."""
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(op.value for op in cls)
+            raise ValueError(f"unknown reduction {name!r}; reductions are {known}") from None
 
 
 @dataclass(frozen=True)
 class Sharding:
     """Per tensor dim, the mesh dims it is split over; plus pending partial reductions.
 
-    `partial` is kept sorted by mesh dim name so equal shardings compare equal.
+    `partial` is kept sorted by mesh dim name so equal shardings compare equal; reductions
+    given as names (``"sum"``) become `ReduceOp`s (ValueError for an unknown one).
     """
 
     dims: tuple[tuple[str, ...], ...]
-    partial: tuple[tuple[str, str], ...] = ()
+    partial: tuple[tuple[str, ReduceOp], ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "partial", tuple(sorted(self.partial)))
+        partial = self.partial
+        if partial:
+            if not all(type(op) is ReduceOp for _, op in partial):
+                partial = tuple((m, ReduceOp.parse(op)) for m, op in partial)
+            object.__setattr__(self, "partial", tuple(sorted(partial)))
 
     # -- construction -------------------------------------------------------------------------
     @staticmethod
@@ -37,7 +60,8 @@ class Sharding:
         return Sharding(((),) * rank)
 
     @staticmethod
-    def of(*dims: str | tuple[str, ...] | None, partial: dict[str, str] | None = None) -> Sharding:
+    def of(*dims: str | tuple[str, ...] | None, partial: dict[str, str] | None = None
+           ) -> Sharding:
         """Convenience: ``Sharding.of("dp", None)`` is ``{dp, -}``."""
         norm = tuple(() if d is None else (d,) if isinstance(d, str) else tuple(d) for d in dims)
         return Sharding(norm, tuple((partial or {}).items()))
@@ -52,7 +76,7 @@ class Sharding:
         return tuple(m for m, _ in self.partial)
 
     @property
-    def partial_map(self) -> dict[str, str]:
+    def partial_map(self) -> dict[str, ReduceOp]:
         return dict(self.partial)
 
     @property
@@ -102,9 +126,6 @@ class Sharding:
             elif m in seen:
                 out.append(f"mesh dim {m!r} is used more than once")
             seen.append(m)
-        for m, op in self.partial:
-            if op not in REDUCE_OPS:
-                out.append(f"unknown partial reduction {op!r} on {m!r}")
         if shape is not None and not out:
             out += geometry.misfits(shape, self.dims, mesh)
         return out
@@ -113,7 +134,8 @@ class Sharding:
     def with_dims(self, dims: tuple[tuple[str, ...], ...]) -> Sharding:
         return Sharding(dims, self.partial)
 
-    def with_partial(self, partial: dict[str, str] | tuple[tuple[str, str], ...]) -> Sharding:
+    def with_partial(self, partial: dict[str, ReduceOp] | tuple[tuple[str, ReduceOp], ...]
+                     ) -> Sharding:
         items = tuple(partial.items()) if isinstance(partial, dict) else tuple(partial)
         return Sharding(self.dims, items)
 

@@ -3,15 +3,17 @@
 Per function, in one walk over its ops and their use-lists (linear in ops plus uses, so it can
 run after every pass on 20k-op modules):
 
-- every op name is registered, with the registry's operand count, result count and attributes;
+- every op name is registered, with its definition's operand count, result count and
+  attributes, each holding its kind's type, and the op is legal at the module's level;
 - SSA: every operand is an argument or the result of an earlier op of the same function, every
   value is defined once, and every returned value is defined in the function;
 - use-lists match operands: each operand slot is listed once in its value's `uses`, and no
   entry names an op of the function that does not use the value there;
-- the (dtype, shape) the registry infers from the operand types equals the result type;
+- the (dtype, shape) the definition infers from the operand types equals each result's type;
 - every layout has the tensor's rank and names each mesh dim of the module's mesh at most once;
   in global IR each sharded dim also divides evenly (local shapes need no such check);
-- a collective's result layout is what `opdefs.apply_collective` makes of its operand's layout.
+- a collective's result layout is what its definition's `transfer` makes of its operand's
+  layout.
 
 A failure raises `VerificationError` naming the problem, the pass it ran after, and the printed
 function around the faulty line, which is marked with ``>``.
@@ -20,9 +22,9 @@ function around the faulty line, which is marked with ``>``.
 from __future__ import annotations
 
 from dtensor_compiler.errors import VerificationError
-from dtensor_compiler.ir import opdefs
-from dtensor_compiler.ir.core import Function, Module, Operation, Value
-from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.opdef import InferContext, OpDef
 from dtensor_compiler.ir.printer import Namer, print_function
 from dtensor_compiler.ir.sharding import Sharding
 
@@ -35,7 +37,7 @@ _INFER_ERRORS = (ValueError, TypeError, KeyError, IndexError)
 
 def verify_module(module: Module, after: str | None = None) -> None:
     """Raise `VerificationError` at the first broken invariant; `after` names the last pass."""
-    ctx = InferContext(module.mesh, module.localized)
+    ctx = InferContext(module.mesh, module.level)
     for func in module.functions:
         try:
             _FunctionVerifier(func, module, ctx).run()
@@ -73,8 +75,8 @@ class _FunctionVerifier:
             self.define(arg, 0)
         for line, op in enumerate(self.func.ops, start=1):
             self.check_op(op, line)
-            if op.result is not None:
-                self.define(op.result, line, op)
+            for result in op.results:
+                self.define(result, line, op)
         self.check_use_lists()
         return_line = len(self.func.ops) + 1
         for i, value in enumerate(self.func.results):
@@ -89,41 +91,49 @@ class _FunctionVerifier:
         self.check_layout(value, line, op)
 
     def check_op(self, op: Operation, line: int) -> None:
-        opdef = opdefs.OPS.get(op.name)
-        if opdef is None:
+        definition = opdef.find(op.name)
+        if definition is None:
             raise _Broken(f"unknown op {op.name!r}", line, op)
+        if self.module.level not in definition.levels:
+            raise _Broken(f"{op.name} is not allowed in a {self.module.level.value} module",
+                          line, op)
         operands = op.operands
-        if opdef.num_operands is not None and len(operands) != opdef.num_operands:
-            raise _Broken(f"{op.name} takes {opdef.num_operands} operands, has {len(operands)}",
-                          line, op)
-        if opdef.has_result != (op.result is not None):
-            raise _Broken(f"{op.name} must have {'a' if opdef.has_result else 'no'} result",
-                          line, op)
-        missing = [a for a in opdef.attrs if a not in op.attrs]
-        if missing:
-            raise _Broken(f"{op.name} is missing attributes {missing}", line, op)
+        if definition.operands is not None and len(operands) != definition.operands:
+            raise _Broken(f"{op.name} takes {definition.operands} operands, has "
+                          f"{len(operands)}", line, op)
+        if definition.operands is None and not operands:
+            raise _Broken(f"{op.name} takes at least one operand", line, op)
+        if len(op.results) != definition.results:
+            raise _Broken(f"{op.name} has {definition.results} result(s), not "
+                          f"{len(op.results)}", line, op)
+        problems = definition.attr_problems(op.attrs)
+        if problems:
+            raise _Broken(problems[0], line, op)
         for i, value in enumerate(operands):
             if id(value) not in self.defined:
                 raise _Broken(f"operand {i} ({self.name(value)}) is not defined before its use",
                               line, op)
-        declared = None if op.result is None else op.result.type
+        declared = [r.type for r in op.results]
         try:
-            dtype, shape = opdef.infer([v.type for v in operands], op.attrs, declared, self.ctx)
+            inferred = definition.infer([v.type for v in operands], op.attrs, declared,
+                                        self.ctx)
         except _INFER_ERRORS as e:
             raise _Broken(f"{op.name}: {e}", line, op) from None
-        if declared is not None and (dtype, tuple(shape)) != (declared.dtype, declared.shape):
-            raise _Broken(f"{op.name} gives {dtype}[{','.join(map(str, shape))}] but its result "
-                          f"type is {declared.text()}", line, op)
-        if op.name in opdefs.COLLECTIVES:
-            self.check_collective(op, line)
+        for (dtype, shape), t in zip(inferred, declared):
+            if (dtype, tuple(shape)) != (t.dtype, t.shape):
+                raise _Broken(f"{op.name} gives {dtype}[{','.join(map(str, shape))}] but its "
+                              f"result type is {t.text()}", line, op)
+        if definition.collective is not None:
+            self.check_collective(op, definition, line)
 
-    def check_collective(self, op: Operation, line: int) -> None:
+    def check_collective(self, op: Operation, definition: OpDef, line: int) -> None:
+        assert definition.collective is not None
         src = op.operands[0].type.sharding
         dst = op.type.sharding
         if src is None or dst is None:
             raise _Broken(f"{op.name} needs a layout on its operand and on its result", line, op)
         try:
-            expected = opdefs.apply_collective(op.name, op.attrs, src)
+            expected = definition.collective.transfer(op.attrs, src)
         except _INFER_ERRORS as e:
             raise _Broken(f"{op.name}: {e}", line, op) from None
         if expected != dst:
@@ -142,7 +152,7 @@ class _FunctionVerifier:
             raise _Broken(f"layout of {self.name(value)}: {'; '.join(problems)}", line, op)
 
     def find_layout_problems(self, sharding: Sharding, shape: tuple[int, ...]) -> list[str]:
-        if not self.module.localized:
+        if self.module.level is Level.GLOBAL:
             return sharding.problems(self.module.mesh, shape)
         rank = [] if sharding.rank == len(shape) else [
             f"layout has rank {sharding.rank} but the tensor has rank {len(shape)}"]

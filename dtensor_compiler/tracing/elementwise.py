@@ -16,7 +16,7 @@ import numpy as np
 
 from dtensor_compiler.errors import ShapeError
 from dtensor_compiler.ir.core import Value
-from dtensor_compiler.ir.opdefs import ufunc_result_dtype
+from dtensor_compiler.ir.inference import ufunc_result_dtype
 from dtensor_compiler.ir.types import TensorType, numpy_dtype
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import (

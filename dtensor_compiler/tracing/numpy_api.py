@@ -17,7 +17,7 @@ import numpy as np
 
 from dtensor_compiler.errors import UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
-from dtensor_compiler.ir.opdefs import BINARY_UFUNCS, UNARY_UFUNCS
+from dtensor_compiler.ir.ops.elementwise import UFUNCS
 from dtensor_compiler.tracing import (
     contractions,
     creation,
@@ -32,7 +32,7 @@ from dtensor_compiler.tracing.recorder import Operand, Recorder
 
 Handler = Callable[..., object]
 
-_ELEMENTWISE = frozenset(UNARY_UFUNCS) | frozenset(BINARY_UFUNCS)
+_ELEMENTWISE = frozenset(UFUNCS)
 
 
 def qualified_name(func: Callable) -> str:

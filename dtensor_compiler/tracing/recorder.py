@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from dtensor_compiler.errors import Location, ShapeError, TraceError
+from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.builder import Builder
-from dtensor_compiler.ir.core import Attr, Function, Value
-from dtensor_compiler.ir.opdefs import InferContext
+from dtensor_compiler.ir.core import Function, Value
+from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
 from dtensor_compiler.tracing.location import user_location

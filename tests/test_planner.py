@@ -20,9 +20,9 @@ import pytest
 
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.errors import PlanningError
-from dtensor_compiler.ir.opdefs import apply_collective
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
-from dtensor_compiler.relayout import Step, plan_relayout, relayout_cost
+from dtensor_compiler.planner import Step, plan_relayout, relayout_cost
 
 Coords = tuple[int, ...]
 Devices = dict[Coords, np.ndarray]
@@ -159,6 +159,21 @@ def all_layouts(mesh: MeshShape, rank: int) -> list[Sharding]:
     return out
 
 
+def apply_collective(kind: str, attrs: dict, src: Sharding) -> Sharding:
+    """The layout collective `kind` makes of `src` (its definition's `transfer`)."""
+    collective = opdef.lookup(kind).collective
+    assert collective is not None
+    return collective.transfer(attrs, src)
+
+
+def charged_time(model: CostModel, kind: str, mesh_dims: tuple[str, ...], mesh: MeshShape,
+                 nbytes: int) -> float:
+    """The cost model's time for a collective whose charged buffer holds `nbytes`."""
+    collective = opdef.lookup(kind).collective
+    assert collective is not None
+    return model.collective_time(collective, mesh_dims, mesh, nbytes, nbytes)
+
+
 def local_nbytes(sharding: Sharding, mesh: MeshShape, shape: tuple[int, ...]) -> int:
     return prod(sharding.local_shape(shape, mesh)) * 4
 
@@ -172,21 +187,21 @@ def gather_then_slice_cost(src: Sharding, dst: Sharding, mesh: MeshShape,
     for op in sorted({op for m, op in src.partial if m not in kept}):
         md = tuple(m for m, o in src.partial if o == op and m not in kept)
         state = apply_collective("all_reduce", {"mesh_dims": md, "op": op}, state)
-        total += model.collective_time("all_reduce", md, mesh, local_nbytes(state, mesh, shape))
+        total += charged_time(model, "all_reduce", md, mesh, local_nbytes(state, mesh, shape))
     for axis, md in enumerate(src.dims):
         if md:
             state = apply_collective("all_gather", {"mesh_dims": md, "axis": axis}, state)
-            total += model.collective_time("all_gather", md, mesh,
+            total += charged_time(model, "all_gather", md, mesh,
                                            local_nbytes(state, mesh, shape))
     for axis, md in enumerate(dst.dims):
         for m in md:
             state = apply_collective("local_slice", {"mesh_dims": (m,), "axis": axis}, state)
-            total += model.collective_time("local_slice", (m,), mesh,
+            total += charged_time(model, "local_slice", (m,), mesh,
                                            local_nbytes(state, mesh, shape))
     for m, op in dst.partial:
         if m not in state.partial_map:
             state = apply_collective("make_partial", {"mesh_dims": (m,), "op": op}, state)
-            total += model.collective_time("make_partial", (m,), mesh,
+            total += charged_time(model, "make_partial", (m,), mesh,
                                            local_nbytes(state, mesh, shape))
     assert state == dst
     return total
@@ -228,7 +243,7 @@ def test_every_pair_of_layouts(mesh: MeshShape, shape: tuple[int, ...]) -> None:
 
 
 def cost(kind: str, mesh_dims: tuple[str, ...], mesh: MeshShape, nbytes: int) -> float:
-    return DEFAULT_COST_MODEL.collective_time(kind, mesh_dims, mesh, nbytes)
+    return charged_time(DEFAULT_COST_MODEL, kind, mesh_dims, mesh, nbytes)
 
 
 def test_partial_to_sharded_is_one_reduce_scatter() -> None:
@@ -343,8 +358,8 @@ def test_a_pending_max_becomes_a_pending_sum_by_reducing_it_first() -> None:
 
 def test_plans_do_not_depend_on_hash_seeds() -> None:
     script = (
-        "from tests.test_relayout import MESH_2X4, all_layouts\n"
-        "from dtensor_compiler.relayout import plan_relayout\n"
+        "from tests.test_planner import MESH_2X4, all_layouts\n"
+        "from dtensor_compiler.planner import plan_relayout\n"
         "ls = [s for s in all_layouts(MESH_2X4, 3) if s.fits((8, 8, 8), MESH_2X4)]\n"
         "for a in ls:\n"
         "    for b in ls:\n"

@@ -2,14 +2,15 @@
 
 `plan_relayout` is a pure function of (source sharding, target sharding, mesh, global shape,
 item size, cost model). It runs Dijkstra's algorithm over layouts: a state is a `Sharding` of
-the value, an edge is one collective whose effect on the layout is exactly
-`opdefs.apply_collective`, weighted by the cost model's time for it. Only layouts whose shards
-divide the global shape are visited. Pending partial reductions that the target keeps are
-carried through untouched; every other pending partial is reduced on the way; a pending
-reduction the target has and the source lacks (or has with another op) is created locally
-(`make_partial`). So every valid layout reaches every other.
+the value, an edge is one move of a collective (`CollectiveDef.moves`, so its effect on the
+layout is exactly the collective's `transfer`), weighted by the cost model's time for it. Only
+layouts whose shards fit the global shape are visited. Pending partial reductions that the
+target keeps are carried through untouched; every other pending partial is reduced on the
+way; a pending reduction the target has and the source lacks (or has with another op) is
+created locally (`make_partial`). So every valid layout reaches every other.
 
-Edges leaving a layout, in the order that breaks ties between equally cheap plans:
+Edges leaving a layout come from the collectives in the order they are defined
+(`ir/ops/collectives.py`), which breaks ties between equally cheap plans:
 
     all_reduce      a non-empty set of pending partial mesh dims that share a reduce op
     reduce_scatter  such a set, in any order, appended to the end of one tensor dim
@@ -26,16 +27,15 @@ from __future__ import annotations
 
 import functools
 import heapq
-from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import combinations, permutations
 from math import prod
 from typing import NoReturn
 
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.errors import PlanningError
-from dtensor_compiler.ir import geometry
-from dtensor_compiler.ir.core import Attr
+from dtensor_compiler.ir import geometry, opdef
+from dtensor_compiler.ir.attrs import Attr
+from dtensor_compiler.ir.collective import MoveContext
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 
 Shape = tuple[int, ...]
@@ -48,7 +48,7 @@ class Step:
     kind: str
     mesh_dims: tuple[str, ...]
     attrs: tuple[tuple[str, Attr], ...]
-    """The IR op's attributes other than `mesh_dims`, in the registry's order."""
+    """The IR op's attributes other than `mesh_dims`, in the definition's order."""
     src: Sharding
     dst: Sharding
     nbytes: int
@@ -59,9 +59,6 @@ class Step:
     def attr_dict(self) -> dict[str, Attr]:
         """Every attribute of the IR op, `mesh_dims` included."""
         return {"mesh_dims": self.mesh_dims, **dict(self.attrs)}
-
-
-_Edge = tuple[str, tuple[str, ...], tuple[tuple[str, Attr], ...], Sharding]
 
 
 def plan_relayout(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape,
@@ -99,51 +96,6 @@ def _local_size(dims: tuple[tuple[str, ...], ...], shape: Shape, mesh: MeshShape
     return prod(geometry.local_shape(shape, dims, mesh))
 
 
-def _edges(state: Sharding, keep: frozenset[str], mesh_names: tuple[str, ...],
-           wanted: tuple[tuple[str, str], ...]) -> Iterator[_Edge]:
-    """Every single collective applicable to `state`, in tie-breaking order."""
-    dims = state.dims
-    rank = len(dims)
-    pending = [(m, op) for m, op in state.partial if m not in keep]
-    for op in sorted({op for _, op in pending}):
-        group = sorted((m for m, o in pending if o == op), key=mesh_names.index)
-        for k in range(1, len(group) + 1):
-            for subset in combinations(group, k):
-                rest = tuple(p for p in state.partial if p[0] not in subset)
-                yield "all_reduce", subset, (("op", op),), Sharding(dims, rest)
-                for order in permutations(subset):
-                    for axis in range(rank):
-                        grown = dims[:axis] + (dims[axis] + order,) + dims[axis + 1:]
-                        yield ("reduce_scatter", order, (("op", op), ("axis", axis)),
-                               Sharding(grown, rest))
-    for concat_axis, d in enumerate(dims):
-        if not d:
-            continue
-        for split_axis in range(rank):
-            if split_axis == concat_axis:
-                continue
-            moved = list(dims)
-            moved[concat_axis] = d[:-1]
-            moved[split_axis] = dims[split_axis] + d[-1:]
-            yield ("all_to_all", d[-1:], (("split_axis", split_axis), ("concat_axis", concat_axis)),
-                   Sharding(tuple(moved), state.partial))
-    for axis, d in enumerate(dims):
-        for k in range(1, len(d) + 1):
-            gathered = dims[:axis] + (d[:-k],) + dims[axis + 1:]
-            yield "all_gather", d[-k:], (("axis", axis),), Sharding(gathered, state.partial)
-    used = state.used_mesh_dims()
-    for m in mesh_names:
-        if m in used:
-            continue
-        for axis in range(rank):
-            sliced = dims[:axis] + (dims[axis] + (m,),) + dims[axis + 1:]
-            yield "local_slice", (m,), (("axis", axis),), Sharding(sliced, state.partial)
-    for m, op in wanted:
-        if m not in used:
-            yield ("make_partial", (m,), (("op", op),),
-                   Sharding(dims, state.partial + ((m, op),)))
-
-
 @functools.lru_cache(maxsize=1 << 16)
 def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize: int,
           cost_model: CostModel) -> tuple[Step, ...]:
@@ -152,7 +104,9 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
     if src == dst:
         return ()
     have = src.partial_map
-    keep = frozenset(m for m, op in dst.partial if have.get(m) == op)
+    ctx = MoveContext(mesh.names, frozenset(m for m, op in dst.partial if have.get(m) == op),
+                      dst.partial)
+    collectives = [(d.name, d.collective) for d in opdef.collectives() if d.collective]
     src_size = _local_size(src.dims, shape, mesh)
     assert src_size is not None, "checked by _check_endpoints"
     nbytes: dict[Sharding, int | None] = {src: src_size * itemsize}
@@ -170,22 +124,26 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
         done.add(state)
         in_bytes = nbytes[state]
         assert in_bytes is not None
-        for kind, mesh_dims, attrs, nxt in _edges(state, keep, mesh.names, dst.partial):
-            if nxt in done:
-                continue
-            if nxt not in nbytes:
-                size = _local_size(nxt.dims, shape, mesh)
-                nbytes[nxt] = None if size is None else size * itemsize
-            out_bytes = nbytes[nxt]
-            if out_bytes is None:
-                continue
-            cost = cost_model.collective_time(
-                kind, mesh_dims, mesh, in_bytes if kind == "reduce_scatter" else out_bytes)
-            key = (seconds + cost, steps + 1)
-            old = best.get(nxt)
-            if old is None or key < old:
+        for kind, collective in collectives:
+            for move in collective.moves(state, ctx):
+                nxt = move.result
+                if nxt in done:
+                    continue
+                if nxt not in nbytes:
+                    size = _local_size(nxt.dims, shape, mesh)
+                    nbytes[nxt] = None if size is None else size * itemsize
+                out_bytes = nbytes[nxt]
+                if out_bytes is None:
+                    continue
+                cost = cost_model.collective_time(collective, move.mesh_dims, mesh, in_bytes,
+                                                  out_bytes)
+                key = (seconds + cost, steps + 1)
+                old = best.get(nxt)
+                if old is not None and key >= old:
+                    continue
                 best[nxt] = key
-                reached_by[nxt] = Step(kind, mesh_dims, attrs, state, nxt, out_bytes, cost)
+                reached_by[nxt] = Step(kind, move.mesh_dims, move.attrs, state, nxt, out_bytes,
+                                       cost)
                 pushed += 1
                 heapq.heappush(heap, (key[0], key[1], pushed, nxt))
     # Unreachable: from any valid layout, reduce, gather, slice and make_partial reach dst.

@@ -1,0 +1,60 @@
+"""Eager layout changes as compiled programs: `relayout` of a DTensor runs a one-op module.
+
+``relayout(x, layout)`` outside a compiled function builds the module
+
+    func @relayout(%x: f32[8,8] @ {x, -}) -> (f32[8,8] @ {-, x}) {
+      %0 = relayout %x : f32[8,8] @ {-, x}
+      return %0
+    }
+
+runs insert-collectives and localize on it, and executes it with the backend, the same path a
+compiled function takes. Programs are cached per (source layout, target layout, mesh, shape,
+dtype, backend), so repeating a relayout plans it once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from dtensor_compiler import passes  # noqa: F401  (registers the passes the program runs)
+from dtensor_compiler.ir.builder import Builder
+from dtensor_compiler.ir.core import Function, Module, Value
+from dtensor_compiler.ir.mesh_shape import MeshShape
+from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.sharding import Sharding
+from dtensor_compiler.ir.types import TensorType, dtype_name
+from dtensor_compiler.pass_manager import PassManager
+from dtensor_compiler.runtime.backends import Executor, Storage, get_backend
+
+DEFAULT_BACKEND = "numpy"
+"""The backend that holds DTensors made outside compiled functions."""
+
+
+def relayout_storage(storage: Storage, dst: Sharding, shape: tuple[int, ...],
+                     backend: str = DEFAULT_BACKEND) -> Storage:
+    """`storage` (a value of global `shape`) laid out as `dst`."""
+    program = _relayout_program(storage.sharding, dst, storage.mesh, shape,
+                                dtype_name(storage.dtype), backend)
+    (out,) = program.run([storage])
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _relayout_program(src: Sharding, dst: Sharding, mesh: MeshShape, shape: tuple[int, ...],
+                      dtype: str, backend: str) -> Executor:
+    arg = Value(TensorType(dtype, shape, src), name_hint="x")
+    func = Function("relayout", [arg])
+    result = Builder(func, InferContext(mesh)).create("relayout", [arg], sharding=dst,
+                                                      why="dtc.relayout")
+    func.set_results([result])
+    module = Module(mesh, [func])
+    PassManager.parse("insert-collectives,localize", verify=False, keep_ir=False).run(module)
+    return get_backend(backend).executor(module)
+
+
+def place(value: np.ndarray, sharding: Sharding, mesh: MeshShape,
+          backend: str = DEFAULT_BACKEND) -> Storage:
+    """A global array laid out as `sharding` in `backend`'s storage."""
+    return get_backend(backend).place(value, sharding, mesh)

@@ -1,0 +1,192 @@
+"""Factor rules: an op's dims stated as factors (an einsum-like signature), and their builders.
+
+A `FactorRule` names the factors of one op (their sizes and kinds) and, for every dim of
+every operand and of the result, the factors it is made of, major to minor. One generic
+engine (`passes/propagate_layouts.py`) propagates shardings over these rules; an op states
+its rule in its definition (`ir/ops/`), built with the helpers here.
+
+- A *pass-through* factor appears in the result: sharding it shards the result dim.
+- A *reduced* factor appears only in operands, with the `ReduceOp` that combines it (``sum``
+  for a matmul's contracting dim, ``max`` for ``reduce_max``): sharding it leaves the result
+  with a pending reduction over those mesh dims.
+- A factor that *needs replication* must stay unsharded (argmax's axis, a reshape that mixes
+  dims).
+- A dim with no factors (a broadcast size-1 dim, a concatenated or sliced dim) must be
+  unsharded.
+
+Reshape maps factors through split and merged dims: ``[B,S,D] -> [B,S,H,hd]`` gives operand
+dim D the factors (H, hd), so ``{-,-,tp}`` on D becomes ``tp`` on H when tp divides H.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from dtensor_compiler.ir.sharding import ReduceOp
+from dtensor_compiler.ir.types import TensorType
+
+DimFactors = tuple[int, ...]
+"""The factors of one tensor dim, major to minor."""
+
+
+class FactorKind(Enum):
+    """How a factor may be sharded."""
+
+    PASS_THROUGH = "pass-through"
+    REDUCED = "reduced"
+    NEEDS_REPLICATION = "needs replication"
+
+
+@dataclass(frozen=True)
+class FactorRule:
+    """The factors of one op on given operand and result types."""
+
+    sizes: tuple[int, ...]
+    """Size of every factor."""
+    kinds: tuple[FactorKind, ...]
+    """Kind of every factor."""
+    reduce_ops: tuple[ReduceOp | None, ...]
+    """Per factor: the reduction of a reduced factor, else None."""
+    operands: tuple[tuple[DimFactors, ...], ...]
+    """Per operand, per dim: the factors of that dim, major to minor."""
+    result: tuple[DimFactors, ...]
+    """Per result dim: its factors."""
+
+    def kind(self, factor: int) -> FactorKind:
+        return self.kinds[factor]
+
+    def reduce_op(self, factor: int) -> ReduceOp:
+        op = self.reduce_ops[factor]
+        assert op is not None, f"factor {factor} is not reduced"
+        return op
+
+
+class RuleBuilder:
+    """Collects factors, then builds the rule from per-tensor dim factors."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.kinds: list[FactorKind] = []
+        self.reduce_ops: list[ReduceOp | None] = []
+
+    def new(self, size: int, kind: FactorKind = FactorKind.PASS_THROUGH,
+            reduce_op: ReduceOp | None = None) -> int:
+        assert (kind is FactorKind.REDUCED) == (reduce_op is not None)
+        self.sizes.append(size)
+        self.kinds.append(kind)
+        self.reduce_ops.append(reduce_op)
+        return len(self.sizes) - 1
+
+    def dim(self, size: int, kind: FactorKind = FactorKind.PASS_THROUGH,
+            reduce_op: ReduceOp | None = None) -> DimFactors:
+        """A dim of one factor; size-1 dims get none (nothing to shard)."""
+        return () if size == 1 else (self.new(size, kind, reduce_op),)
+
+    def build(self, operands: Sequence[Sequence[DimFactors]], result: Sequence[DimFactors]
+              ) -> FactorRule:
+        return FactorRule(tuple(self.sizes), tuple(self.kinds), tuple(self.reduce_ops),
+                          tuple(tuple(o) for o in operands), tuple(result))
+
+
+def broadcasting(operands: Sequence[TensorType], result: TensorType) -> FactorRule:
+    """Elementwise ops with numpy broadcasting: each result dim is one factor, shared by the
+    operand dims that are not broadcast into it."""
+    b = RuleBuilder()
+    res = [b.dim(s) for s in result.shape]
+    ops = []
+    for t in operands:
+        off = result.rank - t.rank
+        ops.append([res[off + i] if s == result.shape[off + i] else () for i, s in
+                    enumerate(t.shape)])
+    return b.build(ops, res)
+
+
+def einsum(subs: Sequence[str], out: str, operands: Sequence[TensorType]) -> FactorRule:
+    """One factor per letter; letters absent from `out` are summed."""
+    b = RuleBuilder()
+    letters: dict[str, int] = {}
+    sizes = {c: s for sub, t in zip(subs, operands) for c, s in zip(sub, t.shape)}
+    for c in sorted(sizes, key=lambda c: (c not in out, (out + "".join(subs)).index(c))):
+        if sizes[c] > 1:
+            letters[c] = (b.new(sizes[c]) if c in out else
+                          b.new(sizes[c], FactorKind.REDUCED, ReduceOp.SUM))
+    ops = [[(letters[c],) if c in letters else () for c in sub] for sub in subs]
+    return b.build(ops, [(letters[c],) if c in letters else () for c in out])
+
+
+def matmul(a: TensorType, c: TensorType, result: TensorType) -> FactorRule:
+    """``[..., x, y] @ [..., y, z]`` with broadcast batch dims."""
+    letters = "abcdefghijklmnopqrstuvw"
+    nb = result.rank - 2
+    batch = letters[:nb]
+
+    def sub(t: TensorType, tail: str) -> str:
+        # broadcast batch dims of size 1 get their own letter so they stay unsharded
+        off = nb - (t.rank - 2)
+        dims = "".join(batch[off + i] if s == result.shape[off + i] else letters[nb + 3 + i]
+                       for i, s in enumerate(t.shape[:-2]))
+        return dims + tail
+
+    return einsum([sub(a, "xy"), sub(c, "yz")], batch + "xz", [a, c])
+
+
+def reduction(operand: TensorType, axes: Sequence[int], keepdims: bool,
+              kind: FactorKind, reduce_op: ReduceOp | None = None) -> FactorRule:
+    """A reduction over `axes`: those dims get factors of `kind` (reduced with `reduce_op`,
+    or needing replication), the others pass through."""
+    b = RuleBuilder()
+    dims = [b.dim(s, kind, reduce_op) if i in axes else b.dim(s)
+            for i, s in enumerate(operand.shape)]
+    res = [() if i in axes else d for i, d in enumerate(dims)]
+    if not keepdims:
+        res = [d for i, d in enumerate(res) if i not in axes]
+    return b.build([dims], res)
+
+
+def reshape(src: tuple[int, ...], dst: tuple[int, ...]) -> FactorRule:
+    """Factor a reshape into groups: each group of source dims whose product equals a group
+    of target dims. A group of one dim on either side splits or merges exactly; any other
+    group becomes one factor that needs replication on every dim it touches."""
+    b = RuleBuilder()
+    s_out: list[DimFactors] = [() for _ in src]
+    d_out: list[DimFactors] = [() for _ in dst]
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        if i < len(src) and src[i] == 1:
+            i += 1
+            continue
+        if j < len(dst) and dst[j] == 1:
+            j += 1
+            continue
+        gi, gj = [i], [j]
+        ps, pd = src[i], dst[j]
+        i += 1
+        j += 1
+        while ps != pd:
+            if ps < pd:
+                gi.append(i)
+                ps *= src[i]
+                i += 1
+            else:
+                gj.append(j)
+                pd *= dst[j]
+                j += 1
+        gi = [k for k in gi if src[k] != 1]
+        gj = [k for k in gj if dst[k] != 1]
+        if len(gi) == 1 or len(gj) == 1:
+            many, one, out_many, out_one = (gj, gi, d_out, s_out) if len(gi) == 1 else (
+                gi, gj, s_out, d_out)
+            sizes = dst if many is gj else src
+            fs = tuple(b.new(sizes[k]) for k in many)
+            for k, f in zip(many, fs):
+                out_many[k] = (f,)
+            out_one[one[0]] = fs
+        else:
+            f = b.new(ps, FactorKind.NEEDS_REPLICATION)
+            for k in gi:
+                s_out[k] = (f,)
+            for k in gj:
+                d_out[k] = (f,)
+    return b.build([s_out], d_out)

@@ -1,0 +1,84 @@
+"""Reductions: ``reduce_sum``, ``reduce_max``, ``reduce_min``, ``reduce_prod``, ``argmax`` and
+``argmin``.
+
+``reduce_<kind>`` combines the elements along `axes` with numpy's ``sum``/``max``/``min``/
+``prod`` (sum and prod widen small integers and bool as numpy does). Sharding a reduced axis
+leaves the result with a pending reduction of that kind. ``argmax``/``argmin`` pick the
+first index of the extreme value along one `axis`, which must stay whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dtensor_compiler.ir import factors
+from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.factors import FactorKind
+from dtensor_compiler.ir.inference import accumulated_dtype, check_axis, reduced_shape
+from dtensor_compiler.ir.opdef import (
+    Attrs,
+    Factors,
+    InferContext,
+    InferFn,
+    OpDef,
+    ResultSig,
+    Traits,
+    register,
+)
+from dtensor_compiler.ir.sharding import ReduceOp
+from dtensor_compiler.ir.types import TensorType
+
+KEEPDIMS = AttrSpec("keepdims", AttrKind.BOOL, default=False)
+
+
+def _reduce_infer(kind: ReduceOp) -> InferFn:
+    def infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+              ctx: InferContext) -> list[ResultSig]:
+        t = ts[0]
+        axes = attrs["axes"]
+        assert isinstance(axes, tuple)
+        if any(not 0 <= a < t.rank for a in axes) or len(set(axes)) != len(axes):
+            raise ValueError(f"bad reduction axes {list(axes)} for rank {t.rank}")
+        widens = kind in (ReduceOp.SUM, ReduceOp.PROD)
+        dtype = accumulated_dtype(kind, t.dtype) if widens else t.dtype
+        return [(dtype, reduced_shape(t.shape, axes, bool(attrs["keepdims"])))]
+    return infer
+
+
+def _reduce_rule(kind: ReduceOp) -> Factors:
+    return Factors(lambda attrs, operands, result: factors.reduction(
+        operands[0], attrs["axes"], bool(attrs["keepdims"]), FactorKind.REDUCED, kind))
+
+
+def _define_reduction(kind: ReduceOp) -> OpDef:
+    return register(OpDef(
+        name=f"reduce_{kind.value}", operands=1, infer=_reduce_infer(kind),
+        attrs=(AttrSpec("axes", AttrKind.INTS), KEEPDIMS), sharding=_reduce_rule(kind),
+        folds=True, traits=Traits(reduction=kind, commutes_with=frozenset({kind}))))
+
+
+REDUCTIONS: dict[ReduceOp, OpDef] = {kind: _define_reduction(kind) for kind in ReduceOp}
+"""``reduce_sum`` and friends, by the reduction they compute."""
+
+
+def _arg_infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+               ctx: InferContext) -> list[ResultSig]:
+    t = ts[0]
+    axis = attrs["axis"]
+    assert isinstance(axis, int)
+    check_axis(axis, t.rank)
+    return [("i64", reduced_shape(t.shape, (axis,), bool(attrs["keepdims"])))]
+
+
+_ARG_RULE = Factors(lambda attrs, operands, result: factors.reduction(
+    operands[0], (attrs["axis"],), bool(attrs["keepdims"]), FactorKind.NEEDS_REPLICATION))
+
+
+def _define_arg_reduction(name: str) -> OpDef:
+    return register(OpDef(name=name, operands=1, infer=_arg_infer,
+                          attrs=(AttrSpec("axis", AttrKind.INT), KEEPDIMS),
+                          sharding=_ARG_RULE, folds=True))
+
+
+ARGMAX = _define_arg_reduction("argmax")
+ARGMIN = _define_arg_reduction("argmin")

@@ -1,0 +1,130 @@
+"""Shape ops: ``reshape``, ``transpose``, ``broadcast_to`` and ``concatenate``.
+
+They move or copy elements without arithmetic, so pending reductions pass through them
+(``concatenate`` lets through only a pending sum shared by every operand). ``reshape`` and
+``broadcast_to`` take their result shape from the declared result type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+from dtensor_compiler.ir import factors
+from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.core import Operation
+from dtensor_compiler.ir.factors import RuleBuilder
+from dtensor_compiler.ir.inference import (
+    broadcast_shapes,
+    check_axis,
+    declared_type,
+    ufunc_result_dtype,
+)
+from dtensor_compiler.ir.opdef import (
+    Attrs,
+    Factors,
+    InferContext,
+    OpDef,
+    ResultSig,
+    Traits,
+    register,
+    same_type,
+)
+from dtensor_compiler.ir.ops.elementwise import BROADCASTING
+from dtensor_compiler.ir.sharding import ReduceOp
+from dtensor_compiler.ir.types import TensorType
+
+STRUCTURAL = Traits(commutes_with=frozenset(ReduceOp))
+"""Ops that only move or copy elements: every pending reduction passes through."""
+
+
+def _reshape(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+             ctx: InferContext) -> list[ResultSig]:
+    target = declared_type(declared)
+    if prod(target.shape) != prod(ts[0].shape):
+        raise ValueError(f"cannot reshape {list(ts[0].shape)} into {list(target.shape)}")
+    if target.dtype != ts[0].dtype:
+        raise ValueError(f"reshape cannot change the dtype {ts[0].dtype} to {target.dtype}")
+    return [(target.dtype, target.shape)]
+
+
+RESHAPE = register(OpDef(
+    name="reshape", operands=1, infer=_reshape, declared_type=True, folds=True,
+    traits=STRUCTURAL, identity=same_type,
+    sharding=Factors(lambda attrs, ops, result: factors.reshape(ops[0].shape, result.shape))))
+
+
+def _transpose(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+               ctx: InferContext) -> list[ResultSig]:
+    perm = attrs["perm"]
+    assert isinstance(perm, tuple)
+    if sorted(perm) != list(range(ts[0].rank)):
+        raise ValueError(f"perm {list(perm)} is not a permutation of rank {ts[0].rank}")
+    return [(ts[0].dtype, tuple(ts[0].shape[p] for p in perm))]
+
+
+def _transpose_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
+                    ) -> factors.FactorRule:
+    b = RuleBuilder()
+    dims = [b.dim(s) for s in operands[0].shape]
+    perm = attrs["perm"]
+    assert isinstance(perm, tuple)
+    return b.build([dims], [dims[p] for p in perm])
+
+
+def _identity_permutation(op: Operation) -> bool:
+    return same_type(op) and op.attrs["perm"] == tuple(range(op.type.rank))
+
+
+TRANSPOSE = register(OpDef(name="transpose", operands=1, infer=_transpose,
+                           attrs=(AttrSpec("perm", AttrKind.INTS),),
+                           sharding=Factors(_transpose_rule), folds=True, traits=STRUCTURAL,
+                           identity=_identity_permutation))
+
+
+def _broadcast_to(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+                  ctx: InferContext) -> list[ResultSig]:
+    target = declared_type(declared)
+    if broadcast_shapes(ts[0].shape, target.shape) != target.shape:
+        raise ValueError(f"cannot broadcast {list(ts[0].shape)} to {list(target.shape)}")
+    return [(ts[0].dtype, target.shape)]
+
+
+BROADCAST_TO = register(OpDef(name="broadcast_to", operands=1, infer=_broadcast_to,
+                              declared_type=True, sharding=BROADCASTING, folds=True,
+                              traits=STRUCTURAL, identity=same_type))
+
+
+def _concatenate(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+                 ctx: InferContext) -> list[ResultSig]:
+    axis = attrs["axis"]
+    assert isinstance(axis, int)
+    first = ts[0]
+    check_axis(axis, first.rank)
+    dtype = first.dtype
+    for t in ts[1:]:
+        if t.rank != first.rank or any(
+            a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis
+        ):
+            raise ValueError(
+                f"concatenate operands {list(first.shape)} and {list(t.shape)} differ "
+                f"outside axis {axis}"
+            )
+        dtype = ufunc_result_dtype("add", (dtype, t.dtype))
+    total = sum(t.shape[axis] for t in ts)
+    return [(dtype, first.shape[:axis] + (total,) + first.shape[axis + 1:])]
+
+
+def _concatenate_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
+                      ) -> factors.FactorRule:
+    b = RuleBuilder()
+    axis = attrs["axis"]
+    res = [() if i == axis else b.dim(s) for i, s in enumerate(result.shape)]
+    return b.build([res for _ in operands], res)
+
+
+CONCATENATE = register(OpDef(name="concatenate", operands=None, infer=_concatenate,
+                             attrs=(AttrSpec("axis", AttrKind.INT),),
+                             sharding=Factors(_concatenate_rule), folds=True,
+                             traits=Traits(commutes_with=frozenset({ReduceOp.SUM}))))
+"""Operands joined along `axis`, which must stay whole."""

@@ -1,0 +1,91 @@
+"""Backends: a kernel library, the storage type of distributed values, and an executor.
+
+`compile(backend=...)` and the eager API find a backend by name with `get_backend`. A
+backend's module is imported on first use (`_PROVIDERS`), so a backend whose dependencies
+are not installed costs nothing until it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from dtensor_compiler.errors import DTensorError
+from dtensor_compiler.ir.core import Module
+from dtensor_compiler.ir.mesh_shape import MeshShape
+from dtensor_compiler.ir.sharding import Sharding
+from dtensor_compiler.runtime.executor import KernelTable
+
+
+class Storage(Protocol):
+    """How a backend holds the shards of one distributed value."""
+
+    sharding: Sharding
+    mesh: MeshShape
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def local_shape(self) -> tuple[int, ...]:
+        """The shape of every device's shard."""
+        ...
+
+    def to_global(self) -> np.ndarray:
+        """The global value (pending reductions applied) as a new array."""
+        ...
+
+    def device_shard(self, device_id: int) -> np.ndarray:
+        """One device's shard, as a new array."""
+        ...
+
+
+class Executor(Protocol):
+    """Runs the entry function of one localized module."""
+
+    def run(self, inputs: Sequence[Storage]) -> list[Storage]: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run programs (see the module docstring)."""
+
+    name: str
+    kernels: KernelTable
+    place: Callable[[np.ndarray, Sharding, MeshShape], Storage]
+    """A global array laid out as a sharding (never a view of it)."""
+    from_device_shards: Callable[[Sequence[np.ndarray], Sharding, MeshShape], Storage]
+    """The storage of one local array per device, in device-id order (ValueError when
+    replicated copies differ)."""
+    executor: Callable[[Module], Executor]
+
+
+_PROVIDERS: dict[str, str] = {
+    "numpy": "dtensor_compiler.runtime.simulated",
+}
+"""Backend name -> the module that defines it as ``BACKEND``."""
+
+_MISSING: dict[str, str] = {
+    "triton": "the triton backend is not available yet: it lands with the Triton lowering "
+              "issue; use backend='numpy'",
+}
+
+
+def backend_names() -> list[str]:
+    return sorted(_PROVIDERS)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name`; DTensorError naming the known ones otherwise."""
+    if name in _MISSING:
+        raise DTensorError(_MISSING[name])
+    module = _PROVIDERS.get(name)
+    if module is None:
+        raise DTensorError(f"unknown backend {name!r}; backends are {backend_names()}")
+    backend = importlib.import_module(module).BACKEND
+    assert isinstance(backend, Backend)
+    return backend

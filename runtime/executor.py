@@ -1,0 +1,203 @@
+"""The execution seam: kernels, the context they run in, and the one loop that runs a program.
+
+A backend provides one *kernel* per op definition (`KernelTable`). A kernel is built once per op
+of a program: ``kernel(op, ctx)`` reads the op's attributes and types and returns the function
+that maps operand arrays to the result array (a tuple of arrays for an op with several
+results). The `ExecContext` is all a kernel may know of where it runs: how many leading mesh
+axes its arrays have, the block each device holds along a sharded dim, how a whole value is
+spread into a pending reduction or a global value laid out, and the communicator that runs
+collectives.
+
+`Program` compiles the entry function of a localized module into a straight-line list of
+built kernels with slot numbers, checks each result against its type as it runs (a mismatch
+is a compiler bug: `ExecutionError`), and frees every value after its last use, like
+torch.fx's Interpreter but with the dispatch done once, before the first run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from dtensor_compiler.errors import DTensorError, ShapeError
+from dtensor_compiler.ir.core import Level, Module, Operation
+from dtensor_compiler.ir.mesh_shape import MeshShape
+from dtensor_compiler.ir.opdef import OpDef
+from dtensor_compiler.ir.sharding import ReduceOp, Sharding
+from dtensor_compiler.ir.types import TensorType
+
+
+class ExecutionError(DTensorError, RuntimeError):
+    """A program broke its own types while running (a compiler bug), or has an op the
+    backend has no kernel for."""
+
+
+class Communicator(Protocol):
+    """Runs the collectives of one program. Method names are the collective op names; each
+    takes the operand array, its layout, and the op's attributes."""
+
+    def all_reduce(self, x: Any, src: Sharding, mesh_dims: tuple[str, ...],
+                   op: ReduceOp) -> Any: ...
+
+    def reduce_scatter(self, x: Any, src: Sharding, mesh_dims: tuple[str, ...], op: ReduceOp,
+                       axis: int) -> Any: ...
+
+    def all_gather(self, x: Any, src: Sharding, mesh_dims: tuple[str, ...], axis: int
+                   ) -> Any: ...
+
+    def all_to_all(self, x: Any, src: Sharding, mesh_dims: tuple[str, ...], split_axis: int,
+                   concat_axis: int) -> Any: ...
+
+    def local_slice(self, x: Any, src: Sharding, mesh_dims: tuple[str, ...], axis: int
+                    ) -> Any: ...
+
+    def make_partial(self, x: Any, src: Sharding, mesh_dims: tuple[str, ...], op: ReduceOp
+                     ) -> Any: ...
+
+
+class ExecContext(Protocol):
+    """Where kernels run (see the module docstring)."""
+
+    mesh: MeshShape
+    mesh_axes: int
+    """Leading axes of every array that index devices (the simulated mesh stacks them); 0
+    where an array is one device's shard."""
+    comm: Communicator
+
+    def block_index(self, mesh_dims: Sequence[str]) -> Any:
+        """The block each device holds along a dim sharded over `mesh_dims`: an int, or an
+        integer array broadcasting over the mesh axes."""
+        ...
+
+    def spread_partial(self, x: Any, sharding: Sharding) -> Any:
+        """A value held whole turned into the pending reductions of `sharding`."""
+        ...
+
+    def distribute(self, value: np.ndarray, sharding: Sharding) -> Any:
+        """A global value laid out as `sharding`, in this context's array form."""
+        ...
+
+
+KernelFn = Callable[..., Any]
+Kernel = Callable[[Operation, ExecContext], KernelFn]
+"""``kernel(op, ctx)`` -> the function from operand arrays to the result array(s)."""
+
+
+class KernelTable:
+    """One backend's kernels, one per op definition."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self._kernels: dict[str, Kernel] = {}
+
+    def register(self, *definitions: OpDef) -> Callable[[Kernel], Kernel]:
+        """Decorator: `kernel` runs the ops of `definitions`."""
+        def add(kernel: Kernel) -> Kernel:
+            for definition in definitions:
+                if definition.name in self._kernels:
+                    raise ValueError(f"{self.backend} has two kernels for {definition.name}")
+                self._kernels[definition.name] = kernel
+            return kernel
+        return add
+
+    def get(self, name: str) -> Kernel | None:
+        return self._kernels.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kernels
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    fn: KernelFn
+    args: tuple[int, ...]
+    outs: tuple[int, ...]
+    types: tuple[tuple[tuple[int, ...], np.dtype], ...]
+    """Expected (array shape, dtype) of each result."""
+    free: tuple[int, ...]
+    op: Operation
+
+
+Conform = Callable[[Any, TensorType, Operation], Any]
+"""Brings a kernel's result that does not have its exact expected shape to it, or raises
+`ExecutionError` (see `Program`)."""
+ArrayType = Callable[[TensorType], tuple[tuple[int, ...], np.dtype]]
+
+
+class Program:
+    """The entry function of a localized module, ready to run with one backend's kernels.
+
+    `array_type` gives the array shape and dtype a value of a type has in this backend;
+    `conform` is called on a result whose shape or dtype differs from it (the simulated mesh
+    broadcasts a value computed once over mesh axes it is the same along, and raises for
+    anything else).
+    """
+
+    def __init__(self, module: Module, kernels: KernelTable, ctx: ExecContext,
+                 array_type: ArrayType, conform: Conform) -> None:
+        if module.level is not Level.LOCAL:
+            raise ExecutionError("only localized modules run; run the 'localize' pass first")
+        func = module.main
+        self.name = func.name
+        self._conform = conform
+        slot: dict[int, int] = {}
+        for value in func.values():
+            slot[id(value)] = len(slot)
+        self._size = len(slot)
+        self._args = [(slot[id(a)], a.name_hint or "?", a.type, array_type(a.type))
+                      for a in func.args]
+        self._results = [slot[id(v)] for v in func.results]
+        last_use: dict[int, int] = {}
+        for i, op in enumerate(func.ops):
+            for v in op.operands:
+                last_use[slot[id(v)]] = i
+        returned = set(self._results)
+        dead: list[list[int]] = [[] for _ in func.ops]
+        for s, i in last_use.items():
+            if s not in returned:
+                dead[i].append(s)
+        self._steps = []
+        for op, free in zip(func.ops, dead):
+            kernel = kernels.get(op.name)
+            if kernel is None:
+                raise ExecutionError(f"the {kernels.backend} backend has no kernel for op "
+                                     f"{op.name!r}")
+            self._steps.append(_Step(
+                kernel(op, ctx), tuple(slot[id(v)] for v in op.operands),
+                tuple(slot[id(r)] for r in op.results),
+                tuple(array_type(r.type) for r in op.results), tuple(free), op))
+
+    def run(self, inputs: Sequence[Any]) -> list[Any]:
+        """Arrays in (one per argument, in this backend's form), result arrays out."""
+        if len(inputs) != len(self._args):
+            raise ShapeError(f"@{self.name} takes {len(self._args)} inputs, got {len(inputs)}")
+        env: list[Any] = [None] * self._size
+        for (s, name, type, (shape, dtype)), x in zip(self._args, inputs):
+            if x.shape != shape or x.dtype != dtype:
+                raise ShapeError(f"input %{name} of type {type.text()} must be a {dtype} array "
+                                 f"of shape {list(shape)}, got {x.dtype} {list(x.shape)}")
+            env[s] = x
+        for step in self._steps:
+            args = step.args
+            if len(args) == 1:
+                out = step.fn(env[args[0]])
+            elif len(args) == 2:
+                out = step.fn(env[args[0]], env[args[1]])
+            else:
+                out = step.fn(*[env[a] for a in args])
+            outs = step.outs
+            if len(outs) == 1:
+                shape, dtype = step.types[0]
+                if out.shape != shape or out.dtype != dtype:
+                    out = self._conform(out, step.op.results[0].type, step.op)
+                env[outs[0]] = out
+            elif outs:
+                for s, x, (shape, dtype), r in zip(outs, out, step.types, step.op.results):
+                    env[s] = x if x.shape == shape and x.dtype == dtype else self._conform(
+                        x, r.type, step.op)
+            for s in step.free:
+                env[s] = None
+        return [env[s] for s in self._results]
