@@ -195,3 +195,17 @@ def test_attributes_get_their_kinds_and_a_wrong_kind_is_reported() -> None:
                      "  %0 = reduce_sum %x {axes = 0, keepdims = false} : f32[]\n  return\n}\n")
     assert (error.line, error.column) == (3, 23)
     assert "reduce_sum: attribute 'axes': expected a list of ints, got int 0" in str(error)
+
+
+def test_the_entry_function_is_named_in_the_header_and_round_trips() -> None:
+    text = ("mesh<dp=2> entry @second\nfunc @first() -> () {\n  return\n}\n\n"
+            "func @second(%x: f32[4]) -> (f32[4]) {\n  return %x\n}\n")
+    module = parse_module(text)
+    assert module.entry == "second" and module.main.name == "second"
+    assert print_module(module) == text
+    error = error_at(text.replace("entry @second", "entry @third"))
+    assert (error.line, error.column) == (1, 19)
+    assert "the entry @third is not defined" in str(error)
+    unnamed = parse_module(text.replace(" entry @second", ""))
+    with pytest.raises(KeyError, match="2 functions and names no entry"):
+        _ = unnamed.main

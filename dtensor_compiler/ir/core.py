@@ -176,12 +176,27 @@ class Function:
 
 @dataclass
 class Module:
-    """The unit the compiler works on: a mesh, its functions and their level."""
+    """The unit the compiler works on: a mesh, its functions and their level.
+
+    `entry` names the function that runs when the module is executed (the traced function);
+    a module of one function may leave it unset, and one that only passes transform (a golden
+    file with several functions) need not name one.
+    """
 
     mesh: MeshShape
     functions: list[Function] = field(default_factory=list)
     level: Level = Level.GLOBAL
+    entry: str | None = None
 
     @property
     def main(self) -> Function:
-        return self.functions[0]
+        """The entry function; KeyError when there is none."""
+        if self.entry is None:
+            if len(self.functions) != 1:
+                raise KeyError(f"the module has {len(self.functions)} functions and names no "
+                               "entry")
+            return self.functions[0]
+        for func in self.functions:
+            if func.name == self.entry:
+                return func
+        raise KeyError(f"the module's entry @{self.entry} is not one of its functions")

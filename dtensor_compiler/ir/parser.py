@@ -117,6 +117,7 @@ class _FuncSyntax:
 class _ModuleSyntax:
     mesh: MeshShape
     localized: bool
+    entry: Token | None
     functions: list[_FuncSyntax]
 
 
@@ -124,11 +125,12 @@ class _ModuleSyntax:
 class _Syntax(Transformer):
     """Callbacks of the LALR parser. Stateless, so one parser serves every call."""
 
-    def start(self, mesh: tuple[MeshShape, bool], *functions: _FuncSyntax) -> _ModuleSyntax:
-        return _ModuleSyntax(mesh[0], mesh[1], list(functions))
+    def start(self, mesh: tuple[MeshShape, bool, Token | None], *functions: _FuncSyntax
+              ) -> _ModuleSyntax:
+        return _ModuleSyntax(mesh[0], mesh[1], mesh[2], list(functions))
 
-    def mesh(self, dims: list[tuple[Token, Token]] | None, local: Token | None
-             ) -> tuple[MeshShape, bool]:
+    def mesh(self, dims: list[tuple[Token, Token]] | None, local: Token | None,
+             entry: Token | None) -> tuple[MeshShape, bool, Token | None]:
         seen: set[str] = set()
         for name, size in dims or []:
             if name in seen:
@@ -137,7 +139,10 @@ class _Syntax(Transformer):
                 raise _Fault(f"mesh dim {str(name)!r} must have a positive size", size)
             seen.add(name)
         shape = MeshShape(tuple((str(name), int(size)) for name, size in dims or []))
-        return shape, local is not None
+        return shape, local is not None, entry
+
+    def entry(self, name: Token) -> Token:
+        return name
 
     def mesh_dims(self, *dims: tuple[Token, Token]) -> list[tuple[Token, Token]]:
         return list(dims)
@@ -285,13 +290,16 @@ def _lark() -> Lark:
 
 
 def _build_module(syntax: _ModuleSyntax) -> Module:
-    module = Module(syntax.mesh, level=Level.LOCAL if syntax.localized else Level.GLOBAL)
+    module = Module(syntax.mesh, level=Level.LOCAL if syntax.localized else Level.GLOBAL,
+                    entry=None if syntax.entry is None else str(syntax.entry))
     names: set[str] = set()
     for f in syntax.functions:
         if f.name in names:
             raise _Fault(f"function @{f.name} is defined twice", f.name)
         names.add(str(f.name))
         module.functions.append(_build_function(f, module))
+    if syntax.entry is not None and syntax.entry not in names:
+        raise _Fault(f"the entry @{syntax.entry} is not defined", syntax.entry)
     return module
 
 

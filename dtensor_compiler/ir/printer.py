@@ -8,7 +8,8 @@ func @mlp(%x: f32[512,256] @ {dp, -}, %w: f32[256,1024] @ {-, tp}) -> (f32[512,1
   return %1
 }
 ```
-A localized module's first line is ``mesh<...> local`` and its shapes are per device.
+A localized module's first line is ``mesh<...> local`` and its shapes are per device; a module
+of several functions names the one that runs when it has one, ``mesh<...> entry @f``.
 Function arguments keep the user's names; op results are numbered in order by the printer.
 An op with several results prints them all, ``%2, %3 = op ... : f32[4], f32[4]``; an op
 without results prints no ``=`` and no type.
@@ -133,5 +134,7 @@ def print_function(func: Function, locations: bool = False) -> str:
 
 def print_module(module: Module, locations: bool = False) -> str:
     head = module.mesh.text() + (" local" if module.level is Level.LOCAL else "")
+    if module.entry is not None and len(module.functions) > 1:
+        head += f" entry @{module.entry}"
     body = "\n\n".join(print_function(f, locations) for f in module.functions)
     return f"{head}\n{body}\n"

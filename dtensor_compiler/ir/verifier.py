@@ -1,6 +1,7 @@
 """The IR verifier: the invariants every pass expects on entry and must keep on exit.
 
-Per function, in one walk over its ops and their use-lists (linear in ops plus uses, so it can
+The module's entry, when it names one, is one of its functions. Per function, in one walk
+over its ops and their use-lists (linear in ops plus uses, so it can
 run after every pass on 20k-op modules):
 
 - every op name is registered, with its definition's operand count, result count and
@@ -38,6 +39,10 @@ _INFER_ERRORS = (ValueError, TypeError, KeyError, IndexError)
 def verify_module(module: Module, after: str | None = None) -> None:
     """Raise `VerificationError` at the first broken invariant; `after` names the last pass."""
     ctx = InferContext(module.mesh, module.level)
+    where = f" after pass {after!r}" if after else ""
+    if module.entry is not None and module.entry not in {f.name for f in module.functions}:
+        raise VerificationError(f"IR verification failed{where}: the entry @{module.entry} "
+                                "is not a function of the module")
     for func in module.functions:
         try:
             _FunctionVerifier(func, module, ctx).run()

@@ -121,5 +121,5 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
     finally:
         rec.active = False
     func.set_results(results)
-    return Module(mesh, [func])
+    return Module(mesh, [func], entry=func.name)
 
