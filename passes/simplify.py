@@ -99,9 +99,10 @@ class _Simplifier:
 
     def _fold(self, op: Operation, definition: opdef.OpDef) -> Operation | None:
         """The ``full`` or ``constant`` op `op` folds to, not yet added."""
+        if not definition.folds or self.infer.level is not Level.GLOBAL:
+            return None
         result = op.result
-        if (not definition.folds or self.infer.level is not Level.GLOBAL or result is None
-                or not op.operands or result.type.size > self.fold_limit
+        if (result is None or not op.operands or result.type.size > self.fold_limit
                 or numpy_dtype(result.type.dtype).kind == "c"):
             return None
         values = [_known_value(v) for v in op.operands]

@@ -408,3 +408,28 @@ def test_traced_functions_match_numpy(fn: Callable, mesh: MeshShape,
         assert value.type.sharding is not None
         np.testing.assert_allclose(from_stacked(out, value.type.sharding, mesh), want,
                                    rtol=1e-12)
+
+
+def _every_kind_of_op(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+    rows = np.take(x, idx, axis=0)
+    mixed = np.where(x > 0, x, np.arange(6.0, like=x)) + np.full((4, 6), 2.0)
+    joined = np.concatenate([x[1:3], np.concatenate([x[:, ::2], x[:, 1::2]], axis=1)[:2]])
+    joined = joined.astype(np.float32)
+    scores = np.einsum("ij,kj->ik", x, x) @ x.T.reshape(4, 6)
+    return (rows, mixed.sum(axis=1), joined, scores.max(axis=0), np.argmax(x, axis=1),
+            np.broadcast_to(x[:, :1], (4, 6)) * np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+
+
+def test_every_kernel_runs_on_a_mesh_without_dims() -> None:
+    mesh = MeshShape(())
+    x = normal(4, 6)
+    idx = np.array([[3, 0], [1, 1]])
+    types = [TensorType("f64", x.shape, Sharding.replicated(2)),
+             TensorType("i64", idx.shape, Sharding.replicated(2))]
+    module = trace(_every_kind_of_op, types, ["x", "idx"], mesh)
+    PassManager.parse(DEFAULT_PIPELINE).run(module)
+    names = {op.name for op in module.main.ops}
+    assert {"take", "iota", "full", "constant", "einsum", "concatenate", "slice"} <= names
+    outs = SimulatedExecutor(module).run_stacked([x, idx])
+    for out, want in zip(outs, _every_kind_of_op(x, idx)):
+        np.testing.assert_allclose(out, want, rtol=1e-12)

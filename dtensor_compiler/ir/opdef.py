@@ -247,6 +247,8 @@ def register(opdef: OpDef) -> OpDef:
     if opdef.results != 1 and not isinstance(opdef.sharding, Barrier):
         raise ValueError(f"{opdef.name}: a factor rule describes one result; an op with "
                          f"{opdef.results} results must be a Barrier")
+    if opdef.folds and (opdef.results != 1 or opdef.effects):
+        raise ValueError(f"{opdef.name}: only a pure op with one result can be folded")
     if opdef.effects and not isinstance(opdef.sharding, Barrier):
         raise ValueError(f"{opdef.name}: an effectful op must be a Barrier that states the "
                          "layouts its operands need")
