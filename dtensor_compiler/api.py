@@ -208,7 +208,7 @@ def _relayout_traced(array: TracedArray, layout: Layout) -> TracedArray:
                           "is known only for arguments with a layout and relayout results")
     specs = () if current is None else Layout.from_sharding(current, layout.mesh).sharding_specs
     target = _resolve_match(layout, specs, array.value.type.rank)
-    return tracing.traced_relayout(array, target.sharding, "dtc.relayout")
+    return tracing.traced_relayout(array, target.sharding)
 
 
 def relayout(tensor: DistributedValue | TracedArray, layout: Layout

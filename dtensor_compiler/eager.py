@@ -23,6 +23,7 @@ from dtensor_compiler.ir.builder import Builder
 from dtensor_compiler.ir.core import Function, Module, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.reasons import UserRelayout
 from dtensor_compiler.ir.sharding import Sharding
 from dtensor_compiler.ir.types import TensorType, dtype_name
 from dtensor_compiler.pass_manager import PassManager
@@ -47,7 +48,7 @@ def _relayout_program(src: Sharding, dst: Sharding, mesh: MeshShape, shape: tupl
     arg = Value(TensorType(dtype, shape, src), name_hint="x")
     func = Function("relayout", [arg])
     result = Builder(func, InferContext(mesh)).create("relayout", [arg], sharding=dst,
-                                                      why="dtc.relayout")
+                                                      why=UserRelayout())
     func.set_results([result])
     module = Module(mesh, [func])
     PassManager.parse("insert-collectives,localize", verify=False, keep_ir=False).run(module)

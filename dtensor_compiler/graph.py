@@ -17,7 +17,7 @@ import networkx as nx
 
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Function, Value
-from dtensor_compiler.ir.printer import Namer
+from dtensor_compiler.ir.printer import Namer, format_reason
 from dtensor_compiler.ir.types import TensorType
 
 _NODE_STYLE: dict[str, dict[str, str]] = {
@@ -45,7 +45,8 @@ def dataflow_graph(func: Function) -> nx.MultiDiGraph:
         kind = "collective" if opdef.lookup(op.name).collective is not None else "op"
         if kind == "collective":
             label += " [" + ", ".join(op.attrs["mesh_dims"]) + "]"
-        graph.add_node(node, kind=kind, label=label, why=op.why or "")
+        why = "" if op.why is None else format_reason(op.why)
+        graph.add_node(node, kind=kind, label=label, why=why)
         for value in op.operands:
             _add_use(graph, producer[value], node, value.type)
         for result in op.results:

@@ -1,28 +1,41 @@
-"""User-facing words for layout decisions: how ops and values are named in a relayout's `why`.
+"""Reasons for layout decisions, as typed records (`ir.reasons`) in the user's terms.
 
-Op results are named by the op that makes them and the user's line (printed ``%N`` names change
-whenever ops are inserted, so they cannot go into text that outlives the pass); function
-arguments by their printed names.
+Op results are referred to by the op that makes them and the user's line (printed ``%N``
+names change whenever ops are inserted, so they cannot go into a reason that outlives the
+pass); function arguments by their printed names. The printer renders the records.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from functools import cached_property
 
 from dtensor_compiler.ir.core import Function, Operation, Value
 from dtensor_compiler.ir.factors import FactorKind
 from dtensor_compiler.ir.printer import Namer
+from dtensor_compiler.ir.reasons import (
+    Cause,
+    Destination,
+    DimGivesUp,
+    DimSharded,
+    NeedsLayout,
+    NeedsWholeDim,
+    OperandRelayout,
+    OpRef,
+    PendingNotTaken,
+    ValueRef,
+    WantedResultLayout,
+)
 from dtensor_compiler.ir.sharding import Sharding
 from dtensor_compiler.passes._factor_sharding import FactorSharding, FactorSpace
 
 
-def mesh_dims_text(mesh_dims: tuple[str, ...]) -> str:
-    return mesh_dims[0] if len(mesh_dims) == 1 else "(" + ", ".join(mesh_dims) + ")"
+def op_ref(op: Operation) -> OpRef:
+    return OpRef(op.name, op.loc)
 
 
 class Explainer:
-    """Names ops and values of one function and says why an operand must be relaid out."""
+    """Refers to the ops and values of one function and says why an operand must be relaid
+    out."""
 
     def __init__(self, func: Function) -> None:
         self._func = func
@@ -32,44 +45,33 @@ class Explainer:
         """Printed names; only arguments' are used, so it may be built late (and rarely is)."""
         return Namer(self._func)
 
-    def op(self, op: Operation) -> str:
-        return op.name if op.loc is None else f"{op.name} at {op.loc}"
-
-    def value(self, value: Value) -> str:
+    def value(self, value: Value) -> ValueRef:
         if value.owner is None:
-            return self._namer(value)
-        where = "" if value.owner.loc is None else f" from {value.owner.loc}"
-        return f"the {value.owner.name} result{where}"
+            return ValueRef(arg=self._namer(value)[1:])
+        return ValueRef(producer=op_ref(value.owner))
 
-    def pending(self, who: str, lost: tuple[tuple[str, str], ...]) -> str:
-        """``"add cannot take a pending sum over tp"`` for the reductions in `lost`."""
-        by_op: dict[str, list[str]] = defaultdict(list)
-        for mesh_dim, reduce_op in lost:
-            by_op[reduce_op].append(mesh_dim)
-        return "; ".join(f"{who} cannot take a pending {reduce_op} over {', '.join(dims)}"
-                         for reduce_op, dims in sorted(by_op.items()))
-
-    def barrier_relayout(self, op: Operation, index: int, src: Sharding, dst: Sharding) -> str:
+    def barrier_relayout(self, op: Operation, index: int, src: Sharding, dst: Sharding
+                         ) -> OperandRelayout:
         """Why operand `index` of an op without a factor rule goes from `src` to `dst`."""
-        reasons = []
+        causes: list[Cause] = []
         lost = tuple(p for p in src.partial if p not in dst.partial)
         if lost:
-            reasons.append(self.pending(op.name, lost))
+            causes.append(PendingNotTaken(op.name, lost))
         if src.dims != dst.dims:
-            reasons.append(f"{op.name} needs this operand as {dst.text()}")
-        return (f"{self.op(op)} needs {self.value(op.operands[index])} as {dst.text()}: "
-                + "; ".join(reasons))
+            causes.append(NeedsLayout(op.name, dst))
+        return OperandRelayout(op_ref(op), self.value(op.operands[index]), dst, tuple(causes))
 
     def operand_relayout(self, op: Operation, index: int, space: FactorSpace,
                          factors: FactorSharding, src: Sharding, dst: Sharding,
-                         matched: list[str]) -> str:
+                         matched: list[Value | None]) -> OperandRelayout:
         """Why operand `index` of `op` goes from `src` to `dst` under the strategy `factors`.
-        `matched` names the tensors whose layouts the strategy keeps; they are mentioned unless
-        the reasons already say where a mesh dim went."""
-        reasons = []
+        `matched` holds the tensors whose layouts the strategy keeps (None: the layout wanted
+        for the result); they are mentioned unless the causes already say where a mesh dim
+        went."""
+        causes: list[Cause] = []
         lost = tuple(p for p in src.partial if p not in dst.partial)
         if lost:
-            reasons.append(self.pending(op.name, lost))
+            causes.append(PendingNotTaken(op.name, lost))
         moved = located = False
         for i, (have, need) in enumerate(zip(src.dims, dst.dims)):
             if have == need:
@@ -77,36 +79,37 @@ class Explainer:
             dim_factors = space.tensors[index][i]
             if not dim_factors or any(space.rule.kind(f) is FactorKind.NEEDS_REPLICATION
                                       for f in dim_factors):
-                reasons.append(f"{op.name} needs dim {i} whole")
+                causes.append(NeedsWholeDim(op.name, i))
                 continue
             moved = True
             if need:
-                role = "contracted dim" if any(space.is_reduced(f) for f in dim_factors) else "dim"
-                reasons.append(f"{role} {i} is sharded on {mesh_dims_text(need)}")
+                contracted = any(space.is_reduced(f) for f in dim_factors)
+                causes.append(DimSharded(i, need, contracted))
             for m in have:
                 if m not in need:
-                    taken_by = self._taken_by(op, index, space, factors, m)
-                    reasons.append(f"dim {i} gives up {m}" + taken_by)
-                    located = located or bool(taken_by)
-        text = (f"{self.op(op)} needs {self.value(op.operands[index])} as {dst.text()}: "
-                + "; ".join(reasons))
+                    to = self._taken_by(op, index, space, factors, m)
+                    causes.append(DimGivesUp(i, m, to))
+                    located = located or to is not None
+        mentioned: tuple[ValueRef | WantedResultLayout, ...] = ()
         if moved and matched and not located:
-            text += f" (to match {' and '.join(matched)})"
-        return text
+            mentioned = tuple(WantedResultLayout() if v is None else self.value(v)
+                              for v in matched)
+        return OperandRelayout(op_ref(op), self.value(op.operands[index]), dst, tuple(causes),
+                               mentioned)
 
     def _taken_by(self, op: Operation, index: int, space: FactorSpace, factors: FactorSharding,
-                  mesh_dim: str) -> str:
-        """`` to <tensor>'s dim <j>``: where the strategy uses `mesh_dim` instead, if anywhere."""
+                  mesh_dim: str) -> Destination | None:
+        """Where the strategy uses `mesh_dim` instead, if anywhere."""
         owner = next((f for f, mesh_dims in enumerate(factors) if mesh_dim in mesh_dims), None)
         if owner is None:
-            return ""
+            return None
         order = [index] + [t for t in range(len(space.tensors)) if t != index]
         for t in order:
             for j, dim_factors in enumerate(space.tensors[t]):
                 if owner in dim_factors:
                     if t == index:
-                        return f" to dim {j}"
+                        return Destination(j)
                     if t == space.result_index:
-                        return f" to dim {j} of the result"
-                    return f" to dim {j} of {self.value(op.operands[t])}"
-        return ""
+                        return Destination(j, of_result=True)
+                    return Destination(j, value=self.value(op.operands[t]))
+        return None

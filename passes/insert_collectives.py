@@ -9,8 +9,9 @@ Guarantees: no `relayout` op remains. Each one is replaced, in place, by the ste
 `plan_relayout` picks under the context's cost model, emitted in order as `all_reduce`,
 `reduce_scatter`, `all_to_all`, `all_gather`, `local_slice` and `make_partial` ops built with
 checked types;
-every emitted op carries the relayout's `loc` and `why` (a step that reduces a pending partial
-also names the op that left it pending), and the last one's result takes over
+every emitted op carries the relayout's `loc` and a `Planned` reason holding the relayout's
+(a step that reduces a pending partial also names the op that left it pending, unless the
+relayout's reason says so already), and the last one's result takes over
 the relayout result's uses and `origin`. A relayout whose source and target layouts are equal
 is removed and its uses read the source. No other op changes, and nothing changes when some
 relayout has no plan.
@@ -25,6 +26,7 @@ from dtensor_compiler.errors import PassError, PlanningError
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.reasons import OpRef, PendingSource, Planned, explains_pending
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
 from dtensor_compiler.planner import Step, plan_relayout
 
@@ -74,15 +76,16 @@ def _expand(func: Function, op: Operation, steps: list[Step], infer: InferContex
     """The ops of `steps` that replace `op`; reroutes its uses to them and detaches `op`."""
     assert op.result is not None
     (source,) = op.operands
-    why = op.why or f"relayout to {op.type.sharding}"
+    target = op.type.sharding
+    assert target is not None
+    explained = op.why is not None and explains_pending(op.why)
     new_ops = []
     value = source
     for step in steps:
-        step_why = why
-        if step.kind in ("all_reduce", "reduce_scatter") and "pending" not in why:
-            step_why += _pending_note(source, step.mesh_dims)
+        reduces = any(p not in step.dst.partial for p in step.src.partial)
+        pending = None if explained or not reduces else _pending_source(source, step.mesh_dims)
         new_ops.append(make_op(step.kind, [value], step.attr_dict(), infer, sharding=step.dst,
-                               loc=op.loc, why=step_why))
+                               loc=op.loc, why=Planned(op.why, target, pending)))
         value = new_ops[-1].result
         assert value is not None
     if steps:
@@ -92,18 +95,17 @@ def _expand(func: Function, op: Operation, steps: list[Step], infer: InferContex
     return new_ops
 
 
-def _pending_note(value: Value, mesh_dims: tuple[str, ...]) -> str:
-    """``"; matmul at f.py:12 left a pending sum over tp"``: walks back through the ops that
-    carried the partial to the one that created it."""
+def _pending_source(value: Value, mesh_dims: tuple[str, ...]) -> PendingSource | None:
+    """The op that left the pending reduction over `mesh_dims` (``matmul at f.py:12 left a
+    pending sum over tp``): walks back through the ops that carried it to the one that made
+    it."""
     while (carrier := _carrying_operand(value.owner, mesh_dims)) is not None:
         value = carrier
     owner, sharding = value.owner, value.type.sharding
     if owner is None or sharding is None:
-        return ""
+        return None
     ops = sorted({sharding.partial_map[m] for m in mesh_dims if m in sharding.partial_map})
-    where = f" at {owner.loc}" if owner.loc is not None else ""
-    return (f"; {owner.name}{where} left a pending {'/'.join(ops)} over "
-            f"{', '.join(mesh_dims)}")
+    return PendingSource(OpRef(owner.name, owner.loc), tuple(ops), mesh_dims)
 
 
 def _carrying_operand(op: Operation | None, mesh_dims: tuple[str, ...]) -> Value | None:

@@ -34,6 +34,8 @@ from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.printer import format_op_ref
+from dtensor_compiler.ir.reasons import Reason, Requested, ReturnedPending
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
 from dtensor_compiler.passes._desired_layouts import (
@@ -43,7 +45,7 @@ from dtensor_compiler.passes._desired_layouts import (
     desired_layouts,
     merge_sources,
 )
-from dtensor_compiler.passes._explain import Explainer
+from dtensor_compiler.passes._explain import Explainer, op_ref
 from dtensor_compiler.passes._factor_sharding import FactorSpaces
 from dtensor_compiler.passes._strategy import LayoutCosts, StrategyChooser
 
@@ -83,7 +85,7 @@ class _Propagation:
             elif arg in desired.layouts:
                 self._set(arg, desired.layouts[arg], desired.sources[arg],
                           LayoutOrigin(", ".join(desired.sources[arg]),
-                                       self.explain.op(desired.via[arg])))
+                                       op_ref(desired.via[arg])))
             else:
                 self._set(arg, Sharding.replicated(arg.type.rank), (DEFAULT_SOURCE,))
         for op in self.func.ops:
@@ -98,7 +100,8 @@ class _Propagation:
         pinned: dict[Value, tuple[Sharding, Sources]] = {}
         for arg in self.func.args:
             if arg.type.sharding is not None:
-                source = arg.origin.source if arg.origin is not None else self.explain.value(arg)
+                source = (arg.origin.source if arg.origin is not None
+                          else f"%{self.explain.value(arg).arg}")
                 pinned[arg] = (arg.type.sharding, (source,))
         returned = {id(v): i for i, v in reversed(list(enumerate(self.func.results)))}
         for op in self.func.ops:
@@ -110,7 +113,7 @@ class _Propagation:
                 elif id(value) in returned:
                     source = f"out_layouts[{returned[id(value)]}]"
                 else:
-                    source = self.explain.op(op)
+                    source = format_op_ref(op_ref(op))
                 layout = value.type.sharding or Sharding.replicated(value.type.rank)
                 pinned[value] = (layout, (source,))
         return pinned
@@ -130,17 +133,18 @@ class _Propagation:
         strategy = self.chooser.choose(space, op, [self.actual[v] for v in operands], wanted)
         sources = merge_sources([self.sources[operands[t]] if t < len(operands) else
                                  desired.sources[result] for t in strategy.seeds])
-        origin = LayoutOrigin(", ".join(sources), self.explain.op(op))
+        origin = LayoutOrigin(", ".join(sources), op_ref(op))
         for i, (value, need) in enumerate(zip(operands, strategy.operands)):
             have = self.actual[value]
             if have == need:
                 continue
             key = (value, need)
             if key not in self.relayouts:
-                matched = [self.explain.value(v) for v, n in zip(operands, strategy.operands)
-                           if v is not value and self.actual[v] == n]
+                matched: list[Value | None] = [
+                    v for v, n in zip(operands, strategy.operands)
+                    if v is not value and self.actual[v] == n]
                 if not matched and wanted == strategy.result.without_partial():
-                    matched = ["the layout wanted for its result"]
+                    matched = [None]
                 why = self.explain.operand_relayout(op, i, space, strategy.factors, have, need,
                                                     matched)
                 self.relayouts[key] = self._relayout(value, need, op, why, sources, origin)
@@ -168,10 +172,10 @@ class _Propagation:
             layout, sources = pinned[result]
             self._set(result, layout, sources, result.origin)
             if op.why is None and op.name == "relayout":
-                op.why = f"{sources[0]} asks for {layout.text()}"
+                op.why = Requested(sources[0], layout)
         self.ops.append(op)
 
-    def _relayout(self, value: Value, layout: Sharding, consumer: Operation | None, why: str,
+    def _relayout(self, value: Value, layout: Sharding, consumer: Operation | None, why: Reason,
                   sources: Sources, origin: LayoutOrigin | None) -> Value:
         """Append a relayout of `value` to `layout` at the consumer's location."""
         loc = consumer.loc if consumer is not None else None
@@ -190,8 +194,7 @@ class _Propagation:
             need = have.without_partial()
             key = (value, need)
             if key not in self.relayouts:
-                why = (f"returned value {i} ({self.explain.value(value)}): "
-                       + self.explain.pending("a returned value", have.partial))
+                why = ReturnedPending(i, self.explain.value(value), have.partial)
                 self.relayouts[key] = self._relayout(value, need, value.owner, why,
                                                      self.sources[value], value.origin)
             self.func.set_result(i, self.relayouts[key])

@@ -13,6 +13,7 @@ from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Value
 from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
+from dtensor_compiler.ir.reasons import Planned, Written
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.pass_manager import PassContext, PassManager, parse_pass
@@ -127,7 +128,8 @@ def test_the_last_collective_takes_over_the_relayout_origin() -> None:
     arg = Value(TensorType("f32", (8, 8), Sharding.of("x", None)), name_hint="a")
     func = Function("f", [arg])
     relaid = Builder(func, InferContext(mesh)).create(
-        "relayout", [arg], sharding=Sharding.of(None, "x"), loc=Location("m.py", 3), why="w")
+        "relayout", [arg], sharding=Sharding.of(None, "x"), loc=Location("m.py", 3),
+        why=Written("w"))
     origin = LayoutOrigin("out_layouts[0]")
     relaid.origin = origin
     func.set_results([relaid])
@@ -136,7 +138,7 @@ def test_the_last_collective_takes_over_the_relayout_origin() -> None:
     (op,) = func.ops
     assert (op.name, op.attrs, op.loc, op.why) == (
         "all_to_all", {"mesh_dims": ("x",), "split_axis": 1, "concat_axis": 0},
-        Location("m.py", 3), "w")
+        Location("m.py", 3), Planned(Written("w"), Sharding.of(None, "x")))
     assert func.results == (op.result,) and op.result.origin is origin
     assert arg.uses == [(op, 0)]
 

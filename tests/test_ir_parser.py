@@ -11,6 +11,7 @@ from dtensor_compiler.errors import IRParseError, Location
 from dtensor_compiler.ir.core import Level
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
+from dtensor_compiler.ir.reasons import Written
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
 
@@ -39,7 +40,7 @@ def test_parses_values_types_attributes_locations_and_explanations() -> None:
     assert matmul.type.sharding == Sharding.of("dp", "tp")
     assert tanh.operands == (matmul.result,) and tanh.loc is None and tanh.why is None
     assert gather.attrs == {"mesh_dims": ("tp",), "axis": 1}
-    assert gather.why == "out_layouts[0]"
+    assert gather.why == Written("out_layouts[0]")
     assert func.results == (gather.result,)
     assert x.uses == [(matmul, 0)] and matmul.result.uses == [(tanh, 0)]
 

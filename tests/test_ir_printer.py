@@ -18,6 +18,7 @@ from dtensor_compiler.ir.ops.elementwise import BINARY_UFUNCS, UNARY_UFUNCS
 from dtensor_compiler.ir.ops.reductions import REDUCTIONS
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import INLINE_LIMIT, print_module
+from dtensor_compiler.ir.reasons import Written
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import DTYPE_NAMES, TensorType, numpy_dtype
 from dtensor_compiler.ir.verifier import verify_module
@@ -74,11 +75,11 @@ def every_op_module() -> Module:
     b.create("iota", [], {"dimension": 1}, declared=TensorType("i32", (4, 4)))
     b.create("relayout", [x], sharding=Sharding.of(None, "tp"))
     b.create("all_gather", [x], {"mesh_dims": ("dp",), "axis": 0}, sharding=Sharding.of(None, None),
-             why="matmul needs %x replicated")
+             why=Written("matmul needs %x replicated"))
     b.create("all_gather", [g], {"mesh_dims": ("tp",), "axis": 0}, sharding=Sharding.of("dp", None))
     results.append(b.create("all_reduce", [p], {"mesh_dims": ("tp",), "op": "sum"},
                             sharding=Sharding.of("dp", None), loc=Location("model.py", 4),
-                            why="contracted dim of %p is sharded on tp"))
+                            why=Written("contracted dim of %p is sharded on tp")))
     b.create("reduce_scatter", [p], {"mesh_dims": ("tp",), "op": "sum", "axis": 1},
              sharding=Sharding.of("dp", "tp"))
     b.create("all_to_all", [x], {"mesh_dims": ("dp",), "split_axis": 1, "concat_axis": 0},
@@ -146,7 +147,7 @@ def test_the_printed_form_is_exact() -> None:
     s = b.create("reduce_sum", [t], {"axes": (1,), "keepdims": False},
                  sharding=Sharding.of("dp", partial={"tp": "sum"}))
     r = b.create("all_reduce", [s], {"mesh_dims": ("tp",), "op": "sum"},
-                 sharding=Sharding.of("dp"), why="reduced dim of %1 is sharded on tp")
+                 sharding=Sharding.of("dp"), why=Written("reduced dim of %1 is sharded on tp"))
     func.set_results([r])
     module = Module(MESH, [func])
     assert print_module(module, locations=True) == (
@@ -278,7 +279,7 @@ def test_special_floats_strings_and_nested_lists_in_attributes() -> None:
         "nested": ((1, 2), (), (3.5, (math.nan, "x")), ("dense",)),
     }
     op = Operation("full", [], [TensorType("f32", (4,))], attrs, Location('dir/my "file".py', 1),
-                   why="  spaces, // slashes and trailing   ")
+                   why=Written("  spaces, // slashes and trailing   "))
     func = Function("attrs", [x], [op], [op.result])
     text = print_module(Module(MESH, [func]), locations=True)
     assert "value = inf" in text and "neg = -inf" in text and "nan = nan" in text
@@ -303,7 +304,7 @@ def test_ops_without_or_with_several_results_and_several_functions_round_trip() 
     first = Function("first", [x], [Operation("test_print", [x], [], {"tag": 1}),
                                     Operation("test_halves", [x],
                                               [TensorType("f32", (1,))] * 2, {},
-                                              why="split")])
+                                              why=Written("split"))])
     first.set_results([x, *first.ops[1].results])
     second = Function("second", [], [])
     module = Module(MESH, [first, second])
@@ -379,7 +380,7 @@ def test_random_types_and_attributes_round_trip(data: st.DataObject) -> None:
         loc = Location(data.draw(line_text), data.draw(st.integers(0, 10**6)))
         ops.append(Operation("relayout", [a], [TensorType(a.type.dtype, a.type.shape,
                                                           target.sharding)],
-                             attrs, loc, data.draw(line_text) or None))
+                             attrs, loc, Written(why) if (why := data.draw(line_text)) else None))
     func = Function("random", args, ops, [op.result for op in ops])
     module = Module(mesh, [func], level=data.draw(st.sampled_from(list(Level))))
     round_trip(module, locations=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import textwrap
 
+from dtensor_compiler.errors import Location
 from dtensor_compiler.ir.core import LayoutOrigin
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
+from dtensor_compiler.ir.reasons import OpRef
 from dtensor_compiler.pass_manager import PassManager, parse_pass
 from dtensor_compiler.passes.simplify import SimplifyPass
 
@@ -210,7 +212,7 @@ def test_folded_values_keep_their_layout_and_origin() -> None:
           return %1
         }
         """))
-    module.main.ops[1].result.origin = LayoutOrigin("%x", "negative at m.py:2")
+    module.main.ops[1].result.origin = LayoutOrigin("%x", OpRef("negative", Location("m.py", 2)))
     PassManager([SimplifyPass()]).run(module)
     assert print_module(module) == same("""\
         mesh<tp=4>
@@ -219,7 +221,7 @@ def test_folded_values_keep_their_layout_and_origin() -> None:
           return %0
         }
         """)
-    assert module.main.results[0].origin == LayoutOrigin("%x", "negative at m.py:2")
+    assert module.main.results[0].origin == LayoutOrigin("%x", OpRef("negative", Location("m.py", 2)))
 
 
 def test_relayouts_and_failing_ops_are_not_folded() -> None:

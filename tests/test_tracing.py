@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 import dtensor_compiler.errors as errors
-from dtensor_compiler.ir.core import Function, Module, Operation
+from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Operation
 from dtensor_compiler.ir.ops.elementwise import BINARY_UFUNCS, UNARY_UFUNCS
 from dtensor_compiler.ir.ops.reductions import REDUCTIONS
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
+from dtensor_compiler.ir.reasons import OutLayout, UserRelayout
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
 from dtensor_compiler.tracing import is_traced, trace, traced_relayout
@@ -149,8 +150,8 @@ def test_mlp_prints_with_pinned_layouts() -> None:
         "}",
         "",
     ])
-    assert module.main.results[0].origin.text() == "out_layouts[0]"
-    assert module.main.args[0].origin.text() == "%x"
+    assert module.main.results[0].origin == LayoutOrigin("out_layouts[0]")
+    assert module.main.args[0].origin == LayoutOrigin("%x")
     assert module.main.args[1].origin is None
 
 
@@ -484,14 +485,14 @@ def test_constant_outputs() -> None:
 
 def test_traced_relayout_and_multiple_out_layouts() -> None:
     def f(x):
-        y = traced_relayout(x, Sharding.of(None, "tp"), "relayout in f")
+        y = traced_relayout(x, Sharding.of(None, "tp"))
         return y + 1, x
 
     types = [TensorType("f32", (4, 8), Sharding.of("dp", None))]
     module = trace(f, types, ["x"], MESH, out_shardings=[Sharding.of("dp", "tp"), None])
     relayouts = [op for op in module.main.ops if op.name == "relayout"]
     assert [(op.type.sharding.text(), op.why) for op in relayouts] == [
-        ("{-, tp}", "relayout in f"), ("{dp, tp}", "out_layouts[0] of f")]
+        ("{-, tp}", UserRelayout()), ("{dp, tp}", OutLayout(0, "f"))]
     assert module.main.results[1] is module.main.args[0]
 
 

@@ -14,6 +14,7 @@ from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.core import Function, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.reasons import Reason
 from dtensor_compiler.ir.sharding import Sharding
 from dtensor_compiler.ir.types import TensorType
 
@@ -21,7 +22,7 @@ from dtensor_compiler.ir.types import TensorType
 def make_op(name: str, operands: Sequence[Value], attrs: Mapping[str, object] | None,
             ctx: InferContext, declared: TensorType | Sequence[TensorType] | None = None,
             sharding: Sharding | Sequence[Sharding | None] | None = None,
-            loc: Location | None = None, why: str | None = None) -> Operation:
+            loc: Location | None = None, why: Reason | None = None) -> Operation:
     """A new, unattached op. Raises ShapeError (with `loc`) when the operands or attributes
     do not fit. `declared` and `sharding` give one entry per result (or one value for a
     single-result op); a result's sharding defaults to its declared type's."""
@@ -70,7 +71,7 @@ class Builder:
                   attrs: Mapping[str, object] | None = None,
                   declared: TensorType | Sequence[TensorType] | None = None,
                   sharding: Sharding | Sequence[Sharding | None] | None = None,
-                  loc: Location | None = None, why: str | None = None) -> Operation:
+                  loc: Location | None = None, why: Reason | None = None) -> Operation:
         op = make_op(name, operands, attrs, self.ctx, declared, sharding, loc, why)
         if self.before is None:
             self.func.ops.append(op)
@@ -81,7 +82,7 @@ class Builder:
     def create(self, name: str, operands: Sequence[Value],
                attrs: Mapping[str, object] | None = None, declared: TensorType | None = None,
                sharding: Sharding | None = None, loc: Location | None = None,
-               why: str | None = None) -> Value:
+               why: Reason | None = None) -> Value:
         """Add a single-result op; returns its result."""
         op = self.create_op(name, operands, attrs, declared, sharding, loc, why)
         result = op.result

@@ -7,7 +7,8 @@ except for function arguments, which keep the user's parameter names.
 
 Attributes are typed Python values (`attrs.Attr`); the op's definition (`opdef.OpDef`) says
 which attributes it has and of what kind. Layout facts live in the value's
-`TensorType.sharding` and in typed fields such as `Value.origin`, never in attributes.
+`TensorType.sharding` and in typed fields such as `Value.origin`, never in attributes; why
+an op is there is a typed `Reason` in `Operation.why`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from enum import Enum
 from dtensor_compiler.errors import Location
 from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.mesh_shape import MeshShape
+from dtensor_compiler.ir.reasons import OpRef, Reason
 from dtensor_compiler.ir.types import TensorType
 
 
@@ -33,15 +35,14 @@ class Level(Enum):
 
 @dataclass(frozen=True)
 class LayoutOrigin:
-    """Why a value has its layout: the annotation it came from and the op that carried it."""
+    """Why a value has its layout: the annotation it came from and the op that carried it
+    (``printer.format_origin`` renders it)."""
 
     source: str
-    """The annotated value the layout was derived from (``%x``, ``out_layouts[0]``) or a rule."""
-    via: str | None = None
-    """The op (name and location) that propagated it, if any."""
-
-    def text(self) -> str:
-        return self.source if self.via is None else f"{self.source} via {self.via}"
+    """The annotations the layout was derived from (``%x``, ``out_layouts[0]``, several joined
+    by commas) or a rule (``default: replicated``)."""
+    via: OpRef | None = None
+    """The op that propagated it, if any."""
 
 
 class Value:
@@ -80,7 +81,7 @@ class Operation:
     def __init__(self, name: str, operands: Iterable[Value],
                  result_types: Sequence[TensorType] = (),
                  attrs: dict[str, Attr] | None = None, loc: Location | None = None,
-                 why: str | None = None) -> None:
+                 why: Reason | None = None) -> None:
         self.name = name
         self._operands: list[Value] = []
         self.attrs: dict[str, Attr] = dict(attrs or {})

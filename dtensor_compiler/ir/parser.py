@@ -33,6 +33,7 @@ from dtensor_compiler.errors import IRParseError, Location
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.reasons import Written
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import DTYPE_NAMES, TensorType, numpy_dtype
 
@@ -100,7 +101,7 @@ class _OpSyntax:
     attrs: dict[Token, Attr | _Dense | _DenseHex]
     types: list[TensorType]
     loc: Location | None
-    why: str | None
+    why: Written | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +276,8 @@ class _Syntax(Transformer):
         return items
 
 
-def _why(tok: Token | None) -> str | None:
-    return None if tok is None else tok[len("// why: "):]
+def _why(tok: Token | None) -> Written | None:
+    return None if tok is None else Written(tok[len("// why: "):])
 
 
 @functools.cache

@@ -27,7 +27,27 @@ import re
 import numpy as np
 
 from dtensor_compiler.ir import opdef
-from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.core import Function, LayoutOrigin, Level, Module, Operation, Value
+from dtensor_compiler.ir.reasons import (
+    Cause,
+    DimGivesUp,
+    DimSharded,
+    NeedsLayout,
+    NeedsWholeDim,
+    OperandRelayout,
+    OpRef,
+    OutLayout,
+    PendingNotTaken,
+    Planned,
+    Reason,
+    Reductions,
+    Requested,
+    ReturnedPending,
+    UserRelayout,
+    ValueRef,
+    WantedResultLayout,
+    Written,
+)
 
 INLINE_LIMIT = 16
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -115,8 +135,8 @@ def format_op(op: Operation, name: Namer, locations: bool = False) -> str:
         parts.append(" : " + ", ".join(r.type.text() for r in op.results))
     if locations and op.loc is not None:
         parts.append(f" loc({json.dumps(op.loc.file)}:{op.loc.line})")
-    if op.why:
-        parts.append(f"  // why: {op.why}")
+    if op.why is not None:
+        parts.append(f"  // why: {format_reason(op.why)}")
     return "".join(parts)
 
 
@@ -138,3 +158,97 @@ def print_module(module: Module, locations: bool = False) -> str:
         head += f" entry @{module.entry}"
     body = "\n\n".join(print_function(f, locations) for f in module.functions)
     return f"{head}\n{body}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# reasons
+
+
+def format_reason(reason: Reason) -> str:
+    """A reason as the user reads it in ``// why:`` and in the explain table."""
+    if isinstance(reason, Written):
+        return reason.text
+    if isinstance(reason, OutLayout):
+        return f"out_layouts[{reason.index}] of {reason.function}"
+    if isinstance(reason, UserRelayout):
+        return "dtc.relayout"
+    if isinstance(reason, Requested):
+        return f"{reason.source} asks for {reason.target.text()}"
+    if isinstance(reason, ReturnedPending):
+        return (f"returned value {reason.index} ({_value(reason.value)}): "
+                + _pending("a returned value", reason.reductions))
+    if isinstance(reason, Planned):
+        text = (f"relayout to {reason.target.text()}" if reason.relayout is None
+                else format_reason(reason.relayout))
+        pending = reason.pending
+        if pending is not None:
+            text += (f"; {_op(pending.op)} left a pending "
+                     f"{'/'.join(op.value for op in pending.reductions)} over "
+                     f"{', '.join(pending.mesh_dims)}")
+        return text
+    assert isinstance(reason, OperandRelayout)
+    text = (f"{_op(reason.consumer)} needs {_value(reason.operand)} as {reason.target.text()}: "
+            + "; ".join(_cause(c) for c in reason.causes))
+    if reason.matched:
+        text += f" (to match {' and '.join(_matched(m) for m in reason.matched)})"
+    return text
+
+
+def format_origin(origin: LayoutOrigin) -> str:
+    """``out_layouts[0] via matmul at f.py:3``."""
+    return origin.source if origin.via is None else f"{origin.source} via {_op(origin.via)}"
+
+
+def format_op_ref(ref: OpRef) -> str:
+    """``matmul at f.py:3``."""
+    return _op(ref)
+
+
+def _op(ref: OpRef) -> str:
+    return ref.name if ref.loc is None else f"{ref.name} at {ref.loc}"
+
+
+def _value(ref: ValueRef) -> str:
+    if ref.producer is None:
+        return f"%{ref.arg}"
+    where = "" if ref.producer.loc is None else f" from {ref.producer.loc}"
+    return f"the {ref.producer.name} result{where}"
+
+
+def _matched(m: ValueRef | WantedResultLayout) -> str:
+    return "the layout wanted for its result" if isinstance(m, WantedResultLayout) else (
+        _value(m))
+
+
+def _mesh_dims(mesh_dims: tuple[str, ...]) -> str:
+    return mesh_dims[0] if len(mesh_dims) == 1 else "(" + ", ".join(mesh_dims) + ")"
+
+
+def _pending(taker: str, reductions: Reductions) -> str:
+    by_op: dict[str, list[str]] = {}
+    for mesh_dim, op in reductions:
+        by_op.setdefault(op.value, []).append(mesh_dim)
+    return "; ".join(f"{taker} cannot take a pending {op} over {', '.join(dims)}"
+                     for op, dims in sorted(by_op.items()))
+
+
+def _cause(cause: Cause) -> str:
+    if isinstance(cause, PendingNotTaken):
+        return _pending(cause.taker, cause.reductions)
+    if isinstance(cause, NeedsWholeDim):
+        return f"{cause.op} needs dim {cause.dim} whole"
+    if isinstance(cause, DimSharded):
+        role = "contracted dim" if cause.contracted else "dim"
+        return f"{role} {cause.dim} is sharded on {_mesh_dims(cause.mesh_dims)}"
+    if isinstance(cause, NeedsLayout):
+        return f"{cause.op} needs this operand as {cause.target.text()}"
+    assert isinstance(cause, DimGivesUp)
+    text = f"dim {cause.dim} gives up {cause.mesh_dim}"
+    to = cause.to
+    if to is None:
+        return text
+    if to.of_result:
+        return text + f" to dim {to.dim} of the result"
+    if to.value is not None:
+        return text + f" to dim {to.dim} of {_value(to.value)}"
+    return text + f" to dim {to.dim}"

@@ -16,6 +16,8 @@ import numpy as np
 
 from dtensor_compiler.errors import LayoutError, Location, TraceError
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Value
+from dtensor_compiler.ir.printer import format_reason
+from dtensor_compiler.ir.reasons import OutLayout, Reason, UserRelayout
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.tracing.location import user_location
@@ -43,18 +45,19 @@ def _check_sharding(sharding: Sharding, value: Value, mesh: MeshShape, what: str
                           f"{value.type.text()}: " + "; ".join(problems))
 
 
-def _relayout(rec: Recorder, value: Value, sharding: Sharding, why: str, origin: str,
+def _relayout(rec: Recorder, value: Value, sharding: Sharding, why: Reason, origin: str,
               loc: Location | None = None) -> Value:
     loc = loc or user_location()
-    _check_sharding(sharding, value, rec.mesh, why, loc)
+    _check_sharding(sharding, value, rec.mesh, format_reason(why), loc)
     result = rec.emit("relayout", [value], sharding=sharding, why=why, loc=loc)
     result.origin = LayoutOrigin(origin)
     return result
 
 
-def traced_relayout(x: TracedArray, sharding: Sharding, why: str) -> TracedArray:
+def traced_relayout(x: TracedArray, sharding: Sharding) -> TracedArray:
     """``dtc.relayout`` inside a traced function: a ``relayout`` op to `sharding`."""
-    result = _relayout(x.recorder, x.value, sharding, why, why)
+    why = UserRelayout()
+    result = _relayout(x.recorder, x.value, sharding, why, format_reason(why))
     return TracedArray(result, x.recorder)
 
 
@@ -114,7 +117,7 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
         shardings = _out_shardings(out_shardings, len(outputs), func_name)
         results = [
             value if sharding is None else _relayout(
-                rec, value, sharding, f"out_layouts[{i}] of {func_name}", f"out_layouts[{i}]",
+                rec, value, sharding, OutLayout(i, func_name), f"out_layouts[{i}]",
                 _output_location(value, fn))
             for i, (value, sharding) in enumerate(zip(outputs, shardings))
         ]

@@ -18,6 +18,7 @@ from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.builder import Builder
 from dtensor_compiler.ir.core import Function, Value
 from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.reasons import Reason
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
 from dtensor_compiler.tracing.location import user_location
@@ -70,7 +71,7 @@ class Recorder:
 
     def emit(self, name: str, operands: Sequence[Value], attrs: dict[str, Attr] | None = None,
              result: TensorType | None = None, sharding: Sharding | None = None,
-             why: str | None = None, loc: Location | None = None) -> Value:
+             why: Reason | None = None, loc: Location | None = None) -> Value:
         """Append op `name` at `loc` (default: the user's current line); `result` is the
         declared type of ops that need one."""
         loc = loc or user_location()
