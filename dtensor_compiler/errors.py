@@ -13,23 +13,45 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Location:
-    """Where an op came from: the user's source file and line."""
+    """Where an op came from: the user's source file and line.
+
+    The tracer records `file` as `source_path` gives it, so printed IR and messages do not
+    depend on the working directory.
+    """
 
     file: str
     line: int
 
     def __str__(self) -> str:
-        """``file:line``, the file relative to the working directory when it lies below it."""
-        return f"{_display_path(self.file, os.getcwd())}:{self.line}"
+        return f"{self.file}:{self.line}"
+
+
+_PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
 
 
 @functools.lru_cache(maxsize=256)
-def _display_path(file: str, cwd: str) -> str:
-    if os.path.isabs(file):
-        rel = os.path.relpath(file, cwd)
-        if not rel.startswith(".."):
-            return rel
-    return file
+def source_path(file: str) -> str:
+    """How a source file is named in IR and messages: relative to the directory that holds
+    its top-level package (``mypkg/models/mlp.py``), else to the nearest enclosing project
+    (a directory with ``pyproject.toml``, ``setup.py``, ``setup.cfg`` or ``.git``), else the
+    path as given. A relative path (a script run as ``python examples/mlp.py``) is kept."""
+    if not os.path.isabs(file):
+        return file
+    directory = os.path.dirname(file)
+    top = None
+    while os.path.isfile(os.path.join(directory, "__init__.py")):
+        top = directory
+        directory = os.path.dirname(directory)
+    if top is not None:
+        return os.path.relpath(file, os.path.dirname(top))
+    directory = os.path.dirname(file)
+    while True:
+        if any(os.path.exists(os.path.join(directory, m)) for m in _PROJECT_MARKERS):
+            return os.path.relpath(file, directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return file
+        directory = parent
 
 
 class DTensorError(Exception):

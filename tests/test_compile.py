@@ -11,7 +11,7 @@ import pytest
 
 import dtensor_compiler as dtc
 from dtensor_compiler.cost import DEFAULT_COST_MODEL
-from dtensor_compiler.errors import Location
+from dtensor_compiler.errors import Location, source_path
 from dtensor_compiler.ir.core import Level
 from dtensor_compiler.ir.ops import collectives
 
@@ -41,7 +41,7 @@ def mlp(x, w1, w2):
     return h @ w2
 
 
-MLP_SECOND_MATMUL = Location(__file__, inspect.getsourcelines(mlp)[1] + 2)
+MLP_SECOND_MATMUL = Location(source_path(__file__), inspect.getsourcelines(mlp)[1] + 2)
 
 
 MLP_AFTER_INSERT_COLLECTIVES = """\
@@ -237,7 +237,7 @@ def test_lowered_megatron_mlp(mesh):
     assert ar.seconds == DEFAULT_COST_MODEL.collective_time(
         collectives.ALL_REDUCE.collective, ("tp",), mesh.mesh_shape(), ar.bytes, ar.bytes)
     assert ar.op == MLP_AFTER_INSERT_COLLECTIVES.splitlines()[5].strip()
-    here = re.escape(str(Location(__file__, 0))[:-2])
+    here = re.escape(str(Location(source_path(__file__), 0))[:-2])
     assert re.fullmatch(f"out_layouts\\[0\\] of mlp; matmul at {here}:\\d+ left a pending "
                         "sum over tp", ar.reason)
     assert low.in_layouts == mlp_layouts(mesh)["in_layouts"]
@@ -272,7 +272,7 @@ def test_relayout_inside_a_compiled_function(mesh):
     np.testing.assert_allclose(np.asarray(out), np.exp(a), rtol=1e-6)
     (gather,) = f.lower(a).collectives()
     assert (gather.kind, gather.mesh_dims, gather.bytes) == ("all_gather", ("dp",), 4 * 2 * 4)
-    assert f"dtc.relayout at {Location(__file__, line)}" in gather.reason
+    assert f"dtc.relayout at {Location(source_path(__file__), line)}" in gather.reason
 
 
 def test_relayout_match_and_mesh_checks_inside_a_compiled_function(mesh):
@@ -298,7 +298,7 @@ def test_a_function_returning_something_else_than_arrays_is_named() -> None:
         np.exp(a)
 
     line = inspect.getsourcelines(returns_none)[1]
-    with pytest.raises(dtc.TraceError, match=rf"{re.escape(str(Location(__file__, line)))}: "
+    with pytest.raises(dtc.TraceError, match=rf"{re.escape(str(Location(source_path(__file__), line)))}: "
                        r"returns_none returned a NoneType; a compiled function must return "
                        r"arrays"):
         dtc.compile(returns_none)(rand(4))

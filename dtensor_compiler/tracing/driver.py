@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from dtensor_compiler.errors import LayoutError, Location, TraceError
+from dtensor_compiler.errors import LayoutError, Location, TraceError, source_path
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Value
 from dtensor_compiler.ir.printer import format_reason
 from dtensor_compiler.ir.reasons import OutLayout, Reason, UserRelayout
@@ -64,7 +64,7 @@ def traced_relayout(x: TracedArray, sharding: Sharding) -> TracedArray:
 def _definition(fn: Callable) -> Location | None:
     """The first line of `fn` (or of a callable object's ``__call__``), if it has one."""
     code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
-    return None if code is None else Location(code.co_filename, code.co_firstlineno)
+    return None if code is None else Location(source_path(code.co_filename), code.co_firstlineno)
 
 
 def _output_location(value: Value, fn: Callable) -> Location:

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from dtensor_compiler.errors import Location
+from dtensor_compiler.errors import Location, source_path
 
 _INTERNAL_DIRS: tuple[str, ...] = (
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
@@ -27,6 +27,6 @@ def user_location() -> Location:
     frame = sys._getframe(1)
     while frame is not None:
         if not _is_internal(frame.f_code.co_filename):
-            return Location(frame.f_code.co_filename, frame.f_lineno)
+            return Location(source_path(frame.f_code.co_filename), frame.f_lineno)
         frame = frame.f_back
     return Location("<unknown>", 0)
