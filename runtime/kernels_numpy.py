@@ -112,6 +112,13 @@ def _arg_reduction(op: Operation, ctx: ExecContext) -> KernelFn:
     return lambda x: reduce(x, axis=axis, keepdims=keepdims)
 
 
+@kernel(reductions.CUMSUM)
+def _cumsum(op: Operation, ctx: ExecContext) -> KernelFn:
+    axis = ctx.mesh_axes + op.attrs["axis"]  # type: ignore[operator]
+    dtype = numpy_dtype(op.type.dtype)
+    return lambda x: np.cumsum(x, axis=axis, dtype=dtype)
+
+
 @kernel(shape.TRANSPOSE)
 def _transpose(op: Operation, ctx: ExecContext) -> KernelFn:
     k = ctx.mesh_axes

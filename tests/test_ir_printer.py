@@ -61,6 +61,7 @@ def every_op_module() -> Module:
     b.create("einsum", [x, w], {"spec": "ij,jk->ik"})
     b.create("argmax", [x], {"axis": 1, "keepdims": True})
     b.create("argmin", [x], {"axis": 0, "keepdims": False})
+    b.create("cumsum", [x], {"axis": 1})
     b.create("reshape", [x], declared=TensorType("f32", (4, 2, 16)))
     b.create("transpose", [x], {"perm": (1, 0)})
     b.create("broadcast_to", [x], declared=TensorType("f32", (3, 8, 16)))

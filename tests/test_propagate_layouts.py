@@ -276,6 +276,19 @@ def test_pending_sum_passes_through_a_linear_op_and_is_reduced_once() -> None:
     assert moves(module) == [("[16, 32]", "{-, -} partial(tp:sum)", "{-, -}")]
 
 
+def test_cumsum_needs_its_scanned_axis_whole_and_carries_a_pending_sum() -> None:
+    module = propagate(lambda x, w: np.cumsum(x @ w, axis=1),
+                       [("x", (16, 64), Sharding.of("dp", "tp")), ("w", (64, 32), ROW)],
+                       Sharding.of("dp", None))
+    assert layout_of(module, "cumsum") == "{dp, -} partial(tp:sum)"
+    assert moves(module) == [("[16, 32]", "{dp, -} partial(tp:sum)", "{dp, -}")]
+    scan = propagate(lambda x: np.cumsum(x, axis=0), [("x", (16, 64), Sharding.of("dp", "tp"))],
+                     Sharding.of(None, "tp"))
+    assert moves(scan) == [("[16, 64]", "{dp, tp}", "{-, tp}")]
+    (gather,) = relayouts(scan)
+    assert why(gather).endswith("cumsum needs dim 0 whole")
+
+
 @pytest.mark.parametrize(("dtype", "fn", "widened"), [
     ("bool", lambda a, b: (a @ b).sum(axis=1), "reduce_sum"),   # or-sum counted in i64
     ("bool", lambda a, b: (a @ b) * 2.5, "multiply"),          # bool to f64

@@ -59,6 +59,7 @@ EVAL: dict[str, Callable[[Operation, list], object]] = {
     "argmax": lambda op, a: np.argmax(a[0], op.attrs["axis"], keepdims=op.attrs["keepdims"]),
     "argmin": lambda op, a: np.argmin(a[0], op.attrs["axis"], keepdims=op.attrs["keepdims"]),
     "relayout": lambda op, a: a[0],
+    "cumsum": lambda op, a: np.cumsum(a[0], axis=op.attrs["axis"]),
 }
 for _name in UNARY_UFUNCS + BINARY_UFUNCS:
     EVAL[_name] = lambda op, a: getattr(np, op.name)(*a)
@@ -527,10 +528,10 @@ def test_unsupported_function() -> None:
 
 def test_unsupported_ufunc_method_and_arguments() -> None:
     def f(x):
-        return np.add.accumulate(x)  # accumulate-line
+        return np.multiply.accumulate(x)  # accumulate-line
 
     message = _raises(errors.UnsupportedOperationError, f, "accumulate-line", f32(3))
-    assert "numpy.add.accumulate is not supported" in message
+    assert "numpy.multiply.accumulate is not supported" in message
 
     def g(x):
         return np.sum(x, where=x > 0)  # where-kwarg
@@ -610,3 +611,18 @@ def test_locations_do_not_depend_on_the_working_directory(tmp_path: Path,
     elsewhere = trace_on(f, f32(4))
     assert print_module(here, locations=True) == print_module(elsewhere, locations=True)
     assert here.main.ops[0].loc.file == "tests/test_tracing.py"
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: np.cumsum(x, axis=1),
+    lambda x: x.cumsum(axis=0),
+    lambda x: np.cumsum(x),
+    lambda x: np.add.accumulate(x),
+    lambda x: np.add.accumulate(x, axis=1, dtype=np.float16),
+    lambda x: np.cumsum(x.astype(np.int8), axis=1, dtype=np.int8),
+    lambda x: np.cumsum(x > 0, axis=0),
+])
+def test_cumsum_and_add_accumulate_follow_numpy(fn: Callable) -> None:
+    x = np.random.default_rng(1).integers(-90, 90, (4, 6)).astype(np.float32)
+    module = check(fn, x)
+    assert "cumsum" in ops_of(module)

@@ -79,6 +79,8 @@ def call_ufunc(ufunc: np.ufunc, method: str, rec: Recorder, inputs: tuple, kwarg
         return elementwise.apply_ufunc(rec, name, inputs)
     if method == "reduce" and name in _UFUNC_REDUCERS:
         return _call(f"numpy.{name}.reduce", _UFUNC_REDUCERS[name], rec, inputs, kwargs)
+    if method == "accumulate" and name == "add":
+        return _call("numpy.add.accumulate", _add_accumulate, rec, inputs, kwargs)
     qualified = f"numpy.{name}" if method == "__call__" else f"numpy.{name}.{method}"
     raise UnsupportedOperationError(f"{qualified} is not supported", user_location())
 
@@ -104,6 +106,13 @@ def _accumulation(kind: str) -> Handler:
                 *, keepdims: bool = False) -> Value:
         return reductions.reduce(rec, kind, a, axis, dtype, keepdims)
     return handler
+
+
+def _add_accumulate(rec: Recorder, array: Operand, axis: int = 0, dtype: object = None
+                    ) -> Value:
+    """``np.add.accumulate``: ``np.cumsum`` along axis 0 by default (numpy widens small
+    integers and bool for both)."""
+    return reductions.cumsum(rec, array, axis, dtype)
 
 
 def _mean(rec: Recorder, a: Operand, axis: reductions.Axis = None, dtype: object = None, *,
@@ -193,6 +202,7 @@ FUNCTIONS: dict[Callable, Handler] = {
     np.std: _std,
     np.argmax: _arg_reduction("argmax"),
     np.argmin: _arg_reduction("argmin"),
+    np.cumsum: reductions.cumsum,
     # contractions
     np.dot: contractions.dot,
     np.einsum: contractions.einsum,

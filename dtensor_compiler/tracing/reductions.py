@@ -4,7 +4,8 @@
 divided by the element count, accumulated in the dtype numpy uses (f64 for integers and bool,
 f32 for f16, whose result is cast back). ``var`` is the mean of squared deviations from the
 mean, divided by ``count - ddof``; ``std`` its square root. ``argmax``/``argmin`` with no axis
-work on the flattened array, like numpy.
+work on the flattened array, like numpy. ``cumsum`` (and ``np.add.accumulate``) is one
+``cumsum`` op, with the same treatment of a requested dtype as ``sum``.
 """
 
 from __future__ import annotations
@@ -108,3 +109,17 @@ def arg_reduce(rec: Recorder, kind: str, a: Operand, axis: int | None = None,
     flat = reshape(rec, x, (x.type.size,))
     index = rec.emit(kind, [flat], {"axis": 0, "keepdims": False})
     return reshape(rec, index, (1,) * x.type.rank) if keepdims else index
+
+
+def cumsum(rec: Recorder, a: Operand, axis: int | None = None, dtype: object = None) -> Value:
+    """Prefix sums along `axis` (None: of the flattened array), accumulated in `dtype`: a
+    requested dtype is the wide result cast back, which wraps exactly as accumulating in it
+    does."""
+    x = rec.value(a)
+    if axis is None:
+        x = reshape(rec, x, (x.type.size,))
+        axis = 0
+    if dtype is not None:
+        x = astype(rec, x, dtype)
+    out = rec.emit("cumsum", [x], {"axis": normalize_axis(int(axis), x.type.rank)})
+    return out if dtype is None else astype(rec, out, dtype)

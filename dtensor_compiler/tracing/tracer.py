@@ -215,6 +215,9 @@ class TracedArray:
     def prod(self, *args: object, **kwargs: object) -> object:
         return np.prod(self, *args, **kwargs)
 
+    def cumsum(self, *args: object, **kwargs: object) -> object:
+        return np.cumsum(self, *args, **kwargs)
+
     def mean(self, *args: object, **kwargs: object) -> object:
         return np.mean(self, *args, **kwargs)
 

@@ -90,7 +90,7 @@ def programs(draw) -> Program:
                                      "softmax", "matmul", "einsum", "slice", "reshape",
                                      "concat", "where", "center", "variance", "take", "argmax",
                                      "stack_split", "expand_squeeze", "astype", "swapaxes",
-                                     "bool_matmul", "int8_sum"]))
+                                     "bool_matmul", "int8_sum", "cumsum"]))
         if kind == "unary":
             name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
             f = getattr(np, name)
@@ -184,6 +184,10 @@ def programs(draw) -> Program:
             axis = draw(st.integers(0, len(s)))
             add(f"np.squeeze(np.expand_dims({x}, {axis}) * 2, axis={axis})",
                 lambda e, x=x, a=axis: np.squeeze(np.expand_dims(e[x], a) * 2, axis=a), s)
+        elif kind == "cumsum":
+            axis = draw(st.integers(0, last))
+            add(f"np.cumsum({x}, axis={axis})", lambda e, x=x, a=axis: np.cumsum(e[x], axis=a),
+                s)
         elif kind == "astype":
             add(f"{x}.astype(np.float32) * 3", lambda e, x=x: e[x].astype(np.float32) * 3, s)
         elif kind == "swapaxes" and len(s) >= 2:

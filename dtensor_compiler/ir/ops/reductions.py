@@ -1,10 +1,12 @@
-"""Reductions: ``reduce_sum``, ``reduce_max``, ``reduce_min``, ``reduce_prod``, ``argmax`` and
-``argmin``.
+"""Reductions: ``reduce_sum``, ``reduce_max``, ``reduce_min``, ``reduce_prod``, ``argmax``,
+``argmin``, and the scan ``cumsum``.
 
 ``reduce_<kind>`` combines the elements along `axes` with numpy's ``sum``/``max``/``min``/
 ``prod`` (sum and prod widen small integers and bool as numpy does). Sharding a reduced axis
 leaves the result with a pending reduction of that kind. ``argmax``/``argmin`` pick the
-first index of the extreme value along one `axis`, which must stay whole.
+first index of the extreme value along one `axis`, which must stay whole. ``cumsum`` keeps
+the shape and sums every prefix along `axis` (widening as ``sum`` does); the scanned axis
+must stay whole, and a pending sum passes through it, since it is linear.
 """
 
 from __future__ import annotations
@@ -82,3 +84,25 @@ def _define_arg_reduction(name: str) -> OpDef:
 
 ARGMAX = _define_arg_reduction("argmax")
 ARGMIN = _define_arg_reduction("argmin")
+
+
+def _cumsum(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+            ctx: InferContext) -> list[ResultSig]:
+    t = ts[0]
+    axis = attrs["axis"]
+    assert isinstance(axis, int)
+    check_axis(axis, t.rank)
+    return [(accumulated_dtype(ReduceOp.SUM, t.dtype), t.shape)]
+
+
+def _scan_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
+               ) -> factors.FactorRule:
+    b = factors.RuleBuilder()
+    dims = [b.dim(s, FactorKind.NEEDS_REPLICATION) if i == attrs["axis"] else b.dim(s)
+            for i, s in enumerate(operands[0].shape)]
+    return b.build([dims], dims)
+
+
+CUMSUM = register(OpDef(name="cumsum", operands=1, infer=_cumsum,
+                        attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
+                        folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.SUM}))))
