@@ -91,7 +91,15 @@ def _einsum(op: Operation, ctx: ExecContext) -> KernelFn:
     assert isinstance(spec, str)
     ins, out = spec.replace(" ", "").split("->")
     batched = ",".join("..." + sub for sub in ins.split(",")) + "->..." + out
-    return lambda *args: np.einsum(batched, *args, optimize=True)
+    dtype = numpy_dtype(op.type.dtype)
+    if not any(numpy_dtype(v.type.dtype).kind == "V" for v in op.operands):
+        return lambda *args: np.einsum(batched, *args, optimize=True)
+
+    def low_precision(*args: np.ndarray) -> np.ndarray:
+        # numpy's einsum has no loops for ml_dtypes' floats: compute in float32
+        wide = [a.astype(np.float32) if a.dtype.kind == "V" else a for a in args]
+        return np.einsum(batched, *wide, optimize=True).astype(dtype)
+    return low_precision
 
 
 @kernel(*reductions.REDUCTIONS.values())

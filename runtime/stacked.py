@@ -26,6 +26,7 @@ import numpy as np
 
 from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.types import float_extremes, is_floating
 
 REDUCE_UFUNCS: dict[str, np.ufunc] = {
     "sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply,
@@ -70,8 +71,9 @@ def reduction_identity(op: str, dtype: np.dtype) -> np.generic:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return dtype.type(info.min if lowest else info.max)
-    if np.issubdtype(dtype, np.floating):
-        return dtype.type(-np.inf if lowest else np.inf)
+    if is_floating(dtype):
+        lo, hi = float_extremes(dtype)
+        return dtype.type(lo if lowest else hi)
     raise ValueError(f"{op} has no identity for dtype {dtype}")
 
 
@@ -177,7 +179,7 @@ def device_shard(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape, devic
 def _mismatch(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Where `x` differs from `ref` (NaN equals NaN)."""
     differ = x != ref
-    if np.issubdtype(x.dtype, np.inexact):
+    if is_floating(x.dtype) or x.dtype.kind == "c":
         differ &= ~(np.isnan(x) & np.isnan(ref))
     return differ
 

@@ -27,6 +27,13 @@ def ufunc_result_dtype(ufunc: str, dtypes: tuple[str, ...]) -> str:
 
 
 @functools.cache
+def matmul_result_dtype(a: str, b: str) -> str:
+    """The dtype numpy's ``matmul`` gives (bfloat16 @ bfloat16 is float32, unlike ``dot``)."""
+    out = np.matmul(np.ones((1, 1), numpy_dtype(a)), np.ones((1, 1), numpy_dtype(b)))
+    return dtype_name(out.dtype)
+
+
+@functools.cache
 def accumulated_dtype(reduction: str, dtype: str) -> str:
     """The dtype numpy's ``sum`` or ``prod`` (`reduction`) gives on `dtype` (small ints
     widen)."""

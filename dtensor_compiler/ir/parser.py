@@ -35,7 +35,12 @@ from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 from dtensor_compiler.ir.reasons import Written
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
-from dtensor_compiler.ir.types import DTYPE_NAMES, TensorType, numpy_dtype
+from dtensor_compiler.ir.types import (
+    DTYPE_NAMES,
+    TensorType,
+    numpy_dtype,
+    unknown_dtype_message,
+)
 
 _GRAMMAR_FILE = Path(__file__).with_name("grammar.lark")
 
@@ -193,7 +198,7 @@ class _Syntax(Transformer):
     def tensor_type(self, tensor: Token, sharding: Sharding | None) -> TensorType:
         dtype, dims = tensor[:-1].split("[")
         if dtype not in DTYPE_NAMES:
-            raise _Fault(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_NAMES)}", tensor)
+            raise _Fault(unknown_dtype_message(dtype), tensor)
         shape = tuple(int(d) for d in dims.split(",")) if dims else ()
         if sharding is not None and sharding.rank != len(shape):
             raise _Fault(f"layout {sharding.text()} has rank {sharding.rank} but the shape "

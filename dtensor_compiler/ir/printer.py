@@ -48,6 +48,7 @@ from dtensor_compiler.ir.reasons import (
     WantedResultLayout,
     Written,
 )
+from dtensor_compiler.ir.types import is_floating
 
 INLINE_LIMIT = 16
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -82,9 +83,10 @@ def format_attr(value: object) -> str:
 
 
 def format_dense(value: np.ndarray) -> str:
-    """``dense<[...]>`` for small arrays, else ``dense_hex``; complex arrays always use
-    ``dense_hex`` (the text form has no complex literal)."""
-    if value.size > INLINE_LIMIT or value.dtype.kind == "c":
+    """``dense<[...]>`` for small arrays, else ``dense_hex``; complex arrays, and arrays whose
+    numbers do not give back their exact bits (a NaN with its sign bit set), always use
+    ``dense_hex``."""
+    if value.size > INLINE_LIMIT or value.dtype.kind == "c" or not _inline_is_exact(value):
         data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False)
         return f'dense_hex<"{data.tobytes().hex()}">'
 
@@ -94,6 +96,15 @@ def format_dense(value: np.ndarray) -> str:
         return "[" + ", ".join(nest(x) for x in a) + "]"
 
     return f"dense<{nest(value)}>"
+
+
+def _inline_is_exact(value: np.ndarray) -> bool:
+    """Whether the printed numbers of a float array read back to its exact bits (a NaN with
+    its sign bit set, or a NaN payload, does not)."""
+    if not is_floating(value.dtype):
+        return True
+    printed = [float(_scalar(x)) for x in value.reshape(-1).tolist()]
+    return np.array(printed, dtype=value.dtype).tobytes() == value.tobytes()
 
 
 class Namer:

@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from string import ascii_letters
 
+import numpy as np
+
 from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
+from dtensor_compiler.ir.types import numpy_dtype
 from dtensor_compiler.tracing.einsum_spec import explicit_spec
-from dtensor_compiler.tracing.elementwise import apply_ufunc
+from dtensor_compiler.tracing.elementwise import apply_ufunc, astype, numpy_result_dtype
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Operand, Recorder
 from dtensor_compiler.tracing.shape_ops import broadcast_to, normalize_axis, ravel, reshape
@@ -42,7 +45,9 @@ def dot(rec: Recorder, a: Operand, b: Operand) -> Value:
         return apply_ufunc(rec, "multiply", (x, y))
     if y.type.rank >= 3:
         return tensordot(rec, x, y, ((x.type.rank - 1,), (y.type.rank - 2,)))
-    return matmul(rec, x, y)
+    # numpy's dot and matmul differ in dtype for bfloat16 (bf16 and f32)
+    expected = numpy_result_dtype("numpy.dot", np.dot, (x, y))
+    return astype(rec, matmul(rec, x, y), numpy_dtype(expected))
 
 
 def einsum(rec: Recorder, subscripts: object, *operands: Operand, optimize: object = False
@@ -54,6 +59,7 @@ def einsum(rec: Recorder, subscripts: object, *operands: Operand, optimize: obje
                                         "string, not the sublist form", user_location())
     values = [rec.value(x) for x in operands]
     ins, out = explicit_spec(subscripts, [v.type.rank for v in values])
+    _check_einsum_dtypes(",".join(ins) + "->" + out, values)
     sizes: dict[str, int] = {}
     for sub, v in zip(ins, values):
         if len(set(sub)) != len(sub):
@@ -67,6 +73,16 @@ def einsum(rec: Recorder, subscripts: object, *operands: Operand, optimize: obje
     values = [broadcast_to(rec, v, tuple(sizes.get(c, 1) for c in sub))
               for sub, v in zip(ins, values)]
     return rec.emit("einsum", values, {"spec": ",".join(ins) + "->" + out})
+
+
+def _check_einsum_dtypes(spec: str, values: Sequence[Value]) -> None:
+    """numpy's einsum on one-element stand-ins, for its error where it has no loop for the
+    dtypes (ml_dtypes' floats)."""
+    stand_ins = [np.ones((1,) * v.type.rank, numpy_dtype(v.type.dtype)) for v in values]
+    try:
+        np.einsum(spec, *stand_ins)
+    except TypeError as e:
+        raise ShapeError(f"numpy.einsum: {e}", user_location()) from None
 
 
 def _axes(axes: int | Sequence[int]) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ from dtensor_compiler.ir.core import Function, Value
 from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.reasons import Reason
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
-from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
+from dtensor_compiler.ir.types import TensorType, dtype_name, is_floating, numpy_dtype
 from dtensor_compiler.tracing.location import user_location
 
 PythonScalar = bool | int | float | complex
@@ -55,7 +55,7 @@ def scalar_attr(value: object, dtype: str) -> bool | int | float | complex:
         return bool(value)
     if kind in "iu":
         return int(value)  # type: ignore[call-overload]
-    if kind == "f":
+    if is_floating(np_dtype):
         return float(value)  # type: ignore[arg-type]
     return complex(value)  # type: ignore[arg-type]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 from hypothesis import strategies as st
 
@@ -90,7 +91,7 @@ def programs(draw) -> Program:
                                      "softmax", "matmul", "einsum", "slice", "reshape",
                                      "concat", "where", "center", "variance", "take", "argmax",
                                      "stack_split", "expand_squeeze", "astype", "swapaxes",
-                                     "bool_matmul", "int8_sum", "cumsum"]))
+                                     "bool_matmul", "int8_sum", "cumsum", "bfloat16"]))
         if kind == "unary":
             name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
             f = getattr(np, name)
@@ -188,6 +189,9 @@ def programs(draw) -> Program:
             axis = draw(st.integers(0, last))
             add(f"np.cumsum({x}, axis={axis})", lambda e, x=x, a=axis: np.cumsum(e[x], axis=a),
                 s)
+        elif kind == "bfloat16":  # elementwise in bf16, exact whatever the layout
+            add(f"np.tanh({x}.astype(bf16)).astype(np.float32)",
+                lambda e, x=x: np.tanh(e[x].astype(ml_dtypes.bfloat16)).astype(np.float32), s)
         elif kind == "astype":
             add(f"{x}.astype(np.float32) * 3", lambda e, x=x: e[x].astype(np.float32) * 3, s)
         elif kind == "swapaxes" and len(s) >= 2:

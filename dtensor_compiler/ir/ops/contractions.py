@@ -10,7 +10,12 @@ from collections.abc import Sequence
 
 from dtensor_compiler.ir import factors
 from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
-from dtensor_compiler.ir.inference import matmul_shape, parse_einsum, ufunc_result_dtype
+from dtensor_compiler.ir.inference import (
+    matmul_result_dtype,
+    matmul_shape,
+    parse_einsum,
+    ufunc_result_dtype,
+)
 from dtensor_compiler.ir.opdef import (
     ALL_OPERANDS,
     Attrs,
@@ -28,7 +33,7 @@ _LINEAR = Traits(linear_in=ALL_OPERANDS)
 
 def _matmul(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
             ctx: InferContext) -> list[ResultSig]:
-    return [(ufunc_result_dtype("multiply", (ts[0].dtype, ts[1].dtype)),
+    return [(matmul_result_dtype(ts[0].dtype, ts[1].dtype),
              matmul_shape(ts[0].shape, ts[1].shape))]
 
 
@@ -70,4 +75,6 @@ def _einsum_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorTyp
 EINSUM = register(OpDef(name="einsum", operands=None, infer=_einsum,
                         attrs=(AttrSpec("spec", AttrKind.STR),), sharding=Factors(_einsum_rule),
                         folds=True, traits=_LINEAR))
-"""``einsum`` with an explicit spec (``"ij,jk->ik"``), no ellipsis or repeated letters."""
+"""``einsum`` with an explicit spec (``"ij,jk->ik"``), no ellipsis or repeated letters. Its
+dtype is the operands' promotion under ``multiply`` (numpy's einsum has no loops for the
+ml_dtypes floats; kernels compute those in float32)."""
