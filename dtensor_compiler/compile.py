@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,24 +161,27 @@ class Lowered:
         if self._executor is None:
             self._executor = self.backend.executor(self.module)
         outs = self._executor.run(inputs)
-        results = tuple(DTensor(x, layout, t.shape)
+        results = tuple(DTensor.of_program(x, layout, t.shape)
                         for x, t, layout in zip(outs, self._result_types, self.out_layouts))
         return results[0] if len(results) == 1 else results
 
-    def _input(self, name: str, value: object, type: TensorType, layout: Layout) -> Storage:
+    def _input(self, name: str, value: object, arg_type: TensorType, layout: Layout
+               ) -> Storage:
         """`value`'s storage, checked against the argument's type and layout."""
+        if type(value) is DTensor and value.layout == layout and value.shape == arg_type.shape:
+            return value.storage  # the common case, decided without the checks below
         if isinstance(value, DistributedValue):
             tensor = value.as_dtensor()
-            _check_type(name, tensor.shape, tensor.dtype, type)
+            _check_type(name, tensor.shape, tensor.dtype, arg_type)
             if tensor.layout != layout:
                 raise LayoutError(f"argument {name!r} has layout {tensor.layout.short_text()} "
                                   f"on {tensor.mesh.mesh_shape().text()}; the program takes "
                                   f"{layout.short_text()} on {self.mesh.mesh_shape().text()}")
             return tensor.storage
         array = np.asarray(value)
-        _check_type(name, array.shape, array.dtype, type)
-        assert type.sharding is not None
-        return self.backend.place(array, type.sharding, self.mesh.mesh_shape())
+        _check_type(name, array.shape, array.dtype, arg_type)
+        assert arg_type.sharding is not None
+        return self.backend.place(array, arg_type.sharding, self.mesh.mesh_shape())
 
 
 def _normalize_layouts(layouts: Layout | Sequence[Layout | None] | None, what: str
@@ -236,6 +240,7 @@ class CompiledFunction:
         self._verify = verify
         self._keep_ir = keep_ir
         self._cache: dict[tuple[Mesh, tuple[TensorType, ...]], Lowered] = {}
+        self._by_call_key: dict[Hashable, Lowered] = {}
         if specs is not None and not all(isinstance(s, TensorSpec) for s in specs):
             raise TypeError("specs must be TensorSpecs, one per argument")
         self.specs: tuple[TensorSpec, ...] | None = None if specs is None else tuple(specs)
@@ -246,8 +251,34 @@ class CompiledFunction:
         if kwargs:
             raise TraceError(f"{self._name}: compiled functions take their arrays "
                              f"positionally; got keyword arguments {sorted(kwargs)}")
+        key = self._call_key(args)
+        lowered = self._by_call_key.get(key) if key is not None else None
+        if lowered is not None:
+            return lowered.run(*args)
         mesh, types, values = self._resolve(args)
-        return self._lowered(mesh, types).run(*values)
+        lowered = self._lowered(mesh, types)
+        if key is not None:
+            self._by_call_key[key] = lowered
+        return lowered.run(*values)
+
+    def _call_key(self, args: Sequence[object]) -> Hashable | None:
+        """What decides the program of a call whose arguments are all numpy arrays or DTensors
+        (their shapes, dtypes and layouts, and the mesh a call without layouts runs on), so a
+        repeated call skips resolving its arguments; None for any other call."""
+        parts: list[Hashable] = []
+        placed = self._layout_mesh is not None
+        for a in args:
+            kind = type(a)
+            if kind is np.ndarray:
+                parts.append((a.shape, a.dtype))  # type: ignore[attr-defined]
+            elif kind is DTensor:
+                parts.append((a.shape, a.dtype, a.layout))  # type: ignore[attr-defined]
+                placed = True
+            else:
+                return None
+        if not placed:
+            parts.append(get_default_mesh() or os.environ.get("DTC_NUM_DEVICES"))
+        return tuple(parts)
 
     def lower(self, *args: object) -> Lowered:
         """Compile for arguments given as arrays, DTensors or `TensorSpec`s."""

@@ -66,6 +66,11 @@ class Layout:
         self._specs = specs
         self._mesh = mesh
         self._partial = dict(sorted(reductions.items()))
+        self._sharding = None if MATCH in specs else Sharding(
+            tuple(() if s == UNSHARDED else (s,) if isinstance(s, str) else tuple(s)
+                  for s in specs), tuple(self._partial.items()))
+        self._text = self._string()
+        """A layout never changes, so its text form (its identity) is computed once."""
 
     # -- factories -----------------------------------------------------------------------------
     @classmethod
@@ -113,11 +118,9 @@ class Layout:
     @property
     def sharding(self) -> Sharding:
         """The compiler's view. Raises LayoutError if a spec is MATCH."""
-        if MATCH in self._specs:
+        if self._sharding is None:
             raise LayoutError("a layout with MATCH specs is only valid as a relayout target")
-        dims = tuple(() if s == UNSHARDED else (s,) if isinstance(s, str) else tuple(s)
-                     for s in self._specs)
-        return Sharding(dims, tuple(self._partial.items()))
+        return self._sharding
 
     def num_shards(self, idx: int) -> int:
         spec = self._specs[idx]
@@ -185,6 +188,9 @@ class Layout:
         return spec if isinstance(spec, str) else "*".join(spec)
 
     def to_string(self) -> str:
+        return self._text
+
+    def _string(self) -> str:
         specs = "".join(self._spec_text(s) + "," for s in self._specs)
         partial = ""
         if self._partial:
@@ -218,10 +224,10 @@ class Layout:
 
     # -- identity ------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Layout) and self.to_string() == other.to_string()
+        return self is other or isinstance(other, Layout) and self._text == other._text
 
     def __hash__(self) -> int:
-        return hash(self.to_string())
+        return hash(self._text)
 
     def __reduce__(self):
         return (Layout.from_string, (self.to_string(),))

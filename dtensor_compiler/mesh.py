@@ -87,6 +87,9 @@ class Mesh:
         self._global_devices = [str(d) for d in global_devices] if global_devices else []
         self._name = mesh_name
         self._device_type = types.pop()
+        self._shape = MeshShape(tuple(zip(self._dim_names, (int(s) for s in self._ids.shape))))
+        self._text = self._string()
+        """A mesh never changes, so its text form (its identity) is computed once."""
 
     # -- properties of the reference API -----------------------------------------------------
     @property
@@ -176,10 +179,13 @@ class Mesh:
     # -- compiler view --------------------------------------------------------------------------
     def mesh_shape(self) -> MeshShape:
         """The (name, size) pairs the compiler works with."""
-        return MeshShape(tuple(zip(self._dim_names, (int(s) for s in self._ids.shape))))
+        return self._shape
 
     # -- text form ------------------------------------------------------------------------------
     def to_string(self) -> str:
+        return self._text
+
+    def _string(self) -> str:
         dims = ",".join(f"{n}={s}" for n, s in zip(self._dim_names, self.shape()))
         parts = [self._name, dims, ",".join(str(int(i)) for i in self._ids.reshape(-1)),
                  ",".join(str(i) for i in self._local_ids), ",".join(self._local_devices)]
@@ -217,10 +223,10 @@ class Mesh:
 
     # -- identity -------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mesh) and self.to_string() == other.to_string()
+        return self is other or isinstance(other, Mesh) and self._text == other._text
 
     def __hash__(self) -> int:
-        return hash(self.to_string())
+        return hash(self._text)
 
     def __reduce__(self):
         return (Mesh.from_string, (self.to_string(),))

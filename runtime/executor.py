@@ -134,6 +134,11 @@ class Program:
     `conform` is called on a result whose shape or dtype differs from it (the simulated mesh
     broadcasts a value computed once over mesh axes it is the same along, and raises for
     anything else).
+
+    The first run goes through `_checked_run`, one dispatch loop that checks every result
+    against its type. Shapes are static, so once a run has passed, the program is turned into
+    straight-line Python (`source`): one call per op, each value deleted after its last use,
+    and the fix-up a result needed (if any) applied without asking again.
     """
 
     def __init__(self, module: Module, kernels: KernelTable, ctx: ExecContext,
@@ -152,6 +157,8 @@ class Program:
         self._results = [slot[id(v)] for v in func.results]
         last_use: dict[int, int] = {}
         for i, op in enumerate(func.ops):
+            for r in op.results:
+                last_use[slot[id(r)]] = i  # a result nothing uses dies with its op
             for v in op.operands:
                 last_use[slot[id(v)]] = i
         returned = set(self._results)
@@ -168,36 +175,69 @@ class Program:
             self._steps.append(_Step(
                 kernel(op, ctx), tuple(slot[id(v)] for v in op.operands),
                 tuple(slot[id(r)] for r in op.results),
-                tuple(array_type(r.type) for r in op.results), tuple(free), op))
+                tuple(array_type(r.type) for r in op.results), tuple(sorted(free)), op))
+        self._fixups: list[list[int]] = [[] for _ in self._steps]
+        """Per step, the results (by position) the first run had to conform."""
+        self._fast: Callable[..., list[Any]] | None = None
+        self.source: str | None = None
+        """The straight-line code the program runs as after its first run."""
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         """Arrays in (one per argument, in this backend's form), result arrays out."""
         if len(inputs) != len(self._args):
             raise ShapeError(f"@{self.name} takes {len(self._args)} inputs, got {len(inputs)}")
-        env: list[Any] = [None] * self._size
-        for (s, name, type, (shape, dtype)), x in zip(self._args, inputs):
+        for (_, name, type, (shape, dtype)), x in zip(self._args, inputs):
             if x.shape != shape or x.dtype != dtype:
                 raise ShapeError(f"input %{name} of type {type.text()} must be a {dtype} array "
                                  f"of shape {list(shape)}, got {x.dtype} {list(x.shape)}")
+        if self._fast is not None:
+            return self._fast(*inputs)
+        outs = self._checked_run(inputs)
+        self._fast = self._straight_line()
+        return outs
+
+    def _checked_run(self, inputs: Sequence[Any]) -> list[Any]:
+        env: list[Any] = [None] * self._size
+        for (s, *_), x in zip(self._args, inputs):
             env[s] = x
-        for step in self._steps:
-            args = step.args
-            if len(args) == 1:
-                out = step.fn(env[args[0]])
-            elif len(args) == 2:
-                out = step.fn(env[args[0]], env[args[1]])
-            else:
-                out = step.fn(*[env[a] for a in args])
-            outs = step.outs
-            if len(outs) == 1:
-                shape, dtype = step.types[0]
-                if out.shape != shape or out.dtype != dtype:
-                    out = self._conform(out, step.op.results[0].type, step.op)
-                env[outs[0]] = out
-            elif outs:
-                for s, x, (shape, dtype), r in zip(outs, out, step.types, step.op.results):
-                    env[s] = x if x.shape == shape and x.dtype == dtype else self._conform(
-                        x, r.type, step.op)
+        for step, fixups in zip(self._steps, self._fixups):
+            out = step.fn(*[env[a] for a in step.args])
+            values = (out,) if len(step.outs) == 1 else tuple(out or ())
+            for k, (s, x, (shape, dtype), r) in enumerate(zip(step.outs, values, step.types,
+                                                               step.op.results)):
+                if x.shape != shape or x.dtype != dtype:
+                    x = self._conform(x, r.type, step.op)
+                    fixups.append(k)
+                env[s] = x
             for s in step.free:
                 env[s] = None
         return [env[s] for s in self._results]
+
+    def _straight_line(self) -> Callable[..., list[Any]]:
+        namespace: dict[str, Any] = {}
+        lines = [f"def run({', '.join(f'v{s}' for s, *_ in self._args)}):"]
+        for i, (step, fixups) in enumerate(zip(self._steps, self._fixups)):
+            namespace[f"k{i}"] = step.fn
+            call = f"k{i}({', '.join(f'v{a}' for a in step.args)})"
+            outs = [f"v{s}" for s in step.outs]
+            if not outs:
+                lines.append(f"    {call}")
+            elif len(outs) == 1 and not fixups:
+                lines.append(f"    {outs[0]} = {call}")
+            else:
+                lines.append(f"    {', '.join(outs)}{',' if len(outs) == 1 else ''} = {call}")
+                for k in fixups:
+                    namespace[f"fix{i}_{k}"] = self._fixup(step, k)
+                    lines.append(f"    {outs[k]} = fix{i}_{k}({outs[k]})")
+            if step.free:
+                lines.append(f"    del {', '.join(f'v{s}' for s in step.free)}")
+        lines.append(f"    return [{', '.join(f'v{s}' for s in self._results)}]")
+        self.source = "\n".join(lines) + "\n"
+        exec(compile(self.source, f"<program @{self.name}>", "exec"), namespace)
+        fast: Callable[..., list[Any]] = namespace["run"]
+        return fast
+
+    def _fixup(self, step: _Step, k: int) -> Callable[[Any], Any]:
+        result = step.op.results[k]
+        conform = self._conform
+        return lambda x: conform(x, result.type, step.op)

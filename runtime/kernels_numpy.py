@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from dtensor_compiler.ir import geometry, opdef
-from dtensor_compiler.ir.core import Operation
+from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.ops import contractions, elementwise, indexing, reductions, shape, sources
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
@@ -50,14 +50,22 @@ def align_local_rank(x: np.ndarray, rank: int, k: int) -> np.ndarray:
     return x.reshape(x.shape[:k] + (1,) * (rank - (x.ndim - k)) + x.shape[k:])
 
 
+def _all_ones(value: Value) -> bool:
+    """A value every device holds whole, of one element: its array is all size-1 axes, which
+    broadcast the same however they are aligned."""
+    sharding = value.type.sharding
+    return all(n == 1 for n in value.type.shape) and (
+        sharding is None or not sharding.used_mesh_dims())
+
+
 def _aligned(fn: Callable[..., np.ndarray], op: Operation, ctx: ExecContext) -> KernelFn:
     """`fn` applied to the operands, aligned on local dims when their local ranks differ (the
     ranks are known when the kernel is built)."""
     ranks = [v.type.rank for v in op.operands]
     rank = max(ranks, default=0)
     k = ctx.mesh_axes
-    if k == 0 or all(r == rank for r in ranks):
-        return fn
+    if k == 0 or all(r == rank or _all_ones(v) for r, v in zip(ranks, op.operands)):
+        return fn  # numpy's own broadcasting lines them up already
 
     def aligned(*args: np.ndarray) -> np.ndarray:
         return fn(*[align_local_rank(a, rank, k) for a in args])

@@ -112,6 +112,8 @@ def to_stacked(global_array: np.ndarray, sharding: Sharding, mesh: MeshShape) ->
     """Split a global array into the stacked form of `sharding`: a contiguous array, which
     may be a view of `global_array` when no data has to move."""
     x = np.asarray(global_array)
+    if sharding.is_replicated() and sharding.rank == x.ndim:
+        return np.ascontiguousarray(x).reshape((1,) * len(mesh.dims) + x.shape)
     problems = sharding.problems(mesh, tuple(x.shape))
     if problems:
         raise ValueError(f"cannot lay out {list(x.shape)} as {sharding.text()}: {problems[0]}")
@@ -222,8 +224,12 @@ class StackedStorage:
 
     __slots__ = ("stacked", "sharding", "mesh")
 
-    def __init__(self, stacked: np.ndarray, sharding: Sharding, mesh: MeshShape) -> None:
-        check_stacked(stacked, sharding, mesh)
+    def __init__(self, stacked: np.ndarray, sharding: Sharding, mesh: MeshShape,
+                 checked: bool = True) -> None:
+        """`checked=False` skips checking the mesh extents (for a program's results, whose
+        types the program checked)."""
+        if checked:
+            check_stacked(stacked, sharding, mesh)
         if stacked.flags.writeable:
             stacked = stacked.view()
             stacked.flags.writeable = False

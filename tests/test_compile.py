@@ -317,3 +317,29 @@ def test_lambdas_are_named_lambda_everywhere(mesh) -> None:
     assert f.lower(rand(8)).ir("trace").splitlines()[1].startswith("func @lambda(")
     with pytest.raises(dtc.TraceError, match=r"^lambda\(a\): too many positional arguments"):
         f(rand(8), rand(8))
+
+
+def test_repeated_calls_take_the_cached_program_of_their_own_mesh_and_layouts() -> None:
+    f = dtc.compile(lambda x: x * 2)
+    x = np.arange(8.0)
+    one, two = dtc.create_mesh([("a", 2)]), dtc.create_mesh([("b", 4)])
+    with dtc.default_mesh(one):
+        assert f(x).mesh == one and f(x).mesh == one
+    with dtc.default_mesh(two):
+        assert f(x).mesh == two
+    sharded = dtc.copy_to_mesh(x, dtc.Layout(["b"], two))
+    replicated = dtc.copy_to_mesh(x, dtc.Layout.replicated(two, 1))
+    assert f(sharded).layout == sharded.layout and f(replicated).layout == replicated.layout
+    assert f(sharded).layout == sharded.layout
+    np.testing.assert_array_equal(np.asarray(f(sharded)), x * 2)
+
+
+def test_a_result_never_aliases_the_callers_array() -> None:
+    f = dtc.compile(lambda x: x.reshape(2, 4), in_layouts=dtc.Layout.replicated(
+        dtc.create_mesh([("a", 2)]), 1))
+    x = np.arange(8.0)
+    for _ in range(2):  # the first call and a cached one
+        y = f(x)
+        x[0] = 100.0
+        assert np.asarray(y)[0, 0] == 0.0
+        x[0] = 0.0
