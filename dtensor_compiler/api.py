@@ -17,6 +17,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
+from typing import overload
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.eager import DEFAULT_BACKEND, place, relayout_storage
 from dtensor_compiler.errors import DTensorError, LayoutError, MeshError
 from dtensor_compiler.ir.types import dtype_name
-from dtensor_compiler.layout import MATCH, Layout
+from dtensor_compiler.layout import MATCH, Layout, Spec
 from dtensor_compiler.mesh import Mesh, create_mesh
 from dtensor_compiler.runtime.backends import get_backend
 from dtensor_compiler.tracing import TracedArray
@@ -165,7 +166,7 @@ def unpack(tensor: DTensor) -> list[np.ndarray]:
 # -- moving values ------------------------------------------------------------------------------
 
 
-def _resolve_match(layout: Layout, specs: Sequence[object], rank: int) -> Layout:
+def _resolve_match(layout: Layout, specs: Sequence[Spec], rank: int) -> Layout:
     """`layout` with every MATCH spec replaced by the spec the value has on that dim."""
     if layout.rank != rank:
         raise LayoutError(f"layout {layout.short_text()} has rank {layout.rank}, the tensor "
@@ -234,6 +235,18 @@ def relayout_like(tensor: DistributedValue | TracedArray, like: DistributedValue
                           "the layout from; a traced value's layout is chosen after tracing. "
                           "Use dtc.relayout(x, layout) instead")
     return relayout(tensor, fetch_layout(like))
+
+
+@overload
+def copy_to_mesh(tensor: TracedArray, layout: Layout) -> TracedArray: ...
+
+
+@overload
+def copy_to_mesh(tensor: np.ndarray | DistributedValue, layout: Layout) -> DTensor: ...
+
+
+@overload
+def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray: ...
 
 
 def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray:

@@ -95,6 +95,11 @@ def _check_type(name: str, shape: tuple[int, ...], dtype: np.dtype, type: Tensor
                          f"{type.text()}")
 
 
+def _layout(t: TensorType, mesh: Mesh) -> Layout:
+    assert t.sharding is not None, "propagation lays out every argument and result"
+    return Layout.from_sharding(t.sharding, mesh)
+
+
 class Lowered:
     """A compiled program for one set of argument types: its IR after every stage, its
     collectives, and `run`."""
@@ -108,9 +113,9 @@ class Lowered:
         self._arg_names = tuple(arg_names)
         self._arg_types = tuple(arg_types)
         self._result_types = tuple(result_types)
-        self.in_layouts = tuple(Layout.from_sharding(t.sharding, mesh) for t in arg_types)
+        self.in_layouts = tuple(_layout(t, mesh) for t in arg_types)
         """The layout of every argument, as given or as propagation chose it."""
-        self.out_layouts = tuple(Layout.from_sharding(t.sharding, mesh) for t in result_types)
+        self.out_layouts = tuple(_layout(t, mesh) for t in result_types)
         self._stages = tuple(stages)
         self.global_stage = global_stage
         """The last stage with global shapes, every collective in place (the records'
@@ -214,6 +219,9 @@ def _arg_names(signature: inspect.Signature | None, count: int) -> list[str]:
 
 class CompiledFunction:
     """A numpy function compiled for the simulated mesh; see the module docstring."""
+
+    __wrapped__: Callable[..., Any]
+    """The numpy function itself (set by `functools.update_wrapper`)."""
 
     def __init__(self, fn: Callable[..., Any], in_layouts: Layout | Sequence[Layout | None]
                  | None = None, out_layouts: Layout | Sequence[Layout | None] | None = None,

@@ -29,10 +29,10 @@ _NODE_STYLE: dict[str, dict[str, str]] = {
 _PARTIAL_EDGE_STYLE = {"style": "dashed", "color": "#c0392b"}
 
 
-def dataflow_graph(func: Function) -> nx.MultiDiGraph:
+def dataflow_graph(func: Function) -> nx.MultiDiGraph[str]:
     """One node per argument and op, one for the return; one edge per use of a value."""
     name = Namer(func)
-    graph = nx.MultiDiGraph(name=func.name)
+    graph: nx.MultiDiGraph[str] = nx.MultiDiGraph(name=func.name)
     producer: dict[Value, str] = {}
     for i, arg in enumerate(func.args):
         node = f"arg{i}"
@@ -44,7 +44,9 @@ def dataflow_graph(func: Function) -> nx.MultiDiGraph:
             ", ".join(name(r) for r in op.results) + f" = {op.name}")
         kind = "collective" if opdef.lookup(op.name).collective is not None else "op"
         if kind == "collective":
-            label += " [" + ", ".join(op.attrs["mesh_dims"]) + "]"
+            mesh_dims = op.attrs["mesh_dims"]
+            assert isinstance(mesh_dims, tuple)
+            label += " [" + ", ".join(mesh_dims) + "]"
         why = "" if op.why is None else format_reason(op.why)
         graph.add_node(node, kind=kind, label=label, why=why)
         for value in op.operands:
@@ -57,7 +59,7 @@ def dataflow_graph(func: Function) -> nx.MultiDiGraph:
     return graph
 
 
-def _add_use(graph: nx.MultiDiGraph, src: str, dst: str, type_: TensorType) -> None:
+def _add_use(graph: nx.MultiDiGraph[str], src: str, dst: str, type_: TensorType) -> None:
     partial = type_.sharding is not None and type_.sharding.is_partial
     graph.add_edge(src, dst, label=type_.text(), partial=partial)
 
@@ -70,7 +72,7 @@ def _attrs(items: dict[str, str]) -> str:
     return "[" + ", ".join(f"{k}={_quote(v)}" for k, v in items.items()) + "]"
 
 
-def to_dot(graph: nx.MultiDiGraph) -> str:
+def to_dot(graph: nx.MultiDiGraph[str]) -> str:
     """Graphviz DOT text for a graph made by `dataflow_graph`."""
     lines = [f"digraph {_quote(graph.graph['name'])} {{",
              '  node [fontname="monospace", fontsize=10];',

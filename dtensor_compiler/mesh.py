@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -260,21 +261,25 @@ def create_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int] | None = N
 
     Without dims: a 1-D mesh ``x`` over `DTC_NUM_DEVICES` devices (default 8).
     """
+    dims: list[tuple[object, ...]]
     if mesh_dims is None:
         dims = [("x", len(devices) if devices else num_simulated_devices())]
     elif isinstance(mesh_dims, dict):
         dims = list(mesh_dims.items())
     else:
         dims = [tuple(d) for d in mesh_dims]
+    names: list[str] = []
+    shape: list[int] = []
     for d in dims:
         if len(d) != 2 or not isinstance(d[1], (int, np.integer)) or d[1] < 1:
             raise MeshError(f"mesh dim {d!r} must be a (name, positive size) pair")
-    shape = [int(s) for _, s in dims]
+        names.append(cast(str, d[0]))  # Mesh itself rejects a name that is not a str
+        shape.append(int(d[1]))
     n = int(np.prod(shape))
     if devices is None:
         kind = (device_type or "CPU").upper()
         devices = [f"/job:localhost/replica:0/task:0/device:{kind}:{i}" for i in range(n)]
     elif len(devices) != n:
         raise MeshError(f"mesh dims {dims} need {n} devices, got {len(devices)}")
-    return Mesh([name for name, _ in dims], np.arange(n).reshape(shape), list(range(n)),
+    return Mesh(names, np.arange(n).reshape(shape), list(range(n)),
                 list(devices), mesh_name, use_xla_spmd=use_xla_spmd)

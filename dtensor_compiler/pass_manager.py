@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, TextIO
+from typing import ClassVar, TextIO, TypedDict, Unpack
 
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.errors import DTensorError, PassError
@@ -82,7 +82,7 @@ def _convert(value: str, typ: object, where: str) -> object:
         if value not in ("true", "false"):
             raise PassError(f"{where}: expected true or false, got {value!r}")
         return value == "true"
-    conv = kinds.get(typ)  # type: ignore[call-overload]
+    conv = kinds.get(typ)
     if conv is None:
         raise PassError(f"{where}: option type {typ} cannot be set from a pipeline")
     try:
@@ -138,6 +138,17 @@ class Stage:
     ir: str | None
 
 
+class _Options(TypedDict, total=False):
+    """The keyword arguments of `PassManager`, for `PassManager.parse` to pass on."""
+
+    verify: bool
+    keep_ir: bool
+    print_after_all: bool
+    out: TextIO | None
+    ctx: PassContext | None
+    before_each: Callable[[ModulePass, Module], None] | None
+
+
 class PassManager:
     def __init__(self, passes: list[ModulePass], *, verify: bool = True, keep_ir: bool = True,
                  print_after_all: bool = False, out: TextIO | None = None,
@@ -154,7 +165,7 @@ class PassManager:
         self.stages: list[Stage] = []
 
     @staticmethod
-    def parse(pipeline: str, **kwargs: object) -> PassManager:
+    def parse(pipeline: str, **kwargs: Unpack[_Options]) -> PassManager:
         return PassManager([parse_pass(p) for p in split_pipeline(pipeline)], **kwargs)
 
     def text(self) -> str:

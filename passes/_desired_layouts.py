@@ -84,7 +84,9 @@ def _visit(op: Operation, out: DesiredLayouts, spaces: FactorSpaces, chooser: St
             return []
         out.assign(operand, out.layouts[op.result], out.sources[op.result], op)
         return [operand]
-    tensors = [*op.operands, op.result]
+    result = op.result
+    assert result is not None, "ops with a factor rule have one result"
+    tensors = [*op.operands, result]
     known = [out.layouts.get(v) for v in tensors]
     if all(k is None for k in known) or all(k is not None for k in known):
         return []

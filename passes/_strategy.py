@@ -31,7 +31,7 @@ from dtensor_compiler.cost import CostModel, Link
 from dtensor_compiler.errors import PlanningError
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Operation, Value
-from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.passes._factor_sharding import FactorSharding, FactorSpace
 from dtensor_compiler.planner import relayout_cost
@@ -153,7 +153,13 @@ def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | N
               result: Sharding | None, consumers: tuple[int, ...], factors: FactorSharding,
               seeds: tuple[int, ...], keep: tuple[int, ...], costs: LayoutCosts
               ) -> Strategy | None:
-    kept = [operands[i].partial_map if i in keep else {} for i in range(len(operands))]
+    kept: list[dict[str, ReduceOp]] = []
+    for i, operand in enumerate(operands):
+        if i in keep:
+            assert operand is not None, "only a partial operand is kept pending"
+            kept.append(operand.partial_map)
+        else:
+            kept.append({})
     assert op.result is not None
     rtype = op.result.type
     passed = opdef.lookup(op.name).carried(kept, [v.type for v in op.operands],

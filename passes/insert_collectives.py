@@ -86,8 +86,9 @@ def _expand(func: Function, op: Operation, steps: list[Step], infer: InferContex
         pending = None if explained or not reduces else _pending_source(source, step.mesh_dims)
         new_ops.append(make_op(step.kind, [value], step.attr_dict(), infer, sharding=step.dst,
                                loc=op.loc, why=Planned(op.why, target, pending)))
-        value = new_ops[-1].result
-        assert value is not None
+        result = new_ops[-1].result
+        assert result is not None
+        value = result
     if steps:
         value.origin = op.result.origin
     func.replace_value(op.result, value)

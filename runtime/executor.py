@@ -65,7 +65,11 @@ class ExecContext(Protocol):
     mesh_axes: int
     """Leading axes of every array that index devices (the simulated mesh stacks them); 0
     where an array is one device's shard."""
-    comm: Communicator
+
+    @property
+    def comm(self) -> Communicator:
+        """Runs the collectives (read-only here, so an implementation may hold a subtype)."""
+        ...
 
     def block_index(self, mesh_dims: Sequence[str]) -> Any:
         """The block each device holds along a dim sharded over `mesh_dims`: an int, or an

@@ -44,6 +44,12 @@ def _sharding(op: Operation) -> Sharding:
     return sharding
 
 
+def _int_attr(op: Operation, name: str) -> int:
+    value = op.attrs[name]
+    assert isinstance(value, int)
+    return value
+
+
 def align_local_rank(x: np.ndarray, rank: int, k: int) -> np.ndarray:
     """View `x` (mesh rank `k`) with size-1 local dims inserted after the mesh prefix so its
     local rank is `rank`."""
@@ -115,7 +121,9 @@ def _reduction(op: Operation, ctx: ExecContext) -> KernelFn:
     kind = opdef.lookup(op.name).traits.reduction
     assert kind is not None
     reduce = _REDUCE_FUNCS[kind]
-    axes = tuple(ctx.mesh_axes + a for a in op.attrs["axes"])  # type: ignore[union-attr]
+    local_axes = op.attrs["axes"]
+    assert isinstance(local_axes, tuple)
+    axes = tuple(ctx.mesh_axes + a for a in local_axes)
     keepdims = bool(op.attrs["keepdims"])
     return lambda x: reduce(x, axis=axes, keepdims=keepdims)
 
@@ -123,14 +131,14 @@ def _reduction(op: Operation, ctx: ExecContext) -> KernelFn:
 @kernel(reductions.ARGMAX, reductions.ARGMIN)
 def _arg_reduction(op: Operation, ctx: ExecContext) -> KernelFn:
     reduce = np.argmax if op.name == "argmax" else np.argmin
-    axis = ctx.mesh_axes + op.attrs["axis"]  # type: ignore[operator]
+    axis = ctx.mesh_axes + _int_attr(op, "axis")
     keepdims = bool(op.attrs["keepdims"])
     return lambda x: reduce(x, axis=axis, keepdims=keepdims)
 
 
 @kernel(reductions.CUMSUM)
 def _cumsum(op: Operation, ctx: ExecContext) -> KernelFn:
-    axis = ctx.mesh_axes + op.attrs["axis"]  # type: ignore[operator]
+    axis = ctx.mesh_axes + _int_attr(op, "axis")
     dtype = numpy_dtype(op.type.dtype)
     return lambda x: np.cumsum(x, axis=axis, dtype=dtype)
 
@@ -138,7 +146,9 @@ def _cumsum(op: Operation, ctx: ExecContext) -> KernelFn:
 @kernel(shape.TRANSPOSE)
 def _transpose(op: Operation, ctx: ExecContext) -> KernelFn:
     k = ctx.mesh_axes
-    perm = tuple(range(k)) + tuple(k + p for p in op.attrs["perm"])  # type: ignore[union-attr]
+    local_perm = op.attrs["perm"]
+    assert isinstance(local_perm, tuple)
+    perm = tuple(range(k)) + tuple(k + p for p in local_perm)
     return lambda x: x.transpose(perm)
 
 
@@ -164,15 +174,15 @@ def _broadcast_to(op: Operation, ctx: ExecContext) -> KernelFn:
 @kernel(shape.CONCATENATE)
 def _concatenate(op: Operation, ctx: ExecContext) -> KernelFn:
     # operands agree on every sharded dim and pending reduction, so on their mesh extents
-    axis = ctx.mesh_axes + op.attrs["axis"]  # type: ignore[operator]
+    axis = ctx.mesh_axes + _int_attr(op, "axis")
     return lambda *args: np.concatenate(args, axis=axis)
 
 
 @kernel(indexing.SLICE)
 def _slice(op: Operation, ctx: ExecContext) -> KernelFn:
-    a = op.attrs
-    local = tuple(slice(b, e, s) for b, e, s in zip(a["start"], a["stop"],  # type: ignore
-                                                    a["step"]))  # type: ignore[call-overload]
+    start, stop, step = op.attrs["start"], op.attrs["stop"], op.attrs["step"]
+    assert isinstance(start, tuple) and isinstance(stop, tuple) and isinstance(step, tuple)
+    local = tuple(slice(b, e, s) for b, e, s in zip(start, stop, step))
     index = (slice(None),) * ctx.mesh_axes + local
     return lambda x: x[index]
 
@@ -262,4 +272,4 @@ def evaluate(op: Operation, args: Sequence[np.ndarray]) -> np.ndarray:
     """The value of `op`'s result on global operand values, with its kernel."""
     build = NUMPY_KERNELS.get(op.name)
     assert build is not None, f"no numpy kernel for {op.name}"
-    return build(op, _GLOBAL)(*args)  # type: ignore[no-any-return]
+    return build(op, _GLOBAL)(*args)

@@ -16,7 +16,7 @@ blocks are a change here, not in each of them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, Self, TypeVar
 
 from dtensor_compiler.ir.mesh_shape import MeshShape
 
@@ -25,7 +25,16 @@ MeshDims = tuple[str, ...]
 TensorDims = Sequence[Sequence[str]]
 """Per tensor dim, the mesh dims it is split over (the dims part of a `Sharding`)."""
 
-Coord = TypeVar("Coord")
+
+class _CoordLike(Protocol):
+    """What block arithmetic needs of a coordinate: scaling by an int, adding another."""
+
+    def __mul__(self, other: int, /) -> Self: ...
+
+    def __add__(self, other: Self, /) -> Self: ...
+
+
+Coord = TypeVar("Coord", bound=_CoordLike)
 """A mesh coordinate: an int on one device, or an integer array over the simulated mesh."""
 
 
@@ -48,7 +57,7 @@ def block_size(extent: int, shards: int) -> int:
 def block_start(extent: int, shards: int, block: Coord) -> Coord:
     """The global index of the first element of block number `block` (an int, or an array
     of block numbers)."""
-    return block * block_size(extent, shards)  # type: ignore[operator, no-any-return]
+    return block * block_size(extent, shards)
 
 
 def global_extent(local: int, shards: int) -> int:
@@ -89,5 +98,5 @@ def block_number(mesh_dims: Sequence[str], coord: Callable[[str], Coord], mesh: 
     ``0``, or a zero array when coordinates are arrays."""
     index = zero
     for m in mesh_dims:
-        index = index * mesh.size(m) + coord(m)  # type: ignore[operator]
+        index = index * mesh.size(m) + coord(m)
     return index

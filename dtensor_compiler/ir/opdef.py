@@ -182,7 +182,7 @@ class OpDef:
         return not self.effects
 
     # -- attributes ------------------------------------------------------------------------------
-    def make_attrs(self, given: Attrs) -> dict[str, Attr]:
+    def make_attrs(self, given: Mapping[str, object]) -> dict[str, Attr]:
         """`given` coerced to the attribute kinds, with defaults filled in; ValueError for an
         unknown, missing or ill-typed attribute."""
         unknown = sorted(set(given) - {a.name for a in self.attrs})

@@ -61,6 +61,7 @@ def parse_module(text: str) -> Module:
     """Parse IR text (as written by `print_module`) into a new `Module`."""
     try:
         syntax = _lark().parse(text)
+        assert isinstance(syntax, _ModuleSyntax)  # the embedded `_Syntax` builds the records
         return _build_module(syntax)
     except _Fault as fault:
         raise _error(text, fault.message, fault.line, fault.column) from None
@@ -159,7 +160,13 @@ class _Syntax(Transformer):
     def func(self, name: Token, args: list[tuple[Token, TensorType]] | None,
              result_types: list[TensorType] | None, *body: _OpSyntax | tuple[Token, list[Token]]
              ) -> _FuncSyntax:
-        *ops, (return_at, returned) = body
+        *items, ret = body
+        assert isinstance(ret, tuple), "the grammar ends a body with its return"
+        ops: list[_OpSyntax] = []
+        for item in items:
+            assert isinstance(item, _OpSyntax), "the grammar has only ops before the return"
+            ops.append(item)
+        return_at, returned = ret
         return _FuncSyntax(name, args or [], result_types or [], ops, returned, return_at)
 
     def args(self, *args: tuple[Token, TensorType]) -> list[tuple[Token, TensorType]]:
@@ -206,7 +213,7 @@ class _Syntax(Transformer):
         return TensorType(dtype, shape, sharding)
 
     def sharding(self, dims: list[tuple[str, ...]] | None,
-                 partial: tuple[tuple[str, str], ...] | None) -> Sharding:
+                 partial: tuple[tuple[str, ReduceOp], ...] | None) -> Sharding:
         return Sharding(tuple(dims or ()), partial or ())
 
     def shard_dims(self, *dims: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -221,7 +228,7 @@ class _Syntax(Transformer):
     def mesh_dim_group(self, *names: Token) -> tuple[str, ...]:
         return tuple(str(n) for n in names)
 
-    def partial(self, *reductions: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    def partial(self, *reductions: tuple[str, ReduceOp]) -> tuple[tuple[str, ReduceOp], ...]:
         return reductions
 
     def reduction(self, mesh_dim: Token, op: Token) -> tuple[str, ReduceOp]:
@@ -418,7 +425,9 @@ def _error(text: str, message: str, line: int, column: int) -> IRParseError:
 
 def _syntax_error(text: str, e: UnexpectedInput) -> IRParseError:
     if isinstance(e, UnexpectedCharacters):
-        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        pos = e.pos_in_stream
+        assert pos is not None, "lark sets the position of an unexpected character"
+        char = text[pos] if pos < len(text) else ""
         return _error(text, f"unexpected character {char!r}", e.line, e.column)
     if isinstance(e, UnexpectedToken):
         expected = ", ".join(sorted(_describe(name) for name in e.expected))

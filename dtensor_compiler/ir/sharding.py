@@ -29,11 +29,13 @@ class ReduceOp(StrEnum):
     @classmethod
     def parse(cls, name: object) -> ReduceOp:
         """`name` as a ReduceOp; ValueError naming the known ones otherwise."""
-        try:
-            return cls(name)
-        except ValueError:
-            known = ", ".join(op.value for op in cls)
-            raise ValueError(f"unknown reduction {name!r}; reductions are {known}") from None
+        if isinstance(name, str):
+            try:
+                return cls(name)
+            except ValueError:
+                pass
+        known = ", ".join(op.value for op in cls)
+        raise ValueError(f"unknown reduction {name!r}; reductions are {known}") from None
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Sharding:
            ) -> Sharding:
         """Convenience: ``Sharding.of("dp", None)`` is ``{dp, -}``."""
         norm = tuple(() if d is None else (d,) if isinstance(d, str) else tuple(d) for d in dims)
-        return Sharding(norm, tuple((partial or {}).items()))
+        return Sharding(norm, tuple((m, ReduceOp.parse(op)) for m, op in (partial or {}).items()))
 
     # -- queries ------------------------------------------------------------------------------
     @property

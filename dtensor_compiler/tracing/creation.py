@@ -12,6 +12,7 @@ accepted and ignored.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from dtensor_compiler.errors import TraceError
 from dtensor_compiler.ir.core import Value
@@ -22,13 +23,15 @@ from dtensor_compiler.tracing.recorder import Operand, Recorder, ir_dtype
 from dtensor_compiler.tracing.shape_ops import ShapeLike, broadcast_to
 
 _Ignored = object
+_Bound = float | np.integer | np.floating | Value
+"""A bound or step of ``arange``: a number (a traced one is rejected)."""
 
 
 def _shape(shape: ShapeLike) -> tuple[int, ...]:
     return (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
 
 
-def full(rec: Recorder, shape: ShapeLike, fill_value: Operand, dtype: object = None,
+def full(rec: Recorder, shape: ShapeLike, fill_value: Operand, dtype: DTypeLike | None = None,
          order: _Ignored = "C", device: _Ignored = None) -> Value:
     """`shape` filled with `fill_value` (a number, or an array broadcast to `shape`)."""
     if isinstance(fill_value, Value) or np.ndim(fill_value) > 0:
@@ -39,17 +42,18 @@ def full(rec: Recorder, shape: ShapeLike, fill_value: Operand, dtype: object = N
     return rec.full(_shape(shape), target, fill_value)
 
 
-def zeros(rec: Recorder, shape: ShapeLike, dtype: object = float, order: _Ignored = "C",
+def zeros(rec: Recorder, shape: ShapeLike, dtype: DTypeLike | None = float, order: _Ignored = "C",
           device: _Ignored = None) -> Value:
     return full(rec, shape, 0, np.float64 if dtype is None else dtype)
 
 
-def ones(rec: Recorder, shape: ShapeLike, dtype: object = float, order: _Ignored = "C",
+def ones(rec: Recorder, shape: ShapeLike, dtype: DTypeLike | None = float, order: _Ignored = "C",
          device: _Ignored = None) -> Value:
     return full(rec, shape, 1, np.float64 if dtype is None else dtype)
 
 
-def _like(a: Operand, dtype: object, shape: ShapeLike | None) -> tuple[tuple[int, ...], object]:
+def _like(a: Operand, dtype: DTypeLike | None, shape: ShapeLike | None
+          ) -> tuple[tuple[int, ...], DTypeLike | None]:
     if isinstance(a, Value):
         own_shape, own_dtype = a.type.shape, numpy_dtype(a.type.dtype)
     else:
@@ -58,28 +62,28 @@ def _like(a: Operand, dtype: object, shape: ShapeLike | None) -> tuple[tuple[int
             own_dtype if dtype is None else dtype)
 
 
-def full_like(rec: Recorder, a: Operand, fill_value: Operand, dtype: object = None,
+def full_like(rec: Recorder, a: Operand, fill_value: Operand, dtype: DTypeLike | None = None,
               order: _Ignored = "K", subok: _Ignored = True, shape: ShapeLike | None = None,
               device: _Ignored = None) -> Value:
     like_shape, like_dtype = _like(a, dtype, shape)
     return full(rec, like_shape, fill_value, like_dtype)
 
 
-def zeros_like(rec: Recorder, a: Operand, dtype: object = None, order: _Ignored = "K",
+def zeros_like(rec: Recorder, a: Operand, dtype: DTypeLike | None = None, order: _Ignored = "K",
                subok: _Ignored = True, shape: ShapeLike | None = None,
                device: _Ignored = None) -> Value:
     return full_like(rec, a, 0, dtype, shape=shape)
 
 
-def ones_like(rec: Recorder, a: Operand, dtype: object = None, order: _Ignored = "K",
+def ones_like(rec: Recorder, a: Operand, dtype: DTypeLike | None = None, order: _Ignored = "K",
               subok: _Ignored = True, shape: ShapeLike | None = None,
               device: _Ignored = None) -> Value:
     return full_like(rec, a, 1, dtype, shape=shape)
 
 
-def arange(rec: Recorder, start: object, stop: object = None, step: object = None,
-           dtype: object = None, device: _Ignored = None) -> Value:
-    if any(isinstance(b, Value) for b in (start, stop, step)):
+def arange(rec: Recorder, start: _Bound, stop: _Bound | None = None, step: _Bound | None = None,
+           dtype: DTypeLike | None = None, device: _Ignored = None) -> Value:
+    if isinstance(start, Value) or isinstance(stop, Value) or isinstance(step, Value):
         raise TraceError("numpy.arange with traced bounds has a data-dependent length",
                          user_location())
     reference = np.arange(start, stop, step, dtype=dtype)

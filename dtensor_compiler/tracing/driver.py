@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TypeGuard
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from dtensor_compiler.ir.reasons import OutLayout, Reason, UserRelayout
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.tracing.location import user_location
-from dtensor_compiler.tracing.recorder import Recorder
+from dtensor_compiler.tracing.recorder import PythonScalar, Recorder
 from dtensor_compiler.tracing.tracer import TracedArray, unwrap
 
 
@@ -32,7 +33,7 @@ def function_name(fn: Callable) -> str:
     return "fn_" + name if name[0].isdigit() else name
 
 
-def is_traced(x: object) -> bool:
+def is_traced(x: object) -> TypeGuard[TracedArray]:
     """True for an array inside a function being traced."""
     return isinstance(x, TracedArray)
 
@@ -74,7 +75,8 @@ def _output_location(value: Value, fn: Callable) -> Location:
     return _definition(fn) or user_location()
 
 
-def _check_output(out: object, func_name: str, fn: Callable) -> object:
+def _check_output(out: object, func_name: str, fn: Callable
+                  ) -> Value | np.ndarray | np.generic | PythonScalar:
     """Raise TraceError unless `out` is something a compiled function may return."""
     if isinstance(out, (Value, np.ndarray, np.generic, bool, int, float, complex)):
         return out
@@ -90,7 +92,8 @@ def _out_shardings(out_shardings: Sequence[Sharding | None] | Sharding | None, c
                    fn_name: str) -> list[Sharding | None]:
     if out_shardings is None:
         return [None] * count
-    given = [out_shardings] if isinstance(out_shardings, Sharding) else list(out_shardings)
+    given: list[Sharding | None] = (
+        [out_shardings] if isinstance(out_shardings, Sharding) else list(out_shardings))
     if len(given) != count:
         raise TraceError(f"{fn_name} returns {count} value(s) but {len(given)} out_layouts are "
                          "given", user_location())

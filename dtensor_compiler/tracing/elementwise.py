@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from dtensor_compiler.errors import ShapeError
 from dtensor_compiler.ir.core import Value
@@ -36,7 +37,7 @@ def _dtype_key(x: Operand) -> DtypeKey:
     if isinstance(x, Value):
         return numpy_dtype(x.type.dtype)
     if is_python_scalar(x):
-        return (type(x), x)  # type: ignore[return-value]
+        return (type(x), x)
     return np.asarray(x).dtype
 
 
@@ -75,12 +76,12 @@ def lift_operands(rec: Recorder, name: str, operands: Sequence[Operand],
     """IR values for `operands`, giving each Python number the dtype under which
     `ir_result(operand dtypes)` (the op's dtype rule) equals numpy's dtype `expected`."""
     strong = {i: rec.value(x) for i, x in enumerate(operands) if not is_python_scalar(x)}
-    weak = [i for i in range(len(operands)) if i not in strong]
+    weak = {i: x for i, x in enumerate(operands) if is_python_scalar(x)}
     strong_dtypes = [numpy_dtype(v.type.dtype) for v in strong.values()]
     candidates = [
-        dict.fromkeys((ir_dtype(np.result_type(*strong_dtypes, operands[i])),
-                       ir_dtype(np.asarray(operands[i]).dtype)))
-        for i in weak
+        dict.fromkeys((ir_dtype(np.result_type(*strong_dtypes, x)),
+                       ir_dtype(np.asarray(x).dtype)))
+        for x in weak.values()
     ]
     for choice in itertools.product(*candidates):
         chosen = dict(zip(weak, choice))
@@ -125,7 +126,7 @@ def clip(rec: Recorder, a: Operand, a_min: Operand | None = None,
     return out
 
 
-def astype(rec: Recorder, x: Value, dtype: object) -> Value:
+def astype(rec: Recorder, x: Value, dtype: DTypeLike | None) -> Value:
     """`x` converted to numpy dtype `dtype` (no op when it already has it)."""
     target = ir_dtype(dtype)
     if target == x.type.dtype:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from types import FrameType
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def _is_internal(file: str) -> bool:
 
 def user_location() -> Location:
     """File and line of the innermost caller that is user code."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if not _is_internal(frame.f_code.co_filename):
             return Location(source_path(frame.f_code.co_filename), frame.f_lineno)

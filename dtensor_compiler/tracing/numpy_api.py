@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from dtensor_compiler.errors import UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
@@ -90,7 +91,7 @@ def call_ufunc(ufunc: np.ufunc, method: str, rec: Recorder, inputs: tuple, kwarg
 
 
 def _ufunc_reduce(rec: Recorder, array: Operand, axis: reductions.Axis = 0,
-                  dtype: object = None, *, keepdims: bool = False, kind: str) -> Value:
+                  dtype: DTypeLike | None = None, *, keepdims: bool = False, kind: str) -> Value:
     return reductions.reduce(rec, kind, array, axis, dtype, keepdims)
 
 
@@ -102,30 +103,30 @@ def _reduction(kind: str) -> Handler:
 
 
 def _accumulation(kind: str) -> Handler:
-    def handler(rec: Recorder, a: Operand, axis: reductions.Axis = None, dtype: object = None,
-                *, keepdims: bool = False) -> Value:
+    def handler(rec: Recorder, a: Operand, axis: reductions.Axis = None,
+                dtype: DTypeLike | None = None, *, keepdims: bool = False) -> Value:
         return reductions.reduce(rec, kind, a, axis, dtype, keepdims)
     return handler
 
 
-def _add_accumulate(rec: Recorder, array: Operand, axis: int = 0, dtype: object = None
+def _add_accumulate(rec: Recorder, array: Operand, axis: int = 0, dtype: DTypeLike | None = None
                     ) -> Value:
     """``np.add.accumulate``: ``np.cumsum`` along axis 0 by default (numpy widens small
     integers and bool for both)."""
     return reductions.cumsum(rec, array, axis, dtype)
 
 
-def _mean(rec: Recorder, a: Operand, axis: reductions.Axis = None, dtype: object = None, *,
-          keepdims: bool = False) -> Value:
+def _mean(rec: Recorder, a: Operand, axis: reductions.Axis = None,
+          dtype: DTypeLike | None = None, *, keepdims: bool = False) -> Value:
     return reductions.mean(rec, a, axis, dtype, keepdims)
 
 
-def _var(rec: Recorder, a: Operand, axis: reductions.Axis = None, dtype: object = None, *,
+def _var(rec: Recorder, a: Operand, axis: reductions.Axis = None, dtype: DTypeLike | None = None, *,
          ddof: int | float = 0, keepdims: bool = False) -> Value:
     return reductions.var(rec, a, axis, dtype, ddof, keepdims)
 
 
-def _std(rec: Recorder, a: Operand, axis: reductions.Axis = None, dtype: object = None, *,
+def _std(rec: Recorder, a: Operand, axis: reductions.Axis = None, dtype: DTypeLike | None = None, *,
          ddof: int | float = 0, keepdims: bool = False) -> Value:
     return reductions.std(rec, a, axis, dtype, ddof, keepdims)
 
@@ -153,7 +154,7 @@ def _clip(rec: Recorder, a: Operand, a_min: Operand | None = None,
     return elementwise.clip(rec, a, lower, upper)
 
 
-def _astype(rec: Recorder, x: Operand, dtype: object) -> Value:
+def _astype(rec: Recorder, x: Operand, dtype: DTypeLike | None) -> Value:
     return elementwise.astype(rec, rec.value(x), dtype)
 
 

@@ -9,12 +9,13 @@ anything else a ``constant`` op holding a private copy of the data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TypeGuard
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from dtensor_compiler.errors import Location, ShapeError, TraceError
-from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.builder import Builder
 from dtensor_compiler.ir.core import Function, Value
 from dtensor_compiler.ir.opdef import InferContext
@@ -28,12 +29,12 @@ Operand = Value | np.ndarray | np.generic | PythonScalar | list | tuple
 """What a lowering accepts as an array: a traced value or anything numpy turns into an array."""
 
 
-def is_python_scalar(x: object) -> bool:
+def is_python_scalar(x: object) -> TypeGuard[PythonScalar]:
     """Python numbers are weakly typed (NEP 50): the other operand decides the dtype."""
     return type(x) in (bool, int, float, complex)
 
 
-def ir_dtype(dtype: object) -> str:
+def ir_dtype(dtype: DTypeLike | None) -> str:
     """The IR name of a numpy dtype; TraceError (at the user's line) if the IR has none."""
     try:
         return dtype_name(np.dtype(dtype))
@@ -51,13 +52,15 @@ def scalar_attr(value: object, dtype: str) -> bool | int | float | complex:
     except (OverflowError, ValueError) as e:
         raise ShapeError(f"{value!r} does not fit {dtype}: {e}", user_location()) from None
     kind = np_dtype.kind
+    # `value` is anything numpy converted above (a number, a numpy scalar, a 0-d array, a
+    # numeric string), which the stubs of int(), float() and complex() cannot express.
     if kind == "b":
         return bool(value)
     if kind in "iu":
         return int(value)  # type: ignore[call-overload]
     if is_floating(np_dtype):
         return float(value)  # type: ignore[arg-type]
-    return complex(value)  # type: ignore[arg-type]
+    return complex(value)  # type: ignore[call-overload]
 
 
 class Recorder:
@@ -69,7 +72,8 @@ class Recorder:
         self.active = True
         self._builder = Builder(func, InferContext(mesh))
 
-    def emit(self, name: str, operands: Sequence[Value], attrs: dict[str, Attr] | None = None,
+    def emit(self, name: str, operands: Sequence[Value],
+             attrs: Mapping[str, object] | None = None,
              result: TensorType | None = None, sharding: Sharding | None = None,
              why: Reason | None = None, loc: Location | None = None) -> Value:
         """Append op `name` at `loc` (default: the user's current line); `result` is the

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from math import prod
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
@@ -37,7 +38,7 @@ def normalize_axes(axis: Axis, rank: int) -> tuple[int, ...]:
     return axes
 
 
-def reduce(rec: Recorder, kind: str, a: Operand, axis: Axis = None, dtype: object = None,
+def reduce(rec: Recorder, kind: str, a: Operand, axis: Axis = None, dtype: DTypeLike | None = None,
            keepdims: bool = False) -> Value:
     """``reduce_<kind>`` (sum, prod, max, min) of `a` over `axis`, accumulated in `dtype`.
 
@@ -62,14 +63,14 @@ def _divide_in_place(rec: Recorder, total: Value, count: int | float) -> Value:
                   numpy_dtype(total.type.dtype))
 
 
-def _accumulator(x: Value, dtype: object) -> object:
+def _accumulator(x: Value, dtype: DTypeLike | None) -> DTypeLike | None:
     """The dtype numpy's mean and var sum in: the requested one, else f64 for integers and bool."""
     if dtype is not None:
         return dtype
     return np.float64 if numpy_dtype(x.type.dtype).kind in "biu" else None
 
 
-def mean(rec: Recorder, a: Operand, axis: Axis = None, dtype: object = None,
+def mean(rec: Recorder, a: Operand, axis: Axis = None, dtype: DTypeLike | None = None,
          keepdims: bool = False) -> Value:
     x = rec.value(a)
     acc = _accumulator(x, dtype)
@@ -79,7 +80,7 @@ def mean(rec: Recorder, a: Operand, axis: Axis = None, dtype: object = None,
     return astype(rec, out, np.float16) if half else out
 
 
-def var(rec: Recorder, a: Operand, axis: Axis = None, dtype: object = None,
+def var(rec: Recorder, a: Operand, axis: Axis = None, dtype: DTypeLike | None = None,
         ddof: int | float = 0, keepdims: bool = False) -> Value:
     x = rec.value(a)
     if numpy_dtype(x.type.dtype).kind == "c":
@@ -94,7 +95,7 @@ def var(rec: Recorder, a: Operand, axis: Axis = None, dtype: object = None,
     return _divide_in_place(rec, total, max(count - ddof, 0))
 
 
-def std(rec: Recorder, a: Operand, axis: Axis = None, dtype: object = None,
+def std(rec: Recorder, a: Operand, axis: Axis = None, dtype: DTypeLike | None = None,
         ddof: int | float = 0, keepdims: bool = False) -> Value:
     return apply_ufunc(rec, "sqrt", (var(rec, a, axis, dtype, ddof, keepdims),))
 
@@ -111,7 +112,8 @@ def arg_reduce(rec: Recorder, kind: str, a: Operand, axis: int | None = None,
     return reshape(rec, index, (1,) * x.type.rank) if keepdims else index
 
 
-def cumsum(rec: Recorder, a: Operand, axis: int | None = None, dtype: object = None) -> Value:
+def cumsum(rec: Recorder, a: Operand, axis: int | None = None, dtype: DTypeLike | None = None
+           ) -> Value:
     """Prefix sums along `axis` (None: of the flattened array), accumulated in `dtype`: a
     requested dtype is the wide result cast back, which wraps exactly as accumulating in it
     does."""

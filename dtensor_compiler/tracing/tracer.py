@@ -11,9 +11,10 @@ table in `numpy_api`. Anything that needs concrete data (``bool(x)``, ``float(x)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar, overload
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from dtensor_compiler.errors import TraceError
 from dtensor_compiler.ir.core import Value
@@ -22,6 +23,20 @@ from dtensor_compiler.tracing.indexing import getitem
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.numpy_api import call_function, call_ufunc
 from dtensor_compiler.tracing.recorder import Recorder
+
+_K = TypeVar("_K")
+
+
+@overload
+def unwrap(obj: tuple[object, ...], rec: Recorder) -> tuple[object, ...]: ...
+
+
+@overload
+def unwrap(obj: dict[_K, object], rec: Recorder) -> dict[_K, object]: ...
+
+
+@overload
+def unwrap(obj: object, rec: Recorder) -> object: ...
 
 
 def unwrap(obj: object, rec: Recorder) -> object:
@@ -136,8 +151,8 @@ class TracedArray:
     __xor__, __rxor__ = _forward(np.bitwise_xor), _reflected(np.bitwise_xor)
     __lshift__, __rlshift__ = _forward(np.left_shift), _reflected(np.left_shift)
     __rshift__, __rrshift__ = _forward(np.right_shift), _reflected(np.right_shift)
-    __eq__ = _forward(np.equal)  # type: ignore[assignment]
-    __ne__ = _forward(np.not_equal)  # type: ignore[assignment]
+    __eq__ = _forward(np.equal)
+    __ne__ = _forward(np.not_equal)
     __lt__ = _forward(np.less)
     __le__ = _forward(np.less_equal)
     __gt__ = _forward(np.greater)
@@ -183,10 +198,10 @@ class TracedArray:
         _data_dependent("using a traced array as an index or size")
 
     # -- ndarray methods (numpy's functions of the same name) -------------------------------
-    def reshape(self, *shape: object, **kwargs: object) -> object:
+    def reshape(self, *shape: Any, **kwargs: Any) -> object:
         return np.reshape(self, shape[0] if len(shape) == 1 else shape, **kwargs)
 
-    def transpose(self, *axes: object) -> object:
+    def transpose(self, *axes: Any) -> object:
         if not axes:
             return np.transpose(self)
         return np.transpose(self, axes[0] if len(axes) == 1 else axes)
@@ -194,7 +209,7 @@ class TracedArray:
     def swapaxes(self, axis1: int, axis2: int) -> object:
         return np.swapaxes(self, axis1, axis2)
 
-    def squeeze(self, *args: object, **kwargs: object) -> object:
+    def squeeze(self, *args: Any, **kwargs: Any) -> object:
         return np.squeeze(self, *args, **kwargs)
 
     def flatten(self) -> object:
@@ -203,47 +218,48 @@ class TracedArray:
     def ravel(self) -> object:
         return np.ravel(self)
 
-    def astype(self, dtype: object) -> object:
-        return np.astype(self, dtype)
+    def astype(self, dtype: DTypeLike | None) -> object:
+        # numpy's stubs take only an ndarray; np.astype dispatches to __array_function__
+        return np.astype(self, dtype)  # type: ignore[call-overload]
 
     def copy(self) -> TracedArray:
         return self
 
-    def sum(self, *args: object, **kwargs: object) -> object:
+    def sum(self, *args: Any, **kwargs: Any) -> object:
         return np.sum(self, *args, **kwargs)
 
-    def prod(self, *args: object, **kwargs: object) -> object:
+    def prod(self, *args: Any, **kwargs: Any) -> object:
         return np.prod(self, *args, **kwargs)
 
-    def cumsum(self, *args: object, **kwargs: object) -> object:
+    def cumsum(self, *args: Any, **kwargs: Any) -> object:
         return np.cumsum(self, *args, **kwargs)
 
-    def mean(self, *args: object, **kwargs: object) -> object:
+    def mean(self, *args: Any, **kwargs: Any) -> object:
         return np.mean(self, *args, **kwargs)
 
-    def max(self, *args: object, **kwargs: object) -> object:
+    def max(self, *args: Any, **kwargs: Any) -> object:
         return np.max(self, *args, **kwargs)
 
-    def min(self, *args: object, **kwargs: object) -> object:
+    def min(self, *args: Any, **kwargs: Any) -> object:
         return np.min(self, *args, **kwargs)
 
-    def var(self, *args: object, **kwargs: object) -> object:
+    def var(self, *args: Any, **kwargs: Any) -> object:
         return np.var(self, *args, **kwargs)
 
-    def std(self, *args: object, **kwargs: object) -> object:
+    def std(self, *args: Any, **kwargs: Any) -> object:
         return np.std(self, *args, **kwargs)
 
-    def argmax(self, *args: object, **kwargs: object) -> object:
+    def argmax(self, *args: Any, **kwargs: Any) -> object:
         return np.argmax(self, *args, **kwargs)
 
-    def argmin(self, *args: object, **kwargs: object) -> object:
+    def argmin(self, *args: Any, **kwargs: Any) -> object:
         return np.argmin(self, *args, **kwargs)
 
-    def clip(self, *args: object, **kwargs: object) -> object:
+    def clip(self, *args: Any, **kwargs: Any) -> object:
         return np.clip(self, *args, **kwargs)
 
-    def take(self, *args: object, **kwargs: object) -> object:
+    def take(self, *args: Any, **kwargs: Any) -> object:
         return np.take(self, *args, **kwargs)
 
-    def dot(self, other: object) -> object:
+    def dot(self, other: Any) -> object:
         return np.dot(self, other)

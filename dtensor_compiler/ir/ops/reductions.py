@@ -48,8 +48,13 @@ def _reduce_infer(kind: ReduceOp) -> InferFn:
 
 
 def _reduce_rule(kind: ReduceOp) -> Factors:
-    return Factors(lambda attrs, operands, result: factors.reduction(
-        operands[0], attrs["axes"], bool(attrs["keepdims"]), FactorKind.REDUCED, kind))
+    def rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
+             ) -> factors.FactorRule:
+        axes = attrs["axes"]
+        assert isinstance(axes, tuple)
+        return factors.reduction(operands[0], axes, bool(attrs["keepdims"]),
+                                 FactorKind.REDUCED, kind)
+    return Factors(rule)
 
 
 def _define_reduction(kind: ReduceOp) -> OpDef:
@@ -72,8 +77,15 @@ def _arg_infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[Tensor
     return [("i64", reduced_shape(t.shape, (axis,), bool(attrs["keepdims"])))]
 
 
-_ARG_RULE = Factors(lambda attrs, operands, result: factors.reduction(
-    operands[0], (attrs["axis"],), bool(attrs["keepdims"]), FactorKind.NEEDS_REPLICATION))
+def _arg_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
+              ) -> factors.FactorRule:
+    axis = attrs["axis"]
+    assert isinstance(axis, int)
+    return factors.reduction(operands[0], (axis,), bool(attrs["keepdims"]),
+                             FactorKind.NEEDS_REPLICATION)
+
+
+_ARG_RULE = Factors(_arg_rule)
 
 
 def _define_arg_reduction(name: str) -> OpDef:
