@@ -105,12 +105,12 @@ class _Simplifier:
         if (result is None or not op.operands or result.type.size > self.fold_limit
                 or numpy_dtype(result.type.dtype).kind == "c"):
             return None
-        values = [_known_value(v) for v in op.operands]
-        if any(v is None for v in values):
+        if not all(_is_known(v) for v in op.operands):
             return None
+        values = [_known_value(v) for v in op.operands]
         try:
             with np.errstate(all="ignore"):
-                out = evaluate(op, values)  # type: ignore[arg-type]
+                out = evaluate(op, values)
         except (IndexError, ValueError):
             return None  # e.g. an index out of range: left for the program to report at run time
         value = np.asarray(out, dtype=numpy_dtype(result.type.dtype)).reshape(result.type.shape)
@@ -131,9 +131,14 @@ class _Simplifier:
 
     def _without_dead_ops(self, ops: list[Operation]) -> list[Operation]:
         kept: list[Operation] = []
+        is_result = self.func.is_result
         for op in reversed(ops):
-            dead = opdef.lookup(op.name).pure and not any(
-                r.uses or self.func.is_result(r) for r in op.results)
+            result = op.result
+            if result is not None and (result.uses or is_result(result)):
+                dead = False  # the common case, decided without the op's definition
+            else:
+                dead = opdef.lookup(op.name).pure and not any(
+                    r.uses or is_result(r) for r in op.results)
             if dead:
                 op.drop_operands()
             else:
@@ -142,13 +147,18 @@ class _Simplifier:
         return kept
 
 
-def _known_value(value: Value) -> np.ndarray | None:
-    """The compile-time value of `value`, when a source op with a known value makes it."""
+def _is_known(value: Value) -> bool:
+    """Whether a source op with a compile-time value makes `value`."""
     op = value.owner
-    if op is None:
-        return None
+    return op is not None and opdef.lookup(op.name).value is not None
+
+
+def _known_value(value: Value) -> np.ndarray:
+    op = value.owner
+    assert op is not None
     known = opdef.lookup(op.name).value
-    return None if known is None else known(op)
+    assert known is not None
+    return known(op)
 
 
 def _all_equal(flat: np.ndarray) -> bool:
@@ -172,4 +182,5 @@ def _cse_key(op: Operation, definition: opdef.OpDef) -> Hashable:
     operands: Hashable = op.operands
     if definition.traits.commutative:
         operands = tuple(sorted(map(id, op.operands)))
-    return (op.name, operands, attrs, tuple(r.type for r in op.results), op.why)
+    types = (op.result.type,) if op.result is not None else tuple(r.type for r in op.results)
+    return (op.name, operands, attrs, types, op.why)

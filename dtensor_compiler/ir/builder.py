@@ -30,6 +30,9 @@ def make_op(name: str, operands: Sequence[Value], attrs: Mapping[str, object] | 
     if definition.operands is not None and len(operands) != definition.operands:
         raise ShapeError(f"{name} takes {definition.operands} operands, got {len(operands)}",
                          loc)
+    if (definition.results == 1 and (declared is None or isinstance(declared, TensorType))
+            and (sharding is None or isinstance(sharding, Sharding))):
+        return _make_single(definition, operands, attrs, ctx, declared, sharding, loc, why)
     declared_types = _per_result(declared, definition.results)
     shardings = _per_result(sharding, definition.results)
     try:
@@ -49,12 +52,30 @@ def make_op(name: str, operands: Sequence[Value], attrs: Mapping[str, object] | 
     return Operation(name, operands, types, typed, loc, why)
 
 
+def _make_single(definition: opdef.OpDef, operands: Sequence[Value],
+                 attrs: Mapping[str, object] | None, ctx: InferContext,
+                 declared: TensorType | None, sharding: Sharding | None,
+                 loc: Location | None, why: Reason | None) -> Operation:
+    """`make_op` for the common case: one result, given (if at all) as one type and layout
+    (planning builds thousands of these)."""
+    try:
+        typed: dict[str, Attr] = definition.make_attrs(attrs or {})
+        ((dtype, shape),) = definition.infer([v.type for v in operands], typed,
+                                             () if declared is None else (declared,), ctx)
+    except ValueError as e:
+        raise ShapeError(f"{definition.name}: {e}", loc) from None
+    if sharding is None and declared is not None:
+        sharding = declared.sharding
+    return Operation(definition.name, operands, (TensorType(dtype, tuple(shape), sharding),),
+                     typed, loc, why)
+
+
 def _per_result(given: object, count: int) -> list:
     if given is None:
         return [None] * count
     if isinstance(given, (TensorType, Sharding)):
         return [given] + [None] * (count - 1)
-    assert isinstance(given, Sequence)
+    assert isinstance(given, (list, tuple))
     return list(given) + [None] * (count - len(given))
 
 

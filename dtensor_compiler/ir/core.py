@@ -76,7 +76,7 @@ class Value:
 class Operation:
     """One op: a registered name, operands, attributes and its results."""
 
-    __slots__ = ("name", "_operands", "results", "attrs", "loc", "why")
+    __slots__ = ("name", "_operands", "results", "result", "attrs", "loc", "why")
 
     def __init__(self, name: str, operands: Iterable[Value],
                  result_types: Sequence[TensorType] = (),
@@ -87,20 +87,13 @@ class Operation:
         self.attrs: dict[str, Attr] = dict(attrs or {})
         self.loc = loc
         self.why = why
-        self.results: tuple[Value, ...] = tuple(Value(t, self) for t in result_types)
+        self.results: tuple[Value, ...] = tuple([Value(t, self) for t in result_types])
+        self.result: Value | None = self.results[0] if len(self.results) == 1 else None
+        """The only result; None for an op without results or with several (read those
+        through `results`)."""
         for v in operands:
             self._operands.append(v)
             v.uses.append((self, len(self._operands) - 1))
-
-    @property
-    def result(self) -> Value | None:
-        """The only result, or None for an op without results; ops with several results are
-        read through `results`."""
-        results = self.results
-        if not results:
-            return None
-        assert len(results) == 1, f"{self.name} has {len(results)} results; use .results"
-        return results[0]
 
     @property
     def operands(self) -> tuple[Value, ...]:

@@ -185,17 +185,19 @@ class OpDef:
     def make_attrs(self, given: Mapping[str, object]) -> dict[str, Attr]:
         """`given` coerced to the attribute kinds, with defaults filled in; ValueError for an
         unknown, missing or ill-typed attribute."""
-        unknown = sorted(set(given) - {a.name for a in self.attrs})
-        if unknown:
-            raise ValueError(f"unknown attribute {unknown[0]!r}")
         out: dict[str, Attr] = {}
+        found = 0
         for spec in self.attrs:
             if spec.name in given:
                 out[spec.name] = spec.coerce(given[spec.name])
+                found += 1
             elif spec.required:
                 raise ValueError(f"missing attribute {spec.name!r}")
             else:
                 out[spec.name] = spec.coerce(spec.default)
+        if found != len(given):
+            unknown = sorted(set(given) - {a.name for a in self.attrs})
+            raise ValueError(f"unknown attribute {unknown[0]!r}")
         return out
 
     def attr_problems(self, attrs: Attrs) -> list[str]:

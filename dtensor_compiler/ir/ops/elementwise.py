@@ -67,8 +67,11 @@ BROADCASTING = Factors(lambda attrs, operands, result: factors.broadcasting(oper
 def _ufunc_infer(name: str) -> InferFn:
     def infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
               ctx: InferContext) -> list[ResultSig]:
-        shape = broadcast_shapes(*(t.shape for t in ts))
-        return [(ufunc_result_dtype(name, tuple(t.dtype for t in ts)), shape)]
+        if len(ts) == 1:
+            return [(ufunc_result_dtype(name, (ts[0].dtype,)), ts[0].shape)]
+        a, b = ts
+        shape = a.shape if a.shape == b.shape else broadcast_shapes(a.shape, b.shape)
+        return [(ufunc_result_dtype(name, (a.dtype, b.dtype)), shape)]
     return infer
 
 
