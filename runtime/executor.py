@@ -8,10 +8,10 @@ axes its arrays have, the block each device holds along a sharded dim, how a who
 spread into a pending reduction or a global value laid out, and the communicator that runs
 collectives.
 
-`Program` compiles the entry function of a localized module into a straight-line list of
-built kernels with slot numbers, checks each result against its type as it runs (a mismatch
-is a compiler bug: `ExecutionError`), and frees every value after its last use, like
-torch.fx's Interpreter but with the dispatch done once, before the first run.
+`Program` builds the kernels of the entry function of a localized module once. Its first run
+is one dispatch loop (like torch.fx's Interpreter) that checks each result against its type (a
+mismatch is a compiler bug: `ExecutionError`); later runs are the same steps as generated
+straight-line Python. Both free every value after its last use.
 """
 
 from __future__ import annotations

@@ -78,10 +78,9 @@ def call_ufunc(ufunc: np.ufunc, method: str, rec: Recorder, inputs: tuple, kwarg
         if name == "matmul":
             return contractions.matmul(rec, *inputs)
         return elementwise.apply_ufunc(rec, name, inputs)
-    if method == "reduce" and name in _UFUNC_REDUCERS:
-        return _call(f"numpy.{name}.reduce", _UFUNC_REDUCERS[name], rec, inputs, kwargs)
-    if method == "accumulate" and name == "add":
-        return _call("numpy.add.accumulate", _add_accumulate, rec, inputs, kwargs)
+    handler = _UFUNC_METHODS.get((name, method))
+    if handler is not None:
+        return _call(f"numpy.{name}.{method}", handler, rec, inputs, kwargs)
     qualified = f"numpy.{name}" if method == "__call__" else f"numpy.{name}.{method}"
     raise UnsupportedOperationError(f"{qualified} is not supported", user_location())
 
@@ -180,11 +179,13 @@ def _size(rec: Recorder, a: Value, axis: int | None = None) -> int:
     return a.type.shape[shape_ops.normalize_axis(axis, a.type.rank)]
 
 
-_UFUNC_REDUCERS: dict[str, Handler] = {
-    name: functools.partial(_ufunc_reduce, kind=kind)
-    for name, kind in (("add", "sum"), ("multiply", "prod"), ("maximum", "max"),
-                       ("minimum", "min"))
+_UFUNC_METHODS: dict[tuple[str, str], Handler] = {
+    **{(name, "reduce"): functools.partial(_ufunc_reduce, kind=kind)
+       for name, kind in (("add", "sum"), ("multiply", "prod"), ("maximum", "max"),
+                          ("minimum", "min"))},
+    ("add", "accumulate"): _add_accumulate,
 }
+"""The ufunc methods supported, by (ufunc name, method)."""
 
 FUNCTIONS: dict[Callable, Handler] = {
     # elementwise
