@@ -226,10 +226,8 @@ class Program:
             outs = [f"v{s}" for s in step.outs]
             if not outs:
                 lines.append(f"    {call}")
-            elif len(outs) == 1 and not fixups:
-                lines.append(f"    {outs[0]} = {call}")
             else:
-                lines.append(f"    {', '.join(outs)}{',' if len(outs) == 1 else ''} = {call}")
+                lines.append(f"    {', '.join(outs)} = {call}")
                 for k in fixups:
                     namespace[f"fix{i}_{k}"] = self._fixup(step, k)
                     lines.append(f"    {outs[k]} = fix{i}_{k}({outs[k]})")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from ir_building import new_module
 
+import dtensor_compiler as dtc
 from dtensor_compiler.errors import ShapeError
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import Builder
@@ -433,3 +434,17 @@ def test_every_kernel_runs_on_a_mesh_without_dims() -> None:
     outs = SimulatedExecutor(module).run_stacked([x, idx])
     for out, want in zip(outs, _every_kind_of_op(x, idx)):
         np.testing.assert_allclose(out, want, rtol=1e-12)
+
+
+def test_a_result_broadcast_on_the_first_run_is_broadcast_on_every_later_one() -> None:
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    relu = dtc.compile(lambda x: np.where(x > 0, x, np.zeros_like(x)),
+                       in_layouts=dtc.Layout(["dp", dtc.UNSHARDED], mesh))
+    ones = dtc.compile(lambda: np.ones(8, np.float32),
+                       out_layouts=dtc.Layout(["tp"], mesh))
+    x = normal(8, 4)
+    for _ in range(3):
+        np.testing.assert_array_equal(np.asarray(relu(x)), np.maximum(x, 0))
+        np.testing.assert_array_equal(np.asarray(ones()), np.ones(8, np.float32))
+    source = relu.lower(x)._executor.program.source  # type: ignore[union-attr]
+    assert source is not None and "fix" in source  # the zeros needed broadcasting
