@@ -25,7 +25,7 @@ from dtensor_compiler import tracing
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.eager import DEFAULT_BACKEND, place, relayout_storage
 from dtensor_compiler.errors import DTensorError, LayoutError, MeshError
-from dtensor_compiler.ir.types import dtype_name
+from dtensor_compiler.ir.types import dtype_name, native_array
 from dtensor_compiler.layout import MATCH, Layout, Spec
 from dtensor_compiler.mesh import Mesh, create_mesh
 from dtensor_compiler.runtime.backends import get_backend
@@ -113,7 +113,7 @@ def _single_client(mesh: Mesh, what: str) -> None:
 def _component(value: object, device: str, rank: int) -> np.ndarray:
     if isinstance(value, DistributedValue):
         raise TypeError(f"the component for {device} is a DTensor; pack takes local arrays")
-    array = np.asarray(value)
+    array = native_array(value)
     try:
         dtype_name(array.dtype)
     except TypeError as e:
@@ -259,7 +259,7 @@ def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray:
             return _relayout_dtensor(tensor.as_dtensor(), layout)
         layout = _resolve_match(layout, tensor.layout.sharding_specs, tensor.ndim)
     _single_client(layout.mesh, "copy_to_mesh")
-    array = np.asarray(tensor)
+    array = native_array(tensor)
     try:
         dtype_name(array.dtype)
     except TypeError as e:

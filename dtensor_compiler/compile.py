@@ -49,7 +49,7 @@ from dtensor_compiler.explain import Collective, explain_table
 from dtensor_compiler.ir import opdef, reasons
 from dtensor_compiler.ir.core import Level, Module
 from dtensor_compiler.ir.printer import Namer, format_op, format_reason
-from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
+from dtensor_compiler.ir.types import TensorType, dtype_name, native_array, numpy_dtype
 from dtensor_compiler.layout import MATCH, Layout
 from dtensor_compiler.mesh import Mesh, create_mesh
 from dtensor_compiler.pass_manager import ModulePass, PassContext, PassManager, Stage
@@ -185,7 +185,7 @@ class Lowered:
                                   f"on {tensor.mesh.mesh_shape().text()}; the program takes "
                                   f"{layout.short_text()} on {self.mesh.mesh_shape().text()}")
             return tensor.storage
-        array = np.asarray(value)
+        array = native_array(value)
         _check_type(name, array.shape, array.dtype, arg_type)
         assert arg_type.sharding is not None
         return self.backend.place(array, arg_type.sharding, self.mesh.mesh_shape())
@@ -395,7 +395,7 @@ def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
     if isinstance(value, TensorSpec):
         shape, dtype = value.shape, value.dtype
     else:
-        value = np.asarray(value)
+        value = native_array(value)
         shape, dtype = value.shape, value.dtype
     try:
         dtype_text = dtype_name(dtype)

@@ -26,7 +26,7 @@ from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.ops import contractions, elementwise, indexing, reductions, shape, sources
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
-from dtensor_compiler.ir.types import numpy_dtype
+from dtensor_compiler.ir.types import is_low_precision, numpy_dtype
 from dtensor_compiler.runtime.executor import ExecContext, KernelFn, KernelTable
 from dtensor_compiler.runtime.stacked_context import StackedContext
 
@@ -106,12 +106,12 @@ def _einsum(op: Operation, ctx: ExecContext) -> KernelFn:
     ins, out = spec.replace(" ", "").split("->")
     batched = ",".join("..." + sub for sub in ins.split(",")) + "->..." + out
     dtype = numpy_dtype(op.type.dtype)
-    if not any(numpy_dtype(v.type.dtype).kind == "V" for v in op.operands):
+    if not any(is_low_precision(numpy_dtype(v.type.dtype)) for v in op.operands):
         return lambda *args: np.einsum(batched, *args, optimize=True)
 
     def low_precision(*args: np.ndarray) -> np.ndarray:
         # numpy's einsum has no loops for ml_dtypes' floats: compute in float32
-        wide = [a.astype(np.float32) if a.dtype.kind == "V" else a for a in args]
+        wide = [a.astype(np.float32) if is_low_precision(a.dtype) else a for a in args]
         return np.einsum(batched, *wide, optimize=True).astype(dtype)
     return low_precision
 

@@ -102,3 +102,17 @@ def test_max_identity_of_a_float_without_infinities_is_its_lowest_value() -> Non
     whole = dtc.relayout(dtc.copy_to_mesh(np.full(2, -300.0, E4M3), dtc.Layout([dtc.UNSHARDED],
                                                                                MESH)), layout)
     np.testing.assert_array_equal(np.asarray(whole).astype(np.float32), [-288.0, -288.0])
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: np.clip(x, -1, 1),            # numpy clips bf16 with Python bounds in float32
+    lambda x: np.clip(x, 0.3, None),
+    lambda x: np.inner(x.astype(E5M2), x.astype(E5M2)),   # e5m2 has kind 'f', still no
+    lambda x: np.tensordot(x.astype(E5M2), x.T.astype(E5M2), 1),  # einsum loop in numpy
+])
+def test_clip_and_contractions_of_low_precision_floats_follow_numpy(fn: Callable) -> None:
+    x = np.linspace(-2, 2, 32).reshape(4, 8).astype(BF16)
+    got = np.asarray(dtc.compile(fn)(x))
+    want = np.asarray(fn(x))
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0.2)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import dtensor_compiler as dtc
 import dtensor_compiler.errors as errors
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Operation
 from dtensor_compiler.ir.ops.elementwise import BINARY_UFUNCS, UNARY_UFUNCS
@@ -626,3 +627,44 @@ def test_cumsum_and_add_accumulate_follow_numpy(fn: Callable) -> None:
     x = np.random.default_rng(1).integers(-90, 90, (4, 6)).astype(np.float32)
     module = check(fn, x)
     assert "cumsum" in ops_of(module)
+
+
+def test_cumsum_edge_cases_follow_numpy() -> None:
+    check(lambda x: np.cumsum(x[0, 0], axis=0), f32(2, 3))        # a 0-d array: its ravel
+    check(lambda x: np.add.accumulate(x[0], axis=None), f32(2, 3))  # one axis: fine
+    for fn, message in [
+        (lambda x: np.add.accumulate(x, axis=None), "accumulate does not allow multiple axes"),
+        (lambda x: np.add.accumulate(x[0, 0]), "cannot accumulate on a scalar"),
+        (lambda x: np.cumsum(x, axis=1.0), "'float' object cannot be interpreted as an integer"),
+    ]:
+        with pytest.raises(errors.ShapeError, match=message):
+            trace_on(fn, f32(2, 3))
+
+
+def test_empty_arrays_reshape_and_take_like_numpy() -> None:
+    empty = np.zeros((0, 8), np.float32)
+    check(lambda x: x.reshape(-1), empty)
+    check(lambda x: x.reshape(8, 0), empty)
+    check(lambda x: np.cumsum(x), empty)
+    check(lambda x: np.take(x, np.array([], dtype=np.int64), axis=0), empty)
+
+
+def test_big_endian_arrays_are_taken_in_native_order() -> None:
+    x = np.arange(6, dtype=">f4").reshape(2, 3)
+    got = dtc.compile(lambda x, c: np.tanh(x) + c)(x, np.array([1, 2, 3], dtype=">i4"))
+    np.testing.assert_allclose(np.asarray(got), np.tanh(x) + np.array([1, 2, 3]), rtol=1e-6)
+    captured = np.arange(3, dtype=">f8")
+    check(lambda x: x + captured, f32(2, 3))
+    mesh = dtc.create_mesh([("a", 2)])
+    placed = dtc.copy_to_mesh(x, dtc.Layout(["a", dtc.UNSHARDED], mesh))
+    assert placed.dtype == np.float32 and np.asarray(dtc.relayout(
+        placed, dtc.Layout.replicated(mesh, 2))).tolist() == x.tolist()
+
+
+def test_a_nan_with_its_sign_bit_set_keeps_it_through_the_ir_text() -> None:
+    negative_nan = -np.array([np.nan], np.float32)
+    module = trace_on(lambda x: x + negative_nan, f32(1))
+    text = print_module(module)
+    assert "dense_hex" in text and "full" not in text
+    value = parse_module(text).main.ops[0].attrs["value"]
+    assert value.tobytes() == negative_nan.tobytes()

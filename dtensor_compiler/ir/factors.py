@@ -148,10 +148,13 @@ def reduction(operand: TensorType, axes: Sequence[int], keepdims: bool,
 def reshape(src: tuple[int, ...], dst: tuple[int, ...]) -> FactorRule:
     """Factor a reshape into groups: each group of source dims whose product equals a group
     of target dims. A group of one dim on either side splits or merges exactly; any other
-    group becomes one factor that needs replication on every dim it touches."""
+    group becomes one factor that needs replication on every dim it touches. A reshape of
+    an empty tensor has no factors: there is nothing to shard."""
     b = RuleBuilder()
     s_out: list[DimFactors] = [() for _ in src]
     d_out: list[DimFactors] = [() for _ in dst]
+    if 0 in src or 0 in dst:
+        return b.build([s_out], d_out)
     i = j = 0
     while i < len(src) or j < len(dst):
         if i < len(src) and src[i] == 1:

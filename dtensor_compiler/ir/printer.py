@@ -86,7 +86,7 @@ def format_dense(value: np.ndarray) -> str:
     """``dense<[...]>`` for small arrays, else ``dense_hex``; complex arrays, and arrays whose
     numbers do not give back their exact bits (a NaN with its sign bit set), always use
     ``dense_hex``."""
-    if value.size > INLINE_LIMIT or value.dtype.kind == "c" or not _inline_is_exact(value):
+    if value.size > INLINE_LIMIT or value.dtype.kind == "c" or not prints_exactly(value):
         data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False)
         return f'dense_hex<"{data.tobytes().hex()}">'
 
@@ -98,9 +98,9 @@ def format_dense(value: np.ndarray) -> str:
     return f"dense<{nest(value)}>"
 
 
-def _inline_is_exact(value: np.ndarray) -> bool:
-    """Whether the printed numbers of a float array read back to its exact bits (a NaN with
-    its sign bit set, or a NaN payload, does not)."""
+def prints_exactly(value: np.ndarray) -> bool:
+    """Whether the numbers of an array, printed as numbers, read back to its exact bits (a NaN
+    with its sign bit set, or a NaN payload, does not)."""
     if not is_floating(value.dtype):
         return True
     printed = [float(_scalar(x)) for x in value.reshape(-1).tolist()]

@@ -87,9 +87,23 @@ def unknown_dtype_message(name: str) -> str:
     return f"unknown dtype {name!r}; known: {', '.join(DTYPE_NAMES)}"
 
 
+def native_array(value: object) -> np.ndarray:
+    """`value` as a numpy array in the machine's byte order (a ``>f4`` array is converted:
+    the IR's dtypes are native)."""
+    array = np.asarray(value)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
 def is_floating(dtype: np.dtype) -> bool:
     """Whether `dtype` is a real floating-point type (ml_dtypes' floats included)."""
     return dtype.kind == "f" or dtype in _LOW_PRECISION_SET
+
+
+def is_low_precision(dtype: np.dtype) -> bool:
+    """Whether `dtype` is one of ml_dtypes' floats (numpy has no einsum loop for them)."""
+    return dtype in _LOW_PRECISION_SET
 
 
 _LOW_PRECISION_SET = frozenset(_LOW_PRECISION_DTYPES.values())

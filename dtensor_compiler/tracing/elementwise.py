@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -117,13 +118,23 @@ def where(rec: Recorder, condition: Operand, x: Operand, y: Operand) -> Value:
 
 def clip(rec: Recorder, a: Operand, a_min: Operand | None = None,
          a_max: Operand | None = None) -> Value:
-    """``np.clip``: ``minimum(maximum(a, a_min), a_max)``, either bound may be None."""
+    """``np.clip``: ``minimum(maximum(a, a_min), a_max)``, either bound may be None, in the
+    dtype numpy's clip gives (bfloat16 with Python bounds is clipped in float32)."""
     out = rec.value(a)
+    bounds = [b for b in (a_min, a_max) if b is not None]
+    if bounds:
+        expected = numpy_result_dtype("numpy.clip", _clip_dtype, (out, *bounds))
+        out = astype(rec, out, numpy_dtype(expected))
     if a_min is not None:
         out = apply_ufunc(rec, "maximum", (out, a_min))
     if a_max is not None:
         out = apply_ufunc(rec, "minimum", (out, a_max))
     return out
+
+
+def _clip_dtype(x: np.ndarray, *bounds: Any) -> np.ndarray:
+    """numpy's clip against one or two bounds, for its result dtype."""
+    return np.clip(x, bounds[0], bounds[-1]) if len(bounds) == 2 else np.clip(x, bounds[0], None)
 
 
 def astype(rec: Recorder, x: Value, dtype: DTypeLike | None) -> Value:

@@ -108,13 +108,6 @@ def _accumulation(kind: str) -> Handler:
     return handler
 
 
-def _add_accumulate(rec: Recorder, array: Operand, axis: int = 0, dtype: DTypeLike | None = None
-                    ) -> Value:
-    """``np.add.accumulate``: ``np.cumsum`` along axis 0 by default (numpy widens small
-    integers and bool for both)."""
-    return reductions.cumsum(rec, array, axis, dtype)
-
-
 def _mean(rec: Recorder, a: Operand, axis: reductions.Axis = None,
           dtype: DTypeLike | None = None, *, keepdims: bool = False) -> Value:
     return reductions.mean(rec, a, axis, dtype, keepdims)
@@ -183,7 +176,7 @@ _UFUNC_METHODS: dict[tuple[str, str], Handler] = {
     **{(name, "reduce"): functools.partial(_ufunc_reduce, kind=kind)
        for name, kind in (("add", "sum"), ("multiply", "prod"), ("maximum", "max"),
                           ("minimum", "min"))},
-    ("add", "accumulate"): _add_accumulate,
+    ("add", "accumulate"): reductions.accumulate,
 }
 """The ufunc methods supported, by (ufunc name, method)."""
 

@@ -4,7 +4,8 @@ Everything the lowering modules emit goes through `Recorder.emit`, which stamps 
 user's file and line and turns numpy's dtype complaints into `ShapeError`. Captured numpy
 values enter the IR as strongly typed constants: an array whose elements are all the same
 (``np.zeros(...)`` and friends), a numpy scalar and a 0-d array become a compact ``full`` op,
-anything else a ``constant`` op holding a private copy of the data.
+anything else (and a splat whose number the IR text cannot carry exactly, a NaN with its sign
+bit set) a ``constant`` op holding a private copy of the data.
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ from dtensor_compiler.errors import Location, ShapeError, TraceError
 from dtensor_compiler.ir.builder import Builder
 from dtensor_compiler.ir.core import Function, Value
 from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.printer import prints_exactly
 from dtensor_compiler.ir.reasons import Reason
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
-from dtensor_compiler.ir.types import TensorType, dtype_name, is_floating, numpy_dtype
+from dtensor_compiler.ir.types import (
+    TensorType,
+    dtype_name,
+    is_floating,
+    native_array,
+    numpy_dtype,
+)
 from dtensor_compiler.tracing.location import user_location
 
 PythonScalar = bool | int | float | complex
@@ -102,10 +110,10 @@ class Recorder:
 
     def constant(self, data: object) -> Value:
         """A captured numpy value (array, numpy scalar, nested list) as a constant."""
-        array = np.asarray(data)
+        array = native_array(data)
         dtype = ir_dtype(array.dtype)
         flat = array.reshape(-1)
-        if flat.size and _all_equal(flat):
+        if flat.size and _all_equal(flat) and prints_exactly(flat[:1]):
             return self.full(array.shape, dtype, flat[0].item())
         return self.emit("constant", [], {"value": np.array(array, copy=True, order="C")},
                          TensorType(dtype, array.shape))

@@ -10,6 +10,7 @@ work on the flattened array, like numpy. ``cumsum`` (and ``np.add.accumulate``) 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from math import prod
 
@@ -114,14 +115,34 @@ def arg_reduce(rec: Recorder, kind: str, a: Operand, axis: int | None = None,
 
 def cumsum(rec: Recorder, a: Operand, axis: int | None = None, dtype: DTypeLike | None = None
            ) -> Value:
-    """Prefix sums along `axis` (None: of the flattened array), accumulated in `dtype`: a
-    requested dtype is the wide result cast back, which wraps exactly as accumulating in it
-    does."""
+    """Prefix sums along `axis` (None: of the flattened array; a 0-d array is scanned as its
+    one-element ravel, as numpy does), accumulated in `dtype`: a requested dtype is the wide
+    result cast back, which wraps exactly as accumulating in it does."""
     x = rec.value(a)
-    if axis is None:
+    if axis is None or x.type.rank == 0:
         x = reshape(rec, x, (x.type.size,))
-        axis = 0
+        axis = 0 if axis is None else axis
     if dtype is not None:
         x = astype(rec, x, dtype)
-    out = rec.emit("cumsum", [x], {"axis": normalize_axis(int(axis), x.type.rank)})
+    out = rec.emit("cumsum", [x], {"axis": normalize_axis(_integer(axis), x.type.rank)})
     return out if dtype is None else astype(rec, out, dtype)
+
+
+def accumulate(rec: Recorder, array: Operand, axis: int | None = 0,
+               dtype: DTypeLike | None = None) -> Value:
+    """``np.add.accumulate``: `cumsum` along one axis (numpy widens small integers and bool
+    here too), refusing what numpy refuses."""
+    x = rec.value(array)
+    if x.type.rank == 0:
+        raise ShapeError("numpy.add.accumulate: cannot accumulate on a scalar", user_location())
+    if axis is None and x.type.rank > 1:
+        raise ShapeError("numpy.add.accumulate: accumulate does not allow multiple axes",
+                         user_location())
+    return cumsum(rec, x, 0 if axis is None else axis, dtype)
+
+
+def _integer(axis: object) -> int:
+    try:
+        return operator.index(axis)  # type: ignore[arg-type]
+    except TypeError as e:
+        raise ShapeError(f"axis: {e}", user_location()) from None
