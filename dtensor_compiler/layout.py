@@ -3,7 +3,10 @@
 One spec per tensor dim: a mesh dim name, `UNSHARDED`, `MATCH` (relayout targets only: keep the
 input's spec), or a tuple of mesh dim names (the dim split over several mesh dims, major to
 minor). A tensor is replicated over every mesh dim its specs do not name. A layout may also
-carry pending partial reductions (``Layout([...], mesh, partial={"tp": "sum"})``).
+carry pending partial reductions (``Layout([...], mesh, partial={"tp": "sum"})``): the value is
+what applying them gives, one mesh dim at a time in the mesh's dim order (with
+``partial={"dp": "max", "tp": "sum"}`` on a ``dp, tp`` mesh, the sum over tp of the max over
+dp); see `ir.sharding`.
 
 Text form (the reference's, extended): ``sharding_specs:dp,unsharded, mesh:<mesh string>``;
 a multi-dim spec is written ``x*y`` and partials add ``partial:tp=sum;x=max, `` before ``mesh:``.

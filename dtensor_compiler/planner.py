@@ -103,9 +103,7 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
     _check_endpoints(src, dst, mesh, shape)
     if src == dst:
         return ()
-    have = src.partial_map
-    ctx = MoveContext(mesh.names, frozenset(m for m, op in dst.partial if have.get(m) == op),
-                      dst.partial)
+    ctx = MoveContext(mesh.names, _kept(src, dst, mesh.names), dst.partial)
     collectives = [(d.name, d.collective) for d in opdef.collectives() if d.collective]
     src_size = _local_size(src.dims, shape, mesh)
     assert src_size is not None, "checked by _check_endpoints"
@@ -148,6 +146,25 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
                 heapq.heappush(heap, (key[0], key[1], pushed, nxt))
     # Unreachable: from any valid layout, reduce, gather, slice and make_partial reach dst.
     raise AssertionError(f"planner found no path from {src.text()} to {dst.text()}")
+
+
+def _kept(src: Sharding, dst: Sharding, names: tuple[str, ...]) -> frozenset[str]:
+    """The pending reductions of `src` that the plan keeps: those `dst` has too, except one
+    that would block a reduction the plan must apply, or one it must add, of another kind
+    after it in mesh order (pending reductions apply in mesh-dim order, see `Sharding`); those
+    are reduced and added again."""
+    have = src.partial_map
+    keep = {m for m, op in dst.partial if have.get(m) == op}
+    changed = True
+    while changed:
+        changed = False
+        others = [(m, op) for m, op in src.partial if m not in keep]
+        others += [(m, op) for m, op in dst.partial if m not in keep]
+        for p in sorted(keep):
+            if any(names.index(m) > names.index(p) and op != have[p] for m, op in others):
+                keep.discard(p)
+                changed = True
+    return frozenset(keep)
 
 
 def _path(reached_by: dict[Sharding, Step], src: Sharding, dst: Sharding) -> tuple[Step, ...]:

@@ -72,7 +72,7 @@ class StackedCommunicator:
         check_stacked(x, src, self.mesh)
         collective = opdef.lookup(kind).collective
         assert collective is not None
-        collective.transfer(attrs, src)  # type: ignore[arg-type]
+        collective.transfer(attrs, src, self.mesh)  # type: ignore[arg-type]
 
     def all_reduce(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
                    op: ReduceOp) -> np.ndarray:

@@ -343,3 +343,42 @@ def test_a_result_never_aliases_the_callers_array() -> None:
         x[0] = 100.0
         assert np.asarray(y)[0, 0] == 0.0
         x[0] = 0.0
+
+
+def test_a_pending_reduction_of_another_kind_is_created_after_the_open_ones_are_reduced(
+        ) -> None:
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    U = dtc.UNSHARDED
+    ins = (dtc.Layout([U, "tp"], mesh), dtc.Layout(["tp", U], mesh))
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 4, (4, 8)).astype(np.float32)
+    w = rng.integers(1, 4, (8, 4)).astype(np.float32)
+    prod = dtc.compile(lambda x, w: x @ w, in_layouts=ins,
+                       out_layouts=dtc.Layout([U, U], mesh, partial={"dp": "prod"}))
+    np.testing.assert_array_equal(np.asarray(prod(x, w)), x @ w)
+    kinds = [c.kind for c in prod.lower(x, w).collectives()]
+    assert kinds == ["all_reduce"]  # then a local make_partial
+    xi, wi = x.astype(np.int32), w.astype(np.int32)
+    top = dtc.compile(lambda x, w: x @ w, in_layouts=ins,
+                      out_layouts=dtc.Layout([U, U], mesh, partial={"dp": "max"}))
+    np.testing.assert_array_equal(np.asarray(top(xi, wi)), xi @ wi)
+    summed = dtc.relayout(dtc.copy_to_mesh(x, dtc.Layout([U, U], mesh)),
+                          dtc.Layout([U, U], mesh, partial={"tp": "sum"}))
+    eager = dtc.relayout(summed, dtc.Layout([U, U], mesh, partial={"dp": "prod"}))
+    np.testing.assert_array_equal(np.asarray(eager), x)
+
+
+def test_several_pending_reductions_have_one_value_everywhere() -> None:
+    """Pending reductions apply in mesh-dim order: here the max over dp, then the sum over
+    tp, whether the value is gathered, relaid out or computed on."""
+    mesh = dtc.create_mesh([("dp", 4), ("tp", 2)])
+    U = dtc.UNSHARDED
+    parts = [np.array([float(i)]) for i in range(8)]  # device dp * 2 + tp holds its id
+    mixed = dtc.pack(parts, dtc.Layout([U], mesh, partial={"dp": "max", "tp": "sum"}))
+    expected = max(0, 2, 4, 6) + max(1, 3, 5, 7)
+    assert np.asarray(mixed).tolist() == [expected]
+    assert np.asarray(dtc.relayout(mixed, dtc.Layout([U], mesh))).tolist() == [expected]
+    assert np.asarray(dtc.compile(lambda x: x * 1.0)(mixed)).tolist() == [expected]
+    swapped = dtc.pack(parts, dtc.Layout([U], mesh, partial={"dp": "sum", "tp": "max"}))
+    assert np.asarray(swapped).tolist() == [max(0 + 2 + 4 + 6, 1 + 3 + 5 + 7)]
+    assert np.asarray(dtc.relayout(swapped, dtc.Layout([U], mesh))).tolist() == [16.0]

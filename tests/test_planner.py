@@ -23,6 +23,8 @@ from dtensor_compiler.errors import PlanningError
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.planner import Step, plan_relayout, relayout_cost
+from dtensor_compiler.runtime.stacked import expected_stacked_shape, from_stacked
+from dtensor_compiler.runtime.stacked_comm import StackedCommunicator
 
 Coords = tuple[int, ...]
 Devices = dict[Coords, np.ndarray]
@@ -159,11 +161,11 @@ def all_layouts(mesh: MeshShape, rank: int) -> list[Sharding]:
     return out
 
 
-def apply_collective(kind: str, attrs: dict, src: Sharding) -> Sharding:
+def apply_collective(kind: str, attrs: dict, src: Sharding, mesh: MeshShape) -> Sharding:
     """The layout collective `kind` makes of `src` (its definition's `transfer`)."""
     collective = opdef.lookup(kind).collective
     assert collective is not None
-    return collective.transfer(attrs, src)
+    return collective.transfer(attrs, src, mesh)
 
 
 def charged_time(model: CostModel, kind: str, mesh_dims: tuple[str, ...], mesh: MeshShape,
@@ -186,21 +188,21 @@ def gather_then_slice_cost(src: Sharding, dst: Sharding, mesh: MeshShape,
     kept = set(dst.partial_dims)
     for op in sorted({op for m, op in src.partial if m not in kept}):
         md = tuple(m for m, o in src.partial if o == op and m not in kept)
-        state = apply_collective("all_reduce", {"mesh_dims": md, "op": op}, state)
+        state = apply_collective("all_reduce", {"mesh_dims": md, "op": op}, state, mesh)
         total += charged_time(model, "all_reduce", md, mesh, local_nbytes(state, mesh, shape))
     for axis, md in enumerate(src.dims):
         if md:
-            state = apply_collective("all_gather", {"mesh_dims": md, "axis": axis}, state)
+            state = apply_collective("all_gather", {"mesh_dims": md, "axis": axis}, state, mesh)
             total += charged_time(model, "all_gather", md, mesh,
                                            local_nbytes(state, mesh, shape))
     for axis, md in enumerate(dst.dims):
         for m in md:
-            state = apply_collective("local_slice", {"mesh_dims": (m,), "axis": axis}, state)
+            state = apply_collective("local_slice", {"mesh_dims": (m,), "axis": axis}, state, mesh)
             total += charged_time(model, "local_slice", (m,), mesh,
                                            local_nbytes(state, mesh, shape))
     for m, op in dst.partial:
         if m not in state.partial_map:
-            state = apply_collective("make_partial", {"mesh_dims": (m,), "op": op}, state)
+            state = apply_collective("make_partial", {"mesh_dims": (m,), "op": op}, state, mesh)
             total += charged_time(model, "make_partial", (m,), mesh,
                                            local_nbytes(state, mesh, shape))
     assert state == dst
@@ -228,7 +230,7 @@ def test_every_pair_of_layouts(mesh: MeshShape, shape: tuple[int, ...]) -> None:
             local, state = start, src
             for step in plan:
                 assert step.src == state, pair
-                assert step.dst == apply_collective(step.kind, step.attr_dict(), state), pair
+                assert step.dst == apply_collective(step.kind, step.attr_dict(), state, mesh), pair
                 assert step.nbytes == local_nbytes(step.dst, mesh, shape), pair
                 local, state = execute(step, local, mesh), step.dst
             assert state == dst, pair
@@ -382,3 +384,57 @@ def test_reduce_scatter_appends_its_mesh_dims_in_any_order() -> None:
     assert [(s.kind, s.mesh_dims, s.attrs) for s in plan] == [
         ("reduce_scatter", ("y", "x"), (("op", "sum"), ("axis", 0))),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# pending reductions of several kinds: applied in mesh-dim order
+
+
+def mixed_layouts(mesh: MeshShape, rank: int, ops: tuple[str, ...]) -> list[Sharding]:
+    """Every layout in which each mesh dim is unused, splits a tensor dim, or is a pending
+    reduction of one of `ops`."""
+    out = []
+    choices = [None, *ops, *range(rank)]
+    for places in product(choices, repeat=len(mesh.names)):
+        partial = tuple((m, p) for m, p in zip(mesh.names, places) if isinstance(p, str))
+        dims = tuple(tuple(m for m, p in zip(mesh.names, places) if p == i and
+                           not isinstance(p, str)) for i in range(rank))
+        out.append(Sharding(dims, partial))
+    return out
+
+
+@pytest.mark.parametrize("mesh", [MESH_2X2, MeshShape((("a", 2), ("b", 2), ("c", 2)))],
+                         ids=["2x2", "2x2x2"])
+def test_mixed_pending_reductions_keep_their_value_along_every_plan(mesh: MeshShape) -> None:
+    rng = np.random.default_rng(0)
+    shape = (8,)
+    layouts = mixed_layouts(mesh, 1, ("sum", "max", "prod"))
+    for src in layouts:
+        x = rng.integers(1, 4, expected_stacked_shape(src.local_shape(shape, mesh), src, mesh))
+        x = x.astype(np.float64)
+        value = from_stacked(x, src, mesh)
+        for dst in layouts:
+            local, state = x, src
+            for step in plan_relayout(src, dst, mesh, shape, 8):
+                assert step.src == state
+                local = getattr(StackedCommunicator(mesh), step.kind)(local, state,
+                                                                      **step.attr_dict())
+                state = step.dst
+            assert state == dst
+            np.testing.assert_array_equal(from_stacked(local, dst, mesh), value,
+                                          err_msg=f"{src} -> {dst} on {mesh}")
+
+
+def test_a_reduction_may_not_overtake_one_of_another_kind_before_it() -> None:
+    mesh = MESH_2X4
+    mixed = Sharding.of(None, partial={"x": "max", "y": "sum"})
+    with pytest.raises(ValueError, match="apply in mesh-dim order"):
+        apply_collective("all_reduce", {"mesh_dims": ("y",), "op": "sum"}, mixed, mesh)
+    after_x = apply_collective("all_reduce", {"mesh_dims": ("x",), "op": "max"}, mixed, mesh)
+    assert after_x == Sharding.of(None, partial={"y": "sum"})
+    pending_sum = Sharding.of(None, partial={"y": "sum"})
+    with pytest.raises(ValueError, match="make_partial over \\['y'\\]"):
+        apply_collective("make_partial", {"mesh_dims": ("y",), "op": "prod"},
+                         Sharding.of(None, partial={"x": "sum"}), mesh)
+    assert apply_collective("make_partial", {"mesh_dims": ("x",), "op": "prod"}, pending_sum,
+                            mesh) == Sharding.of(None, partial={"x": "prod", "y": "sum"})

@@ -31,10 +31,10 @@ SHAPE = (8, 16, 24)
 MESH_2x4 = MESHES["2x4"]
 
 
-def transfer(kind: str, attrs: dict, src: Sharding) -> Sharding:
+def transfer(kind: str, attrs: dict, src: Sharding, mesh: MeshShape) -> Sharding:
     collective = opdef.lookup(kind).collective
     assert collective is not None
-    return collective.transfer(attrs, src)
+    return collective.transfer(attrs, src, mesh)
 
 
 def run(kind: str, x: np.ndarray, attrs: dict, src: Sharding, mesh: MeshShape) -> np.ndarray:
@@ -91,7 +91,7 @@ def test_every_collective_keeps_the_value_and_makes_the_layout_transfer_says(
         x = _random_stacked(src, mesh, rng)
         value = from_stacked(x, src, mesh)
         for kind, attrs in _steps(src, mesh):
-            dst = transfer(kind, attrs, src)
+            dst = transfer(kind, attrs, src, mesh)
             if not dst.fits(SHAPE, mesh):
                 continue
             out = run(kind, x, attrs, src, mesh)

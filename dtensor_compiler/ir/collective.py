@@ -65,8 +65,9 @@ class CollectiveDef:
     """How many times a ring algorithm passes the charged bytes around (all_reduce: 2);
     0 for a local copy."""
     charged: Charged
-    transfer: Callable[[Attrs, Sharding], Sharding]
-    """The layout it makes of its operand's; ValueError where it does not apply."""
+    transfer: Callable[[Attrs, Sharding, MeshShape], Sharding]
+    """The layout it makes of its operand's on a mesh; ValueError where it does not apply
+    (pending reductions are applied and added in mesh-dim order, see `Sharding`)."""
     local_shape: Callable[[Attrs, Shape, MeshShape], Shape]
     """Its result's per-device shape from its operand's."""
     moves: Callable[[Sharding, MoveContext], Iterator[Move]]

@@ -5,11 +5,21 @@ the internal layout of one tensor: for every tensor dim an ordered tuple of mesh
 minor; empty means unsharded) plus the pending partial reductions `{mesh_dim: op}`. A tensor is
 replicated over every mesh dim that is neither in `dims` nor in `partial`.
 
+**Order of pending reductions.** A value with several pending reductions is what applying them
+one mesh dim at a time gives, in the mesh's dim order (major first): with ``partial(dp:max,
+tp:sum)`` on ``mesh<dp=4, tp=2>`` the value is the sum over tp of the max over dp. Reductions of
+the same kind commute, so several of them may be applied together or in any order; one of
+another kind may not overtake them (`may_reduce`). A pending reduction may be added where every
+pending one before it in mesh order is of its kind (`may_add_partial`): the added dim holds the
+value at coordinate 0 and the reduction's identity elsewhere, which the earlier reductions,
+being of its kind, keep.
+
 Printed form: ``{dp, -}``, ``{(dp, tp), -}``, ``{-, -} partial(tp:sum)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -84,6 +94,20 @@ class Sharding:
     @property
     def is_partial(self) -> bool:
         return bool(self.partial)
+
+    def may_reduce(self, mesh_dims: Sequence[str], op: ReduceOp, mesh_names: Sequence[str]
+                   ) -> bool:
+        """Whether the pending `op` reductions over `mesh_dims` may be applied now: every
+        other pending reduction before one of them in mesh order is of the same kind."""
+        last = max(mesh_names.index(m) for m in mesh_dims)
+        return all(o == op for m, o in self.partial
+                   if m not in mesh_dims and mesh_names.index(m) < last)
+
+    def may_add_partial(self, mesh_dim: str, op: ReduceOp, mesh_names: Sequence[str]) -> bool:
+        """Whether a pending `op` reduction over `mesh_dim` may be added to this layout: every
+        pending reduction before it in mesh order is of the same kind."""
+        at = mesh_names.index(mesh_dim)
+        return all(o == op for m, o in self.partial if mesh_names.index(m) < at)
 
     def sharded_mesh_dims(self) -> tuple[str, ...]:
         """Mesh dims that split some tensor dim, in tensor-dim order."""

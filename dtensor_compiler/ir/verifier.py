@@ -138,7 +138,7 @@ class _FunctionVerifier:
         if src is None or dst is None:
             raise _Broken(f"{op.name} needs a layout on its operand and on its result", line, op)
         try:
-            expected = definition.collective.transfer(op.attrs, src)
+            expected = definition.collective.transfer(op.attrs, src, self.module.mesh)
         except _INFER_ERRORS as e:
             raise _Broken(f"{op.name}: {e}", line, op) from None
         if expected != dst:

@@ -84,17 +84,21 @@ def _op(attrs: Attrs) -> ReduceOp:
     return ReduceOp.parse(attrs["op"])
 
 
-def _reduce(name: str, attrs: Attrs, src: Sharding) -> tuple[list[tuple[str, ...]],
-                                                            dict[str, ReduceOp]]:
+def _reduce(name: str, attrs: Attrs, src: Sharding, mesh: MeshShape
+            ) -> tuple[list[tuple[str, ...]], dict[str, ReduceOp]]:
     """The dims of `src` and its partials without the reduced ones; ValueError unless each
-    mesh dim carries the pending reduction."""
+    mesh dim carries the pending reduction and it may be applied now (see `Sharding`)."""
     op = _op(attrs)
+    md = _mesh_dims(name, attrs)
     partial = src.partial_map
-    for m in _mesh_dims(name, attrs):
+    for m in md:
         if partial.get(m) != op:
             raise ValueError(f"{name} over {m!r} needs a pending {op} on {m!r}, layout is "
                              f"{src.text()}")
         del partial[m]
+    if not src.may_reduce(md, op, mesh.names):
+        raise ValueError(f"{name} over {list(md)}: pending reductions apply in mesh-dim order, "
+                         f"and {src.text()} has one of another kind before them on {mesh.text()}")
     return list(src.dims), partial
 
 
@@ -154,7 +158,8 @@ def _reducible(state: Sharding, ctx: MoveContext) -> Iterator[tuple[ReduceOp, tu
         group = sorted((m for m, o in pending if o == op), key=ctx.mesh_names.index)
         for k in range(1, len(group) + 1):
             for subset in combinations(group, k):
-                yield op, subset, tuple(p for p in state.partial if p[0] not in subset)
+                if state.may_reduce(subset, op, ctx.mesh_names):
+                    yield op, subset, tuple(p for p in state.partial if p[0] not in subset)
 
 
 # -- the collectives ------------------------------------------------------------------------------
@@ -165,8 +170,8 @@ def _all_reduce_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
         yield Move(subset, (("op", op),), Sharding(state.dims, rest))
 
 
-def _all_reduce(attrs: Attrs, src: Sharding) -> Sharding:
-    dims, partial = _reduce("all_reduce", attrs, src)
+def _all_reduce(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
+    dims, partial = _reduce("all_reduce", attrs, src, mesh)
     return Sharding(tuple(dims), tuple(partial.items()))
 
 
@@ -184,8 +189,8 @@ def _reduce_scatter_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
                 yield Move(order, (("op", op), ("axis", axis)), Sharding(grown, rest))
 
 
-def _reduce_scatter(attrs: Attrs, src: Sharding) -> Sharding:
-    dims, partial = _reduce("reduce_scatter", attrs, src)
+def _reduce_scatter(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
+    dims, partial = _reduce("reduce_scatter", attrs, src, mesh)
     axis = _int(attrs, "axis")
     dims[axis] = dims[axis] + _mesh_dims("reduce_scatter", attrs)
     return Sharding(tuple(dims), tuple(partial.items()))
@@ -212,7 +217,7 @@ def _all_to_all_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
                        Sharding(tuple(moved), state.partial))
 
 
-def _all_to_all(attrs: Attrs, src: Sharding) -> Sharding:
+def _all_to_all(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
     dims = _unshard("all_to_all", attrs, src, _int(attrs, "concat_axis"))
     split = _int(attrs, "split_axis")
     dims[split] = dims[split] + _mesh_dims("all_to_all", attrs)
@@ -235,7 +240,7 @@ def _all_gather_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
             yield Move(d[-k:], (("axis", axis),), Sharding(gathered, state.partial))
 
 
-def _all_gather(attrs: Attrs, src: Sharding) -> Sharding:
+def _all_gather(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
     return Sharding(tuple(_unshard("all_gather", attrs, src, _int(attrs, "axis"))), src.partial)
 
 
@@ -256,7 +261,7 @@ def _local_slice_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
             yield Move((m,), (("axis", axis),), Sharding(sliced, state.partial))
 
 
-def _local_slice(attrs: Attrs, src: Sharding) -> Sharding:
+def _local_slice(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
     md = _unused("local_slice", attrs, src)
     dims = list(src.dims)
     axis = _int(attrs, "axis")
@@ -273,13 +278,17 @@ LOCAL_SLICE = _define("local_slice", (AXIS,), CollectiveDef(
 def _make_partial_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
     used = state.used_mesh_dims()
     for m, op in ctx.wanted:
-        if m not in used:
+        if m not in used and state.may_add_partial(m, op, ctx.mesh_names):
             yield Move((m,), (("op", op),), Sharding(state.dims, state.partial + ((m, op),)))
 
 
-def _make_partial(attrs: Attrs, src: Sharding) -> Sharding:
+def _make_partial(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
     md = _unused("make_partial", attrs, src)
     op = _op(attrs)
+    blocked = [m for m in md if not src.may_add_partial(m, op, mesh.names)]
+    if blocked:
+        raise ValueError(f"make_partial over {blocked}: {src.text()} has a pending reduction "
+                         f"of another kind before it in mesh-dim order on {mesh.text()}")
     return Sharding(src.dims, src.partial + tuple((m, op) for m in md))
 
 
