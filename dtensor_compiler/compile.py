@@ -36,7 +36,7 @@ import inspect
 import os
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -249,7 +249,7 @@ class CompiledFunction:
         self._cost_model = cost_model or DEFAULT_COST_MODEL
         self._verify = verify
         self._keep_ir = keep_ir
-        self._cache: dict[tuple[Mesh, tuple[TensorType, ...]], Lowered] = {}
+        self._cache: dict[tuple[Mesh, tuple[TensorType | _Constant, ...]], Lowered] = {}
         self._by_call_key: dict[Hashable, Lowered] = {}
         if specs is not None and not all(isinstance(s, TensorSpec) for s in specs):
             raise TypeError("specs must be TensorSpecs, one per argument")
@@ -264,7 +264,7 @@ class CompiledFunction:
         key = self._call_key(args)
         lowered = self._by_call_key.get(key) if key is not None else None
         if lowered is not None:
-            return lowered.run(*args)
+            return lowered.run(*[a for a in args if type(a) not in _NUMBERS])
         mesh, types, values = self._resolve(args)
         lowered = self._lowered(mesh, types)
         if key is not None:
@@ -284,6 +284,8 @@ class CompiledFunction:
             elif kind is DTensor:
                 parts.append((a.shape, a.dtype, a.layout))  # type: ignore[attr-defined]
                 placed = True
+            elif kind in _NUMBERS:
+                parts.append(_Constant(cast(Number, a)))
             else:
                 return None
         if not placed:
@@ -291,14 +293,16 @@ class CompiledFunction:
         return tuple(parts)
 
     def lower(self, *args: object) -> Lowered:
-        """Compile for arguments given as arrays, DTensors or `TensorSpec`s."""
+        """Compile for arguments given as arrays, DTensors or `TensorSpec`s (and Python
+        numbers, which are constants of the program)."""
         mesh, types, _ = self._resolve(args)
         return self._lowered(mesh, types)
 
     # -- arguments -----------------------------------------------------------------------------
     def _resolve(self, args: Sequence[object]
-                 ) -> tuple[Mesh, list[TensorType], list[object]]:
-        """The mesh, the argument types (with pinned shardings) and the argument values."""
+                 ) -> tuple[Mesh, list[TensorType | _Constant], list[object]]:
+        """The mesh, the argument types (with pinned shardings; a Python number is a
+        `_Constant`) and the values of the arguments that are not constants."""
         if self._signature is not None:
             try:
                 self._signature.bind(*args)
@@ -310,10 +314,18 @@ class CompiledFunction:
             raise LayoutError(f"in_layouts has {len(layouts)} entries, but {self._name} got "
                               f"{len(args)} arguments")
         mesh = self._mesh(args)
-        types, values = [], []
+        types: list[TensorType | _Constant] = []
+        values = []
         for name, value, layout in zip(names, args, layouts):
-            type, value = _argument(name, value, layout, mesh)
-            types.append(type)
+            if type(value) in _NUMBERS:
+                if layout is not None:
+                    raise LayoutError(f"argument {name!r} is a Python number, a constant of "
+                                      "the program, and takes no layout (its in_layouts entry "
+                                      "must be None)")
+                types.append(_Constant(cast(Number, value)))
+                continue
+            arg_type, value = _argument(name, value, layout, mesh)
+            types.append(arg_type)
             values.append(value)
         return mesh, types, values
 
@@ -326,19 +338,22 @@ class CompiledFunction:
         return get_default_mesh() or create_mesh()
 
     # -- compiling -----------------------------------------------------------------------------
-    def _lowered(self, mesh: Mesh, types: list[TensorType]) -> Lowered:
+    def _lowered(self, mesh: Mesh, types: list[TensorType | _Constant]) -> Lowered:
         key = (mesh, tuple(types))
         if key not in self._cache:
             with _collector_paused():
                 self._cache[key] = self._compile(mesh, types)
         return self._cache[key]
 
-    def _compile(self, mesh: Mesh, types: list[TensorType]) -> Lowered:
-        names = _arg_names(self._signature, len(types))
+    def _compile(self, mesh: Mesh, types: list[TensorType | _Constant]) -> Lowered:
+        all_names = _arg_names(self._signature, len(types))
+        names = [n for n, t in zip(all_names, types) if isinstance(t, TensorType)]
+        tensors = [t for t in types if isinstance(t, TensorType)]
+        constants = {i: t.value for i, t in enumerate(types) if isinstance(t, _Constant)}
         out_shardings = None if self._out_layouts is None else [
             None if layout is None else layout.sharding for layout in self._out_layouts]
-        module = tracing.trace(self._fn, types, names, mesh.mesh_shape(), out_shardings,
-                               name=self._name)
+        module = tracing.trace(self._fn, tensors, names, mesh.mesh_shape(), out_shardings,
+                               name=self._name, constants=constants)
         snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType],
                              list[TensorType]]] = []
         manager = PassManager(self._passes, verify=self._verify, keep_ir=self._keep_ir,
@@ -363,6 +378,30 @@ class CompiledFunction:
         and argument and result types."""
         return (manager.stages[-1].name, _collectives(module, self._cost_model),
                 [a.type for a in module.main.args], [v.type for v in module.main.results])
+
+
+Number = bool | int | float | complex
+_NUMBERS = (bool, int, float, complex)
+"""Python numbers (these exact types, not numpy's scalars): an argument of one of them is a
+constant of the program."""
+
+
+@dataclass(frozen=True)
+class _Constant:
+    """A Python number passed as an argument: traced as the number itself, so numpy's weak
+    typing applies (``x * s`` with ``s = 2.0`` keeps x's float32); each value is a program of
+    its own. Equal only to the same number of the same type (``1 != 1.0 != True`` here)."""
+
+    value: Number
+
+    def _key(self) -> tuple[type, object]:
+        return type(self.value), self.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Constant) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 @contextlib.contextmanager

@@ -189,7 +189,7 @@ class _Propagation:
         """Reduce the pending reductions of returned values no annotation asked for."""
         for i, value in enumerate(self.func.results):
             have = self.actual[value]
-            if not have.partial or value in pinned:
+            if not have.partial or (value in pinned and value.owner is not None):
                 continue
             need = have.without_partial()
             key = (value, need)

@@ -382,3 +382,28 @@ def test_several_pending_reductions_have_one_value_everywhere() -> None:
     swapped = dtc.pack(parts, dtc.Layout([U], mesh, partial={"dp": "sum", "tp": "max"}))
     assert np.asarray(swapped).tolist() == [max(0 + 2 + 4 + 6, 1 + 3 + 5 + 7)]
     assert np.asarray(dtc.relayout(swapped, dtc.Layout([U], mesh))).tolist() == [16.0]
+
+
+def test_python_number_arguments_keep_numpys_weak_typing() -> None:
+    f = dtc.compile(lambda x, s: x * s)
+    x = np.ones(4, np.float32)
+    for s in (2.0, 3, True, 2.0):
+        out = np.asarray(f(x, s))
+        assert out.dtype == (x * s).dtype == np.float32
+        np.testing.assert_array_equal(out, x * s)
+    assert np.asarray(f(x, np.float64(2.0))).dtype == np.float64  # numpy scalars are strong
+    assert len(f.lower(x, 2.0).module.main.args) == 1  # the number is a constant
+    mesh = dtc.create_mesh([("a", 2)])
+    with pytest.raises(dtc.LayoutError, match="'s' is a Python number"):
+        dtc.compile(lambda x, s: x * s, in_layouts=(None, dtc.Layout([], mesh)))(x, 2.0)
+
+
+def test_a_pending_input_returned_unchanged_is_reduced_unless_an_out_layout_keeps_it() -> None:
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    pending = dtc.Layout([dtc.UNSHARDED], mesh, partial={"tp": "sum"})
+    x = dtc.relayout(dtc.copy_to_mesh(np.arange(4.0), dtc.Layout.replicated(mesh, 1)), pending)
+    returned = dtc.compile(lambda x: x)(x)
+    assert returned.layout == dtc.Layout.replicated(mesh, 1)
+    np.testing.assert_array_equal(np.asarray(returned), np.arange(4.0))
+    kept = dtc.compile(lambda x: x, out_layouts=pending)(x)
+    assert kept.layout == pending

@@ -668,3 +668,35 @@ def test_a_nan_with_its_sign_bit_set_keeps_it_through_the_ir_text() -> None:
     assert "dense_hex" in text and "full" not in text
     value = parse_module(text).main.ops[0].attrs["value"]
     assert value.tobytes() == negative_nan.tobytes()
+
+
+def test_in_place_operators_on_traced_arrays_are_refused_at_the_users_line() -> None:
+    def f(x):
+        y = x[0]
+        x += 1  # in-place
+        return y * 1
+
+    message = _raises(errors.TraceError, f, "in-place", f32(2, 2))
+    assert "traced arrays are immutable: += " in message and "x = x + y" in message
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: x.astype(np.uint8) == -1,
+    lambda x: -1 < x.astype(np.uint8),
+    lambda x: x.astype(np.int8) < 1000,
+    lambda x: x.astype(np.int8) >= -1000,
+    lambda x: 300 != x.astype(np.uint8),
+    lambda x: np.clip(x.astype(np.uint8), -1, 300),
+    lambda x: np.clip(x.astype(np.int8), None, 1000),
+    lambda x: x + 2**70,
+    lambda x: np.take(x, [], axis=0),
+])
+def test_numbers_beyond_a_dtype_and_empty_indices_follow_numpy(fn: Callable) -> None:
+    check(fn, f32(3, 4) * 10)
+
+
+def test_numbers_numpy_refuses_are_refused_with_numpys_message() -> None:
+    with pytest.raises(errors.ShapeError, match="Python integer 300 out of bounds for uint8"):
+        trace_on(lambda x: np.clip(x.astype(np.uint8), 300, None), f32(3))
+    with pytest.raises(errors.ShapeError, match="Python integer 300 out of bounds for uint8"):
+        trace_on(lambda x: x.astype(np.uint8) + 300, f32(3))

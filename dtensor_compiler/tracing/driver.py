@@ -10,7 +10,7 @@ and every other value is left for layout propagation.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeGuard
 
 import numpy as np
@@ -102,9 +102,11 @@ def _out_shardings(out_shardings: Sequence[Sharding | None] | Sharding | None, c
 
 def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], mesh: MeshShape,
           out_shardings: Sequence[Sharding | None] | Sharding | None = None,
-          name: str | None = None) -> Module:
+          name: str | None = None, constants: Mapping[int, object] | None = None) -> Module:
     """Trace `fn` on arguments of types `args` (their shardings are the in_layouts) into a
-    module with one function, named `name` or after `fn`."""
+    module with one function, named `name` or after `fn`. `constants` are arguments passed
+    to `fn` as they are, by position (Python numbers: numpy's weak typing applies to them as
+    to a number written in the function); `args` fill the other positions."""
     func_name = name or function_name(fn)
     if len(args) != len(arg_names):
         raise TraceError(f"{func_name}: {len(args)} argument types but {len(arg_names)} names")
@@ -115,7 +117,11 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
     func = Function(func_name, params)
     rec = Recorder(func, mesh)
     try:
-        returned = unwrap(fn(*[TracedArray(p, rec) for p in params]), rec)
+        traced = iter([TracedArray(p, rec) for p in params])
+        given = dict(constants or {})
+        count = len(params) + len(given)
+        call = [given[i] if i in given else next(traced) for i in range(count)]
+        returned = unwrap(fn(*call), rec)
         outputs = [rec.value(_check_output(out, func_name, fn)) for out in _outputs(returned)]
         shardings = _out_shardings(out_shardings, len(outputs), func_name)
         results = [

@@ -19,7 +19,7 @@ from numpy.typing import DTypeLike
 from dtensor_compiler.errors import ShapeError
 from dtensor_compiler.ir.core import Value
 from dtensor_compiler.ir.inference import ufunc_result_dtype
-from dtensor_compiler.ir.types import TensorType, numpy_dtype
+from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import (
     Operand,
@@ -79,11 +79,7 @@ def lift_operands(rec: Recorder, name: str, operands: Sequence[Operand],
     strong = {i: rec.value(x) for i, x in enumerate(operands) if not is_python_scalar(x)}
     weak = {i: x for i, x in enumerate(operands) if is_python_scalar(x)}
     strong_dtypes = [numpy_dtype(v.type.dtype) for v in strong.values()]
-    candidates = [
-        dict.fromkeys((ir_dtype(np.result_type(*strong_dtypes, x)),
-                       ir_dtype(np.asarray(x).dtype)))
-        for x in weak.values()
-    ]
+    candidates = [_candidates(strong_dtypes, x) for x in weak.values()]
     for choice in itertools.product(*candidates):
         chosen = dict(zip(weak, choice))
         dtypes = tuple(strong[i].type.dtype if i in strong else chosen[i]
@@ -95,8 +91,54 @@ def lift_operands(rec: Recorder, name: str, operands: Sequence[Operand],
                      user_location())
 
 
+def _candidates(strong: list[np.dtype], x: PythonScalar) -> list[str]:
+    """The IR dtypes a Python number may take beside operands of `strong` dtypes: numpy's
+    promotion of it with them, and its own default dtype (where either exists: an int beyond
+    int64 has only the first, and only beside a float)."""
+    out: list[str] = []
+    for make in (lambda: np.result_type(*strong, x), lambda: np.asarray(x).dtype):
+        try:
+            name = dtype_name(make())
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if name not in out:
+            out.append(name)
+    return out
+
+
+_MIRRORED = {"equal": "equal", "not_equal": "not_equal", "less": "greater",
+             "less_equal": "greater_equal", "greater": "less", "greater_equal": "less_equal"}
+"""Comparison ufuncs, and the one that gives the same answer with the operands swapped."""
+
+
+def _beyond_range(rec: Recorder, name: str, operands: Sequence[Operand]) -> Value | None:
+    """A comparison of an integer array with a Python int outside the array's dtype, which
+    numpy answers exactly: every element lies on the same side of the number."""
+    if name not in _MIRRORED or len(operands) != 2:
+        return None
+    for i, number in enumerate(operands):
+        other = operands[1 - i]
+        if type(number) is not int or not isinstance(other, Value):
+            continue
+        dtype = numpy_dtype(other.type.dtype)
+        if dtype.kind not in "iu":
+            continue
+        info = np.iinfo(dtype)
+        if info.min <= number <= info.max:
+            continue
+        op = name if i == 1 else _MIRRORED[name]  # now `array op number`
+        above = number < info.min  # every element is greater than the number
+        answer = {"equal": False, "not_equal": True, "less": not above,
+                  "less_equal": not above, "greater": above, "greater_equal": above}[op]
+        return rec.full(other.type.shape, "bool", answer)
+    return None
+
+
 def apply_ufunc(rec: Recorder, name: str, operands: Sequence[Operand]) -> Value:
     """The elementwise op `name` (a numpy ufunc name) on `operands`, broadcasting."""
+    constant = _beyond_range(rec, name, operands)
+    if constant is not None:
+        return constant
     expected = numpy_result_dtype(f"numpy.{name}", getattr(np, name), operands)
     values = lift_operands(rec, name, operands, lambda ds: ufunc_result_dtype(name, ds),
                            expected)
@@ -121,6 +163,13 @@ def clip(rec: Recorder, a: Operand, a_min: Operand | None = None,
     """``np.clip``: ``minimum(maximum(a, a_min), a_max)``, either bound may be None, in the
     dtype numpy's clip gives (bfloat16 with Python bounds is clipped in float32)."""
     out = rec.value(a)
+    dtype = numpy_dtype(out.type.dtype)
+    if dtype.kind in "iu":  # a Python int bound beyond the dtype bounds nothing (numpy 2)
+        info = np.iinfo(dtype)
+        if type(a_min) is int and a_min < info.min:
+            a_min = None
+        if type(a_max) is int and a_max > info.max:
+            a_max = None
     bounds = [b for b in (a_min, a_max) if b is not None]
     if bounds:
         expected = numpy_result_dtype("numpy.clip", _clip_dtype, (out, *bounds))

@@ -130,6 +130,8 @@ def take(rec: Recorder, a: Operand, indices: Operand, axis: int | None = None) -
     if isinstance(indices, Value):
         return rec.emit("take", [table, indices], {"axis": axis})
     idx = np.asarray(indices)
+    if idx.size == 0 and idx.dtype.kind == "f":  # an empty list: numpy takes nothing
+        idx = idx.astype(np.int64)
     if idx.dtype.kind not in "iu":
         raise ShapeError(f"take indices must be integers, got {idx.dtype}", user_location())
     size = table.type.shape[axis]

@@ -89,6 +89,15 @@ def _unary(ufunc: np.ufunc) -> Callable:
     return apply
 
 
+def _in_place(symbol: str) -> Callable:
+    def refuse(self: TracedArray, other: object) -> NoReturn:
+        raise TraceError(f"traced arrays are immutable: {symbol} would write into the array "
+                         f"(and its views) in numpy; write x = x {symbol[:-1]} y instead",
+                         user_location())
+
+    return refuse
+
+
 class TracedArray:
     """An array inside a traced function: an IR value and the recorder of its trace."""
 
@@ -162,6 +171,22 @@ class TracedArray:
     __abs__ = _unary(np.absolute)
     __invert__ = _unary(np.invert)
     __hash__ = None  # type: ignore[assignment]  # like ndarray: == is elementwise
+
+    # in numpy ``x += 1`` writes into x (and every view of it); a traced array cannot be
+    # written, and Python's fallback ``x = x + 1`` would silently not update the views
+    __iadd__ = _in_place("+=")
+    __isub__ = _in_place("-=")
+    __imul__ = _in_place("*=")
+    __itruediv__ = _in_place("/=")
+    __ifloordiv__ = _in_place("//=")
+    __imod__ = _in_place("%=")
+    __ipow__ = _in_place("**=")
+    __imatmul__ = _in_place("@=")
+    __iand__ = _in_place("&=")
+    __ior__ = _in_place("|=")
+    __ixor__ = _in_place("^=")
+    __ilshift__ = _in_place("<<=")
+    __irshift__ = _in_place(">>=")
 
     # -- indexing --------------------------------------------------------------------------------
     def __getitem__(self, key: object) -> TracedArray:

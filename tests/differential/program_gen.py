@@ -91,7 +91,8 @@ def programs(draw) -> Program:
                                      "softmax", "matmul", "einsum", "slice", "reshape",
                                      "concat", "where", "center", "variance", "take", "argmax",
                                      "stack_split", "expand_squeeze", "astype", "swapaxes",
-                                     "bool_matmul", "int8_sum", "cumsum", "bfloat16"]))
+                                     "bool_matmul", "int8_sum", "cumsum", "bfloat16",
+                                     "int8_compare"]))
         if kind == "unary":
             name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
             f = getattr(np, name)
@@ -192,6 +193,9 @@ def programs(draw) -> Program:
         elif kind == "bfloat16":  # elementwise in bf16, exact whatever the layout
             add(f"np.tanh({x}.astype(bf16)).astype(np.float32)",
                 lambda e, x=x: np.tanh(e[x].astype(ml_dtypes.bfloat16)).astype(np.float32), s)
+        elif kind == "int8_compare":  # Python ints beyond int8: numpy answers exactly
+            add(f"(({x} * 40).astype(np.int8) < 1000) * ({x} > -1000) * {x}",
+                lambda e, x=x: ((e[x] * 40).astype(np.int8) < 1000) * (e[x] > -1000) * e[x], s)
         elif kind == "astype":
             add(f"{x}.astype(np.float32) * 3", lambda e, x=x: e[x].astype(np.float32) * 3, s)
         elif kind == "swapaxes" and len(s) >= 2:

@@ -37,6 +37,7 @@ from dtensor_compiler.ir.opdef import (
     register,
     same_type,
 )
+from dtensor_compiler.ir.reasons import OutLayout
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
 
@@ -53,8 +54,10 @@ def _same_type(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[Tensor
 
 
 def _relayout_is_identity(op: Operation) -> bool:
-    """Only when both layouts are set: a pinned layout on a value without one yet stays."""
-    return same_type(op) and op.type.sharding is not None
+    """Only when both layouts are set (a pinned layout on a value without one yet stays), and
+    not for the relayout that pins an output layout: propagation reads from it that the output
+    was asked for in that layout, pending reductions included."""
+    return same_type(op) and op.type.sharding is not None and not isinstance(op.why, OutLayout)
 
 
 RELAYOUT = register(OpDef(name="relayout", operands=1, infer=_same_type, sharding=AS_IS,
