@@ -22,6 +22,7 @@ from dtensor_compiler.ir.reasons import (
     OperandRelayout,
     OpRef,
     PendingNotTaken,
+    ReducedAnyway,
     ValueRef,
     WantedResultLayout,
 )
@@ -63,15 +64,18 @@ class Explainer:
 
     def operand_relayout(self, op: Operation, index: int, space: FactorSpace,
                          factors: FactorSharding, src: Sharding, dst: Sharding,
-                         matched: list[Value | None]) -> OperandRelayout:
+                         matched: list[Value | None], reduced_anyway: bool = False
+                         ) -> OperandRelayout:
         """Why operand `index` of `op` goes from `src` to `dst` under the strategy `factors`.
         `matched` holds the tensors whose layouts the strategy keeps (None: the layout wanted
         for the result); they are mentioned unless the causes already say where a mesh dim
-        went."""
+        went. `reduced_anyway`: the operand's pending reductions are resolved for another
+        consumer too, so the op takes the reduced value even where it could carry them."""
         causes: list[Cause] = []
         lost = tuple(p for p in src.partial if p not in dst.partial)
         if lost:
-            causes.append(PendingNotTaken(op.name, lost))
+            causes.append(ReducedAnyway(op.name, lost) if reduced_anyway
+                          else PendingNotTaken(op.name, lost))
         moved = located = False
         for i, (have, need) in enumerate(zip(src.dims, dst.dims)):
             if have == need:

@@ -93,27 +93,29 @@ class StrategyChooser:
         self.costs = costs
         self.consumers = consumers
         self._memo: dict[tuple[FactorSpace, tuple[Sharding | None, ...], Sharding | None,
-                               tuple[int, ...]], Strategy] = {}
+                               tuple[int, ...], tuple[bool, ...]], Strategy] = {}
 
     def choose(self, space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
-               result: Sharding | None) -> Strategy:
+               result: Sharding | None, reduced: tuple[bool, ...] = ()) -> Strategy:
         """The cheapest strategy for `op` given what is known of its operands' and result's
         layouts (see the module docstring). Unknown operands are not charged, nor an unknown
-        result."""
+        result. `reduced` marks the operands whose pending reductions may not be kept (their
+        reduced value exists anyway)."""
         consumers = tuple(self.consumers.get(v, 1) for v in op.operands)
-        key = (space, tuple(operands), result, consumers)
+        key = (space, tuple(operands), result, consumers, reduced)
         if key not in self._memo:
-            self._memo[key] = _choose(space, op, operands, result, consumers, self.costs)
+            self._memo[key] = _choose(space, op, operands, result, consumers, reduced,
+                                      self.costs)
         return self._memo[key]
 
 
 def _choose(space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
-            result: Sharding | None, consumers: tuple[int, ...], costs: LayoutCosts
-            ) -> Strategy:
+            result: Sharding | None, consumers: tuple[int, ...], reduced: tuple[bool, ...],
+            costs: LayoutCosts) -> Strategy:
     best: Strategy | None = None
     best_key: tuple[float, int] | None = None
     for factors, seeds in _candidates(space, [*operands, result]):
-        for keep in _keep_variants(operands):
+        for keep in _keep_variants(operands, reduced):
             strategy = _evaluate(space, op, operands, result, consumers, factors, seeds, keep,
                                  costs)
             if strategy is None:
@@ -142,9 +144,12 @@ def _candidates(space: FactorSpace, known: Sequence[Sharding | None]
     return list(out.items())
 
 
-def _keep_variants(operands: Sequence[Sharding | None]) -> list[tuple[int, ...]]:
-    """Which partial operands stay pending: all, each alone, none (in this order)."""
-    partial = tuple(i for i, s in enumerate(operands) if s is not None and s.partial)
+def _keep_variants(operands: Sequence[Sharding | None], reduced: tuple[bool, ...] = ()
+                   ) -> list[tuple[int, ...]]:
+    """Which partial operands stay pending: all, each alone, none (in this order); never one
+    marked `reduced`."""
+    partial = tuple(i for i, s in enumerate(operands) if s is not None and s.partial
+                    and not (reduced and reduced[i]))
     variants = [partial] + [(i,) for i in partial] + [()]
     return list(dict.fromkeys(variants))
 

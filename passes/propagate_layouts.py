@@ -75,10 +75,27 @@ class _Propagation:
         self.sources: dict[Value, Sources] = {}
         self.relayouts: dict[tuple[Value, Sharding], Value] = {}
         self.ops: list[Operation] = []
+        self.reduced: frozenset[Value] = frozenset()
+        """Values whose consumers may not keep their pending reductions (see `run`)."""
 
     def run(self) -> None:
+        """Phase 2 runs once; when it reduced a value that some other consumer carries
+        pending (to be reduced again later: ``s`` and ``s / 16`` both reduced), it runs again
+        with those consumers given the reduced value, which exists anyway."""
         pinned = self._pinned()
         desired = desired_layouts(self.func, pinned, self.spaces, self.chooser)
+        before = _Snapshot(self.func)
+        self._phase2(pinned, desired)
+        shared = self._reduced_and_carried()
+        if shared:
+            before.restore(self.func, self.ops)
+            self.actual, self.sources, self.relayouts, self.ops = {}, {}, {}, []
+            self.reduced = shared
+            self._phase2(pinned, desired)
+        self.func.ops = [op for op in self.ops if not self._drop_if_noop(op)]
+
+    def _phase2(self, pinned: dict[Value, tuple[Sharding, Sources]],
+                desired: DesiredLayouts) -> None:
         for arg in self.func.args:
             if arg in pinned:
                 self._set(arg, pinned[arg][0], pinned[arg][1], arg.origin)
@@ -91,7 +108,15 @@ class _Propagation:
         for op in self.func.ops:
             self._place(op, pinned, desired)
         self._resolve_returned_partials(pinned)
-        self.func.ops = [op for op in self.ops if not self._drop_if_noop(op)]
+
+    def _reduced_and_carried(self) -> frozenset[Value]:
+        """Values a relayout reduces while some op takes them with their pending reductions."""
+        reduced = {op.operands[0] for op in self.ops if op.name == "relayout"
+                   and op.operands[0].owner is not None and any(
+                       p not in self.actual[op.result].partial
+                       for p in self.actual[op.operands[0]].partial)}
+        return frozenset(v for v in reduced if any(
+            u.name != "relayout" and self.spaces.of(u) is not None for u in v.users))
 
     # -- seeds ------------------------------------------------------------------------------------
     def _pinned(self) -> dict[Value, tuple[Sharding, Sources]]:
@@ -130,7 +155,9 @@ class _Propagation:
         assert result is not None, "ops with a factor rule have one result"
         operands = op.operands
         wanted = desired.layouts.get(result)
-        strategy = self.chooser.choose(space, op, [self.actual[v] for v in operands], wanted)
+        reduced = tuple(v in self.reduced for v in operands) if self.reduced else ()
+        strategy = self.chooser.choose(space, op, [self.actual[v] for v in operands], wanted,
+                                       reduced)
         sources = merge_sources([self.sources[operands[t]] if t < len(operands) else
                                  desired.sources[result] for t in strategy.seeds])
         origin = LayoutOrigin(", ".join(sources), op_ref(op))
@@ -146,7 +173,7 @@ class _Propagation:
                 if not matched and wanted == strategy.result.without_partial():
                     matched = [None]
                 why = self.explain.operand_relayout(op, i, space, strategy.factors, have, need,
-                                                    matched)
+                                                    matched, value in self.reduced)
                 self.relayouts[key] = self._relayout(value, need, op, why, sources, origin)
             op.set_operand(i, self.relayouts[key])
         self.ops.append(op)
@@ -216,6 +243,34 @@ class _Propagation:
         self.sources[value] = sources
         value.type = value.type.with_sharding(layout)
         value.origin = origin or LayoutOrigin(", ".join(sources))
+
+
+class _Snapshot:
+    """What phase 2 changes in a function, kept to undo it: the ops and their operands and
+    reasons, every value's type and origin, the returned values."""
+
+    def __init__(self, func: Function) -> None:
+        self.ops = list(func.ops)
+        self.operands = [op.operands for op in self.ops]
+        self.whys = [op.why for op in self.ops]
+        self.values = [(v, v.type, v.origin) for v in func.values()]
+        self.results = list(func.results)
+
+    def restore(self, func: Function, placed: list[Operation]) -> None:
+        """Undo phase 2, whose op list is `placed` (the ops and the relayouts it added)."""
+        for op, operands, why in zip(self.ops, self.operands, self.whys):
+            for i, value in enumerate(operands):
+                if op.operands[i] is not value:
+                    op.set_operand(i, value)
+            op.why = why
+        kept = {id(op) for op in self.ops}
+        for op in placed:
+            if id(op) not in kept:
+                op.drop_operands()
+        for value, type, origin in self.values:
+            value.type, value.origin = type, origin
+        func.ops = list(self.ops)
+        func.set_results(self.results)
 
 
 def _consumers(func: Function) -> dict[Value, int]:

@@ -101,3 +101,26 @@ def test_reshape_splitting_a_sharded_dim_into_heads_is_free(mesh):
     assert low.collectives() == []
     x = np.arange(B * S * D, dtype=np.float32).reshape(B, S, D)
     np.testing.assert_array_equal(np.asarray(f(x)), x.reshape(B, S, H, D // H))
+
+
+def _gelu(x, w):
+    h = x @ w
+    return 0.5 * h * (1 + np.tanh(0.79788456 * (h + 0.044715 * h ** 3)))
+
+
+@pytest.mark.parametrize(("fn", "nbytes"), [
+    (lambda x, w: (lambda s: (s, x - s / 16))(x.sum(1, keepdims=True)), 8 * 1 * 4),
+    (_gelu, 8 * 8 * 4),
+    (lambda x, w: (lambda h: np.exp(h) + np.exp(h * 2))(x @ w), 8 * 8 * 4),
+], ids=["sum-and-centre", "gelu", "two-exps"])
+def test_a_pending_sum_with_several_consumers_is_reduced_once(mesh, fn, nbytes) -> None:
+    ins = (dtc.Layout([U, "tp"], mesh), dtc.Layout(["tp", U], mesh))
+    low = dtc.compile(fn, in_layouts=ins).lower(spec(8, 16), spec(16, 8))
+    (only,) = low.collectives()
+    assert (only.kind, only.mesh_dims, only.bytes) == ("all_reduce", ("tp",), nbytes)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((8, 16), np.float32), rng.standard_normal((16, 8), np.float32)
+    got = low.run(x, w)
+    for g, e in zip(got if isinstance(got, tuple) else (got,),
+                    (lambda r: r if isinstance(r, tuple) else (r,))(fn(x, w))):
+        np.testing.assert_allclose(np.asarray(g), e, rtol=1e-4, atol=1e-4)

@@ -40,6 +40,7 @@ from dtensor_compiler.ir.reasons import (
     PendingNotTaken,
     Planned,
     Reason,
+    ReducedAnyway,
     Reductions,
     Requested,
     ReturnedPending,
@@ -235,17 +236,25 @@ def _mesh_dims(mesh_dims: tuple[str, ...]) -> str:
     return mesh_dims[0] if len(mesh_dims) == 1 else "(" + ", ".join(mesh_dims) + ")"
 
 
-def _pending(taker: str, reductions: Reductions) -> str:
+def _by_kind(reductions: Reductions) -> list[str]:
+    """``["max over dp", "sum over tp, sp"]``: the reductions grouped by kind."""
     by_op: dict[str, list[str]] = {}
     for mesh_dim, op in reductions:
         by_op.setdefault(op.value, []).append(mesh_dim)
-    return "; ".join(f"{taker} cannot take a pending {op} over {', '.join(dims)}"
-                     for op, dims in sorted(by_op.items()))
+    return [f"{op} over {', '.join(dims)}" for op, dims in sorted(by_op.items())]
+
+
+def _pending(taker: str, reductions: Reductions) -> str:
+    return "; ".join(f"{taker} cannot take a pending {r}" for r in _by_kind(reductions))
 
 
 def _cause(cause: Cause) -> str:
     if isinstance(cause, PendingNotTaken):
         return _pending(cause.taker, cause.reductions)
+    if isinstance(cause, ReducedAnyway):
+        return (f"{cause.taker} takes it reduced: the pending "
+                f"{' and '.join(_by_kind(cause.reductions))} is reduced for another consumer "
+                "anyway")
     if isinstance(cause, NeedsWholeDim):
         return f"{cause.op} needs dim {cause.dim} whole"
     if isinstance(cause, DimSharded):

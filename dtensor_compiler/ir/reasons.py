@@ -49,6 +49,15 @@ class PendingNotTaken:
 
 
 @dataclass(frozen=True)
+class ReducedAnyway:
+    """``divide takes it reduced: the pending sum over tp is reduced for another consumer
+    anyway``."""
+
+    taker: str
+    reductions: Reductions
+
+
+@dataclass(frozen=True)
 class NeedsWholeDim:
     """``argmax needs dim 1 whole``."""
 
@@ -92,7 +101,8 @@ class NeedsLayout:
     target: Sharding
 
 
-Cause = PendingNotTaken | NeedsWholeDim | DimSharded | DimGivesUp | NeedsLayout
+Cause = (PendingNotTaken | ReducedAnyway | NeedsWholeDim | DimSharded | DimGivesUp
+         | NeedsLayout)
 
 
 @dataclass(frozen=True)
@@ -183,7 +193,7 @@ def explains_pending(reason: Reason) -> bool:
     if isinstance(reason, ReturnedPending):
         return True
     if isinstance(reason, OperandRelayout):
-        return any(isinstance(c, PendingNotTaken) for c in reason.causes)
+        return any(isinstance(c, (PendingNotTaken, ReducedAnyway)) for c in reason.causes)
     if isinstance(reason, Planned):
         return reason.pending is not None or (reason.relayout is not None
                                               and explains_pending(reason.relayout))
