@@ -90,7 +90,7 @@ def _visit(op: Operation, out: DesiredLayouts, spaces: FactorSpaces, chooser: St
     known = [out.layouts.get(v) for v in tensors]
     if all(k is None for k in known) or all(k is not None for k in known):
         return []
-    strategy = chooser.choose(space, op, known[:-1], known[-1])
+    strategy = chooser.choose(space, op, known[:-1], known[-1], layouts=out.layouts)
     sources = merge_sources([out.sources[tensors[t]] for t in strategy.seeds])
     assigned = []
     for t, value in enumerate(tensors):

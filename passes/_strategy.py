@@ -7,23 +7,29 @@ replicated one -- and, when operands carry pending reductions that the op's defi
 through (`OpDef.carried`), variants that keep them pending. It returns the candidate of least cost
 
     sum over operands of relayout(actual -> required)
-    + relayout(produced dims -> wanted dims)
-    + volume(produced pending reductions) + compute(produced local bytes)
+    + resolve(produced -> wanted)
+    + compute(produced local bytes)
 
-where `relayout` is `plan_relayout`'s time under the cost model, and an operand's relayout is
-shared among the ops that consume the value (one relayout serves every consumer that needs the
-same layout, like q, k and v projections of one activation). A pending reduction is charged
-at its producer only for the bytes its resolution will move (`volume`, the time under the cost
-model without latency or launch cost); the full time of resolving it is paid where a consumer
-cannot take it, since it may first be absorbed (a later reduction, a sum of partial values) or
-turned into a reduce_scatter by the target. The compute term makes redundant replicated work
-cost more than sharded work. Ties go to the candidate with more sharded mesh dims, then to the
-earliest; candidates that keep pending reductions come first.
+where `relayout` is `plan_relayout`'s time under the cost model. An operand's relayout is free
+when an earlier consumer of the value already made that layout, and otherwise shared among its
+twin consumers not placed yet (ops of one factor space taking the value in one slot, like the
+q, k and v projections of one activation: they choose alike, so one relayout serves them all).
+
+`resolve` depends on whether some consumer of the result could take its pending reductions as
+they are (a linear op a sum, ``maximum`` a max, a relayout to a layout keeping them). If so,
+they are charged only for the bytes their resolution will move (`volume`: the time under the
+cost model without latency or launch cost), since they may yet be absorbed (a later reduction,
+a sum of partial values) or turned into a reduce_scatter by the target, plus the relayout of
+the produced dims to the wanted ones; if not, resolve is the full relayout of the produced
+layout to the wanted one, as it will be paid right here. The compute term makes redundant
+replicated work cost more than sharded work. Ties go to the candidate with more sharded mesh
+dims, then to the earliest; candidates that keep pending reductions come first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from math import prod
 
@@ -33,7 +39,7 @@ from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
-from dtensor_compiler.passes._factor_sharding import FactorSharding, FactorSpace
+from dtensor_compiler.passes._factor_sharding import FactorSharding, FactorSpace, FactorSpaces
 from dtensor_compiler.planner import relayout_cost
 
 
@@ -49,6 +55,17 @@ class Strategy:
     seeds: tuple[int, ...]
     """The tensors (operands, then the result) whose layouts the factor sharding came from."""
     cost: float
+
+
+@dataclass(frozen=True)
+class Placed:
+    """What the consumers placed before an op decided about its operands."""
+
+    waiting: tuple[int, ...]
+    """Per operand: the consumers not placed yet, this op included (a relayout made now may
+    serve them all)."""
+    made: tuple[frozenset[Sharding], ...]
+    """Per operand: the layouts earlier consumers already had it relayouted to (free now)."""
 
 
 class LayoutCosts:
@@ -87,44 +104,171 @@ class LayoutCosts:
 class StrategyChooser:
     """`choose` for the ops of one function, with memory: ops of one `FactorSpace` share name,
     attributes and types, so the identical layers of a deep model ask the same questions.
-    `consumers` counts the ops that use each value."""
+    `spaces` gives every op its factor space."""
 
-    def __init__(self, costs: LayoutCosts, consumers: dict[Value, int]) -> None:
+    def __init__(self, costs: LayoutCosts, spaces: FactorSpaces) -> None:
         self.costs = costs
-        self.consumers = consumers
+        self.spaces = spaces
         self._memo: dict[tuple[FactorSpace, tuple[Sharding | None, ...], Sharding | None,
-                               tuple[int, ...], tuple[bool, ...]], Strategy] = {}
+                               tuple[bool, ...], frozenset[tuple[str, ReduceOp]]],
+                         tuple[_Candidate, ...]] = {}
+        self._waiting: Counter[tuple[Value, FactorSpace, int]] = Counter()
 
     def choose(self, space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
-               result: Sharding | None, reduced: tuple[bool, ...] = ()) -> Strategy:
-        """The cheapest strategy for `op` given what is known of its operands' and result's
-        layouts (see the module docstring). Unknown operands are not charged, nor an unknown
-        result. `reduced` marks the operands whose pending reductions may not be kept (their
-        reduced value exists anyway)."""
-        consumers = tuple(self.consumers.get(v, 1) for v in op.operands)
-        key = (space, tuple(operands), result, consumers, reduced)
+               result: Sharding | None, reduced: tuple[bool, ...] = (),
+               placed: Placed | None = None,
+               layouts: Mapping[Value, Sharding] | None = None) -> Strategy:
+        """The least-cost strategy for `op` (of `space`) given its operands' layouts (None:
+        unknown) and the layout wanted for its result (None: free), pending reductions of the
+        result included. `reduced` marks the operands whose pending reductions may not be kept
+        (their reduced value exists anyway); `placed` says what earlier consumers of the
+        operands already decided (without it, every consumer is still to come); `layouts`
+        holds the layouts known so far of other values (the result's consumers' operands)."""
+        return self.alternatives(space, op, operands, result, reduced, placed, layouts)[0]
+
+    def alternatives(self, space: FactorSpace, op: Operation,
+                     operands: Sequence[Sharding | None], result: Sharding | None,
+                     reduced: tuple[bool, ...] = (), placed: Placed | None = None,
+                     layouts: Mapping[Value, Sharding] | None = None
+                     ) -> tuple[Strategy, ...]:
+        """Every strategy `choose` weighs, best first."""
+        if placed is None:
+            placed = Placed(self.sharers(op, space), tuple(frozenset() for _ in op.operands))
+        assert op.result is not None
+        # Only a result that may be left pending (a reduced factor, a pending operand) asks.
+        may_pend = any(r is not None for r in space.rule.reduce_ops) or any(
+            o is not None and o.partial for o in operands)
+        carried = (self._carried_by_users(op.result, layouts or {}) if may_pend
+                   else frozenset())
+        key = (space, tuple(operands), result, reduced, carried)
         if key not in self._memo:
-            self._memo[key] = _choose(space, op, operands, result, consumers, reduced,
-                                      self.costs)
-        return self._memo[key]
+            self._memo[key] = _candidates_of(space, op, operands, result, reduced, carried,
+                                             self.costs)
+        return _ranked(self._memo[key], placed)
+
+    def count_consumers(self, ops: Iterable[Operation]) -> None:
+        """Count, for `sharers`, the consumers among `ops` (a whole function, none placed
+        yet) of each value by factor space and operand slot. Call it again to start over
+        from the original program."""
+        self._waiting.clear()
+        for op in ops:
+            space = self.spaces.of(op)
+            if space is not None:
+                for slot, value in enumerate(op.operands):
+                    self._waiting[value, space, slot] += 1
+
+    def placed(self, op: Operation, space: FactorSpace) -> None:
+        """Note that `op` (with its original operands) has chosen its strategy."""
+        for slot, value in enumerate(op.operands):
+            self._waiting[value, space, slot] -= 1
+
+    def sharers(self, op: Operation, space: FactorSpace) -> tuple[int, ...]:
+        """Per operand, its consumers that are twins of `op` (one factor space, the operand in
+        the same slot) and not placed yet, `op` included: twins given one layout choose
+        alike, so one relayout serves them all (the q, k and v projections of one
+        activation)."""
+        return tuple(self._waiting[value, space, slot]
+                     for slot, value in enumerate(op.operands))
+
+    def _carried_by_users(self, value: Value, layouts: Mapping[Value, Sharding], depth: int = 4
+                          ) -> frozenset[tuple[str, ReduceOp]]:
+        """The pending reductions (mesh dim, kind) of `value` that its consumers may take
+        somewhere cheaper than here: a relayout to a layout keeping them; a sum with another
+        value pending the same reduction (one reduction for both); a reduction or other op
+        that takes them to a smaller result. An op that takes them on at the same size (a
+        linear op a sum, ``reshape`` any kind) passes the question on to its own consumers,
+        `depth` ops deep. Any other pending reduction will be paid in full, right here or
+        later at the same size."""
+        out: set[tuple[str, ReduceOp]] = set()
+        for user in dict.fromkeys(value.users):
+            if user.name == "relayout":
+                target = user.type.sharding
+                out.update(target.partial if target is not None else ())
+                continue
+            definition = opdef.lookup(user.name)
+            result = user.result
+            if not isinstance(definition.sharding, opdef.Factors) or result is None \
+                    or result.type.dtype != value.type.dtype:
+                continue
+            traits = definition.traits
+            smaller = result.type.size < value.type.size
+            later: frozenset[tuple[str, ReduceOp]] | None = None
+            for slot, operand in enumerate(user.operands):
+                if operand is not value:
+                    continue
+                linear = traits.is_linear_in(slot)
+                if not traits.commutes_with and not linear:
+                    continue
+                others = [layouts.get(v) for j, v in enumerate(user.operands) if j != slot]
+                used = set().union(*(o.used_mesh_dims() for o in others if o is not None))
+                for mesh_dim in self.costs.mesh.names:
+                    for kind in _KINDS:
+                        pending = (mesh_dim, kind)
+                        if pending in out:
+                            continue
+                        merges = kind in traits.commutes_with and bool(others) and all(
+                            o is None or pending in o.partial for o in others)
+                        takes = merges or (kind in traits.commutes_with and not others) or (
+                            kind == ReduceOp.SUM and linear and mesh_dim not in used)
+                        if not takes:
+                            continue
+                        if merges or smaller:
+                            out.add(pending)
+                        elif depth > 0:
+                            if later is None:
+                                later = self._carried_by_users(result, layouts, depth - 1)
+                            if pending in later:
+                                out.add(pending)
+        return frozenset(out)
 
 
-def _choose(space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
-            result: Sharding | None, consumers: tuple[int, ...], reduced: tuple[bool, ...],
-            costs: LayoutCosts) -> Strategy:
-    best: Strategy | None = None
-    best_key: tuple[float, int] | None = None
+_KINDS = tuple(ReduceOp)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A strategy before its operands' relayouts are weighed against what earlier consumers
+    did (so that the identical layers of a model share one list)."""
+
+    strategy: Strategy
+    """With `cost` the op's own terms: compute and resolving the result."""
+    moves: tuple[float, ...]
+    """Per operand: the time of its relayout to the required layout (0 if unknown)."""
+    sharded: int
+    """The sharded mesh dims of the factor sharding (ties go to more)."""
+
+
+def _candidates_of(space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
+                   result: Sharding | None, reduced: tuple[bool, ...],
+                   carried: frozenset[tuple[str, ReduceOp]], costs: LayoutCosts
+                   ) -> tuple[_Candidate, ...]:
+    out: list[_Candidate] = []
     for factors, seeds in _candidates(space, [*operands, result]):
         for keep in _keep_variants(operands, reduced):
-            strategy = _evaluate(space, op, operands, result, consumers, factors, seeds, keep,
-                                 costs)
-            if strategy is None:
-                continue
-            key = (strategy.cost, -sum(len(m) for m in factors))
-            if best_key is None or key < best_key:
-                best, best_key = strategy, key
-    assert best is not None, "the replicated candidate always applies"
-    return best
+            candidate = _evaluate(space, op, operands, result, factors, seeds, keep,
+                                  carried, costs)
+            if candidate is not None:
+                out.append(candidate)
+    assert out, "the replicated candidate always applies"
+    return tuple(out)
+
+
+def _ranked(candidates: Sequence[_Candidate], placed: Placed) -> tuple[Strategy, ...]:
+    """The candidates' strategies with their full cost, best first: an operand's relayout is
+    free when an earlier consumer made that layout, else shared among the twins waiting."""
+    ranked: list[tuple[float, int, int, Strategy]] = []
+    for n, candidate in enumerate(candidates):
+        s = candidate.strategy
+        cost = s.cost
+        for need, move, waiting, made in zip(s.operands, candidate.moves, placed.waiting,
+                                             placed.made):
+            if move and need not in made:
+                cost += move / waiting
+        if cost != s.cost:
+            s = Strategy(s.factors, s.operands, s.result, s.seeds, cost)
+        ranked.append((cost, -candidate.sharded, n, s))
+    ranked.sort(key=lambda r: r[:3])
+    return tuple(r[3] for r in ranked)
 
 
 def _candidates(space: FactorSpace, known: Sequence[Sharding | None]
@@ -155,9 +299,10 @@ def _keep_variants(operands: Sequence[Sharding | None], reduced: tuple[bool, ...
 
 
 def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
-              result: Sharding | None, consumers: tuple[int, ...], factors: FactorSharding,
-              seeds: tuple[int, ...], keep: tuple[int, ...], costs: LayoutCosts
-              ) -> Strategy | None:
+              result: Sharding | None, factors: FactorSharding,
+              seeds: tuple[int, ...], keep: tuple[int, ...],
+              carried: frozenset[tuple[str, ReduceOp]], costs: LayoutCosts
+              ) -> _Candidate | None:
     kept: list[dict[str, ReduceOp]] = []
     for i, operand in enumerate(operands):
         if i in keep:
@@ -181,10 +326,15 @@ def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | N
                      for i in range(len(operands)))
     produced = Sharding(space.unproject(factors, space.result_index),
                         tuple({**passed, **reduced}.items()))
-    cost = costs.volume(produced, rtype) + costs.compute(produced, rtype)
-    for value, actual, need, shared_by in zip(op.operands, operands, required, consumers):
-        if actual is not None:
-            cost += costs.relayout(actual, need, value.type) / shared_by
-    if result is not None:
-        cost += costs.relayout(produced.without_partial(), result.without_partial(), rtype)
-    return Strategy(factors, required, produced, seeds, cost)
+    cost = costs.compute(produced, rtype)
+    moves = tuple(0.0 if actual is None else costs.relayout(actual, need, value.type)
+                  for value, actual, need in zip(op.operands, operands, required))
+    target = produced.without_partial() if result is None else result.without_partial()
+    if all(p in carried for p in produced.partial):
+        # the pending reductions may be absorbed downstream: charge their volume only
+        cost += costs.volume(produced, rtype)
+        cost += costs.relayout(produced.without_partial(), target, rtype)
+    else:
+        cost += costs.relayout(produced, target, rtype)  # no consumer can take them
+    return _Candidate(Strategy(factors, required, produced, seeds, cost), moves,
+                      sum(len(m) for m in factors))

@@ -27,6 +27,7 @@ strategy needs. Every choice is deterministic.
 
 from __future__ import annotations
 
+from collections import ChainMap
 from dataclasses import dataclass
 
 from dtensor_compiler.cost import CostModel
@@ -47,7 +48,7 @@ from dtensor_compiler.passes._desired_layouts import (
 )
 from dtensor_compiler.passes._explain import Explainer, op_ref
 from dtensor_compiler.passes._factor_sharding import FactorSpaces
-from dtensor_compiler.passes._strategy import LayoutCosts, StrategyChooser
+from dtensor_compiler.passes._strategy import LayoutCosts, Placed, StrategyChooser
 
 
 @register_pass
@@ -69,11 +70,13 @@ class _Propagation:
         self.func = func
         self.infer = InferContext(mesh)
         self.spaces = FactorSpaces(mesh)
-        self.chooser = StrategyChooser(LayoutCosts(mesh, cost_model), _consumers(func))
+        self.chooser = StrategyChooser(LayoutCosts(mesh, cost_model), self.spaces)
         self.explain = Explainer(func)
         self.actual: dict[Value, Sharding] = {}
         self.sources: dict[Value, Sources] = {}
         self.relayouts: dict[tuple[Value, Sharding], Value] = {}
+        self.made: dict[Value, frozenset[Sharding]] = {}
+        """The layouts each value was relayouted to so far."""
         self.ops: list[Operation] = []
         self.reduced: frozenset[Value] = frozenset()
         """Values whose consumers may not keep their pending reductions (see `run`)."""
@@ -83,13 +86,15 @@ class _Propagation:
         pending (to be reduced again later: ``s`` and ``s / 16`` both reduced), it runs again
         with those consumers given the reduced value, which exists anyway."""
         pinned = self._pinned()
+        self.chooser.count_consumers(self.func.ops)
         desired = desired_layouts(self.func, pinned, self.spaces, self.chooser)
         before = _Snapshot(self.func)
         self._phase2(pinned, desired)
         shared = self._reduced_and_carried()
         if shared:
             before.restore(self.func, self.ops)
-            self.actual, self.sources, self.relayouts, self.ops = {}, {}, {}, []
+            self.actual, self.sources, self.relayouts, self.made = {}, {}, {}, {}
+            self.ops = []
             self.reduced = shared
             self._phase2(pinned, desired)
         self.func.ops = [op for op in self.ops if not self._drop_if_noop(op)]
@@ -105,6 +110,7 @@ class _Propagation:
                                        op_ref(desired.via[arg])))
             else:
                 self._set(arg, Sharding.replicated(arg.type.rank), (DEFAULT_SOURCE,))
+        self.chooser.count_consumers(self.func.ops)
         for op in self.func.ops:
             self._place(op, pinned, desired)
         self._resolve_returned_partials(pinned)
@@ -113,7 +119,7 @@ class _Propagation:
         """Values a relayout reduces while some op takes them with their pending reductions."""
         reduced = {op.operands[0] for op in self.ops if op.name == "relayout"
                    and op.operands[0].owner is not None and any(
-                       p not in self.actual[op.result].partial
+                       p not in self.actual[op.results[0]].partial
                        for p in self.actual[op.operands[0]].partial)}
         return frozenset(v for v in reduced if any(
             u.name != "relayout" and self.spaces.of(u) is not None for u in v.users))
@@ -156,8 +162,11 @@ class _Propagation:
         operands = op.operands
         wanted = desired.layouts.get(result)
         reduced = tuple(v in self.reduced for v in operands) if self.reduced else ()
+        placed = Placed(self.chooser.sharers(op, space),
+                        tuple(self.made.get(v, frozenset()) for v in operands))
         strategy = self.chooser.choose(space, op, [self.actual[v] for v in operands], wanted,
-                                       reduced)
+                                       reduced, placed, ChainMap(self.actual, desired.layouts))
+        self.chooser.placed(op, space)
         sources = merge_sources([self.sources[operands[t]] if t < len(operands) else
                                  desired.sources[result] for t in strategy.seeds])
         origin = LayoutOrigin(", ".join(sources), op_ref(op))
@@ -208,6 +217,7 @@ class _Propagation:
         loc = consumer.loc if consumer is not None else None
         op = make_op("relayout", [value], {}, self.infer, sharding=layout, loc=loc, why=why)
         self.ops.append(op)
+        self.made[value] = self.made.get(value, frozenset()) | {layout}
         assert op.result is not None
         self._set(op.result, layout, sources, origin)
         return op.result
@@ -272,11 +282,3 @@ class _Snapshot:
         func.ops = list(self.ops)
         func.set_results(self.results)
 
-
-def _consumers(func: Function) -> dict[Value, int]:
-    """How many ops use each value."""
-    counts: dict[Value, int] = {}
-    for op in func.ops:
-        for value in dict.fromkeys(op.operands):
-            counts[value] = counts.get(value, 0) + 1
-    return counts

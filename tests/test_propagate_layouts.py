@@ -227,13 +227,14 @@ def test_output_is_deterministic() -> None:
 
 @pytest.mark.parametrize("mesh", [MeshShape((("tp", 4),)), MESH], ids=["tp4", "dp2xtp4"])
 def test_vocab_sharded_softmax_communicates_only_row_statistics(mesh: MeshShape) -> None:
-    module = propagate(softmax, [("logits", (8, 64), COL)], COL, mesh)
+    # (a vocabulary large enough that gathering the logits costs more than two all_reduces)
+    module = propagate(softmax, [("logits", (256, 32768), COL)], COL, mesh)
     assert layout_of(module, "reduce_max") == "{-, -} partial(tp:max)"
     assert layout_of(module, "reduce_sum") == "{-, -} partial(tp:sum)"
-    assert moves(module) == [("[8, 1]", "{-, -} partial(tp:max)", "{-, -}"),
-                             ("[8, 1]", "{-, -} partial(tp:sum)", "{-, -}")]
+    assert moves(module) == [("[256, 1]", "{-, -} partial(tp:max)", "{-, -}"),
+                             ("[256, 1]", "{-, -} partial(tp:sum)", "{-, -}")]
     assert [(kind, op) for kind, _, op in collectives(module)] == [
-        ("all_reduce", "f32[8,1] @ {-, -}"), ("all_reduce", "f32[8,1] @ {-, -}")]
+        ("all_reduce", "f32[256,1] @ {-, -}"), ("all_reduce", "f32[256,1] @ {-, -}")]
 
 
 # -- (e) conflicts are resolved by cost ------------------------------------------------------------
