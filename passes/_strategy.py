@@ -112,6 +112,7 @@ class StrategyChooser:
         self._memo: dict[tuple[FactorSpace, tuple[Sharding | None, ...], Sharding | None,
                                tuple[bool, ...], frozenset[tuple[str, ReduceOp]]],
                          tuple[_Candidate, ...]] = {}
+        self._ranked: dict[tuple[tuple[object, ...], Placed], tuple[Strategy, ...]] = {}
         self._waiting: Counter[tuple[Value, FactorSpace, int]] = Counter()
 
     def choose(self, space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
@@ -141,10 +142,13 @@ class StrategyChooser:
         carried = (self._carried_by_users(op.result, layouts or {}) if may_pend
                    else frozenset())
         key = (space, tuple(operands), result, reduced, carried)
-        if key not in self._memo:
-            self._memo[key] = _candidates_of(space, op, operands, result, reduced, carried,
-                                             self.costs)
-        return _ranked(self._memo[key], placed)
+        ranked = self._ranked.get((key, placed))
+        if ranked is None:
+            if key not in self._memo:
+                self._memo[key] = _candidates_of(space, op, operands, result, reduced,
+                                                 carried, self.costs)
+            ranked = self._ranked[key, placed] = _ranked(self._memo[key], placed)
+        return ranked
 
     def count_consumers(self, ops: Iterable[Operation]) -> None:
         """Count, for `sharers`, the consumers among `ops` (a whole function, none placed
@@ -197,12 +201,13 @@ class StrategyChooser:
                 if operand is not value:
                     continue
                 linear = traits.is_linear_in(slot)
-                if not traits.commutes_with and not linear:
+                kinds = traits.commutes_with | {ReduceOp.SUM} if linear else traits.commutes_with
+                if not kinds:
                     continue
                 others = [layouts.get(v) for j, v in enumerate(user.operands) if j != slot]
                 used = set().union(*(o.used_mesh_dims() for o in others if o is not None))
                 for mesh_dim in self.costs.mesh.names:
-                    for kind in _KINDS:
+                    for kind in kinds:
                         pending = (mesh_dim, kind)
                         if pending in out:
                             continue
@@ -220,9 +225,6 @@ class StrategyChooser:
                             if pending in later:
                                 out.add(pending)
         return frozenset(out)
-
-
-_KINDS = tuple(ReduceOp)
 
 
 @dataclass(frozen=True)
