@@ -30,6 +30,10 @@ Spec = str | tuple[str, ...]
 
 
 class Layout:
+    """How a tensor lies on a mesh: one spec per tensor dim (a mesh dim name, a tuple of mesh dim
+    names, UNSHARDED or MATCH) and optional pending reductions (`partial`, mesh dim to
+    ``sum``/``max``/``min``/``prod``). Immutable; equal layouts have equal `to_string` text. Raises
+    LayoutError for an unknown or repeated mesh dim."""
     def __init__(self, sharding_specs: Sequence[Spec], mesh: Mesh,
                  partial: Mapping[str, str] | None = None) -> None:
         if not isinstance(mesh, Mesh):
@@ -78,10 +82,13 @@ class Layout:
     # -- factories -----------------------------------------------------------------------------
     @classmethod
     def replicated(cls, mesh: Mesh, rank: int) -> Layout:
+        """A layout of `rank` dims, every one whole on every device of `mesh`."""
         return cls([UNSHARDED] * rank, mesh)
 
     @classmethod
     def batch_sharded(cls, mesh: Mesh, batch_dim: str, rank: int, axis: int = 0) -> Layout:
+        """A layout of `rank` dims with dim `axis` split over mesh dim `batch_dim`, the others
+        whole."""
         specs: list[Spec] = [UNSHARDED] * rank
         if not -rank <= axis < rank:
             raise LayoutError(f"axis {axis} is out of range for rank {rank}")
@@ -90,32 +97,39 @@ class Layout:
 
     @classmethod
     def inner_sharded(cls, mesh: Mesh, inner_dim: str, rank: int) -> Layout:
+        """A layout of `rank` dims with the last dim split over mesh dim `inner_dim`."""
         return cls.batch_sharded(mesh, inner_dim, rank, axis=rank - 1)
 
     @classmethod
     def from_sharding(cls, sharding: Sharding, mesh: Mesh) -> Layout:
+        """The layout on `mesh` of the compiler's `Sharding` (its dims and pending reductions)."""
         specs = [UNSHARDED if not d else d[0] if len(d) == 1 else d for d in sharding.dims]
         return cls(specs, mesh, sharding.partial_map)
 
     # -- properties ----------------------------------------------------------------------------
     @property
     def sharding_specs(self) -> list[Spec]:
+        """One spec per tensor dim, as given (None became UNSHARDED)."""
         return list(self._specs)
 
     @property
     def mesh(self) -> Mesh:
+        """The mesh the layout is on."""
         return self._mesh
 
     @property
     def rank(self) -> int:
+        """The number of tensor dims."""
         return len(self._specs)
 
     @property
     def partial(self) -> dict[str, ReduceOp]:
+        """The pending reductions, mesh dim to reduction, in mesh dim name order."""
         return dict(self._partial)
 
     @property
     def shape(self) -> list[int]:
+        """The mesh's shape (one size per mesh dim)."""
         return self._mesh.shape()
 
     @property
@@ -126,6 +140,7 @@ class Layout:
         return self._sharding
 
     def num_shards(self, idx: int) -> int:
+        """How many blocks tensor dim `idx` is split into (1 when whole, -1 for MATCH)."""
         spec = self._specs[idx]
         if spec == MATCH:
             return -1
@@ -135,16 +150,20 @@ class Layout:
         return int(np.prod([self._mesh.dim_size(n) for n in names]))
 
     def is_fully_replicated(self) -> bool:
+        """True when every dim is whole and nothing is pending."""
         return all(s == UNSHARDED for s in self._specs) and not self._partial
 
     def is_batch_parallel(self) -> bool:
+        """True when only the first dim is sharded."""
         return bool(self._specs) and self._specs[0] != UNSHARDED and all(
             s == UNSHARDED for s in self._specs[1:])
 
     def is_single_device(self) -> bool:
+        """Always False: the simulated mesh has no single-device layouts."""
         return False
 
     def delete(self, dims: Sequence[int]) -> Layout:
+        """This layout without the tensor dims `dims` (negative indices allowed)."""
         drop = {d % self.rank for d in dims}
         return Layout([s for i, s in enumerate(self._specs) if i not in drop], self._mesh,
                       self._partial)
@@ -156,6 +175,8 @@ class Layout:
                               f"{list(shape)} has rank {len(shape)}")
 
     def local_shape_from_global_shape(self, global_shape: Sequence[int]) -> list[int]:
+        """The shape of one device's block of a tensor of `global_shape`; LayoutError when a dim
+        does not divide by its shards."""
         self._check_shape(global_shape)
         shape = tuple(int(s) for s in global_shape)
         problems = geometry.misfits(shape, self.sharding.dims, self._mesh.mesh_shape())
@@ -164,6 +185,7 @@ class Layout:
         return list(geometry.local_shape(shape, self.sharding.dims, self._mesh.mesh_shape()))
 
     def global_shape_from_local_shape(self, local_shape: Sequence[int]) -> list[int]:
+        """The global shape of a tensor whose per-device blocks have `local_shape`."""
         self._check_shape(local_shape)
         shape = tuple(int(s) for s in local_shape)
         return list(geometry.global_shape(shape, self.sharding.dims, self._mesh.mesh_shape()))
@@ -191,6 +213,8 @@ class Layout:
         return spec if isinstance(spec, str) else "*".join(spec)
 
     def to_string(self) -> str:
+        """The text form, ``sharding_specs:dp,unsharded, mesh:<mesh text>`` (with ``partial:tp=sum,
+        `` before ``mesh:`` when something is pending); `from_string` reads it back."""
         return self._text
 
     def _string(self) -> str:
@@ -202,6 +226,7 @@ class Layout:
 
     @staticmethod
     def from_string(text: str) -> Layout:
+        """The layout `to_string` wrote as `text`; LayoutError for malformed text."""
         head, sep, mesh_text = text.partition(" mesh:")
         if not sep or not head.startswith("sharding_specs:"):
             raise LayoutError(f"layout string must look like 'sharding_specs:x,unsharded, "
