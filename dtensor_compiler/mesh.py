@@ -95,25 +95,31 @@ class Mesh:
     # -- properties of the reference API -----------------------------------------------------
     @property
     def dim_names(self) -> list[str]:
+        """The mesh dim names, major to minor."""
         return list(self._dim_names)
 
     @property
     def name(self) -> str:
+        """The mesh's name ('' when unnamed)."""
         return self._name
 
     @property
     def size(self) -> int:
+        """The number of devices."""
         return int(self._ids.size)
 
     @property
     def strides(self) -> list[int]:
+        """Row-major strides of the mesh dims, in devices."""
         shape = self.shape()
         return [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
 
     def shape(self) -> list[int]:
+        """The size of each mesh dim, major to minor."""
         return list(self._ids.shape)
 
     def dim_size(self, name: str) -> int:
+        """The size of mesh dim `name`; MeshError when the mesh has no such dim."""
         if name not in self._dim_names:
             raise MeshError(f"mesh has no dim {name!r}; dims are {self.dim_names}")
         return self.shape()[self._dim_names.index(name)]
@@ -122,39 +128,50 @@ class Mesh:
         return (name, self.dim_size(name))
 
     def contains_dim(self, name: str) -> bool:
+        """Whether the mesh has a dim called `name`."""
         return name in self._dim_names
 
     def __contains__(self, name: object) -> bool:
         return name in self._dim_names
 
     def device_type(self) -> str:
+        """The device type of the mesh's devices (``CPU`` on the simulated mesh)."""
         return self._device_type
 
     def global_device_ids(self) -> np.ndarray:
+        """The device ids laid out in the mesh's shape (a copy)."""
         return self._ids.copy()
 
     def local_device_ids(self) -> list[int]:
+        """The ids of the devices local to this process."""
         return list(self._local_ids)
 
     def local_devices(self) -> list[str]:
+        """The names of the devices local to this process."""
         return list(self._local_devices)
 
     def global_devices(self) -> list[str]:
+        """The names of every device of the mesh, where they were given."""
         return list(self._global_devices)
 
     def num_local_devices(self) -> int:
+        """How many of the mesh's devices are local to this process."""
         return len(self._local_ids)
 
     def min_global_device_id(self) -> int:
+        """The smallest device id, the mesh's first device."""
         return int(self._ids.reshape(-1)[0])
 
     def is_remote(self) -> bool:
+        """True when no device of a non-empty mesh is local to this process."""
         return not self._local_ids and self.size > 0
 
     def is_single_device(self) -> bool:
+        """Always False: a mesh here has named dims."""
         return False
 
     def use_xla_spmd(self) -> bool:
+        """Always False: there is no XLA here."""
         return False
 
     def coords(self, device_id: int) -> np.ndarray:
@@ -163,13 +180,16 @@ class Mesh:
         return (idx // np.array(self.strides)) % np.array(self.shape())
 
     def device_location(self, device_id: int) -> list[int]:
+        """The coordinates of device `device_id` on the mesh, one per mesh dim."""
         return [int(c) for c in self.coords(device_id)]
 
     def unravel_index(self) -> dict[int, dict[str, int]]:
+        """For each device id, its coordinate along each mesh dim by name."""
         return {int(i): dict(zip(self._dim_names, self.device_location(int(i))))
                 for i in self._ids.reshape(-1)}
 
     def local_device_locations(self) -> list[dict[str, int]]:
+        """The coordinates, by mesh dim name, of each local device."""
         return [dict(zip(self._dim_names, self.device_location(i))) for i in self._local_ids]
 
     def host_mesh(self) -> Mesh:
@@ -184,6 +204,8 @@ class Mesh:
 
     # -- text form ------------------------------------------------------------------------------
     def to_string(self) -> str:
+        """The text form (name, dims, device ids, local ids and devices, separated by ``|``);
+        `from_string` reads it back."""
         return self._text
 
     def _string(self) -> str:
@@ -196,6 +218,8 @@ class Mesh:
 
     @staticmethod
     def from_string(text: str) -> Mesh:
+        """The mesh `to_string` wrote as `text` (also the short ``name|dp=2,tp=4|*CPU`` form);
+        MeshError for malformed text."""
         parts = text.split("|")
         if len(parts) == 3 and parts[2].startswith("*"):
             name, dims_text, dev_type = parts[0], parts[1], parts[2][1:]
