@@ -150,18 +150,22 @@ class DTensor(DistributedValue):
         return tensor
 
     def as_dtensor(self) -> DTensor:
+        """The DTensor itself (a DVariable gives its current value)."""
         return self
 
     @property
     def layout(self) -> Layout:
+        """How the tensor lies on its mesh."""
         return self._layout
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The global shape."""
         return self._shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The element dtype."""
         return self._storage.dtype
 
     @property
@@ -170,6 +174,7 @@ class DTensor(DistributedValue):
         return self._storage
 
     def numpy(self) -> np.ndarray:
+        """The global value as a new numpy array."""
         return self._storage.to_global()
 
     def __repr__(self) -> str:
