@@ -47,9 +47,11 @@ class DVariable(DistributedValue):
         self.save_as_bf16 = False
 
     def as_dtensor(self) -> DTensor:
+        """The current value as a DTensor."""
         return self._value
 
     def read_value(self) -> DTensor:
+        """The current value as a DTensor."""
         return self._value
 
     def assign(self, value: object) -> DVariable:
