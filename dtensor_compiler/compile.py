@@ -144,6 +144,9 @@ class Lowered:
         raise ValueError(f"no stage {stage!r}; stages are {self.stages + ['final']}")
 
     def collectives(self) -> list[Collective]:
+        """One `Collective` record per collective of the final program, in program order: `kind`,
+        `mesh_dims`, `bytes` of its per-device result buffer, `seconds` under the cost model,
+        `reason`."""
         return list(self._collectives)
 
     def explain(self) -> str:
