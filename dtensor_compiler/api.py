@@ -86,6 +86,7 @@ def is_dtensor(value: object) -> bool:
 
 
 def fetch_layout(value: DistributedValue) -> Layout:
+    """The layout of a DTensor or DVariable; TypeError for anything else."""
     if not isinstance(value, DistributedValue):
         raise TypeError(f"fetch_layout expects a DTensor or DVariable, got "
                         f"{type(value).__name__}")
