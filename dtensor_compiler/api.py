@@ -30,6 +30,7 @@ from dtensor_compiler.layout import MATCH, Layout, Spec
 from dtensor_compiler.mesh import Mesh, create_mesh
 from dtensor_compiler.runtime.backends import get_backend
 from dtensor_compiler.tracing import TracedArray
+from dtensor_compiler.tracing.location import user_location
 
 DEVICE_NAME = "/job:localhost/replica:0/task:0/device:CUSTOM:0"
 
@@ -98,8 +99,8 @@ def check_layout(value: DistributedValue, layout: Layout) -> None:
     actual = fetch_layout(value)
     if actual != layout:
         raise LayoutError(f"expected layout {layout.short_text()} on "
-                          f"{layout.mesh.mesh_shape().text()}, the tensor has "
-                          f"{actual.short_text()} on {actual.mesh.mesh_shape().text()}")
+                          f"{layout.mesh.short_text()}, the tensor has "
+                          f"{actual.short_text()} on {actual.mesh.short_text()}")
 
 
 # -- per-device components ----------------------------------------------------------------------
@@ -136,7 +137,7 @@ def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
         raise TypeError(f"pack expects a list of components, got {type(tensors).__name__}")
     if len(tensors) != len(devices):
         raise LayoutError(f"pack got {len(tensors)} components for the {len(devices)} devices "
-                          f"of {mesh.mesh_shape().text()}")
+                          f"of {mesh.short_text()}")
     arrays = [_component(t, d, layout.rank) for t, d in zip(tensors, devices)]
     first = arrays[0]
     for array, device in zip(arrays, devices):
@@ -189,8 +190,8 @@ def _check_fits(layout: Layout, shape: tuple[int, ...]) -> None:
 def _relayout_dtensor(tensor: DTensor, layout: Layout) -> DTensor:
     if layout.mesh != tensor.mesh:
         raise LayoutError(f"relayout cannot move a tensor between meshes (from "
-                          f"{tensor.mesh.mesh_shape().text()} to "
-                          f"{layout.mesh.mesh_shape().text()}); use copy_to_mesh")
+                          f"{tensor.mesh.short_text()} to "
+                          f"{layout.mesh.short_text()}); use copy_to_mesh")
     target = _resolve_match(layout, tensor.layout.sharding_specs, tensor.ndim)
     _check_fits(target, tensor.shape)
     if target.sharding == tensor.layout.sharding:
@@ -202,7 +203,7 @@ def _relayout_dtensor(tensor: DTensor, layout: Layout) -> DTensor:
 def _relayout_traced(array: TracedArray, layout: Layout) -> TracedArray:
     if array.recorder.mesh != layout.mesh.mesh_shape():
         raise LayoutError(f"a relayout to {layout.short_text()} on "
-                          f"{layout.mesh.mesh_shape().text()} inside a function compiled for "
+                          f"{layout.mesh.short_text()} inside a function compiled for "
                           f"{array.recorder.mesh.text()}")
     current = array.value.type.sharding
     if current is None and MATCH in layout.sharding_specs:
@@ -221,7 +222,10 @@ def relayout(tensor: DistributedValue | TracedArray, layout: Layout
     relayout becomes an op of the traced program.
     """
     if tracing.is_traced(tensor):
-        return _relayout_traced(tensor, layout)
+        try:
+            return _relayout_traced(tensor, layout)
+        except LayoutError as e:
+            raise LayoutError(f"{user_location()}: {e}") from None
     if not isinstance(tensor, DistributedValue):
         raise TypeError(f"relayout expects a DTensor, got {type(tensor).__name__}; use "
                         "copy_to_mesh for numpy arrays")

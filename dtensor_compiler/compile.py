@@ -185,8 +185,8 @@ class Lowered:
             _check_type(name, tensor.shape, tensor.dtype, arg_type)
             if tensor.layout != layout:
                 raise LayoutError(f"argument {name!r} has layout {tensor.layout.short_text()} "
-                                  f"on {tensor.mesh.mesh_shape().text()}; the program takes "
-                                  f"{layout.short_text()} on {self.mesh.mesh_shape().text()}")
+                                  f"on {tensor.mesh.short_text()}; the program takes "
+                                  f"{layout.short_text()} on {self.mesh.short_text()}")
             return tensor.storage
         array = native_array(value)
         _check_type(name, array.shape, array.dtype, arg_type)
@@ -246,7 +246,7 @@ class CompiledFunction:
                   if layout is not None}
         if len(meshes) > 1:
             raise LayoutError("in_layouts and out_layouts must all be on one mesh; they name "
-                              + ", ".join(sorted(m.mesh_shape().text() for m in meshes)))
+                              + ", ".join(sorted(m.short_text() for m in meshes)))
         self._layout_mesh = meshes.pop() if meshes else None
         self._passes: list[ModulePass] = PassManager.parse(pipeline or DEFAULT_PIPELINE).passes
         self._cost_model = cost_model or DEFAULT_COST_MODEL
@@ -428,8 +428,8 @@ def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
     if isinstance(value, DistributedValue):
         tensor = value.as_dtensor()
         if tensor.mesh != mesh:
-            raise LayoutError(f"argument {name!r} is on {tensor.mesh.mesh_shape().text()}, the "
-                              f"function runs on {mesh.mesh_shape().text()}")
+            raise LayoutError(f"argument {name!r} is on {tensor.mesh.short_text()}, the "
+                              f"function runs on {mesh.short_text()}")
         if layout is not None and tensor.layout != layout:
             raise LayoutError(f"argument {name!r} has layout {tensor.layout.short_text()}, "
                               f"in_layouts gives {layout.short_text()}; relayout it first")

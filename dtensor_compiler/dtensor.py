@@ -179,4 +179,4 @@ class DTensor(DistributedValue):
 
     def __repr__(self) -> str:
         return (f"DTensor(shape={list(self._shape)}, dtype={self.dtype}, "
-                f"layout={self._layout.short_text()} on {self.mesh.mesh_shape().text()})")
+                f"layout={self._layout.short_text()} on {self.mesh.short_text()})")

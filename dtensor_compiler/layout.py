@@ -1,12 +1,12 @@
 """`Layout`: how a tensor lies on a `Mesh`, the public face of `ir.sharding.Sharding`.
 
-One spec per tensor dim: a mesh dim name, `UNSHARDED`, `MATCH` (relayout targets only: keep the
-input's spec), or a tuple of mesh dim names (the dim split over several mesh dims, major to
-minor). A tensor is replicated over every mesh dim its specs do not name. A layout may also
-carry pending partial reductions (``Layout([...], mesh, partial={"tp": "sum"})``): the value is
-what applying them gives, one mesh dim at a time in the mesh's dim order (with
-``partial={"dp": "max", "tp": "sum"}`` on a ``dp, tp`` mesh, the sum over tp of the max over
-dp); see `ir.sharding`.
+One spec per tensor dim: a mesh dim name, `UNSHARDED` (or None, as in JAX), `MATCH` (relayout
+targets only: keep the input's spec), or a tuple of mesh dim names (the dim split over several
+mesh dims, major to minor). A tensor is replicated over every mesh dim its specs do not name.
+A layout may also carry pending partial reductions
+(``Layout([...], mesh, partial={"tp": "sum"})``): the value is what applying them gives, one
+mesh dim at a time in the mesh's dim order (with ``partial={"dp": "max", "tp": "sum"}`` on a
+``dp, tp`` mesh, the sum over tp of the max over dp); see `ir.sharding`.
 
 Text form (the reference's, extended): ``sharding_specs:dp,unsharded, mesh:<mesh string>``;
 a multi-dim spec is written ``x*y`` and partials add ``partial:tp=sum;x=max, `` before ``mesh:``.
@@ -34,7 +34,7 @@ class Layout:
     names, UNSHARDED or MATCH) and optional pending reductions (`partial`, mesh dim to
     ``sum``/``max``/``min``/``prod``). Immutable; equal layouts have equal `to_string` text. Raises
     LayoutError for an unknown or repeated mesh dim."""
-    def __init__(self, sharding_specs: Sequence[Spec], mesh: Mesh,
+    def __init__(self, sharding_specs: Sequence[Spec | None], mesh: Mesh,
                  partial: Mapping[str, str] | None = None) -> None:
         if not isinstance(mesh, Mesh):
             raise LayoutError(f"mesh is not a valid Mesh object: {mesh!r}")
@@ -43,7 +43,12 @@ class Layout:
                               f"not the string {sharding_specs!r}")
         specs: list[Spec] = []
         used: list[str] = []
-        for spec in sharding_specs:
+        for i, spec in enumerate(sharding_specs):
+            if spec is None:
+                spec = UNSHARDED
+            if not isinstance(spec, (str, tuple, list)):
+                raise LayoutError(f"sharding spec {i} is {spec!r}; a spec is a mesh dim name, "
+                                  "UNSHARDED (or None), MATCH or a tuple of mesh dim names")
             names = (spec,) if isinstance(spec, str) else tuple(spec)
             if isinstance(spec, str) and spec in (UNSHARDED, MATCH):
                 specs.append(spec)

@@ -208,6 +208,12 @@ class Mesh:
         `from_string` reads it back."""
         return self._text
 
+    def short_text(self) -> str:
+        """Compact form for messages: ``mesh<dp=2, tp=4>``, and ``mesh<dp=2, tp=4> named 'a'``
+        for a named mesh, so meshes that differ only by name read differently."""
+        text = self._shape.text()
+        return f"{text} named {self._name!r}" if self._name else text
+
     def _string(self) -> str:
         dims = ",".join(f"{n}={s}" for n, s in zip(self._dim_names, self.shape()))
         parts = [self._name, dims, ",".join(str(int(i)) for i in self._ids.reshape(-1)),

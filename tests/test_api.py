@@ -373,3 +373,15 @@ def test_dvariable_assign_keeps_the_layout(mesh22):
         v.assign(np.zeros((4, 2), np.float32))
     with pytest.raises(TypeError, match="on a DVariable.*@dtc.compile"):
         _ = v + 1
+
+
+def test_traced_relayout_of_the_wrong_rank_names_the_users_line(mesh22):
+    @dtc.compile(in_layouts=(dtc.Layout(["x", U], mesh22),))
+    def f(a):
+        return dtc.relayout(a * 2, dtc.Layout(["x"], mesh22))  # the line the error names
+
+    line = f.__wrapped__.__code__.co_firstlineno + 2  # after the decorator and the def
+    with pytest.raises(dtc.LayoutError) as e:
+        f.lower(dtc.TensorSpec((4, 4)))
+    assert str(e.value) == (f"tests/test_api.py:{line}: layout {{x}} has rank 1, the tensor "
+                            "has rank 2")

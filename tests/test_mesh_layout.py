@@ -156,3 +156,37 @@ def test_match_is_only_a_relayout_target(mesh32):
 def test_mesh_of_a_layout_must_be_a_mesh():
     with pytest.raises(dtc.LayoutError, match="not a valid Mesh"):
         dtc.Layout(["x"], "x=2")  # type: ignore[arg-type]
+
+
+# -- clearer errors (issue #7 point 15) ---------------------------------------------------------
+
+
+def test_meshes_that_differ_only_by_name_read_differently():
+    a = dtc.create_mesh([("dp", 2), ("tp", 4)], mesh_name="a")
+    b = dtc.create_mesh([("dp", 2), ("tp", 4)], mesh_name="b")
+    assert a.short_text() == "mesh<dp=2, tp=4> named 'a'"
+    assert dtc.create_mesh([("dp", 2), ("tp", 4)]).short_text() == "mesh<dp=2, tp=4>"
+    assert repr(a) != repr(b) and repr(a).startswith("Mesh.from_string('a|dp=2,tp=4|")
+    t = dtc.copy_to_mesh(np.ones((2, 4), np.float32), dtc.Layout(["dp", dtc.UNSHARDED], a))
+    with pytest.raises(dtc.LayoutError) as e:
+        dtc.relayout(t, dtc.Layout(["dp", dtc.UNSHARDED], b))
+    assert str(e.value) == ("relayout cannot move a tensor between meshes (from "
+                            "mesh<dp=2, tp=4> named 'a' to mesh<dp=2, tp=4> named 'b'); use "
+                            "copy_to_mesh")
+
+
+def test_none_spec_is_unsharded(mesh32):
+    layout = dtc.Layout(["x", None], mesh32)
+    assert layout == dtc.Layout(["x", dtc.UNSHARDED], mesh32)
+    assert layout.sharding_specs == ["x", dtc.UNSHARDED]
+
+
+@pytest.mark.parametrize(("specs", "message"), [
+    ([0, "y"], "sharding spec 0 is 0;"),
+    (["x", 1.5], "sharding spec 1 is 1.5;"),
+])
+def test_non_string_spec_names_spec_and_position(mesh32, specs, message):
+    with pytest.raises(dtc.LayoutError) as e:
+        dtc.Layout(specs, mesh32)
+    assert str(e.value) == (f"{message} a spec is a mesh dim name, UNSHARDED (or None), MATCH "
+                            "or a tuple of mesh dim names")
