@@ -47,3 +47,57 @@ def test_ci_runs_the_readme_test_command() -> None:
     _, tests = _opening_commands()
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert tests in ci, f"{tests!r} is not a line of .ci/run"
+
+
+def test_numpy_reference_page_is_current() -> None:
+    from dtensor_compiler.tracing.reference import render
+
+    page = (ROOT / "docs" / "numpy.md").read_text(encoding="utf-8")
+    assert page == render(), ("docs/numpy.md is out of date; regenerate it with "
+                              "`python -m dtensor_compiler.tracing.reference > docs/numpy.md`")
+
+
+def test_numpy_reference_lists_every_function_with_its_ops() -> None:
+    from dtensor_compiler.tracing import numpy_api
+    from dtensor_compiler.tracing.reference import render
+
+    page = render()
+    for func in numpy_api.FUNCTIONS:
+        assert f"| `{numpy_api.qualified_name(func)}` |" in page
+    rows = {line.split(" | ")[0]: line for line in page.splitlines()}
+    assert "`reduce_sum`" in rows["| `numpy.sum`"]
+    assert "pending sum" in rows["| `numpy.sum`"]
+    assert "elementwise: any layout" in rows["| `numpy.tanh`"]
+    assert "replicates the axis" in rows["| `numpy.argmax`"]
+    assert "no op" in rows["| `x.shape`"]
+
+
+def _public_objects() -> list[tuple[str, object]]:
+    import inspect
+
+    import dtensor_compiler as dtc
+
+    out: list[tuple[str, object]] = []
+    for name in dtc.__all__:
+        obj = getattr(dtc, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        out.append((name, obj))
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if isinstance(member, (staticmethod, classmethod)):
+                    member = member.__func__
+                if isinstance(member, property):
+                    out.append((f"{name}.{attr}", member.fget))
+                elif inspect.isfunction(member):
+                    out.append((f"{name}.{attr}", member))
+    return out
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    objects = _public_objects()
+    assert len(objects) > 40
+    missing = [name for name, obj in objects if not (getattr(obj, "__doc__", None) or "").strip()]
+    assert not missing, f"public names without a docstring: {missing}"
