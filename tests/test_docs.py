@@ -101,3 +101,15 @@ def test_every_public_name_has_a_docstring() -> None:
     assert len(objects) > 40
     missing = [name for name, obj in objects if not (getattr(obj, "__doc__", None) or "").strip()]
     assert not missing, f"public names without a docstring: {missing}"
+
+
+def test_ir_reference_snippets_parse_and_print_back() -> None:
+    from dtensor_compiler.ir.parser import parse_module
+    from dtensor_compiler.ir.printer import print_module
+
+    snippets = _blocks((ROOT / "docs" / "ir.md").read_text(encoding="utf-8"), "dtir")
+    assert len(snippets) >= 3
+    for text in snippets:
+        module = parse_module(text)
+        assert print_module(module).rstrip("\n") == text.rstrip("\n")
+    assert "// why: out_layouts[0] of mlp" in snippets[0]
