@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -93,6 +94,15 @@ def test_bad_shapes(shapes: str) -> None:
     assert "bad --shapes entry" in error_line(done)
 
 
+def test_shapes_with_an_unknown_dtype_lists_the_dtypes() -> None:
+    from dtensor_compiler.ir.types import DTYPE_NAMES
+
+    done = dtc("dump", MLP, "--shapes", "16x8:f99,8x32,32x8")
+    assert done.returncode == 2
+    assert error_line(done) == ("dtc: error: bad --shapes entry '16x8:f99': unknown dtype "
+                                f"'f99'; dtypes are {', '.join(DTYPE_NAMES)}")
+
+
 def test_wrong_number_of_shapes_is_a_compile_error() -> None:
     done = dtc("dump", MLP, "--shapes", "16x8,8x32")
     assert done.returncode == 1
@@ -143,7 +153,13 @@ def test_dump_unknown_stage() -> None:
     done = dtc("dump", MLP, *SHAPES, "--stage", "fuse")
     assert done.returncode == 2
     assert error_line(done) == ("dtc: error: unknown stage 'fuse'; stages are: "
-                                + ", ".join(STAGES))
+                                + ", ".join([*STAGES, "final"]))
+
+
+def test_dump_stage_final_is_the_last_stage() -> None:
+    done = dtc("dump", MLP, *SHAPES, "--stage", "final")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == lowered_mlp().ir("localize")
 
 
 # -- opt ------------------------------------------------------------------------------------
@@ -240,15 +256,24 @@ def test_graph_draws_global_shapes_by_default(tmp_path: Path) -> None:
     assert out.read_text() == staged.read_text()
 
 
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs graphviz's dot")
 def test_graph_svg(tmp_path: Path) -> None:
     out = tmp_path / "mlp.svg"
     done = dtc("graph", MLP, *SHAPES, "-o", str(out))
     assert done.returncode == 0, done.stderr
-    if shutil.which("dot"):
-        assert out.read_text().lstrip().startswith("<")
-    else:
-        assert "graphviz 'dot' is not installed" in done.stderr
-        assert out.with_suffix(".dot").read_text().startswith("digraph")
+    assert out.read_text().lstrip().startswith("<")
+
+
+def test_graph_png_without_graphviz_exits_2(tmp_path: Path) -> None:
+    out = tmp_path / "x.png"
+    done = subprocess.run([sys.executable, "-m", "dtensor_compiler.cli", "graph", MLP, *SHAPES,
+                           "-o", str(out)], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PATH": str(tmp_path)})  # no dot on this PATH
+    assert done.returncode == 2
+    assert error_line(done) == (f"dtc: error: cannot draw {out}: graphviz's 'dot' is not "
+                                "installed; install graphviz or write the DOT text with -o "
+                                f"{tmp_path / 'x.dot'}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_graph_unknown_format(tmp_path: Path) -> None:

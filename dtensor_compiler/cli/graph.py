@@ -1,8 +1,8 @@
 """`dtc graph FILE.py:FUNC -o OUT`: draw the dataflow graph with layouts on the edges.
 
 ``OUT`` ending in ``.dot`` gets the DOT text; ``.svg``, ``.png`` or ``.pdf`` are rendered
-with Graphviz's ``dot`` when it is installed, otherwise the DOT text is written next to it
-(``OUT`` with a ``.dot`` suffix) and a note says how to render it.
+with Graphviz's ``dot``, and without it the command fails (exit 2) saying to install graphviz
+or to write ``.dot``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from dtensor_compiler.cli import target
@@ -37,11 +36,8 @@ def _render(dot: str, out: Path) -> None:
     fmt = out.suffix.lstrip(".")
     exe = shutil.which("dot")
     if exe is None:
-        dot_path = out.with_suffix(".dot")
-        dot_path.write_text(dot, encoding="utf-8")
-        print(f"dtc: graphviz 'dot' is not installed, so {out} was not drawn; wrote {dot_path} "
-              f"(render it with: dot -T{fmt} {dot_path} -o {out})", file=sys.stderr)
-        return
+        raise UsageError(f"cannot draw {out}: graphviz's 'dot' is not installed; install "
+                         f"graphviz or write the DOT text with -o {out.with_suffix('.dot')}")
     done = subprocess.run([exe, f"-T{fmt}", "-o", str(out)], input=dot, text=True,
                           capture_output=True, check=False)
     if done.returncode != 0:

@@ -36,9 +36,12 @@ def parse_shapes(text: str) -> tuple[TensorSpec, ...]:
     specs = []
     for item in text.split(","):
         m = _SHAPE.fullmatch(item.strip())
-        if m is None or (m.group(2) is not None and m.group(2) not in DTYPE_NAMES):
+        if m is None:
             raise UsageError(f"bad --shapes entry {item.strip()!r}: expected sizes joined by "
                              "'x' with an optional :dtype, e.g. 512x256 or 512x256:f16")
+        if m.group(2) is not None and m.group(2) not in DTYPE_NAMES:
+            raise UsageError(f"bad --shapes entry {item.strip()!r}: unknown dtype "
+                             f"{m.group(2)!r}; dtypes are {', '.join(DTYPE_NAMES)}")
         shape = tuple(int(s) for s in m.group(1).split("x"))
         specs.append(TensorSpec(shape, numpy_dtype(m.group(2) or "f32")))
     return tuple(specs)
@@ -96,9 +99,11 @@ def lower(args: argparse.Namespace) -> Lowered:
 
 
 def stage_name(lowered: Lowered, stage: str | None) -> str:
-    """`stage`, checked against the stages of `lowered`; None means the last one."""
-    if stage is None:
+    """`stage`, checked against the stages of `lowered`; None or ``final`` means the last
+    one."""
+    if stage is None or stage == "final":
         return lowered.stages[-1]
     if stage not in lowered.stages:
-        raise UsageError(f"unknown stage {stage!r}; stages are: {', '.join(lowered.stages)}")
+        raise UsageError(f"unknown stage {stage!r}; stages are: "
+                         f"{', '.join(lowered.stages + ['final'])}")
     return stage
