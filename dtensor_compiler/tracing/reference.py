@@ -116,6 +116,10 @@ def _factor_behaviour(module: Module, name: str) -> list[str]:
             out.append(f"a sharded reduced axis leaves a pending {_kinds(reduced)}")
         if FactorKind.NEEDS_REPLICATION in rule.kinds:
             out.append("replicates the axis it works along")
+        if any(not dim and size > 1 for operand, t in zip(rule.operands, op.operands)
+               for dim, size in zip(operand, t.type.shape)):
+            out.append("replicates an axis it cuts, joins or reorders (no factor maps it "
+                       "to the result)")
         return out
     return []
 
@@ -131,11 +135,11 @@ def describe_op(name: str, module: Module | None = None) -> str:
     elif isinstance(d.sharding, opdef.Barrier):
         parts.append("barrier: operands as the op requires (replicated by default)")
     elif t.elementwise:
-        parts.append("elementwise: any layout (broadcast dims follow the other operand)")
+        parts.append("elementwise: any layout")
     elif t.reduction is not None:
         parts.append(f"reduces axes: a sharded reduced axis leaves a pending {t.reduction.value}")
     elif module is not None:
-        parts.extend(_factor_behaviour(module, name) or ["layouts follow its factor rule"])
+        parts.extend(_factor_behaviour(module, name) or ["each dim's sharding maps to the result by its factor rule"])
     else:
         parts.append("layouts follow its factor rule")
     if t.commutes_with:
