@@ -139,7 +139,8 @@ def describe_op(name: str, module: Module | None = None) -> str:
     elif t.reduction is not None:
         parts.append(f"reduces axes: a sharded reduced axis leaves a pending {t.reduction.value}")
     elif module is not None:
-        parts.extend(_factor_behaviour(module, name) or ["each dim's sharding maps to the result by its factor rule"])
+        parts.extend(_factor_behaviour(module, name)
+                     or ["each dim's sharding maps to the result by its factor rule"])
     else:
         parts.append("layouts follow its factor rule")
     if t.commutes_with:
