@@ -278,13 +278,17 @@ def render() -> str:
         doc,
         _section("Ufuncs", "Called as `numpy.<name>(...)` or through an operator; numpy "
                  "broadcasting and dtype promotion, no keyword arguments.", ufunc_rows),
-        _section("Ufunc methods", "", method_rows),
-        _section("Functions", "", function_rows),
+        _section("Ufunc methods", "Only these; any other ufunc method is refused.",
+                 method_rows),
+        _section("Functions", "With numpy's signatures; a parameter a function's lowering does "
+                 "not take is refused.", function_rows),
         _section("Operators", "On traced arrays; in-place operators (`+=`, ...) are refused, "
                  "since traced arrays are immutable.", operator_rows),
-        _section("ndarray methods", "Each is numpy's function of the same name.",
+        _section("ndarray methods", "Each is spelled as the numpy call it stands for "
+                 "(`x.flatten()` is `numpy.ravel(x)`).",
                  method_rows_nd),
-        _section("ndarray attributes", "", attribute_rows),
+        _section("ndarray attributes", "Shape, dtype and rank come from the traced type.",
+                 attribute_rows),
     ])
 
 
