@@ -94,6 +94,12 @@ def _astype(op: Operation, ctx: ExecContext) -> KernelFn:
     return lambda x: x.astype(dtype, copy=False)
 
 
+@kernel(elementwise.REAL, elementwise.IMAG)
+def _component(op: Operation, ctx: ExecContext) -> KernelFn:
+    part = np.real if op.name == "real" else np.imag
+    return lambda x: np.ascontiguousarray(part(x))
+
+
 @kernel(contractions.MATMUL)
 def _matmul(op: Operation, ctx: ExecContext) -> KernelFn:
     return _aligned(np.matmul, op, ctx)
@@ -143,6 +149,22 @@ def _cumsum(op: Operation, ctx: ExecContext) -> KernelFn:
     return lambda x: np.cumsum(x, axis=axis, dtype=dtype)
 
 
+@kernel(reductions.CUMPROD)
+def _cumprod(op: Operation, ctx: ExecContext) -> KernelFn:
+    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    dtype = numpy_dtype(op.type.dtype)
+    return lambda x: np.cumprod(x, axis=axis, dtype=dtype)
+
+
+@kernel(reductions.SORT, reductions.ARGSORT)
+def _sort(op: Operation, ctx: ExecContext) -> KernelFn:
+    order = np.sort if op.name == "sort" else np.argsort
+    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    kind = op.attrs["kind"]
+    assert isinstance(kind, str)
+    return lambda x: order(x, axis=axis, kind=kind)  # type: ignore[call-overload,arg-type]
+
+
 @kernel(shape.TRANSPOSE)
 def _transpose(op: Operation, ctx: ExecContext) -> KernelFn:
     k = ctx.mesh_axes
@@ -176,6 +198,14 @@ def _concatenate(op: Operation, ctx: ExecContext) -> KernelFn:
     # operands agree on every sharded dim and pending reduction, so on their mesh extents
     axis = ctx.mesh_axes + _int_attr(op, "axis")
     return lambda *args: np.concatenate(args, axis=axis)
+
+
+@kernel(shape.REVERSE)
+def _reverse(op: Operation, ctx: ExecContext) -> KernelFn:
+    local_axes = op.attrs["axes"]
+    assert isinstance(local_axes, tuple)
+    axes = tuple(ctx.mesh_axes + a for a in local_axes)
+    return lambda x: np.flip(x, axes)
 
 
 @kernel(indexing.SLICE)

@@ -529,10 +529,10 @@ def test_unsupported_function() -> None:
 
 def test_unsupported_ufunc_method_and_arguments() -> None:
     def f(x):
-        return np.multiply.accumulate(x)  # accumulate-line
+        return np.maximum.accumulate(x)  # accumulate-line
 
     message = _raises(errors.UnsupportedOperationError, f, "accumulate-line", f32(3))
-    assert "numpy.multiply.accumulate is not supported" in message
+    assert "numpy.maximum.accumulate is not supported" in message
 
     def g(x):
         return np.sum(x, where=x > 0)  # where-kwarg

@@ -3,18 +3,25 @@
 ``matmul`` lifts a 1-D operand to a matrix with ``reshape`` (``[n] -> [1, n]`` on the left,
 ``[n, 1]`` on the right) and drops the lifted dim from the result, like numpy. ``dot`` is
 ``matmul`` unless its right operand has rank 3 or more, where it is a ``tensordot``.
-``tensordot``, ``inner`` and ``outer`` become explicit ``einsum`` ops.
+``tensordot``, ``inner`` and ``outer`` become explicit ``einsum`` ops. An ``einsum`` of three or
+more operands is a chain of two-operand ``einsum`` ops, in numpy's dtype for the whole, each
+step contracting the pair that costs fewest multiply-adds (then gives the smallest result), so
+every step is a contraction the planner can shard on its own.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Sequence
+from math import prod
 from string import ascii_letters
 
 import numpy as np
 
 from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
+from dtensor_compiler.ir.inference import ufunc_result_dtype
 from dtensor_compiler.ir.types import numpy_dtype
 from dtensor_compiler.tracing.einsum_spec import explicit_spec
 from dtensor_compiler.tracing.elementwise import apply_ufunc, astype, numpy_result_dtype
@@ -72,7 +79,34 @@ def einsum(rec: Recorder, subscripts: object, *operands: Operand, optimize: obje
                                  user_location())
     values = [broadcast_to(rec, v, tuple(sizes.get(c, 1) for c in sub))
               for sub, v in zip(ins, values)]
-    return rec.emit("einsum", values, {"spec": ",".join(ins) + "->" + out})
+    if len(values) <= 2:
+        return rec.emit("einsum", values, {"spec": ",".join(ins) + "->" + out})
+    dtype = functools.reduce(lambda a, b: ufunc_result_dtype("multiply", (a, b)),
+                             [v.type.dtype for v in values])
+    terms = [(sub, astype(rec, v, numpy_dtype(dtype))) for sub, v in zip(ins, values)]
+    while len(terms) > 2:
+        i, j, kept = _cheapest_pair(terms, out, sizes)
+        (si, vi), (sj, vj) = terms[i], terms[j]
+        step = rec.emit("einsum", [vi, vj], {"spec": f"{si},{sj}->{kept}"})
+        terms = [t for k, t in enumerate(terms) if k not in (i, j)] + [(kept, step)]
+    (sa, va), (sb, vb) = terms
+    return rec.emit("einsum", [va, vb], {"spec": f"{sa},{sb}->{out}"})
+
+
+def _cheapest_pair(terms: list[tuple[str, Value]], out: str, sizes: dict[str, int]
+                   ) -> tuple[int, int, str]:
+    """The two terms to contract first, and the subscripts their product keeps (those the
+    output or another term still needs, in order of appearance)."""
+    best: tuple[tuple[int, int], int, int, str] | None = None
+    for i, j in itertools.combinations(range(len(terms)), 2):
+        joined = "".join(dict.fromkeys(terms[i][0] + terms[j][0]))
+        others = out + "".join(s for k, (s, _) in enumerate(terms) if k not in (i, j))
+        kept = "".join(c for c in joined if c in others)
+        cost = (prod(sizes.get(c, 1) for c in joined), prod(sizes.get(c, 1) for c in kept))
+        if best is None or cost < best[0]:
+            best = (cost, i, j, kept)
+    assert best is not None
+    return best[1], best[2], best[3]
 
 
 def _check_einsum_dtypes(spec: str, values: Sequence[Value]) -> None:

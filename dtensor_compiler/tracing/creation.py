@@ -4,7 +4,9 @@
 ``ones``, ``full``, ``empty`` and ``arange`` called with ``like=`` a traced array, become
 ``full`` ops (``empty`` is zeros, so traces are deterministic). ``arange`` is
 ``start + iota * step`` in numpy's dtype for it, with numpy's own start and step (the first
-element and the difference of the first two). Without a traced argument numpy runs these
+element and the difference of the first two). ``triu``/``tril`` keep the elements on one side
+of a diagonal with ``where`` on a mask compared from two ``iota``s, which can be made in any
+layout, so the array keeps its own. Without a traced argument numpy runs these
 itself and the result is a captured constant. `order` and `device` change no value and are
 accepted and ignored.
 """
@@ -14,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import DTypeLike
 
-from dtensor_compiler.errors import TraceError
+from dtensor_compiler.errors import ShapeError, TraceError
 from dtensor_compiler.ir.core import Value
 from dtensor_compiler.ir.types import TensorType, numpy_dtype
-from dtensor_compiler.tracing.elementwise import apply_ufunc, astype
+from dtensor_compiler.tracing.elementwise import apply_ufunc, astype, where
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Operand, Recorder, ir_dtype
 from dtensor_compiler.tracing.shape_ops import ShapeLike, broadcast_to
@@ -97,3 +99,26 @@ def arange(rec: Recorder, start: _Bound, stop: _Bound | None = None, step: _Boun
     if first != 0:
         out = apply_ufunc(rec, "add", (out, rec.full((), target, first)))
     return out
+
+
+def _triangle(rec: Recorder, m: Operand, k: int, upper: bool) -> Value:
+    """`m` (a stack of matrices; a vector is the rows of a square matrix, as in numpy) with
+    zeros below diagonal `k` (`upper`) or above it."""
+    x = rec.value(m)
+    name = "triu" if upper else "tril"
+    if x.type.rank == 0:
+        raise ShapeError(f"numpy.{name} needs an array of at least one dim", user_location())
+    rows, cols = x.type.shape[-2:] if x.type.rank >= 2 else x.type.shape * 2
+    row = rec.emit("iota", [], {"dimension": 0}, TensorType("i64", (rows, cols)))
+    col = rec.emit("iota", [], {"dimension": 1}, TensorType("i64", (rows, cols)))
+    offset = apply_ufunc(rec, "subtract", (col, row))
+    keep = apply_ufunc(rec, "greater_equal" if upper else "less_equal", (offset, int(k)))
+    return where(rec, keep, x, rec.full((), x.type.dtype, 0))
+
+
+def triu(rec: Recorder, m: Operand, k: int = 0) -> Value:
+    return _triangle(rec, m, k, upper=True)
+
+
+def tril(rec: Recorder, m: Operand, k: int = 0) -> Value:
+    return _triangle(rec, m, k, upper=False)

@@ -1,4 +1,5 @@
-"""Elementwise lowerings: ufunc calls, ``where``, ``clip`` and ``astype``.
+"""Elementwise lowerings: ufunc calls, ``where``, ``clip``, ``astype``, ``round``, ``real`` and
+``imag``.
 
 Binary ops are emitted with numpy broadcasting left to the op. Python numbers are weakly typed
 as in numpy 2 (NEP 50): ``x_f32 * 2.0`` stays f32. The dtype such a number gets in the IR is
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-from dtensor_compiler.errors import ShapeError
+from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
 from dtensor_compiler.ir.inference import ufunc_result_dtype
 from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
@@ -192,3 +193,52 @@ def astype(rec: Recorder, x: Value, dtype: DTypeLike | None) -> Value:
     if target == x.type.dtype:
         return x
     return rec.emit("astype", [x], result=TensorType(target, x.type.shape))
+
+
+def _power_of_ten(n: int) -> float:
+    """``10.0 ** n`` multiplied up in doubles, as numpy's round computes its scale."""
+    out = 1.0
+    for _ in range(n):
+        out *= 10.0
+    return out
+
+
+def round_(rec: Recorder, a: Operand, decimals: int = 0) -> Value:
+    """``np.round``/``np.around`` as numpy computes it: ``rint(x * 10**d) / 10**d`` in the
+    array's dtype (``rint(x / 10**-d) * 10**-d`` for negative `decimals`); integers are
+    returned unchanged for ``decimals >= 0`` and rounded in f64 and cast back otherwise."""
+    x = rec.value(a)
+    if not isinstance(decimals, (int, np.integer)) or isinstance(decimals, (bool, np.bool_)):
+        raise UnsupportedOperationError(f"numpy.round with decimals={decimals!r} is not "
+                                        "supported: decimals must be an int", user_location())
+    dtype = numpy_dtype(x.type.dtype)
+    if dtype.kind == "b":
+        raise ShapeError("numpy.round: cannot round a bool array (numpy has no loop for it)",
+                         user_location())
+    digits = int(decimals)
+    if dtype.kind in "iu":
+        if digits >= 0:
+            return x
+        x = astype(rec, x, np.float64)
+    if digits == 0:
+        out = apply_ufunc(rec, "rint", (x,))
+    else:
+        scale = _power_of_ten(abs(digits))
+        first, then = ("multiply", "divide") if digits > 0 else ("divide", "multiply")
+        out = apply_ufunc(rec, then, (apply_ufunc(rec, "rint", (apply_ufunc(
+            rec, first, (x, scale)),)), scale))
+    return astype(rec, out, dtype)
+
+
+def real(rec: Recorder, val: Operand) -> Value:
+    """The real part: the array itself unless it is complex."""
+    x = rec.value(val)
+    return rec.emit("real", [x]) if x.type.dtype.startswith("c") else x
+
+
+def imag(rec: Recorder, val: Operand) -> Value:
+    """The imaginary part: zeros of the array's dtype unless it is complex."""
+    x = rec.value(val)
+    if x.type.dtype.startswith("c"):
+        return rec.emit("imag", [x])
+    return rec.full(x.type.shape, x.type.dtype, 0)

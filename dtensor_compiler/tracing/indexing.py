@@ -1,11 +1,13 @@
 """Indexing: numpy's basic slicing as ``slice`` + ``reshape``, and integer-array gathers as
 ``take``.
 
-Basic indexing takes ints, slices with positive steps, ``...`` and ``None``: one ``slice`` op
-keeps the selected ranges (ints select one element), then one ``reshape`` drops the int-indexed
-dims and inserts the ``None`` ones. An integer index array (traced or constant) on one axis,
-with only ``:`` or ``...`` elsewhere, is an embedding lookup: ``take``. Boolean masks (whose
-result shape depends on the data) and other advanced indexing are rejected.
+Basic indexing takes ints, slices, ``...`` and ``None``: one ``slice`` op keeps the selected
+ranges (ints select one element; a negative-step slice selects its elements in increasing
+order), one ``reverse`` op puts the negative-step dims back in the order asked for, then one
+``reshape`` drops the int-indexed dims and inserts the ``None`` ones. An integer index array
+(traced or constant) on one axis, with only ``:`` or ``...`` elsewhere, is an embedding
+lookup: ``take``. Boolean masks (whose result shape depends on the data) and other advanced
+indexing are rejected.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Operand, Recorder
-from dtensor_compiler.tracing.shape_ops import normalize_axis, ravel, reshape
+from dtensor_compiler.tracing.shape_ops import normalize_axis, ravel, reshape, reverse
 
 _FULL = slice(None)
 
@@ -73,6 +75,7 @@ def getitem(rec: Recorder, x: Value, key: object) -> Value:
     stops: list[int] = []
     steps: list[int] = []
     shape: list[int] = []
+    reversed_dims: list[int] = []
     dims = iter(x.type.shape)
     for k in items:
         if k is None:
@@ -87,18 +90,24 @@ def getitem(rec: Recorder, x: Value, key: object) -> Value:
             stops.append(int(k) % size + 1)
             steps.append(1)
         elif isinstance(k, slice):
+            if k.step is not None and k.step == 0:
+                raise ShapeError("slice step cannot be zero", user_location())
             start, stop, step = k.indices(size)
-            if step <= 0:
-                raise UnsupportedOperationError(
-                    f"slices with a non-positive step ({k}) are not supported", user_location())
+            picked = range(start, stop, step)
+            if step < 0 and picked:  # the same elements in increasing order, then reversed
+                reversed_dims.append(len(starts))
+                start, stop, step = picked[-1], picked[0] + 1, -step
+            elif step < 0:
+                start, stop, step = 0, 0, 1
             starts.append(start)
             stops.append(max(start, stop))
             steps.append(step)
-            shape.append(len(range(start, stop, step)))
+            shape.append(len(picked))
         else:
             raise UnsupportedOperationError(f"indexing with {type(k).__name__} ({k!r}) is not "
                                             "supported", user_location())
-    return reshape(rec, slice_dims(rec, x, starts, stops, steps), tuple(shape))
+    sliced = slice_dims(rec, x, starts, stops, steps)
+    return reshape(rec, reverse(rec, sliced, reversed_dims), tuple(shape))
 
 
 def _is_bool_array(k: object) -> bool:

@@ -25,6 +25,7 @@ from dtensor_compiler.tracing import (
     elementwise,
     indexing,
     joining,
+    linalg,
     reductions,
     shape_ops,
 )
@@ -130,6 +131,17 @@ def _arg_reduction(kind: str) -> Handler:
     return handler
 
 
+def _logical(kind: str) -> Handler:
+    def handler(rec: Recorder, a: Operand, axis: reductions.Axis = None, *,
+                keepdims: bool = False) -> Value:
+        return reductions.logical_reduce(rec, kind, a, axis, keepdims)
+    return handler
+
+
+def _round(rec: Recorder, a: Operand, decimals: int = 0) -> Value:
+    return elementwise.round_(rec, a, decimals)
+
+
 def _where(rec: Recorder, condition: Operand, *xy: Operand) -> Value:
     if len(xy) != 2:
         raise UnsupportedOperationError(
@@ -146,7 +158,12 @@ def _clip(rec: Recorder, a: Operand, a_min: Operand | None = None,
     return elementwise.clip(rec, a, lower, upper)
 
 
-def _astype(rec: Recorder, x: Operand, dtype: DTypeLike | None) -> Value:
+def _astype(rec: Recorder, x: Operand, dtype: DTypeLike | None, /, *, copy: bool = True,
+            device: object = None) -> Value:
+    """`copy` changes no value of an immutable traced array; `device` names numpy's CPU."""
+    if device not in (None, "cpu"):
+        raise UnsupportedOperationError(f"numpy.astype with device={device!r} is not "
+                                        "supported", user_location())
     return elementwise.astype(rec, rec.value(x), dtype)
 
 
@@ -177,6 +194,7 @@ _UFUNC_METHODS: dict[tuple[str, str], Handler] = {
        for name, kind in (("add", "sum"), ("multiply", "prod"), ("maximum", "max"),
                           ("minimum", "min"))},
     ("add", "accumulate"): reductions.accumulate,
+    ("multiply", "accumulate"): functools.partial(reductions.accumulate, ufunc="multiply"),
 }
 """The ufunc methods supported, by (ufunc name, method)."""
 
@@ -185,6 +203,10 @@ FUNCTIONS: dict[Callable, Handler] = {
     np.where: _where,
     np.clip: _clip,
     np.astype: _astype,
+    np.round: _round,
+    np.around: _round,
+    np.real: elementwise.real,
+    np.imag: elementwise.imag,
     # reductions
     np.sum: _accumulation("sum"),
     np.prod: _accumulation("prod"),
@@ -198,6 +220,12 @@ FUNCTIONS: dict[Callable, Handler] = {
     np.argmax: _arg_reduction("argmax"),
     np.argmin: _arg_reduction("argmin"),
     np.cumsum: reductions.cumsum,
+    np.cumprod: reductions.cumprod,
+    np.any: _logical("any"),
+    np.all: _logical("all"),
+    np.sort: functools.partial(reductions.sort_along, name="sort"),
+    np.argsort: functools.partial(reductions.sort_along, name="argsort"),
+    np.linalg.norm: linalg.norm,
     # contractions
     np.dot: contractions.dot,
     np.einsum: contractions.einsum,
@@ -213,6 +241,7 @@ FUNCTIONS: dict[Callable, Handler] = {
     np.squeeze: shape_ops.squeeze,
     np.broadcast_to: shape_ops.broadcast_to,
     np.ravel: shape_ops.ravel,
+    np.flip: shape_ops.flip,
     np.copy: _copy,
     np.shape: _shape,
     np.ndim: _ndim,
@@ -224,6 +253,8 @@ FUNCTIONS: dict[Callable, Handler] = {
     np.vstack: joining.vstack,
     np.split: joining.split,
     np.array_split: joining.array_split,
+    np.roll: joining.roll,
+    np.pad: joining.pad,
     # indexing
     np.take: indexing.take,
     # creation
@@ -236,4 +267,6 @@ FUNCTIONS: dict[Callable, Handler] = {
     np.empty: creation.zeros,
     np.full: creation.full,
     np.arange: creation.arange,
+    np.triu: creation.triu,
+    np.tril: creation.tril,
 }

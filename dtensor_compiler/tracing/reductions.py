@@ -5,7 +5,10 @@ divided by the element count, accumulated in the dtype numpy uses (f64 for integ
 f32 for f16, whose result is cast back). ``var`` is the mean of squared deviations from the
 mean, divided by ``count - ddof``; ``std`` its square root. ``argmax``/``argmin`` with no axis
 work on the flattened array, like numpy. ``cumsum`` (and ``np.add.accumulate``) is one
-``cumsum`` op, with the same treatment of a requested dtype as ``sum``.
+``cumsum`` op, ``cumprod`` (and ``np.multiply.accumulate``) one ``cumprod`` op, with the same
+treatment of a requested dtype as ``sum``. ``any`` and ``all`` are ``reduce_max`` and
+``reduce_min`` of the operand tested for non-zero (a sharded reduced axis leaves a pending
+``max``/``min`` on bool: an ``or``/``and``); over no elements they are the constant numpy gives.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from numpy.typing import DTypeLike
 
 from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
+from dtensor_compiler.ir.inference import reduced_shape
 from dtensor_compiler.ir.types import numpy_dtype
 from dtensor_compiler.tracing.elementwise import apply_ufunc, astype
 from dtensor_compiler.tracing.location import user_location
@@ -113,32 +117,56 @@ def arg_reduce(rec: Recorder, kind: str, a: Operand, axis: int | None = None,
     return reshape(rec, index, (1,) * x.type.rank) if keepdims else index
 
 
+def logical_reduce(rec: Recorder, kind: str, a: Operand, axis: Axis = None,
+                   keepdims: bool = False) -> Value:
+    """``np.any`` (`kind` ``"any"``) or ``np.all`` of `a` over `axis`."""
+    x = astype(rec, rec.value(a), np.bool_)
+    axes = normalize_axes(axis, x.type.rank)
+    if _count(x, axes) == 0:  # numpy's identities: nothing is true of none, all of none
+        return rec.full(reduced_shape(x.type.shape, axes, bool(keepdims)), "bool", kind == "all")
+    return rec.emit("reduce_max" if kind == "any" else "reduce_min", [x],
+                    {"axes": axes, "keepdims": bool(keepdims)})
+
+
 def cumsum(rec: Recorder, a: Operand, axis: int | None = None, dtype: DTypeLike | None = None
            ) -> Value:
     """Prefix sums along `axis` (None: of the flattened array; a 0-d array is scanned as its
     one-element ravel, as numpy does), accumulated in `dtype`: a requested dtype is the wide
     result cast back, which wraps exactly as accumulating in it does."""
+    return _scan(rec, "cumsum", a, axis, dtype)
+
+
+def cumprod(rec: Recorder, a: Operand, axis: int | None = None, dtype: DTypeLike | None = None
+            ) -> Value:
+    """Prefix products, as `cumsum` (a product wraps in a narrow dtype as it does in int64)."""
+    return _scan(rec, "cumprod", a, axis, dtype)
+
+
+def _scan(rec: Recorder, name: str, a: Operand, axis: int | None, dtype: DTypeLike | None
+          ) -> Value:
     x = rec.value(a)
     if axis is None or x.type.rank == 0:
         x = reshape(rec, x, (x.type.size,))
         axis = 0 if axis is None else axis
     if dtype is not None:
         x = astype(rec, x, dtype)
-    out = rec.emit("cumsum", [x], {"axis": normalize_axis(_integer(axis), x.type.rank)})
+    out = rec.emit(name, [x], {"axis": normalize_axis(_integer(axis), x.type.rank)})
     return out if dtype is None else astype(rec, out, dtype)
 
 
 def accumulate(rec: Recorder, array: Operand, axis: int | None = 0,
-               dtype: DTypeLike | None = None) -> Value:
-    """``np.add.accumulate``: `cumsum` along one axis (numpy widens small integers and bool
-    here too), refusing what numpy refuses."""
+               dtype: DTypeLike | None = None, *, ufunc: str = "add") -> Value:
+    """``np.add.accumulate`` (`cumsum`) or ``np.multiply.accumulate`` (`cumprod`) along one
+    axis (numpy widens small integers and bool here too), refusing what numpy refuses."""
     x = rec.value(array)
     if x.type.rank == 0:
-        raise ShapeError("numpy.add.accumulate: cannot accumulate on a scalar", user_location())
-    if axis is None and x.type.rank > 1:
-        raise ShapeError("numpy.add.accumulate: accumulate does not allow multiple axes",
+        raise ShapeError(f"numpy.{ufunc}.accumulate: cannot accumulate on a scalar",
                          user_location())
-    return cumsum(rec, x, 0 if axis is None else axis, dtype)
+    if axis is None and x.type.rank > 1:
+        raise ShapeError(f"numpy.{ufunc}.accumulate: accumulate does not allow multiple axes",
+                         user_location())
+    return _scan(rec, "cumsum" if ufunc == "add" else "cumprod", x, 0 if axis is None else axis,
+                 dtype)
 
 
 def _integer(axis: object) -> int:
@@ -146,3 +174,30 @@ def _integer(axis: object) -> int:
         return operator.index(axis)  # type: ignore[arg-type]
     except TypeError as e:
         raise ShapeError(f"axis: {e}", user_location()) from None
+
+
+_SORT_KINDS = {None: "quicksort", "quicksort": "quicksort", "heapsort": "heapsort",
+               "stable": "stable", "mergesort": "stable"}
+"""numpy's sort kinds by the names it takes (``mergesort`` is ``stable``)."""
+
+
+def sort_along(rec: Recorder, a: Operand, axis: int | None = -1, kind: str | None = None,
+               order: object = None, *, stable: bool | None = None, name: str) -> Value:
+    """``np.sort`` (`name` ``"sort"``) or ``np.argsort`` along `axis` (None: of the flattened
+    array), with numpy's `kind` (it decides the order of ties)."""
+    if order is not None:
+        raise UnsupportedOperationError(f"numpy.{name} with order= (structured arrays) is not "
+                                        "supported", user_location())
+    if kind not in _SORT_KINDS:
+        raise UnsupportedOperationError(f"numpy.{name} with kind={kind!r} is not supported "
+                                        f"(kinds: {[k for k in _SORT_KINDS if k]})",
+                                        user_location())
+    if stable is not None and kind is not None:
+        raise ShapeError(f"numpy.{name}: `kind` and `stable` parameters can't be provided at "
+                         "the same time", user_location())
+    x = rec.value(a)
+    if axis is None:
+        x, axis = reshape(rec, x, (x.type.size,)), 0
+    chosen = "stable" if stable else _SORT_KINDS[kind]
+    return rec.emit(name, [x], {"axis": normalize_axis(_integer(axis), x.type.rank),
+                                "kind": chosen})

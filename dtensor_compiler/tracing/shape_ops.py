@@ -1,13 +1,13 @@
 """Shape manipulation: reshape, transpose and the numpy functions built from them.
 
 ``squeeze``, ``expand_dims``, ``ravel`` and ``flatten`` are ``reshape`` ops; ``swapaxes`` and
-``moveaxis`` are ``transpose`` ops. A call that leaves the shape (or order) unchanged emits
-nothing and returns its operand.
+``moveaxis`` are ``transpose`` ops; ``flip`` is a ``reverse`` op. A call that leaves the shape
+(or order) unchanged emits nothing and returns its operand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from math import prod
 
 import numpy as np
@@ -139,3 +139,19 @@ def at_least(rec: Recorder, a: Operand, rank: int) -> Value:
     if x.type.rank >= rank:
         return x
     return reshape(rec, x, (1,) * (rank - x.type.rank) + x.type.shape)
+
+
+def flip(rec: Recorder, m: Operand, axis: ShapeLike | None = None) -> Value:
+    """Reverse the order of the elements along `axis` (None: along every dim)."""
+    x = rec.value(m)
+    rank = x.type.rank
+    axes = range(rank) if axis is None else (normalize_axis(int(a), rank) for a in _as_shape(axis))
+    return reverse(rec, x, axes)
+
+
+def reverse(rec: Recorder, x: Value, axes: Iterable[int]) -> Value:
+    """The ``reverse`` op over `axes` (non-negative; a repeated axis is reversed once, as
+    numpy's flip does), skipping dims of one element
+    or none, which reversing leaves as they are."""
+    kept = tuple(a for a in sorted(set(axes)) if x.type.shape[a] > 1)
+    return rec.emit("reverse", [x], {"axes": kept}) if kept else x

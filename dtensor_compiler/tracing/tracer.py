@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar, overload
 import numpy as np
 from numpy.typing import DTypeLike
 
-from dtensor_compiler.errors import TraceError
+from dtensor_compiler.errors import ShapeError, TraceError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
 from dtensor_compiler.ir.types import numpy_dtype
 from dtensor_compiler.tracing.indexing import getitem
@@ -127,6 +127,28 @@ class TracedArray:
     @property
     def T(self) -> object:
         return np.transpose(self)
+
+    @property
+    def mT(self) -> object:
+        if self.ndim < 2:
+            raise ShapeError("matrix transpose with ndim < 2 is undefined", user_location())
+        return np.swapaxes(self, -1, -2)
+
+    @property
+    def real(self) -> object:
+        return np.real(self)
+
+    @property
+    def imag(self) -> object:
+        return np.imag(self)
+
+    def __getattr__(self, name: str) -> NoReturn:
+        # only for names the class does not have; numpy's protocol probes (dunders) and
+        # names ndarray lacks stay AttributeErrors
+        if not name.startswith("__") and hasattr(np.ndarray, name):
+            raise UnsupportedOperationError(f"ndarray.{name} is not supported on traced arrays",
+                                            user_location())
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return f"TracedArray({self.value.type.text()})"
@@ -243,7 +265,12 @@ class TracedArray:
     def ravel(self) -> object:
         return np.ravel(self)
 
-    def astype(self, dtype: DTypeLike | None) -> object:
+    def astype(self, dtype: DTypeLike | None, order: str = "K", casting: str = "unsafe",
+               subok: bool = True, copy: bool = True) -> object:
+        """`order`, `subok` and `copy` change no value of an immutable traced array."""
+        if casting != "unsafe":
+            raise UnsupportedOperationError(f"ndarray.astype with casting={casting!r} is not "
+                                            "supported", user_location())
         # numpy's stubs take only an ndarray; np.astype dispatches to __array_function__
         return np.astype(self, dtype)  # type: ignore[call-overload]
 
@@ -258,6 +285,25 @@ class TracedArray:
 
     def cumsum(self, *args: Any, **kwargs: Any) -> object:
         return np.cumsum(self, *args, **kwargs)
+
+    def cumprod(self, *args: Any, **kwargs: Any) -> object:
+        return np.cumprod(self, *args, **kwargs)
+
+    def any(self, *args: Any, **kwargs: Any) -> object:
+        return np.any(self, *args, **kwargs)
+
+    def all(self, *args: Any, **kwargs: Any) -> object:
+        return np.all(self, *args, **kwargs)
+
+    def round(self, decimals: int = 0) -> object:
+        return np.round(self, decimals)
+
+    def argsort(self, *args: Any, **kwargs: Any) -> object:
+        return np.argsort(self, *args, **kwargs)
+
+    def sort(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TraceError("traced arrays are immutable: ndarray.sort sorts in place; write "
+                         "x = np.sort(x) instead", user_location())
 
     def mean(self, *args: Any, **kwargs: Any) -> object:
         return np.mean(self, *args, **kwargs)

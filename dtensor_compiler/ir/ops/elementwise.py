@@ -1,4 +1,5 @@
-"""Elementwise ops: numpy's unary and binary ufuncs, ``where`` and ``astype``.
+"""Elementwise ops: numpy's unary and binary ufuncs, ``where``, ``astype``, ``real`` and
+``imag``.
 
 A ufunc op is named after its numpy ufunc (``add``, ``tanh``, ``greater_equal``) and has its
 semantics, numpy broadcasting and dtype promotion included. Every elementwise op shards by
@@ -114,3 +115,22 @@ ASTYPE = register(OpDef(name="astype", operands=1, infer=_astype, sharding=BROAD
                         folds=True, declared_type=True, traits=Traits(elementwise=True),
                         identity=same_type))
 """Conversion to the declared result dtype."""
+
+
+def _component(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+               ctx: InferContext) -> list[ResultSig]:
+    t = ts[0]
+    if not t.dtype.startswith("c"):
+        raise ValueError(f"real and imag take a complex operand, got {t.dtype}")
+    return [(ufunc_result_dtype("absolute", (t.dtype,)), t.shape)]
+
+
+_LINEAR_PART = Traits(elementwise=True, commutes_with=frozenset({ReduceOp.SUM}))
+
+REAL = register(OpDef(name="real", operands=1, infer=_component, sharding=BROADCASTING,
+                      folds=True, traits=_LINEAR_PART))
+"""The real part of a complex operand (numpy's ``real``), in the matching float dtype."""
+
+IMAG = register(OpDef(name="imag", operands=1, infer=_component, sharding=BROADCASTING,
+                      folds=True, traits=_LINEAR_PART))
+"""The imaginary part of a complex operand (numpy's ``imag``)."""

@@ -1,12 +1,15 @@
 """Reductions: ``reduce_sum``, ``reduce_max``, ``reduce_min``, ``reduce_prod``, ``argmax``,
-``argmin``, and the scan ``cumsum``.
+``argmin``, the scans ``cumsum`` and ``cumprod``, and ``sort``/``argsort``.
 
 ``reduce_<kind>`` combines the elements along `axes` with numpy's ``sum``/``max``/``min``/
 ``prod`` (sum and prod widen small integers and bool as numpy does). Sharding a reduced axis
 leaves the result with a pending reduction of that kind. ``argmax``/``argmin`` pick the
 first index of the extreme value along one `axis`, which must stay whole. ``cumsum`` keeps
 the shape and sums every prefix along `axis` (widening as ``sum`` does); the scanned axis
-must stay whole, and a pending sum passes through it, since it is linear.
+must stay whole, and a pending sum passes through it, since it is linear. ``cumprod`` is its
+product counterpart; a pending product passes through it. ``sort`` orders the elements along
+`axis` and ``argsort`` gives the indices that would (both with numpy's sort `kind`, which
+decides the order of ties); the sorted axis must stay whole.
 """
 
 from __future__ import annotations
@@ -118,3 +121,41 @@ def _scan_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
 CUMSUM = register(OpDef(name="cumsum", operands=1, infer=_cumsum,
                         attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
                         folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.SUM}))))
+
+
+def _cumprod(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+             ctx: InferContext) -> list[ResultSig]:
+    t = ts[0]
+    axis = attrs["axis"]
+    assert isinstance(axis, int)
+    check_axis(axis, t.rank)
+    return [(accumulated_dtype(ReduceOp.PROD, t.dtype), t.shape)]
+
+
+CUMPROD = register(OpDef(name="cumprod", operands=1, infer=_cumprod,
+                         attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
+                         folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.PROD}))))
+
+SORT_KINDS = ("quicksort", "heapsort", "stable")
+"""numpy's sort kinds (``mergesort`` is ``stable``)."""
+
+
+def _sort_infer(index: bool) -> InferFn:
+    def infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+              ctx: InferContext) -> list[ResultSig]:
+        t = ts[0]
+        axis = attrs["axis"]
+        assert isinstance(axis, int)
+        check_axis(axis, t.rank)
+        if attrs["kind"] not in SORT_KINDS:
+            raise ValueError(f"sort kind {attrs['kind']!r} is not one of {list(SORT_KINDS)}")
+        return [("i64" if index else t.dtype, t.shape)]
+    return infer
+
+
+_SORT_ATTRS = (AttrSpec("axis", AttrKind.INT), AttrSpec("kind", AttrKind.STR, default="quicksort"))
+
+SORT = register(OpDef(name="sort", operands=1, infer=_sort_infer(False), attrs=_SORT_ATTRS,
+                      sharding=Factors(_scan_rule), folds=True))
+ARGSORT = register(OpDef(name="argsort", operands=1, infer=_sort_infer(True), attrs=_SORT_ATTRS,
+                         sharding=Factors(_scan_rule), folds=True))

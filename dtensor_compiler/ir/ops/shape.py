@@ -1,4 +1,4 @@
-"""Shape ops: ``reshape``, ``transpose``, ``broadcast_to`` and ``concatenate``.
+"""Shape ops: ``reshape``, ``transpose``, ``broadcast_to``, ``concatenate`` and ``reverse``.
 
 They move or copy elements without arithmetic, so pending reductions pass through them
 (``concatenate`` lets through only a pending sum shared by every operand). ``reshape`` and
@@ -128,3 +128,33 @@ CONCATENATE = register(OpDef(name="concatenate", operands=None, infer=_concatena
                              sharding=Factors(_concatenate_rule), folds=True,
                              traits=Traits(commutes_with=frozenset({ReduceOp.SUM}))))
 """Operands joined along `axis`, which must stay whole."""
+
+
+def _reverse(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+             ctx: InferContext) -> list[ResultSig]:
+    axes = attrs["axes"]
+    assert isinstance(axes, tuple)
+    if any(not 0 <= a < ts[0].rank for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"bad reverse axes {list(axes)} for rank {ts[0].rank}")
+    return [(ts[0].dtype, ts[0].shape)]
+
+
+def _reverse_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
+                  ) -> factors.FactorRule:
+    b = RuleBuilder()
+    axes = attrs["axes"]
+    assert isinstance(axes, tuple)
+    dims = [() if i in axes else b.dim(s) for i, s in enumerate(operands[0].shape)]
+    return b.build([dims], dims)
+
+
+def _no_axes(op: Operation) -> bool:
+    return op.attrs["axes"] == ()
+
+
+REVERSE = register(OpDef(name="reverse", operands=1, infer=_reverse,
+                         attrs=(AttrSpec("axes", AttrKind.INTS),),
+                         sharding=Factors(_reverse_rule), folds=True, traits=STRUCTURAL,
+                         identity=_no_axes))
+"""The elements in reverse order along each of `axes` (numpy's ``flip``), which must stay
+whole: a device's block of a reversed dim lies on the mirrored device."""
