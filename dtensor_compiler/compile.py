@@ -49,6 +49,7 @@ from dtensor_compiler.explain import Collective, explain_table
 from dtensor_compiler.ir import opdef, reasons
 from dtensor_compiler.ir.core import Level, Module
 from dtensor_compiler.ir.printer import Namer, format_op, format_reason
+from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType, dtype_name, native_array, numpy_dtype
 from dtensor_compiler.layout import MATCH, Layout
 from dtensor_compiler.mesh import Mesh, create_mesh
@@ -100,6 +101,24 @@ def _check_type(name: str, shape: tuple[int, ...], dtype: np.dtype, type: Tensor
 def _layout(t: TensorType, mesh: Mesh) -> Layout:
     assert t.sharding is not None, "propagation lays out every argument and result"
     return Layout.from_sharding(t.sharding, mesh)
+
+
+def _refuse_unordered_partials(module: Module, arg_names: Sequence[str]) -> None:
+    """Raise LayoutError where an argument, result or relayout of the traced program is a
+    complex value pending a max or min: complex numbers have no order."""
+    func = module.main
+    named = [(f"argument {n!r}", a) for n, a in zip(arg_names, func.args)]
+    made = [(f"{op.loc}: {op.name}" if op.loc is not None else op.name, r)
+            for op in func.ops for r in op.results]
+    results = [(f"result {i}", r) for i, r in enumerate(func.results)]
+    for what, value in named + made + results:
+        t = value.type
+        if t.sharding is None or not np.issubdtype(numpy_dtype(t.dtype), np.complexfloating):
+            continue
+        for m, op in t.sharding.partial:
+            if op in (ReduceOp.MAX, ReduceOp.MIN):
+                raise LayoutError(f"{what} is {t.text()}: a complex value cannot be pending "
+                                  f"a {op} over {m}, complex numbers have no order")
 
 
 class Lowered:
@@ -357,6 +376,7 @@ class CompiledFunction:
             None if layout is None else layout.sharding for layout in self._out_layouts]
         module = tracing.trace(self._fn, tensors, names, mesh.mesh_shape(), out_shardings,
                                name=self._name, constants=constants)
+        _refuse_unordered_partials(module, names)
         snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType],
                              list[TensorType]]] = []
         manager = PassManager(self._passes, verify=self._verify, keep_ir=self._keep_ir,

@@ -407,3 +407,26 @@ def test_a_pending_input_returned_unchanged_is_reduced_unless_an_out_layout_keep
     np.testing.assert_array_equal(np.asarray(returned), np.arange(4.0))
     kept = dtc.compile(lambda x: x, out_layouts=pending)(x)
     assert kept.layout == pending
+
+
+def test_a_pending_max_of_complex_values_is_refused_at_compile_time():
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    pending_max = dtc.Layout([dtc.UNSHARDED], mesh, partial={"tp": "max"})
+    spec = dtc.TensorSpec((8,), np.complex64)
+    f = dtc.compile(in_layouts=(pending_max,))(lambda a: a * 2)
+    with pytest.raises(dtc.LayoutError) as e:
+        f.lower(spec)
+    assert str(e.value) == ("argument 'a' is c64[8] @ {-} partial(tp:max): a complex value "
+                            "cannot be pending a max over tp, complex numbers have no order")
+
+    def g(a):
+        return dtc.relayout(a, dtc.Layout([dtc.UNSHARDED], mesh, partial={"tp": "min"}))
+
+    line = g.__code__.co_firstlineno + 1
+    with pytest.raises(dtc.LayoutError) as e:
+        dtc.compile(g, in_layouts=(dtc.Layout([dtc.UNSHARDED], mesh),)).lower(spec)
+    assert str(e.value) == (f"tests/test_compile.py:{line}: relayout is c64[8] @ {{-}} "
+                            "partial(tp:min): a complex value cannot be pending a min over tp, "
+                            "complex numbers have no order")
+    real = dtc.compile(in_layouts=(pending_max,))(lambda a: a * 2)
+    assert real.lower(dtc.TensorSpec((8,), np.float32)).stages[-1] == "localize"
