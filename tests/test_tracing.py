@@ -61,6 +61,12 @@ EVAL: dict[str, Callable[[Operation, list], object]] = {
     "argmin": lambda op, a: np.argmin(a[0], op.attrs["axis"], keepdims=op.attrs["keepdims"]),
     "relayout": lambda op, a: a[0],
     "cumsum": lambda op, a: np.cumsum(a[0], axis=op.attrs["axis"]),
+    "cumprod": lambda op, a: np.cumprod(a[0], axis=op.attrs["axis"]),
+    "sort": lambda op, a: np.sort(a[0], axis=op.attrs["axis"], kind=op.attrs["kind"]),
+    "argsort": lambda op, a: np.argsort(a[0], axis=op.attrs["axis"], kind=op.attrs["kind"]),
+    "reverse": lambda op, a: np.flip(a[0], op.attrs["axes"]),
+    "real": lambda op, a: np.real(a[0]),
+    "imag": lambda op, a: np.imag(a[0]),
 }
 for _name in UNARY_UFUNCS + BINARY_UFUNCS:
     EVAL[_name] = lambda op, a: getattr(np, op.name)(*a)
@@ -700,3 +706,34 @@ def test_numbers_numpy_refuses_are_refused_with_numpys_message() -> None:
         trace_on(lambda x: np.clip(x.astype(np.uint8), 300, None), f32(3))
     with pytest.raises(errors.ShapeError, match="Python integer 300 out of bounds for uint8"):
         trace_on(lambda x: x.astype(np.uint8) + 300, f32(3))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: np.any(x > 0, axis=(0, 2)),
+    lambda x: np.all(x > -1, axis=-1, keepdims=True),
+    lambda x: np.any(x[:, :0], axis=1, keepdims=True),
+    lambda x: np.all(x[0, 0, 0]),
+    lambda x: np.round(x, 3),
+    lambda x: np.round(x.astype(np.int64) * 11, -1),
+    lambda x: np.round(x.astype(np.float16), 1),
+    lambda x: x[::-1, 2:0:-1, ::2],
+    lambda x: x[3:-5:-1],
+    lambda x: np.flip(x, (0, -1)),
+    lambda x: np.roll(x, -7, axis=2),
+    lambda x: np.roll(x, (1, 1), axis=(0, 0)),
+    lambda x: np.pad(x, ((0, 1), (2, 0), (1, 1)), constant_values=7),
+    lambda x: np.pad(x.astype(np.int8), 1, constant_values=-3.7),
+    lambda x: np.triu(x, -1),
+    lambda x: np.tril(x.astype(np.int32), 1),
+    lambda x: np.sort(x, axis=1, kind="stable"),
+    lambda x: np.argsort(x.astype(np.int8), axis=None),
+    lambda x: np.linalg.norm(x, axis=(0, 2)),
+    lambda x: np.linalg.norm(x > 0, keepdims=True),
+    lambda x: np.cumprod(x, axis=None),
+    lambda x: np.cumprod(x > 0, axis=1, dtype=np.int8),
+    lambda x: np.imag(x.astype(np.complex128) * 1j),
+    lambda x: x.mT,
+    lambda x: np.einsum("abc,cd,de->ae", x, x[0], x[0].T),
+])
+def test_issue_7_point_14_functions_follow_numpy(fn: Callable) -> None:
+    check(fn, f32(3, 4, 4))

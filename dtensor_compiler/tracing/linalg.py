@@ -1,9 +1,10 @@
 """``numpy.linalg.norm``, composed as numpy computes it.
 
 Integers and bool are first made f64. With no axis (and the default order, or ``'fro'`` on a
-matrix, or 2 on a vector) the norm is ``sqrt(dot(x, x))`` of the ravel (real and imaginary
-parts dotted apiece for complex): a sharded array leaves one pending sum, reduced once before
-the square root. Vector norms along one axis and the matrix norms ``None``/``'fro'``, 1, -1,
+matrix, or 2 on a vector) the norm is ``sqrt(sum(x * x))`` over every dim (``conj(x) * x`` for
+complex), the value of numpy's ``sqrt(dot(ravel, ravel))`` summed in another order, without a
+ravel: a sharded array, however it is sharded, leaves one pending sum, reduced once before the
+square root. Vector norms along one axis and the matrix norms ``None``/``'fro'``, 1, -1,
 inf and -inf along two are sums, maxima and minima of ``abs(x)`` (``conj(x) * x`` for the
 2-norm), so a sharded reduced axis leaves a pending reduction too. The norms that need a
 singular value decomposition (matrix orders 2, -2 and ``'nuc'``) are not supported.
@@ -18,12 +19,11 @@ import numpy as np
 from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
 from dtensor_compiler.ir.types import numpy_dtype
-from dtensor_compiler.tracing.contractions import dot
-from dtensor_compiler.tracing.elementwise import apply_ufunc, astype, imag, real
+from dtensor_compiler.tracing.elementwise import apply_ufunc, astype, real
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Operand, Recorder
 from dtensor_compiler.tracing.reductions import reduce
-from dtensor_compiler.tracing.shape_ops import normalize_axis, ravel, reshape
+from dtensor_compiler.tracing.shape_ops import normalize_axis, reshape
 
 Order = int | float | str | None
 
@@ -47,14 +47,8 @@ def norm(rec: Recorder, x: Operand, ord: Order = None, axis: int | Sequence[int]
     rank = v.type.rank
     if axis is None and (ord is None or (ord in ("f", "fro") and rank == 2)
                          or (_is(ord, 2) and rank == 1)):
-        flat = ravel(rec, v)
-        if flat.type.dtype.startswith("c"):
-            re, im = real(rec, flat), imag(rec, flat)
-            squared = apply_ufunc(rec, "add", (dot(rec, re, re), dot(rec, im, im)))
-        else:
-            squared = dot(rec, flat, flat)
-        out = apply_ufunc(rec, "sqrt", (squared,))
-        return reshape(rec, out, (1,) * rank) if keepdims else out
+        return apply_ufunc(rec, "sqrt", (reduce(rec, "sum", _squares(rec, v), None,
+                                                keepdims=bool(keepdims)),))
     axes = tuple(range(rank)) if axis is None else (
         (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis))
     axes = tuple(normalize_axis(a, rank) for a in axes)

@@ -92,7 +92,9 @@ def programs(draw) -> Program:
                                      "concat", "where", "center", "variance", "take", "argmax",
                                      "stack_split", "expand_squeeze", "astype", "swapaxes",
                                      "bool_matmul", "int8_sum", "cumsum", "bfloat16",
-                                     "int8_compare"]))
+                                     "int8_compare", "any_all", "round", "flip", "roll", "pad",
+                                     "triangle", "sort", "norm", "cumprod", "complex_parts",
+                                     "mT", "einsum3", "more_ufuncs"]))
         if kind == "unary":
             name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
             f = getattr(np, name)
@@ -190,6 +192,69 @@ def programs(draw) -> Program:
             axis = draw(st.integers(0, last))
             add(f"np.cumsum({x}, axis={axis})", lambda e, x=x, a=axis: np.cumsum(e[x], axis=a),
                 s)
+        elif kind == "any_all":
+            axis = draw(st.integers(0, last))
+            fn = draw(st.sampled_from(["any", "all"]))
+            out = tuple(d for k, d in enumerate(s) if k != axis)
+            if out:
+                add(f"np.{fn}({x} > 0, axis={axis}) * 1.0",
+                    lambda e, x=x, a=axis, f=fn: getattr(np, f)(e[x] > 0, axis=a) * 1.0, out)
+        elif kind == "round":
+            d = draw(st.sampled_from([-1, 0, 2]))
+            add(f"np.round({x} * 10, {d})", lambda e, x=x, d=d: np.round(e[x] * 10, d), s)
+        elif kind == "flip":
+            axis = draw(st.integers(0, last))
+            add(f"np.flip({x}, {axis})[::-2 on axis 0]",
+                lambda e, x=x, a=axis: np.flip(e[x], a)[::-2], (s[0] // 2,) + s[1:])
+        elif kind == "roll":
+            axis = draw(st.integers(-len(s), last))
+            k = draw(st.integers(-20, 20))
+            add(f"np.roll({x}, {k}, axis={axis})",
+                lambda e, x=x, k=k, a=axis: np.roll(e[x], k, axis=a), s)
+        elif kind == "pad":
+            axis = draw(st.integers(0, last))
+            width = tuple((1, 3) if k == axis else (0, 0) for k in range(len(s)))
+            add(f"np.pad({x}, {width}, constant_values=0.5)",
+                lambda e, x=x, w=width: np.pad(e[x], w, constant_values=0.5),
+                tuple(d + 4 if k == axis else d for k, d in enumerate(s)))
+        elif kind == "triangle" and len(s) >= 2:
+            fn = draw(st.sampled_from(["triu", "tril"]))
+            k = draw(st.integers(-2, 2))
+            add(f"np.{fn}({x}, {k})", lambda e, x=x, f=fn, k=k: getattr(np, f)(e[x], k), s)
+        elif kind == "sort":
+            axis = draw(st.integers(0, last))
+            add(f"np.sort({x}, axis={axis}) + np.argsort({x}, axis={axis}, stable=True)",
+                lambda e, x=x, a=axis: np.sort(e[x], axis=a) + np.argsort(e[x], axis=a,
+                                                                          stable=True), s)
+        elif kind == "norm":
+            axis = draw(st.sampled_from([None, last, (0, last)]))
+            if axis is None:  # keepdims: the value stays an array for later steps
+                add(f"np.linalg.norm({x}, keepdims=True)",
+                    lambda e, x=x: np.linalg.norm(e[x], keepdims=True), (1,) * len(s))
+            elif len(s) > 2 or (isinstance(axis, int) and len(s) > 1):
+                reduced = (axis,) if isinstance(axis, int) else axis
+                add(f"np.linalg.norm({x}, axis={axis})",
+                    lambda e, x=x, a=axis: np.linalg.norm(e[x], axis=a),
+                    tuple(d for k, d in enumerate(s) if k not in reduced))
+        elif kind == "cumprod":
+            axis = draw(st.integers(0, last))
+            add(f"np.cumprod({x} * 0.1 + 1, axis={axis})",
+                lambda e, x=x, a=axis: np.cumprod(e[x] * 0.1 + 1, axis=a), s)
+        elif kind == "complex_parts":
+            add(f"np.real({x} * (1 + 2j)) - ({x} * 1j).imag",
+                lambda e, x=x: np.real(e[x] * (1 + 2j)) - (e[x] * 1j).imag, s)
+        elif kind == "mT" and len(s) >= 2:
+            add(f"{x}.mT", lambda e, x=x: e[x].mT, s[:-2] + (s[-1], s[-2]))
+        elif kind == "einsum3" and len(s) == 2:
+            w = new_input((s[1], draw(st.sampled_from(DIM_SIZES))))
+            v = new_input((shapes[w][1],))
+            add(f"np.einsum('ab,bc,c->a', {x}, {w}, {v})",
+                lambda e, x=x, w=w, v=v: np.einsum("ab,bc,c->a", e[x], e[w], e[v]), s[:1])
+        elif kind == "more_ufuncs":
+            add(f"np.logaddexp({x}, 1) + np.log1p(np.square({x})) + np.expm1({x} * 0.1) "
+                f"+ np.reciprocal({x} * {x} + 1)",
+                lambda e, x=x: np.logaddexp(e[x], 1) + np.log1p(np.square(e[x]))
+                + np.expm1(e[x] * 0.1) + np.reciprocal(e[x] * e[x] + 1), s)
         elif kind == "bfloat16":  # elementwise in bf16, exact whatever the layout
             add(f"np.tanh({x}.astype(bf16)).astype(np.float32)",
                 lambda e, x=x: np.tanh(e[x].astype(ml_dtypes.bfloat16)).astype(np.float32), s)
