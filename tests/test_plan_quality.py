@@ -218,3 +218,22 @@ def test_every_chosen_strategy_is_the_cheapest_realized_plan(name, monkeypatch) 
             if alternative < chosen * (1 - 1e-9):
                 worse.append((index, pick, alternative))
     assert not worse, f"chosen plan costs {chosen:.3e} s; cheaper: {worse}"
+
+
+def test_a_group_of_mesh_dims_moves_in_one_all_to_all(mesh):
+    """{(dp,tp), -} -> {-, (dp,tp)} is one all_to_all over the flattened group, exactly the
+    bytes of the same move on a 1-D mesh of 8 (moving dp and tp apart takes more)."""
+    line = dtc.create_mesh([("all", 8)])
+    x = np.arange(1024 * 1024, dtype=np.float32).reshape(1024, 1024)
+
+    def lowered(m, group):
+        f = dtc.compile(lambda x: x * 1.0, in_layouts=dtc.Layout([group, U], m),
+                        out_layouts=dtc.Layout([U, group], m))
+        return f, f.lower(spec(1024, 1024))
+
+    f, low = lowered(mesh, ("dp", "tp"))
+    _, flat = lowered(line, "all")
+    assert kinds(low) == [("all_to_all", ("dp", "tp"))]
+    assert kinds(flat) == [("all_to_all", ("all",))]
+    assert low.comm_bytes() == flat.comm_bytes() == 1024 * 1024 * 4 // 8
+    assert np.array_equal(np.asarray(f(x)), x)

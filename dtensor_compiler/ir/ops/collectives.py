@@ -213,11 +213,12 @@ def _all_to_all_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
         for split_axis in range(len(dims)):
             if split_axis == concat_axis:
                 continue
-            moved = list(dims)
-            moved[concat_axis] = d[:-1]
-            moved[split_axis] = dims[split_axis] + d[-1:]
-            yield Move(d[-1:], (("split_axis", split_axis), ("concat_axis", concat_axis)),
-                       Sharding(tuple(moved), state.partial))
+            for k in range(1, len(d) + 1):  # a group of mesh dims moves in one exchange
+                moved = list(dims)
+                moved[concat_axis] = d[:-k]
+                moved[split_axis] = dims[split_axis] + d[-k:]
+                yield Move(d[-k:], (("split_axis", split_axis), ("concat_axis", concat_axis)),
+                           Sharding(tuple(moved), state.partial))
 
 
 def _all_to_all(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
