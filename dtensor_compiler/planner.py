@@ -14,7 +14,8 @@ Edges leaving a layout come from the collectives in the order they are defined
 
     all_reduce      a non-empty set of pending partial mesh dims that share a reduce op
     reduce_scatter  such a set, in any order, appended to the end of one tensor dim
-    all_to_all      the last mesh dim of one tensor dim, moved to the end of another
+    all_to_all      the minor-most mesh dims (one or a group) of one tensor dim, moved to the
+                    end of another
     all_gather      a non-empty suffix of one tensor dim's mesh dims
     local_slice     one unused mesh dim appended to one tensor dim (a copy, no communication)
     make_partial    one unused mesh dim made a pending reduction the target has (local)

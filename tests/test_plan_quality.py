@@ -237,3 +237,19 @@ def test_a_group_of_mesh_dims_moves_in_one_all_to_all(mesh):
     assert kinds(flat) == [("all_to_all", ("all",))]
     assert low.comm_bytes() == flat.comm_bytes() == 1024 * 1024 * 4 // 8
     assert np.array_equal(np.asarray(f(x)), x)
+
+
+@pytest.mark.parametrize(("shape", "layout", "new"), [
+    ((8, 65536), ["dp", U], (1024, 512)),
+    ((8, 64), [("dp", "tp"), U], (64, 8)),
+    ((4, 6, 8), [U, "dp", U], (4, 12, 4)),
+])
+def test_a_reshape_of_block_contiguous_shards_moves_nothing(mesh, shape, layout, new):
+    """Each shard of the sharded dim owns one contiguous block of the result's rows: the
+    result keeps the mesh dims on the matching dim and nothing is communicated."""
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    f = dtc.compile(lambda x: x.reshape(new), in_layouts=dtc.Layout(layout, mesh))
+    assert kinds(f.lower(spec(*shape))) == []
+    out = f(x)
+    assert dtc.fetch_layout(out).sharding_specs == layout
+    assert np.array_equal(np.asarray(out), x.reshape(new))

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from math import prod
 
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType
@@ -147,14 +148,41 @@ def reduction(operand: TensorType, axes: Sequence[int], keepdims: bool,
 
 def reshape(src: tuple[int, ...], dst: tuple[int, ...]) -> FactorRule:
     """Factor a reshape into groups: each group of source dims whose product equals a group
-    of target dims. A group of one dim on either side splits or merges exactly; any other
-    group becomes one factor that needs replication on every dim it touches. A reshape of
-    an empty tensor has no factors: there is nothing to shard."""
+    of target dims. Within a group, the row-major orders of both sides are refined into
+    common factors, major to minor, while one side's current dim divides the other's rest:
+    ``(8, 65536) -> (1024, 512)`` has factors 8, 128, 512, so rows sharded on the source stay
+    rows sharded on the target. Where the sizes stop dividing (``(6, 4) -> (4, 6)``), the
+    rest of the group becomes one factor that needs replication on every dim it touches. A
+    reshape of an empty tensor has no factors: there is nothing to shard."""
     b = RuleBuilder()
     s_out: list[DimFactors] = [() for _ in src]
     d_out: list[DimFactors] = [() for _ in dst]
     if 0 in src or 0 in dst:
         return b.build([s_out], d_out)
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        if i < len(src) and src[i] == 1:
+            i += 1
+            continue
+        if j < len(dst) and dst[j] == 1:
+            j += 1
+            continue
+        gi, gj = [i], [j]
+        ps, pd = src[i], dst[j]
+        i += 1
+        j += 1
+        while ps != pd:
+            if ps < pd:
+                gi.append(i)
+                ps *= src[i]
+                i += 1
+            else:
+                gj.append(j)
+                pd *= dst[j]
+                j += 1
+        _refine(b, [k for k in gi if src[k] != 1], [k for k in gj if dst[k] != 1],
+                src, dst, s_out, d_out)
+    return b.build([s_out], d_out)
     i = j = 0
     while i < len(src) or j < len(dst):
         if i < len(src) and src[i] == 1:
@@ -193,3 +221,36 @@ def reshape(src: tuple[int, ...], dst: tuple[int, ...]) -> FactorRule:
             for k in gj:
                 d_out[k] = (f,)
     return b.build([s_out], d_out)
+
+
+def _refine(b: RuleBuilder, gi: list[int], gj: list[int], src: tuple[int, ...],
+            dst: tuple[int, ...], s_out: list[DimFactors], d_out: list[DimFactors]) -> None:
+    """Give the source dims `gi` and target dims `gj` of one group (equal products) their
+    common factors (see `reshape`)."""
+    si = sj = 0
+    left_s, left_d = src[gi[0]], dst[gj[0]]
+    while si < len(gi):
+        if left_d % left_s == 0:  # the source dim ends inside (or with) the target dim
+            f = b.new(left_s)
+            s_out[gi[si]] += (f,)
+            d_out[gj[sj]] += (f,)
+            left_d //= left_s
+            si += 1
+            left_s = src[gi[si]] if si < len(gi) else 1
+            if left_d == 1:
+                sj += 1
+                left_d = dst[gj[sj]] if sj < len(gj) else 1
+        elif left_s % left_d == 0:  # the target dim ends inside the source dim
+            f = b.new(left_d)
+            s_out[gi[si]] += (f,)
+            d_out[gj[sj]] += (f,)
+            left_s //= left_d
+            sj += 1
+            left_d = dst[gj[sj]]
+        else:  # the blocks no longer line up: the rest moves as one replicated factor
+            f = b.new(prod(src[k] for k in gi[si + 1:]) * left_s, FactorKind.NEEDS_REPLICATION)
+            for k in gi[si:]:
+                s_out[k] += (f,)
+            for k in gj[sj:]:
+                d_out[k] += (f,)
+            return

@@ -139,9 +139,14 @@ def programs(draw) -> Program:
                 tuple(half if k == axis else d for k, d in enumerate(s)))
         elif kind == "reshape":
             splittable = [k for k, d in enumerate(s) if d % 2 == 0 and d > 2]
+            # (a, b) -> (2a, b/2): each block of rows stays one contiguous block of rows
+            regroupable = [k for k in range(len(s) - 1) if s[k + 1] % 2 == 0 and s[k + 1] > 2]
             if len(s) >= 2 and draw(st.booleans()):
                 k = draw(st.integers(0, len(s) - 2))
                 new = s[:k] + (s[k] * s[k + 1],) + s[k + 2:]
+            elif regroupable and draw(st.booleans()):
+                k = draw(st.sampled_from(regroupable))
+                new = s[:k] + (s[k] * 2, s[k + 1] // 2) + s[k + 2:]
             elif splittable:
                 k = draw(st.sampled_from(splittable))
                 new = s[:k] + (2, s[k] // 2) + s[k + 1:]
