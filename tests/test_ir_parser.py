@@ -115,7 +115,7 @@ def error_at(text: str) -> IRParseError:
      "layout {dp} has rank 1 but the shape [512, 256] has rank 2"),
     ("%0 = matmul", "%0 matmul", 3, 6, "unexpected name 'matmul', expected ',', '='"),
     ("tanh %0 : f32", "tanh %0 f32", 4, 16,
-     "unexpected tensor type like f32[4,8] 'f32[512,1024]', expected"),
+     "unexpected tensor type like f32[4,8] 'f32[512,1024] @ {dp, tp}', expected"),
     ("tanh %0 :", "tanh %0 ; :", 4, 16, "unexpected character ';'"),
     ("tanh %0 : f32[512,1024] @ {dp, tp}", "tanh %0", 4, 15, "unexpected line break, expected"),
     ("tanh %0 : f32[512,1024] @", "tanh %0 : f32[512,1024] :", 4, 32,
@@ -210,3 +210,44 @@ def test_the_entry_function_is_named_in_the_header_and_round_trips() -> None:
     unnamed = parse_module(text.replace(" entry @second", ""))
     with pytest.raises(KeyError, match="2 functions and names no entry"):
         _ = unnamed.main
+
+
+def _transformer_ir(layers: int) -> str:
+    """The final (localized) IR of an `layers`-layer transformer from examples/transformer.py."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import transformer
+
+    import dtensor_compiler as dtc
+
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    in_layouts, out_layout = transformer.layouts(mesh, layers)
+    f = dtc.compile(transformer.make_forward(layers, 2), in_layouts=in_layouts,
+                    out_layouts=out_layout)
+    return print_module(f.lower(*transformer.specs(2, 4, 8, 16, layers)).module)
+
+
+def test_a_multi_layer_module_round_trips_and_errors_deep_in_it_keep_line_and_column() -> None:
+    text = _transformer_ir(3)
+    assert print_module(parse_module(text)) == text
+    lines = text.split("\n")
+    n = next(i for i, line in enumerate(lines) if " = matmul %" in line and i > len(lines) // 2)
+    line = lines[n]
+    at = line.index(" @ {") + len(" @ {")
+    broken = line[:at] + "zz:" + line[at:]
+    error = error_at("\n".join(lines[:n] + [broken] + lines[n + 1:]))
+    assert (error.line, error.column, error.context) == (n + 1, at + 3, broken)
+    assert "unexpected ':', expected" in str(error)
+    operand = line.index("%", line.index("matmul"))
+    undefined = line[:operand] + "%nowhere" + line[line.index(",", operand):]
+    error = error_at("\n".join(lines[:n] + [undefined] + lines[n + 1:]))
+    assert (error.line, error.column) == (n + 1, operand + 1)
+    assert "value %nowhere is used before it is defined" in str(error)
+
+
+def test_the_package_exports_the_text_form() -> None:
+    from dtensor_compiler import ir
+
+    assert (ir.parse_module, ir.print_module) == (parse_module, print_module)

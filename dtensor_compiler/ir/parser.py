@@ -3,9 +3,16 @@
 ``print_module(parse_module(text)) == text`` for every printed module, with or without
 locations. Parsing runs in two steps:
 
-1. `grammar.lark` with lark's LALR parser and an embedded, stateless `_Syntax` transformer turns
-   text into light syntax records (`_FuncSyntax`, `_OpSyntax`) whose names are still tokens, so
-   every later complaint can point at a line and column. Types become `TensorType`s here.
+1. `grammar.lark` with lark's LALR parser, its contextual lexer and an embedded, stateless
+   `_Syntax` transformer turns text into light syntax records (`_FuncSyntax`, `_OpSyntax`)
+   whose names are still tokens, so every later complaint can point at a line and column.
+   Lark spends its time per token, so the grammar's tokens are long: an operand list is one
+   VALUES token that `_values` splits (keeping each operand's column); a tensor type with its
+   layout is one TYPE token and an op's attribute dict one ATTRS token, which `_inner_parse`
+   reads with the same parser from the grammar's other start symbols, `tensor_type` and
+   `attrs`, once per distinct text (`_parse_cached`; the 200-layer transformer of
+   benchmarks/parse_speed.py has 25 distinct ones). Complaints found inside such a token are
+   moved to its place in the module (`_Fault.moved_into`). Types become `TensorType`s here.
 2. `_build_module` resolves names in SSA order (operands must be defined earlier in the same
    function), checks op names against the registry, gives each attribute its definition's
    kind (``[0, 1]`` a tuple of ints, ``sum`` a reduction; a missing attribute with a default
@@ -13,14 +20,19 @@ locations. Parsing runs in two steps:
    and creates `Operation`s with their declared result types. Shape inference, result counts
    and missing attributes are the verifier's business, not the parser's.
 
-Every malformed input raises `IRParseError` with a 1-based line and column.
+The cyclic garbage collector waits while a module is parsed (`_collector_paused`). Every
+malformed input raises `IRParseError` with a 1-based line and column and the line's text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import math
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +59,10 @@ _GRAMMAR_FILE = Path(__file__).with_name("grammar.lark")
 _TERMINAL_WORDS = {
     "NAME": "name",
     "VALUE": "%value",
+    "VALUES": "%value",
     "TENSOR": "tensor type like f32[4,8]",
+    "TYPE": "tensor type like f32[4,8]",
+    "ATTRS": "attributes like {axis = 1}",
     "INT": "integer",
     "FLOAT": "float",
     "STRING": "quoted string",
@@ -60,13 +75,28 @@ _TERMINAL_WORDS = {
 def parse_module(text: str) -> Module:
     """Parse IR text (as written by `print_module`) into a new `Module`."""
     try:
-        syntax = _lark().parse(text)
-        assert isinstance(syntax, _ModuleSyntax)  # the embedded `_Syntax` builds the records
-        return _build_module(syntax)
+        with _collector_paused():
+            syntax = _lark().parse(text, start="start")
+            assert isinstance(syntax, _ModuleSyntax)  # the embedded `_Syntax` builds them
+            return _build_module(syntax)
     except _Fault as fault:
         raise _error(text, fault.message, fault.line, fault.column) from None
     except UnexpectedInput as e:
         raise _syntax_error(text, e) from None
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Parsing allocates a few small objects per token, nearly all of which end up in the
+    module; the cyclic garbage collector would scan them again and again and find nothing to
+    free (a third of the parse time of a large module), so it waits until the parse is done."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,11 +106,16 @@ def parse_module(text: str) -> Module:
 class _Fault(Exception):
     """A problem found at a token; `parse_module` adds the offending line."""
 
-    def __init__(self, message: str, at: Token) -> None:
+    def __init__(self, message: str, at: Token | tuple[int, int]) -> None:
         super().__init__(message)
         self.message = message
-        self.line = at.line or 1
-        self.column = at.column or 1
+        self.line, self.column = at if isinstance(at, tuple) else (at.line or 1, at.column or 1)
+
+    def moved_into(self, outer: Token) -> _Fault:
+        """This fault, found in the text of the token `outer` alone, placed in the module."""
+        self.line = outer.line or 1
+        self.column = (outer.column or 1) + self.column - 1
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +140,8 @@ class _OpSyntax:
     name: Token
     operands: list[Token]
     attrs: dict[Token, Attr | _Dense | _DenseHex]
+    attrs_at: Token | None
+    """The ATTRS token; the positions of `attrs`'s keys and values are within its text."""
     types: list[TensorType]
     loc: Location | None
     why: Written | None
@@ -172,36 +209,35 @@ class _Syntax(Transformer):
     def args(self, *args: tuple[Token, TensorType]) -> list[tuple[Token, TensorType]]:
         return list(args)
 
-    def arg(self, name: Token, t: TensorType) -> tuple[Token, TensorType]:
-        return name, t
+    def arg(self, name: Token, t: Token) -> tuple[Token, TensorType]:
+        return name, _type(t)
 
-    def types(self, *types: TensorType) -> list[TensorType]:
-        return list(types)
+    def types(self, *types: Token) -> list[TensorType]:
+        return [_type(t) for t in types]
 
-    def ret(self, at: Token, values: list[Token] | None) -> tuple[Token, list[Token]]:
-        return at, values or []
-
-    def values(self, *values: Token) -> list[Token]:
-        return list(values)
+    def ret(self, at: Token, values: Token | None) -> tuple[Token, list[Token]]:
+        return at, _values(values)
 
     def results(self, *values: Token) -> list[Token]:
         return list(values)
 
-    def result_op(self, results: list[Token], name: Token, operands: list[Token] | None,
-                  attrs: dict | None, types: list[TensorType], loc: Location | None,
+    def result_op(self, results: list[Token], name: Token, operands: Token | None,
+                  attrs: Token | None, types: list[TensorType], loc: Location | None,
                   why: Token | None) -> _OpSyntax:
         if len(results) != len(types):
             raise _Fault(f"{len(results)} results but {len(types)} result types", name)
-        return _OpSyntax(results, name, operands or [], attrs or {}, types, loc, _why(why))
+        return _OpSyntax(results, name, _values(operands), _attributes(attrs), attrs, types,
+                         loc, _why(why))
 
-    def effect_op(self, name: Token, operands: list[Token] | None, attrs: dict | None,
+    def effect_op(self, name: Token, operands: Token | None, attrs: Token | None,
                   loc: Location | None, why: Token | None) -> _OpSyntax:
-        return _OpSyntax([], name, operands or [], attrs or {}, [], loc, _why(why))
+        return _OpSyntax([], name, _values(operands), _attributes(attrs), attrs, [], loc,
+                         _why(why))
 
     def loc(self, file: Token, line: Token) -> Location:
         return Location(json.loads(file), int(line))
 
-    # -- types --------------------------------------------------------------------------------
+    # -- types (the `tensor_type` start symbol, see `_type`) ------------------------------------
     def tensor_type(self, tensor: Token, sharding: Sharding | None) -> TensorType:
         dtype, dims = tensor[:-1].split("[")
         if dtype not in DTYPE_NAMES:
@@ -237,7 +273,7 @@ class _Syntax(Transformer):
         except ValueError as e:
             raise _Fault(str(e), op) from None
 
-    # -- attributes ---------------------------------------------------------------------------
+    # -- attributes (the `attrs` start symbol, see `_attributes`) ------------------------------
     def attrs(self, *items: tuple[Token, Attr | _Dense | _DenseHex]
               ) -> dict[Token, Attr | _Dense | _DenseHex]:
         out: dict[Token, Attr | _Dense | _DenseHex] = {}
@@ -288,14 +324,60 @@ class _Syntax(Transformer):
         return items
 
 
+_VALUE = re.compile(r"%[A-Za-z0-9_]+")
+
+
+def _values(tok: Token | None) -> list[Token]:
+    """The VALUE tokens of a VALUES token (``%0, %w``), each with its own column."""
+    if tok is None:
+        return []
+    column = tok.column or 1
+    return [Token("VALUE", m.group(), line=tok.line, column=column + m.start())
+            for m in _VALUE.finditer(tok)]
+
+
 def _why(tok: Token | None) -> Written | None:
     return None if tok is None else Written(tok[len("// why: "):])
+
+
+def _type(tok: Token) -> TensorType:
+    """The `TensorType` a TYPE token spells, read once per distinct text."""
+    t = _inner_parse(tok, "tensor_type")
+    assert isinstance(t, TensorType)  # the embedded `_Syntax.tensor_type` builds it
+    return t
+
+
+def _attributes(tok: Token | None) -> dict[Token, Attr | _Dense | _DenseHex]:
+    """The attributes an ATTRS token spells, read once per distinct text; the tokens in the
+    result have positions within that text (`_OpSyntax.attrs_at`)."""
+    if tok is None:
+        return {}
+    attrs = _inner_parse(tok, "attrs")
+    assert isinstance(attrs, dict)  # the embedded `_Syntax.attrs` builds it
+    return attrs
+
+
+def _inner_parse(tok: Token, start: str) -> object:
+    """`tok`'s text read from the start symbol `start`, complaints placed in the module."""
+    try:
+        return _parse_cached(str(tok), start)
+    except _Fault as fault:
+        raise fault.moved_into(tok) from None
+    except UnexpectedInput as e:
+        message, line, column = _syntax_message(str(tok), e)
+        raise _Fault(message, (line, column)).moved_into(tok) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str, start: str) -> object:
+    """Types and attribute dicts repeat a lot in a module; their values are never mutated."""
+    return _lark().parse(text, start=start)
 
 
 @functools.cache
 def _lark() -> Lark:
     return Lark(_GRAMMAR_FILE.read_text(), parser="lalr", transformer=_Syntax(),
-                maybe_placeholders=True)
+                maybe_placeholders=True, start=["start", "tensor_type", "attrs"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +423,11 @@ def _build_function(f: _FuncSyntax, module: Module) -> Function:
         if definition is None:
             raise _Fault(f"unknown op {str(s.name)!r}", s.name)
         operands = [lookup(at) for at in s.operands]
-        attrs = _attrs(definition, s, module)
+        try:
+            attrs = _attrs(definition, s, module)
+        except _Fault as fault:
+            assert s.attrs_at is not None, "only a written attribute can be wrong"
+            raise fault.moved_into(s.attrs_at) from None
         op = Operation(str(s.name), operands, s.types, attrs, s.loc, s.why)
         for at, result in zip(s.results, op.results):
             define(at, result)
@@ -424,23 +510,27 @@ def _error(text: str, message: str, line: int, column: int) -> IRParseError:
 
 
 def _syntax_error(text: str, e: UnexpectedInput) -> IRParseError:
+    return _error(text, *_syntax_message(text, e))
+
+
+def _syntax_message(text: str, e: UnexpectedInput) -> tuple[str, int, int]:
+    """What lark's complaint about `text` says, with its line and column."""
     if isinstance(e, UnexpectedCharacters):
         pos = e.pos_in_stream
         assert pos is not None, "lark sets the position of an unexpected character"
         char = text[pos] if pos < len(text) else ""
-        return _error(text, f"unexpected character {char!r}", e.line, e.column)
+        return f"unexpected character {char!r}", e.line, e.column
     if isinstance(e, UnexpectedToken):
         expected = ", ".join(sorted(_describe(name) for name in e.expected))
         if e.token.type == "$END":
             lines = text.split("\n")
-            return _error(text, f"unexpected end of the text, expected {expected}",
-                          len(lines), len(lines[-1]) + 1)
+            return (f"unexpected end of the text, expected {expected}", len(lines),
+                    len(lines[-1]) + 1)
         found = _describe(e.token.type)
         if found != repr(str(e.token)) and "\n" not in e.token:
             found += f" {str(e.token)!r}"
-        message = f"unexpected {found}, expected {expected}"
-        return _error(text, message, e.line, e.column)
-    return _error(text, str(e), max(e.line, 1), max(e.column, 1))
+        return f"unexpected {found}, expected {expected}", e.line, e.column
+    return str(e), max(e.line, 1), max(e.column, 1)
 
 
 def _describe(terminal: str) -> str:
