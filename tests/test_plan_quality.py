@@ -253,3 +253,20 @@ def test_a_reshape_of_block_contiguous_shards_moves_nothing(mesh, shape, layout,
     out = f(x)
     assert dtc.fetch_layout(out).sharding_specs == layout
     assert np.array_equal(np.asarray(out), x.reshape(new))
+
+
+def test_argmax_over_a_sharded_axis_exchanges_only_result_sized_pairs(mesh):
+    """The local extremes, then the first local indices holding the global extreme: two
+    all_reduces of the [8] result, never the logits; numpy's first-index tie-break and its
+    first NaN."""
+    x = np.random.default_rng(0).integers(0, 5, (8, 262144)).astype(np.float32)
+    x[3, [100, 200000]] = np.nan
+    f = dtc.compile(lambda x: (np.argmax(x, axis=1), np.argmin(x, axis=-1, keepdims=True)),
+                    in_layouts=dtc.Layout([U, "tp"], mesh))
+    low = f.lower(spec(8, 262144))
+    assert sorted((c.kind, c.mesh_dims, c.bytes) for c in low.collectives()) == [
+        ("all_reduce", ("tp",), 8 * 4)] * 2 + [("all_reduce", ("tp",), 8 * 8)] * 2
+    got_max, got_min = (np.asarray(r) for r in f(x))
+    assert got_max.dtype == np.argmax(x, 1).dtype
+    assert np.array_equal(got_max, np.argmax(x, axis=1))
+    assert np.array_equal(got_min, np.argmin(x, axis=-1, keepdims=True))

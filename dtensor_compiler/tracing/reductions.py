@@ -3,8 +3,10 @@
 ``sum``, ``prod``, ``max`` and ``min`` are single ``reduce_*`` ops. ``mean`` is a ``reduce_sum``
 divided by the element count, accumulated in the dtype numpy uses (f64 for integers and bool,
 f32 for f16, whose result is cast back). ``var`` is the mean of squared deviations from the
-mean, divided by ``count - ddof``; ``std`` its square root. ``argmax``/``argmin`` with no axis
-work on the flattened array, like numpy. ``cumsum`` (and ``np.add.accumulate``) is one
+mean, divided by ``count - ddof``; ``std`` its square root. ``argmax``/``argmin`` of real values
+are the extreme (a ``reduce_max``/``reduce_min``) and then the least index holding it (a
+``reduce_min``), so a sharded axis is reduced in two small exchanges; with no axis they work on
+the flattened array, like numpy. ``cumsum`` (and ``np.add.accumulate``) is one
 ``cumsum`` op, ``cumprod`` (and ``np.multiply.accumulate``) one ``cumprod`` op, with the same
 treatment of a requested dtype as ``sum``. ``any`` and ``all`` are ``reduce_max`` and
 ``reduce_min`` of the operand tested for non-zero (a sharded reduced axis leaves a pending
@@ -23,8 +25,8 @@ from numpy.typing import DTypeLike
 from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
 from dtensor_compiler.ir.inference import reduced_shape
-from dtensor_compiler.ir.types import numpy_dtype
-from dtensor_compiler.tracing.elementwise import apply_ufunc, astype
+from dtensor_compiler.ir.types import TensorType, numpy_dtype
+from dtensor_compiler.tracing.elementwise import apply_ufunc, astype, where
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Operand, Recorder
 from dtensor_compiler.tracing.shape_ops import normalize_axis, reshape
@@ -109,12 +111,33 @@ def arg_reduce(rec: Recorder, kind: str, a: Operand, axis: int | None = None,
                keepdims: bool = False) -> Value:
     """``argmax``/``argmin`` (`kind`) along `axis`; None means over the flattened array."""
     x = rec.value(a)
-    if axis is not None:
-        attrs = {"axis": normalize_axis(int(axis), x.type.rank), "keepdims": bool(keepdims)}
-        return rec.emit(kind, [x], attrs)
-    flat = reshape(rec, x, (x.type.size,))
-    index = rec.emit(kind, [flat], {"axis": 0, "keepdims": False})
-    return reshape(rec, index, (1,) * x.type.rank) if keepdims else index
+    if axis is None:
+        flat = reshape(rec, x, (x.type.size,))
+        index = arg_reduce(rec, kind, flat, 0)
+        return reshape(rec, index, (1,) * x.type.rank) if keepdims else index
+    axis = normalize_axis(int(axis), x.type.rank)
+    dtype = numpy_dtype(x.type.dtype)
+    if dtype.kind == "c" or x.type.shape[axis] < 2:  # no order to reduce by; nothing to pick
+        return rec.emit(kind, [x], {"axis": axis, "keepdims": bool(keepdims)})
+    return _first_index_of_extreme(rec, kind, x, axis, bool(keepdims))
+
+
+def _first_index_of_extreme(rec: Recorder, kind: str, x: Value, axis: int, keepdims: bool
+                            ) -> Value:
+    """``argmax``/``argmin`` as the extreme value, then the least index holding it (a NaN,
+    which the extreme propagates, counts as holding it: numpy returns the first NaN). Both
+    are reductions, so a sharded axis costs two exchanges of the result's size (the local
+    extremes, then the local first indices) instead of gathering the input."""
+    extreme = rec.emit("reduce_max" if kind == "argmax" else "reduce_min", [x],
+                       {"axes": (axis,), "keepdims": True})
+    hit = apply_ufunc(rec, "equal", (x, extreme))
+    if numpy_dtype(x.type.dtype).kind == "f":
+        hit = apply_ufunc(rec, "logical_or", (hit, apply_ufunc(rec, "isnan", (x,))))
+    size = x.type.shape[axis]
+    counting = tuple(size if k == axis else 1 for k in range(x.type.rank))
+    index = rec.emit("iota", [], {"dimension": axis}, TensorType("i64", counting))
+    candidates = where(rec, hit, index, size)
+    return rec.emit("reduce_min", [candidates], {"axes": (axis,), "keepdims": keepdims})
 
 
 def logical_reduce(rec: Recorder, kind: str, a: Operand, axis: Axis = None,
