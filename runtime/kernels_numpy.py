@@ -220,13 +220,40 @@ def _slice(op: Operation, ctx: ExecContext) -> KernelFn:
 @kernel(indexing.TAKE)
 def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     """Per device ``np.take(table, indices, axis)``, for all devices in one fancy index: the
-    mesh axes are indexed by aranges that broadcast against the indices."""
+    mesh axes are indexed by aranges that broadcast against the indices. A device holding one
+    block of a sharded `axis` looks up the indices inside its block and gives the additive
+    identity (-0.0 for floats, the zero that adds to any x giving x) for the others: a
+    pending sum."""
     k = ctx.mesh_axes
     axis = op.attrs["axis"]
     assert isinstance(axis, int)
+    table_type = op.operands[0].type
+    idx_rank = op.operands[1].type.rank
+    lookup = _lookup(k, axis, idx_rank)
+    sharding = table_type.sharding
+    if sharding is None or not sharding.dims[axis]:
+        return lookup
+    mesh_dims = sharding.dims[axis]
+    local = table_type.shape[axis]
+    shards = geometry.shard_count(mesh_dims, ctx.mesh)
+    start = np.asarray(geometry.block_start(geometry.global_extent(local, shards), shards,
+                                            np.asarray(ctx.block_index(mesh_dims))))
+    start = start.reshape(start.shape + (1,) * idx_rank)
+    identity = -np.zeros((), numpy_dtype(op.type.dtype))
+
+    def masked(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        shifted = indices - start
+        inside = (shifted >= 0) & (shifted < local)
+        picked = lookup(table, np.where(inside, shifted, 0))
+        mask = inside.reshape(inside.shape[:k] + (1,) * axis + inside.shape[k:]
+                              + (1,) * (table_type.rank - axis - 1))
+        return np.where(mask, picked, identity)
+    return masked
+
+
+def _lookup(k: int, axis: int, idx_rank: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     if k == 0:
         return lambda table, indices: np.take(table, indices, axis=axis)
-    idx_rank = op.operands[1].type.rank
     rows = (slice(None),) * axis
     index_dims = list(range(k, k + idx_rank))
 

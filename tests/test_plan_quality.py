@@ -270,3 +270,32 @@ def test_argmax_over_a_sharded_axis_exchanges_only_result_sized_pairs(mesh):
     assert got_max.dtype == np.argmax(x, 1).dtype
     assert np.array_equal(got_max, np.argmax(x, axis=1))
     assert np.array_equal(got_min, np.argmin(x, axis=-1, keepdims=True))
+
+
+def test_vocabulary_parallel_embedding_is_a_masked_lookup_and_one_all_reduce(mesh):
+    """np.take and table[ids] of a {tp, -} table: each device looks up the ids in its block
+    of rows, and the [batch, seq, hidden] result is all-reduced once; the 256 MiB table is
+    never gathered."""
+    for fn in (lambda t, i: np.take(t, i, axis=0), lambda t, i: t[i]):
+        f = dtc.compile(fn, in_layouts=(dtc.Layout(["tp", U], mesh), dtc.Layout(["dp", U], mesh)),
+                        out_layouts=dtc.Layout(["dp", U, U], mesh))
+        low = f.lower(spec(65536, 1024), dtc.TensorSpec((8, 128), np.int64))
+        assert [(c.kind, c.mesh_dims, c.bytes) for c in low.collectives()] == [
+            ("all_reduce", ("tp",), 4 * 128 * 1024 * 4)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_a_masked_lookup_gives_every_value_exactly(mesh, dtype):
+    """Kept pending, the lookup's summands are the row on its owner and the additive identity
+    elsewhere: NaNs, infinities and ints come back exactly, indices on every block."""
+    table = np.arange(16 * 3, dtype=dtype).reshape(16, 3) - 20
+    if dtype == np.float32:
+        table[5] = [-0.0, np.nan, -np.inf]
+    ids = np.array([[0, 5, 15], [4, 8, 5]])
+    f = dtc.compile(lambda t, i: t[i], in_layouts=(dtc.Layout(["tp", U], mesh),
+                                                   dtc.Layout([U, U], mesh)),
+                    out_layouts=dtc.Layout([U, U, U], mesh, partial={"tp": "sum"}))
+    assert kinds(f.lower(dtc.TensorSpec((16, 3), dtype), dtc.TensorSpec((2, 3), np.int64))) == []
+    got = np.asarray(f(table, ids))
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, table[ids])

@@ -1,7 +1,8 @@
 """Indexing: basic ``slice`` (start, stop, step per dim) and ``take`` (gather along an axis).
 
-A sliced dim must stay whole unless the slice takes all of it; ``take``'s indexed axis must
-stay whole, and the index tensor's dims take its place in the result.
+A sliced dim must stay whole unless the slice takes all of it. The index tensor's dims take the
+place of ``take``'s indexed axis in the result; a sharded indexed axis makes a masked lookup
+whose result is a pending sum.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.attrs import Attr, AttrKind, AttrSpec
 from dtensor_compiler.ir.core import Operation
-from dtensor_compiler.ir.factors import FactorRule, RuleBuilder
+from dtensor_compiler.ir.factors import FactorKind, FactorRule, RuleBuilder
 from dtensor_compiler.ir.inference import check_axis, slice_length
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.opdef import (
@@ -23,6 +24,7 @@ from dtensor_compiler.ir.opdef import (
     register,
 )
 from dtensor_compiler.ir.ops.shape import STRUCTURAL
+from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType
 
 
@@ -98,7 +100,12 @@ def _take_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
     table, idx = operands
     axis = attrs["axis"]
     assert isinstance(axis, int)
-    tdims = [() if i == axis else b.dim(s) for i, s in enumerate(table.shape)]
+    tdims = [b.dim(s) for s in table.shape]
+    # The looked-up dim is summed over: a device holding a block of it looks up the indices
+    # that fall in its block and gives the additive identity (-0.0, 0) for the others, so the
+    # result is a pending sum (the vocabulary-parallel embedding). Bool has no such sum.
+    tdims[axis] = (() if table.dtype == "bool" else
+                   b.dim(table.shape[axis], FactorKind.REDUCED, ReduceOp.SUM))
     idims = [b.dim(s) for s in idx.shape]
     return b.build([tdims, idims], tdims[:axis] + idims + tdims[axis + 1:])
 
@@ -106,4 +113,6 @@ def _take_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
 TAKE = register(OpDef(name="take", operands=2, infer=_take,
                       attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_take_rule),
                       folds=True))
-"""``np.take(table, indices, axis)`` with in-range indices."""
+"""``np.take(table, indices, axis)`` with in-range indices. With the table's `axis` sharded,
+each device looks up only the indices in its block (a masked lookup) and the result is a
+pending sum."""
