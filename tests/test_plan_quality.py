@@ -299,3 +299,20 @@ def test_a_masked_lookup_gives_every_value_exactly(mesh, dtype):
     got = np.asarray(f(table, ids))
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, table[ids])
+
+
+@pytest.mark.parametrize(("shape", "layout", "fn", "expected"), [
+    ((4096, 65536), [U, "tp"], lambda a: a[:, 3], [("all_reduce", ("tp",), 4096 * 4)]),
+    ((4096, 1024), ["dp", U], lambda a: a[3], [("all_reduce", ("dp",), 1024 * 4)]),
+])
+def test_indexing_a_sharded_dim_is_done_by_the_owner(mesh, shape, layout, fn, expected):
+    """An int index on a sharded dim: the owner of the element gives it, the others the
+    additive identity, and the result is reduced at its own size (1 GiB is never gathered)."""
+    f = dtc.compile(fn, in_layouts=dtc.Layout(layout, mesh))
+    assert [(c.kind, c.mesh_dims, c.bytes) for c in f.lower(spec(*shape)).collectives()] == \
+        expected
+    small = dtc.compile(fn, in_layouts=dtc.Layout(layout, mesh),
+                        out_layouts=dtc.Layout([U], mesh, partial={layout[0] if layout[0] != U
+                                                                   else layout[1]: "sum"}))
+    x = np.random.default_rng(1).standard_normal((16, 24)).astype(np.float32)
+    assert np.array_equal(np.asarray(small(x)), fn(x))

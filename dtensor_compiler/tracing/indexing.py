@@ -2,9 +2,10 @@
 ``take``.
 
 Basic indexing takes ints, slices, ``...`` and ``None``: one ``slice`` op keeps the selected
-ranges (ints select one element; a negative-step slice selects its elements in increasing
-order), one ``reverse`` op puts the negative-step dims back in the order asked for, then one
-``reshape`` drops the int-indexed dims and inserts the ``None`` ones. An integer index array
+ranges (a negative-step slice selects its elements in increasing order), one ``reverse`` op
+puts the negative-step dims back in the order asked for, one ``take`` of a 0-d index per int
+(so that on a sharded dim only the owner of the element gives it: a pending sum of the
+result's size, not a gather), then one ``reshape`` inserts the ``None`` dims. An integer index array
 (traced or constant) on one axis, with only ``:`` or ``...`` elsewhere, is an embedding
 lookup: ``take``. Boolean masks (whose result shape depends on the data) and other advanced
 indexing are rejected.
@@ -76,6 +77,7 @@ def getitem(rec: Recorder, x: Value, key: object) -> Value:
     steps: list[int] = []
     shape: list[int] = []
     reversed_dims: list[int] = []
+    picks: list[tuple[int, int]] = []
     dims = iter(x.type.shape)
     for k in items:
         if k is None:
@@ -86,8 +88,9 @@ def getitem(rec: Recorder, x: Value, key: object) -> Value:
             if not -size <= k < size:
                 raise ShapeError(f"index {k} is out of bounds for axis {len(starts)} with "
                                  f"size {size}", user_location())
-            starts.append(int(k) % size)
-            stops.append(int(k) % size + 1)
+            picks.append((len(starts), int(k) % size))
+            starts.append(0)
+            stops.append(size)
             steps.append(1)
         elif isinstance(k, slice):
             if k.step is not None and k.step == 0:
@@ -106,8 +109,11 @@ def getitem(rec: Recorder, x: Value, key: object) -> Value:
         else:
             raise UnsupportedOperationError(f"indexing with {type(k).__name__} ({k!r}) is not "
                                             "supported", user_location())
-    sliced = slice_dims(rec, x, starts, stops, steps)
-    return reshape(rec, reverse(rec, sliced, reversed_dims), tuple(shape))
+    out = reverse(rec, slice_dims(rec, x, starts, stops, steps), reversed_dims)
+    for taken, (axis, index) in enumerate(picks):  # major first: each take drops its dim
+        out = rec.emit("take", [out, rec.constant(np.asarray(index, np.int64))],
+                       {"axis": axis - taken})
+    return reshape(rec, out, tuple(shape))
 
 
 def _is_bool_array(k: object) -> bool:

@@ -21,6 +21,7 @@ from dtensor_compiler.ir.opdef import (
     InferContext,
     OpDef,
     ResultSig,
+    Traits,
     register,
 )
 from dtensor_compiler.ir.ops.shape import STRUCTURAL
@@ -112,7 +113,7 @@ def _take_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
 
 TAKE = register(OpDef(name="take", operands=2, infer=_take,
                       attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_take_rule),
-                      folds=True))
+                      folds=True, traits=Traits(linear_in=(0,))))
 """``np.take(table, indices, axis)`` with in-range indices. With the table's `axis` sharded,
 each device looks up only the indices in its block (a masked lookup) and the result is a
 pending sum."""
