@@ -236,13 +236,18 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     mesh_dims = sharding.dims[axis]
     local = table_type.shape[axis]
     shards = geometry.shard_count(mesh_dims, ctx.mesh)
-    start = np.asarray(geometry.block_start(geometry.global_extent(local, shards), shards,
+    extent = geometry.global_extent(local, shards)
+    start = np.asarray(geometry.block_start(extent, shards,
                                             np.asarray(ctx.block_index(mesh_dims))))
     start = start.reshape(start.shape + (1,) * idx_rank)
     identity = -np.zeros((), numpy_dtype(op.type.dtype))
 
     def masked(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        shifted = indices - start
+        outside = (indices < -extent) | (indices >= extent)
+        if outside.any():  # as np.take says it
+            raise IndexError(f"index {indices[outside].flat[0]} is out of bounds for axis "
+                             f"{axis} with size {extent}")
+        shifted = np.where(indices < 0, indices + extent, indices) - start
         inside = (shifted >= 0) & (shifted < local)
         picked = lookup(table, np.where(inside, shifted, 0))
         mask = inside.reshape(inside.shape[:k] + (1,) * axis + inside.shape[k:]

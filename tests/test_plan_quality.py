@@ -316,3 +316,14 @@ def test_indexing_a_sharded_dim_is_done_by_the_owner(mesh, shape, layout, fn, ex
                                                                    else layout[1]: "sum"}))
     x = np.random.default_rng(1).standard_normal((16, 24)).astype(np.float32)
     assert np.array_equal(np.asarray(small(x)), fn(x))
+
+
+def test_a_masked_lookup_wraps_negative_ids_and_refuses_ids_out_of_range(mesh):
+    table = np.arange(48, dtype=np.float32).reshape(16, 3)
+    f = dtc.compile(lambda t, i: t[i], in_layouts=(dtc.Layout(["tp", U], mesh),
+                                                   dtc.Layout([U], mesh)),
+                    out_layouts=dtc.Layout([U, U], mesh, partial={"tp": "sum"}))
+    ids = np.array([-1, -16, 3])
+    assert np.array_equal(np.asarray(f(table, ids)), table[ids])
+    with pytest.raises(IndexError, match="index 16 is out of bounds for axis 0 with size 16"):
+        f(table, np.array([16]))
