@@ -95,7 +95,13 @@ class IRParseError(DTensorError, ValueError):
 
 
 class VerificationError(DTensorError):
-    """IR that breaks an invariant (SSA, shapes, dtypes, layouts). Shows the IR around it."""
+    """IR that breaks an invariant (SSA, shapes, dtypes, layouts). Shows the IR around it;
+    `source` is the line and column of the broken op in the IR text it was parsed from, if
+    it was."""
+
+    def __init__(self, message: str, source: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.source = source
 
 
 class PassError(DTensorError, ValueError):

@@ -194,6 +194,20 @@ def test_opt_malformed_ir_gives_line_and_column(tmp_path: Path) -> None:
                                 "before it is defined")
 
 
+def test_opt_verifier_errors_give_the_files_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.dtir"
+    path.write_text("mesh<dp=2, tp=4>\n"
+                    "func @f(%x: f32[8,8] @ {dp, -}) -> (f32[8,8] @ {-, -}) {\n"
+                    "  %0 = all_gather %x {mesh_dims = [tp], axis = 0} : f32[8,8] @ {-, -}\n"
+                    "  return %0\n"
+                    "}\n")
+    done = dtc("opt", str(path))
+    assert done.returncode == 1
+    assert error_line(done) == (
+        f"dtc: error: {path}: line 3, column 8: IR verification failed in @f: all_gather: "
+        "all_gather over ['tp'] needs dim 0 to end with them, layout is {dp, -}")
+
+
 def test_opt_unknown_pass_and_missing_file() -> None:
     done = dtc("opt", "-", "-p", "simplify,fuse-everything", stdin=IR)
     assert done.returncode == 2

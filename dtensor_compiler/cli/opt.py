@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dtensor_compiler.passes  # noqa: F401  (registers the passes)
 from dtensor_compiler.cli.usage import EXIT_OK, CheckFailed, UsageError
-from dtensor_compiler.errors import IRParseError, PassError
+from dtensor_compiler.errors import IRParseError, PassError, VerificationError
 from dtensor_compiler.ir.parser import parse_module
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.pass_manager import PassManager
@@ -46,6 +46,7 @@ def read_input(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     text = read_input(args.input)
+    where = "<stdin>" if args.input == "-" else args.input
     try:
         pm = PassManager.parse(args.pipeline, keep_ir=False,
                                print_after_all=args.print_after_all, out=sys.stderr)
@@ -54,8 +55,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         module = parse_module(text)
     except IRParseError as e:
-        where = "<stdin>" if args.input == "-" else args.input
         raise CheckFailed(f"{where}: {str(e).splitlines()[0]}") from e
-    pm.run(module)
+    try:
+        pm.run(module)
+    except VerificationError as e:
+        if e.source is None:  # an op a pass made
+            raise
+        line, column = e.source
+        raise CheckFailed(f"{where}: line {line}, column {column}: {str(e).splitlines()[0]}"
+                          ) from e
     sys.stdout.write(print_module(module, locations=args.locations))
     return EXIT_OK

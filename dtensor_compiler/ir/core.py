@@ -76,7 +76,7 @@ class Value:
 class Operation:
     """One op: a registered name, operands, attributes and its results."""
 
-    __slots__ = ("name", "_operands", "results", "result", "attrs", "loc", "why")
+    __slots__ = ("name", "_operands", "results", "result", "attrs", "loc", "why", "source")
 
     def __init__(self, name: str, operands: Iterable[Value],
                  result_types: Sequence[TensorType] = (),
@@ -86,6 +86,8 @@ class Operation:
         self._operands: list[Value] = []
         self.attrs: dict[str, Attr] = dict(attrs or {})
         self.loc = loc
+        self.source: tuple[int, int] | None = None
+        """Line and column of the op in the IR text it was parsed from, if it was."""
         self.why = why
         self.results: tuple[Value, ...] = tuple([Value(t, self) for t in result_types])
         self.result: Value | None = self.results[0] if len(self.results) == 1 else None

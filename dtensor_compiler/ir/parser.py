@@ -429,6 +429,9 @@ def _build_function(f: _FuncSyntax, module: Module) -> Function:
             assert s.attrs_at is not None, "only a written attribute can be wrong"
             raise fault.moved_into(s.attrs_at) from None
         op = Operation(str(s.name), operands, s.types, attrs, s.loc, s.why)
+        line, column = s.name.line, s.name.column
+        assert line is not None and column is not None, "the lexer places every token"
+        op.source = (line, column)
         for at, result in zip(s.results, op.results):
             define(at, result)
         ops.append(op)

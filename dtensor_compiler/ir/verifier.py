@@ -47,7 +47,8 @@ def verify_module(module: Module, after: str | None = None) -> None:
         try:
             _FunctionVerifier(func, module, ctx).run()
         except _Broken as broken:
-            raise VerificationError(_report(func, broken, after)) from None
+            source = broken.op.source if broken.op is not None else None
+            raise VerificationError(_report(func, broken, after), source) from None
 
 
 class _Broken(Exception):
