@@ -116,3 +116,14 @@ def test_clip_and_contractions_of_low_precision_floats_follow_numpy(fn: Callable
     want = np.asarray(fn(x))
     assert got.dtype == want.dtype
     np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0.2)
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_argmax_and_argmin_find_the_first_nan_of_low_precision_floats(name):
+    dtype = getattr(ml_dtypes, name)
+    x = np.array([1, np.nan, 3, 0, np.nan, 5, 1, 0], dtype=dtype)
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    for spec in ([dtc.UNSHARDED], ["tp"]):
+        f = dtc.compile(lambda x: (np.argmax(x), np.argmin(x)),
+                        in_layouts=dtc.Layout(spec, mesh))
+        assert [int(np.asarray(r)) for r in f(x)] == [np.argmax(x), np.argmin(x)] == [1, 1]

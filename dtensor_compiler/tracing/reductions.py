@@ -25,7 +25,7 @@ from numpy.typing import DTypeLike
 from dtensor_compiler.errors import ShapeError, UnsupportedOperationError
 from dtensor_compiler.ir.core import Value
 from dtensor_compiler.ir.inference import reduced_shape
-from dtensor_compiler.ir.types import TensorType, numpy_dtype
+from dtensor_compiler.ir.types import TensorType, is_floating, numpy_dtype
 from dtensor_compiler.tracing.elementwise import apply_ufunc, astype, where
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Operand, Recorder
@@ -131,7 +131,7 @@ def _first_index_of_extreme(rec: Recorder, kind: str, x: Value, axis: int, keepd
     extreme = rec.emit("reduce_max" if kind == "argmax" else "reduce_min", [x],
                        {"axes": (axis,), "keepdims": True})
     hit = apply_ufunc(rec, "equal", (x, extreme))
-    if numpy_dtype(x.type.dtype).kind == "f":
+    if is_floating(numpy_dtype(x.type.dtype)):  # ml_dtypes' floats included
         hit = apply_ufunc(rec, "logical_or", (hit, apply_ufunc(rec, "isnan", (x,))))
     size = x.type.shape[axis]
     counting = tuple(size if k == axis else 1 for k in range(x.type.rank))
