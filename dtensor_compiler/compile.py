@@ -29,12 +29,10 @@ pass that localizes it: one record per data-moving collective (``local_slice`` a
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import inspect
 import os
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,6 +45,7 @@ from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import LayoutError, TraceError
 from dtensor_compiler.explain import Collective, explain_table
 from dtensor_compiler.ir import opdef, reasons
+from dtensor_compiler.ir.collector import collector_paused
 from dtensor_compiler.ir.core import Level, Module
 from dtensor_compiler.ir.printer import Namer, format_op, format_reason
 from dtensor_compiler.ir.sharding import ReduceOp
@@ -363,7 +362,7 @@ class CompiledFunction:
     def _lowered(self, mesh: Mesh, types: list[TensorType | _Constant]) -> Lowered:
         key = (mesh, tuple(types))
         if key not in self._cache:
-            with _collector_paused():
+            with collector_paused():
                 self._cache[key] = self._compile(mesh, types)
         return self._cache[key]
 
@@ -425,21 +424,6 @@ class _Constant:
 
     def __hash__(self) -> int:
         return hash(self._key())
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Compiling allocates hundreds of thousands of small objects that mostly live as long as
-    the program; the cyclic garbage collector would scan them again and again and find
-    nothing to free (it cost a third of planning a 200-layer model), so it waits until the
-    compilation is done. Reference counting frees everything else as usual."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh

@@ -183,44 +183,6 @@ def reshape(src: tuple[int, ...], dst: tuple[int, ...]) -> FactorRule:
         _refine(b, [k for k in gi if src[k] != 1], [k for k in gj if dst[k] != 1],
                 src, dst, s_out, d_out)
     return b.build([s_out], d_out)
-    i = j = 0
-    while i < len(src) or j < len(dst):
-        if i < len(src) and src[i] == 1:
-            i += 1
-            continue
-        if j < len(dst) and dst[j] == 1:
-            j += 1
-            continue
-        gi, gj = [i], [j]
-        ps, pd = src[i], dst[j]
-        i += 1
-        j += 1
-        while ps != pd:
-            if ps < pd:
-                gi.append(i)
-                ps *= src[i]
-                i += 1
-            else:
-                gj.append(j)
-                pd *= dst[j]
-                j += 1
-        gi = [k for k in gi if src[k] != 1]
-        gj = [k for k in gj if dst[k] != 1]
-        if len(gi) == 1 or len(gj) == 1:
-            many, one, out_many, out_one = (gj, gi, d_out, s_out) if len(gi) == 1 else (
-                gi, gj, s_out, d_out)
-            sizes = dst if many is gj else src
-            fs = tuple(b.new(sizes[k]) for k in many)
-            for k, f in zip(many, fs):
-                out_many[k] = (f,)
-            out_one[one[0]] = fs
-        else:
-            f = b.new(ps, FactorKind.NEEDS_REPLICATION)
-            for k in gi:
-                s_out[k] = (f,)
-            for k in gj:
-                d_out[k] = (f,)
-    return b.build([s_out], d_out)
 
 
 def _refine(b: RuleBuilder, gi: list[int], gj: list[int], src: tuple[int, ...],

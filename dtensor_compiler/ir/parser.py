@@ -20,19 +20,16 @@ locations. Parsing runs in two steps:
    and creates `Operation`s with their declared result types. Shape inference, result counts
    and missing attributes are the verifier's business, not the parser's.
 
-The cyclic garbage collector waits while a module is parsed (`_collector_paused`). Every
+The cyclic garbage collector waits while a module is parsed (`collector_paused`). Every
 malformed input raises `IRParseError` with a 1-based line and column and the line's text.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import json
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +41,7 @@ from lark.lexer import PatternStr
 from dtensor_compiler.errors import IRParseError, Location
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.attrs import Attr
+from dtensor_compiler.ir.collector import collector_paused
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 from dtensor_compiler.ir.reasons import Written
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
@@ -75,7 +73,7 @@ _TERMINAL_WORDS = {
 def parse_module(text: str) -> Module:
     """Parse IR text (as written by `print_module`) into a new `Module`."""
     try:
-        with _collector_paused():
+        with collector_paused():
             syntax = _lark().parse(text, start="start")
             assert isinstance(syntax, _ModuleSyntax)  # the embedded `_Syntax` builds them
             return _build_module(syntax)
@@ -83,20 +81,6 @@ def parse_module(text: str) -> Module:
         raise _error(text, fault.message, fault.line, fault.column) from None
     except UnexpectedInput as e:
         raise _syntax_error(text, e) from None
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Parsing allocates a few small objects per token, nearly all of which end up in the
-    module; the cyclic garbage collector would scan them again and again and find nothing to
-    free (a third of the parse time of a large module), so it waits until the parse is done."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,13 +101,16 @@ ARGMAX = _define_arg_reduction("argmax")
 ARGMIN = _define_arg_reduction("argmin")
 
 
-def _cumsum(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
-            ctx: InferContext) -> list[ResultSig]:
-    t = ts[0]
-    axis = attrs["axis"]
-    assert isinstance(axis, int)
-    check_axis(axis, t.rank)
-    return [(accumulated_dtype(ReduceOp.SUM, t.dtype), t.shape)]
+def _scan_infer(kind: ReduceOp) -> InferFn:
+    """A scan keeps the shape, accumulating in the dtype the reduction of `kind` widens to."""
+    def infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+              ctx: InferContext) -> list[ResultSig]:
+        t = ts[0]
+        axis = attrs["axis"]
+        assert isinstance(axis, int)
+        check_axis(axis, t.rank)
+        return [(accumulated_dtype(kind, t.dtype), t.shape)]
+    return infer
 
 
 def _scan_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
@@ -118,21 +121,12 @@ def _scan_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
     return b.build([dims], dims)
 
 
-CUMSUM = register(OpDef(name="cumsum", operands=1, infer=_cumsum,
+CUMSUM = register(OpDef(name="cumsum", operands=1, infer=_scan_infer(ReduceOp.SUM),
                         attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
                         folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.SUM}))))
 
 
-def _cumprod(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
-             ctx: InferContext) -> list[ResultSig]:
-    t = ts[0]
-    axis = attrs["axis"]
-    assert isinstance(axis, int)
-    check_axis(axis, t.rank)
-    return [(accumulated_dtype(ReduceOp.PROD, t.dtype), t.shape)]
-
-
-CUMPROD = register(OpDef(name="cumprod", operands=1, infer=_cumprod,
+CUMPROD = register(OpDef(name="cumprod", operands=1, infer=_scan_infer(ReduceOp.PROD),
                          attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
                          folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.PROD}))))
 
