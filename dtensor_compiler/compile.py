@@ -313,10 +313,15 @@ class CompiledFunction:
             parts.append(get_default_mesh() or os.environ.get("DTC_NUM_DEVICES"))
         return tuple(parts)
 
-    def lower(self, *args: object) -> Lowered:
+    def lower(self, *args: object, locations: bool = False) -> Lowered:
         """Compile for arguments given as arrays, DTensors or `TensorSpec`s (and Python
-        numbers, which are constants of the program)."""
+        numbers, which are constants of the program). With `locations`, the kept IR of every
+        stage (`Lowered.ir`) ends each op with its source location; that lowering is made
+        afresh, not cached."""
         mesh, types, _ = self._resolve(args)
+        if locations:
+            with collector_paused():
+                return self._compile(mesh, types, locations=True)
         return self._lowered(mesh, types)
 
     # -- arguments -----------------------------------------------------------------------------
@@ -366,7 +371,8 @@ class CompiledFunction:
                 self._cache[key] = self._compile(mesh, types)
         return self._cache[key]
 
-    def _compile(self, mesh: Mesh, types: list[TensorType | _Constant]) -> Lowered:
+    def _compile(self, mesh: Mesh, types: list[TensorType | _Constant],
+                 locations: bool = False) -> Lowered:
         all_names = _arg_names(self._signature, len(types))
         names = [n for n, t in zip(all_names, types) if isinstance(t, TensorType)]
         tensors = [t for t in types if isinstance(t, TensorType)]
@@ -378,7 +384,8 @@ class CompiledFunction:
         _refuse_unordered_partials(module, names)
         snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType],
                              list[TensorType]]] = []
-        manager = PassManager(self._passes, verify=self._verify, keep_ir=self._keep_ir,
+        manager = PassManager(self._passes, verify=self._verify,
+                              keep_ir=self._keep_ir or locations, locations=locations,
                               ctx=PassContext(self._cost_model))
 
         def before_each(p: ModulePass, m: Module) -> None:

@@ -143,6 +143,7 @@ class _Options(TypedDict, total=False):
 
     verify: bool
     keep_ir: bool
+    locations: bool
     print_after_all: bool
     out: TextIO | None
     ctx: PassContext | None
@@ -151,7 +152,8 @@ class _Options(TypedDict, total=False):
 
 class PassManager:
     def __init__(self, passes: list[ModulePass], *, verify: bool = True, keep_ir: bool = True,
-                 print_after_all: bool = False, out: TextIO | None = None,
+                 locations: bool = False, print_after_all: bool = False,
+                 out: TextIO | None = None,
                  ctx: PassContext | None = None,
                  before_each: Callable[[ModulePass, Module], None] | None = None) -> None:
         self.passes = passes
@@ -159,6 +161,8 @@ class PassManager:
         """Called with each pass and the module just before the pass runs."""
         self.verify = verify
         self.keep_ir = keep_ir
+        self.locations = locations
+        """Print the kept and dumped IR with source locations."""
         self.print_after_all = print_after_all
         self.out = out
         self.ctx = ctx or PassContext()
@@ -172,7 +176,8 @@ class PassManager:
         return ",".join(p.text() for p in self.passes)
 
     def _record(self, name: str, seconds: float, module: Module) -> None:
-        text = print_module(module) if (self.keep_ir or self.print_after_all) else None
+        text = (print_module(module, self.locations) if (self.keep_ir or self.print_after_all)
+                else None)
         self.stages.append(Stage(name, seconds, text if self.keep_ir else None))
         if self.print_after_all:
             stream = self.out or sys.stdout

@@ -156,6 +156,16 @@ def test_dump_unknown_stage() -> None:
                                 + ", ".join([*STAGES, "final"]))
 
 
+def test_dump_locations_end_every_op_with_its_line() -> None:
+    done = dtc("dump", MLP, *SHAPES, "--stage", "trace", "--locations")
+    assert done.returncode == 0, done.stderr
+    ops = [line for line in done.stdout.splitlines() if line.startswith("  %")]
+    assert ops and all(re.search(r' loc\("tests/cli_fixtures/mlp\.py":\d+\)', line)
+                       for line in ops)
+    plain = dtc("dump", MLP, *SHAPES, "--stage", "trace").stdout
+    assert re.sub(r' loc\("[^"]*":\d+\)', "", done.stdout) == plain
+
+
 def test_dump_stage_final_is_the_last_stage() -> None:
     done = dtc("dump", MLP, *SHAPES, "--stage", "final")
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""`dtc dump FILE.py:FUNC [--stage NAME | --print-after-all]`: the IR at any stage.
+"""`dtc dump FILE.py:FUNC [--stage NAME | --print-after-all] [--locations]`: the IR at any stage.
 
 Stages are ``trace`` and then the name of every pass of the default pipeline.
 """
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     which.add_argument("--print-after-all", action="store_true",
                        help="print the IR after every stage")
     which.add_argument("--list-stages", action="store_true", help="print the stage names")
+    p.add_argument("--locations", action="store_true", help="print source locations")
     p.set_defaults(handler=run)
 
 

@@ -93,9 +93,11 @@ def input_specs(fn: CompiledFunction, shapes: str | None,
 
 
 def lower(args: argparse.Namespace) -> Lowered:
-    """Load ``args.target`` and lower it for the shapes ``args`` gives."""
+    """Load ``args.target`` and lower it for the shapes ``args`` gives (keeping source
+    locations in the IR text where ``args.locations`` asks for them)."""
     fn = load_function(args.target)
-    return fn.lower(*input_specs(fn, args.shapes, args.target))
+    return fn.lower(*input_specs(fn, args.shapes, args.target),
+                    locations=getattr(args, "locations", False))
 
 
 def stage_name(lowered: Lowered, stage: str | None) -> str:
