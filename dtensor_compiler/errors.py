@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class Location:
 
     file: str
     line: int
+    call: str | None = field(default=None, compare=False)
+    """The numpy function the user called there (``mean``), when the op is part of one; only
+    messages use it (the IR text keeps file and line)."""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"

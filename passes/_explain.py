@@ -31,7 +31,8 @@ from dtensor_compiler.passes._factor_sharding import FactorSharding, FactorSpace
 
 
 def op_ref(op: Operation) -> OpRef:
-    return OpRef(op.name, op.loc)
+    """The op as the user wrote it: the numpy function it is part of, else its own name."""
+    return OpRef(op.loc.call if op.loc is not None and op.loc.call else op.name, op.loc)
 
 
 class Explainer:

@@ -430,3 +430,27 @@ def test_a_pending_max_of_complex_values_is_refused_at_compile_time():
                             "complex numbers have no order")
     real = dtc.compile(in_layouts=(pending_max,))(lambda a: a * 2)
     assert real.lower(dtc.TensorSpec((8,), np.float32)).stages[-1] == "localize"
+
+
+def test_explanations_name_the_numpy_function_the_user_called() -> None:
+    """`np.mean` is a reduce_sum and a divide in the IR; the reason names `mean` and its
+    line, and a function used inside another (`mean` inside `var`) is named by the outer."""
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    row = dtc.Layout([dtc.UNSHARDED, "tp"], mesh)
+
+    def centre(x):
+        return x - np.mean(x, axis=1, keepdims=True)
+
+    def spread(x):
+        return x / np.var(x, axis=1, keepdims=True)
+
+    line = centre.__code__.co_firstlineno + 1
+    low = dtc.compile(centre, in_layouts=row, out_layouts=row).lower(
+        dtc.TensorSpec((8, 1 << 18), np.float32))
+    [reason] = [c.reason for c in low.collectives()]
+    assert reason == (f"subtract at tests/test_compile.py:{line} needs the mean result from "
+                      f"tests/test_compile.py:{line} as {{-, -}}: subtract cannot take a pending "
+                      "sum over tp")
+    low = dtc.compile(spread, in_layouts=row, out_layouts=row).lower(
+        dtc.TensorSpec((8, 1 << 18), np.float32))
+    assert all("the var result" in c.reason for c in low.collectives())

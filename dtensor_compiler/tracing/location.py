@@ -23,11 +23,11 @@ def _is_internal(file: str) -> bool:
     return os.path.abspath(file).startswith(_INTERNAL_DIRS)
 
 
-def user_location() -> Location:
-    """File and line of the innermost caller that is user code."""
+def user_location(call: str | None = None) -> Location:
+    """File and line of the innermost caller that is user code (where it called `call`)."""
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if not _is_internal(frame.f_code.co_filename):
-            return Location(source_path(frame.f_code.co_filename), frame.f_lineno)
+            return Location(source_path(frame.f_code.co_filename), frame.f_lineno, call)
         frame = frame.f_back
     return Location("<unknown>", 0)

@@ -56,7 +56,13 @@ def _call(name: str, handler: Handler, rec: Recorder, args: tuple, kwargs: dict)
     except TypeError as e:
         raise UnsupportedOperationError(f"{name} is supported, but not with these arguments: {e}",
                                         user_location()) from None
-    return handler(*bound.args, **bound.kwargs)
+    if rec.calling is not None:  # a function used by another one: the outer call names it
+        return handler(*bound.args, **bound.kwargs)
+    rec.calling = name.removeprefix("numpy.")
+    try:
+        return handler(*bound.args, **bound.kwargs)
+    finally:
+        rec.calling = None
 
 
 def call_function(func: Callable, rec: Recorder, args: tuple, kwargs: dict) -> object:

@@ -78,6 +78,8 @@ class Recorder:
         self.func = func
         self.mesh = mesh
         self.active = True
+        self.calling: str | None = None
+        """The numpy function being traced, named in the locations of the ops it emits."""
         self._builder = Builder(func, InferContext(mesh))
 
     def emit(self, name: str, operands: Sequence[Value],
@@ -86,7 +88,7 @@ class Recorder:
              why: Reason | None = None, loc: Location | None = None) -> Value:
         """Append op `name` at `loc` (default: the user's current line); `result` is the
         declared type of ops that need one."""
-        loc = loc or user_location()
+        loc = loc or user_location(self.calling)
         if not self.active:
             raise TraceError(f"a traced array of @{self.func.name} was used after its trace "
                              "finished (it escaped the function)", loc)
