@@ -14,7 +14,8 @@ decides the order of ties); the sorted axis must stay whole.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from dtensor_compiler.ir import factors
 from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
@@ -101,15 +102,19 @@ ARGMAX = _define_arg_reduction("argmax")
 ARGMIN = _define_arg_reduction("argmin")
 
 
-def _scan_infer(kind: ReduceOp) -> InferFn:
-    """A scan keeps the shape, accumulating in the dtype the reduction of `kind` widens to."""
+def _along_axis(result_dtype: Callable[[str], str], kinds: tuple[str, ...] = ()) -> InferFn:
+    """Inference of an op that works along one `axis` and keeps the shape (the scans, the
+    sorts): the result dtype from the operand's; with `kinds`, the `kind` attribute must be
+    one of them."""
     def infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
               ctx: InferContext) -> list[ResultSig]:
         t = ts[0]
         axis = attrs["axis"]
         assert isinstance(axis, int)
         check_axis(axis, t.rank)
-        return [(accumulated_dtype(kind, t.dtype), t.shape)]
+        if kinds and attrs["kind"] not in kinds:
+            raise ValueError(f"sort kind {attrs['kind']!r} is not one of {list(kinds)}")
+        return [(result_dtype(t.dtype), t.shape)]
     return infer
 
 
@@ -121,12 +126,14 @@ def _scan_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
     return b.build([dims], dims)
 
 
-CUMSUM = register(OpDef(name="cumsum", operands=1, infer=_scan_infer(ReduceOp.SUM),
+CUMSUM = register(OpDef(name="cumsum", operands=1,
+                        infer=_along_axis(partial(accumulated_dtype, ReduceOp.SUM)),
                         attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
                         folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.SUM}))))
 
 
-CUMPROD = register(OpDef(name="cumprod", operands=1, infer=_scan_infer(ReduceOp.PROD),
+CUMPROD = register(OpDef(name="cumprod", operands=1,
+                         infer=_along_axis(partial(accumulated_dtype, ReduceOp.PROD)),
                          attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
                          folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.PROD}))))
 
@@ -134,22 +141,10 @@ SORT_KINDS = ("quicksort", "heapsort", "stable")
 """numpy's sort kinds (``mergesort`` is ``stable``)."""
 
 
-def _sort_infer(index: bool) -> InferFn:
-    def infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
-              ctx: InferContext) -> list[ResultSig]:
-        t = ts[0]
-        axis = attrs["axis"]
-        assert isinstance(axis, int)
-        check_axis(axis, t.rank)
-        if attrs["kind"] not in SORT_KINDS:
-            raise ValueError(f"sort kind {attrs['kind']!r} is not one of {list(SORT_KINDS)}")
-        return [("i64" if index else t.dtype, t.shape)]
-    return infer
-
-
 _SORT_ATTRS = (AttrSpec("axis", AttrKind.INT), AttrSpec("kind", AttrKind.STR, default="quicksort"))
 
-SORT = register(OpDef(name="sort", operands=1, infer=_sort_infer(False), attrs=_SORT_ATTRS,
-                      sharding=Factors(_scan_rule), folds=True))
-ARGSORT = register(OpDef(name="argsort", operands=1, infer=_sort_infer(True), attrs=_SORT_ATTRS,
+SORT = register(OpDef(name="sort", operands=1, infer=_along_axis(lambda dtype: dtype, SORT_KINDS),
+                      attrs=_SORT_ATTRS, sharding=Factors(_scan_rule), folds=True))
+ARGSORT = register(OpDef(name="argsort", operands=1,
+                         infer=_along_axis(lambda dtype: "i64", SORT_KINDS), attrs=_SORT_ATTRS,
                          sharding=Factors(_scan_rule), folds=True))
