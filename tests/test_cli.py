@@ -218,6 +218,25 @@ def test_opt_verifier_errors_give_the_files_line_and_column(tmp_path: Path) -> N
         "all_gather over ['tp'] needs dim 0 to end with them, layout is {dp, -}")
 
 
+def test_opt_stage_prints_the_ir_after_that_pass() -> None:
+    pipeline = "insert-collectives,localize"
+    after_insert = dtc("opt", "-", "-p", "insert-collectives", stdin=IR).stdout
+    final = dtc("opt", "-", "-p", pipeline, stdin=IR).stdout
+    assert final.startswith("mesh<x=2> local\n")
+    for stage, expected in [("input", IR), ("insert-collectives", after_insert),
+                            ("localize", final), ("final", final)]:
+        done = dtc("opt", "-", "-p", pipeline, "--stage", stage, stdin=IR)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == expected, stage
+    done = dtc("opt", "-", "-p", pipeline, "--stage", "simplify", stdin=IR)
+    assert done.returncode == 2
+    assert error_line(done) == ("dtc: error: unknown stage 'simplify'; stages are: input, "
+                                "insert-collectives, localize, final")
+    done = dtc("opt", "-", "-p", "simplify,simplify", "--stage", "simplify", stdin=IR)
+    assert done.returncode == 2
+    assert "simplify runs 2 times in the pipeline" in error_line(done)
+
+
 def test_opt_unknown_pass_and_missing_file() -> None:
     done = dtc("opt", "-", "-p", "simplify,fuse-everything", stdin=IR)
     assert done.returncode == 2

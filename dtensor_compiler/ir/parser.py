@@ -6,13 +6,15 @@ locations. Parsing runs in two steps:
 1. `grammar.lark` with lark's LALR parser, its contextual lexer and an embedded, stateless
    `_Syntax` transformer turns text into light syntax records (`_FuncSyntax`, `_OpSyntax`)
    whose names are still tokens, so every later complaint can point at a line and column.
-   Lark spends its time per token, so the grammar's tokens are long: an operand list is one
-   VALUES token that `_values` splits (keeping each operand's column); a tensor type with its
-   layout is one TYPE token and an op's attribute dict one ATTRS token, which `_inner_parse`
-   reads with the same parser from the grammar's other start symbols, `tensor_type` and
-   `attrs`, once per distinct text (`_parse_cached`; the 200-layer transformer of
-   benchmarks/parse_speed.py has 25 distinct ones). Complaints found inside such a token are
-   moved to its place in the module (`_Fault.moved_into`). Types become `TensorType`s here.
+   Lark spends its time per token, so the grammar's tokens are long: an op's results with
+   their `=` are one DEFINES token and its operand list one VALUES token, which `_names`
+   splits (`_place` finds a name's column when something is wrong with it); its `: types` are
+   one TYPES token of TYPE pieces, each a tensor type with its layout, and its attribute dict
+   one ATTRS token: `_inner_parse` reads a TYPE or ATTRS text with the same parser from the
+   grammar's other start symbols, `tensor_type` and `attrs`, once per distinct text
+   (`_parse_cached`; the 200-layer transformer of benchmarks/parse_speed.py has 25 distinct
+   ones). Complaints found inside such a token are moved to its place in the module
+   (`_Fault.moved_into`). Types become `TensorType`s here.
 2. `_build_module` resolves names in SSA order (operands must be defined earlier in the same
    function), checks op names against the registry, gives each attribute its definition's
    kind (``[0, 1]`` a tuple of ints, ``sum`` a reduction; a missing attribute with a default
@@ -58,6 +60,9 @@ _TERMINAL_WORDS = {
     "NAME": "name",
     "VALUE": "%value",
     "VALUES": "%value",
+    "DEFINES": "results like '%0 ='",
+    "TYPES": "result types like ': f32[4,8]'",
+    "LOC": "location like loc(\"f.py\":3)",
     "TENSOR": "tensor type like f32[4,8]",
     "TYPE": "tensor type like f32[4,8]",
     "ATTRS": "attributes like {axis = 1}",
@@ -120,13 +125,14 @@ class _DenseHex:
 
 @dataclass(frozen=True, slots=True)
 class _OpSyntax:
-    results: list[Token]
+    results: Token | None
+    """The DEFINES token (`_names` splits it, `_place` finds a name in it); so `operands`."""
     name: Token
-    operands: list[Token]
+    operands: Token | None
     attrs: dict[Token, Attr | _Dense | _DenseHex]
     attrs_at: Token | None
     """The ATTRS token; the positions of `attrs`'s keys and values are within its text."""
-    types: list[TensorType]
+    types: tuple[TensorType, ...]
     loc: Location | None
     why: Written | None
 
@@ -137,7 +143,7 @@ class _FuncSyntax:
     args: list[tuple[Token, TensorType]]
     result_types: list[TensorType]
     ops: list[_OpSyntax]
-    returned: list[Token]
+    returned: Token | None
     return_at: Token
 
 
@@ -179,8 +185,8 @@ class _Syntax(Transformer):
         return name, size
 
     def func(self, name: Token, args: list[tuple[Token, TensorType]] | None,
-             result_types: list[TensorType] | None, *body: _OpSyntax | tuple[Token, list[Token]]
-             ) -> _FuncSyntax:
+             result_types: list[TensorType] | None,
+             *body: _OpSyntax | tuple[Token, Token | None]) -> _FuncSyntax:
         *items, ret = body
         assert isinstance(ret, tuple), "the grammar ends a body with its return"
         ops: list[_OpSyntax] = []
@@ -199,27 +205,23 @@ class _Syntax(Transformer):
     def types(self, *types: Token) -> list[TensorType]:
         return [_type(t) for t in types]
 
-    def ret(self, at: Token, values: Token | None) -> tuple[Token, list[Token]]:
-        return at, _values(values)
+    def ret(self, at: Token, values: Token | None) -> tuple[Token, Token | None]:
+        return at, values
 
-    def results(self, *values: Token) -> list[Token]:
-        return list(values)
-
-    def result_op(self, results: list[Token], name: Token, operands: Token | None,
-                  attrs: Token | None, types: list[TensorType], loc: Location | None,
-                  why: Token | None) -> _OpSyntax:
-        if len(results) != len(types):
-            raise _Fault(f"{len(results)} results but {len(types)} result types", name)
-        return _OpSyntax(results, name, _values(operands), _attributes(attrs), attrs, types,
-                         loc, _why(why))
+    def result_op(self, defines: Token, name: Token, operands: Token | None,
+                  attrs: Token | None, types: Token, loc: Token | None, why: Token | None
+                  ) -> _OpSyntax:
+        result_types = _result_types(types)
+        count = len(_names(defines))
+        if count != len(result_types):
+            raise _Fault(f"{count} results but {len(result_types)} result types", name)
+        return _OpSyntax(defines, name, operands, _attributes(attrs), attrs, result_types,
+                         _location(loc), _why(why))
 
     def effect_op(self, name: Token, operands: Token | None, attrs: Token | None,
-                  loc: Location | None, why: Token | None) -> _OpSyntax:
-        return _OpSyntax([], name, _values(operands), _attributes(attrs), attrs, [], loc,
+                  loc: Token | None, why: Token | None) -> _OpSyntax:
+        return _OpSyntax(None, name, operands, _attributes(attrs), attrs, (), _location(loc),
                          _why(why))
-
-    def loc(self, file: Token, line: Token) -> Location:
-        return Location(json.loads(file), int(line))
 
     # -- types (the `tensor_type` start symbol, see `_type`) ------------------------------------
     def tensor_type(self, tensor: Token, sharding: Sharding | None) -> TensorType:
@@ -311,17 +313,56 @@ class _Syntax(Transformer):
 _VALUE = re.compile(r"%[A-Za-z0-9_]+")
 
 
-def _values(tok: Token | None) -> list[Token]:
-    """The VALUE tokens of a VALUES token (``%0, %w``), each with its own column."""
-    if tok is None:
-        return []
+def _names(tok: Token | None) -> list[str]:
+    """The value names of a VALUES or DEFINES token (``%0, %w``)."""
+    return [] if tok is None else _VALUE.findall(tok)
+
+
+def _place(tok: Token | None, index: int) -> tuple[int, int]:
+    """The line and column of the `index`-th name of a VALUE, VALUES or DEFINES token."""
+    assert tok is not None, "only a written name is misplaced"
+    start = list(_VALUE.finditer(tok))[index].start()
+    assert tok.line is not None and tok.column is not None, "the lexer places every token"
+    return tok.line, tok.column + start
+
+
+def _pieces(tok: Token, pattern: re.Pattern[str]) -> list[Token]:
+    """The matches of `pattern` in `tok`'s text, as tokens placed where they stand."""
     column = tok.column or 1
-    return [Token("VALUE", m.group(), line=tok.line, column=column + m.start())
-            for m in _VALUE.finditer(tok)]
+    return [Token(tok.type, m.group(), line=tok.line, column=column + m.start())
+            for m in pattern.finditer(tok)]
+
+
+def _result_types(tok: Token) -> tuple[TensorType, ...]:
+    """The `TensorType`s a TYPES token (``: f32[4], i32[]``) spells."""
+    try:
+        return _types_in(str(tok))
+    except _Fault as fault:
+        raise fault.moved_into(tok) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _types_in(text: str) -> tuple[TensorType, ...]:
+    pieces = _pieces(Token("TYPES", text, line=1, column=1), _type_pattern())
+    return tuple(_type(piece) for piece in pieces)
+
+
+@functools.cache
+def _type_pattern() -> re.Pattern[str]:
+    """One TYPE of a TYPES token (the grammar's own terminal)."""
+    return re.compile(_lark().get_terminal("TYPE").pattern.to_regexp())
+
+
+def _location(tok: Token | None) -> Location | None:
+    """The `Location` of a LOC token: ``loc("f.py":12)``."""
+    if tok is None:
+        return None
+    file, _, line = tok.lstrip()[len("loc("):-1].rpartition(":")
+    return Location(json.loads(file), int(line))
 
 
 def _why(tok: Token | None) -> Written | None:
-    return None if tok is None else Written(tok[len("// why: "):])
+    return None if tok is None else Written(tok.lstrip()[len("// why: "):])
 
 
 def _type(tok: Token) -> TensorType:
@@ -385,48 +426,52 @@ def _build_module(syntax: _ModuleSyntax) -> Module:
 def _build_function(f: _FuncSyntax, module: Module) -> Function:
     scope: dict[str, Value] = {}
 
-    def define(at: Token, value: Value) -> None:
-        if at in scope:
-            raise _Fault(f"value {at} is defined twice", at)
-        scope[str(at)] = value
+    def define(name: str, value: Value, tok: Token | None, index: int) -> None:
+        """`name`, the `index`-th name written in `tok`, now stands for `value`."""
+        if name in scope:
+            raise _Fault(f"value {name} is defined twice", _place(tok, index))
+        scope[name] = value
 
-    def lookup(at: Token) -> Value:
-        value = scope.get(at)
-        if value is None:
-            raise _Fault(f"value {at} is used before it is defined", at)
-        return value
+    def lookup(tok: Token | None) -> list[Value]:
+        values = []
+        for i, name in enumerate(_names(tok)):
+            value = scope.get(name)
+            if value is None:
+                raise _Fault(f"value {name} is used before it is defined", _place(tok, i))
+            values.append(value)
+        return values
 
     args = []
     for at, t in f.args:
         arg = Value(t, name_hint=at[1:])
-        define(at, arg)
+        define(str(at), arg, at, 0)
         args.append(arg)
     ops = []
     for s in f.ops:
         definition = opdef.find(s.name)
         if definition is None:
             raise _Fault(f"unknown op {str(s.name)!r}", s.name)
-        operands = [lookup(at) for at in s.operands]
+        operands = lookup(s.operands)
         try:
             attrs = _attrs(definition, s, module)
         except _Fault as fault:
             assert s.attrs_at is not None, "only a written attribute can be wrong"
             raise fault.moved_into(s.attrs_at) from None
-        op = Operation(str(s.name), operands, s.types, attrs, s.loc, s.why)
+        op = Operation(str(s.name), operands, list(s.types), attrs, s.loc, s.why)
         line, column = s.name.line, s.name.column
         assert line is not None and column is not None, "the lexer places every token"
         op.source = (line, column)
-        for at, result in zip(s.results, op.results):
-            define(at, result)
+        for i, (name, result) in enumerate(zip(_names(s.results), op.results)):
+            define(name, result, s.results, i)
         ops.append(op)
-    results = [lookup(at) for at in f.returned]
+    results = lookup(f.returned)
     if len(results) != len(f.result_types):
         raise _Fault(f"@{f.name} declares {len(f.result_types)} results but returns "
                      f"{len(results)}", f.return_at)
-    for at, value, declared in zip(f.returned, results, f.result_types):
+    for i, (value, declared) in enumerate(zip(results, f.result_types)):
         if value.type != declared:
-            raise _Fault(f"{at} has type {value.type.text()} but @{f.name} declares "
-                         f"{declared.text()}", at)
+            raise _Fault(f"{_names(f.returned)[i]} has type {value.type.text()} but @{f.name} "
+                         f"declares {declared.text()}", _place(f.returned, i))
     return Function(str(f.name), args, ops, results)
 
 
