@@ -1,7 +1,8 @@
 """dtensor_compiler: numpy functions in, partitioned SPMD programs with explicit collectives out.
 
 ``import dtensor_compiler as dtc``; the public API is DESIGN §1: meshes and layouts, DTensors
-and the functions that make and move them, `DVariable`, `compile`, and the error classes.
+and the functions that make and move them, `DVariable`, `compile`, checkpoints, and the error
+classes.
 """
 
 from dtensor_compiler.api import (
@@ -20,6 +21,21 @@ from dtensor_compiler.api import (
     run_on,
     unpack,
 )
+from dtensor_compiler.checkpoint.name_based import (
+    enable_save_as_bf16,
+    lower_name_based_save,
+    name_based_restore,
+    name_based_save,
+    sharded_save,
+)
+from dtensor_compiler.checkpoint.programs import CheckpointProgram
+from dtensor_compiler.checkpoint.tracking import (
+    AutoTrackable,
+    DTensorCheckpoint,
+    LoadStatus,
+    latest_checkpoint,
+)
+from dtensor_compiler.checkpoint.writer import SaveHandle
 from dtensor_compiler.compile import (
     Collective,
     CompiledFunction,
@@ -38,6 +54,7 @@ from dtensor_compiler.errors import (
     PassError,
     PlanningError,
     ShapeError,
+    SliceSpecError,
     TraceError,
     UnsupportedOperationError,
     VerificationError,
@@ -49,22 +66,28 @@ from dtensor_compiler.variable import DVariable
 __all__ = [
     "MATCH",
     "UNSHARDED",
+    "AutoTrackable",
     "CheckpointError",
+    "CheckpointProgram",
     "Collective",
     "CompiledFunction",
     "DTensor",
+    "DTensorCheckpoint",
     "DTensorError",
     "DVariable",
     "IRParseError",
     "Layout",
     "LayoutError",
+    "LoadStatus",
     "Location",
     "Lowered",
     "Mesh",
     "MeshError",
     "PassError",
     "PlanningError",
+    "SaveHandle",
     "ShapeError",
+    "SliceSpecError",
     "TensorSpec",
     "TraceError",
     "UnsupportedOperationError",
@@ -77,12 +100,18 @@ __all__ = [
     "create_mesh",
     "default_mesh",
     "device_name",
+    "enable_save_as_bf16",
     "fetch_layout",
     "get_default_mesh",
     "is_dtensor",
+    "latest_checkpoint",
+    "lower_name_based_save",
+    "name_based_restore",
+    "name_based_save",
     "pack",
     "relayout",
     "relayout_like",
     "run_on",
+    "sharded_save",
     "unpack",
 ]

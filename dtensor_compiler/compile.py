@@ -382,31 +382,40 @@ class CompiledFunction:
         module = tracing.trace(self._fn, tensors, names, mesh.mesh_shape(), out_shardings,
                                name=self._name, constants=constants)
         _refuse_unordered_partials(module, names)
-        snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType],
-                             list[TensorType]]] = []
-        manager = PassManager(self._passes, verify=self._verify,
-                              keep_ir=self._keep_ir or locations, locations=locations,
-                              ctx=PassContext(self._cost_model))
+        return lower_module(mesh, module, names, self._passes, verify=self._verify,
+                            keep_ir=self._keep_ir or locations, locations=locations,
+                            cost_model=self._cost_model, backend=self._backend)
 
-        def before_each(p: ModulePass, m: Module) -> None:
-            if not snapshot and p.produces is not None and p.produces is not Level.GLOBAL:
-                snapshot.append(self._global_facts(manager, m))
 
-        manager.before_each = before_each
-        manager.run(module, input_stage="trace")
-        if not snapshot:
-            snapshot.append(self._global_facts(manager, module))
-        global_stage, collectives, arg_types, result_types = snapshot[0]
-        return Lowered(mesh, names, arg_types, result_types, manager.stages, global_stage,
-                       module, collectives, self._backend)
+def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
+                 passes: Sequence[ModulePass], *, backend: Backend,
+                 cost_model: CostModel = DEFAULT_COST_MODEL, verify: bool = True,
+                 keep_ir: bool = True, locations: bool = False,
+                 lowered: type[Lowered] | None = None, input_stage: str = "trace") -> Lowered:
+    """Run `passes` over a traced or built global module (its stage is named `input_stage`)
+    and wrap the result as a `Lowered` (or the subclass `lowered`)."""
+    snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType], list[TensorType]]] = []
+    manager = PassManager(list(passes), verify=verify, keep_ir=keep_ir, locations=locations,
+                          ctx=PassContext(cost_model))
 
-    def _global_facts(self, manager: PassManager, module: Module
-                      ) -> tuple[str, tuple[Collective, ...], list[TensorType],
-                                 list[TensorType]]:
+    def global_facts(m: Module) -> tuple[str, tuple[Collective, ...], list[TensorType],
+                                         list[TensorType]]:
         """What `Lowered` keeps of the last global-shape module: its stage name, collectives
         and argument and result types."""
-        return (manager.stages[-1].name, _collectives(module, self._cost_model),
-                [a.type for a in module.main.args], [v.type for v in module.main.results])
+        return (manager.stages[-1].name, _collectives(m, cost_model),
+                [a.type for a in m.main.args], [v.type for v in m.main.results])
+
+    def before_each(p: ModulePass, m: Module) -> None:
+        if not snapshot and p.produces is not None and p.produces is not Level.GLOBAL:
+            snapshot.append(global_facts(m))
+
+    manager.before_each = before_each
+    manager.run(module, input_stage=input_stage)
+    if not snapshot:
+        snapshot.append(global_facts(module))
+    global_stage, collectives, arg_types, result_types = snapshot[0]
+    return (lowered or Lowered)(mesh, arg_names, arg_types, result_types, manager.stages,
+                                global_stage, module, collectives, backend)
 
 
 Number = bool | int | float | complex

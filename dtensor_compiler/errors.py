@@ -117,3 +117,7 @@ class PlanningError(DTensorError):
 
 class CheckpointError(DTensorError):
     """A missing, corrupt or mismatching checkpoint."""
+
+
+class SliceSpecError(DTensorError, ValueError):
+    """A malformed ``shape_and_slices`` string of `sharded_save` (see `ir/slice_spec.py`)."""

@@ -1,14 +1,16 @@
 """Compiler passes, one per module; importing this package registers them all.
 
-Default pipeline (`DEFAULT_PIPELINE`): simplify → propagate-layouts → insert-collectives →
-localize.
+Default pipeline (`DEFAULT_PIPELINE`): simplify → propagate-layouts → expand-checkpoints →
+insert-collectives → localize.
 """
 
 from dtensor_compiler.passes import (  # noqa: F401  (imported to register the passes)
+    expand_checkpoints,
     insert_collectives,
     localize,
     propagate_layouts,
     simplify,
 )
 
-DEFAULT_PIPELINE = "simplify,propagate-layouts,insert-collectives,localize"
+DEFAULT_PIPELINE = ("simplify,propagate-layouts,expand-checkpoints,insert-collectives,"
+                    "localize")

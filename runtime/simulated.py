@@ -17,6 +17,7 @@ import numpy as np
 from dtensor_compiler.ir.core import Module, Operation
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.types import TensorType, numpy_dtype
+from dtensor_compiler.runtime import checkpoint_kernels  # noqa: F401  (registers their kernels)
 from dtensor_compiler.runtime.backends import Backend, Storage
 from dtensor_compiler.runtime.executor import (
     ArrayType,

@@ -163,17 +163,11 @@ def from_stacked(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape) -> np
     return x.transpose(ones + blocks_then_local).reshape(global_shape)
 
 
-def device_coords(device_id: int, mesh: MeshShape) -> tuple[int, ...]:
-    if not 0 <= device_id < mesh.num_devices:
-        raise ValueError(f"device {device_id} is not in {mesh.text()}")
-    return tuple(int(c) for c in np.unravel_index(device_id, mesh.sizes))
-
-
 def device_shard(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape, device_id: int
                  ) -> np.ndarray:
     """One device's local array (a copy)."""
     check_stacked(stacked, sharding, mesh)
-    coords = device_coords(device_id, mesh)
+    coords = geometry.device_coords(device_id, mesh)
     index = tuple(c if e > 1 else 0 for c, e in zip(coords, stacked.shape))
     return np.array(stacked[index])
 
@@ -213,7 +207,7 @@ def from_device_shards(shards: Sequence[np.ndarray], sharding: Sharding, mesh: M
 
 
 def _first_copy_device(device_id: int, extents: tuple[int, ...], mesh: MeshShape) -> int:
-    coords = device_coords(device_id, mesh)
+    coords = geometry.device_coords(device_id, mesh)
     copy = tuple(c if e > 1 else 0 for c, e in zip(coords, extents))
     return int(np.ravel_multi_index(copy, mesh.sizes))
 

@@ -18,7 +18,8 @@ from dtensor_compiler.explain import format_bytes, format_seconds
 FIXTURES = Path(__file__).parent / "cli_fixtures"
 MLP = f"{FIXTURES / 'mlp.py'}:mlp"
 SHAPES = ("--shapes", "16x8,8x32,32x8")
-STAGES = ["trace", "simplify", "propagate-layouts", "insert-collectives", "localize"]
+STAGES = ["trace", "simplify", "propagate-layouts", "expand-checkpoints", "insert-collectives",
+          "localize"]
 IR = """mesh<x=2>
 func @f(%a: f32[4,6] @ {x, -}) -> (f32[4,6] @ {-, -}) {
   %0 = relayout %a : f32[4,6] @ {-, -}  // why: returned replicated

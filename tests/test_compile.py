@@ -16,7 +16,8 @@ from dtensor_compiler.ir.core import Level
 from dtensor_compiler.ir.ops import collectives
 
 U = dtc.UNSHARDED
-STAGES = ["trace", "simplify", "propagate-layouts", "insert-collectives", "localize"]
+STAGES = ["trace", "simplify", "propagate-layouts", "expand-checkpoints", "insert-collectives",
+          "localize"]
 
 
 @pytest.fixture

@@ -97,6 +97,15 @@ def every_op_module() -> Module:
              sharding=Sharding.of("dp", "tp"))
     b.create("make_partial", [x], {"mesh_dims": ("tp",), "op": "sum"},
              sharding=Sharding.of("dp", None, partial={"tp": "sum"}))
+    b.create_op("save", [x, w], {"names": ("model/x", "w"), "prefix": "ck/run 1",
+                                 "slices": ("", "32 4 8,16:-"), "as_bf16": ("w",)})
+    b.create_op("save_shard", [x], {"device": 4, "names": ("model/x",), "prefix": "ck"},
+                why=Written("device 4 writes model/x[4:8, 0:16] (256 bytes)"))
+    b.create_op("barrier", [], {"name": "save_shard"})
+    b.create_op("merge_index", [x, w], {"names": ("model/x", "w"), "prefix": "ck",
+                                        "writers": (0, 4)})
+    b.create("restore_shard", [], {"name": "w", "prefix": "ck"},
+             declared=TensorType("bf16", (16, 4), Sharding.of(None, "tp")))
     b.create_op("test_print", [x], {"tag": 7})
     b.create_op("test_halves", [b.create("reshape", [x], declared=TensorType("f32", (128,)))])
     func.set_results(results)

@@ -83,6 +83,9 @@ class AttrSpec:
     name: str
     kind: AttrKind
     default: object = _REQUIRED
+    elide_default: bool = False
+    """The printer leaves the attribute out when it holds its default (the parser fills it
+    back in)."""
 
     @property
     def required(self) -> bool:

@@ -100,3 +100,27 @@ def block_number(mesh_dims: Sequence[str], coord: Callable[[str], Coord], mesh: 
     for m in mesh_dims:
         index = index * mesh.size(m) + coord(m)
     return index
+
+
+def device_block(shape: Shape, dims: TensorDims, mesh: MeshShape,
+                 coords: Sequence[int]) -> tuple[Shape, Shape]:
+    """Where the block of the device at mesh `coords` lies in a tensor of global `shape` laid
+    out as `dims`: its start along every dim, and its extent."""
+    at = dict(zip(mesh.names, coords))
+    starts, sizes = [], []
+    for n, d in zip(shape, dims):
+        k = shard_count(d, mesh)
+        starts.append(block_start(n, k, block_number(d, at.__getitem__, mesh, 0)))
+        sizes.append(block_size(n, k))
+    return tuple(starts), tuple(sizes)
+
+
+def device_coords(device_id: int, mesh: MeshShape) -> tuple[int, ...]:
+    """The mesh coordinates of a device: device ids count row-major over the mesh dims."""
+    if not 0 <= device_id < mesh.num_devices:
+        raise ValueError(f"device {device_id} is not in {mesh.text()}")
+    coords = []
+    for size in reversed(mesh.sizes):
+        coords.append(device_id % size)
+        device_id //= size
+    return tuple(reversed(coords))

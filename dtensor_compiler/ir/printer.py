@@ -47,6 +47,7 @@ from dtensor_compiler.ir.reasons import (
     UserRelayout,
     ValueRef,
     WantedResultLayout,
+    Writes,
     Written,
 )
 from dtensor_compiler.ir.types import is_floating
@@ -139,8 +140,11 @@ def format_op(op: Operation, name: Namer, locations: bool = False) -> str:
     if op.operands:
         parts.append(" " + ", ".join(name(v) for v in op.operands))
     definition = opdef.find(op.name)
-    order = [a.name for a in definition.attrs] if definition is not None else []
-    keys = [k for k in order if k in op.attrs] + sorted(k for k in op.attrs if k not in order)
+    specs = {a.name: a for a in definition.attrs} if definition is not None else {}
+    elided = {k for k, a in specs.items()
+              if a.elide_default and k in op.attrs and op.attrs[k] == a.default}
+    keys = ([k for k in specs if k in op.attrs and k not in elided]
+            + sorted(k for k in op.attrs if k not in specs))
     if keys:
         parts.append(" {" + ", ".join(f"{k} = {format_attr(op.attrs[k])}" for k in keys) + "}")
     if op.results:
@@ -184,6 +188,9 @@ def format_reason(reason: Reason) -> str:
         return f"out_layouts[{reason.index}] of {reason.function}"
     if isinstance(reason, UserRelayout):
         return "dtc.relayout"
+    if isinstance(reason, Writes):
+        slices = ", ".join(name + box for name, box in reason.slices)
+        return f"device {reason.device} writes {slices} ({reason.nbytes:,} bytes)"
     if isinstance(reason, Requested):
         return f"{reason.source} asks for {reason.target.text()}"
     if isinstance(reason, ReturnedPending):

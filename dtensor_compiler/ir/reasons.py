@@ -178,6 +178,16 @@ class Planned:
 
 
 @dataclass(frozen=True)
+class Writes:
+    """A checkpoint writer: ``device 4 writes w[4:8, 0:16], b (320 B)``."""
+
+    device: int
+    slices: tuple[tuple[str, str], ...]
+    """(tensor name, box text or empty for the whole tensor) of every slice it writes."""
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class Written:
     """A reason given as text (read from IR)."""
 
@@ -185,7 +195,7 @@ class Written:
 
 
 Reason = (OperandRelayout | OutLayout | UserRelayout | Requested | ReturnedPending | Planned
-          | Written)
+          | Writes | Written)
 
 
 def explains_pending(reason: Reason) -> bool:

@@ -6,6 +6,7 @@ rather than spell its name (`reductions.REDUCE_SUM`).
 """
 
 from dtensor_compiler.ir.ops import (  # noqa: F401  (imported to register the ops)
+    checkpoint,
     collectives,
     contractions,
     elementwise,

@@ -1,0 +1,242 @@
+"""Saving and restoring tensors by name: `name_based_save`, `sharded_save`,
+`name_based_restore`, `lower_name_based_save` and `enable_save_as_bf16`.
+
+A checkpoint prefix is a path without a suffix (``/ckpt/model-3``); saving makes its
+directory if needed. The files are described in `runtime/checkpoint_index.py`. Saving a
+prefix again replaces that checkpoint as one step: the new files go beside the old ones and
+the old go once the new index is committed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from dtensor_compiler.api import relayout
+from dtensor_compiler.checkpoint import progress, writer
+from dtensor_compiler.checkpoint.programs import (
+    CheckpointProgram,
+    RestoreEntry,
+    SaveEntry,
+    lower_restore,
+    lower_save,
+)
+from dtensor_compiler.dtensor import DistributedValue, DTensor
+from dtensor_compiler.errors import CheckpointError, LayoutError, SliceSpecError
+from dtensor_compiler.ir.slice_spec import SliceSpec, placement
+from dtensor_compiler.ir.types import dtype_name, numpy_dtype
+from dtensor_compiler.layout import Layout
+from dtensor_compiler.mesh import Mesh
+from dtensor_compiler.runtime.checkpoint_data import stored_dtype
+from dtensor_compiler.runtime.checkpoint_index import load_index
+from dtensor_compiler.variable import DVariable
+
+PathLike = str | os.PathLike[str]
+
+
+def _prefix(prefix: PathLike, what: str) -> str:
+    if not isinstance(prefix, (str, os.PathLike)):
+        raise TypeError(f"{what}: the checkpoint prefix must be a path, got "
+                        f"{type(prefix).__name__}")
+    text = os.fspath(prefix)
+    if not text or text.endswith(("/", os.sep)):
+        raise ValueError(f"{what}: the checkpoint prefix {text!r} names a directory; give a "
+                         "path inside it, like 'ckpt/model'")
+    return text
+
+
+def _tensor(name: object, value: object, mesh: Mesh, what: str) -> DTensor:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{what}: tensor names must be non-empty strings, got {name!r}")
+    if not isinstance(value, DistributedValue):
+        raise TypeError(f"{what}: {name!r} must be a DTensor or DVariable, got "
+                        f"{type(value).__name__} (copy_to_mesh it first)")
+    tensor = value.as_dtensor()
+    if tensor.mesh != mesh:
+        raise LayoutError(f"{what}: {name!r} is on {tensor.mesh.short_text()}, not on "
+                          f"{mesh.short_text()}")
+    return tensor
+
+
+def save_entries(mesh: Mesh, tensors: Mapping[str, object], what: str) -> list[SaveEntry]:
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"{what} expects a dict of name -> DTensor, got "
+                        f"{type(tensors).__name__}")
+    return [SaveEntry(name, _tensor(name, value, mesh, what),
+                      as_bf16=isinstance(value, DVariable) and value.save_as_bf16)
+            for name, value in tensors.items()]
+
+
+def _data_bytes(entries: Sequence[SaveEntry]) -> int:
+    return sum(math.prod(e.value.shape) * e.value.dtype.itemsize for e in entries)
+
+
+def run_save(mesh: Mesh, prefix: str, entries: Sequence[SaveEntry], blocking: bool,
+             progress_bar: bool | None, then: Callable[[], None] | None = None
+             ) -> writer.SaveHandle | None:
+    """Plan the save now; write it (in the writer thread, behind earlier saves), then call
+    `then` once it is committed."""
+    program = lower_save(mesh, prefix, entries)
+    values = [e.value for e in entries]
+    nbytes = _data_bytes(entries)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+
+    def run() -> None:
+        with progress.bar(f"saving {prefix}", nbytes, progress_bar):
+            program.run(*values)
+        if then is not None:
+            then()
+
+    handle = writer.submit(prefix, run)
+    if blocking:
+        handle.result()
+        return None
+    return handle
+
+
+def name_based_save(mesh: Mesh, checkpoint_prefix: PathLike,
+                    name_tensor_dict: Mapping[str, DistributedValue], *,
+                    blocking: bool = True, progress: bool | None = None
+                    ) -> writer.SaveHandle | None:
+    """Save the DTensors of `name_tensor_dict` (all on `mesh`) under their names as the
+    checkpoint `checkpoint_prefix`.
+
+    `blocking=False` returns a `SaveHandle` as soon as the save is planned; the files are
+    written in the background. `progress`: see `checkpoint.progress`.
+    """
+    prefix = _prefix(checkpoint_prefix, "name_based_save")
+    entries = save_entries(mesh, name_tensor_dict, "name_based_save")
+    return run_save(mesh, prefix, entries, blocking, progress)
+
+
+def lower_name_based_save(mesh: Mesh, checkpoint_prefix: PathLike,
+                          name_tensor_dict: Mapping[str, DistributedValue]
+                          ) -> CheckpointProgram:
+    """The program `name_based_save` would run, planned and not run: nothing is written."""
+    prefix = _prefix(checkpoint_prefix, "lower_name_based_save")
+    return lower_save(mesh, prefix, save_entries(mesh, name_tensor_dict,
+                                                 "lower_name_based_save"))
+
+
+def sharded_save(mesh: Mesh, file_prefix: PathLike, tensor_names: Sequence[str],
+                 shape_and_slices: Sequence[str], tensors: Sequence[DistributedValue], *,
+                 blocking: bool = True, progress: bool | None = None
+                 ) -> writer.SaveHandle | None:
+    """Save `tensors` under `tensor_names`, each the box `shape_and_slices` gives of its
+    tensor: ``""`` for all of it, or the full shape then one extent per dim
+    (``"4 8 0,2:-"``: rows 0..1 of a 4x8 tensor; see `ir/slice_spec.py`). A name may repeat
+    with disjoint slices; the parts of a tensor no slice covers are absent from the
+    checkpoint, and restoring them is a `CheckpointError`.
+    """
+    prefix = _prefix(file_prefix, "sharded_save")
+    names, slices, values = list(tensor_names), list(shape_and_slices), list(tensors)
+    if not len(names) == len(slices) == len(values):
+        raise ValueError(f"sharded_save: {len(names)} names, {len(slices)} shape_and_slices "
+                         f"and {len(values)} tensors; give one of each per tensor")
+    entries = []
+    for name, text, value in zip(names, slices, values):
+        tensor = _tensor(name, value, mesh, "sharded_save")
+        placement(text, tensor.shape)
+        entries.append(SaveEntry(name, tensor, text, isinstance(value, DVariable)
+                                 and value.save_as_bf16))
+    _check_disjoint(entries)
+    return run_save(mesh, prefix, entries, blocking, progress)
+
+
+def _check_disjoint(entries: Sequence[SaveEntry]) -> None:
+    """SliceSpecError for two slices of one name that overlap or disagree on the shape."""
+    boxes: dict[str, list[SliceSpec]] = {}
+    for e in entries:
+        spec = SliceSpec.parse(e.slice) or SliceSpec(e.value.shape, (0,) * e.value.ndim,
+                                                     e.value.shape)
+        for other in boxes.get(e.name, []):
+            if other.full_shape != spec.full_shape:
+                raise SliceSpecError(f"sharded_save: {e.name!r} is saved with full shapes "
+                                     f"{list(other.full_shape)} and {list(spec.full_shape)}")
+            if all(a < b + m and b < a + n for a, n, b, m in
+                   zip(spec.start, spec.shape, other.start, other.shape)):
+                raise SliceSpecError(f"sharded_save: the slices {other.text()!r} and "
+                                     f"{spec.text()!r} of {e.name!r} overlap")
+        boxes.setdefault(e.name, []).append(spec)
+
+
+def restore_entries(prefix: str, templates: Mapping[str, DTensor]) -> list[RestoreEntry]:
+    """What to read for each template; one CheckpointError listing every tensor that is
+    missing from the checkpoint or mismatches its template."""
+    index = load_index(prefix)
+    problems, entries = [], []
+    for name, t in templates.items():
+        record = index.tensors.get(name)
+        if record is None:
+            problems.append(f"{name}: not in the checkpoint")
+            continue
+        stored = dtype_name(stored_dtype(record.dtype))
+        wanted = {stored} | ({dtype_name(stored_dtype(record.saved_from))}
+                             if record.saved_from else set())
+        have = dtype_name(t.dtype)
+        if record.shape != t.shape:
+            problems.append(f"{name}: the checkpoint holds shape {list(record.shape)}, the "
+                            f"target has {list(t.shape)}")
+        elif have not in wanted:
+            problems.append(f"{name}: the checkpoint holds {' or '.join(sorted(wanted))}, "
+                            f"the target is {have}")
+        else:
+            entries.append(RestoreEntry(name, have, stored, t.shape,
+                                        Layout.from_sharding(t.layout.sharding.without_partial(),
+                                                             t.mesh)))
+    if problems:
+        raise CheckpointError(f"cannot restore {prefix}: {len(problems)} of "
+                              f"{len(templates)} tensors do not match:\n  "
+                              + "\n  ".join(problems))
+    return entries
+
+
+def run_restore(mesh: Mesh, prefix: str, templates: Mapping[str, DTensor],
+                progress_bar: bool | None) -> dict[str, DTensor]:
+    writer.wait_for_saves()
+    entries = restore_entries(prefix, templates)
+    if not entries:
+        return {}
+    program = lower_restore(mesh, prefix, entries)
+    nbytes = sum(math.prod(e.shape) * numpy_dtype(e.stored_dtype).itemsize for e in entries)
+    with progress.bar(f"restoring {prefix}", nbytes, progress_bar):
+        outs = program.run()
+    results = outs if isinstance(outs, tuple) else (outs,)
+    restored = {}
+    for e, out in zip(entries, results):
+        assert isinstance(out, DTensor)
+        layout = templates[e.name].layout
+        if layout.sharding.is_partial:
+            moved = relayout(out, layout)
+            assert isinstance(moved, DTensor)
+            out = moved
+        restored[e.name] = out
+    return restored
+
+
+def name_based_restore(mesh: Mesh, checkpoint_prefix: PathLike,
+                       name_tensor_dict: Mapping[str, DistributedValue], *,
+                       progress: bool | None = None) -> dict[str, DTensor]:
+    """The tensors of the checkpoint named by `name_tensor_dict`'s keys, each restored with
+    the shape, dtype and layout of its value there (a DTensor or DVariable on `mesh`, which is
+    not changed). Works whatever mesh and layouts the checkpoint was saved with. A float32
+    saved as bfloat16 comes back as float32 for a float32 template."""
+    prefix = _prefix(checkpoint_prefix, "name_based_restore")
+    if not isinstance(name_tensor_dict, Mapping):
+        raise TypeError("name_based_restore expects a dict of name -> DTensor, got "
+                        f"{type(name_tensor_dict).__name__}")
+    templates = {name: _tensor(name, v, mesh, "name_based_restore")
+                 for name, v in name_tensor_dict.items()}
+    return run_restore(mesh, prefix, templates, progress)
+
+
+def enable_save_as_bf16(variables: Sequence[DVariable]) -> None:
+    """Store these float32 DVariables as bfloat16 in every later checkpoint (restored back to
+    float32); other dtypes are left as they are, as in the reference."""
+    for v in variables:
+        if not isinstance(v, DVariable):
+            raise TypeError(f"enable_save_as_bf16 expects DVariables, got {type(v).__name__}")
+        if v.dtype.name == "float32":
+            v.save_as_bf16 = True

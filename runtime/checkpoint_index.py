@@ -1,0 +1,217 @@
+"""The index of a checkpoint: what was saved, where each slice lies, and the commit protocol.
+
+A checkpoint at prefix ``P`` (``/ckpt/model-3``) is the index ``P.index.json`` and the data
+files it names, ``P.<generation>.data-<device>.safetensors`` (one per writer device, in the
+safetensors format). The index is the commit record: a checkpoint exists once its index is in
+place, and only the files it names belong to it. It holds, per tensor, the stored dtype, the
+global shape, the layout and mesh it was saved with, the dtype it was saved from (a float32
+saved as bfloat16), and every stored slice: its box in global coordinates, its file, its byte
+range, and the crc32 of each chunk of its rows.
+
+`commit` writes the index under a temporary name, fsyncs it, renames it into place and fsyncs
+the directory, then removes the data files of the prefix the new index does not name (the
+previous generation, or the leftovers of a save that was killed). Each save writes a new
+generation beside the files of the last committed one, so a save killed at any moment leaves
+the previous checkpoint whole, and the new one complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dtensor_compiler.errors import CheckpointError
+
+FORMAT = "dtensor-compiler-checkpoint"
+VERSION = 1
+INDEX_SUFFIX = ".index.json"
+_DATA = re.compile(r"\.(\d+)\.data-(\d+)\.safetensors")
+
+
+def index_path(prefix: str) -> Path:
+    return Path(prefix + INDEX_SUFFIX)
+
+
+def data_file_name(prefix: str, generation: int, device: int) -> str:
+    """The name (within the prefix's directory) of a writer's data file."""
+    return f"{Path(prefix).name}.{generation}.data-{device:05d}.safetensors"
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box of a tensor in global coordinates: where it starts along each dim, its extent."""
+
+    start: tuple[int, ...]
+    shape: tuple[int, ...]
+
+    def intersect(self, other: Box) -> Box | None:
+        start, shape = [], []
+        for a, n, b, m in zip(self.start, self.shape, other.start, other.shape):
+            lo, hi = max(a, b), min(a + n, b + m)
+            if hi <= lo and (n or m):
+                return None
+            start.append(lo)
+            shape.append(max(hi - lo, 0))
+        return Box(tuple(start), tuple(shape))
+
+    def text(self) -> str:
+        return "[" + ", ".join(f"{a}:{a + n}" for a, n in zip(self.start, self.shape)) + "]"
+
+
+@dataclass(frozen=True)
+class StoredSlice:
+    """One box of a tensor as stored: ``nbytes`` at ``offset`` of ``file``, in row chunks of
+    ``chunk_rows`` rows (of dim 0; elements for a 0-d tensor), each with its crc32."""
+
+    box: Box
+    file: str
+    offset: int
+    nbytes: int
+    chunk_rows: int
+    crc32: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    dtype: str
+    """The stored dtype (a numpy dtype name)."""
+    shape: tuple[int, ...]
+    layout: str
+    """The layout it was saved with, as the IR writes it (``{dp, -}``)."""
+    mesh: str
+    saved_from: str | None
+    """The dtype it had before saving when that differs (float32 saved as bfloat16)."""
+    slices: tuple[StoredSlice, ...]
+
+
+@dataclass(frozen=True)
+class Index:
+    generation: int
+    tensors: dict[str, TensorRecord]
+    files: dict[str, int]
+    """Data file name -> its size in bytes."""
+
+    def to_json(self) -> str:
+        tensors = {}
+        for name, t in self.tensors.items():
+            tensors[name] = {
+                "dtype": t.dtype, "shape": list(t.shape), "layout": t.layout, "mesh": t.mesh,
+                "saved_from": t.saved_from,
+                "slices": [{"start": list(s.box.start), "shape": list(s.box.shape),
+                            "file": s.file, "offset": s.offset, "nbytes": s.nbytes,
+                            "chunk_rows": s.chunk_rows, "crc32": list(s.crc32)}
+                           for s in t.slices]}
+        return json.dumps({"format": FORMAT, "version": VERSION,
+                           "generation": self.generation, "files": self.files,
+                           "tensors": tensors}, indent=1) + "\n"
+
+    @staticmethod
+    def from_json(text: str, where: str) -> Index:
+        try:
+            doc = json.loads(text)
+            if doc.get("format") != FORMAT:
+                raise CheckpointError(f"{where} is not a dtensor-compiler checkpoint index")
+            if doc.get("version") != VERSION:
+                raise CheckpointError(f"{where} has version {doc.get('version')}; this "
+                                      f"release reads version {VERSION}")
+            tensors = {}
+            for name, t in doc["tensors"].items():
+                slices = tuple(
+                    StoredSlice(Box(tuple(map(int, s["start"])), tuple(map(int, s["shape"]))),
+                                str(s["file"]), int(s["offset"]), int(s["nbytes"]),
+                                int(s["chunk_rows"]), tuple(int(c) for c in s["crc32"]))
+                    for s in t["slices"])
+                tensors[str(name)] = TensorRecord(
+                    str(t["dtype"]), tuple(int(d) for d in t["shape"]), str(t["layout"]),
+                    str(t["mesh"]), None if t["saved_from"] is None else str(t["saved_from"]),
+                    slices)
+            files = {str(k): int(v) for k, v in doc["files"].items()}
+            return Index(int(doc["generation"]), tensors, files)
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{where} is not a valid checkpoint index "
+                                  f"({type(e).__name__}: {e})") from None
+
+
+def load_index(prefix: str) -> Index:
+    """The committed index of `prefix`; CheckpointError when there is none or it is bad."""
+    path = index_path(prefix)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {prefix} ({path} does not exist)") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not a valid checkpoint index (not UTF-8)") from None
+    return Index.from_json(text, str(path))
+
+
+def next_generation(prefix: str) -> int:
+    """The generation a new save of `prefix` writes: one past the committed one (every writer
+    reads the same committed index, so all agree without talking)."""
+    try:
+        return load_index(prefix).generation + 1
+    except CheckpointError:
+        return 0
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """`data` as the file `path`, atomically: a temporary file, fsynced, renamed over `path`,
+    and the directory fsynced."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_directory(path.parent)
+
+
+def commit(prefix: str, index: Index) -> None:
+    """Make `index` the checkpoint of `prefix`, then remove the prefix's other data files."""
+    path = index_path(prefix)
+    write_durably(path, index.to_json().encode())
+    base = Path(prefix).name
+    for other in path.parent.iterdir():
+        name = other.name
+        if name.startswith(base) and _DATA.fullmatch(name[len(base):]) and name not in (
+                index.files):
+            other.unlink(missing_ok=True)
+        elif name.startswith(base + INDEX_SUFFIX + ".tmp-") and not _in_progress(name):
+            other.unlink(missing_ok=True)
+
+
+def _in_progress(tmp_name: str) -> bool:
+    """Whether the process that owns a temporary index file still runs."""
+    pid = tmp_name.rsplit(".tmp-", 1)[1].split("-")[0]
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def data_files(prefix: str) -> list[Path]:
+    """Every data file of `prefix` on disk, committed or not."""
+    path = Path(prefix)
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir()
+                  if p.name.startswith(path.name) and _DATA.fullmatch(p.name[len(path.name):]))
