@@ -26,6 +26,7 @@ from dtensor_compiler.checkpoint.name_based import (
     lower_name_based_save,
     name_based_restore,
     name_based_save,
+    save,
     sharded_save,
 )
 from dtensor_compiler.checkpoint.programs import CheckpointProgram
@@ -112,6 +113,7 @@ __all__ = [
     "relayout",
     "relayout_like",
     "run_on",
+    "save",
     "sharded_save",
     "unpack",
 ]

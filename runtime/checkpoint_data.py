@@ -23,7 +23,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,12 @@ import numpy as np
 
 from dtensor_compiler.errors import CheckpointError
 from dtensor_compiler.ir.types import DTYPE_NAMES, numpy_dtype
-from dtensor_compiler.runtime.checkpoint_index import Box, StoredSlice, TensorRecord
+from dtensor_compiler.runtime.checkpoint_index import (
+    Box,
+    StoredSlice,
+    TensorRecord,
+    fsync_directory,
+)
 
 CHUNK_BYTES = 1 << 20
 """About how many bytes each checksummed chunk holds (at least one row)."""
@@ -176,6 +181,45 @@ def write_data_file(path: Path, pieces: Sequence[Piece], device: int) -> None:
     finally:
         pool.shutdown()
     _stats().add_written(device, len(blob) + offset)
+
+
+def write_streamed(path: Path,
+                   entries: Sequence[tuple[str, np.dtype, tuple[int, ...],
+                                           Iterable[np.ndarray]]]) -> None:
+    """A plain safetensors file of whole tensors, each given as (name, dtype, shape, its
+    data in order as C-contiguous parts), written without holding any tensor whole; under a
+    temporary name, fsynced, then renamed into place."""
+    order = sorted(entries, key=lambda e: -e[1].itemsize)  # keeps every entry aligned
+    header: dict[str, object] = {}
+    offset = 0
+    for name, dtype, shape, _ in order:
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype.name], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt"}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, struct.pack("<Q", len(text)) + text)
+            for name, dtype, shape, parts in order:
+                written = 0
+                for part in parts:
+                    assert part.dtype == dtype and part.flags.c_contiguous
+                    _write_all(fd, part.reshape(-1).view(np.uint8).data)
+                    written += part.nbytes
+                assert written == math.prod(shape) * dtype.itemsize, name
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
 
 
 def _header_bytes(header: dict[str, object], meta: dict[str, dict[str, object]]) -> bytes:

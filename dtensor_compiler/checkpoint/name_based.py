@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from dtensor_compiler import tracing
 from dtensor_compiler.api import relayout
 from dtensor_compiler.checkpoint import progress, writer
 from dtensor_compiler.checkpoint.programs import (
@@ -24,13 +25,14 @@ from dtensor_compiler.checkpoint.programs import (
     lower_save,
 )
 from dtensor_compiler.dtensor import DistributedValue, DTensor
-from dtensor_compiler.errors import CheckpointError, LayoutError, SliceSpecError
+from dtensor_compiler.errors import CheckpointError, LayoutError, SliceSpecError, TraceError
 from dtensor_compiler.ir.slice_spec import SliceSpec, placement
 from dtensor_compiler.ir.types import dtype_name, numpy_dtype
 from dtensor_compiler.layout import Layout
 from dtensor_compiler.mesh import Mesh
 from dtensor_compiler.runtime.checkpoint_data import stored_dtype
 from dtensor_compiler.runtime.checkpoint_index import load_index
+from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.variable import DVariable
 
 PathLike = str | os.PathLike[str]
@@ -109,6 +111,42 @@ def name_based_save(mesh: Mesh, checkpoint_prefix: PathLike,
     prefix = _prefix(checkpoint_prefix, "name_based_save")
     entries = save_entries(mesh, name_tensor_dict, "name_based_save")
     return run_save(mesh, prefix, entries, blocking, progress)
+
+
+def save(file_prefix: PathLike, tensors: Mapping[str, object], *, blocking: bool = True
+         ) -> writer.SaveHandle | None:
+    """Save `tensors` (name -> value) as the checkpoint `file_prefix`.
+
+    Inside a compiled function the values are that function's arrays, and the save becomes
+    ``save`` ops of its program, run after the values are computed, each time the function
+    runs (the prefix is fixed when the function is traced). Outside, the values are DTensors
+    or DVariables on one mesh, and this is `name_based_save` on that mesh.
+    """
+    prefix = _prefix(file_prefix, "dtc.save")
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise TypeError("dtc.save expects a non-empty dict of name -> value")
+    values = list(tensors.values())
+    if any(tracing.is_traced(v) for v in values):
+        traced = {}
+        for name, v in tensors.items():
+            if not isinstance(name, str) or not name:
+                raise TraceError(f"dtc.save: tensor names must be non-empty strings, got "
+                                 f"{name!r}", user_location())
+            if not tracing.is_traced(v):
+                raise TraceError(f"dtc.save inside a compiled function: {name!r} is a "
+                                 f"{type(v).__name__}, not an array of the function",
+                                 user_location())
+            traced[name] = v
+        if not blocking:
+            raise TraceError("dtc.save inside a compiled function is part of the program; "
+                             "blocking=False is for saves outside one", user_location())
+        tracing.traced_save(prefix, traced)
+        return None
+    first = values[0]
+    if not isinstance(first, DistributedValue):
+        raise TypeError(f"dtc.save: {next(iter(tensors))!r} must be a DTensor or DVariable "
+                        f"outside a compiled function, got {type(first).__name__}")
+    return name_based_save(first.mesh, prefix, tensors, blocking=blocking)  # type: ignore[arg-type]
 
 
 def lower_name_based_save(mesh: Mesh, checkpoint_prefix: PathLike,

@@ -74,6 +74,8 @@ class CheckpointProgram(Lowered):
         return [op.why for op in self.module.main.ops if isinstance(op.why, Writes)]
 
     def explain(self) -> str:
+        """The table of writers (device, what it writes, bytes) and its total, then the
+        table of collectives."""
         writers = self.writers()
         if not writers:
             return super().explain()

@@ -43,6 +43,7 @@ class SaveHandle:
         return self._future.result(timeout)
 
     def done(self) -> bool:
+        """Whether the save has finished, committed or failed."""
         return self._future.done()
 
     def __repr__(self) -> str:

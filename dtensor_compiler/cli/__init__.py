@@ -5,6 +5,8 @@
     dtc explain FILE.py:FUNC      every collective with its cost and the reason for it
     dtc graph   FILE.py:FUNC      dataflow graph with layouts on the edges
     dtc run     FILE.py:FUNC      run on the simulated mesh and compare with numpy
+    dtc ckpt    ls|verify|export  look into a checkpoint: its tensors, its checksums, or
+                                  its tensors as plain safetensors
 
 Every subcommand lives in its own module with `add_parser(subparsers, common)`, which
 registers its flags (`common` holds the shared ones), and `run(args) -> int`.
@@ -19,11 +21,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from dtensor_compiler.cli import dump, explain, graph, opt, run
+from dtensor_compiler.cli import ckpt, dump, explain, graph, opt, run
 from dtensor_compiler.cli.usage import EXIT_FAILED, EXIT_USAGE, CheckFailed, UsageError
 from dtensor_compiler.errors import DTensorError
 
-_SUBCOMMANDS = (dump, opt, explain, graph, run)
+_SUBCOMMANDS = (dump, opt, explain, graph, run, ckpt)
 
 
 def build_parser() -> argparse.ArgumentParser:

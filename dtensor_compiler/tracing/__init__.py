@@ -1,10 +1,17 @@
 """Tracing: an ordinary numpy function to an IR module (global shapes, user layouts pinned).
 
-`trace` is the entry point; `traced_relayout` and `is_traced` serve ``dtc.relayout`` inside a
-compiled function.
+`trace` is the entry point; `traced_relayout`, `traced_save` and `is_traced` serve
+``dtc.relayout`` and ``dtc.save`` inside a compiled function.
 """
 
-from dtensor_compiler.tracing.driver import function_name, is_traced, trace, traced_relayout
+from dtensor_compiler.tracing.driver import (
+    function_name,
+    is_traced,
+    trace,
+    traced_relayout,
+    traced_save,
+)
 from dtensor_compiler.tracing.tracer import TracedArray
 
-__all__ = ["TracedArray", "function_name", "is_traced", "trace", "traced_relayout"]
+__all__ = ["TracedArray", "function_name", "is_traced", "trace", "traced_relayout",
+           "traced_save"]

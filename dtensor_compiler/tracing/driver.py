@@ -62,6 +62,19 @@ def traced_relayout(x: TracedArray, sharding: Sharding) -> TracedArray:
     return TracedArray(result, x.recorder)
 
 
+def traced_save(prefix: str, values: Mapping[str, TracedArray]) -> None:
+    """``dtc.save`` inside a traced function: a ``save`` op of `values` under their names,
+    after the ops that compute them."""
+    items = list(values.items())
+    recorders = {id(x.recorder) for _, x in items}
+    if len(recorders) != 1:
+        raise TraceError("dtc.save inside a compiled function saves values of that function "
+                         "only", user_location())
+    recorder = items[0][1].recorder
+    recorder.emit_effect("save", [x.value for _, x in items],
+                         {"names": tuple(n for n, _ in items), "prefix": prefix})
+
+
 def _definition(fn: Callable) -> Location | None:
     """The first line of `fn` (or of a callable object's ``__call__``), if it has one."""
     code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)

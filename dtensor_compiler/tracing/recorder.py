@@ -97,6 +97,18 @@ class Recorder:
         except TypeError as e:  # numpy has no loop for these dtypes
             raise ShapeError(f"{name}: {e}", loc) from None
 
+    def emit_effect(self, name: str, operands: Sequence[Value],
+                    attrs: Mapping[str, object] | None = None) -> None:
+        """Append op `name`, which has effects and no result, at the user's current line."""
+        loc = user_location(self.calling)
+        if not self.active:
+            raise TraceError(f"a traced array of @{self.func.name} was used after its trace "
+                             "finished (it escaped the function)", loc)
+        try:
+            self._builder.create_op(name, list(operands), attrs, loc=loc)
+        except ValueError as e:
+            raise TraceError(f"{name}: {e}", loc) from None
+
     def full(self, shape: Sequence[int], dtype: str, value: object) -> Value:
         """A tensor of `shape` filled with `value` (converted to `dtype`). A complex value is
         a 0-d ``constant`` broadcast to `shape`: ``full`` holds a scalar attribute, and the IR
