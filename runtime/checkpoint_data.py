@@ -280,12 +280,13 @@ def read_stored_slices(path: Path) -> list[tuple[str, StoredSlice, str]]:
 
 
 def read_box(directory: Path, name: str, record: TensorRecord, box: Box,
-             devices: Sequence[int]) -> np.ndarray:
-    """The `box` of the stored tensor `name`, assembled from the stored slices that overlap
-    it, as each of `devices` reads it (their reads are counted); every chunk read is checked
-    against its crc32."""
+             devices: Sequence[int], into: np.ndarray | None = None) -> np.ndarray:
+    """The `box` of the stored tensor `name` (in `into`, if given), assembled from the stored
+    slices that overlap it, as each of `devices` reads it (their reads are counted); every
+    chunk read is checked against its crc32."""
     dtype = stored_dtype(record.dtype)
-    out = np.empty(box.shape, dtype=dtype)
+    out = np.empty(box.shape, dtype=dtype) if into is None else into
+    assert out.shape == box.shape and out.dtype == dtype
     covered = 0
     for s in record.slices:
         part = s.box.intersect(box)

@@ -9,10 +9,11 @@ saved as bfloat16), and every stored slice: its box in global coordinates, its f
 range, and the crc32 of each chunk of its rows.
 
 `commit` writes the index under a temporary name, fsyncs it, renames it into place and fsyncs
-the directory, then removes the data files of the prefix the new index does not name (the
-previous generation, or the leftovers of a save that was killed). Each save writes a new
-generation beside the files of the last committed one, so a save killed at any moment leaves
-the previous checkpoint whole, and the new one complete or absent.
+the directory, then removes, in a background thread, the data files of the prefix the new
+index does not name (the previous generation, or the leftovers of a save that was killed).
+Each save writes a new generation beside the files of the last committed one, so a save
+killed at any moment leaves the previous checkpoint whole, and the new one complete or
+absent.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,16 +139,28 @@ class Index:
                                   f"({type(e).__name__}: {e})") from None
 
 
+_PARSED: dict[Path, tuple[tuple[int, int, int], Index]] = {}
+"""The last index parsed per path, with the (inode, size, mtime) it was parsed at: a restore
+of many tensors reads the index once."""
+
+
 def load_index(prefix: str) -> Index:
     """The committed index of `prefix`; CheckpointError when there is none or it is bad."""
     path = index_path(prefix)
     try:
+        st = path.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = _PARSED.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {prefix} ({path} does not exist)") from None
     except UnicodeDecodeError:
         raise CheckpointError(f"{path} is not a valid checkpoint index (not UTF-8)") from None
-    return Index.from_json(text, str(path))
+    index = Index.from_json(text, str(path))
+    _PARSED[path] = (stamp, index)
+    return index
 
 
 def next_generation(prefix: str) -> int:
@@ -182,18 +196,39 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
+_CLEANER = ThreadPoolExecutor(1, thread_name_prefix="dtc-checkpoint-cleanup")
+_CLEANUPS: list[Future[None]] = []
+
+
 def commit(prefix: str, index: Index) -> None:
-    """Make `index` the checkpoint of `prefix`, then remove the prefix's other data files."""
+    """Make `index` the checkpoint of `prefix`, then remove the prefix's other data files in
+    the background (unlinking a large file takes a while; `wait_for_cleanup` waits)."""
     path = index_path(prefix)
     write_durably(path, index.to_json().encode())
     base = Path(prefix).name
+    stale = []
     for other in path.parent.iterdir():
         name = other.name
         if name.startswith(base) and _DATA.fullmatch(name[len(base):]) and name not in (
                 index.files):
-            other.unlink(missing_ok=True)
+            stale.append(other)
         elif name.startswith(base + INDEX_SUFFIX + ".tmp-") and not _in_progress(name):
-            other.unlink(missing_ok=True)
+            stale.append(other)
+    if stale:
+        _CLEANUPS[:] = [f for f in _CLEANUPS if not f.done()]
+        _CLEANUPS.append(_CLEANER.submit(_remove, stale))
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def wait_for_cleanup() -> None:
+    """Wait until the files of earlier generations that commits scheduled for removal are
+    gone."""
+    for f in list(_CLEANUPS):
+        f.result()
 
 
 def _in_progress(tmp_name: str) -> bool:

@@ -8,8 +8,11 @@ simulated mesh every device is in this process, so ``barrier`` has nothing to wa
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,18 @@ from dtensor_compiler.runtime.executor import ExecContext, KernelFn
 from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS
 
 kernel = NUMPY_KERNELS.register
+_IO_THREADS = 4
+_IO = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="dtc-checkpoint-io")
+_WRITES = threading.local()
+"""Per program-running thread, `.pending`: the writes handed to the pool since its last
+barrier."""
+
+
+def _pending_writes() -> list[Future[None]]:
+    if not hasattr(_WRITES, "pending"):
+        _WRITES.pending = []
+    pending: list[Future[None]] = _WRITES.pending
+    return pending
 
 
 def _str(op: Operation, name: str) -> str:
@@ -98,14 +113,20 @@ def _save_shard(op: Operation, ctx: ExecContext) -> KernelFn:
         pieces = [Piece(name, box, _contiguous(_device_part(x, coords, ctx.mesh_axes)))
                   for name, box, x in zip(names, boxes, xs)]
         path = Path(prefix).parent / data_file_name(prefix, next_generation(prefix), device)
-        write_data_file(path, pieces, device)
+        future = _IO.submit(contextvars.copy_context().run, write_data_file, path, pieces,
+                            device)
+        _pending_writes().append(future)
     return run
 
 
 @kernel(checkpoint.BARRIER)
 def _barrier(op: Operation, ctx: ExecContext) -> KernelFn:
     def run() -> None:
-        return None
+        pending = list(_pending_writes())
+        _pending_writes().clear()
+        errors = [e for e in (f.exception() for f in pending) if e is not None]
+        if errors:
+            raise errors[0]
     return run
 
 
@@ -173,11 +194,17 @@ def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
                                   f"the program reads {dtype}{list(shape)}")
         out = np.empty(extents + result.type.shape, dtype=dtype)
         directory = Path(prefix).parent
-        for index in itertools.product(*(range(e) for e in extents)):
+        context = contextvars.copy_context()
+
+        def read(index: tuple[int, ...]) -> None:
             coords = index + (0,) * (len(mesh.dims) - len(index))
             start, size = geometry.device_block(shape, sharding.dims, mesh, coords)
-            out[index] = read_box(directory, name, record, Box(start, size),
-                                  _holders(coords, used, mesh))
+            read_box(directory, name, record, Box(start, size), _holders(coords, used, mesh),
+                     into=out[(*index, ...)])  # a view, 0-d included
+
+        blocks = list(itertools.product(*(range(e) for e in extents)))
+        for future in [_IO.submit(context.copy().run, read, b) for b in blocks]:
+            future.result()
         return out
     return run
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import dtensor_compiler as dtc
-from dtensor_compiler.checkpoint import progress
+from dtensor_compiler.checkpoint import progress, writer
 from dtensor_compiler.ir.slice_spec import SliceSpec
 from dtensor_compiler.runtime import checkpoint_data
 
@@ -97,6 +97,7 @@ def test_saving_a_prefix_again_replaces_it(mesh: dtc.Mesh, tmp_path: Path) -> No
     first = sorted(p.name for p in tmp_path.iterdir())
     dtc.name_based_save(mesh, prefix, {"w": put(np.full((8, 4), 2, np.float32), [U, "tp"],
                                                 mesh)})
+    writer.wait_for_saves()  # the old generation is removed in the background
     second = sorted(p.name for p in tmp_path.iterdir())
     assert first == ["ck.0.data-00000.safetensors", "ck.0.data-00004.safetensors",
                      "ck.index.json"]

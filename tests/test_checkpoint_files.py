@@ -19,7 +19,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import dtensor_compiler as dtc
-from dtensor_compiler.checkpoint import inspect
+from dtensor_compiler.checkpoint import inspect, writer
 
 U = dtc.UNSHARDED
 MESH_DIMS = [("dp", 2), ("tp", 4)]
@@ -193,6 +193,7 @@ def test_a_save_killed_at_any_point(mesh: dtc.Mesh, tmp_path: Path, point: str,
         "w": dtc.copy_to_mesh(np.full((64, 64), 3, np.float32), dtc.Layout([U, U], mesh)),
         "b": dtc.copy_to_mesh(np.full((64,), 3, np.float32), dtc.Layout([U], mesh))})
     index = json.loads((tmp_path / "ck.index.json").read_text())
+    writer.wait_for_saves()  # the stale files are removed in the background
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ck")) == sorted(
         list(index["files"]) + ["ck.index.json"])
     assert uniform_value(mesh, tmp_path / "ck") == 3.0

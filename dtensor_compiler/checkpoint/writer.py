@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from dtensor_compiler.runtime.checkpoint_index import wait_for_cleanup
+
 _POOL: ThreadPoolExecutor | None = None
 _LOCK = threading.Lock()
 _PENDING: list[Future[str]] = []
@@ -66,8 +68,10 @@ def submit(prefix: str, run: Callable[[], None]) -> SaveHandle:
 
 
 def wait_for_saves() -> None:
-    """Wait until every save made so far has finished (its errors stay with its handle)."""
+    """Wait until every save made so far has finished (its errors stay with its handle) and
+    the files it replaced are gone."""
     with _LOCK:
         pending = list(_PENDING)
     for f in pending:
         f.exception()
+    wait_for_cleanup()
