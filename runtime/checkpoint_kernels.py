@@ -14,6 +14,7 @@ import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import EllipsisType
 
 import numpy as np
 
@@ -199,8 +200,9 @@ def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
         def read(index: tuple[int, ...]) -> None:
             coords = index + (0,) * (len(mesh.dims) - len(index))
             start, size = geometry.device_block(shape, sharding.dims, mesh, coords)
+            block: tuple[int | EllipsisType, ...] = (*index, Ellipsis)  # a view, 0-d too
             read_box(directory, name, record, Box(start, size), _holders(coords, used, mesh),
-                     into=out[(*index, ...)])  # a view, 0-d included
+                     into=out[block])
 
         blocks = list(itertools.product(*(range(e) for e in extents)))
         for future in [_IO.submit(context.copy().run, read, b) for b in blocks]:
