@@ -16,7 +16,7 @@ sets a slower dim (for example a cross-host ``dp``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dtensor_compiler.ir.collective import CollectiveDef
 from dtensor_compiler.ir.mesh_shape import MeshShape
@@ -39,6 +39,9 @@ class CostModel:
     """Fixed seconds per collective launch."""
     memory_bandwidth: float = 1e12
     """Bytes per second for local copies and elementwise work."""
+    storage_bandwidth: float = 2e9
+    """Bytes per second that all devices together read from checkpoint storage (one disk or
+    filesystem they share)."""
 
     def link(self, mesh_dim: str) -> Link:
         for name, link in self.links:
@@ -48,8 +51,7 @@ class CostModel:
 
     def with_link(self, mesh_dim: str, link: Link) -> CostModel:
         rest = tuple((n, lk) for n, lk in self.links if n != mesh_dim)
-        return CostModel(self.default, rest + ((mesh_dim, link),), self.launch,
-                         self.memory_bandwidth)
+        return replace(self, links=rest + ((mesh_dim, link),))
 
     def collective_time(self, collective: CollectiveDef, mesh_dims: tuple[str, ...],
                         mesh: MeshShape, in_bytes: int, out_bytes: int) -> float:
@@ -65,6 +67,10 @@ class CostModel:
         bw = min(self.link(m).bandwidth for m in mesh_dims)
         passes = collective.ring_passes
         return self.launch + passes * ((n - 1) * alpha + (n - 1) / n * nbytes / bw)
+
+    def read_time(self, nbytes: int) -> float:
+        """Seconds for the devices to read `nbytes` from checkpoint storage, all together."""
+        return nbytes / self.storage_bandwidth
 
     def compute_time(self, nbytes: int) -> float:
         """Seconds to stream `nbytes` through memory once (elementwise work, copies)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dtensor_compiler.ir.printer import format_seconds
+
 HEADERS = ("#", "op", "kind", "mesh dims", "bytes", "time", "why")
 _RIGHT_ALIGNED = {"#", "bytes", "time"}
 
@@ -34,13 +36,6 @@ def format_bytes(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"
-
-
-def format_seconds(s: float) -> str:
-    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
-        if s >= scale:
-            return f"{s / scale:.1f} {unit}"
-    return f"{s * 1e6:.1f} us"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 import dtensor_compiler as dtc
+from dtensor_compiler.checkpoint.programs import RestoreEntry, lower_restore
 from dtensor_compiler.runtime import checkpoint_data
+
+U = dtc.UNSHARDED
 
 MESHES = {"2x4": [("a", 2), ("b", 4)], "4x2": [("a", 4), ("b", 2)], "8": [("a", 8)]}
 SHAPES = {2: (8, 16), 3: (8, 8, 8)}
@@ -67,20 +70,32 @@ def test_every_layout_pair(rank: int, source: str, tmp_path: Path) -> None:
 
 
 def test_each_device_reads_only_its_rows(tmp_path: Path) -> None:
-    """A 16 MiB tensor saved sharded by rows over 8 devices and restored by rows over a 2x4
-    mesh's 2 (replicated over 4): each device reads exactly its 8 MiB; restored sharded over
-    all 8 devices, each reads 2 MiB."""
+    """A 16 MiB tensor saved sharded by rows over 8 devices, restored onto a 2x4 mesh: sharded
+    by rows over all 8 devices, each reads exactly its 2 MiB. A target that repeats each block
+    over some mesh dims is read once per group and gathered (cheaper than every device
+    reading it under the cost model), so there too each device reads 2 MiB."""
     data = np.arange(4096 * 1024, dtype=np.float32).reshape(4096, 1024)
     src = dtc.create_mesh([("x", 8)])
-    dtc.name_based_save(src, tmp_path / "ck", {"w": dtc.copy_to_mesh(data, dtc.Layout(["x", dtc.UNSHARDED], src))})
+    dtc.name_based_save(src, tmp_path / "ck", {
+        "w": dtc.copy_to_mesh(data, dtc.Layout(["x", U], src))})
     mesh = dtc.create_mesh([("a", 2), ("b", 4)])
-    for specs, per_device in ((["a", dtc.UNSHARDED], 8 << 20), ([("a", "b"), dtc.UNSHARDED], 2 << 20),
-                              ([dtc.UNSHARDED, dtc.UNSHARDED], 16 << 20)):
-        target = dtc.copy_to_mesh(np.zeros((4096, 1024), np.float32), dtc.Layout(specs, mesh))
+    for specs, gathers in (([("a", "b"), U], []), (["a", U], ["all_gather b"]),
+                           ([U, U], ["all_gather b", "all_gather a"])):
+        layout = dtc.Layout(specs, mesh)
+        target = dtc.copy_to_mesh(np.zeros((4096, 1024), np.float32), layout)
         with checkpoint_data.counting() as stats:
             out = dtc.name_based_restore(mesh, tmp_path / "ck", {"w": target})
         assert np.asarray(out["w"]).tobytes() == data.tobytes()
-        assert stats.read == dict.fromkeys(range(8), per_device), specs
+        assert stats.read == dict.fromkeys(range(8), 2 << 20), specs
+        entry = RestoreEntry("w", "f32", "f32", data.shape, layout)
+        program = lower_restore(mesh, str(tmp_path / "ck"), [entry])
+        assert [f"{c.kind} {', '.join(c.mesh_dims)}" for c in program.collectives()] == gathers
+
+
+def test_small_replicated_tensors_are_read_by_every_device(tmp_path: Path) -> None:
+    mesh = dtc.create_mesh([("a", 2), ("b", 4)])
+    entry = RestoreEntry("b", "f32", "f32", (64,), dtc.Layout([U], mesh))
+    assert lower_restore(mesh, str(tmp_path / "ck"), [entry]).collectives() == []
 
 
 def test_column_blocks_read_whole_rows(tmp_path: Path) -> None:

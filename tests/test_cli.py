@@ -13,7 +13,8 @@ import pytest
 
 from dtensor_compiler.cli.target import load_function
 from dtensor_compiler.compile import Lowered, TensorSpec
-from dtensor_compiler.explain import format_bytes, format_seconds
+from dtensor_compiler.explain import format_bytes
+from dtensor_compiler.ir.printer import format_seconds
 
 FIXTURES = Path(__file__).parent / "cli_fixtures"
 MLP = f"{FIXTURES / 'mlp.py'}:mlp"
@@ -60,9 +61,11 @@ def test_help(command: str) -> None:
 def test_bad_usage_exits_2() -> None:
     assert dtc().returncode == 2
     assert dtc("dump", MLP, "--no-such-flag").returncode == 2
-    done = dtc("ckpt", "ls", "prefix")  # checkpoints are not in the CLI yet
+    done = dtc("ckpt", "ls")
     assert done.returncode == 2
-    assert "invalid choice: 'ckpt'" in done.stderr
+    assert "the following arguments are required: PREFIX" in done.stderr
+    done = dtc("nosuch")
+    assert done.returncode == 2 and "invalid choice: 'nosuch'" in done.stderr
 
 
 # -- FILE.py:FUNC targets -------------------------------------------------------------------

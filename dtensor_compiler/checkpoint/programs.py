@@ -14,30 +14,38 @@ saved values to be applied, expand-checkpoints makes the writers, barriers and i
 insert-collectives plans the reductions, localize makes it per-device. A
 restore is a ``restore_shard`` per tensor in the layout it is restored to (each device reads
 just its block, from whatever stored slices overlap it), then an ``astype`` back to float32
-for a value saved as bfloat16; it needs no collective.
+for a value saved as bfloat16. Where the layout repeats a block on several devices, reading
+it once per group and gathering it can cost less than every device reading it (`read_plan`
+decides by the cost model's storage bandwidth and the all_gather's time); then the restore
+reads a finer layout and a relayout, planned into an all_gather, follows.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dtensor_compiler.compile import Lowered, lower_module
+from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DTensor
 from dtensor_compiler.explain import format_bytes, format_table
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import Builder
 from dtensor_compiler.ir.core import Function, Level, Module, Value
+from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.opdef import InferContext
-from dtensor_compiler.ir.reasons import Writes
-from dtensor_compiler.ir.types import TensorType, dtype_name
+from dtensor_compiler.ir.reasons import SharedRead, Writes
+from dtensor_compiler.ir.sharding import Sharding
+from dtensor_compiler.ir.types import TensorType, dtype_name, numpy_dtype
 from dtensor_compiler.layout import Layout
 from dtensor_compiler.mesh import Mesh
 from dtensor_compiler.pass_manager import PassManager
 from dtensor_compiler.runtime.backends import get_backend
 
 SAVE_PIPELINE = "propagate-layouts,expand-checkpoints,insert-collectives,localize"
-RESTORE_PIPELINE = "localize"
+RESTORE_PIPELINE = "insert-collectives,localize"
 _NOT_IDENT = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -117,8 +125,36 @@ def lower_save(mesh: Mesh, prefix: str, entries: Sequence[SaveEntry], *,
     return low
 
 
+def read_plan(e: RestoreEntry, mesh: MeshShape, cost: CostModel
+              ) -> tuple[Sharding, SharedRead | None]:
+    """The layout to read `e` in: its target, or, when the target repeats each block over
+    some mesh dims, the target with one tensor dim also split over those dims (then gathered)
+    if reading 1/k as much from storage plus the all_gather costs less."""
+    target = e.layout.sharding.without_partial()
+    spare = tuple(m for m in mesh.names if m not in target.used_mesh_dims())
+    if not spare or not e.shape:
+        return target, None
+    block = math.prod(target.local_shape(e.shape, mesh)) * numpy_dtype(e.stored_dtype).itemsize
+    direct = cost.read_time(block * mesh.num_devices)
+    for d in range(len(e.shape)):
+        dims = target.dims[:d] + (target.dims[d] + spare,) + target.dims[d + 1:]
+        candidate = target.with_dims(dims)
+        if not candidate.fits(e.shape, mesh):
+            continue
+        readers = mesh.group_size(spare)
+        gather = opdef.lookup("all_gather").collective
+        assert gather is not None
+        shared = (cost.read_time(block * mesh.num_devices // readers)
+                  + cost.collective_time(gather, spare, mesh, block // readers, block))
+        if shared < direct:
+            return candidate, SharedRead(e.name, readers, spare, shared, direct)
+        break
+    return target, None
+
+
 def lower_restore(mesh: Mesh, prefix: str, entries: Sequence[RestoreEntry], *,
-                  verify: bool = False) -> CheckpointProgram:
+                  cost_model: CostModel = DEFAULT_COST_MODEL, verify: bool = False
+                  ) -> CheckpointProgram:
     """The planned program that reads `entries` of the checkpoint `prefix` into their
     layouts."""
     shape = mesh.mesh_shape()
@@ -127,15 +163,19 @@ def lower_restore(mesh: Mesh, prefix: str, entries: Sequence[RestoreEntry], *,
     b = Builder(func, InferContext(shape))
     results = []
     for e in entries:
-        sharding = e.layout.sharding
+        target = e.layout.sharding
+        read, why = read_plan(e, shape, cost_model)
         v = b.create("restore_shard", [], {"name": e.name, "prefix": prefix},
-                     declared=TensorType(e.stored_dtype, e.shape, sharding))
+                     declared=TensorType(e.stored_dtype, e.shape, read))
+        if why is not None:
+            v = b.create("relayout", [v], declared=TensorType(e.stored_dtype, e.shape, target),
+                         why=why)
         if e.stored_dtype != e.dtype:
-            v = b.create("astype", [v], declared=TensorType(e.dtype, e.shape, sharding))
+            v = b.create("astype", [v], declared=TensorType(e.dtype, e.shape, target))
         results.append(v)
     func.set_results(results)
     low = lower_module(mesh, module, [], PassManager.parse(RESTORE_PIPELINE).passes,
-                       verify=verify, backend=get_backend("numpy"),
+                       verify=verify, backend=get_backend("numpy"), cost_model=cost_model,
                        lowered=CheckpointProgram, input_stage="input")
     assert isinstance(low, CheckpointProgram)
     return low

@@ -44,6 +44,7 @@ from dtensor_compiler.ir.reasons import (
     Reductions,
     Requested,
     ReturnedPending,
+    SharedRead,
     UserRelayout,
     ValueRef,
     WantedResultLayout,
@@ -180,6 +181,14 @@ def print_module(module: Module, locations: bool = False) -> str:
 # reasons
 
 
+def format_seconds(s: float) -> str:
+    """Seconds as the printer and the explain table show them (``1.2 ms``, ``35.0 us``)."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+        if s >= scale:
+            return f"{s / scale:.1f} {unit}"
+    return f"{s * 1e6:.1f} us"
+
+
 def format_reason(reason: Reason) -> str:
     """A reason as the user reads it in ``// why:`` and in the explain table."""
     if isinstance(reason, Written):
@@ -188,6 +197,11 @@ def format_reason(reason: Reason) -> str:
         return f"out_layouts[{reason.index}] of {reason.function}"
     if isinstance(reason, UserRelayout):
         return "dtc.relayout"
+    if isinstance(reason, SharedRead):
+        return (f"{reason.name} is read by one of every {reason.readers} devices that hold "
+                f"the same block and gathered over {', '.join(reason.mesh_dims)}: "
+                f"{format_seconds(reason.shared_seconds)} instead of "
+                f"{format_seconds(reason.direct_seconds)} for every device to read it")
     if isinstance(reason, Writes):
         slices = ", ".join(name + box for name, box in reason.slices)
         return f"device {reason.device} writes {slices} ({reason.nbytes:,} bytes)"

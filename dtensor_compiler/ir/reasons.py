@@ -188,6 +188,18 @@ class Writes:
 
 
 @dataclass(frozen=True)
+class SharedRead:
+    """A restore that reads each block once per group of `readers` devices holding it and
+    gathers it over `mesh_dims`, because that costs less than every device reading it."""
+
+    name: str
+    readers: int
+    mesh_dims: tuple[str, ...]
+    shared_seconds: float
+    direct_seconds: float
+
+
+@dataclass(frozen=True)
 class Written:
     """A reason given as text (read from IR)."""
 
@@ -195,7 +207,7 @@ class Written:
 
 
 Reason = (OperandRelayout | OutLayout | UserRelayout | Requested | ReturnedPending | Planned
-          | Writes | Written)
+          | Writes | SharedRead | Written)
 
 
 def explains_pending(reason: Reason) -> bool:
