@@ -1,7 +1,10 @@
 """Differential testing: random programs × random meshes × random layouts on the simulated
-mesh must equal plain numpy on the global arrays."""
+mesh must equal plain numpy on the global arrays, and their results, saved as a checkpoint and
+restored into other random layouts, must come back bit for bit."""
 
 from __future__ import annotations
+
+import tempfile
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +33,10 @@ def cases(draw):
             for o in outs]
     dtype = draw(st.sampled_from([np.float64, np.float32]))
     seed = draw(st.integers(0, 2**16))
-    return prog, names, sizes, in_layouts, out_layouts, dtype, seed
+    outs = prog(*[np.zeros(s) for s in prog.input_shapes])
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    restore_layouts = [(shardings_for(draw, np.shape(o), names, sizes), {}) for o in outs]
+    return prog, names, sizes, in_layouts, out_layouts, dtype, seed, restore_layouts
 
 
 def with_partial(draw, dims, names):
@@ -51,7 +57,7 @@ def _layout(spec, mesh):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_random_programs_match_numpy(case):
-    prog, names, sizes, in_specs, out_specs, dtype, seed = case
+    prog, names, sizes, in_specs, out_specs, dtype, seed, restore_specs = case
     mesh = dtc.create_mesh(list(zip(names, sizes)))
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal(s).astype(dtype) for s in prog.input_shapes]
@@ -75,3 +81,13 @@ def test_random_programs_match_numpy(case):
             exact = dtype == np.float64 and "float32" not in note  # no float32 rounding
             tol = 1e-9 if exact else 2e-4
             np.testing.assert_allclose(g, e, rtol=tol, atol=tol, err_msg=f"{call}\n{note}")
+
+    results = {f"r{i}": g for i, g in enumerate(got)}
+    with tempfile.TemporaryDirectory() as directory:
+        dtc.name_based_save(mesh, f"{directory}/ck", results)
+        templates = {n: dtc.copy_to_mesh(np.zeros(g.shape, g.dtype), _layout(spec, mesh))
+                     for (n, g), spec in zip(results.items(), restore_specs)}
+        restored = dtc.name_based_restore(mesh, f"{directory}/ck", templates)
+    for name, g in results.items():
+        assert restored[name].layout == templates[name].layout
+        assert np.asarray(restored[name]).tobytes() == np.asarray(g).tobytes(), (name, note)
