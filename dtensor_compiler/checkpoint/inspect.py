@@ -36,6 +36,7 @@ from dtensor_compiler.runtime.checkpoint_index import (
     fsync_directory,
     index_path,
     load_index,
+    write_durably,
 )
 
 BAND_BYTES = 64 << 20
@@ -157,9 +158,7 @@ def export(prefix: str, out: str, max_shard_bytes: int | None = None) -> list[Pa
             files.append(target / file)
         doc = {"metadata": {"total_size": sum(_size(t) for t in index.tensors.values())},
                "weight_map": weight_map}
-        (staging / INDEX_NAME).write_text(json.dumps(doc, indent=2) + "\n")
-        _fsync(staging / INDEX_NAME)
-        fsync_directory(staging)
+        write_durably(staging / INDEX_NAME, (json.dumps(doc, indent=2) + "\n").encode())
         if target.exists():
             raise CheckpointError(f"{target} already exists; export into a new directory")
         staging.rename(target)
@@ -168,14 +167,6 @@ def export(prefix: str, out: str, max_shard_bytes: int | None = None) -> list[Pa
         if staging.exists():
             shutil.rmtree(staging)
     return files + [target / INDEX_NAME]
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, directory: Path, index: Index, names: list[str]) -> None:
