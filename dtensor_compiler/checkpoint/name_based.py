@@ -38,7 +38,8 @@ from dtensor_compiler.variable import DVariable
 PathLike = str | os.PathLike[str]
 
 
-def _prefix(prefix: PathLike, what: str) -> str:
+def as_prefix(prefix: PathLike, what: str) -> str:
+    """`prefix` as a string; TypeError or ValueError (naming `what`) for a bad one."""
     if not isinstance(prefix, (str, os.PathLike)):
         raise TypeError(f"{what}: the checkpoint prefix must be a path, got "
                         f"{type(prefix).__name__}")
@@ -108,7 +109,7 @@ def name_based_save(mesh: Mesh, checkpoint_prefix: PathLike,
     `blocking=False` returns a `SaveHandle` as soon as the save is planned; the files are
     written in the background. `progress`: see `checkpoint.progress`.
     """
-    prefix = _prefix(checkpoint_prefix, "name_based_save")
+    prefix = as_prefix(checkpoint_prefix, "name_based_save")
     entries = save_entries(mesh, name_tensor_dict, "name_based_save")
     return run_save(mesh, prefix, entries, blocking, progress)
 
@@ -122,7 +123,7 @@ def save(file_prefix: PathLike, tensors: Mapping[str, object], *, blocking: bool
     runs (the prefix is fixed when the function is traced). Outside, the values are DTensors
     or DVariables on one mesh, and this is `name_based_save` on that mesh.
     """
-    prefix = _prefix(file_prefix, "dtc.save")
+    prefix = as_prefix(file_prefix, "dtc.save")
     if not isinstance(tensors, Mapping) or not tensors:
         raise TypeError("dtc.save expects a non-empty dict of name -> value")
     values = list(tensors.values())
@@ -153,7 +154,7 @@ def lower_name_based_save(mesh: Mesh, checkpoint_prefix: PathLike,
                           name_tensor_dict: Mapping[str, DistributedValue]
                           ) -> CheckpointProgram:
     """The program `name_based_save` would run, planned and not run: nothing is written."""
-    prefix = _prefix(checkpoint_prefix, "lower_name_based_save")
+    prefix = as_prefix(checkpoint_prefix, "lower_name_based_save")
     return lower_save(mesh, prefix, save_entries(mesh, name_tensor_dict,
                                                  "lower_name_based_save"))
 
@@ -168,7 +169,7 @@ def sharded_save(mesh: Mesh, file_prefix: PathLike, tensor_names: Sequence[str],
     with disjoint slices; the parts of a tensor no slice covers are absent from the
     checkpoint, and restoring them is a `CheckpointError`.
     """
-    prefix = _prefix(file_prefix, "sharded_save")
+    prefix = as_prefix(file_prefix, "sharded_save")
     names, slices, values = list(tensor_names), list(shape_and_slices), list(tensors)
     if not len(names) == len(slices) == len(values):
         raise ValueError(f"sharded_save: {len(names)} names, {len(slices)} shape_and_slices "
@@ -261,7 +262,7 @@ def name_based_restore(mesh: Mesh, checkpoint_prefix: PathLike,
     the shape, dtype and layout of its value there (a DTensor or DVariable on `mesh`, which is
     not changed). Works whatever mesh and layouts the checkpoint was saved with. A float32
     saved as bfloat16 comes back as float32 for a float32 template."""
-    prefix = _prefix(checkpoint_prefix, "name_based_restore")
+    prefix = as_prefix(checkpoint_prefix, "name_based_restore")
     if not isinstance(name_tensor_dict, Mapping):
         raise TypeError("name_based_restore expects a dict of name -> DTensor, got "
                         f"{type(name_tensor_dict).__name__}")

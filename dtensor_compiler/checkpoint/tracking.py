@@ -33,7 +33,7 @@ import numpy as np
 from dtensor_compiler.checkpoint import writer
 from dtensor_compiler.checkpoint.name_based import (
     PathLike,
-    _prefix,
+    as_prefix,
     run_restore,
     run_save,
 )
@@ -196,7 +196,7 @@ class DTensorCheckpoint:
         """Write ``{file_prefix}-{N}`` with N the new `save_counter`, record it in the state
         file, and give its path (or, with `blocking=False`, a `SaveHandle` whose `result()`
         gives it)."""
-        prefix = _prefix(file_prefix, "DTensorCheckpoint.save")
+        prefix = as_prefix(file_prefix, "DTensorCheckpoint.save")
         counter = self.save_counter
         number = int(counter.numpy()) + 1
         counter.assign(np.int64(number))
@@ -208,13 +208,13 @@ class DTensorCheckpoint:
     def write(self, file_prefix: PathLike, *, blocking: bool = True,
               progress: bool | None = None) -> str | writer.SaveHandle:
         """Write exactly `file_prefix`, without the counter or the state file."""
-        prefix = _prefix(file_prefix, "DTensorCheckpoint.write")
+        prefix = as_prefix(file_prefix, "DTensorCheckpoint.write")
         handle = run_save(self._mesh, prefix, self._entries(False), blocking, progress)
         return prefix if handle is None else handle
 
     def lower_save(self, file_prefix: PathLike) -> CheckpointProgram:
         """The program `write(file_prefix)` runs, planned and not run."""
-        prefix = _prefix(file_prefix, "DTensorCheckpoint.lower_save")
+        prefix = as_prefix(file_prefix, "DTensorCheckpoint.lower_save")
         return lower_save(self._mesh, prefix, self._entries(False))
 
     # -- restoring -----------------------------------------------------------------------------
@@ -232,7 +232,7 @@ class DTensorCheckpoint:
                  progress: bool | None) -> LoadStatus:
         if save_path is None:
             return LoadStatus(self, frozenset(), with_counter)
-        prefix = _prefix(save_path, "DTensorCheckpoint.restore")
+        prefix = as_prefix(save_path, "DTensorCheckpoint.restore")
         writer.wait_for_saves()
         stored = frozenset(load_index(prefix).tensors)
         variables = self.variables()
