@@ -126,10 +126,11 @@ class Index:
                                 str(s["file"]), int(s["offset"]), int(s["nbytes"]),
                                 int(s["chunk_rows"]), tuple(int(c) for c in s["crc32"]))
                     for s in t["slices"])
+                shape = tuple(int(d) for d in t["shape"])
+                _check_slices(str(name), shape, slices, where)
                 tensors[str(name)] = TensorRecord(
-                    str(t["dtype"]), tuple(int(d) for d in t["shape"]), str(t["layout"]),
-                    str(t["mesh"]), None if t["saved_from"] is None else str(t["saved_from"]),
-                    slices)
+                    str(t["dtype"]), shape, str(t["layout"]), str(t["mesh"]),
+                    None if t["saved_from"] is None else str(t["saved_from"]), slices)
             files = {str(k): int(v) for k, v in doc["files"].items()}
             return Index(int(doc["generation"]), tensors, files)
         except CheckpointError:
@@ -142,6 +143,31 @@ class Index:
 _PARSED: dict[Path, tuple[tuple[int, int, int], Index]] = {}
 """The last index parsed per path, with the (inode, size, mtime) it was parsed at: a restore
 of many tensors reads the index once."""
+
+
+def _check_slices(name: str, shape: tuple[int, ...], slices: tuple[StoredSlice, ...],
+                  where: str) -> None:
+    """CheckpointError unless the stored slices of `name` lie inside its shape and do not
+    overlap (so their volumes add up to what they cover)."""
+    boxes = [s.box for s in slices]
+    for b in boxes:
+        if len(b.start) != len(shape) or len(b.shape) != len(shape) or any(
+                a < 0 or n < 0 or a + n > d for a, n, d in zip(b.start, b.shape, shape)):
+            raise CheckpointError(f"{where}: the slice {b.text()} of {name!r} does not fit "
+                                  f"its shape {list(shape)}")
+    if not shape:
+        if len(boxes) > 1:
+            raise CheckpointError(f"{where}: {name!r} is 0-d but has {len(boxes)} slices")
+        return
+    boxes = sorted((b for b in boxes if all(b.shape)), key=lambda b: b.start)
+    for i, b in enumerate(boxes):
+        for c in boxes[i + 1:]:
+            if c.start[0] >= b.start[0] + b.shape[0]:
+                break
+            if all(x < y + m and y < x + n
+                   for x, n, y, m in zip(b.start, b.shape, c.start, c.shape)):
+                raise CheckpointError(f"{where}: the slices {b.text()} and {c.text()} of "
+                                      f"{name!r} overlap")
 
 
 def load_index(prefix: str) -> Index:

@@ -20,7 +20,7 @@ import numpy as np
 
 from dtensor_compiler.errors import CheckpointError
 from dtensor_compiler.ir import geometry, slice_spec
-from dtensor_compiler.ir.core import Operation, Value
+from dtensor_compiler.ir.core import Module, Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.ops import checkpoint
 from dtensor_compiler.ir.sharding import Sharding
@@ -48,6 +48,19 @@ from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS
 kernel = NUMPY_KERNELS.register
 _IO_THREADS = 4
 _IO = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="dtc-checkpoint-io")
+PROGRAMS = threading.RLock()
+"""Held by the executor while a program with checkpoint ops runs: one save or restore at a
+time in this process, whichever thread runs it (the API's writer thread, or a compiled
+function's ``dtc.save``), so two saves never pick the same generation of a prefix and a
+restore never sees a commit half-way."""
+
+
+def uses_checkpoints(module: Module) -> bool:
+    return any(op.name in _CHECKPOINT_OPS for f in module.functions for op in f.ops)
+
+
+_CHECKPOINT_OPS = frozenset(d.name for d in (checkpoint.SAVE_SHARD, checkpoint.MERGE_INDEX,
+                                             checkpoint.RESTORE_SHARD))
 _WRITES = threading.local()
 """Per program-running thread, `.pending`: the writes handed to the pool since its last
 barrier."""

@@ -17,7 +17,7 @@ import numpy as np
 from dtensor_compiler.ir.core import Module, Operation
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.types import TensorType, numpy_dtype
-from dtensor_compiler.runtime import checkpoint_kernels  # noqa: F401  (registers their kernels)
+from dtensor_compiler.runtime import checkpoint_kernels  # also registers their kernels
 from dtensor_compiler.runtime.backends import Backend, Storage
 from dtensor_compiler.runtime.executor import (
     ArrayType,
@@ -69,6 +69,7 @@ class SimulatedExecutor:
         self.mesh = mesh
         self.program = Program(module, kernels, StackedContext(mesh), _array_type(mesh),
                                _conformer(mesh))
+        self._exclusive = checkpoint_kernels.uses_checkpoints(module)
         self.result_shardings = []
         for value in module.main.results:
             assert value.type.sharding is not None
@@ -83,7 +84,11 @@ class SimulatedExecutor:
                 for out, sharding in zip(self.run_stacked(arrays), self.result_shardings)]
 
     def run_stacked(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Stacked arrays in, stacked arrays out (one per returned value)."""
+        """Stacked arrays in, stacked arrays out (one per returned value). A program that
+        saves or restores checkpoints runs alone among such programs of this process."""
+        if self._exclusive:
+            with checkpoint_kernels.PROGRAMS:
+                return self.program.run(inputs)
         return self.program.run(inputs)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import dtensor_compiler as dtc
-from dtensor_compiler.checkpoint import progress, writer
+from dtensor_compiler.checkpoint import inspect, progress, writer
 from dtensor_compiler.ir.slice_spec import SliceSpec
 from dtensor_compiler.runtime import checkpoint_data
 
@@ -130,6 +130,7 @@ def test_slice_grammar(text: str, full: tuple[int, ...], start: tuple[int, ...],
     ("4 8 0,2:1", "extent '1' of dim 1 is neither 'start,length' nor '-'"),
     ("4 8 0,-2:-", "extent '0,-2' of dim 0 is neither"),
     ("4 8 3,2:-", "extent '3,2' of dim 0 ends at 5, past its size 4"),
+    ("4 \u00b2 -:-", "dim '\u00b2' of the full shape is not a non-negative integer"),
 ])
 def test_slice_grammar_errors(text: str, message: str) -> None:
     with pytest.raises(dtc.SliceSpecError, match=message):
@@ -438,3 +439,45 @@ def test_io_is_counted(mesh: dtc.Mesh, tmp_path: Path) -> None:
                                                              mesh)})
     assert set(stats.written) == {0, 4}
     assert sum(stats.written.values()) == sum(p.stat().st_size for p in tmp_path.glob("*.data-*"))
+
+
+# -- regressions found by adversarial testing --------------------------------------------------
+
+def test_two_variables_with_one_path_are_refused(mesh: dtc.Mesh) -> None:
+    v = dtc.DVariable(np.zeros(2, np.float32), layout=dtc.Layout([U], mesh))
+    w = dtc.DVariable(np.ones(2, np.float32), layout=dtc.Layout([U], mesh))
+    with pytest.raises(ValueError, match="two different variables would be saved as 'm/a/b'"):
+        dtc.DTensorCheckpoint(mesh, m={"a/b": v, "a": {"b": w}}).variables()
+
+
+def test_a_back_reference_to_the_root_does_not_rename(mesh: dtc.Mesh) -> None:
+    root = Layer(mesh, 0)
+    root.child = {"up": root}
+    assert list(dtc.DTensorCheckpoint(mesh, root=root).variables()) == ["w", "b"]
+
+
+def test_sharded_save_refuses_slices_in_two_dtypes(mesh: dtc.Mesh, tmp_path: Path) -> None:
+    a = dtc.DVariable(values((2, 3)), layout=dtc.Layout([U, U], mesh))
+    b = dtc.DVariable(values((2, 3), 1), layout=dtc.Layout([U, U], mesh))
+    dtc.enable_save_as_bf16([a])
+    with pytest.raises(ValueError, match="some slices of 'x' are saved as bfloat16"):
+        dtc.sharded_save(mesh, tmp_path / "ck", ["x", "x"], ["4 3 0,2:-", "4 3 2,2:-"], [a, b])
+
+
+def test_compiled_save_and_async_save_of_one_prefix(mesh: dtc.Mesh, tmp_path: Path) -> None:
+    prefix = str(tmp_path / "ck")
+    big = put(values((1024, 1024)), ["dp", "tp"], mesh)
+
+    @dtc.compile(in_layouts=dtc.Layout(["dp", U], mesh))
+    def step(x: np.ndarray) -> np.ndarray:
+        dtc.save(prefix, {"x": x})
+        return x * 2
+
+    for i in range(3):
+        handle = dtc.name_based_save(mesh, prefix, {"big": big}, blocking=False)
+        step(values((8, 4), i))
+        assert handle is not None
+        handle.result(timeout=60)
+    assert inspect.verify(prefix) == []
+    index = json.loads((tmp_path / "ck.index.json").read_text())
+    assert index["generation"] == 5

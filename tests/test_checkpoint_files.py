@@ -116,6 +116,28 @@ def test_bad_index(mesh: dtc.Mesh, tmp_path: Path, text: str, message: str) -> N
         restore(mesh, tmp_path / "ck", data)
 
 
+def test_overlapping_slices_in_an_index_are_refused(mesh: dtc.Mesh, tmp_path: Path) -> None:
+    data = saved(mesh, tmp_path / "ck")
+    path = tmp_path / "ck.index.json"
+    index = json.loads(path.read_text())
+    w = index["tensors"]["w"]["slices"]
+    w[1] = dict(w[0])  # the same box twice, one box missing: the volumes still add up
+    path.write_text(json.dumps(index))
+    with pytest.raises(dtc.CheckpointError, match=r"the slices \[0:4, 0:4\] and \[0:4, 0:4\] "
+                                                  r"of 'w' overlap"):
+        restore(mesh, tmp_path / "ck", data)
+    done = dtc_cli("verify", str(tmp_path / "ck"))
+    assert done.returncode == 1 and "overlap" in done.stderr
+
+
+def test_export_refuses_a_tensor_named_metadata(mesh: dtc.Mesh, tmp_path: Path) -> None:
+    dtc.name_based_save(mesh, tmp_path / "ck", {
+        "__metadata__": dtc.copy_to_mesh(np.zeros(4, np.float32), dtc.Layout([U], mesh))})
+    done = dtc_cli("export", str(tmp_path / "ck"), str(tmp_path / "out.safetensors"))
+    assert done.returncode == 1 and "safetensors reserves that key" in done.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 # -- crashes ------------------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""

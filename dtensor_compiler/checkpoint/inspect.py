@@ -129,6 +129,9 @@ def export(prefix: str, out: str, max_shard_bytes: int | None = None) -> list[Pa
     index = load_index(prefix)
     directory = index_path(prefix).parent
     for name, t in index.tensors.items():
+        if name == "__metadata__":
+            raise CheckpointError("a tensor named '__metadata__' cannot be exported: "
+                                  "safetensors reserves that key")
         if t.dtype not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{name}: dtype {t.dtype} has no safetensors code")
     target = Path(out)

@@ -181,6 +181,10 @@ def sharded_save(mesh: Mesh, file_prefix: PathLike, tensor_names: Sequence[str],
         entries.append(SaveEntry(name, tensor, text, isinstance(value, DVariable)
                                  and value.save_as_bf16))
     _check_disjoint(entries)
+    for e in entries:
+        if any(o.name == e.name and o.as_bf16 != e.as_bf16 for o in entries):
+            raise ValueError(f"sharded_save: some slices of {e.name!r} are saved as bfloat16 "
+                             "and some are not; a tensor is stored in one dtype")
     return run_save(mesh, prefix, entries, blocking, progress)
 
 

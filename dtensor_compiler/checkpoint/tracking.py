@@ -81,17 +81,22 @@ def _children(obj: object) -> list[tuple[str, object]]:
     return []
 
 
-def _walk(roots: Mapping[str, object], ckpt: DTensorCheckpoint) -> dict[str, DVariable]:
-    """The DVariables under `roots` by path; every `AutoTrackable` met is noted as attached
-    to `ckpt` at its path."""
+def _walk(roots: Mapping[str, object], ckpt: DTensorCheckpoint,
+          root: object | None = None) -> dict[str, DVariable]:
+    """The DVariables under `roots` (the children of `root`, if given) by path; every
+    `AutoTrackable` met is noted as attached to `ckpt` at its path. ValueError when two
+    variables get the same path (``{"a/b": v, "a": {"b": w}}``)."""
     out: dict[str, DVariable] = {}
-    seen: set[int] = set()
+    seen: set[int] = set() if root is None else {id(root)}
 
     def visit(path: str, obj: object) -> None:
         if id(obj) in seen:
             return
         seen.add(id(obj))
         if isinstance(obj, DVariable):
+            if path in out:
+                raise ValueError(f"two different variables would be saved as {path!r}; "
+                                 "rename a key or attribute")
             out[path] = obj
             return
         if isinstance(obj, AutoTrackable):
@@ -123,6 +128,7 @@ class DTensorCheckpoint:
     _pending: dict[str, str]
     """Deferred values: checkpoint name -> the prefix of the restore it came from."""
     _counter: DVariable | None
+    _root: object | None
 
     def __init__(self, mesh: Mesh, root: object | None = None, **kwargs: object) -> None:
         if not isinstance(mesh, Mesh):
@@ -131,6 +137,7 @@ class DTensorCheckpoint:
         object.__setattr__(self, "_tracked", {})
         object.__setattr__(self, "_pending", {})
         object.__setattr__(self, "_counter", None)
+        object.__setattr__(self, "_root", root)
         if root is not None:
             if not _trackable(root):
                 raise ValueError(f"root must be a trackable object, got {type(root).__name__}")
@@ -166,7 +173,7 @@ class DTensorCheckpoint:
 
     def variables(self) -> dict[str, DVariable]:
         """Every tracked DVariable by its checkpoint name, in walk order."""
-        return _walk(self._tracked, self)
+        return _walk(self._tracked, self, self._root)
 
     @property
     def save_counter(self) -> DVariable:

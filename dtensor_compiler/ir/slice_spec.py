@@ -34,7 +34,7 @@ class SliceSpec:
         *dims, extents = tokens
         full = []
         for d in dims:
-            if not d.isdigit():
+            if not (d.isascii() and d.isdigit()):
                 raise SliceSpecError(f"shape_and_slices {text!r}: dim {d!r} of the full "
                                      "shape is not a non-negative integer")
             full.append(int(d))
@@ -49,7 +49,7 @@ class SliceSpec:
                 shape.append(size)
                 continue
             fields = part.split(",")
-            if len(fields) != 2 or not all(f.isdigit() for f in fields):
+            if len(fields) != 2 or not all(f.isascii() and f.isdigit() for f in fields):
                 raise SliceSpecError(f"shape_and_slices {text!r}: extent {part!r} of dim "
                                      f"{axis} is neither 'start,length' nor '-'")
             a, n = int(fields[0]), int(fields[1])
