@@ -33,7 +33,8 @@ def cases(draw):
             for o in outs]
     dtype = draw(st.sampled_from([np.float64, np.float32]))
     seed = draw(st.integers(0, 2**16))
-    outs = prog(*[np.zeros(s) for s in prog.input_shapes])
+    with np.errstate(all="ignore"):  # only the shapes of the results matter here
+        outs = prog(*[np.zeros(s) for s in prog.input_shapes])
     outs = outs if isinstance(outs, tuple) else (outs,)
     restore_layouts = [(shardings_for(draw, np.shape(o), names, sizes), {}) for o in outs]
     return prog, names, sizes, in_layouts, out_layouts, dtype, seed, restore_layouts
