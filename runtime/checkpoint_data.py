@@ -37,7 +37,7 @@ from dtensor_compiler.runtime.checkpoint_index import (
     Box,
     StoredSlice,
     TensorRecord,
-    fsync_directory,
+    durable_file,
 )
 
 CHUNK_BYTES = 1 << 20
@@ -115,8 +115,7 @@ def entry_key(name: str, start: Sequence[int]) -> str:
 
 def chunk_rows(shape: Sequence[int], itemsize: int) -> int:
     """Rows of dim 0 per checksummed chunk of a slice of `shape` (elements for 0-d)."""
-    row = itemsize * math.prod(shape[1:]) if shape else itemsize
-    return max(1, CHUNK_BYTES // max(row, 1))
+    return max(1, CHUNK_BYTES // max(_row_bytes(shape, itemsize), 1))
 
 
 def _chunks(nbytes: int, rows: int, row_bytes: int) -> list[tuple[int, int]]:
@@ -146,21 +145,16 @@ def write_data_file(path: Path, pieces: Sequence[Piece], device: int) -> None:
         assert p.data.flags.c_contiguous, "safetensors writes the buffer as it lies"
         assert p.data.shape == p.box.shape, (p.name, p.data.shape, p.box)
     order = sorted(pieces, key=lambda p: -p.data.dtype.itemsize)  # keeps every entry aligned
-    header: dict[str, object] = {}
+    keys = [entry_key(p.name, p.box.start) for p in order]
+    entries = [(k, p.data.dtype, p.data.shape) for k, p in zip(keys, order)]
     meta: dict[str, dict[str, object]] = {}
-    offset = 0
-    for p in order:
-        key = entry_key(p.name, p.box.start)
-        header[key] = {"dtype": SAFETENSORS_DTYPES[p.data.dtype.name],
-                       "shape": list(p.data.shape),
-                       "data_offsets": [offset, offset + p.data.nbytes]}
+    for key, p in zip(keys, order):
         itemsize = p.data.dtype.itemsize
         rows = chunk_rows(p.data.shape, itemsize)
         n = len(_chunks(p.data.nbytes, rows, _row_bytes(p.data.shape, itemsize)))
         meta[key] = {"name": p.name, "start": list(p.box.start), "chunk_rows": rows,
                      "crc32": "0" * (8 * n)}
-        offset += p.data.nbytes
-    blob = _header_bytes(header, meta)
+    blob = _header_bytes(entries, _metadata(meta))
     pool = ThreadPoolExecutor(1)  # checksums beside the writes (zlib drops the GIL)
     try:
         crcs = [pool.submit(_crcs, p.data) for p in order]
@@ -170,10 +164,9 @@ def write_data_file(path: Path, pieces: Sequence[Piece], device: int) -> None:
             _write_all(fd, blob)
             for p in order:
                 _write_all(fd, p.data.reshape(-1).view(np.uint8).data)
-            for p, future in zip(order, crcs):
-                meta[entry_key(p.name, p.box.start)]["crc32"] = "".join(
-                    f"{c:08x}" for c in future.result())
-            final = _header_bytes(header, meta)
+            for key, future in zip(keys, crcs):
+                meta[key]["crc32"] = "".join(f"{c:08x}" for c in future.result())
+            final = _header_bytes(entries, _metadata(meta))
             assert len(final) == len(blob), "checksums are fixed-width"
             os.pwrite(fd, final, 0)
             os.fsync(fd)
@@ -181,7 +174,7 @@ def write_data_file(path: Path, pieces: Sequence[Piece], device: int) -> None:
             os.close(fd)
     finally:
         pool.shutdown()
-    _stats().add_written(device, len(blob) + offset)
+    _stats().add_written(device, len(blob) + sum(p.data.nbytes for p in order))
 
 
 def write_streamed(path: Path,
@@ -191,44 +184,39 @@ def write_streamed(path: Path,
     data in order as C-contiguous parts), written without holding any tensor whole; under a
     temporary name, fsynced, then renamed into place."""
     order = sorted(entries, key=lambda e: -e[1].itemsize)  # keeps every entry aligned
-    header: dict[str, object] = {}
+    header = _header_bytes([(name, dtype, shape) for name, dtype, shape, _ in order],
+                           {"format": "pt"})
+    with durable_file(path) as fd:
+        _write_all(fd, header)
+        for name, dtype, shape, parts in order:
+            written = 0
+            for part in parts:
+                assert part.dtype == dtype and part.flags.c_contiguous
+                _write_all(fd, part.reshape(-1).view(np.uint8).data)
+                written += part.nbytes
+            assert written == math.prod(shape) * dtype.itemsize, name
+
+
+def _header_bytes(entries: Sequence[tuple[str, np.dtype, tuple[int, ...]]],
+                  metadata: dict[str, str]) -> bytes:
+    """The header of a safetensors file holding `entries` (key, dtype, shape) back to back in
+    this order: its length, then the JSON with `metadata`, padded to 8 bytes."""
+    doc: dict[str, object] = {}
     offset = 0
-    for name, dtype, shape, _ in order:
+    for key, dtype, shape in entries:
         nbytes = math.prod(shape) * dtype.itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype.name], "shape": list(shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        doc[key] = {"dtype": SAFETENSORS_DTYPES[dtype.name], "shape": list(shape),
+                    "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    header["__metadata__"] = {"format": "pt"}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, struct.pack("<Q", len(text)) + text)
-            for name, dtype, shape, parts in order:
-                written = 0
-                for part in parts:
-                    assert part.dtype == dtype and part.flags.c_contiguous
-                    _write_all(fd, part.reshape(-1).view(np.uint8).data)
-                    written += part.nbytes
-                assert written == math.prod(shape) * dtype.itemsize, name
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def _header_bytes(header: dict[str, object], meta: dict[str, dict[str, object]]) -> bytes:
-    doc = dict(header)
-    doc["__metadata__"] = {_META_KEY: json.dumps(meta, separators=(",", ":"))}
+    doc["__metadata__"] = metadata
     text = json.dumps(doc, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
+
+
+def _metadata(meta: dict[str, dict[str, object]]) -> dict[str, str]:
+    """The ``__metadata__`` of a data file (string values only, as safetensors wants)."""
+    return {_META_KEY: json.dumps(meta, separators=(",", ":"))}
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -18,9 +18,11 @@ absent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,20 +208,31 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """`data` as the file `path`, atomically: a temporary file, fsynced, renamed over `path`,
-    and the directory fsynced."""
+@contextlib.contextmanager
+def durable_file(path: Path) -> Iterator[int]:
+    """A descriptor to write the file `path` through, atomically: the block writes a
+    temporary file, which is fsynced and renamed over `path`, and the directory fsynced;
+    if the block raises, the temporary file is removed and `path` is untouched."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            yield fd
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """`data` as the file `path`, atomically (see `durable_file`)."""
+    with durable_file(path) as fd:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
 
 
 _CLEANER = ThreadPoolExecutor(1, thread_name_prefix="dtc-checkpoint-cleanup")
