@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -64,6 +65,11 @@ class Box:
     def text(self) -> str:
         return "[" + ", ".join(f"{a}:{a + n}" for a, n in zip(self.start, self.shape)) + "]"
 
+    def overlaps(self, other: Box) -> bool:
+        """Whether the boxes share an element (an empty box shares none)."""
+        return all(a < b + m and b < a + n
+                   for a, n, b, m in zip(self.start, self.shape, other.start, other.shape))
+
 
 @dataclass(frozen=True)
 class StoredSlice:
@@ -89,6 +95,12 @@ class TensorRecord:
     saved_from: str | None
     """The dtype it had before saving when that differs (float32 saved as bfloat16)."""
     slices: tuple[StoredSlice, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stored slices cover the whole tensor (they never overlap: see
+        `load_index`)."""
+        return sum(math.prod(s.box.shape) for s in self.slices) == math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -166,8 +178,7 @@ def _check_slices(name: str, shape: tuple[int, ...], slices: tuple[StoredSlice, 
         for c in boxes[i + 1:]:
             if c.start[0] >= b.start[0] + b.shape[0]:
                 break
-            if all(x < y + m and y < x + n
-                   for x, n, y, m in zip(b.start, b.shape, c.start, c.shape)):
+            if b.overlaps(c):
                 raise CheckpointError(f"{where}: the slices {b.text()} and {c.text()} of "
                                       f"{name!r} overlap")
 

@@ -44,6 +44,7 @@ from dtensor_compiler.runtime.checkpoint_index import (
 )
 from dtensor_compiler.runtime.executor import ExecContext, KernelFn
 from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS
+from dtensor_compiler.runtime.stacked import copy_index
 
 kernel = NUMPY_KERNELS.register
 _IO_THREADS = 4
@@ -101,8 +102,7 @@ def _slices(op: Operation) -> tuple[str, ...]:
 
 def _device_part(x: np.ndarray, coords: tuple[int, ...], mesh_axes: int) -> np.ndarray:
     """The block one device holds of an array with `mesh_axes` leading mesh axes."""
-    index = tuple(c if x.shape[i] > 1 else 0 for i, c in enumerate(coords[:mesh_axes]))
-    return x[index]
+    return x[copy_index(coords[:mesh_axes], x.shape)]
 
 
 def _contiguous(x: np.ndarray) -> np.ndarray:
@@ -227,10 +227,5 @@ def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
 def _holders(coords: tuple[int, ...], used: set[str], mesh: MeshShape) -> list[int]:
     """The devices that hold the block of the device at `coords` (equal along `used`)."""
     ranges = [range(s) if m not in used else (c,) for (m, s), c in zip(mesh.dims, coords)]
-    out = []
-    for point in itertools.product(*ranges):
-        device = 0
-        for (_, s), c in zip(mesh.dims, point):
-            device = device * s + c
-        out.append(device)
-    return out
+    return [int(np.ravel_multi_index(point, mesh.sizes))
+            for point in itertools.product(*ranges)]

@@ -163,13 +163,18 @@ def from_stacked(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape) -> np
     return x.transpose(ones + blocks_then_local).reshape(global_shape)
 
 
+def copy_index(coords: Sequence[int], extents: Sequence[int]) -> tuple[int, ...]:
+    """Where along the leading mesh axes (of `extents`) the device at mesh `coords` finds its
+    copy: a mesh axis of extent 1 holds one copy for every device along it."""
+    return tuple(c if e > 1 else 0 for c, e in zip(coords, extents))
+
+
 def device_shard(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape, device_id: int
                  ) -> np.ndarray:
     """One device's local array (a copy)."""
     check_stacked(stacked, sharding, mesh)
     coords = geometry.device_coords(device_id, mesh)
-    index = tuple(c if e > 1 else 0 for c, e in zip(coords, stacked.shape))
-    return np.array(stacked[index])
+    return np.array(stacked[copy_index(coords, stacked.shape)])
 
 
 def _mismatch(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -208,8 +213,7 @@ def from_device_shards(shards: Sequence[np.ndarray], sharding: Sharding, mesh: M
 
 def _first_copy_device(device_id: int, extents: tuple[int, ...], mesh: MeshShape) -> int:
     coords = geometry.device_coords(device_id, mesh)
-    copy = tuple(c if e > 1 else 0 for c, e in zip(coords, extents))
-    return int(np.ravel_multi_index(copy, mesh.sizes))
+    return int(np.ravel_multi_index(copy_index(coords, extents), mesh.sizes))
 
 
 class StackedStorage:

@@ -89,7 +89,7 @@ def verify(prefix: str) -> list[str]:
             if s.file in headers and (name, s.box.start, s.offset) not in headers[s.file]:
                 problems.append(f"{name}: {directory / s.file} has no slice at "
                                 f"{s.box.text()} where the index puts it")
-        if t.slices and sum(math.prod(s.box.shape) for s in t.slices) < math.prod(t.shape):
+        if t.slices and not t.complete:
             problems.append(f"{name}: the stored slices cover only part of it")
         for s in t.slices:
             if s.file not in headers:
@@ -103,8 +103,7 @@ def verify(prefix: str) -> list[str]:
 
 def _bands(directory: Path, name: str, t: TensorRecord) -> Iterator[np.ndarray]:
     """The tensor in bands of whole rows of dim 0, in order."""
-    if math.prod(t.shape) and sum(math.prod(s.box.shape) for s in t.slices) < math.prod(
-            t.shape):
+    if not t.complete:
         raise CheckpointError(f"{name}: the checkpoint holds only part of it; it cannot be "
                               "exported whole")
     if not t.shape:

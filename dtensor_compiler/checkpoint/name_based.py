@@ -31,7 +31,7 @@ from dtensor_compiler.ir.types import dtype_name, numpy_dtype
 from dtensor_compiler.layout import Layout
 from dtensor_compiler.mesh import Mesh
 from dtensor_compiler.runtime.checkpoint_data import stored_dtype
-from dtensor_compiler.runtime.checkpoint_index import load_index
+from dtensor_compiler.runtime.checkpoint_index import Box, load_index
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.variable import DVariable
 
@@ -198,8 +198,7 @@ def _check_disjoint(entries: Sequence[SaveEntry]) -> None:
             if other.full_shape != spec.full_shape:
                 raise SliceSpecError(f"sharded_save: {e.name!r} is saved with full shapes "
                                      f"{list(other.full_shape)} and {list(spec.full_shape)}")
-            if all(a < b + m and b < a + n for a, n, b, m in
-                   zip(spec.start, spec.shape, other.start, other.shape)):
+            if Box(spec.start, spec.shape).overlaps(Box(other.start, other.shape)):
                 raise SliceSpecError(f"sharded_save: the slices {other.text()!r} and "
                                      f"{spec.text()!r} of {e.name!r} overlap")
         boxes.setdefault(e.name, []).append(spec)
