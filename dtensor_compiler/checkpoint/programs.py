@@ -104,9 +104,10 @@ def lower_save(mesh: Mesh, prefix: str, entries: Sequence[SaveEntry], *,
                verify: bool = False) -> CheckpointProgram:
     """The planned program that saves `entries` as the checkpoint `prefix`."""
     shape = mesh.mesh_shape()
+    hints = [_hint(e.name) for e in entries]
     args = [Value(TensorType(dtype_name(e.value.dtype), e.value.shape,
-                             e.value.layout.sharding), name_hint=_hint(e.name))
-            for e in entries]
+                             e.value.layout.sharding), name_hint=hint)
+            for e, hint in zip(entries, hints)]
     func = Function("save", args)
     module = Module(shape, [func], level=Level.GLOBAL)
     attrs: dict[str, object] = {"names": tuple(e.name for e in entries), "prefix": prefix}
@@ -117,7 +118,7 @@ def lower_save(mesh: Mesh, prefix: str, entries: Sequence[SaveEntry], *,
         attrs["as_bf16"] = bf16
     Builder(func, InferContext(shape)).create_op("save", args, attrs)
     func.set_results([])
-    low = lower_module(mesh, module, [_hint(e.name) for e in entries],
+    low = lower_module(mesh, module, hints,
                        PassManager.parse(SAVE_PIPELINE).passes, verify=verify,
                        backend=get_backend("numpy"), lowered=CheckpointProgram,
                        input_stage="input")

@@ -238,7 +238,7 @@ class DTensorCheckpoint:
     def _restore(self, save_path: PathLike | None, with_counter: bool,
                  progress: bool | None) -> LoadStatus:
         if save_path is None:
-            return LoadStatus(self, frozenset(), with_counter)
+            return LoadStatus(self, frozenset())
         prefix = as_prefix(save_path, "DTensorCheckpoint.restore")
         writer.wait_for_saves()
         stored = frozenset(load_index(prefix).tensors)
@@ -252,7 +252,7 @@ class DTensorCheckpoint:
         self._pending.clear()
         for name in stored - set(present) - {COUNTER}:
             self._pending[name] = prefix
-        return LoadStatus(self, stored - {COUNTER}, with_counter)
+        return LoadStatus(self, stored - {COUNTER})
 
     def _attach(self, path: str, value: object) -> None:
         """Give the variables of a `value` newly attached at `path` their pending restored
@@ -279,11 +279,9 @@ class LoadStatus:
     """What a restore matched. Each assertion raises AssertionError naming what did not
     match, and returns the status otherwise."""
 
-    def __init__(self, ckpt: DTensorCheckpoint, stored: frozenset[str],
-                 with_counter: bool) -> None:
+    def __init__(self, ckpt: DTensorCheckpoint, stored: frozenset[str]) -> None:
         self._ckpt = ckpt
         self._stored = stored
-        self._with_counter = with_counter
 
     def _unmatched(self) -> tuple[list[str], list[str]]:
         variables = self._ckpt.variables()
