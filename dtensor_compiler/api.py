@@ -141,19 +141,35 @@ def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
     arrays = [_component(t, d, layout.rank) for t, d in zip(tensors, devices)]
     first = arrays[0]
     for array, device in zip(arrays, devices):
-        if array.shape != first.shape:
-            raise LayoutError(f"the component for {device} has shape {list(array.shape)}, the "
-                              f"one for {devices[0]} has {list(first.shape)}")
         if array.dtype != first.dtype:
             raise TypeError(f"the component for {device} has dtype {array.dtype}, the one for "
                             f"{devices[0]} has {first.dtype}")
+    shape = _global_shape_of_blocks(arrays, layout)
+    for array, device, block in zip(arrays, devices, layout.block_shapes(shape)):
+        if array.shape != block:
+            raise LayoutError(f"the component for {device} has shape {list(array.shape)}, but "
+                              f"its block of the {list(shape)} tensor laid out as "
+                              f"{layout.short_text()} has shape {list(block)}")
     try:
         storage = get_backend(DEFAULT_BACKEND).from_device_shards(arrays, sharding,
-                                                                  mesh.mesh_shape())
+                                                                  mesh.mesh_shape(), shape)
     except ValueError as e:
         raise LayoutError(f"pack onto {layout.short_text()}: {e} (devices are numbered by "
                           "their position in mesh.local_devices())") from None
-    return DTensor(storage, layout, tuple(layout.global_shape_from_local_shape(first.shape)))
+    return DTensor(storage, layout, shape)
+
+
+def _global_shape_of_blocks(arrays: Sequence[np.ndarray], layout: Layout) -> tuple[int, ...]:
+    """The global shape the components of `pack` add up to: per dim, the sum of the extents
+    of its distinct blocks (one device's component stands for each block number)."""
+    blocks = layout.offset_to_shard()
+    shape = []
+    for i in range(layout.rank):
+        sizes: dict[int, int] = {}
+        for array, numbers in zip(arrays, blocks):
+            sizes.setdefault(numbers[i], array.shape[i])
+        shape.append(sum(sizes.values()))
+    return tuple(shape)
 
 
 def unpack(tensor: DTensor) -> list[np.ndarray]:

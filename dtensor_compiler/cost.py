@@ -4,7 +4,9 @@ Times follow ring algorithms over a group of n devices along the named mesh dims
 latency (alpha) and bandwidth (beta) of the slowest of those dims, plus a fixed launch cost per
 collective, so that one all_reduce is cheaper than the reduce_scatter + all_gather it equals
 in bytes. A collective's definition (`CollectiveDef`) gives the number of ring passes p and
-which per-device buffer is charged (its input for reduce_scatter, else its result):
+which per-device buffer is charged (every device's result block for reduce_scatter, every
+device's operand block for all_gather, the operand for all_to_all, else the result; padding
+of uneven blocks included):
 
     launch + p·(n-1)·alpha + p·(n-1)/n · charged_bytes / bw
 
@@ -57,10 +59,10 @@ class CostModel:
                         mesh: MeshShape, in_bytes: int, out_bytes: int) -> float:
         """Estimated seconds for one collective over `mesh_dims` whose per-device operand and
         result buffers hold `in_bytes` and `out_bytes` (see the module docstring)."""
-        nbytes = collective.charged_bytes(in_bytes, out_bytes)
+        n = mesh.group_size(mesh_dims)
+        nbytes = collective.charged_bytes(in_bytes, out_bytes, n)
         if collective.ring_passes == 0:
             return nbytes / self.memory_bandwidth
-        n = mesh.group_size(mesh_dims)
         if n == 1:
             return 0.0
         alpha = max(self.link(m).latency for m in mesh_dims)

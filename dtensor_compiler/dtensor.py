@@ -131,6 +131,9 @@ class DTensor(DistributedValue):
             raise ValueError(f"storage laid out as {storage.sharding.text()} on "
                              f"{storage.mesh.text()} cannot hold a {layout.short_text()} value "
                              f"on {mesh.text()}")
+        if storage.shape != shape:
+            raise ValueError(f"storage of a {list(storage.shape)} value cannot hold a value of "
+                             f"shape {list(shape)}")
         local = sharding.local_shape(shape, mesh)
         if storage.local_shape != local:
             raise ValueError(f"storage of shards of shape {list(storage.local_shape)} does not "

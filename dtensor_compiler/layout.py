@@ -180,20 +180,29 @@ class Layout:
                               f"{list(shape)} has rank {len(shape)}")
 
     def local_shape_from_global_shape(self, global_shape: Sequence[int]) -> list[int]:
-        """The shape of one device's block of a tensor of `global_shape`; LayoutError when a dim
-        does not divide by its shards."""
+        """The shape every device's block of a tensor of `global_shape` has room for: a dim of
+        ``n`` over ``k`` shards gives ``ceil(n / k)``; where ``k`` does not divide ``n``, the
+        trailing blocks hold fewer valid elements (see `block_shapes`)."""
         self._check_shape(global_shape)
         shape = tuple(int(s) for s in global_shape)
-        problems = geometry.misfits(shape, self.sharding.dims, self._mesh.mesh_shape())
-        if problems:
-            raise LayoutError(f"{problems[0]} of layout {self.short_text()}")
         return list(geometry.local_shape(shape, self.sharding.dims, self._mesh.mesh_shape()))
 
     def global_shape_from_local_shape(self, local_shape: Sequence[int]) -> list[int]:
-        """The global shape of a tensor whose per-device blocks have `local_shape`."""
+        """The global shape of an even tensor whose per-device blocks have `local_shape` (each
+        dim times its shard count; an uneven tensor's global shape is not determined by its
+        block shape)."""
         self._check_shape(local_shape)
-        shape = tuple(int(s) for s in local_shape)
-        return list(geometry.global_shape(shape, self.sharding.dims, self._mesh.mesh_shape()))
+        return [int(n) * self.num_shards(i) for i, n in enumerate(local_shape)]
+
+    def block_shapes(self, global_shape: Sequence[int]) -> list[tuple[int, ...]]:
+        """For each device (by flat offset), the shape of the valid part of its block of a
+        tensor of `global_shape`: short or empty on the trailing blocks of an uneven dim."""
+        self._check_shape(global_shape)
+        shape = tuple(int(s) for s in global_shape)
+        mesh = self._mesh.mesh_shape()
+        return [geometry.device_block(shape, self.sharding.dims, mesh,
+                                      geometry.device_coords(dev, mesh))[1]
+                for dev in range(self._mesh.size)]
 
     def offset_to_shard(self) -> list[tuple[int, ...]]:
         """For each device (by flat offset), the block index of each tensor dim it holds."""

@@ -90,10 +90,8 @@ def _check_endpoints(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape
             _fail(src, dst, mesh, shape, f"{role} layout: " + "; ".join(problems))
 
 
-def _local_size(dims: tuple[tuple[str, ...], ...], shape: Shape, mesh: MeshShape) -> int | None:
-    """Elements per device, or None when some tensor dim does not fit its shards."""
-    if not geometry.fits(shape, dims, mesh):
-        return None
+def _local_size(dims: tuple[tuple[str, ...], ...], shape: Shape, mesh: MeshShape) -> int:
+    """Elements per device, padding included."""
     return prod(geometry.local_shape(shape, dims, mesh))
 
 
@@ -104,11 +102,9 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
     _check_endpoints(src, dst, mesh, shape)
     if src == dst:
         return ()
-    ctx = MoveContext(mesh.names, _kept(src, dst, mesh.names), dst.partial)
+    ctx = MoveContext(mesh, _kept(src, dst, mesh.names), dst.partial, shape)
     collectives = [(d.name, d.collective) for d in opdef.collectives() if d.collective]
-    src_size = _local_size(src.dims, shape, mesh)
-    assert src_size is not None, "checked by _check_endpoints"
-    nbytes: dict[Sharding, int | None] = {src: src_size * itemsize}
+    nbytes: dict[Sharding, int] = {src: _local_size(src.dims, shape, mesh) * itemsize}
     best: dict[Sharding, tuple[float, int]] = {src: (0.0, 0)}
     reached_by: dict[Sharding, Step] = {}
     done: set[Sharding] = set()
@@ -122,18 +118,14 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
             return _path(reached_by, src, dst)
         done.add(state)
         in_bytes = nbytes[state]
-        assert in_bytes is not None
         for kind, collective in collectives:
             for move in collective.moves(state, ctx):
                 nxt = move.result
-                if nxt in done:
+                if nxt in done or not geometry.changes_align(shape, state.dims, nxt.dims, mesh):
                     continue
                 if nxt not in nbytes:
-                    size = _local_size(nxt.dims, shape, mesh)
-                    nbytes[nxt] = None if size is None else size * itemsize
+                    nbytes[nxt] = _local_size(nxt.dims, shape, mesh) * itemsize
                 out_bytes = nbytes[nxt]
-                if out_bytes is None:
-                    continue
                 cost = cost_model.collective_time(collective, move.mesh_dims, mesh, in_bytes,
                                                   out_bytes)
                 key = (seconds + cost, steps + 1)
@@ -145,7 +137,8 @@ def _plan(src: Sharding, dst: Sharding, mesh: MeshShape, shape: Shape, itemsize:
                                        cost)
                 pushed += 1
                 heapq.heappush(heap, (key[0], key[1], pushed, nxt))
-    # Unreachable: from any valid layout, reduce, gather, slice and make_partial reach dst.
+    # Unreachable: from any valid layout, reduce, gather, slice and make_partial reach dst
+    # (gathering a dim whole and slicing a whole dim always line up).
     raise AssertionError(f"planner found no path from {src.text()} to {dst.text()}")
 
 

@@ -1,16 +1,17 @@
 """Compiler passes, one per module; importing this package registers them all.
 
 Default pipeline (`DEFAULT_PIPELINE`): simplify → propagate-layouts → expand-checkpoints →
-insert-collectives → localize.
+insert-collectives → mask-padding → localize.
 """
 
 from dtensor_compiler.passes import (  # noqa: F401  (imported to register the passes)
     expand_checkpoints,
     insert_collectives,
     localize,
+    mask_padding,
     propagate_layouts,
     simplify,
 )
 
 DEFAULT_PIPELINE = ("simplify,propagate-layouts,expand-checkpoints,insert-collectives,"
-                    "localize")
+                    "mask-padding,localize")

@@ -8,6 +8,11 @@ every tensor of the op at once:
 - *Projection* reads a tensor's layout as a factor sharding. The mesh dims of a tensor dim go
   to its factors major to minor: to the current factor while what is left of its size is
   divisible by the mesh dim's size, to the next one once the current factor is used up.
+  A factor that is a whole tensor dim in every tensor of the op (*standalone*: an
+  elementwise dim, a contracted or reduced dim, a batch dim) takes all the mesh dims of its
+  tensor dim even where they do not divide it: every tensor then cuts it into the same
+  uneven blocks (see `ir.geometry`). A factor that is part of a merged or split dim may only
+  be cut evenly, since ``ceil`` blocks of the factor are not blocks of the dim.
   A mesh dim that does not fit (or lands on a must-replicate factor, or on a dim without
   factors) is dropped together with every mesh dim after it in that tensor dim.
 - *Un-projection* gives each tensor dim the mesh dims of its factors in order. A minor factor
@@ -50,6 +55,11 @@ class FactorSpace:
         self.mesh_sizes = dict(mesh.dims)
         self.tensors: tuple[tuple[DimFactors, ...], ...] = rule.operands + (rule.result,)
         self.result_index = len(rule.operands)
+        self.standalone = frozenset(
+            f for f in range(len(rule.sizes))
+            if all(dim == (f,) for tensor in self.tensors for dim in tensor if f in dim))
+        """Factors that are a whole tensor dim wherever they appear, which may be cut
+        unevenly."""
         self._projections: dict[tuple[int, TensorDims], FactorSharding] = {}
         self._unprojections: dict[tuple[FactorSharding, int], TensorDims] = {}
 
@@ -74,6 +84,10 @@ class FactorSpace:
     def _project(self, tensor: tuple[DimFactors, ...], dims: TensorDims) -> FactorSharding:
         out: list[MeshDims] = list(self.empty)
         for factors, mesh_dims in zip(tensor, dims):
+            if (len(factors) == 1 and factors[0] in self.standalone and mesh_dims
+                    and self.rule.kind(factors[0]) is not FactorKind.NEEDS_REPLICATION):
+                out[factors[0]] = mesh_dims
+                continue
             pos = 0
             left = self.rule.sizes[factors[0]] if factors else 1
             for m in mesh_dims:
@@ -117,8 +131,8 @@ class FactorSpace:
             kept: MeshDims = ()
             if self.rule.kind(f) is not FactorKind.NEEDS_REPLICATION:
                 for m in mesh_dims:
-                    if m in seen or not geometry.splits(self.rule.sizes[f],
-                                                        self._shards(kept + (m,))):
+                    if m in seen or (f not in self.standalone and not geometry.splits(
+                            self.rule.sizes[f], self._shards(kept + (m,)))):
                         break
                     kept += (m,)
             seen.update(kept)

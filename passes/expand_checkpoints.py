@@ -57,14 +57,17 @@ class ExpandCheckpointsPass(ModulePass):
 
 def writer_plan(types: list[TensorType], mesh: MeshShape) -> dict[int, list[int]]:
     """Which device writes which values: device id -> the positions of the values it is the
-    lowest device id to hold a distinct block of."""
+    lowest device id to hold a distinct block of. Empty blocks (the trailing blocks of an
+    uneven dim) are not written, unless the tensor itself is empty."""
     plan: dict[int, list[int]] = {}
     for i, t in enumerate(types):
         assert t.sharding is not None
         seen: set[tuple[int, ...]] = set()
         for device in range(mesh.num_devices):
-            start, _ = geometry.device_block(t.shape, t.sharding.dims, mesh,
-                                             geometry.device_coords(device, mesh))
+            start, size = geometry.device_block(t.shape, t.sharding.dims, mesh,
+                                                geometry.device_coords(device, mesh))
+            if 0 in size and 0 not in t.shape:
+                continue
             if start not in seen:
                 seen.add(start)
                 plan.setdefault(device, []).append(i)

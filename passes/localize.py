@@ -1,16 +1,18 @@
 """localize: turn global shapes into per-device shapes.
 
-Expects: a global-shape module in which every value has a sharding that fits the mesh and
-divides its shape evenly, and every op is legal in a local module (no `relayout` op is left:
-run insert-collectives first).
+Expects: a global-shape module in which every value has a sharding that fits the mesh, and
+every op is legal in a local module (no `relayout` op is left: run insert-collectives first;
+padding read as data is masked: run mask-padding first).
 
 Guarantees: the module is at the `local` level and every value's type holds its per-device
-shape, with its sharding kept. Shape-valued attributes are rewritten to local terms by the
-op's localize hook (`OpDef.localize`; a `slice` may cut only unsharded dims, and a full-range
-slice of a sharded dim becomes the full local range). Ops whose shape comes from their
+shape, with its sharding kept. A dim its shards do not divide gets the room of its blocks,
+``ceil(n / k)``, and records its global extent (``f32[3/10]``, see `TensorType`).
+Shape-valued attributes are rewritten to local terms by the op's localize hook
+(`OpDef.localize`; a `slice` may cut only unsharded dims, and a full-range slice of a sharded
+dim becomes the full local range). Ops whose shape comes from their
 declared result type (`reshape`, `broadcast_to`, `full`, `iota`, `astype`, `constant`) get the
 local type; a `constant` keeps its GLOBAL value, which the runtime splits per device. Every
-layout is checked to fit its global shape first. Nothing is changed when the pass fails.
+layout is checked to fit the mesh first. Nothing is changed when the pass fails.
 
 ```
 %0 = matmul %x, %w : f32[512,1024] @ {dp, tp}            // mesh<dp=2, tp=4>
@@ -24,7 +26,7 @@ import functools
 from dataclasses import dataclass
 
 from dtensor_compiler.errors import PassError
-from dtensor_compiler.ir import geometry, opdef
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 from dtensor_compiler.ir.printer import Namer
@@ -106,9 +108,4 @@ class _Localizer:
         if problems:
             raise self.error(value.owner, f"layout of {self.name(value)} {sharding.text()}: "
                                           + "; ".join(problems))
-        misfits = geometry.misfits(t.shape, sharding.dims, self.mesh)
-        if misfits:
-            raise self.error(value.owner, f"{self.name(value)}: {t.text()} does not split "
-                                          f"evenly: {misfits[0]}")
-        local = geometry.local_shape(t.shape, sharding.dims, self.mesh)
-        return t.with_shape(local)
+        return t.localized(self.mesh)

@@ -26,13 +26,15 @@ class Storage(Protocol):
 
     sharding: Sharding
     mesh: MeshShape
+    shape: tuple[int, ...]
+    """The global shape."""
 
     @property
     def dtype(self) -> np.dtype: ...
 
     @property
     def local_shape(self) -> tuple[int, ...]:
-        """The shape of every device's shard."""
+        """The (padded) block shape every device holds."""
         ...
 
     def to_global(self) -> np.ndarray:
@@ -40,7 +42,7 @@ class Storage(Protocol):
         ...
 
     def device_shard(self, device_id: int) -> np.ndarray:
-        """One device's shard, as a new array."""
+        """The valid part of one device's block, as a new array."""
         ...
 
 
@@ -58,9 +60,11 @@ class Backend:
     kernels: KernelTable
     place: Callable[[np.ndarray, Sharding, MeshShape], Storage]
     """A global array laid out as a sharding (never a view of it)."""
-    from_device_shards: Callable[[Sequence[np.ndarray], Sharding, MeshShape], Storage]
-    """The storage of one local array per device, in device-id order (ValueError when
-    replicated copies differ)."""
+    from_device_shards: Callable[[Sequence[np.ndarray], Sharding, MeshShape, tuple[int, ...]],
+                                 Storage]
+    """The storage of a value of a global shape from the valid part of each device's block,
+    in device-id order (ValueError for a block of the wrong shape, or when replicated copies
+    differ)."""
     executor: Callable[[Module], Executor]
 
 

@@ -44,7 +44,7 @@ from dtensor_compiler.runtime.checkpoint_index import (
 )
 from dtensor_compiler.runtime.executor import ExecContext, KernelFn
 from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS
-from dtensor_compiler.runtime.stacked import copy_index
+from dtensor_compiler.runtime.stacked import copy_index, trim_to
 
 kernel = NUMPY_KERNELS.register
 _IO_THREADS = 4
@@ -93,16 +93,18 @@ def _layout(value: Value) -> Sharding:
 
 
 def _global_shape(value: Value, mesh: MeshShape) -> tuple[int, ...]:
-    return _layout(value).global_shape(value.type.shape, mesh)
+    return value.type.global_shape(mesh)
 
 
 def _slices(op: Operation) -> tuple[str, ...]:
     return _strs(op, "slices") or ("",) * len(op.operands)
 
 
-def _device_part(x: np.ndarray, coords: tuple[int, ...], mesh_axes: int) -> np.ndarray:
-    """The block one device holds of an array with `mesh_axes` leading mesh axes."""
-    return x[copy_index(coords[:mesh_axes], x.shape)]
+def _device_part(x: np.ndarray, coords: tuple[int, ...], mesh_axes: int,
+                 valid: tuple[int, ...]) -> np.ndarray:
+    """The valid part (of shape `valid`, padding cut off) of the block one device holds of an
+    array with `mesh_axes` leading mesh axes."""
+    return trim_to(x[copy_index(coords[:mesh_axes], x.shape)], valid)
 
 
 def _contiguous(x: np.ndarray) -> np.ndarray:
@@ -124,7 +126,8 @@ def _save_shard(op: Operation, ctx: ExecContext) -> KernelFn:
         boxes.append(Box(tuple(a + o for a, o in zip(start, offset)), size))
 
     def run(*xs: np.ndarray) -> None:
-        pieces = [Piece(name, box, _contiguous(_device_part(x, coords, ctx.mesh_axes)))
+        pieces = [Piece(name, box, _contiguous(_device_part(x, coords, ctx.mesh_axes,
+                                                            box.shape)))
                   for name, box, x in zip(names, boxes, xs)]
         path = Path(prefix).parent / data_file_name(prefix, next_generation(prefix), device)
         future = _IO.submit(contextvars.copy_context().run, write_data_file, path, pieces,
@@ -213,9 +216,11 @@ def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
         def read(index: tuple[int, ...]) -> None:
             coords = index + (0,) * (len(mesh.dims) - len(index))
             start, size = geometry.device_block(shape, sharding.dims, mesh, coords)
+            if 0 in size and 0 not in shape:
+                return  # an empty block: all padding
             block: tuple[int | EllipsisType, ...] = (*index, Ellipsis)  # a view, 0-d too
             read_box(directory, name, record, Box(start, size), _holders(coords, used, mesh),
-                     into=out[block])
+                     into=trim_to(out[block], size))
 
         blocks = list(itertools.product(*(range(e) for e in extents)))
         for future in [_IO.submit(context.copy().run, read, b) for b in blocks]:

@@ -24,10 +24,19 @@ import numpy as np
 from dtensor_compiler.ir import geometry, opdef
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
-from dtensor_compiler.ir.ops import contractions, elementwise, indexing, reductions, shape, sources
+from dtensor_compiler.ir.ops import (
+    contractions,
+    elementwise,
+    indexing,
+    padding,
+    reductions,
+    shape,
+    sources,
+)
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
 from dtensor_compiler.ir.types import is_low_precision, numpy_dtype
 from dtensor_compiler.runtime.executor import ExecContext, KernelFn, KernelTable
+from dtensor_compiler.runtime.stacked import reduction_identity
 from dtensor_compiler.runtime.stacked_context import StackedContext
 
 NUMPY_KERNELS = KernelTable("numpy")
@@ -236,7 +245,7 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     mesh_dims = sharding.dims[axis]
     local = table_type.shape[axis]
     shards = geometry.shard_count(mesh_dims, ctx.mesh)
-    extent = geometry.global_extent(local, shards)
+    extent = table_type.global_shape(ctx.mesh)[axis]
     start = np.asarray(geometry.block_start(extent, shards,
                                             np.asarray(ctx.block_index(mesh_dims))))
     start = start.reshape(start.shape + (1,) * idx_rank)
@@ -272,6 +281,30 @@ def _lookup(k: int, axis: int, idx_rank: int) -> Callable[[np.ndarray, np.ndarra
     return take
 
 
+@kernel(padding.MASK)
+def _mask(op: Operation, ctx: ExecContext) -> KernelFn:
+    """Select the fill reduction's identity wherever a device's block along `axes` is
+    padding: past ``clamp(n - r * c, 0, c)`` elements in block number ``r``."""
+    t = op.operands[0].type
+    sharding = t.sharding
+    assert sharding is not None
+    k = ctx.mesh_axes
+    extents = t.global_shape(ctx.mesh)
+    axes = op.attrs["axes"]
+    assert isinstance(axes, tuple)
+    valid: np.ndarray | bool = True
+    for axis in axes:
+        room = t.shape[axis]
+        block = np.asarray(ctx.block_index(sharding.dims[axis]))
+        count = extents[axis] - block * room
+        position = np.arange(room).reshape((1,) * (k + axis) + (room,)
+                                           + (1,) * (t.rank - axis - 1))
+        valid = valid & (position < count.reshape(count.shape + (1,) * t.rank))
+    fill = ReduceOp.parse(op.attrs["fill"])
+    identity = reduction_identity(fill, numpy_dtype(t.dtype))
+    return lambda x: np.where(valid, x, identity)
+
+
 @kernel(sources.FULL)
 def _full(op: Operation, ctx: ExecContext) -> KernelFn:
     scalar = np.asarray(op.attrs["value"], dtype=numpy_dtype(op.type.dtype))
@@ -295,7 +328,7 @@ def _iota(op: Operation, ctx: ExecContext) -> KernelFn:
     counts = np.arange(local[d], dtype=dtype).reshape(along)
     if sharding is not None and sharding.dims[d]:
         shards = geometry.shard_count(sharding.dims[d], ctx.mesh)
-        extent = geometry.global_extent(local[d], shards)
+        extent = op.type.global_shape(ctx.mesh)[d]
         block = np.asarray(ctx.block_index(sharding.dims[d]))
         offsets = np.asarray(geometry.block_start(extent, shards, block)).astype(dtype)
         counts = offsets.reshape(offsets.shape + (1,) * len(local)) + counts
@@ -318,7 +351,11 @@ def _collective(op: Operation, ctx: ExecContext) -> KernelFn:
     src = op.operands[0].type.sharding
     assert src is not None, f"{op.name} operand has no sharding in a localized module"
     run = getattr(ctx.comm, op.name)
-    attrs = dict(op.attrs)
+    attrs: dict[str, object] = dict(op.attrs)
+    definition = opdef.lookup(op.name).collective
+    assert definition is not None
+    if definition.reshapes:
+        attrs["block"] = op.type.shape
     return lambda x: run(x, src, **attrs)
 
 

@@ -10,6 +10,7 @@ view; any other disagreement is a compiler bug and raises `ExecutionError`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -70,26 +71,30 @@ class SimulatedExecutor:
         self.program = Program(module, kernels, StackedContext(mesh), _array_type(mesh),
                                _conformer(mesh))
         self._exclusive = checkpoint_kernels.uses_checkpoints(module)
-        self.result_shardings = []
+        self._padded = any(v.type.padded for v in module.main.values())
+        """Padding may hold anything (log of a zero, NaN): a program with padded values runs
+        with numpy's floating-point warnings off, as they would be about padding."""
+        self.results = []
         for value in module.main.results:
             assert value.type.sharding is not None
-            self.result_shardings.append(value.type.sharding)
+            self.results.append((value.type.sharding, value.type.global_shape(mesh)))
 
     def run(self, inputs: Sequence[Storage]) -> list[Storage]:
         arrays = []
         for x in inputs:
             assert isinstance(x, StackedStorage), "the numpy backend runs on stacked storage"
             arrays.append(x.stacked)
-        return [StackedStorage(out, sharding, self.mesh, checked=False)
-                for out, sharding in zip(self.run_stacked(arrays), self.result_shardings)]
+        return [StackedStorage(out, sharding, self.mesh, shape, checked=False)
+                for out, (sharding, shape) in zip(self.run_stacked(arrays), self.results)]
 
     def run_stacked(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Stacked arrays in, stacked arrays out (one per returned value). A program that
         saves or restores checkpoints runs alone among such programs of this process."""
-        if self._exclusive:
-            with checkpoint_kernels.PROGRAMS:
-                return self.program.run(inputs)
-        return self.program.run(inputs)
+        with np.errstate(all="ignore") if self._padded else contextlib.nullcontext():
+            if self._exclusive:
+                with checkpoint_kernels.PROGRAMS:
+                    return self.program.run(inputs)
+            return self.program.run(inputs)
 
 
 BACKEND = Backend(name="numpy", kernels=NUMPY_KERNELS, place=StackedStorage.from_global,

@@ -10,7 +10,13 @@ ONE numpy array of shape ``(e_0, ..., e_{k-1}) + local_shape``:
 
 Device ids are row-major over the mesh coordinates. A tensor dim sharded over mesh dims
 ``(x, y)`` (major to minor) holds, on the device with coordinates ``(.., c_x, .., c_y, ..)``,
-block ``c_x * n_y + c_y`` of size ``global / (n_x * n_y)``. A pending partial reduction over
+block ``c_x * n_y + c_y`` of room ``ceil(global / (n_x * n_y))`` (`ir.geometry`). Where the
+blocks do not divide the dim, the stacked array is that of the dim padded at its end: the
+trailing blocks are partly or wholly padding. Padding made here (`to_stacked`,
+`pad_to_blocks`) is zeros; kernels may leave anything there, and only the valid part of a
+block is ever read back (`from_stacked`, `device_shard`).
+
+A pending partial reduction over
 mesh dim ``m`` means the true value is that reduction over mesh axis ``m`` (sum, max, min or
 prod). Several pending reductions are applied in mesh-dim order.
 
@@ -117,6 +123,8 @@ def to_stacked(global_array: np.ndarray, sharding: Sharding, mesh: MeshShape) ->
     problems = sharding.problems(mesh, tuple(x.shape))
     if problems:
         raise ValueError(f"cannot lay out {list(x.shape)} as {sharding.text()}: {problems[0]}")
+    x = pad_to_blocks(x, [geometry.padded_extent(n, sharding.num_shards(i, mesh))
+                          for i, n in enumerate(x.shape)])
     split_shape: list[int] = []
     block_axis: dict[str, int] = {}
     local_axes: list[int] = []
@@ -134,6 +142,24 @@ def to_stacked(global_array: np.ndarray, sharding: Sharding, mesh: MeshShape) ->
     return place_partial(stacked, sharding, mesh)
 
 
+def pad_to_blocks(x: np.ndarray, extents: Sequence[int], offset: int = 0) -> np.ndarray:
+    """`x` with its dims from `offset` on (as many as `extents` has) padded with zeros at their
+    end up to `extents` (`x` itself when nothing is short)."""
+    short = [(0, e - n) for n, e in zip(x.shape[offset:], extents)]
+    if not any(after for _, after in short):
+        return x
+    rest = [(0, 0)] * (x.ndim - offset - len(short))
+    return np.pad(x, [(0, 0)] * offset + short + rest)
+
+
+def trim_to(x: np.ndarray, extents: Sequence[int], offset: int = 0) -> np.ndarray:
+    """A view of `x` cut to `extents` along its dims from `offset` on (as many as `extents`
+    has)."""
+    if tuple(x.shape[offset:offset + len(extents)]) == tuple(extents):
+        return x
+    return x[(slice(None),) * offset + tuple(slice(0, e) for e in extents)]
+
+
 def check_stacked(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape) -> None:
     """Raise ValueError unless `stacked` has the exact mesh extents of `sharding`."""
     k = len(mesh.dims)
@@ -146,9 +172,11 @@ def check_stacked(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape) -> N
                          f"{list(extents)}, got shape {list(stacked.shape)}")
 
 
-def from_stacked(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape) -> np.ndarray:
-    """The global value of a stacked array: pending reductions applied, blocks put together.
-    A view of `stacked` when no data has to move (a replicated value)."""
+def from_stacked(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape,
+                 shape: Sequence[int] | None = None) -> np.ndarray:
+    """The global value of global `shape` of a stacked array: pending reductions applied,
+    blocks put together, padding cut off (`shape` None: the blocks have no padding). A view
+    of `stacked` when no data has to move (a replicated value)."""
     check_stacked(stacked, sharding, mesh)
     x = stacked
     for m, op in sorted(sharding.partial, key=lambda p: mesh.index(p[0])):
@@ -159,8 +187,9 @@ def from_stacked(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape) -> np
         blocks_then_local += [mesh.index(m) for m in dims] + [k + i]
     sharded = set(blocks_then_local)
     ones = [j for j in range(k) if j not in sharded]  # extent 1 by now
-    global_shape = sharding.global_shape(x.shape[k:], mesh)
-    return x.transpose(ones + blocks_then_local).reshape(global_shape)
+    padded = [n * sharding.num_shards(i, mesh) for i, n in enumerate(x.shape[k:])]
+    out = x.transpose(ones + blocks_then_local).reshape(padded)
+    return out if shape is None else trim_to(out, shape)
 
 
 def copy_index(coords: Sequence[int], extents: Sequence[int]) -> tuple[int, ...]:
@@ -169,12 +198,17 @@ def copy_index(coords: Sequence[int], extents: Sequence[int]) -> tuple[int, ...]
     return tuple(c if e > 1 else 0 for c, e in zip(coords, extents))
 
 
-def device_shard(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape, device_id: int
-                 ) -> np.ndarray:
-    """One device's local array (a copy)."""
+def device_shard(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape, device_id: int,
+                 shape: Sequence[int] | None = None) -> np.ndarray:
+    """The valid part of one device's block of a value of global `shape` (a copy; `shape`
+    None: the blocks have no padding)."""
     check_stacked(stacked, sharding, mesh)
     coords = geometry.device_coords(device_id, mesh)
-    return np.array(stacked[copy_index(coords, stacked.shape)])
+    block = stacked[copy_index(coords, stacked.shape)]
+    if shape is not None:
+        block = trim_to(block, geometry.device_block(tuple(shape), sharding.dims, mesh,
+                                                     coords)[1])
+    return np.array(block)
 
 
 def _mismatch(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -185,21 +219,30 @@ def _mismatch(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return differ
 
 
-def from_device_shards(shards: Sequence[np.ndarray], sharding: Sharding, mesh: MeshShape
-                       ) -> np.ndarray:
-    """The stacked array of per-device local arrays given in device-id order.
+def from_device_shards(shards: Sequence[np.ndarray], sharding: Sharding, mesh: MeshShape,
+                       shape: Sequence[int] | None = None) -> np.ndarray:
+    """The stacked array of a value of global `shape` from the valid part of each device's
+    block, given in device-id order (each padded here to the uniform block shape; `shape`
+    None: the blocks have no padding, all have device 0's shape).
 
-    Replicated copies must be equal; the first device whose copy differs is named in the
-    ValueError.
+    Each block must have its exact valid shape, and replicated copies must be equal; the
+    first device whose block is wrong is named in the ValueError.
     """
     if len(shards) != mesh.num_devices:
         raise ValueError(f"{mesh.text()} has {mesh.num_devices} devices, got {len(shards)} shards")
-    local = np.shape(shards[0])
+    if shape is None:
+        shape = [n * sharding.num_shards(i, mesh) for i, n in enumerate(np.shape(shards[0]))]
+    shape = tuple(shape)
+    local = sharding.local_shape(shape, mesh)
     for d, s in enumerate(shards):
-        if np.shape(s) != local:
-            raise ValueError(f"device {d} holds shape {list(np.shape(s))}, device 0 holds "
-                             f"{list(local)}")
-    full = np.stack([np.asarray(s) for s in shards]).reshape(mesh.sizes + tuple(local))
+        _, valid = geometry.device_block(shape, sharding.dims, mesh,
+                                         geometry.device_coords(d, mesh))
+        if np.shape(s) != valid:
+            raise ValueError(f"device {d} holds shape {list(np.shape(s))}, its block of a "
+                             f"{list(shape)} tensor laid out as {sharding.text()} has shape "
+                             f"{list(valid)}")
+    full = np.stack([pad_to_blocks(np.asarray(s), local) for s in shards]
+                    ).reshape(mesh.sizes + tuple(local))
     extents = mesh_extents(sharding, mesh)
     first = full[tuple(slice(0, e) for e in extents)]
     differ = _mismatch(full, first).reshape(mesh.num_devices, -1).any(axis=1)
@@ -220,20 +263,27 @@ class StackedStorage:
     """A distributed value held as one stacked array: the simulated mesh's storage type
     (implements `backends.Storage`). The array is read-only."""
 
-    __slots__ = ("stacked", "sharding", "mesh")
+    __slots__ = ("stacked", "sharding", "mesh", "shape")
 
     def __init__(self, stacked: np.ndarray, sharding: Sharding, mesh: MeshShape,
-                 checked: bool = True) -> None:
-        """`checked=False` skips checking the mesh extents (for a program's results, whose
-        types the program checked)."""
+                 shape: Sequence[int], checked: bool = True) -> None:
+        """A value of global `shape`. `checked=False` skips checking the mesh extents and the
+        block shape (for a program's results, whose types the program checked)."""
+        shape = tuple(shape)
         if checked:
             check_stacked(stacked, sharding, mesh)
+            local = sharding.local_shape(shape, mesh)
+            if stacked.shape[len(mesh.dims):] != local:
+                raise ValueError(f"blocks of shape {list(stacked.shape[len(mesh.dims):])} do "
+                                 f"not hold a {list(shape)} value laid out as "
+                                 f"{sharding.text()}, whose blocks are {list(local)}")
         if stacked.flags.writeable:
             stacked = stacked.view()
             stacked.flags.writeable = False
         self.stacked = stacked
         self.sharding = sharding
         self.mesh = mesh
+        self.shape = shape
 
     @classmethod
     def from_global(cls, value: np.ndarray, sharding: Sharding, mesh: MeshShape
@@ -242,12 +292,12 @@ class StackedStorage:
         stacked = to_stacked(value, sharding, mesh)
         if np.may_share_memory(stacked, value):
             stacked = stacked.copy()
-        return cls(stacked, sharding, mesh)
+        return cls(stacked, sharding, mesh, np.shape(value))
 
     @classmethod
     def from_device_shards(cls, shards: Sequence[np.ndarray], sharding: Sharding,
-                           mesh: MeshShape) -> StackedStorage:
-        return cls(from_device_shards(shards, sharding, mesh), sharding, mesh)
+                           mesh: MeshShape, shape: Sequence[int]) -> StackedStorage:
+        return cls(from_device_shards(shards, sharding, mesh, shape), sharding, mesh, shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -255,12 +305,13 @@ class StackedStorage:
 
     @property
     def local_shape(self) -> tuple[int, ...]:
+        """The (padded) block shape every device holds."""
         return self.stacked.shape[len(self.mesh.dims):]
 
     def to_global(self) -> np.ndarray:
         """The global value as a new array."""
-        return np.array(from_stacked(self.stacked, self.sharding, self.mesh))
+        return np.array(from_stacked(self.stacked, self.sharding, self.mesh, self.shape))
 
     def device_shard(self, device_id: int) -> np.ndarray:
-        """One device's local array (a copy)."""
-        return device_shard(self.stacked, self.sharding, self.mesh, device_id)
+        """The valid part of one device's block (a copy)."""
+        return device_shard(self.stacked, self.sharding, self.mesh, device_id, self.shape)

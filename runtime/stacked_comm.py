@@ -6,6 +6,12 @@ collective's definition (`CollectiveDef.transfer`) makes of the operand's: gathe
 are the minor-most suffix of a tensor dim's tuple, and scattered or sliced mesh dims are
 appended minor-most. Data moves by reshapes, axis moves and reductions over mesh axes, never by
 a loop over devices, on meshes of any rank and over groups of several mesh dims.
+
+The methods that change the block shape also take `block`, the result's block shape (from its
+type). Where blocks have padding (`ir.geometry`), scattering pads the dim at its end to whole
+blocks first, and gathering cuts the blocks put together to `block`: for a dim gathered whole,
+its exact extent, so the padding is gone. The planner only emits changes whose blocks line up
+(`geometry.aligned`), so nothing else is needed.
 """
 
 from __future__ import annotations
@@ -15,26 +21,35 @@ from math import prod
 
 import numpy as np
 
-from dtensor_compiler.ir import geometry, opdef
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
-from dtensor_compiler.runtime.stacked import check_stacked, place_partial, reduce_mesh_axes
+from dtensor_compiler.runtime.stacked import (
+    check_stacked,
+    pad_to_blocks,
+    place_partial,
+    reduce_mesh_axes,
+    trim_to,
+)
+
+Shape = tuple[int, ...]
 
 
-def _scatter_into_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: MeshShape
-                       ) -> np.ndarray:
-    """Split local `axis` into blocks over `mesh_dims` (major to minor) and move each block
-    index onto its mesh axis, which must have extent 1. A view."""
+def _scatter_into_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: MeshShape,
+                       block: int) -> np.ndarray:
+    """Split local `axis` into blocks of `block` elements over `mesh_dims` (major to minor),
+    padding it at its end to whole blocks, and move each block index onto its mesh axis,
+    which must have extent 1. A view when nothing is padded."""
     k = len(mesh.dims)
     targets = [mesh.index(m) for m in mesh_dims]
     counts = tuple(mesh.size(m) for m in mesh_dims)
+    if x.shape[k + axis] > block * prod(counts):
+        raise ValueError(f"dim {axis} of local size {x.shape[k + axis]} does not fit in "
+                         f"{prod(counts)} blocks of {block}")
+    x = pad_to_blocks(x, [block * prod(counts)], k + axis)
     local = x.shape[k:]
-    if not geometry.splits(local[axis], prod(counts)):
-        raise ValueError(f"dim {axis} of local size {local[axis]} does not split into "
-                         f"{prod(counts)} blocks")
     kept = [j for j in range(k) if j not in targets]
     squeezed = x.reshape([x.shape[j] for j in kept] + list(local))
     at = len(kept) + axis
-    block = geometry.block_size(local[axis], prod(counts))
     split = squeezed.reshape(squeezed.shape[:at] + counts + (block,) + squeezed.shape[at + 1:])
     block_of = {t: at + i for i, t in enumerate(targets)}
     kept_at = {j: i for i, j in enumerate(kept)}
@@ -44,10 +59,11 @@ def _scatter_into_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh:
     return split.transpose(mesh_order + local_order)
 
 
-def _gather_from_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: MeshShape
-                      ) -> np.ndarray:
+def _gather_from_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: MeshShape,
+                      extent: int) -> np.ndarray:
     """Inverse of `_scatter_into_mesh`: concatenate the blocks held along the mesh axes of
-    `mesh_dims` (major to minor) into local `axis`, leaving those mesh axes with extent 1."""
+    `mesh_dims` (major to minor) into local `axis`, cut to `extent`, leaving those mesh axes
+    with extent 1."""
     k = len(mesh.dims)
     sources = [mesh.index(m) for m in mesh_dims]
     kept = [j for j in range(k) if j not in sources]
@@ -58,7 +74,7 @@ def _gather_from_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: 
     for j in sources:
         out_shape[j] = 1
     out_shape[k + axis] *= prod(x.shape[j] for j in sources)
-    return moved.reshape(out_shape)
+    return trim_to(moved.reshape(out_shape), [extent], k + axis)
 
 
 class StackedCommunicator:
@@ -80,27 +96,29 @@ class StackedCommunicator:
         return reduce_mesh_axes(x, mesh_dims, op, self.mesh)
 
     def reduce_scatter(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
-                       op: ReduceOp, axis: int) -> np.ndarray:
+                       op: ReduceOp, axis: int, block: Shape) -> np.ndarray:
         self._check("reduce_scatter", x, src, mesh_dims=mesh_dims, op=op, axis=axis)
         reduced = reduce_mesh_axes(x, mesh_dims, op, self.mesh)
-        return _scatter_into_mesh(reduced, mesh_dims, axis, self.mesh)
+        return _scatter_into_mesh(reduced, mesh_dims, axis, self.mesh, block[axis])
 
-    def all_gather(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int
-                   ) -> np.ndarray:
+    def all_gather(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int,
+                   block: Shape) -> np.ndarray:
         self._check("all_gather", x, src, mesh_dims=mesh_dims, axis=axis)
-        return _gather_from_mesh(x, mesh_dims, axis, self.mesh)
+        return _gather_from_mesh(x, mesh_dims, axis, self.mesh, block[axis])
 
     def all_to_all(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
-                   split_axis: int, concat_axis: int) -> np.ndarray:
+                   split_axis: int, concat_axis: int, block: Shape) -> np.ndarray:
         self._check("all_to_all", x, src, mesh_dims=mesh_dims, split_axis=split_axis,
                     concat_axis=concat_axis)
-        gathered = _gather_from_mesh(x, mesh_dims, concat_axis, self.mesh)
-        return _scatter_into_mesh(gathered, mesh_dims, split_axis, self.mesh)
+        if split_axis == concat_axis:
+            return x  # the minor mesh dims of a dim moved to its own end: nothing moves
+        gathered = _gather_from_mesh(x, mesh_dims, concat_axis, self.mesh, block[concat_axis])
+        return _scatter_into_mesh(gathered, mesh_dims, split_axis, self.mesh, block[split_axis])
 
-    def local_slice(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int
-                    ) -> np.ndarray:
+    def local_slice(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int,
+                    block: Shape) -> np.ndarray:
         self._check("local_slice", x, src, mesh_dims=mesh_dims, axis=axis)
-        return _scatter_into_mesh(x, mesh_dims, axis, self.mesh)
+        return _scatter_into_mesh(x, mesh_dims, axis, self.mesh, block[axis])
 
     def make_partial(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
                      op: ReduceOp) -> np.ndarray:

@@ -17,7 +17,7 @@ from dtensor_compiler.ir.ops import collectives
 
 U = dtc.UNSHARDED
 STAGES = ["trace", "simplify", "propagate-layouts", "expand-checkpoints", "insert-collectives",
-          "localize"]
+          "mask-padding", "localize"]
 
 
 @pytest.fixture
@@ -183,8 +183,8 @@ def test_argument_errors_name_the_argument(mesh):
         f(x, w1)
     with pytest.raises(dtc.LayoutError, match=r"argument 'w1' of shape \[32\].*rank 2"):
         f(x, w1[0], w2)
-    with pytest.raises(dtc.LayoutError, match=r"argument 'x' of shape \[15, 8\].*divisible"):
-        f(x[:15], w1, w2)
+    np.testing.assert_allclose(np.asarray(f(x[:15], w1, w2)), mlp(x[:15], w1, w2), rtol=1e-4,
+                               atol=1e-5)
     with pytest.raises(dtc.TraceError, match="argument 'w2' must be a numeric array"):
         f(x, w1, "w2")
     with pytest.raises(dtc.TraceError, match="argument 'w2' must be a numeric array"):

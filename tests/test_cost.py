@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dtensor_compiler.cost import CostModel, Link
 from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.collective import Charged
 from dtensor_compiler.ir.sharding import MeshShape
 
 MESH = MeshShape((("dp", 2), ("tp", 4)))
@@ -14,10 +17,11 @@ MODEL = CostModel(default=Link(latency=1e-6, bandwidth=1e9), launch=1e-5, memory
 
 def time(model: CostModel, kind: str, mesh_dims: tuple[str, ...], mesh: MeshShape,
          nbytes: int) -> float:
-    """Seconds for collective `kind` whose charged buffer (input or result) holds `nbytes`."""
+    """Seconds for collective `kind` whose charged buffer holds `nbytes`."""
     collective = opdef.lookup(kind).collective
     assert collective is not None
-    return model.collective_time(collective, mesh_dims, mesh, nbytes, nbytes)
+    as_charged = dataclasses.replace(collective, charged=Charged.OUTPUT)
+    return model.collective_time(as_charged, mesh_dims, mesh, nbytes, nbytes)
 
 
 def test_ring_formulas() -> None:
@@ -53,11 +57,20 @@ def test_local_layout_changes_cost_a_copy_and_groups_of_one_cost_nothing() -> No
     assert time(MODEL, "all_reduce", ("x",), one, 1000) == 0.0
 
 
-def test_reduce_scatter_is_charged_its_input_and_the_others_their_result() -> None:
+def test_gathers_and_scatters_are_charged_every_devices_padded_block() -> None:
     rs = opdef.lookup("reduce_scatter").collective
     ag = opdef.lookup("all_gather").collective
-    assert rs is not None and ag is not None
+    a2a = opdef.lookup("all_to_all").collective
+    assert rs is not None and ag is not None and a2a is not None
+    # even blocks: the reduce_scatter's input, the all_gather's result
     assert MODEL.collective_time(rs, ("tp",), MESH, 4000, 1000) == time(
         MODEL, "reduce_scatter", ("tp",), MESH, 4000)
     assert MODEL.collective_time(ag, ("tp",), MESH, 1000, 4000) == time(
         MODEL, "all_gather", ("tp",), MESH, 4000)
+    # 10 rows of 100 bytes over tp=4: blocks of 3 rows, trimmed to 10 when gathered whole
+    assert MODEL.collective_time(ag, ("tp",), MESH, 300, 1000) == time(
+        MODEL, "all_gather", ("tp",), MESH, 1200)
+    assert MODEL.collective_time(rs, ("tp",), MESH, 1000, 300) == time(
+        MODEL, "reduce_scatter", ("tp",), MESH, 1200)
+    assert MODEL.collective_time(a2a, ("tp",), MESH, 1200, 1000) == time(
+        MODEL, "all_to_all", ("tp",), MESH, 1200)

@@ -78,6 +78,10 @@ def every_op_module() -> Module:
     index = b.create("constant", [], {"value": np.array([3, 0, 7], dtype=np.int64)},
                      declared=TensorType("i64", (3,)))
     b.create("take", [x, index], {"axis": 0})
+    uneven = b.create("slice", [x], {"start": (0, 0), "stop": (7, 16), "step": (1, 1)},
+                      sharding=Sharding.of(("dp", "tp"), None))
+    b.create("mask", [uneven], {"axes": (0,), "fill": "max"},
+             sharding=Sharding.of(("dp", "tp"), None))
     b.create("constant", [], {"value": np.arange(32, dtype=np.float32).reshape(4, 8) / 7},
              declared=TensorType("f32", (4, 8), Sharding.of("dp", "tp")))
     b.create("full", [], {"value": 0.5}, declared=TensorType("f32", (4, 4)))

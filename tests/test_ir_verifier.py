@@ -133,10 +133,23 @@ def test_argument_layouts_are_checked_at_the_header() -> None:
     assert text.split("\n")[1] == "> " + HEADER.replace("{-, tp}", "{dp, dp}")
 
 
-def test_global_layouts_must_divide_the_shape() -> None:
-    module = parse_module("mesh<dp=2, tp=4>\nfunc @f(%x: f32[6,16] @ {(dp, tp), -}) -> () {\n"
-                          "  return\n}\n")
-    assert "layout of %x: dim 0 of size 6 is not divisible by its 8 shards" in fault(module)
+def test_padding_is_recorded_exactly_where_blocks_do_not_divide() -> None:
+    def check(level: str, arg: str) -> str:
+        return fault(parse_module(f"mesh<dp=2, tp=4>{level}\nfunc @f(%x: {arg}) -> () {{\n"
+                                  "  return\n}\n"))
+
+    assert "a global type records no local/global extents" in check("", "f32[1/6] @ {dp}")
+    assert "pad(sum) on a type without padding" in check("", "f32[8] @ {dp} pad(sum)")
+    assert "pad(max) on a type without padding" in check(" local", "f32[4] @ {dp} pad(max)")
+    assert ("dim 0 of global extent 8 over 2 shards has no padding; write it as 4"
+            in check(" local", "f32[4/8] @ {dp}"))
+    assert ("dim 0 of global extent 7 over 8 shards has blocks of 1, not 2"
+            in check(" local", "f32[2/7] @ {(dp, tp)}"))
+    for ok in ("f32[6,16] @ {(dp, tp), -}", "f32[7] @ {dp} pad(sum)"):
+        verify_module(parse_module(f"mesh<dp=2, tp=4>\nfunc @f(%x: {ok}) -> () {{\n"
+                                   "  return\n}\n"))
+    verify_module(parse_module("mesh<dp=2, tp=4> local\nfunc @f(%x: f32[1/7] @ {(dp, tp)} "
+                               "pad(min)) -> () {\n  return\n}\n"))
 
 
 def test_layout_rank_must_match_the_tensor_rank() -> None:

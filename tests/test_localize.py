@@ -116,11 +116,16 @@ def test_rejects_a_relayout_left_in_the_module() -> None:
     _assert_rejected(module, "relayout is left in the module but has no local form; run insert-collectives")
 
 
-def test_rejects_uneven_shards() -> None:
-    module, b, (x,) = new_module(MESH, {"x": ("f32", (6, 8), S("tp", None))})
-    module.main.set_results([b.create("exp", [x], sharding=S("tp", None))])
-    _assert_rejected(module, r"%x: f32\[6,8\] @ \{tp, -\} does not split evenly: dim 0 of "
-                             "size 6 is not divisible by its 4 shards")
+def test_uneven_shards_get_the_room_of_their_blocks_and_record_the_global_extent() -> None:
+    module, b, (x,) = new_module(MESH, {"x": ("f32", (6, 8), S(("tp", "dp"), None))})
+    module.main.set_results([b.create("exp", [x], sharding=S(("tp", "dp"), None))])
+    assert localize(module) == (
+        "mesh<dp=2, tp=4> local\n"
+        "func @main(%x: f32[1/6,8] @ {(tp, dp), -}) -> (f32[1/6,8] @ {(tp, dp), -}) {\n"
+        "  %0 = exp %x : f32[1/6,8] @ {(tp, dp), -}\n"
+        "  return %0\n"
+        "}\n")
+    assert module.main.args[0].type.global_shape(MESH) == (6, 8)
 
 
 def test_rejects_a_partial_slice_of_a_sharded_dim() -> None:

@@ -132,8 +132,10 @@ def test_local_and_global_shapes(mesh32):
     both = dtc.Layout([("x", "y"), dtc.UNSHARDED], mesh32)
     assert [both.num_shards(0), both.num_shards(1)] == [6, 1]
     assert both.local_shape_from_global_shape([12, 5]) == [2, 5]
-    with pytest.raises(dtc.LayoutError, match="dim 0 of size 4 is not divisible by its 6 shards"):
-        both.local_shape_from_global_shape([4, 5])
+    # uneven: 4 over 6 shards gives blocks of room 1, the last two empty
+    assert both.local_shape_from_global_shape([4, 5]) == [1, 5]
+    assert both.block_shapes([4, 5]) == [(1, 5)] * 4 + [(0, 5)] * 2
+    assert layout.block_shapes([5, 3]) == [(2, 2), (2, 1)] * 2 + [(1, 2), (1, 1)]
     with pytest.raises(dtc.LayoutError, match="rank 2 but the shape"):
         layout.local_shape_from_global_shape([6, 4, 2])
 

@@ -119,8 +119,8 @@ def test_from_device_shards_treats_nan_copies_as_equal() -> None:
 
 def test_bad_inputs_are_rejected_with_the_reason() -> None:
     s = Sharding.of("y")
-    with pytest.raises(ValueError, match="not divisible"):
-        to_stacked(np.zeros(6), s, MESH_2x4)
+    with pytest.raises(ValueError, match="rank 1 but the tensor has rank 2"):
+        to_stacked(np.zeros((6, 2)), s, MESH_2x4)
     with pytest.raises(ValueError, match="mesh extents"):
         from_stacked(np.zeros((2, 4, 2)), s, MESH_2x4)
     with pytest.raises(ValueError, match="device 8 is not in"):
@@ -129,6 +129,26 @@ def test_bad_inputs_are_rejected_with_the_reason() -> None:
         from_device_shards([np.zeros(2)] * 3, s, MESH_2x4)
     with pytest.raises(ValueError, match="device 1 holds shape"):
         from_device_shards([np.zeros(2), np.zeros(3)] + [np.zeros(2)] * 6, s, MESH_2x4)
+    with pytest.raises(ValueError, match=r"device 3 holds shape \[2\], its block of a \[6\] "
+                                         r"tensor laid out as \{y\} has shape \[0\]"):
+        from_device_shards([np.zeros(2)] * 8, s, MESH_2x4, (6,))
+
+
+def test_uneven_blocks_are_padded_in_the_stacked_array_and_trimmed_out_of_it() -> None:
+    g = np.arange(10.0)
+    s = Sharding.of("y")  # 10 over 4: blocks of 3, holding 3, 3, 3 and 1
+    stacked = to_stacked(g, s, MESH_2x4)
+    assert stacked.shape == (1, 4, 3)
+    assert stacked[0, 3].tolist() == [9.0, 0.0, 0.0]
+    np.testing.assert_array_equal(from_stacked(stacked, s, MESH_2x4, (10,)), g)
+    shards = [device_shard(stacked, s, MESH_2x4, d, (10,)) for d in range(8)]
+    assert [len(b) for b in shards] == [3, 3, 3, 1] * 2
+    np.testing.assert_array_equal(from_device_shards(shards, s, MESH_2x4, (10,)), stacked)
+    # a dim over both mesh dims is cut in flat blocks over their product: 5 over 8
+    s2 = Sharding.of(("x", "y"))
+    shards = [device_shard(to_stacked(g[:5], s2, MESH_2x4), s2, MESH_2x4, d, (5,))
+              for d in range(8)]
+    assert [b.tolist() for b in shards] == [[0.0], [1.0], [2.0], [3.0], [4.0], [], [], []]
 
 
 def test_device_shard_is_a_copy() -> None:

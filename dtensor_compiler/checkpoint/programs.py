@@ -31,7 +31,7 @@ from dtensor_compiler.compile import Lowered, lower_module
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DTensor
 from dtensor_compiler.explain import format_bytes, format_table
-from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir import geometry, opdef
 from dtensor_compiler.ir.builder import Builder
 from dtensor_compiler.ir.core import Function, Level, Module, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
@@ -140,7 +140,7 @@ def read_plan(e: RestoreEntry, mesh: MeshShape, cost: CostModel
     for d in range(len(e.shape)):
         dims = target.dims[:d] + (target.dims[d] + spare,) + target.dims[d + 1:]
         candidate = target.with_dims(dims)
-        if not candidate.fits(e.shape, mesh):
+        if not geometry.changes_align(e.shape, candidate.dims, target.dims, mesh):
             continue
         readers = mesh.group_size(spare)
         gather = opdef.lookup("all_gather").collective

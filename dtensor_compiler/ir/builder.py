@@ -66,8 +66,11 @@ def _make_single(definition: opdef.OpDef, operands: Sequence[Value],
         raise ShapeError(f"{definition.name}: {e}", loc) from None
     if sharding is None and declared is not None:
         sharding = declared.sharding
-    return Operation(definition.name, operands, (TensorType(dtype, tuple(shape), sharding),),
-                     typed, loc, why)
+    op = Operation(definition.name, operands, (TensorType(dtype, tuple(shape), sharding),),
+                   typed, loc, why)
+    if definition.fills is not None:
+        op.results[0].type = op.type.with_pad(definition.fills(op))
+    return op
 
 
 def _per_result(given: object, count: int) -> list:

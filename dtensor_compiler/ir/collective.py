@@ -5,7 +5,7 @@ Every op that changes a value's layout (``all_reduce``, ``reduce_scatter``, ``al
 in its op definition (`ir/ops/collectives.py`). Everything else reads it from there:
 
 - the verifier checks a collective's result layout against `transfer`;
-- shape inference on localized IR uses `local_shape`;
+- shape inference on localized IR takes the result's block shape from `transfer`;
 - the relayout planner (`planner.py`) takes its edges from `moves`;
 - the cost model (`cost.py`) prices it from `ring_passes` and `charged` bytes;
 - the explain table counts only collectives that `moves_data`;
@@ -27,21 +27,32 @@ Attrs = Mapping[str, Attr]
 
 
 class Charged(Enum):
-    """Which per-device buffer a collective's time is proportional to."""
+    """Which per-device buffer a collective's time is proportional to. Where blocks have
+    padding, the ring moves whole padded blocks: an all_gather moves every device's operand
+    block (`GATHERED`), not its trimmed result, and a reduce_scatter every device's result
+    block (`SCATTERED`); for even blocks these are the result and the operand."""
 
     INPUT = "input"
     OUTPUT = "output"
+    GATHERED = "every device's input"
+    SCATTERED = "every device's output"
 
 
 @dataclass(frozen=True)
 class MoveContext:
     """What the planner knows besides the current layout when it asks for moves."""
 
-    mesh_names: tuple[str, ...]
+    mesh: MeshShape
     keep: frozenset[str]
     """Mesh dims whose pending reduction the target keeps (not to be reduced)."""
     wanted: tuple[tuple[str, ReduceOp], ...]
     """The pending reductions of the target layout."""
+    shape: Shape
+    """The global shape of the value being laid out."""
+
+    @property
+    def mesh_names(self) -> tuple[str, ...]:
+        return self.mesh.names
 
 
 @dataclass(frozen=True)
@@ -68,10 +79,13 @@ class CollectiveDef:
     transfer: Callable[[Attrs, Sharding, MeshShape], Sharding]
     """The layout it makes of its operand's on a mesh; ValueError where it does not apply
     (pending reductions are applied and added in mesh-dim order, see `Sharding`)."""
-    local_shape: Callable[[Attrs, Shape, MeshShape], Shape]
-    """Its result's per-device shape from its operand's."""
     moves: Callable[[Sharding, MoveContext], Iterator[Move]]
     """Every way it applies to a layout, in the planner's tie-breaking order."""
+    reshapes: bool = True
+    """Whether it changes the block shape (then a communicator is given the result's)."""
 
-    def charged_bytes(self, in_bytes: int, out_bytes: int) -> int:
-        return in_bytes if self.charged is Charged.INPUT else out_bytes
+    def charged_bytes(self, in_bytes: int, out_bytes: int, group: int) -> int:
+        """The charged bytes of one device, in a group of `group` devices."""
+        return {Charged.INPUT: in_bytes, Charged.OUTPUT: out_bytes,
+                Charged.GATHERED: in_bytes * group, Charged.SCATTERED: out_bytes * group
+                }[self.charged]

@@ -3,14 +3,19 @@
 A tensor dim of extent ``n`` sharded over the mesh dims ``(m_1, ..., m_j)`` (major to minor)
 is cut into ``k = size(m_1) * ... * size(m_j)`` blocks. The device at mesh coordinates ``c``
 holds block ``r = (..((c_1 * size(m_2) + c_2) * size(m_3) + c_3)..)``: the blocks are numbered
-row-major over the dim's own mesh dims (`block_number`). Block ``r`` starts at
-``r * block_size(n, k)`` (`block_start`).
+row-major over the dim's own mesh dims (`block_number`), one flat numbering over their product.
 
-Today every block holds ``n / k`` elements, so a dim can be sharded only when ``k`` divides
-``n`` (`splits`). Everything in the compiler and the runtime that turns a global extent into a
-per-device one, or back, goes through this module: layouts, the IR's types, the relayout
-planner, factor shardings, localize and the runtime's stacked arrays. Uneven (ceil-sized)
-blocks are a change here, not in each of them.
+Every block has room for ``c = ceil(n / k)`` elements (`block_size`, the padded local extent
+every device holds). Block ``r`` starts at ``r * c`` (`block_start`) and holds the
+``clamp(n - r * c, 0, c)`` elements of ``[r * c, min(n, (r + 1) * c))`` (`valid_size`): full
+blocks first, then at most one short block, then empty ones (5 over 4 gives 2, 2, 1, 0). The
+rest of a block is *padding*, which always trails: the blocks put end to end are the dim
+padded to ``k * c`` (`padded_extent`), so gathering them and cutting to ``n`` gives the dim
+back. A dim is *even* when ``k`` divides ``n`` (`splits`); only an uneven dim has padding.
+
+Everything in the compiler and the runtime that turns a global extent into a per-device one
+goes through this module: layouts, the IR's types, the relayout planner, factor shardings,
+localize, checkpoints and the runtime's stacked arrays.
 """
 
 from __future__ import annotations
@@ -44,14 +49,19 @@ def shard_count(mesh_dims: Sequence[str], mesh: MeshShape) -> int:
 
 
 def splits(extent: int, shards: int) -> bool:
-    """Whether a dim of `extent` can be cut into `shards` blocks."""
+    """Whether a dim of `extent` cut into `shards` blocks is even (has no padding)."""
     return extent % shards == 0
 
 
 def block_size(extent: int, shards: int) -> int:
-    """Elements in each block of a dim of `extent` cut into `shards` blocks (the local
-    extent every device holds)."""
-    return extent // shards
+    """Room in each block of a dim of `extent` cut into `shards` blocks: ``ceil(extent /
+    shards)``, the local extent every device holds."""
+    return -(-extent // shards)
+
+
+def padded_extent(extent: int, shards: int) -> int:
+    """The blocks of a dim put end to end: `extent` padded up to a multiple of `shards`."""
+    return block_size(extent, shards) * shards
 
 
 def block_start(extent: int, shards: int, block: Coord) -> Coord:
@@ -60,35 +70,49 @@ def block_start(extent: int, shards: int, block: Coord) -> Coord:
     return block * block_size(extent, shards)
 
 
-def global_extent(local: int, shards: int) -> int:
-    """The global extent of a dim whose blocks have `local` elements each."""
-    return local * shards
+def valid_size(extent: int, shards: int, block: int) -> int:
+    """How many elements of its block, counted from its start, block number `block` holds
+    (the rest is padding)."""
+    c = block_size(extent, shards)
+    return max(0, min(c, extent - block * c))
 
 
 def local_shape(shape: Shape, dims: TensorDims, mesh: MeshShape) -> Shape:
-    """The per-device shape of a tensor of global `shape` laid out as `dims`. Callers check
-    `fits` first."""
+    """The per-device (padded) shape of a tensor of global `shape` laid out as `dims`."""
     return tuple(block_size(n, shard_count(d, mesh)) for n, d in zip(shape, dims))
 
 
-def global_shape(local: Shape, dims: TensorDims, mesh: MeshShape) -> Shape:
-    """The global shape of a tensor whose per-device shape is `local`."""
-    return tuple(global_extent(n, shard_count(d, mesh)) for n, d in zip(local, dims))
+def uneven_dims(shape: Shape, dims: TensorDims, mesh: MeshShape) -> tuple[int, ...]:
+    """The dims of `shape` that `dims` cuts into blocks with padding."""
+    return tuple(i for i, (n, d) in enumerate(zip(shape, dims))
+                 if not splits(n, shard_count(d, mesh)))
 
 
-def fits(shape: Shape, dims: TensorDims, mesh: MeshShape) -> bool:
-    """Whether every dim of `shape` can be cut as `dims` says."""
+def is_even(shape: Shape, dims: TensorDims, mesh: MeshShape) -> bool:
+    """Whether no dim of `shape` has padding when laid out as `dims`."""
     return all(splits(n, shard_count(d, mesh)) for n, d in zip(shape, dims))
 
 
-def misfits(shape: Shape, dims: TensorDims, mesh: MeshShape) -> list[str]:
-    """One message per dim of `shape` that cannot be cut as `dims` says."""
-    out = []
-    for i, (n, d) in enumerate(zip(shape, dims)):
-        k = shard_count(d, mesh)
-        if not splits(n, k):
-            out.append(f"dim {i} of size {n} is not divisible by its {k} shards")
-    return out
+def aligned(extent: int, fewer: int, more: int) -> bool:
+    """Whether a dim of `extent` cut into `fewer` blocks and the same dim cut into `more`
+    blocks (``more = fewer * m``, the extra mesh dims minor-most) line up: each of the coarse
+    blocks is exactly ``m`` consecutive fine ones, padding included. Then gathering the extra
+    mesh dims, or slicing along them, moves no element across a coarse block. Always true for
+    a whole dim (``fewer == 1``: the gathered blocks are cut to `extent`) and for even dims;
+    5 over 2 and over 2x2 is not (3 + 2 against 2 + 2 | 1 + 0)."""
+    return fewer == 1 or block_size(extent, more) * (more // fewer) == block_size(extent, fewer)
+
+
+def changes_align(shape: Shape, src: TensorDims, dst: TensorDims, mesh: MeshShape) -> bool:
+    """Whether every dim whose mesh dims change from `src` to `dst` (one a prefix of the
+    other, as a collective changes them) has blocks that line up (`aligned`)."""
+    for n, a, b in zip(shape, src, dst):
+        if a == b:
+            continue
+        fewer, more = sorted((shard_count(a, mesh), shard_count(b, mesh)))
+        if not aligned(n, fewer, more):
+            return False
+    return True
 
 
 def block_number(mesh_dims: Sequence[str], coord: Callable[[str], Coord], mesh: MeshShape,
@@ -105,13 +129,15 @@ def block_number(mesh_dims: Sequence[str], coord: Callable[[str], Coord], mesh: 
 def device_block(shape: Shape, dims: TensorDims, mesh: MeshShape,
                  coords: Sequence[int]) -> tuple[Shape, Shape]:
     """Where the block of the device at mesh `coords` lies in a tensor of global `shape` laid
-    out as `dims`: its start along every dim, and its extent."""
+    out as `dims`: its start along every dim, and its valid extent (padding left out; 0 for
+    an empty block)."""
     at = dict(zip(mesh.names, coords))
     starts, sizes = [], []
     for n, d in zip(shape, dims):
         k = shard_count(d, mesh)
-        starts.append(block_start(n, k, block_number(d, at.__getitem__, mesh, 0)))
-        sizes.append(block_size(n, k))
+        block = block_number(d, at.__getitem__, mesh, 0)
+        starts.append(min(n, block_start(n, k, block)))
+        sizes.append(valid_size(n, k, block))
     return tuple(starts), tuple(sizes)
 
 

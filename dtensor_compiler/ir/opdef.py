@@ -12,7 +12,10 @@ An `OpDef` states, for one op name:
   the value it stands for;
 - when an instance is an identity (simplify removes it);
 - the levels it is legal at, its localize hook, its collective facts (`collective`), and a
-  slot for its VJP rule.
+  slot for its VJP rule;
+- what it needs of padding (`reads_padding`: which operand dims must hold which reduction's
+  identity there, derived from the factor rule unless stated) and whether it fills its
+  result's padding (`fills`, the ``mask`` op).
 
 Definitions live by family in `ir/ops/` and are registered there with `register`; importing
 `dtensor_compiler.ir` registers them all. Backends register one kernel per definition (see
@@ -136,6 +139,22 @@ LocalizeFn = Callable[[Operation, MeshShape], dict[str, Attr]]
 """Rewrites an op's shape-valued attributes into per-device terms (given the op with its
 global types); ValueError when the op cannot be localized so."""
 
+@dataclass(frozen=True)
+class PaddingRead:
+    """An op reads the padding of operand `operand` along `dims` as if it held the identity
+    of `fill` (a reduction over a padded dim, a contraction over one, a lookup by padded
+    indices): the mask-padding pass puts it there first, where those dims have padding."""
+
+    operand: int
+    dims: tuple[int, ...]
+    fill: ReduceOp
+
+
+PaddingReads = Callable[[Operation], list[PaddingRead]]
+"""An op's padding reads, stated by its definition; the default derives them from the factor
+rule: every operand dim made of one reduced factor reads its padding as that factor's
+reduction's identity (zeros for a contracted dim, in both operands)."""
+
 VJPRule = Callable[..., Any]
 """Reverse-mode derivative of an op (filled in by the autodiff work)."""
 
@@ -175,6 +194,10 @@ class OpDef:
     """The value a source op stands for at compile time (``constant``, ``full``), which
     constant folding starts from."""
     collective: CollectiveDef | None = None
+    reads_padding: PaddingReads | None = None
+    fills: Callable[[Operation], ReduceOp] | None = None
+    """The reduction whose identity the op leaves in its result's padding (``mask``); None
+    for every other op, whose result padding holds garbage."""
     vjp: VJPRule | None = None
 
     @property

@@ -224,15 +224,27 @@ class _Syntax(Transformer):
                          _why(why))
 
     # -- types (the `tensor_type` start symbol, see `_type`) ------------------------------------
-    def tensor_type(self, tensor: Token, sharding: Sharding | None) -> TensorType:
+    def tensor_type(self, tensor: Token, sharding: Sharding | None, pad: ReduceOp | None
+                    ) -> TensorType:
         dtype, dims = tensor[:-1].split("[")
         if dtype not in DTYPE_NAMES:
             raise _Fault(unknown_dtype_message(dtype), tensor)
-        shape = tuple(int(d) for d in dims.split(",")) if dims else ()
+        parts = [d.partition("/") for d in dims.split(",")] if dims else []
+        shape = tuple(int(local) for local, _, _ in parts)
+        extents = tuple(int(e) if e else None for _, _, e in parts)
         if sharding is not None and sharding.rank != len(shape):
             raise _Fault(f"layout {sharding.text()} has rank {sharding.rank} but the shape "
                          f"{list(shape)} has rank {len(shape)}", tensor)
-        return TensorType(dtype, shape, sharding)
+        if any(e is not None for e in extents) and sharding is None:
+            raise _Fault("a dim with padding (local/global) needs a layout", tensor)
+        return TensorType(dtype, shape, sharding,
+                          extents if any(e is not None for e in extents) else None, pad)
+
+    def pad(self, name: Token) -> ReduceOp:
+        try:
+            return ReduceOp.parse(str(name))
+        except ValueError as e:
+            raise _Fault(f"pad({name}): {e}", name) from None
 
     def sharding(self, dims: list[tuple[str, ...]] | None,
                  partial: tuple[tuple[str, ReduceOp], ...] | None) -> Sharding:
@@ -507,7 +519,7 @@ def _attr_value(value: Attr | _Dense | _DenseHex, result: TensorType | None, mod
         unknown = [m for m in result.sharding.sharded_mesh_dims() if m not in module.mesh.names]
         if unknown:
             raise _Fault(f"mesh dim {unknown[0]!r} is not in {module.mesh.text()}", value.at)
-        shape = result.sharding.global_shape(shape, module.mesh)
+        shape = result.global_shape(module.mesh)
     if isinstance(value, _DenseHex):
         return _array_from_hex(value, dtype, shape)
     try:

@@ -130,15 +130,12 @@ class Sharding:
         return geometry.shard_count(self.dims[dim], mesh)
 
     def local_shape(self, shape: tuple[int, ...], mesh: MeshShape) -> tuple[int, ...]:
-        """Per-device shape (see `geometry`). Callers check that it fits first (`fits`)."""
+        """Per-device (padded) shape of a tensor of global `shape` (see `geometry`)."""
         return geometry.local_shape(shape, self.dims, mesh)
 
-    def global_shape(self, local: tuple[int, ...], mesh: MeshShape) -> tuple[int, ...]:
-        return geometry.global_shape(local, self.dims, mesh)
-
-    def fits(self, shape: tuple[int, ...], mesh: MeshShape) -> bool:
-        """Whether a tensor of global `shape` can be laid out so."""
-        return geometry.fits(shape, self.dims, mesh)
+    def is_even(self, shape: tuple[int, ...], mesh: MeshShape) -> bool:
+        """Whether a tensor of global `shape` laid out so has no padding."""
+        return geometry.is_even(shape, self.dims, mesh)
 
     def problems(self, mesh: MeshShape, shape: tuple[int, ...] | None = None) -> list[str]:
         """Everything wrong with this sharding on `mesh` (and `shape`), as messages."""
@@ -152,8 +149,6 @@ class Sharding:
             elif m in seen:
                 out.append(f"mesh dim {m!r} is used more than once")
             seen.append(m)
-        if shape is not None and not out:
-            out += geometry.misfits(shape, self.dims, mesh)
         return out
 
     # -- derivation ---------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from math import prod
 
 import numpy as np
 
-from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir import geometry
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 
 _NUMPY_NAMES: dict[str, str] = {
     "f16": "float16",
@@ -121,11 +122,25 @@ def float_extremes(dtype: np.dtype) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class TensorType:
-    """A global tensor type; `sharding` is None until layouts are propagated."""
+    """A tensor type: dtype, shape and, once layouts are propagated, a sharding.
+
+    In global IR `shape` is the exact global shape. In localized IR it is the per-device
+    shape, and a dim whose blocks have padding (see `geometry`) also records the global
+    extent it was cut from in `extents`: ``f32[3/10,6] @ {x, -}`` is a block of room 3 of a
+    dim of 10 over 4 devices, who hold 3, 3, 3 and 1 valid rows. `extents` is None when no
+    dim has padding (every even type), so even programs pay nothing for it.
+
+    `pad` says what the padding holds: None for garbage (anything, NaN included), or a
+    reduction whose identity fills every padded element (``pad(sum)``: zeros, ``pad(max)``:
+    the dtype's lowest value), as a ``mask`` op leaves it. It is printed only where set.
+    """
 
     dtype: str
     shape: tuple[int, ...]
     sharding: Sharding | None = None
+    extents: tuple[int | None, ...] | None = None
+    """Localized types only: per dim, the global extent when the dim has padding, else None."""
+    pad: ReduceOp | None = None
 
     @property
     def rank(self) -> int:
@@ -144,12 +159,17 @@ class TensorType:
         return self.size * self.itemsize
 
     def with_sharding(self, sharding: Sharding | None) -> TensorType:
+        """This global type in another layout (what its padding holds is not kept)."""
         return TensorType(self.dtype, self.shape, sharding)
 
     def with_shape(self, shape: tuple[int, ...]) -> TensorType:
         return TensorType(self.dtype, shape, self.sharding)
 
+    def with_pad(self, pad: ReduceOp | None) -> TensorType:
+        return TensorType(self.dtype, self.shape, self.sharding, self.extents, pad)
+
     def local_shape(self, mesh: MeshShape) -> tuple[int, ...]:
+        """The per-device (padded) shape of this global type."""
         if self.sharding is None:
             return self.shape
         return self.sharding.local_shape(self.shape, mesh)
@@ -157,10 +177,37 @@ class TensorType:
     def local_nbytes(self, mesh: MeshShape) -> int:
         return prod(self.local_shape(mesh)) * self.itemsize
 
+    def localized(self, mesh: MeshShape) -> TensorType:
+        """The per-device type of this global type (which has a sharding)."""
+        assert self.sharding is not None
+        dims = self.sharding.dims
+        uneven = geometry.uneven_dims(self.shape, dims, mesh)
+        extents = tuple(n if i in uneven else None for i, n in enumerate(self.shape)
+                        ) if uneven else None
+        return TensorType(self.dtype, geometry.local_shape(self.shape, dims, mesh),
+                          self.sharding, extents, self.pad if uneven else None)
+
+    def global_shape(self, mesh: MeshShape) -> tuple[int, ...]:
+        """The global shape of this localized type."""
+        if self.sharding is None:
+            return self.shape
+        extents = self.extents or (None,) * self.rank
+        return tuple(e if e is not None else n * self.sharding.num_shards(i, mesh)
+                     for i, (n, e) in enumerate(zip(self.shape, extents)))
+
+    @property
+    def padded(self) -> bool:
+        """Whether some dim of this localized type has padding."""
+        return self.extents is not None
+
     def text(self) -> str:
-        out = f"{self.dtype}[{','.join(str(s) for s in self.shape)}]"
+        extents = self.extents or (None,) * self.rank
+        dims = ",".join(str(s) if e is None else f"{s}/{e}" for s, e in zip(self.shape, extents))
+        out = f"{self.dtype}[{dims}]"
         if self.sharding is not None:
             out += f" @ {self.sharding.text()}"
+        if self.pad is not None:
+            out += f" pad({self.pad})"
         return out
 
     def __str__(self) -> str:

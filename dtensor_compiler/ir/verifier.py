@@ -12,9 +12,13 @@ run after every pass on 20k-op modules):
   entry names an op of the function that does not use the value there;
 - the (dtype, shape) the definition infers from the operand types equals each result's type;
 - every layout has the tensor's rank and names each mesh dim of the module's mesh at most once;
-  in global IR each sharded dim also divides evenly (local shapes need no such check);
+- padding (see `TensorType`): a global type records no extents; a localized type records the
+  global extent of exactly the dims with padding, each with the block room `geometry` gives;
+  a type says what its padding holds only if it has some, and only the op whose definition
+  fills it (``mask``) says so;
 - a collective's result layout is what its definition's `transfer` makes of its operand's
-  layout.
+  layout, the blocks of every dim it changes line up (`geometry.aligned`), and in localized IR
+  it keeps the global shape.
 
 A failure raises `VerificationError` naming the problem, the pass it ran after, and the printed
 function around the faulty line, which is marked with ``>``.
@@ -23,11 +27,12 @@ function around the faulty line, which is marked with ``>``.
 from __future__ import annotations
 
 from dtensor_compiler.errors import VerificationError
-from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir import geometry, opdef
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext, OpDef
 from dtensor_compiler.ir.printer import Namer, print_function
-from dtensor_compiler.ir.sharding import Sharding
+from dtensor_compiler.ir.sharding import MeshShape
+from dtensor_compiler.ir.types import TensorType
 
 CONTEXT_LINES = 3
 """Printed lines shown before and after the faulty one."""
@@ -67,7 +72,7 @@ class _FunctionVerifier:
         self.module = module
         self.ctx = ctx
         self.defined: set[int] = set()
-        self.layout_problems: dict[tuple[Sharding, tuple[int, ...]], list[str]] = {}
+        self.layout_problems: dict[TensorType, list[str]] = {}
         self._namer: Namer | None = None
 
     def name(self, value: Value) -> str:
@@ -129,6 +134,13 @@ class _FunctionVerifier:
             if (dtype, tuple(shape)) != (t.dtype, t.shape):
                 raise _Broken(f"{op.name} gives {dtype}[{','.join(map(str, shape))}] but its "
                               f"result type is {t.text()}", line, op)
+        pad = definition.fills(op) if definition.fills is not None else None
+        for t in declared:
+            if t.pad is not None and t.pad != pad:
+                raise _Broken(f"{op.name} leaves garbage in padding, but its result type says "
+                              f"it holds the identity of {t.pad}" if pad is None else
+                              f"{op.name} fills padding with the identity of {pad}, but its "
+                              f"result type says {t.pad}", line, op)
         if definition.collective is not None:
             self.check_collective(op, definition, line)
 
@@ -145,24 +157,46 @@ class _FunctionVerifier:
         if expected != dst:
             raise _Broken(f"{op.name} turns {src.text()} into {expected.text()}, but its result "
                           f"layout is {dst.text()}", line, op)
+        mesh = self.module.mesh
+        operand, result = op.operands[0].type, op.type
+        shape = operand.shape
+        if self.module.level is Level.LOCAL:
+            shape = operand.global_shape(mesh)
+            if result.global_shape(mesh) != shape:
+                raise _Broken(f"{op.name} of a {list(shape)} value gives a "
+                              f"{list(result.global_shape(mesh))} one", line, op)
+        if not geometry.changes_align(shape, src.dims, dst.dims, mesh):
+            raise _Broken(f"{op.name}: the blocks of {src.text()} and {dst.text()} do not line "
+                          f"up for shape {list(shape)} on {mesh.text()}", line, op)
 
     def check_layout(self, value: Value, line: int, op: Operation | None) -> None:
-        sharding = value.type.sharding
-        if sharding is None:
+        t = value.type
+        if t.sharding is None and t.extents is None and t.pad is None:
             return
-        key = (sharding, value.type.shape)
-        problems = self.layout_problems.get(key)
+        problems = self.layout_problems.get(t)
         if problems is None:
-            problems = self.layout_problems[key] = self.find_layout_problems(*key)
+            problems = self.layout_problems[t] = self.find_layout_problems(t)
         if problems:
             raise _Broken(f"layout of {self.name(value)}: {'; '.join(problems)}", line, op)
 
-    def find_layout_problems(self, sharding: Sharding, shape: tuple[int, ...]) -> list[str]:
+    def find_layout_problems(self, t: TensorType) -> list[str]:
+        sharding, mesh = t.sharding, self.module.mesh
+        if sharding is None:
+            return ["a type without a layout has no padding"]
+        problems = sharding.problems(mesh, t.shape)
+        if problems:
+            return problems
         if self.module.level is Level.GLOBAL:
-            return sharding.problems(self.module.mesh, shape)
-        rank = [] if sharding.rank == len(shape) else [
-            f"layout has rank {sharding.rank} but the tensor has rank {len(shape)}"]
-        return rank + sharding.problems(self.module.mesh)
+            if t.extents is not None:
+                return ["a global type records no local/global extents"]
+            padded = bool(geometry.uneven_dims(t.shape, sharding.dims, mesh))
+        else:
+            problems = _extent_problems(t, mesh)
+            padded = t.extents is not None
+        if t.pad is not None and not padded:
+            problems.append(f"pad({t.pad}) on a type without padding")
+        return problems
+
 
     def check_use_lists(self) -> None:
         line_of = {id(op): line for line, op in enumerate(self.func.ops, start=1)}
@@ -197,3 +231,24 @@ def _report(func: Function, broken: _Broken, after: str | None) -> str:
     excerpt = [("> " if i == broken.line else "  ") + lines[i] for i in range(first, last + 1)]
     return (f"IR verification failed{where} in @{func.name}: {broken.message}{at}\n"
             + "\n".join(excerpt))
+
+
+def _extent_problems(t: TensorType, mesh: MeshShape) -> list[str]:
+    """What is wrong with the recorded global extents of a localized type."""
+    assert t.sharding is not None
+    if t.extents is None:
+        return []
+    if len(t.extents) != t.rank or all(e is None for e in t.extents):
+        return [f"extents {list(t.extents)} do not fit a rank-{t.rank} type with padding"]
+    out = []
+    for i, (n, e) in enumerate(zip(t.shape, t.extents)):
+        k = t.sharding.num_shards(i, mesh)
+        if e is None:
+            continue
+        if geometry.splits(e, k):
+            out.append(f"dim {i} of global extent {e} over {k} shards has no padding; write "
+                       f"it as {n}")
+        elif geometry.block_size(e, k) != n:
+            out.append(f"dim {i} of global extent {e} over {k} shards has blocks of "
+                       f"{geometry.block_size(e, k)}, not {n}")
+    return out

@@ -11,6 +11,7 @@ from dtensor_compiler.ir.ops import (  # noqa: F401  (imported to register the o
     contractions,
     elementwise,
     indexing,
+    padding,
     reductions,
     shape,
     sources,

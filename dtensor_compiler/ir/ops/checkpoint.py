@@ -68,9 +68,8 @@ def _named_values(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[Ten
                                                (name, "") in entries):
             raise ValueError(f"the tensor {name!r} is saved twice")
     for text, t in zip(slices, ts):
-        local = ctx.level is not Level.GLOBAL and t.sharding is not None
-        slice_spec.placement(text, t.sharding.global_shape(t.shape, ctx.mesh)
-                             if local and t.sharding is not None else t.shape)
+        local = ctx.level is not Level.GLOBAL
+        slice_spec.placement(text, t.global_shape(ctx.mesh) if local else t.shape)
     return []
 
 

@@ -132,23 +132,13 @@ def _define(name: str, attrs: tuple[AttrSpec, ...], collective: CollectiveDef) -
                 raise ValueError(f"mesh dim {m!r} is not in {ctx.mesh.text()}")
         if ctx.level is Level.GLOBAL:
             return [(t.dtype, t.shape)]
-        return [(t.dtype, collective.local_shape(given, t.shape, ctx.mesh))]
+        if t.sharding is None:
+            raise ValueError(f"{name} needs a layout on its operand")
+        dst = collective.transfer(given, t.sharding, ctx.mesh)
+        return [(t.dtype, dst.local_shape(t.global_shape(ctx.mesh), ctx.mesh))]
 
     return register(OpDef(name=name, operands=1, infer=infer, attrs=(MESH_DIMS, *attrs),
                           sharding=AS_IS, folds=False, collective=collective))
-
-
-def _scaled(shape: Shape, mesh: MeshShape, attrs: Attrs, grow: str | None = None,
-            shrink: str | None = None) -> Shape:
-    """`shape` with dim `attrs[grow]` gathered and dim `attrs[shrink]` split over the
-    collective's mesh dims."""
-    n = mesh.group_size(_mesh_dims("collective", attrs))
-    out = list(shape)
-    if grow is not None:
-        out[_int(attrs, grow)] = geometry.global_extent(out[_int(attrs, grow)], n)
-    if shrink is not None:
-        out[_int(attrs, shrink)] = geometry.block_size(out[_int(attrs, shrink)], n)
-    return tuple(out)
 
 
 def _reducible(state: Sharding, ctx: MoveContext) -> Iterator[tuple[ReduceOp, tuple[str, ...],
@@ -180,7 +170,7 @@ def _all_reduce(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 ALL_REDUCE = _define("all_reduce", (REDUCTION,), CollectiveDef(
     moves_data=True, ring_passes=2, charged=Charged.OUTPUT, transfer=_all_reduce,
-    local_shape=lambda attrs, shape, mesh: shape, moves=_all_reduce_moves))
+    moves=_all_reduce_moves, reshapes=False))
 
 
 def _reduce_scatter_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
@@ -200,8 +190,7 @@ def _reduce_scatter(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 
 REDUCE_SCATTER = _define("reduce_scatter", (REDUCTION, AXIS), CollectiveDef(
-    moves_data=True, ring_passes=1, charged=Charged.INPUT, transfer=_reduce_scatter,
-    local_shape=lambda attrs, shape, mesh: _scaled(shape, mesh, attrs, shrink="axis"),
+    moves_data=True, ring_passes=1, charged=Charged.SCATTERED, transfer=_reduce_scatter,
     moves=_reduce_scatter_moves))
 
 
@@ -230,9 +219,7 @@ def _all_to_all(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 ALL_TO_ALL = _define(
     "all_to_all", (AttrSpec("split_axis", AttrKind.INT), AttrSpec("concat_axis", AttrKind.INT)),
-    CollectiveDef(moves_data=True, ring_passes=1, charged=Charged.OUTPUT, transfer=_all_to_all,
-                  local_shape=lambda attrs, shape, mesh: _scaled(
-                      shape, mesh, attrs, grow="concat_axis", shrink="split_axis"),
+    CollectiveDef(moves_data=True, ring_passes=1, charged=Charged.INPUT, transfer=_all_to_all,
                   moves=_all_to_all_moves))
 
 
@@ -249,20 +236,29 @@ def _all_gather(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 
 ALL_GATHER = _define("all_gather", (AXIS,), CollectiveDef(
-    moves_data=True, ring_passes=1, charged=Charged.OUTPUT, transfer=_all_gather,
-    local_shape=lambda attrs, shape, mesh: _scaled(shape, mesh, attrs, grow="axis"),
+    moves_data=True, ring_passes=1, charged=Charged.GATHERED, transfer=_all_gather,
     moves=_all_gather_moves))
 
 
 def _local_slice_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
+    """One mesh dim at a time; and, onto a dim its shards would not divide, a group of them
+    at once (flat blocks over several mesh dims need not line up with the blocks over the
+    first of them alone, see `geometry.aligned`)."""
     dims = state.dims
     used = state.used_mesh_dims()
-    for m in ctx.mesh_names:
-        if m in used:
-            continue
+    free = [m for m in ctx.mesh_names if m not in used]
+    for m in free:
         for axis in range(len(dims)):
             sliced = dims[:axis] + (dims[axis] + (m,),) + dims[axis + 1:]
             yield Move((m,), (("axis", axis),), Sharding(sliced, state.partial))
+    for k in range(2, len(free) + 1):
+        for group in permutations(free, k):
+            for axis in range(len(dims)):
+                grown = dims[axis] + group
+                if geometry.splits(ctx.shape[axis], geometry.shard_count(grown, ctx.mesh)):
+                    continue
+                sliced = dims[:axis] + (grown,) + dims[axis + 1:]
+                yield Move(group, (("axis", axis),), Sharding(sliced, state.partial))
 
 
 def _local_slice(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
@@ -275,7 +271,6 @@ def _local_slice(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 LOCAL_SLICE = _define("local_slice", (AXIS,), CollectiveDef(
     moves_data=False, ring_passes=0, charged=Charged.OUTPUT, transfer=_local_slice,
-    local_shape=lambda attrs, shape, mesh: _scaled(shape, mesh, attrs, shrink="axis"),
     moves=_local_slice_moves))
 
 
@@ -298,5 +293,5 @@ def _make_partial(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 MAKE_PARTIAL = _define("make_partial", (REDUCTION,), CollectiveDef(
     moves_data=False, ring_passes=0, charged=Charged.OUTPUT, transfer=_make_partial,
-    local_shape=lambda attrs, shape, mesh: shape, moves=_make_partial_moves))
+    moves=_make_partial_moves, reshapes=False))
 

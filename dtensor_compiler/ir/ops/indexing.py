@@ -20,6 +20,7 @@ from dtensor_compiler.ir.opdef import (
     Factors,
     InferContext,
     OpDef,
+    PaddingRead,
     ResultSig,
     Traits,
     register,
@@ -111,9 +112,16 @@ def _take_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
     return b.build([tdims, idims], tdims[:axis] + idims + tdims[axis + 1:])
 
 
+def _take_reads_padding(op: Operation) -> list[PaddingRead]:
+    """Padded indices would be looked up (and fail the range check): they must be zeros. The
+    table's padded rows are never looked up, since every valid index is below its extent."""
+    return [PaddingRead(1, tuple(range(op.operands[1].type.rank)), ReduceOp.SUM)]
+
+
 TAKE = register(OpDef(name="take", operands=2, infer=_take,
                       attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_take_rule),
-                      folds=True, traits=Traits(linear_in=(0,))))
+                      folds=True, traits=Traits(linear_in=(0,)),
+                      reads_padding=_take_reads_padding))
 """``np.take(table, indices, axis)`` with in-range indices. With the table's `axis` sharded,
 each device looks up only the indices in its block (a masked lookup) and the result is a
 pending sum."""

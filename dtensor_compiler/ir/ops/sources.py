@@ -46,7 +46,7 @@ def _constant(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorT
                          f"{target.dtype}")
     expected = target.shape
     if ctx.level is Level.LOCAL and target.sharding is not None:
-        expected = target.sharding.global_shape(target.shape, ctx.mesh)
+        expected = target.global_shape(ctx.mesh)
     if tuple(value.shape) != expected:
         raise ValueError(f"constant value has shape {list(value.shape)}, type says "
                          f"{list(target.shape)}")

@@ -1,0 +1,70 @@
+"""Padding: ``mask``, which puts a reduction's identity into the padding of uneven blocks.
+
+Where a dim does not divide its shards, every device holds a block of the same room and the
+trailing blocks are partly or wholly padding (`ir.geometry`). Padding usually holds garbage,
+which is harmless until an op reads it as data: a reduction or contraction over the padded
+dim, or a lookup by padded indices (`opdef.PaddingRead`). ``mask`` selects the identity of
+its `fill` reduction into the padding along `axes` (every padded dim of its operand) and
+leaves the valid elements as they are, so its result type records ``pad(<fill>)``.
+
+It selects (``where(valid, x, identity)``), never multiplies: padding left by ``log`` or a
+division may hold inf or NaN, and ``0 * inf`` is NaN. In global IR, where there is no
+padding, ``mask`` is the identity of its operand; the mask-padding pass inserts it there,
+after layouts are final, and localize keeps it.
+
+```
+%1 = mask %0 {axes = [0], fill = sum} : f32[10,6] @ {x, -} pad(sum)      // global
+%1 = mask %0 {axes = [0], fill = sum} : f32[3/10,6] @ {x, -} pad(sum)    // localized, x=4
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dtensor_compiler.ir import geometry
+from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.core import Level, Operation
+from dtensor_compiler.ir.opdef import (
+    Attrs,
+    InferContext,
+    OpDef,
+    ResultSig,
+    Traits,
+    register,
+)
+from dtensor_compiler.ir.ops.elementwise import BROADCASTING
+from dtensor_compiler.ir.sharding import ReduceOp
+from dtensor_compiler.ir.types import TensorType
+
+
+def padded_dims(t: TensorType, ctx: InferContext) -> tuple[int, ...]:
+    """The dims of `t` that have padding, at the module's level."""
+    if t.sharding is None:
+        return ()
+    if ctx.level is Level.LOCAL:
+        return tuple(i for i, e in enumerate(t.extents or ()) if e is not None)
+    return geometry.uneven_dims(t.shape, t.sharding.dims, ctx.mesh)
+
+
+def _mask(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+          ctx: InferContext) -> list[ResultSig]:
+    t = ts[0]
+    axes = attrs["axes"]
+    assert isinstance(axes, tuple)
+    padded = padded_dims(t, ctx)
+    if tuple(axes) != padded:
+        raise ValueError(f"mask axes {list(axes)} must be the operand's padded dims "
+                         f"{list(padded)}")
+    return [(t.dtype, t.shape)]
+
+
+def _fill(op: Operation) -> ReduceOp:
+    return ReduceOp.parse(op.attrs["fill"])
+
+
+MASK = register(OpDef(
+    name="mask", operands=1, infer=_mask,
+    attrs=(AttrSpec("axes", AttrKind.INTS), AttrSpec("fill", AttrKind.REDUCE_OP)),
+    sharding=BROADCASTING,
+    folds=False, traits=Traits(elementwise=True), fills=_fill))

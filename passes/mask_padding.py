@@ -1,0 +1,91 @@
+"""mask-padding: put a reduction's identity into padding wherever an op reads it as data.
+
+Expects: a global-shape module whose layouts are final (after insert-collectives). Values laid
+out unevenly (a dim that its shards do not divide, see `ir.geometry`) have padding in their
+localized blocks, which holds garbage unless a ``mask`` op filled it.
+
+Guarantees: every padding read an op states (`opdef.PaddingRead`: by default each operand dim
+made of one reduced factor, so sums, means, max/min/prod, contractions, and the variance and
+softmax built from them) sees the identity of its reduction. For each read of an operand that
+has padding along the read dims and does not already hold that identity (its type's `pad`),
+a ``mask`` op is inserted before the reader, and the reader takes its result instead; one
+mask per (value, fill) serves every reader in the function. Nothing else changes; an even
+module is left as it is.
+
+```
+%s = reduce_sum %x {axes = [0]} : f32[] @ {} partial(x:sum)              // x=4, %x: f32[10]
+%m = mask %x {axes = [0], fill = sum} : f32[10] @ {x} pad(sum)           // after
+%s = reduce_sum %m {axes = [0]} : f32[] @ {} partial(x:sum)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dtensor_compiler.ir import factors, opdef
+from dtensor_compiler.ir.builder import make_op
+from dtensor_compiler.ir.core import Function, Module, Operation, Value
+from dtensor_compiler.ir.factors import FactorKind
+from dtensor_compiler.ir.opdef import InferContext, PaddingRead
+from dtensor_compiler.ir.ops.padding import padded_dims
+from dtensor_compiler.ir.sharding import ReduceOp
+from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
+
+
+@register_pass
+@dataclass(frozen=True)
+class MaskPaddingPass(ModulePass):
+    """Insert ``mask`` ops before the ops that read padding as data."""
+
+    name = "mask-padding"
+
+    def apply(self, module: Module, ctx: PassContext) -> None:
+        infer = InferContext(module.mesh, module.level)
+        for func in module.functions:
+            if any(padded_dims(v.type, infer) for v in func.values()):
+                _mask_function(func, infer)
+
+
+def _mask_function(func: Function, infer: InferContext) -> None:
+    masks: dict[tuple[int, ReduceOp], Value] = {}
+    ops: list[Operation] = []
+    for op in func.ops:
+        for read in padding_reads(op):
+            value = op.operands[read.operand]
+            padded = padded_dims(value.type, infer)
+            if not set(padded) & set(read.dims) or value.type.pad == read.fill:
+                continue
+            key = (id(value), read.fill)
+            if key not in masks:
+                mask = make_op("mask", [value], {"axes": padded, "fill": read.fill}, infer,
+                               sharding=value.type.sharding, loc=op.loc)
+                ops.append(mask)
+                assert mask.result is not None
+                masks[key] = mask.result
+            op.set_operand(read.operand, masks[key])
+        ops.append(op)
+    func.ops = ops
+
+
+def padding_reads(op: Operation) -> list[PaddingRead]:
+    """The padding reads of `op`: its definition's, or those its factor rule implies."""
+    definition = opdef.lookup(op.name)
+    if definition.reads_padding is not None:
+        return definition.reads_padding(op)
+    if not isinstance(definition.sharding, opdef.Factors) or op.result is None:
+        return []
+    rule = definition.sharding.rule(op.attrs, [v.type for v in op.operands], op.result.type)
+    return list(_reduced_reads(rule))
+
+
+def _reduced_reads(rule: factors.FactorRule) -> list[PaddingRead]:
+    out = []
+    for i, operand in enumerate(rule.operands):
+        by_fill: dict[ReduceOp, list[int]] = {}
+        for d, dim_factors in enumerate(operand):
+            reduced = [f for f in dim_factors if rule.kind(f) is FactorKind.REDUCED]
+            if reduced:
+                by_fill.setdefault(rule.reduce_op(reduced[0]), []).append(d)
+        out += [PaddingRead(i, tuple(dims), fill) for fill, dims in by_fill.items()]
+    return out
