@@ -23,12 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dtensor_compiler.ir import factors, opdef
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, Module, Operation, Value
-from dtensor_compiler.ir.factors import FactorKind
-from dtensor_compiler.ir.opdef import InferContext, PaddingRead
-from dtensor_compiler.ir.ops.padding import padded_dims
+from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.ops.padding import padded_dims, padding_reads
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
 
@@ -66,26 +64,3 @@ def _mask_function(func: Function, infer: InferContext) -> None:
             op.set_operand(read.operand, masks[key])
         ops.append(op)
     func.ops = ops
-
-
-def padding_reads(op: Operation) -> list[PaddingRead]:
-    """The padding reads of `op`: its definition's, or those its factor rule implies."""
-    definition = opdef.lookup(op.name)
-    if definition.reads_padding is not None:
-        return definition.reads_padding(op)
-    if not isinstance(definition.sharding, opdef.Factors) or op.result is None:
-        return []
-    rule = definition.sharding.rule(op.attrs, [v.type for v in op.operands], op.result.type)
-    return list(_reduced_reads(rule))
-
-
-def _reduced_reads(rule: factors.FactorRule) -> list[PaddingRead]:
-    out = []
-    for i, operand in enumerate(rule.operands):
-        by_fill: dict[ReduceOp, list[int]] = {}
-        for d, dim_factors in enumerate(operand):
-            reduced = [f for f in dim_factors if rule.kind(f) is FactorKind.REDUCED]
-            if reduced:
-                by_fill.setdefault(rule.reduce_op(reduced[0]), []).append(d)
-        out += [PaddingRead(i, tuple(dims), fill) for fill, dims in by_fill.items()]
-    return out

@@ -15,7 +15,8 @@ run after every pass on 20k-op modules):
 - padding (see `TensorType`): a global type records no extents; a localized type records the
   global extent of exactly the dims with padding, each with the block room `geometry` gives;
   a type says what its padding holds only if it has some, and only the op whose definition
-  fills it (``mask``) says so;
+  fills it (``mask``) says so; in localized IR, every padding an op reads as data
+  (`padding.padding_reads`) holds the identity it reads it as;
 - a collective's result layout is what its definition's `transfer` makes of its operand's
   layout, the blocks of every dim it changes line up (`geometry.aligned`), and in localized IR
   it keeps the global shape.
@@ -30,6 +31,7 @@ from dtensor_compiler.errors import VerificationError
 from dtensor_compiler.ir import geometry, opdef
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext, OpDef
+from dtensor_compiler.ir.ops import padding
 from dtensor_compiler.ir.printer import Namer, print_function
 from dtensor_compiler.ir.sharding import MeshShape
 from dtensor_compiler.ir.types import TensorType
@@ -143,6 +145,23 @@ class _FunctionVerifier:
                               f"result type says {t.pad}", line, op)
         if definition.collective is not None:
             self.check_collective(op, definition, line)
+        if self.module.level is Level.LOCAL and any(v.type.padded for v in operands):
+            self.check_padding_reads(op, line)
+
+    def check_padding_reads(self, op: Operation, line: int) -> None:
+        try:
+            reads = padding.padding_reads(op)
+        except _INFER_ERRORS as e:
+            raise _Broken(f"{op.name}: {e}", line, op) from None
+        for read in reads:
+            t = op.operands[read.operand].type
+            dims = [d for d in read.dims if t.extents is not None and t.extents[d] is not None]
+            if dims and t.pad != read.fill:
+                holds = "garbage" if t.pad is None else f"the identity of {t.pad}"
+                raise _Broken(f"{op.name} reads the padding of operand {read.operand} "
+                              f"({self.name(op.operands[read.operand])}) along dim {dims[0]} "
+                              f"as the identity of {read.fill}, but it holds {holds}; run "
+                              "mask-padding before localize", line, op)
 
     def check_collective(self, op: Operation, definition: OpDef, line: int) -> None:
         assert definition.collective is not None

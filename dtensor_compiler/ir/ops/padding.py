@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dtensor_compiler.ir import geometry
+from dtensor_compiler.ir import factors, geometry, opdef
 from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
 from dtensor_compiler.ir.core import Level, Operation
+from dtensor_compiler.ir.factors import FactorKind
 from dtensor_compiler.ir.opdef import (
     Attrs,
     InferContext,
     OpDef,
+    PaddingRead,
     ResultSig,
     Traits,
     register,
@@ -68,3 +70,26 @@ MASK = register(OpDef(
     attrs=(AttrSpec("axes", AttrKind.INTS), AttrSpec("fill", AttrKind.REDUCE_OP)),
     sharding=BROADCASTING,
     folds=False, traits=Traits(elementwise=True), fills=_fill))
+
+
+def padding_reads(op: Operation) -> list[PaddingRead]:
+    """The padding reads of `op`: its definition's, or those its factor rule implies."""
+    definition = opdef.lookup(op.name)
+    if definition.reads_padding is not None:
+        return definition.reads_padding(op)
+    if not isinstance(definition.sharding, opdef.Factors) or op.result is None:
+        return []
+    rule = definition.sharding.rule(op.attrs, [v.type for v in op.operands], op.result.type)
+    return list(_reduced_reads(rule))
+
+
+def _reduced_reads(rule: factors.FactorRule) -> list[PaddingRead]:
+    out = []
+    for i, operand in enumerate(rule.operands):
+        by_fill: dict[ReduceOp, list[int]] = {}
+        for d, dim_factors in enumerate(operand):
+            reduced = [f for f in dim_factors if rule.kind(f) is FactorKind.REDUCED]
+            if reduced:
+                by_fill.setdefault(rule.reduce_op(reduced[0]), []).append(d)
+        out += [PaddingRead(i, tuple(dims), fill) for fill, dims in by_fill.items()]
+    return out
