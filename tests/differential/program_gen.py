@@ -299,12 +299,11 @@ def programs(draw) -> Program:
     return prog
 
 
-def shardings_for(draw, shape: Shape, mesh_names: list[str], mesh_sizes: list[int]
-                  ) -> list[tuple[str, ...]]:
+def shardings_for(draw, shape: Shape, mesh_names: list[str]) -> list[tuple[str, ...]]:
     """A random valid assignment of mesh dims to the dims of `shape` (each mesh dim at most
     once; the shards need not divide the dim)."""
     dims: list[tuple[str, ...]] = [() for _ in shape]
-    for name, size in zip(mesh_names, mesh_sizes):
+    for name in mesh_names:
         choice = draw(st.integers(-1, len(shape) - 1))
         if choice < 0:
             continue

@@ -23,22 +23,22 @@ def cases(draw):
     prog: Program = draw(programs())
     sizes = list(draw(st.sampled_from(MESH_SHAPES)))
     names = list(MESH_NAMES[: len(sizes)])
-    in_layouts = [with_partial(draw, shardings_for(draw, s, names, sizes), names)
+    in_layouts = [with_partial(draw, shardings_for(draw, s, names), names)
                   for s in prog.input_shapes]
     out_layouts = None
     if draw(st.booleans()):
         outs = prog(*[np.zeros(s) for s in prog.input_shapes])
         outs = outs if isinstance(outs, tuple) else (outs,)
         out_layouts = [
-            with_partial(draw, shardings_for(draw, np.shape(o), names, sizes), names)
-            if o.dtype.kind == "f" else (shardings_for(draw, np.shape(o), names, sizes), {})
+            with_partial(draw, shardings_for(draw, np.shape(o), names), names)
+            if o.dtype.kind == "f" else (shardings_for(draw, np.shape(o), names), {})
             for o in outs]
     dtype = draw(st.sampled_from([np.float64, np.float32]))
     seed = draw(st.integers(0, 2**16))
     with np.errstate(all="ignore"):  # only the shapes of the results matter here
         outs = prog(*[np.zeros(s) for s in prog.input_shapes])
     outs = outs if isinstance(outs, tuple) else (outs,)
-    restore_layouts = [(shardings_for(draw, np.shape(o), names, sizes), {}) for o in outs]
+    restore_layouts = [(shardings_for(draw, np.shape(o), names), {}) for o in outs]
     return prog, names, sizes, in_layouts, out_layouts, dtype, seed, restore_layouts
 
 
