@@ -8,6 +8,11 @@ A layout may also carry pending partial reductions
 mesh dim at a time in the mesh's dim order (with ``partial={"dp": "max", "tp": "sum"}`` on a
 ``dp, tp`` mesh, the sum over tp of the max over dp); see `ir.sharding`.
 
+A dim need not divide by its shards: a dim of ``n`` over ``k`` shards is cut in blocks of
+``ceil(n / k)``, block ``r`` holding ``[r*c, min(n, (r+1)*c))``, so the trailing blocks are
+short or empty (5 over 4: 2, 2, 1, 0); over several mesh dims the blocks are flat over their
+product (`ir.geometry`; `block_shapes` lists every device's).
+
 Text form (the reference's, extended): ``sharding_specs:dp,unsharded, mesh:<mesh string>``;
 a multi-dim spec is written ``x*y`` and partials add ``partial:tp=sum;x=max, `` before ``mesh:``.
 """

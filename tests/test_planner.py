@@ -268,6 +268,23 @@ def test_every_pair_of_layouts(mesh: MeshShape, shape: tuple[int, ...]) -> None:
             assert cost <= gather_then_slice_cost(src, dst, mesh, shape) * (1 + 1e-12), pair
 
 
+def test_sampled_pairs_of_uneven_rank_3_layouts_on_a_3d_mesh() -> None:
+    """9x7x3 on 2x2x2: no dim divides by any group but 1; 600 random pairs of its 176
+    layouts with pending sums (all 31k pairs would take minutes)."""
+    mesh, shape = MESH_2X2X2, (9, 7, 3)
+    rng = np.random.default_rng(0)
+    x = rng.integers(-9, 10, shape)
+    layouts = all_layouts(mesh, len(shape))
+    for i, j in rng.integers(0, len(layouts), (600, 2)):
+        src, dst = layouts[i], layouts[j]
+        local, state = scatter(x, src, mesh, rng), src
+        for step in plan_relayout(src, dst, mesh, shape):
+            assert step.src == state
+            local, state = execute(step, local, mesh, shape), step.dst
+        assert state == dst
+        assert_holds(local, x, dst, mesh)
+
+
 # ---------------------------------------------------------------------------------------------
 # known outcomes
 
