@@ -46,7 +46,9 @@ class ModulePass:
     produces: ClassVar[Level | None] = None
     """The level of the module after the pass; None: the level it had."""
 
-    def apply(self, module: Module, ctx: PassContext) -> None:
+    def apply(self, module: Module, ctx: PassContext) -> bool | None:
+        """Mutate `module`. A pass may return False to say it left the module as it was; the
+        manager then keeps the previous stage's printed IR rather than printing it again."""
         raise NotImplementedError
 
     def text(self) -> str:
@@ -167,6 +169,8 @@ class PassManager:
         self.out = out
         self.ctx = ctx or PassContext()
         self.stages: list[Stage] = []
+        self._printed: str | None = None
+        """The IR the last stage printed."""
 
     @staticmethod
     def parse(pipeline: str, **kwargs: Unpack[_Options]) -> PassManager:
@@ -175,9 +179,13 @@ class PassManager:
     def text(self) -> str:
         return ",".join(p.text() for p in self.passes)
 
-    def _record(self, name: str, seconds: float, module: Module) -> None:
-        text = (print_module(module, self.locations) if (self.keep_ir or self.print_after_all)
-                else None)
+    def _record(self, name: str, seconds: float, module: Module, unchanged: bool = False
+                ) -> None:
+        text = None
+        if self.keep_ir or self.print_after_all:
+            text = self._printed if unchanged and self._printed is not None else print_module(
+                module, self.locations)
+        self._printed = text
         self.stages.append(Stage(name, seconds, text if self.keep_ir else None))
         if self.print_after_all:
             stream = self.out or sys.stdout
@@ -199,7 +207,7 @@ class PassManager:
                 self.before_each(p, module)
             start = time.perf_counter()
             try:
-                p.apply(module, self.ctx)
+                changed = p.apply(module, self.ctx)
             except DTensorError:
                 raise
             except Exception as e:
@@ -211,5 +219,5 @@ class PassManager:
                 f"{p.name} left a {module.level.value} module, it declares {expected.value}")
             if self.verify:
                 verify_module(module, after=p.name)
-            self._record(p.name, time.perf_counter() - start, module)
+            self._record(p.name, time.perf_counter() - start, module, unchanged=changed is False)
         return module

@@ -27,7 +27,8 @@ from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.ops.padding import padded_dims, padding_reads
-from dtensor_compiler.ir.sharding import ReduceOp
+from dtensor_compiler.ir.sharding import ReduceOp, Sharding
+from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
 
 
@@ -38,14 +39,30 @@ class MaskPaddingPass(ModulePass):
 
     name = "mask-padding"
 
-    def apply(self, module: Module, ctx: PassContext) -> None:
+    def apply(self, module: Module, ctx: PassContext) -> bool:
         infer = InferContext(module.mesh, module.level)
+        changed = False
+        seen: dict[tuple[tuple[int, ...], Sharding], bool] = {}
         for func in module.functions:
-            if any(padded_dims(v.type, infer) for v in func.values()):
-                _mask_function(func, infer)
+            if any(_has_padding(v.type, infer, seen) for v in func.values()):
+                changed |= _mask_function(func, infer)
+        return changed
 
 
-def _mask_function(func: Function, infer: InferContext) -> None:
+def _has_padding(t: TensorType, infer: InferContext,
+                 seen: dict[tuple[tuple[int, ...], Sharding], bool]) -> bool:
+    """Whether `t` has padding; `seen` memoizes it by shape and layout (the layers of a deep
+    model repeat few of them)."""
+    if t.sharding is None:
+        return False
+    key = (t.shape, t.sharding)
+    if key not in seen:
+        seen[key] = bool(padded_dims(t, infer))
+    return seen[key]
+
+
+def _mask_function(func: Function, infer: InferContext) -> bool:
+    """Insert the masks of one function; whether it inserted any."""
     masks: dict[tuple[int, ReduceOp], Value] = {}
     ops: list[Operation] = []
     for op in func.ops:
@@ -64,3 +81,4 @@ def _mask_function(func: Function, infer: InferContext) -> None:
             op.set_operand(read.operand, masks[key])
         ops.append(op)
     func.ops = ops
+    return bool(masks)

@@ -201,8 +201,11 @@ class TensorType:
         return self.extents is not None
 
     def text(self) -> str:
-        extents = self.extents or (None,) * self.rank
-        dims = ",".join(str(s) if e is None else f"{s}/{e}" for s, e in zip(self.shape, extents))
+        if self.extents is None:
+            dims = ",".join(map(str, self.shape))
+        else:
+            dims = ",".join(str(s) if e is None else f"{s}/{e}"
+                            for s, e in zip(self.shape, self.extents))
         out = f"{self.dtype}[{dims}]"
         if self.sharding is not None:
             out += f" @ {self.sharding.text()}"
