@@ -38,7 +38,7 @@ CASES = [(MESH_2X2, (8, 8)), (MESH_2X2, (4, 8, 8)), (MESH_2X4, (8, 8)), (MESH_2X
          (MESH_2X2X2, (8, 8)),
          # uneven: no dim divides by a group of mesh dims (7 over 4, 5 over 2x2 or 8, 3 over 2)
          (MESH_2X2, (7, 5)), (MESH_2X4, (7, 5)), (MESH_2X2, (9, 7, 3)), (MESH_2X2X2, (9, 7)),
-         (MESH_2X2X2, (3, 1))]
+         (MESH_2X2, (3, 1))]
 REDUCE: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
     "sum": lambda vals: np.sum(vals, axis=0),
     "max": lambda vals: np.max(vals, axis=0),
