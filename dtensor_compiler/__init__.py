@@ -21,6 +21,7 @@ from dtensor_compiler.api import (
     run_on,
     unpack,
 )
+from dtensor_compiler.autodiff import grad, stop_gradient, value_and_grad
 from dtensor_compiler.checkpoint.name_based import (
     enable_save_as_bf16,
     lower_name_based_save,
@@ -48,6 +49,7 @@ from dtensor_compiler.dtensor import DTensor
 from dtensor_compiler.errors import (
     CheckpointError,
     DTensorError,
+    GradientError,
     IRParseError,
     LayoutError,
     Location,
@@ -91,6 +93,10 @@ __all__ = [
     "SliceSpecError",
     "TensorSpec",
     "TraceError",
+    "GradientError",
+    "grad",
+    "value_and_grad",
+    "stop_gradient",
     "UnsupportedOperationError",
     "VerificationError",
     "call_with_layout",

@@ -82,6 +82,11 @@ class UnsupportedOperationError(TraceError, NotImplementedError):
     """The traced code called a numpy function or method the tracer does not support."""
 
 
+class GradientError(TraceError, TypeError):
+    """`dtc.grad` of something without a derivative: a non-scalar or integer output, an
+    integer input, or an op without a derivative rule (named, at the user's line)."""
+
+
 class ShapeError(TraceError, ValueError):
     """Operand shapes or dtypes do not fit the operation."""
 

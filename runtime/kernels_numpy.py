@@ -92,6 +92,11 @@ def _ufunc(op: Operation, ctx: ExecContext) -> KernelFn:
     return _aligned(getattr(np, op.name), op, ctx)
 
 
+@kernel(elementwise.STOP_GRADIENT)
+def _stop_gradient(op: Operation, ctx: ExecContext) -> KernelFn:
+    return lambda x: x
+
+
 @kernel(elementwise.WHERE)
 def _where(op: Operation, ctx: ExecContext) -> KernelFn:
     return _aligned(np.where, op, ctx)
@@ -279,6 +284,29 @@ def _lookup(k: int, axis: int, idx_rank: int) -> Callable[[np.ndarray, np.ndarra
         picked = table[mesh_index + rows + (indices,)]
         return np.moveaxis(picked, index_dims, [d + axis for d in index_dims])
     return take
+
+
+@kernel(indexing.SCATTER_ADD)
+def _scatter_add(op: Operation, ctx: ExecContext) -> KernelFn:
+    """``np.add.at`` on every device's block (a loop over the mesh positions the operands
+    differ along: few on the simulated mesh)."""
+    k = ctx.mesh_axes
+    axis, size = op.attrs["axis"], op.attrs["size"]
+    assert isinstance(axis, int) and isinstance(size, int)
+    local = op.type.shape
+    dtype = numpy_dtype(op.type.dtype)
+    rows = (slice(None),) * axis
+
+    def run(updates: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        mesh = np.broadcast_shapes(updates.shape[:k], indices.shape[:k])
+        out = np.zeros(mesh + local, dtype)
+        updates = np.broadcast_to(updates, mesh + updates.shape[k:])
+        indices = np.broadcast_to(indices, mesh + indices.shape[k:])
+        for at in np.ndindex(*mesh):
+            # numpy takes slices in the index tuple; its stubs do not say so
+            np.add.at(out[at], rows + (indices[at],), updates[at])  # type: ignore[arg-type]
+        return out
+    return run
 
 
 @kernel(padding.MASK)

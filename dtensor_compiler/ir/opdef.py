@@ -27,17 +27,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dtensor_compiler.ir.attrs import Attr, AttrSpec
 from dtensor_compiler.ir.collective import CollectiveDef
-from dtensor_compiler.ir.core import Level, Operation
+from dtensor_compiler.ir.core import Level, Operation, Value
 from dtensor_compiler.ir.factors import FactorRule
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from dtensor_compiler.ir.vjp import VJPContext
 
 Shape = tuple[int, ...]
 Attrs = Mapping[str, Attr]
@@ -155,8 +158,9 @@ PaddingReads = Callable[[Operation], list[PaddingRead]]
 rule: every operand dim made of one reduced factor reads its padding as that factor's
 reduction's identity (zeros for a contracted dim, in both operands)."""
 
-VJPRule = Callable[..., Any]
-"""Reverse-mode derivative of an op (filled in by the autodiff work)."""
+VJPRule = Callable[["VJPContext", Operation, Value], Sequence[Value | None]]
+"""Reverse-mode derivative of an op: ``rule(ad, op, cotangent)`` gives one cotangent per
+operand, None where an operand gets none (see `ir.vjp`)."""
 
 GLOBAL_AND_LOCAL = frozenset({Level.GLOBAL, Level.LOCAL})
 

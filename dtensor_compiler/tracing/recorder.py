@@ -82,6 +82,12 @@ class Recorder:
         """The numpy function being traced, named in the locations of the ops it emits."""
         self._builder = Builder(func, InferContext(mesh))
 
+    @property
+    def builder(self) -> Builder:
+        """Appends ops to the function without a location of its own (derivative rules give
+        the forward op's)."""
+        return self._builder
+
     def emit(self, name: str, operands: Sequence[Value],
              attrs: Mapping[str, object] | None = None,
              result: TensorType | None = None, sharding: Sharding | None = None,

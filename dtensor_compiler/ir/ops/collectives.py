@@ -26,7 +26,7 @@ from itertools import combinations, permutations
 from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
 from dtensor_compiler.ir.collective import Attrs, Charged, CollectiveDef, Move, MoveContext
-from dtensor_compiler.ir.core import Level, Operation
+from dtensor_compiler.ir.core import Level, Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.opdef import (
     Barrier,
@@ -40,6 +40,7 @@ from dtensor_compiler.ir.opdef import (
 from dtensor_compiler.ir.reasons import OutLayout
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
+from dtensor_compiler.ir.vjp import VJPContext
 
 Shape = tuple[int, ...]
 MESH_DIMS = AttrSpec("mesh_dims", AttrKind.STRS)
@@ -60,9 +61,18 @@ def _relayout_is_identity(op: Operation) -> bool:
     return same_type(op) and op.type.sharding is not None and not isinstance(op.why, OutLayout)
 
 
+def _relayout_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """Back to the source's layout, where it has one yet (an argument's in_layout); else the
+    planner chooses, as for any value."""
+    source = op.operands[0].type.sharding
+    if source is None:
+        return [g]
+    return [ad.emit_relayout(g, source)]
+
+
 RELAYOUT = register(OpDef(name="relayout", operands=1, infer=_same_type, sharding=AS_IS,
                           folds=False, levels=frozenset({Level.GLOBAL}),
-                          identity=_relayout_is_identity))
+                          identity=_relayout_is_identity, vjp=_relayout_vjp))
 """The operand in the layout of the result type; planned by insert-collectives."""
 
 

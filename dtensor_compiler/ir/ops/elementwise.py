@@ -8,9 +8,11 @@ broadcasting: each result dim is one factor, shared by the operand dims not broa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 from dtensor_compiler.ir import factors
+from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.inference import broadcast_shapes, declared_type, ufunc_result_dtype
 from dtensor_compiler.ir.opdef import (
     ALL_OPERANDS,
@@ -21,11 +23,13 @@ from dtensor_compiler.ir.opdef import (
     OpDef,
     ResultSig,
     Traits,
+    VJPRule,
     register,
     same_type,
 )
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType
+from dtensor_compiler.ir.vjp import VJPContext, differentiable
 
 UNARY_UFUNCS: tuple[str, ...] = (
     "negative", "positive", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "tanh",
@@ -76,10 +80,173 @@ def _ufunc_infer(name: str) -> InferFn:
     return infer
 
 
+# -- derivatives ----------------------------------------------------------------------------------
+# Each unary rule gives d(out)/dx from (ad, x, out); each binary rule the cotangents of both
+# operands. Ops whose result is bool or an integer never carry a derivative and have no rule;
+# piecewise-constant ops (floor, sign, ...) pass none on.
+
+
+def _mul(ad: VJPContext, *vs: Value) -> Value:
+    out = vs[0]
+    for v in vs[1:]:
+        out = ad.emit("multiply", [out, v])
+    return out
+
+
+def _unary(derivative: Callable[[VJPContext, Value, Value], Value]) -> VJPRule:
+    def rule(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+        (x,) = op.operands
+        assert op.result is not None
+        return [ad.to_operand(_mul(ad, g, derivative(ad, x, op.result)), x)]
+    return rule
+
+
+def _reciprocal_of(ad: VJPContext, v: Value) -> Value:
+    return ad.emit("reciprocal", [v])
+
+
+def _one_minus_square(ad: VJPContext, v: Value) -> Value:
+    return ad.emit("subtract", [ad.scalar(1.0, v), ad.emit("square", [v])])
+
+
+def _scaled(factor: float) -> Callable[[VJPContext, Value, Value], Value]:
+    return lambda ad, x, out: ad.scalar(factor, x)
+
+
+def _linear(sign: float) -> VJPRule:
+    def rule(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+        (x,) = op.operands
+        return [ad.to_operand(g if sign > 0 else ad.emit("negative", [g]), x)]
+    return rule
+
+
+def _no_derivative(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    return [None] * len(op.operands)
+
+
+_UNARY_VJPS: dict[str, VJPRule] = {
+    "negative": _linear(-1.0), "positive": _linear(1.0), "conjugate": _linear(1.0),
+    "exp": _unary(lambda ad, x, out: out),
+    "exp2": _unary(lambda ad, x, out: _mul(ad, out, ad.scalar(math.log(2.0), x))),
+    "expm1": _unary(lambda ad, x, out: ad.emit("add", [out, ad.scalar(1.0, x)])),
+    "log": _unary(lambda ad, x, out: _reciprocal_of(ad, x)),
+    "log2": _unary(lambda ad, x, out: _reciprocal_of(ad, _mul(ad, x, ad.scalar(math.log(2), x)))),
+    "log10": _unary(lambda ad, x, out: _reciprocal_of(ad, _mul(ad, x,
+                                                                 ad.scalar(math.log(10), x)))),
+    "log1p": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit("add", [x, ad.scalar(1, x)]))),
+    "tanh": _unary(lambda ad, x, out: _one_minus_square(ad, out)),
+    "sinh": _unary(lambda ad, x, out: ad.emit("cosh", [x])),
+    "cosh": _unary(lambda ad, x, out: ad.emit("sinh", [x])),
+    "sin": _unary(lambda ad, x, out: ad.emit("cos", [x])),
+    "cos": _unary(lambda ad, x, out: ad.emit("negative", [ad.emit("sin", [x])])),
+    "tan": _unary(lambda ad, x, out: ad.emit("add", [ad.scalar(1.0, x), ad.emit("square", [out])])),
+    "arcsin": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit("sqrt", [
+        _one_minus_square(ad, x)]))),
+    "arccos": _unary(lambda ad, x, out: ad.emit("negative", [_reciprocal_of(ad, ad.emit(
+        "sqrt", [_one_minus_square(ad, x)]))])),
+    "arctan": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit(
+        "add", [ad.scalar(1.0, x), ad.emit("square", [x])]))),
+    "arcsinh": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit("sqrt", [ad.emit(
+        "add", [ad.emit("square", [x]), ad.scalar(1.0, x)])]))),
+    "arccosh": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit("sqrt", [ad.emit(
+        "subtract", [ad.emit("square", [x]), ad.scalar(1.0, x)])]))),
+    "arctanh": _unary(lambda ad, x, out: _reciprocal_of(ad, _one_minus_square(ad, x))),
+    "sqrt": _unary(lambda ad, x, out: _reciprocal_of(ad, _mul(ad, out, ad.scalar(2.0, x)))),
+    "cbrt": _unary(lambda ad, x, out: _reciprocal_of(ad, _mul(ad, ad.emit("square", [out]),
+                                                              ad.scalar(3.0, x)))),
+    "square": _unary(lambda ad, x, out: _mul(ad, x, ad.scalar(2.0, x))),
+    "reciprocal": _unary(lambda ad, x, out: ad.emit("negative", [ad.emit("square", [out])])),
+    "absolute": _unary(lambda ad, x, out: ad.emit("sign", [x])),
+    "fabs": _unary(lambda ad, x, out: ad.emit("sign", [x])),
+    "deg2rad": _unary(_scaled(math.pi / 180)), "radians": _unary(_scaled(math.pi / 180)),
+    "rad2deg": _unary(_scaled(180 / math.pi)), "degrees": _unary(_scaled(180 / math.pi)),
+    **dict.fromkeys(("sign", "floor", "ceil", "rint", "trunc", "spacing"), _no_derivative),
+}
+
+
+def _binary(dx: Callable[[VJPContext, Value, Value, Value, Value], Value | None],
+            dy: Callable[[VJPContext, Value, Value, Value, Value], Value | None]) -> VJPRule:
+    """A rule from the cotangents of x and y given (ad, g, x, y, out), before broadcasting."""
+    def rule(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+        x, y = op.operands
+        assert op.result is not None
+        out = op.result
+        gx = dx(ad, g, x, y, out) if differentiable(x.type) else None
+        gy = dy(ad, g, x, y, out) if differentiable(y.type) else None
+        return [None if gx is None else ad.to_operand(gx, x),
+                None if gy is None else ad.to_operand(gy, y)]
+    return rule
+
+
+def _select(ad: VJPContext, cond: Value, g: Value, when: bool) -> Value:
+    zero = ad.scalar(0.0, g)
+    return ad.emit("where", [cond, g, zero] if when else [cond, zero, g])
+
+
+def _power_dx(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value:
+    one = ad.scalar(1.0, out)
+    return _mul(ad, g, y, ad.emit("power", [x, ad.emit("subtract", [y, one])]))
+
+
+def _power_dy(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value:
+    return _mul(ad, g, out, ad.emit("log", [x]))
+
+
+def _ratio(ad: VJPContext, g: Value, top: Value, out: Value) -> Value:
+    return _mul(ad, g, ad.emit("divide", [top, out]))
+
+
+def _atan2_denominator(ad: VJPContext, y: Value, x: Value) -> Value:
+    return ad.emit("add", [ad.emit("square", [x]), ad.emit("square", [y])])
+
+
+_BINARY_VJPS: dict[str, VJPRule] = {
+    "add": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: g),
+    "subtract": _binary(lambda ad, g, x, y, out: g,
+                        lambda ad, g, x, y, out: ad.emit("negative", [g])),
+    "multiply": _binary(lambda ad, g, x, y, out: _mul(ad, g, y),
+                        lambda ad, g, x, y, out: _mul(ad, g, x)),
+    "divide": _binary(lambda ad, g, x, y, out: ad.emit("divide", [g, y]),
+                      lambda ad, g, x, y, out: ad.emit("negative", [
+                          ad.emit("divide", [_mul(ad, g, out), y])])),
+    "power": _binary(_power_dx, _power_dy),
+    "float_power": _binary(_power_dx, _power_dy),
+    **dict.fromkeys(("maximum", "fmax"), _binary(
+        lambda ad, g, x, y, out: _select(ad, ad.emit("greater_equal", [x, y]), g, True),
+        lambda ad, g, x, y, out: _select(ad, ad.emit("greater_equal", [x, y]), g, False))),
+    **dict.fromkeys(("minimum", "fmin"), _binary(
+        lambda ad, g, x, y, out: _select(ad, ad.emit("less_equal", [x, y]), g, True),
+        lambda ad, g, x, y, out: _select(ad, ad.emit("less_equal", [x, y]), g, False))),
+    "hypot": _binary(lambda ad, g, x, y, out: _ratio(ad, g, x, out),
+                     lambda ad, g, x, y, out: _ratio(ad, g, y, out)),
+    "arctan2": _binary(
+        lambda ad, g, y, x, out: _ratio(ad, g, x, _atan2_denominator(ad, y, x)),
+        lambda ad, g, y, x, out: ad.emit("negative", [
+            _ratio(ad, g, y, _atan2_denominator(ad, y, x))])),
+    "logaddexp": _binary(
+        lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp", [ad.emit("subtract", [x, out])])),
+        lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp", [ad.emit("subtract", [y, out])]))),
+    "logaddexp2": _binary(
+        lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp2", [ad.emit("subtract", [x, out])])),
+        lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp2", [ad.emit("subtract", [y, out])]))),
+    "remainder": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.emit(
+        "negative", [_mul(ad, g, ad.emit("floor", [ad.emit("divide", [x, y])]))])),
+    "fmod": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.emit(
+        "negative", [_mul(ad, g, ad.emit("trunc", [ad.emit("divide", [x, y])]))])),
+    "copysign": _binary(lambda ad, g, x, y, out: ad.emit("where", [
+        ad.emit("equal", [ad.emit("signbit", [x]), ad.emit("signbit", [y])]), g,
+        ad.emit("negative", [g])]), lambda ad, g, x, y, out: None),
+    **dict.fromkeys(("floor_divide", "heaviside", "nextafter"), _binary(
+        lambda ad, g, x, y, out: None, lambda ad, g, x, y, out: None)),
+}
+
+
 def _define_ufunc(name: str, arity: int) -> OpDef:
+    vjps = _UNARY_VJPS if arity == 1 else _BINARY_VJPS
     return register(OpDef(name=name, operands=arity, infer=_ufunc_infer(name),
                           sharding=BROADCASTING, folds=True,
-                          traits=_TRAITS.get(name, Traits(elementwise=True))))
+                          traits=_TRAITS.get(name, Traits(elementwise=True)),
+                          vjp=vjps.get(name)))
 
 
 UFUNCS: dict[str, OpDef] = {
@@ -97,8 +264,14 @@ def _where(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType
     return [(ufunc_result_dtype("add", (ts[1].dtype, ts[2].dtype)), shape)]
 
 
+def _where_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    cond, x, y = op.operands
+    return [None, ad.to_operand(_select(ad, cond, g, True), x),
+            ad.to_operand(_select(ad, cond, g, False), y)]
+
+
 WHERE = register(OpDef(name="where", operands=3, infer=_where, sharding=BROADCASTING,
-                       folds=True, traits=Traits(elementwise=True)))
+                       folds=True, traits=Traits(elementwise=True), vjp=_where_vjp))
 """``where(cond, x, y)``: x where cond, else y."""
 
 
@@ -111,9 +284,14 @@ def _astype(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorTyp
     return [(target.dtype, target.shape)]
 
 
+def _astype_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    (x,) = op.operands
+    return [ad.to_operand(g, x)]
+
+
 ASTYPE = register(OpDef(name="astype", operands=1, infer=_astype, sharding=BROADCASTING,
                         folds=True, declared_type=True, traits=Traits(elementwise=True),
-                        identity=same_type))
+                        identity=same_type, vjp=_astype_vjp))
 """Conversion to the declared result dtype."""
 
 
@@ -134,3 +312,19 @@ REAL = register(OpDef(name="real", operands=1, infer=_component, sharding=BROADC
 IMAG = register(OpDef(name="imag", operands=1, infer=_component, sharding=BROADCASTING,
                       folds=True, traits=_LINEAR_PART))
 """The imaginary part of a complex operand (numpy's ``imag``)."""
+
+
+def _stop_gradient_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    return [None]
+
+
+def _same(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+          ctx: InferContext) -> list[ResultSig]:
+    return [(ts[0].dtype, ts[0].shape)]
+
+
+STOP_GRADIENT = register(OpDef(
+    name="stop_gradient", operands=1, infer=_same, sharding=BROADCASTING,
+    folds=True, traits=_TRAITS["positive"], identity=lambda op: True, vjp=_stop_gradient_vjp))
+"""``dtc.stop_gradient(x)``: `x`, through which no derivative flows. Simplify removes it once
+the derivatives are taken (they are taken while tracing)."""

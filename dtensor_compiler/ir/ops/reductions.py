@@ -14,11 +14,13 @@ decides the order of ties); the sorted axis must stay whole.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
 from dtensor_compiler.ir import factors
 from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.factors import FactorKind
 from dtensor_compiler.ir.inference import accumulated_dtype, check_axis, reduced_shape
 from dtensor_compiler.ir.opdef import (
@@ -29,10 +31,12 @@ from dtensor_compiler.ir.opdef import (
     OpDef,
     ResultSig,
     Traits,
+    VJPRule,
     register,
 )
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType
+from dtensor_compiler.ir.vjp import VJPContext, differentiable
 
 KEEPDIMS = AttrSpec("keepdims", AttrKind.BOOL, default=False)
 
@@ -61,11 +65,60 @@ def _reduce_rule(kind: ReduceOp) -> Factors:
     return Factors(rule)
 
 
+def _axes(op: Operation) -> tuple[int, ...]:
+    axes = op.attrs["axes"]
+    assert isinstance(axes, tuple)
+    return axes
+
+
+def _kept_shape(op: Operation) -> tuple[int, ...]:
+    """The result's shape with the reduced axes kept as 1."""
+    return reduced_shape(op.operands[0].type.shape, _axes(op), True)
+
+
+def _sum_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    x = op.operands[0]
+    spread = ad.broadcast(ad.reshape(g, _kept_shape(op)), x.type.shape)
+    return [ad.to_operand(spread, x)]
+
+
+def _extreme_vjp(arg: str) -> VJPRule:
+    """max/min: the whole cotangent goes to the first extreme element along the reduced axes,
+    the one numpy's argmax/argmin picks (ties included)."""
+    def rule(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+        x = op.operands[0]
+        if not differentiable(x.type):
+            return [None]
+        axes = _axes(op)
+        kept = [d for d in range(x.type.rank) if d not in axes]
+        perm = tuple(kept) + tuple(axes)
+        moved = ad.emit("transpose", [x], {"perm": perm})
+        outer = tuple(x.type.shape[d] for d in kept)
+        flat = ad.reshape(moved, outer + (math.prod(x.type.shape[d] for d in axes),))
+        first = ad.emit(arg, [flat], {"axis": len(outer), "keepdims": True})
+        position = ad.emit("iota", [], {"dimension": len(outer)},
+                           TensorType("i64", flat.type.shape))
+        chosen = ad.emit("equal", [position, first])
+        spread = ad.emit("where", [chosen, ad.reshape(g, outer + (1,)), ad.scalar(0.0, g)])
+        back = ad.reshape(spread, moved.type.shape)
+        inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+        return [ad.to_operand(ad.emit("transpose", [back], {"perm": inverse}), x)]
+    return rule
+
+
+_REDUCTION_VJPS: dict[ReduceOp, VJPRule] = {
+    ReduceOp.SUM: _sum_vjp, ReduceOp.MAX: _extreme_vjp("argmax"),
+    ReduceOp.MIN: _extreme_vjp("argmin"),
+}
+"""No rule for prod: its derivative divides by the operand, which breaks at zeros."""
+
+
 def _define_reduction(kind: ReduceOp) -> OpDef:
     return register(OpDef(
         name=f"reduce_{kind.value}", operands=1, infer=_reduce_infer(kind),
         attrs=(AttrSpec("axes", AttrKind.INTS), KEEPDIMS), sharding=_reduce_rule(kind),
-        folds=True, traits=Traits(reduction=kind, commutes_with=frozenset({kind}))))
+        folds=True, traits=Traits(reduction=kind, commutes_with=frozenset({kind})),
+        vjp=_REDUCTION_VJPS.get(kind)))
 
 
 REDUCTIONS: dict[ReduceOp, OpDef] = {kind: _define_reduction(kind) for kind in ReduceOp}
@@ -126,10 +179,19 @@ def _scan_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
     return b.build([dims], dims)
 
 
+def _cumsum_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """Each element feeds every later prefix: the reversed cumulative sum of `g`."""
+    axes = (op.attrs["axis"],)
+    flipped = ad.emit("cumsum", [ad.emit("reverse", [g], {"axes": axes})],
+                      {"axis": op.attrs["axis"]})
+    return [ad.to_operand(ad.emit("reverse", [flipped], {"axes": axes}), op.operands[0])]
+
+
 CUMSUM = register(OpDef(name="cumsum", operands=1,
                         infer=_along_axis(partial(accumulated_dtype, ReduceOp.SUM)),
                         attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
-                        folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.SUM}))))
+                        folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.SUM})),
+                        vjp=_cumsum_vjp))
 
 
 CUMPROD = register(OpDef(name="cumprod", operands=1,

@@ -12,7 +12,7 @@ from math import prod
 
 from dtensor_compiler.ir import factors
 from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
-from dtensor_compiler.ir.core import Operation
+from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.factors import RuleBuilder
 from dtensor_compiler.ir.inference import (
     broadcast_shapes,
@@ -33,6 +33,7 @@ from dtensor_compiler.ir.opdef import (
 from dtensor_compiler.ir.ops.elementwise import BROADCASTING
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType
+from dtensor_compiler.ir.vjp import VJPContext
 
 STRUCTURAL = Traits(commutes_with=frozenset(ReduceOp))
 """Ops that only move or copy elements: every pending reduction passes through."""
@@ -48,9 +49,13 @@ def _reshape(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorTy
     return [(target.dtype, target.shape)]
 
 
+def _reshape_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    return [ad.reshape(g, op.operands[0].type.shape)]
+
+
 RESHAPE = register(OpDef(
     name="reshape", operands=1, infer=_reshape, declared_type=True, folds=True,
-    traits=STRUCTURAL, identity=same_type,
+    traits=STRUCTURAL, identity=same_type, vjp=_reshape_vjp,
     sharding=Factors(lambda attrs, ops, result: factors.reshape(ops[0].shape, result.shape))))
 
 
@@ -76,10 +81,17 @@ def _identity_permutation(op: Operation) -> bool:
     return same_type(op) and op.attrs["perm"] == tuple(range(op.type.rank))
 
 
+def _transpose_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    perm = op.attrs["perm"]
+    assert isinstance(perm, tuple)
+    inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+    return [ad.emit("transpose", [g], {"perm": inverse})]
+
+
 TRANSPOSE = register(OpDef(name="transpose", operands=1, infer=_transpose,
                            attrs=(AttrSpec("perm", AttrKind.INTS),),
                            sharding=Factors(_transpose_rule), folds=True, traits=STRUCTURAL,
-                           identity=_identity_permutation))
+                           identity=_identity_permutation, vjp=_transpose_vjp))
 
 
 def _broadcast_to(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
@@ -90,9 +102,13 @@ def _broadcast_to(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[Ten
     return [(ts[0].dtype, target.shape)]
 
 
+def _broadcast_to_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    return [ad.unbroadcast(g, op.operands[0].type.shape)]
+
+
 BROADCAST_TO = register(OpDef(name="broadcast_to", operands=1, infer=_broadcast_to,
                               declared_type=True, sharding=BROADCASTING, folds=True,
-                              traits=STRUCTURAL, identity=same_type))
+                              traits=STRUCTURAL, identity=same_type, vjp=_broadcast_to_vjp))
 
 
 def _concatenate(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
@@ -123,10 +139,27 @@ def _concatenate_rule(attrs: Attrs, operands: Sequence[TensorType], result: Tens
     return b.build([res for _ in operands], res)
 
 
+def _concatenate_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """Each operand's part of `g`, cast back to its dtype."""
+    axis = op.attrs["axis"]
+    assert isinstance(axis, int)
+    out: list[Value | None] = []
+    at = 0
+    for v in op.operands:
+        n = v.type.shape[axis]
+        start = tuple(at if i == axis else 0 for i in range(g.type.rank))
+        stop = tuple(at + n if i == axis else s for i, s in enumerate(g.type.shape))
+        part = ad.emit("slice", [g], {"start": start, "stop": stop, "step": (1,) * g.type.rank})
+        out.append(ad.to_operand(part, v))
+        at += n
+    return out
+
+
 CONCATENATE = register(OpDef(name="concatenate", operands=None, infer=_concatenate,
                              attrs=(AttrSpec("axis", AttrKind.INT),),
                              sharding=Factors(_concatenate_rule), folds=True,
-                             traits=Traits(commutes_with=frozenset({ReduceOp.SUM}))))
+                             traits=Traits(commutes_with=frozenset({ReduceOp.SUM})),
+                             vjp=_concatenate_vjp))
 """Operands joined along `axis`, which must stay whole."""
 
 
@@ -152,9 +185,13 @@ def _no_axes(op: Operation) -> bool:
     return op.attrs["axes"] == ()
 
 
+def _reverse_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    return [ad.emit("reverse", [g], {"axes": op.attrs["axes"]})]
+
+
 REVERSE = register(OpDef(name="reverse", operands=1, infer=_reverse,
                          attrs=(AttrSpec("axes", AttrKind.INTS),),
                          sharding=Factors(_reverse_rule), folds=True, traits=STRUCTURAL,
-                         identity=_no_axes))
+                         identity=_no_axes, vjp=_reverse_vjp))
 """The elements in reverse order along each of `axes` (numpy's ``flip``), which must stay
 whole: a device's block of a reversed dim lies on the mirrored device."""

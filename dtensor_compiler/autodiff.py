@@ -1,0 +1,93 @@
+"""`grad`, `value_and_grad` and `stop_gradient`: reverse-mode derivatives of numpy functions.
+
+Inside a compiled function (on traced arrays) they trace the function into the program and
+append its derivative (see `tracing.autodiff`), so one compiled step holds the forward and the
+backward pass and the planner chooses their collectives together. On numpy arrays and
+DTensors they compile the call (once per argument signature, like `dtc.compile`) and run it.
+
+As in JAX: `argnums` is an int (one gradient) or a tuple (a tuple of gradients, in that order);
+the function must return a floating-point scalar (with ``has_aux=True``, a pair of it and
+anything else, returned alongside); integer inputs have no gradient. Violations raise
+`GradientError` at the user's line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dtensor_compiler import tracing
+from dtensor_compiler.compile import CompiledFunction
+from dtensor_compiler.errors import GradientError
+from dtensor_compiler.tracing.autodiff import stop_gradient_traced, value_and_grad_traced
+from dtensor_compiler.tracing.tracer import TracedArray
+
+
+def _positions(argnums: int | tuple[int, ...], count: int) -> tuple[int, ...]:
+    positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if not positions or not all(isinstance(i, int) for i in positions):
+        raise GradientError(f"argnums must be an int or a non-empty tuple of ints, got "
+                            f"{argnums!r}")
+    bad = [i for i in positions if not -count <= i < count]
+    if bad:
+        raise GradientError(f"argnums {bad[0]} is out of range for {count} arguments")
+    return tuple(i % count for i in positions)
+
+
+def value_and_grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
+                   has_aux: bool = False) -> Callable[..., Any]:
+    """A function returning ``(value, gradient)`` (``((value, aux), gradient)`` with
+    `has_aux`), the gradient of `fn` with respect to the arguments at `argnums`."""
+    compiled: dict[str, CompiledFunction] = {}
+
+    def traced(*args: Any) -> Any:
+        rec = next(a.recorder for a in args if isinstance(a, TracedArray))
+        positions = _positions(argnums, len(args))
+        out, aux, grads = value_and_grad_traced(fn, positions, has_aux, args, rec)
+        gradient = grads[0] if isinstance(argnums, int) else tuple(grads)
+        return ((out, aux) if has_aux else out), gradient
+
+    def flat(*args: Any) -> tuple[Any, ...]:
+        value, gradient = traced(*args)
+        parts = list(value) if has_aux else [value]
+        return (*parts, *(gradient if isinstance(gradient, tuple) else (gradient,)))
+
+    def call(*args: Any) -> Any:
+        if any(tracing.is_traced(a) for a in args):
+            return traced(*args)
+        if "f" not in compiled:
+            flat.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
+            compiled["f"] = CompiledFunction(flat)
+        out = compiled["f"](*args)
+        values = out if isinstance(out, tuple) else (out,)
+        head = 2 if has_aux else 1
+        value = tuple(values[:head]) if has_aux else values[0]
+        rest = values[head:]
+        return value, rest[0] if isinstance(argnums, int) else tuple(rest)
+
+    call.__name__ = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
+    call.__doc__ = fn.__doc__
+    return call
+
+
+def grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
+         has_aux: bool = False) -> Callable[..., Any]:
+    """A function returning the gradient of `fn` with respect to the arguments at `argnums`
+    (``(gradient, aux)`` with `has_aux`)."""
+    both = value_and_grad(fn, argnums, has_aux)
+
+    def call(*args: Any) -> Any:
+        value, gradient = both(*args)
+        return (gradient, value[1]) if has_aux else gradient
+
+    call.__name__ = f"grad({getattr(fn, '__name__', 'fn')})"
+    call.__doc__ = fn.__doc__
+    return call
+
+
+def stop_gradient(x: Any) -> Any:
+    """`x`, as a constant for the derivatives taken around it. Outside a trace it returns `x`
+    itself (there is nothing to differentiate there)."""
+    if isinstance(x, TracedArray):
+        return stop_gradient_traced(x, x.recorder)
+    return x

@@ -1,0 +1,87 @@
+"""Reverse-mode derivatives: what an op's VJP rule (`OpDef.vjp`) is given, and what rules share.
+
+A rule is called as ``rule(ad, op, cotangent)`` for an op of a global-IR function whose result
+the output depends on; `cotangent` is the derivative of the output with respect to the op's
+result (its shape and dtype). It returns one cotangent per operand: a value of that operand's
+shape and dtype, or None where the operand gets none (an index, a condition, the operand of a
+piecewise-constant op, an integer). Rules emit ops through `ad`, at the forward op's source
+line, in global IR before layouts are chosen, so propagation and the planner see the forward
+and the backward program together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dtensor_compiler.errors import Location
+from dtensor_compiler.ir.builder import Builder
+from dtensor_compiler.ir.core import Value
+from dtensor_compiler.ir.reasons import UserRelayout
+from dtensor_compiler.ir.sharding import Sharding
+from dtensor_compiler.ir.types import TensorType, is_floating, numpy_dtype
+
+
+def differentiable(t: TensorType) -> bool:
+    """Whether values of `t` have derivatives: real floating-point dtypes."""
+    return is_floating(numpy_dtype(t.dtype))
+
+
+class VJPContext:
+    """Emits the ops of one rule (see the module docstring)."""
+
+    def __init__(self, builder: Builder, loc: Location | None) -> None:
+        self._builder = builder
+        self.loc = loc
+
+    def emit(self, name: str, operands: Sequence[Value],
+             attrs: dict[str, object] | None = None, result: TensorType | None = None
+             ) -> Value:
+        """Op `name` at the forward op's line; `result` is the declared type of ops that need
+        one (``reshape``, ``broadcast_to``, ``astype``, ``full``)."""
+        return self._builder.create(name, list(operands), attrs, result, loc=self.loc)
+
+    def emit_relayout(self, g: Value, sharding: Sharding) -> Value:
+        """`g` in layout `sharding` (the derivative of a user's relayout)."""
+        return self._builder.create("relayout", [g], sharding=sharding, loc=self.loc,
+                                    why=UserRelayout())
+
+    def full(self, shape: Sequence[int], dtype: str, value: float) -> Value:
+        return self.emit("full", [], {"value": float(value)}, TensorType(dtype, tuple(shape)))
+
+    def scalar(self, value: float, like: Value) -> Value:
+        """A 0-d constant of `like`'s dtype (numpy broadcasting does the rest)."""
+        return self.full((), like.type.dtype, value)
+
+    def cast(self, g: Value, dtype: str) -> Value:
+        if g.type.dtype == dtype:
+            return g
+        return self.emit("astype", [g], result=TensorType(dtype, g.type.shape))
+
+    def reshape(self, g: Value, shape: Sequence[int]) -> Value:
+        if g.type.shape == tuple(shape):
+            return g
+        return self.emit("reshape", [g], result=TensorType(g.type.dtype, tuple(shape)))
+
+    def broadcast(self, g: Value, shape: Sequence[int]) -> Value:
+        if g.type.shape == tuple(shape):
+            return g
+        return self.emit("broadcast_to", [g], result=TensorType(g.type.dtype, tuple(shape)))
+
+    def unbroadcast(self, g: Value, shape: Sequence[int]) -> Value:
+        """`g` summed over the dims numpy broadcasting added or stretched to reach its shape
+        from `shape` (the transpose of broadcasting)."""
+        shape = tuple(shape)
+        if g.type.shape == shape:
+            return g
+        lead = g.type.rank - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, n in enumerate(shape) if n == 1 and g.type.shape[lead + i] != 1)
+        summed = self.emit("reduce_sum", [g], {"axes": axes, "keepdims": True})
+        return self.reshape(summed, shape)
+
+    def to_operand(self, g: Value, operand: Value) -> Value | None:
+        """`g`, a cotangent of the broadcast result, as the cotangent of `operand`: summed to
+        its shape and cast to its dtype; None for an operand without derivatives."""
+        if not differentiable(operand.type):
+            return None
+        return self.cast(self.unbroadcast(g, operand.type.shape), operand.type.dtype)

@@ -1,0 +1,97 @@
+"""Reverse-mode differentiation of traced code, on the global IR before layouts are chosen.
+
+``dtc.grad(f)(x)`` inside a traced function traces `f` into the same function, then walks the
+ops it emitted backwards, asking each op's definition for its VJP rule (`OpDef.vjp`, see
+`ir.vjp`) and emitting the cotangent ops after the forward ones, at the forward op's line.
+Only ops whose result depends on a differentiated argument (and is floating point) are
+differentiated; an argument nothing depends on gets zeros. Propagation, the relayout planner
+and the explain table then see the forward and the backward program as one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from dtensor_compiler.errors import GradientError
+from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.core import Operation, Value
+from dtensor_compiler.ir.vjp import VJPContext, differentiable
+from dtensor_compiler.tracing.location import user_location
+from dtensor_compiler.tracing.recorder import Recorder
+from dtensor_compiler.tracing.tracer import TracedArray, unwrap
+
+
+def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], has_aux: bool,
+                          args: Sequence[object], rec: Recorder
+                          ) -> tuple[object, object, list[TracedArray]]:
+    """Trace `fn(*args)` into `rec`'s function and differentiate its (first) output with
+    respect to the arguments at `argnums`: (output, aux or None, one gradient per argnum)."""
+    call = list(args)
+    wrt: list[Value] = []
+    for i in argnums:
+        value = _value(call[i], rec)
+        if not differentiable(value.type):
+            raise GradientError(f"grad requires floating-point inputs; argument {i} is "
+                                f"{value.type.dtype}{list(value.type.shape)}", user_location())
+        wrt.append(value)
+        call[i] = TracedArray(value, rec)
+    start = len(rec.func.ops)
+    returned = fn(*call)
+    if has_aux:
+        if not isinstance(returned, (tuple, list)) or len(returned) != 2:
+            raise GradientError("with has_aux=True the function must return a pair (output, "
+                                "aux)", user_location())
+        out, aux = returned
+    else:
+        out, aux = returned, None
+    output = _value(out, rec)
+    if output.type.shape != () or not differentiable(output.type):
+        raise GradientError(f"grad needs a function with a floating-point scalar output; it "
+                            f"returned {output.type.dtype}{list(output.type.shape)}",
+                            user_location())
+    grads = backward(rec, rec.func.ops[start:], output, wrt)
+    return TracedArray(output, rec), aux, [TracedArray(g, rec) for g in grads]
+
+
+def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequence[Value]
+             ) -> list[Value]:
+    """The derivatives of the scalar `output` with respect to `wrt`, through `ops` (the
+    forward program, in order), emitted into `rec`'s function."""
+    active = {id(v) for v in wrt}
+    for op in ops:
+        if any(id(v) in active for v in op.operands):
+            active.update(id(r) for r in op.results if differentiable(r.type))
+    cotangents: dict[int, Value] = {}
+    if id(output) in active:
+        cotangents[id(output)] = rec.full((), output.type.dtype, 1.0)
+    for op in reversed(ops):
+        if op.result is None or id(op.result) not in cotangents:
+            continue
+        g = cotangents.pop(id(op.result))
+        rule = opdef.lookup(op.name).vjp
+        if rule is None:
+            raise GradientError(f"cannot differentiate through {op.name}: it has no "
+                                "derivative rule", op.loc)
+        ad = VJPContext(rec.builder, op.loc)
+        for v, c in zip(op.operands, rule(ad, op, g)):
+            if c is None or id(v) not in active:
+                continue
+            before = cotangents.get(id(v))
+            cotangents[id(v)] = c if before is None else ad.emit("add", [before, c])
+    return [cotangents.get(id(w)) or rec.full(w.type.shape, w.type.dtype, 0.0) for w in wrt]
+
+
+def stop_gradient_traced(x: object, rec: Recorder) -> TracedArray:
+    """``dtc.stop_gradient(x)`` in traced code: `x`, through which no derivative flows."""
+    return TracedArray(rec.emit("stop_gradient", [_value(x, rec)]), rec)
+
+
+def _value(x: object, rec: Recorder) -> Value:
+    """A traced array's value, or an array-like lifted to a constant."""
+    inner = unwrap(x, rec)
+    if isinstance(inner, (Value, np.ndarray, np.generic, bool, int, float, complex, list,
+                          tuple)):
+        return rec.value(inner)
+    raise GradientError(f"grad works on arrays, got a {type(x).__name__}", user_location())

@@ -1,0 +1,279 @@
+"""Reverse-mode derivatives: every VJP rule against central finite differences in float64, the
+API's structure and errors, and derivatives of sharded programs planned with the forward.
+
+Each case differentiates ``sum(f(*xs) * weights)`` (random weights, so every element of the
+result matters) at a random point inside the function's domain.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import dtensor_compiler as dtc
+
+U = dtc.UNSHARDED
+RNG = np.random.default_rng(0)
+
+
+def numeric_grad(f, args, i, eps=1e-6):
+    """Central differences of scalar `f` with respect to argument `i`."""
+    args = [np.array(a, dtype=np.float64) for a in args]
+    out = np.zeros_like(args[i])
+    for idx in np.ndindex(args[i].shape):
+        up = [a.copy() for a in args]
+        down = [a.copy() for a in args]
+        up[i][idx] += eps
+        down[i][idx] -= eps
+        out[idx] = (f(*up) - f(*down)) / (2 * eps)
+    return out
+
+
+def weighted(f, shape_of_result):
+    w = RNG.standard_normal(shape_of_result)
+    return lambda *xs: np.sum(f(*xs) * w)
+
+
+def check(f, *args, rtol=1e-6, atol=1e-7):
+    args = [np.asarray(a, dtype=np.float64) for a in args]
+    loss = weighted(f, np.shape(f(*args)))
+    grads = dtc.grad(loss, argnums=tuple(range(len(args))))(*args)
+    for i, g in enumerate(grads):
+        np.testing.assert_allclose(np.asarray(g), numeric_grad(loss, args, i), rtol=rtol,
+                                   atol=atol, err_msg=f"argument {i}")
+
+
+def uniform(lo, hi, shape=(3, 4)):
+    return RNG.uniform(lo, hi, shape)
+
+
+UNARY = {
+    "exp": (-1, 1), "exp2": (-1, 1), "expm1": (-1, 1), "log": (0.5, 2), "log2": (0.5, 2),
+    "log10": (0.5, 2), "log1p": (0, 1), "tanh": (-2, 2), "sinh": (-1, 1), "cosh": (-1, 1),
+    "sin": (-3, 3), "cos": (-3, 3), "tan": (-1, 1), "arcsin": (-0.8, 0.8),
+    "arccos": (-0.8, 0.8), "arctan": (-2, 2), "arcsinh": (-2, 2), "arccosh": (1.5, 3),
+    "arctanh": (-0.8, 0.8), "sqrt": (0.5, 2), "cbrt": (0.5, 2), "square": (-2, 2),
+    "reciprocal": (0.5, 2), "absolute": (0.5, 2), "fabs": (0.5, 2), "negative": (-1, 1),
+    "positive": (-1, 1), "deg2rad": (-9, 9), "rad2deg": (-1, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_ufuncs(name):
+    lo, hi = UNARY[name]
+    x = uniform(lo, hi)
+    if name in ("absolute", "fabs"):
+        x = x * np.where(RNG.random(x.shape) < 0.5, -1, 1)
+    check(getattr(np, name), x)
+
+
+BINARY = {
+    "add": ((-1, 1), (-1, 1)), "subtract": ((-1, 1), (-1, 1)), "multiply": ((-1, 1), (-1, 1)),
+    "divide": ((-1, 1), (0.5, 2)), "power": ((0.5, 2), (-1, 2)),
+    "float_power": ((0.5, 2), (-1, 2)), "hypot": ((0.5, 2), (0.5, 2)),
+    "arctan2": ((0.5, 2), (-2, 2)), "logaddexp": ((-1, 1), (-1, 1)),
+    "logaddexp2": ((-1, 1), (-1, 1)), "remainder": ((3.1, 3.9), (1.1, 1.4)),
+    "fmod": ((3.1, 3.9), (1.1, 1.4)), "maximum": ((-1, 0), (0.1, 1)),
+    "minimum": ((-1, 0), (0.1, 1)), "fmax": ((0.1, 1), (-1, 0)), "fmin": ((0.1, 1), (-1, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_binary_ufuncs(name):
+    (a, b), (c, d) = BINARY[name]
+    check(getattr(np, name), uniform(a, b), uniform(c, d))
+
+
+def test_broadcasting_sums_the_cotangent_back():
+    check(lambda x, y: x * y + y, uniform(-1, 1, (3, 1)), uniform(-1, 1, (4,)))
+    check(lambda x, y: np.maximum(x, 0.3 * y), uniform(-1, 1, (2, 3, 4)), uniform(-1, 1, (3, 1)))
+
+
+def test_copysign_passes_the_sign_on():
+    check(np.copysign, uniform(0.5, 1) * np.where(RNG.random((3, 4)) < 0.5, -1, 1),
+          uniform(-1, 1))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda a, b: a @ b,
+    lambda a, b: np.matmul(a[None], b),
+    lambda a, b: a[0] @ b,
+    lambda a, b: a @ b[:, 0],
+    lambda a, b: np.einsum("ij,jk->ik", a, b),
+    lambda a, b: np.einsum("ij,jk->k", a, b),
+    lambda a, b: np.einsum("ij,jk->ikj", a, b),
+    lambda a, b: np.tensordot(a, b, axes=1),
+], ids=["matmul", "batched", "vector-matrix", "matrix-vector", "einsum", "einsum-summed",
+        "einsum-outer", "tensordot"])
+def test_contractions(fn):
+    check(fn, uniform(-1, 1, (3, 4)), uniform(-1, 1, (4, 5)))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: x.sum(axis=1),
+    lambda x: x.sum(axis=(0, 2), keepdims=True),
+    lambda x: x.mean(axis=0),
+    lambda x: x.max(axis=1),
+    lambda x: x.min(axis=(0, 1)),
+    lambda x: x.var(axis=2),
+    lambda x: np.exp(x - x.max(axis=2, keepdims=True))
+    / np.exp(x - x.max(axis=2, keepdims=True)).sum(axis=2, keepdims=True),
+    lambda x: np.cumsum(x, axis=1),
+    lambda x: np.clip(x, -0.5, 0.5),
+    lambda x: np.where(x > 0, x, 0.1 * x),
+], ids=["sum", "sum-keepdims", "mean", "max", "min", "var", "softmax", "cumsum", "clip",
+        "where"])
+def test_reductions_and_selections(fn):
+    check(fn, uniform(-1, 1, (2, 3, 4)))
+
+
+def test_astype_casts_the_cotangent_back():
+    """Finite differences cannot see through a float32 round trip; the rule is exact."""
+    x, w = uniform(-1, 1), uniform(-1, 1)
+    g = dtc.grad(lambda x: np.sum(x.astype(np.float32) * w.astype(np.float32)))(x)
+    assert np.asarray(g).dtype == np.float64
+    np.testing.assert_array_equal(np.asarray(g), w.astype(np.float32).astype(np.float64))
+
+
+def test_max_gives_the_whole_cotangent_to_the_first_extreme_as_argmax_picks():
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]])
+    g = dtc.grad(lambda x: np.sum(x.max(axis=1) * np.array([1.0, 10.0])))(x)
+    np.testing.assert_array_equal(np.asarray(g), [[0, 1, 0], [10, 0, 0]])
+    g = dtc.grad(lambda x: x.min())(x)
+    np.testing.assert_array_equal(np.asarray(g), [[0, 0, 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: x.reshape(4, 6),
+    lambda x: x.transpose(2, 0, 1),
+    lambda x: np.broadcast_to(x[:, :1], (2, 3, 4)),
+    lambda x: np.concatenate([x, 2 * x[:, :1]], axis=1),
+    lambda x: np.flip(x, axis=(0, 2)),
+    lambda x: x[:, 1:, ::2],
+    lambda x: x[::-1, ::3, 1:3],
+    lambda x: np.take(x, np.array([2, 0, 2, 1]), axis=1),
+    lambda x: x[:, np.array([[0, 0], [2, 1]])],
+    lambda x: np.pad(x, ((1, 0), (0, 2), (0, 0))),
+], ids=["reshape", "transpose", "broadcast", "concatenate", "flip", "slice", "strided",
+        "take-repeated", "take-2d", "pad"])
+def test_shape_and_indexing_ops(fn):
+    check(fn, uniform(-1, 1, (2, 3, 4)))
+
+
+def test_value_and_grad_with_aux_and_argnums():
+    x, y = uniform(-1, 1), uniform(-1, 1)
+
+    def f(x, y):
+        return np.sum(x * y), x + y
+
+    (value, aux), (gx, gy) = dtc.value_and_grad(f, argnums=(0, 1), has_aux=True)(x, y)
+    assert np.asarray(value) == pytest.approx(np.sum(x * y))
+    np.testing.assert_allclose(np.asarray(aux), x + y)
+    np.testing.assert_allclose(np.asarray(gx), y)
+    np.testing.assert_allclose(np.asarray(gy), x)
+    g, aux = dtc.grad(f, argnums=1, has_aux=True)(x, y)
+    np.testing.assert_allclose(np.asarray(g), x)
+    np.testing.assert_allclose(dtc.grad(lambda x, y: np.sum(x * y), argnums=-1)(x, y), x)
+
+
+def test_stop_gradient_blocks_the_derivative():
+    x = uniform(-1, 1)
+    g = dtc.grad(lambda x: np.sum(x * dtc.stop_gradient(x)))(x)
+    np.testing.assert_allclose(np.asarray(g), x)
+    assert dtc.stop_gradient(x) is x
+
+
+def test_an_input_nothing_depends_on_gets_zeros_and_no_work():
+    mesh = dtc.create_mesh([("x", 4)])
+    rows = dtc.Layout(["x", U], mesh)
+
+    @dtc.compile(in_layouts=(rows, rows))
+    def step(a, b):
+        return dtc.grad(lambda a, b: np.sum(a * a), argnums=(0, 1))(a, b)
+
+    a, b = uniform(-1, 1, (8, 3)), uniform(-1, 1, (8, 3))
+    ga, gb = step(a, b)
+    np.testing.assert_allclose(np.asarray(ga), 2 * a)
+    np.testing.assert_array_equal(np.asarray(gb), np.zeros_like(b))
+    assert step.lower(a, b).collectives() == []
+
+
+def test_gradients_of_a_sharded_program_match_the_single_device_ones():
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    layouts = (dtc.Layout([U, "tp"], mesh), dtc.Layout(["tp", U], mesh),
+               dtc.Layout(["dp", U], mesh))
+    x, w1, w2 = uniform(-1, 1, (8, 4)), uniform(-1, 1, (4, 16)), uniform(-1, 1, (16, 4))
+
+    def loss(w1, w2, x):
+        return np.mean((np.tanh(x @ w1) @ w2) ** 2)
+
+    @dtc.compile(in_layouts=layouts)
+    def step(w1, w2, x):
+        value, (g1, g2) = dtc.value_and_grad(loss, argnums=(0, 1))(w1, w2, x)
+        return value, g1, g2
+
+    value, g1, g2 = step(w1, w2, x)
+    assert np.asarray(value) == pytest.approx(loss(w1, w2, x))
+    np.testing.assert_allclose(np.asarray(g1), numeric_grad(loss, (w1, w2, x), 0), atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g2), numeric_grad(loss, (w1, w2, x), 1), atol=1e-7)
+    x7 = uniform(-1, 1, (7, 4))  # 7 rows over dp=2: uneven blocks
+    np.testing.assert_allclose(np.asarray(step(w1, w2, x7)[1]),
+                               numeric_grad(loss, (w1, w2, x7), 0), atol=1e-7)
+
+
+def test_a_relayout_derivative_returns_to_the_source_layout():
+    mesh = dtc.create_mesh([("x", 4)])
+    rows, cols = dtc.Layout(["x", U], mesh), dtc.Layout([U, "x"], mesh)
+
+    @dtc.compile(in_layouts=(rows,))
+    def step(a):
+        return dtc.grad(lambda a: np.sum(np.sin(dtc.relayout(a, cols))))(a)
+
+    a = uniform(-1, 1, (8, 8))
+    np.testing.assert_allclose(np.asarray(step(a)), np.cos(a))
+    assert step(a).layout == rows
+
+
+def test_errors_name_what_cannot_be_differentiated():
+    x = uniform(-1, 1)
+    with pytest.raises(dtc.GradientError, match=r"floating-point scalar output; it returned "
+                                                r"f64\[3, 4\]"):
+        dtc.grad(lambda x: x * 2)(x)
+    with pytest.raises(dtc.GradientError, match=r"returned i64\[\]"):
+        dtc.grad(lambda x: np.sum(x > 0))(x)
+    with pytest.raises(dtc.GradientError, match="argument 0 is i64"):
+        dtc.grad(lambda n: np.sum(n * 1.0))(np.arange(3))
+    with pytest.raises(dtc.GradientError, match="argnums 2 is out of range for 1 arguments"):
+        dtc.grad(np.sum, argnums=2)(x)
+    line = test_errors_name_what_cannot_be_differentiated.__code__.co_firstlineno + 15
+    message = (rf"test_autodiff.py:{line}: cannot differentiate through sort: it has no "
+               "derivative rule")
+    with pytest.raises(dtc.GradientError, match=message):
+        dtc.grad(lambda x: np.sum(np.sort(x, axis=1) * x))(x)
+    with pytest.raises(dtc.GradientError, match=re.escape("pair (output, aux)")):
+        dtc.grad(lambda x: np.sum(x), has_aux=True)(x)
+
+
+NO_DERIVATIVE = {
+    # integer or bool results, which never carry a derivative
+    "logical_not", "invert", "isnan", "isinf", "isfinite", "signbit", "equal", "not_equal",
+    "less", "less_equal", "greater", "greater_equal", "logical_and", "logical_or",
+    "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift",
+    "gcd", "lcm", "argmax", "argmin", "argsort",
+    # no operands
+    "constant", "full", "iota",
+    # localized or effectful ops, never in a traced forward pass
+    "save", "save_shard", "barrier", "merge_index", "restore_shard", "all_reduce",
+    "reduce_scatter", "all_to_all", "all_gather", "local_slice", "make_partial", "mask",
+    # not yet: complex parts, products (their rules divide by the operand), sort, ldexp
+    "real", "imag", "reduce_prod", "cumprod", "sort", "ldexp",
+}
+
+
+def test_every_other_op_has_a_derivative_rule():
+    from dtensor_compiler.ir import opdef
+
+    missing = {d.name for d in opdef.registered() if d.vjp is None}
+    assert missing == NO_DERIVATIVE
