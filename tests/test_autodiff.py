@@ -275,5 +275,6 @@ NO_DERIVATIVE = {
 def test_every_other_op_has_a_derivative_rule():
     from dtensor_compiler.ir import opdef
 
-    missing = {d.name for d in opdef.registered() if d.vjp is None}
+    missing = {d.name for d in opdef.registered()
+               if d.vjp is None and not d.name.startswith("test_")}  # ops tests register
     assert missing == NO_DERIVATIVE
