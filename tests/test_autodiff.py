@@ -278,3 +278,28 @@ def test_every_other_op_has_a_derivative_rule():
     missing = {d.name for d in opdef.registered()
                if d.vjp is None and not d.name.startswith("test_")}  # ops tests register
     assert missing == NO_DERIVATIVE
+
+
+def test_the_megatron_mlp_training_step_sends_only_the_optimal_collectives():
+    """Forward and backward planned together: one all_reduce over tp in the forward, the dp
+    gradient all_reduces of w1 and w2 (their local blocks), the loss's 4 bytes; the input's
+    gradient is not asked for, so the backward needs nothing over tp."""
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    layouts = (dtc.Layout([U, "tp"], mesh), dtc.Layout(["tp", U], mesh),
+               dtc.Layout(["dp", U], mesh), dtc.Layout(["dp", U], mesh))
+
+    def loss(w1, w2, x, y):
+        return np.mean((np.tanh(x @ w1) @ w2 - y) ** 2)
+
+    @dtc.compile(in_layouts=layouts,
+                 out_layouts=(dtc.Layout([], mesh), layouts[0], layouts[1]))
+    def step(w1, w2, x, y):
+        value, (g1, g2) = dtc.value_and_grad(loss, argnums=(0, 1))(w1, w2, x, y)
+        return value, w1 - 0.1 * g1, w2 - 0.1 * g2
+
+    specs = [dtc.TensorSpec(s, np.float32)
+             for s in ((1024, 4096), (4096, 1024), (2048, 1024), (2048, 1024))]
+    got = [(c.kind, c.mesh_dims, c.bytes) for c in step.lower(*specs).collectives()]
+    block = 1024 * 1024 * 4  # f32[1024,1024]: every device's block of x @ w1 @ w2, w1, w2
+    assert got == [("all_reduce", ("tp",), block), ("all_reduce", ("dp",), block),
+                   ("all_reduce", ("dp",), block), ("all_reduce", ("dp",), 4)]

@@ -29,9 +29,16 @@ def differentiable(t: TensorType) -> bool:
 class VJPContext:
     """Emits the ops of one rule (see the module docstring)."""
 
-    def __init__(self, builder: Builder, loc: Location | None) -> None:
+    def __init__(self, builder: Builder, loc: Location | None,
+                 wanted: Sequence[bool] | None = None) -> None:
         self._builder = builder
         self.loc = loc
+        self._wanted = wanted
+
+    def wants(self, operand: int) -> bool:
+        """Whether the output depends on operand `operand` (a rule need not compute the
+        cotangents nobody reads; dead ones would be removed anyway)."""
+        return self._wanted is None or self._wanted[operand]
 
     def emit(self, name: str, operands: Sequence[Value],
              attrs: dict[str, object] | None = None, result: TensorType | None = None

@@ -74,7 +74,7 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         if rule is None:
             raise GradientError(f"cannot differentiate through {op.name}: it has no "
                                 "derivative rule", op.loc)
-        ad = VJPContext(rec.builder, op.loc)
+        ad = VJPContext(rec.builder, op.loc, [id(v) in active for v in op.operands])
         for v, c in zip(op.operands, rule(ad, op, g)):
             if c is None or id(v) not in active:
                 continue

@@ -53,10 +53,10 @@ def _matmul_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     b2 = b if b.type.rank >= 2 else ad.reshape(b, b.type.shape + (1,))
     g2 = ad.reshape(g, matmul_shape(a2.type.shape, b2.type.shape))
     ga = gb = None
-    if differentiable(a.type):
+    if ad.wants(0) and differentiable(a.type):
         ga = ad.emit("matmul", [g2, _swap_last_two(ad, b2)])
         ga = ad.reshape(ad.unbroadcast(ga, a2.type.shape), a.type.shape)
-    if differentiable(b.type):
+    if ad.wants(1) and differentiable(b.type):
         gb = ad.emit("matmul", [_swap_last_two(ad, a2), g2])
         gb = ad.reshape(ad.unbroadcast(gb, b2.type.shape), b.type.shape)
     return [None if ga is None else ad.to_operand(ga, a),
@@ -106,7 +106,7 @@ def _einsum_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     subs, out = parse_einsum(spec, len(op.operands))
     cotangents: list[Value | None] = []
     for i, v in enumerate(op.operands):
-        if not differentiable(v.type):
+        if not ad.wants(i) or not differentiable(v.type):
             cotangents.append(None)
             continue
         others = [s for j, s in enumerate(subs) if j != i]

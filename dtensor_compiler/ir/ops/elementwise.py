@@ -171,8 +171,8 @@ def _binary(dx: Callable[[VJPContext, Value, Value, Value, Value], Value | None]
         x, y = op.operands
         assert op.result is not None
         out = op.result
-        gx = dx(ad, g, x, y, out) if differentiable(x.type) else None
-        gy = dy(ad, g, x, y, out) if differentiable(y.type) else None
+        gx = dx(ad, g, x, y, out) if ad.wants(0) and differentiable(x.type) else None
+        gy = dy(ad, g, x, y, out) if ad.wants(1) and differentiable(y.type) else None
         return [None if gx is None else ad.to_operand(gx, x),
                 None if gy is None else ad.to_operand(gy, y)]
     return rule
@@ -266,8 +266,8 @@ def _where(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType
 
 def _where_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     cond, x, y = op.operands
-    return [None, ad.to_operand(_select(ad, cond, g, True), x),
-            ad.to_operand(_select(ad, cond, g, False), y)]
+    return [None, ad.to_operand(_select(ad, cond, g, True), x) if ad.wants(1) else None,
+            ad.to_operand(_select(ad, cond, g, False), y) if ad.wants(2) else None]
 
 
 WHERE = register(OpDef(name="where", operands=3, infer=_where, sharding=BROADCASTING,

@@ -145,10 +145,14 @@ def _concatenate_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | No
     assert isinstance(axis, int)
     out: list[Value | None] = []
     at = 0
-    for v in op.operands:
+    for i, v in enumerate(op.operands):
         n = v.type.shape[axis]
-        start = tuple(at if i == axis else 0 for i in range(g.type.rank))
-        stop = tuple(at + n if i == axis else s for i, s in enumerate(g.type.shape))
+        if not ad.wants(i):
+            out.append(None)
+            at += n
+            continue
+        start = tuple(at if d == axis else 0 for d in range(g.type.rank))
+        stop = tuple(at + n if d == axis else s for d, s in enumerate(g.type.shape))
         part = ad.emit("slice", [g], {"start": start, "stop": stop, "step": (1,) * g.type.rank})
         out.append(ad.to_operand(part, v))
         at += n
