@@ -9,7 +9,8 @@ from __future__ import annotations
 import tempfile
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from program_gen import MESH_SHAPES, Program, programs, shardings_for
 
@@ -109,3 +110,58 @@ def test_random_programs_match_numpy(case):
     for name, g in results.items():
         assert restored[name].layout == templates[name].layout
         assert np.asarray(restored[name]).tobytes() == np.asarray(g).tobytes(), (name, note)
+
+
+@settings(max_examples=int(__import__("os").environ.get("DTC_GRAD_EXAMPLES", 120)),
+          deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(cases())
+def test_random_programs_have_the_right_gradients(case):
+    """Gradient mode: the gradient of ``sum(outputs * weights)`` with respect to every input,
+    compiled with the program's random layouts, must give the directional derivative that
+    central differences of the plain numpy program give, along a random direction (one pair
+    of evaluations checks every element). Programs through float32 or bfloat16 (rounding
+    hides a finite difference), through np.round or integer casts (staircases: a finite
+    difference across a step is huge), whose loss is not finite, or through an op without a
+    derivative rule are skipped."""
+    prog, names, sizes, in_specs, _, _, seed, _ = case
+    note = prog.text()
+    if any(word in note for word in ("float32", "bf16", "np.round", "int8")):
+        reject()
+    mesh = dtc.create_mesh(list(zip(names, sizes)))
+    rng = np.random.default_rng(seed)
+    inputs = [rng.standard_normal(s) for s in prog.input_shapes]
+    outs = prog(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    weights = [rng.standard_normal(np.shape(o)) if np.asarray(o).dtype.kind == "f" else None
+               for o in outs]
+    if all(w is None for w in weights):
+        reject()
+
+    def loss(*xs):
+        got = prog(*xs)
+        got = got if isinstance(got, tuple) else (got,)
+        return sum(np.sum(o * w) for o, w in zip(got, weights) if w is not None)
+
+    argnums = tuple(range(len(inputs)))
+    f = dtc.compile(lambda *xs: dtc.grad(loss, argnums=argnums)(*xs),
+                    in_layouts=tuple(_layout(spec, mesh) for spec in in_specs), verify=True)
+    try:
+        grads = f(*inputs)
+    except dtc.GradientError as e:
+        if "no derivative rule" in str(e):
+            reject()
+        raise
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    directions = [rng.standard_normal(np.shape(x)) for x in inputs]
+    eps = 1e-6
+    up = loss(*[x + eps * v for x, v in zip(inputs, directions)])
+    down = loss(*[x - eps * v for x, v in zip(inputs, directions)])
+    numeric = (up - down) / (2 * eps)
+    if not np.isfinite(numeric):
+        reject()
+    analytic = sum(float(np.sum(np.asarray(g) * v)) for g, v in zip(grads, directions))
+    if not np.isfinite(analytic) and ("std" in note or "norm" in note):
+        reject()  # sqrt at 0 (the std of one element): no derivative, as in JAX
+    for g, x in zip(grads, inputs):
+        assert np.asarray(g).shape == x.shape, note
+    assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-5), note
