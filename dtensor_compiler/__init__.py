@@ -5,6 +5,7 @@ and the functions that make and move them, `DVariable`, `compile`, checkpoints, 
 classes.
 """
 
+from dtensor_compiler import optim
 from dtensor_compiler.api import (
     call_with_layout,
     check_layout,
@@ -97,6 +98,7 @@ __all__ = [
     "grad",
     "value_and_grad",
     "stop_gradient",
+    "optim",
     "UnsupportedOperationError",
     "VerificationError",
     "call_with_layout",
