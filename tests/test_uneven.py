@@ -141,3 +141,13 @@ def test_mask_selects_the_identity_into_padding_only(fill, dtype, identity):
     np.testing.assert_array_equal(out[:2], stacked[:2])
     np.testing.assert_array_equal(out[2, 0], stacked[2, 0])
     assert (out[2, 1] == identity).all() and (out[3] == identity).all()
+
+
+def test_an_integer_exponent_is_masked_so_its_padding_cannot_be_negative():
+    """7 over 4: the last block has a row of padding, which ``e - 1`` makes -1 (zeros when
+    placed): numpy refuses an integer to a negative integer power."""
+    a, e = np.array([2, 3, 4, 5, 6, 7, 8]), np.array([1, 2, 1, 1, 2, 1, 1])
+    layout = dtc.Layout(["x"], MESH)
+    f = dtc.compile(lambda a, e: a ** (e - 1), in_layouts=(layout, layout), out_layouts=layout)
+    np.testing.assert_array_equal(np.asarray(f(a, e)), a ** (e - 1))
+    assert "mask" in f.lower(a, e).ir("final")

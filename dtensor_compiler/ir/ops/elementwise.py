@@ -21,6 +21,7 @@ from dtensor_compiler.ir.opdef import (
     InferContext,
     InferFn,
     OpDef,
+    PaddingRead,
     ResultSig,
     Traits,
     VJPRule,
@@ -241,12 +242,24 @@ _BINARY_VJPS: dict[str, VJPRule] = {
 }
 
 
+def _integer_exponent_reads_padding(op: Operation) -> list[PaddingRead]:
+    """numpy refuses an integer raised to a negative integer power, which garbage in the
+    exponent's padding may be: it must hold zeros there."""
+    exponent = op.operands[1].type
+    if not exponent.dtype.startswith(("i", "u")):
+        return []
+    return [PaddingRead(1, tuple(range(exponent.rank)), ReduceOp.SUM)]
+
+
+_READS_PADDING = {"power": _integer_exponent_reads_padding}
+
+
 def _define_ufunc(name: str, arity: int) -> OpDef:
     vjps = _UNARY_VJPS if arity == 1 else _BINARY_VJPS
     return register(OpDef(name=name, operands=arity, infer=_ufunc_infer(name),
                           sharding=BROADCASTING, folds=True,
                           traits=_TRAITS.get(name, Traits(elementwise=True)),
-                          vjp=vjps.get(name)))
+                          vjp=vjps.get(name), reads_padding=_READS_PADDING.get(name)))
 
 
 UFUNCS: dict[str, OpDef] = {
