@@ -204,6 +204,8 @@ class Layout:
         tensor of `global_shape`: short or empty on the trailing blocks of an uneven dim."""
         self._check_shape(global_shape)
         shape = tuple(int(s) for s in global_shape)
+        if any(n < 0 for n in shape):
+            raise LayoutError(f"shape {list(shape)} has a negative dim")
         mesh = self._mesh.mesh_shape()
         return [geometry.device_block(shape, self.sharding.dims, mesh,
                                       geometry.device_coords(dev, mesh))[1]

@@ -246,7 +246,12 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     lookup = _lookup(k, axis, idx_rank)
     sharding = table_type.sharding
     if sharding is None or not sharding.dims[axis]:
-        return lookup
+        size = table_type.shape[axis]
+
+        def checked(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+            _check_indices(indices, axis, size)
+            return lookup(table, indices)
+        return checked
     mesh_dims = sharding.dims[axis]
     local = table_type.shape[axis]
     shards = geometry.shard_count(mesh_dims, ctx.mesh)
@@ -257,10 +262,7 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     identity = -np.zeros((), numpy_dtype(op.type.dtype))
 
     def masked(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        outside = (indices < -extent) | (indices >= extent)
-        if outside.any():  # as np.take says it
-            raise IndexError(f"index {indices[outside].flat[0]} is out of bounds for axis "
-                             f"{axis} with size {extent}")
+        _check_indices(indices, axis, extent)
         shifted = np.where(indices < 0, indices + extent, indices) - start
         inside = (shifted >= 0) & (shifted < local)
         picked = lookup(table, np.where(inside, shifted, 0))
@@ -268,6 +270,14 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
                               + (1,) * (table_type.rank - axis - 1))
         return np.where(mask, picked, identity)
     return masked
+
+
+def _check_indices(indices: np.ndarray, axis: int, size: int) -> None:
+    """IndexError as np.take words it, for the user's axis (not the stacked array's)."""
+    outside = (indices < -size) | (indices >= size)
+    if outside.any():
+        raise IndexError(f"index {indices[outside].flat[0]} is out of bounds for axis {axis} "
+                         f"with size {size}")
 
 
 def _lookup(k: int, axis: int, idx_rank: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

@@ -145,6 +145,10 @@ def test_padding_is_recorded_exactly_where_blocks_do_not_divide() -> None:
             in check(" local", "f32[4/8] @ {dp}"))
     assert ("dim 0 of global extent 7 over 8 shards has blocks of 1, not 2"
             in check(" local", "f32[2/7] @ {(dp, tp)}"))
+    assert ("dim 0 of global extent 10 over 1 shards has no padding; write it as 10"
+            in check(" local", "f32[3/10] @ {-}"))
+    assert ("pad(max) on c64: complex numbers have no order"
+            in check(" local", "c64[1/7] @ {(dp, tp)} pad(max)"))
     for ok in ("f32[6,16] @ {(dp, tp), -}", "f32[7] @ {dp} pad(sum)"):
         verify_module(parse_module(f"mesh<dp=2, tp=4>\nfunc @f(%x: {ok}) -> () {{\n"
                                    "  return\n}\n"))

@@ -136,6 +136,8 @@ def test_local_and_global_shapes(mesh32):
     assert both.local_shape_from_global_shape([4, 5]) == [1, 5]
     assert both.block_shapes([4, 5]) == [(1, 5)] * 4 + [(0, 5)] * 2
     assert layout.block_shapes([5, 3]) == [(2, 2), (2, 1)] * 2 + [(1, 2), (1, 1)]
+    with pytest.raises(dtc.LayoutError, match=r"shape \[-1, 3\] has a negative dim"):
+        layout.block_shapes([-1, 3])
     with pytest.raises(dtc.LayoutError, match="rank 2 but the shape"):
         layout.local_shape_from_global_shape([6, 4, 2])
 

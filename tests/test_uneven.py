@@ -151,3 +151,12 @@ def test_an_integer_exponent_is_masked_so_its_padding_cannot_be_negative():
     f = dtc.compile(lambda a, e: a ** (e - 1), in_layouts=(layout, layout), out_layouts=layout)
     np.testing.assert_array_equal(np.asarray(f(a, e)), a ** (e - 1))
     assert "mask" in f.lower(a, e).ir("final")
+
+
+def test_an_index_out_of_range_is_named_on_the_users_axis():
+    layouts = (ROWS, dtc.Layout(["x"], MESH))
+    for axis, size in ((0, 5), (1, 3)):
+        f = dtc.compile(lambda t, i, a=axis: np.take(t, i, axis=a), in_layouts=layouts)
+        with pytest.raises(IndexError, match=f"index 5 is out of bounds for axis {axis} with "
+                                             f"size {size}"):
+            f(np.ones((5, 3)), np.array([0, 5, 1]))

@@ -33,7 +33,7 @@ from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext, OpDef
 from dtensor_compiler.ir.ops import padding
 from dtensor_compiler.ir.printer import Namer, print_function
-from dtensor_compiler.ir.sharding import MeshShape
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp
 from dtensor_compiler.ir.types import TensorType
 
 CONTEXT_LINES = 3
@@ -214,6 +214,8 @@ class _FunctionVerifier:
             padded = t.extents is not None
         if t.pad is not None and not padded:
             problems.append(f"pad({t.pad}) on a type without padding")
+        if t.pad in (ReduceOp.MAX, ReduceOp.MIN) and t.dtype.startswith("c"):
+            problems.append(f"pad({t.pad}) on {t.dtype}: complex numbers have no order")
         return problems
 
 
@@ -266,7 +268,7 @@ def _extent_problems(t: TensorType, mesh: MeshShape) -> list[str]:
             continue
         if geometry.splits(e, k):
             out.append(f"dim {i} of global extent {e} over {k} shards has no padding; write "
-                       f"it as {n}")
+                       f"it as {e // k}")
         elif geometry.block_size(e, k) != n:
             out.append(f"dim {i} of global extent {e} over {k} shards has blocks of "
                        f"{geometry.block_size(e, k)}, not {n}")
