@@ -11,8 +11,8 @@ An `OpDef` states, for one op name:
 - whether constant folding evaluates it (with the numpy backend's kernel), and for a source
   the value it stands for;
 - when an instance is an identity (simplify removes it);
-- the levels it is legal at, its localize hook, its collective facts (`collective`), and a
-  slot for its VJP rule;
+- the levels it is legal at, its localize hook, its collective facts (`collective`), and its
+  VJP rule (`vjp`, see `ir/vjp.py`);
 - what it needs of padding (`reads_padding`: which operand dims must hold which reduction's
   identity there, derived from the factor rule unless stated) and whether it fills its
   result's padding (`fills`, the ``mask`` op).
