@@ -21,9 +21,12 @@ they are charged only for the bytes their resolution will move (`volume`: the ti
 cost model without latency or launch cost), since they may yet be absorbed (a later reduction,
 a sum of partial values) or turned into a reduce_scatter by the target, plus the relayout of
 the produced dims to the wanted ones; if not, resolve is the full relayout of the produced
-layout to the wanted one, as it will be paid right here. The compute term makes redundant
-replicated work cost more than sharded work. Ties go to the candidate with more sharded mesh
-dims, then to the earliest; candidates that keep pending reductions come first.
+layout to the wanted one, as it will be paid right here. Keeping a reduction pending through
+an op that makes it bigger (a broadcast of a ``[rows, 1]`` statistic) is always charged in
+full: wherever it is resolved later, it is resolved at the bigger size. The compute term
+makes redundant replicated work cost more than sharded work. Ties go to the candidate with
+more sharded mesh dims, then to the earliest; candidates that keep pending reductions come
+first.
 """
 
 from __future__ import annotations
@@ -332,7 +335,8 @@ def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | N
     moves = tuple(0.0 if actual is None else costs.relayout(actual, need, value.type)
                   for value, actual, need in zip(op.operands, operands, required))
     target = produced.without_partial() if result is None else result.without_partial()
-    if all(p in carried for p in produced.partial):
+    grows = any(op.operands[i].type.size < rtype.size for i in keep)
+    if all(p in carried for p in produced.partial) and not grows:
         # the pending reductions may be absorbed downstream: charge their volume only
         cost += costs.volume(produced, rtype)
         cost += costs.relayout(produced.without_partial(), target, rtype)

@@ -303,3 +303,36 @@ def test_the_megatron_mlp_training_step_sends_only_the_optimal_collectives():
     block = 1024 * 1024 * 4  # f32[1024,1024]: every device's block of x @ w1 @ w2, w1, w2
     assert got == [("all_reduce", ("tp",), block), ("all_reduce", ("dp",), block),
                    ("all_reduce", ("dp",), block), ("all_reduce", ("dp",), 4)]
+
+
+def test_the_tensor_parallel_transformer_step_reduces_each_activation_twice_per_direction():
+    """2 layers, Megatron layouts: 2 activation-sized all_reduces over tp per layer forward,
+    2 per layer backward but 1 in the first layer (the input's gradient is not asked for).
+    The other tp collectives are the layernorms' [rows, 1] statistics and [D] gain gradients,
+    a few KiB each."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import transformer
+
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    layers = 2
+    in_layouts, _ = transformer.layouts(mesh, layers)
+    specs = transformer.specs(8, 128, 512, 2048, layers)
+    forward = transformer.make_forward(layers, 8)
+
+    def loss(x, *params):
+        return np.mean(forward(x, *params) ** 2)
+
+    @dtc.compile(in_layouts=in_layouts, out_layouts=(dtc.Layout([], mesh), *in_layouts[1:]))
+    def step(x, *params):
+        value, grads = dtc.value_and_grad(loss, argnums=tuple(range(1, len(params) + 1)))(
+            x, *params)
+        return (value, *(p - 0.1 * g for p, g in zip(params, grads)))
+
+    tp = [c for c in step.lower(*specs).collectives() if c.mesh_dims == ("tp",)]
+    activation = 4 * 128 * 512 * 4  # each device's f32[4,128,512] block of the residual
+    assert sum(c.bytes == activation for c in tp) == 4 * layers - 1
+    assert all(c.bytes <= 4096 for c in tp if c.bytes != activation)
+    assert all(c.kind == "all_reduce" for c in tp)
