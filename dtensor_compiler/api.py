@@ -24,7 +24,7 @@ import numpy as np
 from dtensor_compiler import tracing
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.eager import DEFAULT_BACKEND, place, relayout_storage
-from dtensor_compiler.errors import DTensorError, LayoutError, MeshError
+from dtensor_compiler.errors import DTensorError, EagerOnlyError, LayoutError, MeshError
 from dtensor_compiler.ir.types import dtype_name, native_array
 from dtensor_compiler.layout import MATCH, Layout, Spec
 from dtensor_compiler.mesh import Mesh, create_mesh
@@ -81,22 +81,37 @@ def device_name() -> str:
 # -- inspecting ---------------------------------------------------------------------------------
 
 
-def is_dtensor(value: object) -> bool:
-    """True for a `DTensor` or a `DVariable`."""
-    return isinstance(value, DistributedValue)
+def is_dtensor(tensor: object) -> bool:
+    """True for a `DTensor` or a `DVariable`, and inside a compiled function for every traced
+    array (all of them are distributed values on the mesh)."""
+    return isinstance(tensor, DistributedValue) or tracing.is_traced(tensor)
 
 
-def fetch_layout(value: DistributedValue) -> Layout:
-    """The layout of a DTensor or DVariable; TypeError for anything else."""
-    if not isinstance(value, DistributedValue):
-        raise TypeError(f"fetch_layout expects a DTensor or DVariable, got "
-                        f"{type(value).__name__}")
-    return value.layout
+def _outside_trace(what: str, *values: object) -> None:
+    if any(tracing.is_traced(v) for v in values):
+        raise EagerOnlyError(f"{what} must be called outside a compiled function: it works on "
+                             "a DTensor's per-device components, which a traced array does "
+                             "not have yet")
 
 
-def check_layout(value: DistributedValue, layout: Layout) -> None:
-    """Raise LayoutError unless `value` has exactly `layout`."""
-    actual = fetch_layout(value)
+def fetch_layout(tensor: object) -> Layout | None:
+    """The layout of a DTensor or DVariable; None for a Python value that is not an array
+    (as the reference); TypeError for an array that is not a DTensor."""
+    _outside_trace("fetch_layout", tensor)
+    if isinstance(tensor, DistributedValue):
+        return tensor.layout
+    if not isinstance(tensor, (np.ndarray, np.generic)):
+        return None
+    raise TypeError(f"fetch_layout expects a DTensor or DVariable, got "
+                    f"{type(tensor).__name__}")
+
+
+def check_layout(tensor: DistributedValue, layout: Layout) -> None:
+    """Raise LayoutError unless `tensor` has exactly `layout`."""
+    actual = fetch_layout(tensor)
+    if actual is None:
+        raise TypeError(f"check_layout expects a DTensor or DVariable, got "
+                        f"{type(tensor).__name__}")
     if actual != layout:
         raise LayoutError(f"expected layout {layout.short_text()} on "
                           f"{layout.mesh.short_text()}, the tensor has "
@@ -129,6 +144,7 @@ def _component(value: object, device: str, rank: int) -> np.ndarray:
 
 def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
     """A DTensor from one local component per device of `layout.mesh.local_devices()`."""
+    _outside_trace("pack", *(tensors if isinstance(tensors, (list, tuple)) else ()))
     mesh = layout.mesh
     _single_client(mesh, "pack")
     sharding = layout.sharding
@@ -174,6 +190,7 @@ def _global_shape_of_blocks(arrays: Sequence[np.ndarray], layout: Layout) -> tup
 
 def unpack(tensor: DTensor) -> list[np.ndarray]:
     """The local component of every device, in the order of `mesh.local_devices()`."""
+    _outside_trace("unpack", tensor)
     if not isinstance(tensor, DTensor):
         raise TypeError(f"unpack expects a DTensor, got {type(tensor).__name__}")
     _single_client(tensor.mesh, "unpack")
@@ -230,12 +247,13 @@ def _relayout_traced(array: TracedArray, layout: Layout) -> TracedArray:
     return tracing.traced_relayout(array, target.sharding)
 
 
-def relayout(tensor: DistributedValue | TracedArray, layout: Layout
+def relayout(tensor: object, layout: Layout, name: str | None = None
              ) -> DTensor | TracedArray:
     """`tensor` laid out as `layout`; MATCH specs keep the tensor's spec on their dim.
 
-    On a DTensor the relayout planner's collectives run now; inside a compiled function the
-    relayout becomes an op of the traced program.
+    On a DTensor the relayout planner's collectives run now; a numpy array is placed with
+    `layout` (as `copy_to_mesh`); inside a compiled function the relayout becomes an op of the
+    traced program. `name` is accepted for the reference's signature and not used.
     """
     if tracing.is_traced(tensor):
         try:
@@ -243,8 +261,7 @@ def relayout(tensor: DistributedValue | TracedArray, layout: Layout
         except LayoutError as e:
             raise LayoutError(f"{user_location()}: {e}") from None
     if not isinstance(tensor, DistributedValue):
-        raise TypeError(f"relayout expects a DTensor, got {type(tensor).__name__}; use "
-                        "copy_to_mesh for numpy arrays")
+        return copy_to_mesh(tensor, layout)
     return _relayout_dtensor(tensor.as_dtensor(), layout)
 
 
@@ -255,7 +272,10 @@ def relayout_like(tensor: DistributedValue | TracedArray, like: DistributedValue
         raise LayoutError("relayout_like inside a compiled function needs a DTensor to take "
                           "the layout from; a traced value's layout is chosen after tracing. "
                           "Use dtc.relayout(x, layout) instead")
-    return relayout(tensor, fetch_layout(like))
+    if not isinstance(like, DistributedValue):
+        raise TypeError(f"relayout_like takes the layout of a DTensor or DVariable, got "
+                        f"{type(like).__name__}")
+    return relayout(tensor, like.layout)
 
 
 @overload

@@ -61,6 +61,11 @@ class DTensorError(Exception):
     """Base class of every error raised by dtensor_compiler."""
 
 
+class EagerOnlyError(DTensorError, RuntimeError):
+    """A function that works on DTensors' components (`pack`, `unpack`, `fetch_layout`) was
+    called inside a compiled function, where there are no components yet."""
+
+
 class MeshError(DTensorError, ValueError):
     """A malformed mesh: bad dim names, sizes or device ids."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -25,6 +25,13 @@ _DEVICE = re.compile(r"/job:[^/]+(/replica:\d+)?/task:\d+/device:([A-Za-z]+):\d+
 
 def cpu_device_name(i: int, task: int = 0, job: str = "localhost") -> str:
     return f"/job:{job}/replica:0/task:{task}/device:CPU:{i}"
+
+
+class MeshDimension(NamedTuple):
+    """One dim of a mesh: its name and its size."""
+
+    name: str
+    size: int
 
 
 class Mesh:
@@ -124,8 +131,9 @@ class Mesh:
             raise MeshError(f"mesh has no dim {name!r}; dims are {self.dim_names}")
         return self.shape()[self._dim_names.index(name)]
 
-    def __getitem__(self, name: str) -> tuple[str, int]:
-        return (name, self.dim_size(name))
+    def __getitem__(self, name: str) -> MeshDimension:
+        """The mesh dim `name` with its size (a named pair: ``name, size = mesh["x"]``)."""
+        return MeshDimension(name, self.dim_size(name))
 
     def contains_dim(self, name: str) -> bool:
         """Whether the mesh has a dim called `name`."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from dtensor_compiler.api import check_layout, copy_to_mesh
+from dtensor_compiler.compile import CompiledFunction
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import LayoutError
 from dtensor_compiler.layout import Layout
@@ -67,5 +68,36 @@ class DVariable(DistributedValue):
                        else copy_to_mesh(value, self.layout))
         return self
 
+    def assign_add(self, delta: object) -> DVariable:
+        """Add `delta` (an array or a DTensor of the variable's layout) to the value, on the
+        mesh; returns the variable."""
+        return self.assign(_elementwise("add", self._value, delta))
+
+    def assign_sub(self, delta: object) -> DVariable:
+        """Subtract `delta` from the value, on the mesh; returns the variable."""
+        return self.assign(_elementwise("subtract", self._value, delta))
+
     def __repr__(self) -> str:
         return f"DVariable(name={self.name!r}, value={self._value!r})"
+
+
+_UPDATES: dict[tuple[str, Layout], CompiledFunction] = {}
+"""The compiled ``value op delta`` programs, by op and layout."""
+
+
+def _elementwise(name: str, value: DTensor, delta: object) -> DTensor:
+    """`value` `name` `delta`, compiled in `value`'s layout (the variable's checks apply to
+    the result when it is assigned)."""
+    if isinstance(delta, DistributedValue):
+        check_layout(delta, value.layout)
+    key = (name, value.layout)
+    program = _UPDATES.get(key)
+    if program is None:
+        ufunc = getattr(np, name)
+        program = _UPDATES[key] = CompiledFunction(
+            lambda a, b: ufunc(a, b).astype(a.dtype), in_layouts=(value.layout, value.layout),
+            out_layouts=value.layout)
+    result = program(value, delta if isinstance(delta, DistributedValue)
+                     else np.broadcast_to(np.asarray(delta, dtype=value.dtype), value.shape))
+    assert isinstance(result, DTensor)
+    return result

@@ -205,6 +205,48 @@ def test_fetch_check_and_is_dtensor():
         dtc.check_layout(t, dtc.Layout([U, "y"], mesh))
     with pytest.raises(TypeError, match="got ndarray"):
         dtc.fetch_layout(np.zeros(3))
+    assert dtc.fetch_layout(tensor=3) is None and dtc.fetch_layout("text") is None
+    assert dtc.is_dtensor(tensor=t)
+    dtc.check_layout(tensor=t, layout=layout)
+
+
+def test_mesh_dims_are_named_pairs():
+    mesh = dtc.create_mesh([("batch", 2), ("model", 4)])
+    dim = mesh["batch"]
+    assert (dim.name, dim.size) == ("batch", 2)
+    name, size = mesh["model"]
+    assert (name, size) == ("model", 4)
+
+
+def test_component_functions_refuse_traced_arrays():
+    mesh = dtc.create_mesh([("x", 2)])
+    layout = dtc.Layout(["x"], mesh)
+    seen = {}
+
+    @dtc.compile(in_layouts=(layout,))
+    def f(a):
+        seen["is_dtensor"] = dtc.is_dtensor(a)
+        for call in (lambda: dtc.unpack(a), lambda: dtc.pack([a, a], layout),
+                     lambda: dtc.fetch_layout(a)):
+            with pytest.raises(RuntimeError, match="must be called outside a compiled "
+                                                   "function"):
+                call()
+        return a * 2
+
+    np.testing.assert_array_equal(np.asarray(f(np.arange(4.0))), np.arange(4.0) * 2)
+    assert seen["is_dtensor"] is True
+
+
+def test_dvariable_assign_add_and_sub_run_on_the_mesh():
+    mesh = dtc.create_mesh([("x", 2), ("y", 2)])
+    layout = dtc.Layout(["x", "y"], mesh)
+    v = dtc.DVariable(np.arange(8.0).reshape(2, 4), layout)
+    assert v.assign_add(np.ones((2, 4))) is v
+    v.assign_sub(dtc.copy_to_mesh(np.full((2, 4), 0.5), layout))
+    np.testing.assert_array_equal(np.asarray(v), np.arange(8.0).reshape(2, 4) + 0.5)
+    assert v.layout == layout
+    with pytest.raises(dtc.LayoutError):
+        v.assign_add(dtc.copy_to_mesh(np.ones((2, 4)), dtc.Layout(["x", U], mesh)))
 
 
 # -- relayout -----------------------------------------------------------------------------------
@@ -273,8 +315,9 @@ def test_relayout_errors():
         dtc.relayout(t, dtc.Layout(["y", U], other))
     with pytest.raises(dtc.LayoutError, match="rank 1, the tensor has rank 2"):
         dtc.relayout(t, dtc.Layout(["x"], mesh))
-    with pytest.raises(TypeError, match="copy_to_mesh"):
-        dtc.relayout(np.zeros((4, 4)), dtc.Layout(["x", U], mesh))
+    placed = dtc.relayout(np.arange(16.0).reshape(4, 4), dtc.Layout(["x", U], mesh))
+    assert placed.layout == dtc.Layout(["x", U], mesh)  # a plain array is placed, as in TF
+    np.testing.assert_array_equal(np.asarray(placed), np.arange(16.0).reshape(4, 4))
 
 
 def test_relayout_like_takes_the_other_tensors_layout():
