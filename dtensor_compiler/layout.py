@@ -184,20 +184,20 @@ class Layout:
             raise LayoutError(f"layout {self.short_text()} has rank {self.rank} but the shape "
                               f"{list(shape)} has rank {len(shape)}")
 
-    def local_shape_from_global_shape(self, global_shape: Sequence[int]) -> list[int]:
+    def local_shape_from_global_shape(self, global_shape: Sequence[int]) -> tuple[int, ...]:
         """The shape every device's block of a tensor of `global_shape` has room for: a dim of
         ``n`` over ``k`` shards gives ``ceil(n / k)``; where ``k`` does not divide ``n``, the
         trailing blocks hold fewer valid elements (see `block_shapes`)."""
         self._check_shape(global_shape)
         shape = tuple(int(s) for s in global_shape)
-        return list(geometry.local_shape(shape, self.sharding.dims, self._mesh.mesh_shape()))
+        return geometry.local_shape(shape, self.sharding.dims, self._mesh.mesh_shape())
 
-    def global_shape_from_local_shape(self, local_shape: Sequence[int]) -> list[int]:
+    def global_shape_from_local_shape(self, local_shape: Sequence[int]) -> tuple[int, ...]:
         """The global shape of an even tensor whose per-device blocks have `local_shape` (each
         dim times its shard count; an uneven tensor's global shape is not determined by its
         block shape)."""
         self._check_shape(local_shape)
-        return [int(n) * self.num_shards(i) for i, n in enumerate(local_shape)]
+        return tuple(int(n) * self.num_shards(i) for i, n in enumerate(local_shape))
 
     def block_shapes(self, global_shape: Sequence[int]) -> list[tuple[int, ...]]:
         """For each device (by flat offset), the shape of the valid part of its block of a
@@ -223,11 +223,20 @@ class Layout:
         return out
 
     def offset_tuple_to_global_index(self, offset_tuple: Sequence[int]) -> int:
-        """Flat device offset of the first device holding the block `offset_tuple`."""
-        for dev, blocks in enumerate(self.offset_to_shard()):
-            if blocks == tuple(offset_tuple):
-                return dev
-        raise LayoutError(f"no device holds block {tuple(offset_tuple)}")
+        """The index of the shard `offset_tuple` (one block number per tensor dim) in the shard
+        grid linearized row-major, as the reference computes it: ``(1, 0)`` on
+        ``[x, unsharded]`` over a 2x2 mesh is 1."""
+        if len(offset_tuple) != self.rank:
+            raise LayoutError(f"offset tuple {tuple(offset_tuple)} has {len(offset_tuple)} "
+                              f"entries, the layout has rank {self.rank}")
+        index = 0
+        for i, block in enumerate(offset_tuple):
+            shards = self.num_shards(i)
+            if not 0 <= block < shards:
+                raise LayoutError(f"no shard {tuple(offset_tuple)}: dim {i} has {shards} "
+                                  "shards")
+            index = index * shards + int(block)
+        return index
 
     # -- text ----------------------------------------------------------------------------------
     def _spec_text(self, spec: Spec) -> str:

@@ -127,13 +127,13 @@ def test_layout_factories(mesh32):
 
 def test_local_and_global_shapes(mesh32):
     layout = dtc.Layout(["x", "y"], mesh32)
-    assert layout.local_shape_from_global_shape([6, 4]) == [2, 2]
-    assert layout.global_shape_from_local_shape([2, 2]) == [6, 4]
+    assert layout.local_shape_from_global_shape([6, 4]) == (2, 2)
+    assert layout.global_shape_from_local_shape([2, 2]) == (6, 4)
     both = dtc.Layout([("x", "y"), dtc.UNSHARDED], mesh32)
     assert [both.num_shards(0), both.num_shards(1)] == [6, 1]
-    assert both.local_shape_from_global_shape([12, 5]) == [2, 5]
+    assert both.local_shape_from_global_shape([12, 5]) == (2, 5)
     # uneven: 4 over 6 shards gives blocks of room 1, the last two empty
-    assert both.local_shape_from_global_shape([4, 5]) == [1, 5]
+    assert both.local_shape_from_global_shape([4, 5]) == (1, 5)
     assert both.block_shapes([4, 5]) == [(1, 5)] * 4 + [(0, 5)] * 2
     assert layout.block_shapes([5, 3]) == [(2, 2), (2, 1)] * 2 + [(1, 2), (1, 1)]
     with pytest.raises(dtc.LayoutError, match=r"shape \[-1, 3\] has a negative dim"):
@@ -145,7 +145,12 @@ def test_local_and_global_shapes(mesh32):
 def test_offset_to_shard_on_the_docs_example(mesh32):
     layout = dtc.Layout(["x", dtc.UNSHARDED], mesh32)
     assert layout.offset_to_shard() == [(0, 0), (0, 0), (1, 0), (1, 0), (2, 0), (2, 0)]
-    assert layout.offset_tuple_to_global_index((2, 0)) == 4
+    # the shard grid (3 x 1 here) linearized, as the reference does: shard (2, 0) is 2
+    assert layout.offset_tuple_to_global_index((2, 0)) == 2
+    square = dtc.Layout(["x", dtc.UNSHARDED], dtc.create_mesh([("x", 2), ("y", 2)]))
+    assert square.offset_tuple_to_global_index((1, 0)) == 1
+    with pytest.raises(dtc.LayoutError, match="dim 0 has 2 shards"):
+        square.offset_tuple_to_global_index((2, 0))
     swapped = dtc.Layout([dtc.UNSHARDED, ("y", "x")], mesh32)
     assert swapped.offset_to_shard() == [(0, 0), (0, 3), (0, 1), (0, 4), (0, 2), (0, 5)]
 
