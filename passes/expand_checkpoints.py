@@ -66,7 +66,7 @@ def writer_plan(types: list[TensorType], mesh: MeshShape) -> dict[int, list[int]
         for device in range(mesh.num_devices):
             start, size = geometry.device_block(t.shape, t.sharding.dims, mesh,
                                                 geometry.device_coords(device, mesh))
-            if 0 in size and 0 not in t.shape:
+            if geometry.is_empty_block(t.shape, size):
                 continue
             if start not in seen:
                 seen.add(start)

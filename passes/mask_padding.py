@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext
-from dtensor_compiler.ir.ops.padding import padded_dims, padding_reads
+from dtensor_compiler.ir.ops.padding import padded_dims, padding_reads, unmasked_dims
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
@@ -67,13 +67,13 @@ def _mask_function(func: Function, infer: InferContext) -> bool:
     ops: list[Operation] = []
     for op in func.ops:
         for read in padding_reads(op):
-            value = op.operands[read.operand]
-            padded = padded_dims(value.type, infer)
-            if not set(padded) & set(read.dims) or value.type.pad == read.fill:
+            if not unmasked_dims(op, read, infer):
                 continue
+            value = op.operands[read.operand]
             key = (id(value), read.fill)
             if key not in masks:
-                mask = make_op("mask", [value], {"axes": padded, "fill": read.fill}, infer,
+                mask = make_op("mask", [value], {"axes": padded_dims(value.type, infer),
+                                                 "fill": read.fill}, infer,
                                sharding=value.type.sharding, loc=op.loc)
                 ops.append(mask)
                 assert mask.result is not None

@@ -216,7 +216,7 @@ def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
         def read(index: tuple[int, ...]) -> None:
             coords = index + (0,) * (len(mesh.dims) - len(index))
             start, size = geometry.device_block(shape, sharding.dims, mesh, coords)
-            if 0 in size and 0 not in shape:
+            if geometry.is_empty_block(shape, size):
                 return  # an empty block: all padding
             block: tuple[int | EllipsisType, ...] = (*index, Ellipsis)  # a view, 0-d too
             read_box(directory, name, record, Box(start, size), _holders(coords, used, mesh),

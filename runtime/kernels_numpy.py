@@ -330,7 +330,6 @@ def _mask(op: Operation, ctx: ExecContext) -> KernelFn:
     assert sharding is not None
     axes = op.attrs["axes"]
     assert isinstance(axes, tuple)
-    k = ctx.mesh_axes
     extents = t.global_shape(ctx.mesh)
     regions = []
     for axis in axes:
@@ -345,7 +344,7 @@ def _mask(op: Operation, ctx: ExecContext) -> KernelFn:
             mesh_index = tuple(int(at[m]) if m in at else slice(None) for m in ctx.mesh.names)
             local = tuple(slice(valid, None) if d == axis else slice(None)
                           for d in range(t.rank))
-            regions.append(mesh_index[:k] + local)
+            regions.append(mesh_index + local)
     identity = reduction_identity(ReduceOp.parse(op.attrs["fill"]), numpy_dtype(t.dtype))
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -16,9 +16,9 @@ trailing blocks are partly or wholly padding. Padding made here (`to_stacked`,
 `pad_to_blocks`) is zeros; kernels may leave anything there, and only the valid part of a
 block is ever read back (`from_stacked`, `device_shard`).
 
-A pending partial reduction over
-mesh dim ``m`` means the true value is that reduction over mesh axis ``m`` (sum, max, min or
-prod). Several pending reductions are applied in mesh-dim order.
+A pending partial reduction over mesh dim ``m`` means the true value is that reduction over
+mesh axis ``m`` (sum, max, min or prod). Several pending reductions are applied in mesh-dim
+order.
 
 Every array in this representation is treated as read-only: kernels and collectives return new
 arrays or views, never write into their operands.

@@ -88,11 +88,6 @@ def uneven_dims(shape: Shape, dims: TensorDims, mesh: MeshShape) -> tuple[int, .
                  if not splits(n, shard_count(d, mesh)))
 
 
-def is_even(shape: Shape, dims: TensorDims, mesh: MeshShape) -> bool:
-    """Whether no dim of `shape` has padding when laid out as `dims`."""
-    return all(splits(n, shard_count(d, mesh)) for n, d in zip(shape, dims))
-
-
 def aligned(extent: int, fewer: int, more: int) -> bool:
     """Whether a dim of `extent` cut into `fewer` blocks and the same dim cut into `more`
     blocks (``more = fewer * m``, the extra mesh dims minor-most) line up: each of the coarse
@@ -139,6 +134,13 @@ def device_block(shape: Shape, dims: TensorDims, mesh: MeshShape,
         starts.append(min(n, block_start(n, k, block)))
         sizes.append(valid_size(n, k, block))
     return tuple(starts), tuple(sizes)
+
+
+def is_empty_block(shape: Shape, valid: Shape) -> bool:
+    """Whether a block of valid extent `valid` (from `device_block`) holds nothing of a
+    tensor of `shape` that itself holds something: one of the trailing blocks of an uneven
+    dim."""
+    return 0 in valid and 0 not in shape
 
 
 def device_coords(device_id: int, mesh: MeshShape) -> tuple[int, ...]:

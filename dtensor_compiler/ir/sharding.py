@@ -133,10 +133,6 @@ class Sharding:
         """Per-device (padded) shape of a tensor of global `shape` (see `geometry`)."""
         return geometry.local_shape(shape, self.dims, mesh)
 
-    def is_even(self, shape: tuple[int, ...], mesh: MeshShape) -> bool:
-        """Whether a tensor of global `shape` laid out so has no padding."""
-        return geometry.is_even(shape, self.dims, mesh)
-
     def problems(self, mesh: MeshShape, shape: tuple[int, ...] | None = None) -> list[str]:
         """Everything wrong with this sharding on `mesh` (and `shape`), as messages."""
         out: list[str] = []

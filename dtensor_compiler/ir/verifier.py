@@ -155,8 +155,8 @@ class _FunctionVerifier:
             raise _Broken(f"{op.name}: {e}", line, op) from None
         for read in reads:
             t = op.operands[read.operand].type
-            dims = [d for d in read.dims if t.extents is not None and t.extents[d] is not None]
-            if dims and t.pad != read.fill:
+            dims = padding.unmasked_dims(op, read, self.ctx)
+            if dims:
                 holds = "garbage" if t.pad is None else f"the identity of {t.pad}"
                 raise _Broken(f"{op.name} reads the padding of operand {read.operand} "
                               f"({self.name(op.operands[read.operand])}) along dim {dims[0]} "
@@ -263,9 +263,9 @@ def _extent_problems(t: TensorType, mesh: MeshShape) -> list[str]:
         return [f"extents {list(t.extents)} do not fit a rank-{t.rank} type with padding"]
     out = []
     for i, (n, e) in enumerate(zip(t.shape, t.extents)):
-        k = t.sharding.num_shards(i, mesh)
         if e is None:
             continue
+        k = t.sharding.num_shards(i, mesh)
         if geometry.splits(e, k):
             out.append(f"dim {i} of global extent {e} over {k} shards has no padding; write "
                        f"it as {e // k}")

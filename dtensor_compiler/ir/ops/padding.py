@@ -72,6 +72,15 @@ MASK = register(OpDef(
     folds=False, traits=Traits(elementwise=True), fills=_fill))
 
 
+def unmasked_dims(op: Operation, read: PaddingRead, ctx: InferContext) -> tuple[int, ...]:
+    """The dims along which `read` sees padding of its operand that does not hold the
+    identity it reads it as (empty: no mask is needed)."""
+    t = op.operands[read.operand].type
+    if t.pad == read.fill:
+        return ()
+    return tuple(d for d in padded_dims(t, ctx) if d in read.dims)
+
+
 def padding_reads(op: Operation) -> list[PaddingRead]:
     """The padding reads of `op`: its definition's, or those its factor rule implies."""
     definition = opdef.lookup(op.name)
