@@ -62,6 +62,9 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
     active = {id(v) for v in wrt}
     for op in ops:
         if any(id(v) in active for v in op.operands):
+            if any(r.type.dtype.startswith("c") for r in op.results):
+                raise GradientError(f"cannot differentiate through complex values: {op.name} "
+                                    "makes one from a differentiated input", op.loc)
             active.update(id(r) for r in op.results if differentiable(r.type))
     cotangents: dict[int, Value] = {}
     if id(output) in active:

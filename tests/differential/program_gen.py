@@ -96,7 +96,7 @@ def programs(draw) -> Program:
                                      "bool_matmul", "int8_sum", "cumsum", "bfloat16",
                                      "int8_compare", "any_all", "round", "flip", "roll", "pad",
                                      "triangle", "sort", "norm", "cumprod", "complex_parts",
-                                     "mT", "einsum3", "more_ufuncs"]))
+                                     "mT", "einsum3", "more_ufuncs", "prod"]))
         if kind == "unary":
             name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
             f = getattr(np, name)
@@ -247,6 +247,12 @@ def programs(draw) -> Program:
             axis = draw(st.integers(0, last))
             add(f"np.cumprod({x} * 0.1 + 1, axis={axis})",
                 lambda e, x=x, a=axis: np.cumprod(e[x] * 0.1 + 1, axis=a), s)
+        elif kind == "prod":
+            axis = draw(st.integers(0, last))
+            out = tuple(d for k, d in enumerate(s) if k != axis)
+            if out:  # exact zeros (the first row), which the derivatives must not divide by
+                add(f"np.prod(np.ldexp({x} - {x}[:1], -1), axis={axis})",
+                    lambda e, x=x, a=axis: np.prod(np.ldexp(e[x] - e[x][:1], -1), axis=a), out)
         elif kind == "complex_parts":
             add(f"np.real({x} * (1 + 2j)) - ({x} * 1j).imag",
                 lambda e, x=x: np.real(e[x] * (1 + 2j)) - (e[x] * 1j).imag, s)

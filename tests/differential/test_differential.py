@@ -121,8 +121,8 @@ def test_random_programs_have_the_right_gradients(case):
     central differences of the plain numpy program give, along a random direction (one pair
     of evaluations checks every element). Programs through float32 or bfloat16 (rounding
     hides a finite difference), through np.round or integer casts (staircases: a finite
-    difference across a step is huge), whose loss is not finite, or through an op without a
-    derivative rule are skipped."""
+    difference across a step is huge), whose loss is not finite, or through complex values
+    (refused) are skipped."""
     prog, names, sizes, in_specs, _, _, seed, _ = case
     note = prog.text()
     if any(word in note for word in ("float32", "bf16", "np.round", "int8")):
@@ -148,8 +148,8 @@ def test_random_programs_have_the_right_gradients(case):
     try:
         grads = f(*inputs)
     except dtc.GradientError as e:
-        if "no derivative rule" in str(e):
-            reject()
+        if "complex values" in str(e):
+            reject()  # derivatives through complex values are refused
         raise
     grads = grads if isinstance(grads, tuple) else (grads,)
     directions = [rng.standard_normal(np.shape(x)) for x in inputs]

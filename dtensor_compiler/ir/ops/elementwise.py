@@ -237,6 +237,8 @@ _BINARY_VJPS: dict[str, VJPRule] = {
     "copysign": _binary(lambda ad, g, x, y, out: ad.emit("where", [
         ad.emit("equal", [ad.emit("signbit", [x]), ad.emit("signbit", [y])]), g,
         ad.emit("negative", [g])]), lambda ad, g, x, y, out: None),
+    "ldexp": _binary(lambda ad, g, x, y, out: ad.emit("ldexp", [g, y]),
+                     lambda ad, g, x, y, out: None),
     **dict.fromkeys(("floor_divide", "heaviside", "nextafter"), _binary(
         lambda ad, g, x, y, out: None, lambda ad, g, x, y, out: None)),
 }
@@ -318,12 +320,18 @@ def _component(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[Tensor
 
 _LINEAR_PART = Traits(elementwise=True, commutes_with=frozenset({ReduceOp.SUM}))
 
+def _complex_operand_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """Complex values carry no derivatives (differentiating into one is refused where it is
+    made), so the complex operand of ``real``/``imag`` gets none."""
+    return [None]
+
+
 REAL = register(OpDef(name="real", operands=1, infer=_component, sharding=BROADCASTING,
-                      folds=True, traits=_LINEAR_PART))
+                      folds=True, traits=_LINEAR_PART, vjp=_complex_operand_vjp))
 """The real part of a complex operand (numpy's ``real``), in the matching float dtype."""
 
 IMAG = register(OpDef(name="imag", operands=1, infer=_component, sharding=BROADCASTING,
-                      folds=True, traits=_LINEAR_PART))
+                      folds=True, traits=_LINEAR_PART, vjp=_complex_operand_vjp))
 """The imaginary part of a complex operand (numpy's ``imag``)."""
 
 

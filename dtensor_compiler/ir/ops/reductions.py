@@ -82,6 +82,41 @@ def _sum_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     return [ad.to_operand(spread, x)]
 
 
+def _flattened(ad: VJPContext, x: Value, axes: tuple[int, ...]
+               ) -> tuple[Value, Callable[[Value], Value]]:
+    """`x` with `axes` moved last and merged into one, and the function that puts a value
+    of that flat shape back into `x`'s."""
+    kept = [d for d in range(x.type.rank) if d not in axes]
+    perm = tuple(kept) + tuple(axes)
+    moved = ad.emit("transpose", [x], {"perm": perm})
+    outer = tuple(x.type.shape[d] for d in kept)
+    flat = ad.reshape(moved, outer + (math.prod(x.type.shape[d] for d in axes),))
+    inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+
+    def back(v: Value) -> Value:
+        return ad.emit("transpose", [ad.reshape(v, moved.type.shape)], {"perm": inverse})
+    return flat, back
+
+
+def _shifted(ad: VJPContext, v: Value, axis: int, fill: float) -> Value:
+    """`v` moved one place along `axis` (towards higher indices), `fill` entering first."""
+    n = v.type.shape[axis]
+    stop = tuple(n - 1 if d == axis else s for d, s in enumerate(v.type.shape))
+    head = ad.emit("slice", [v], {"start": (0,) * v.type.rank, "stop": stop,
+                                  "step": (1,) * v.type.rank})
+    edge = tuple(1 if d == axis else s for d, s in enumerate(v.type.shape))
+    return ad.emit("concatenate", [ad.full(edge, v.type.dtype, fill), head], {"axis": axis})
+
+
+def _exclusive_products(ad: VJPContext, v: Value, axis: int) -> Value:
+    """The product of the elements before each one along `axis` (1 for the first)."""
+    return _shifted(ad, ad.emit("cumprod", [v], {"axis": axis}), axis, 1.0)
+
+
+def _flip(ad: VJPContext, v: Value, axis: int) -> Value:
+    return ad.emit("reverse", [v], {"axes": (axis,)})
+
+
 def _extreme_vjp(arg: str) -> VJPRule:
     """max/min: the whole cotangent goes to the first extreme element along the reduced axes,
     the one numpy's argmax/argmin picks (ties included)."""
@@ -89,28 +124,38 @@ def _extreme_vjp(arg: str) -> VJPRule:
         x = op.operands[0]
         if not differentiable(x.type):
             return [None]
-        axes = _axes(op)
-        kept = [d for d in range(x.type.rank) if d not in axes]
-        perm = tuple(kept) + tuple(axes)
-        moved = ad.emit("transpose", [x], {"perm": perm})
-        outer = tuple(x.type.shape[d] for d in kept)
-        flat = ad.reshape(moved, outer + (math.prod(x.type.shape[d] for d in axes),))
-        first = ad.emit(arg, [flat], {"axis": len(outer), "keepdims": True})
-        position = ad.emit("iota", [], {"dimension": len(outer)},
-                           TensorType("i64", flat.type.shape))
+        flat, back = _flattened(ad, x, _axes(op))
+        last = flat.type.rank - 1
+        first = ad.emit(arg, [flat], {"axis": last, "keepdims": True})
+        position = ad.emit("iota", [], {"dimension": last}, TensorType("i64", flat.type.shape))
         chosen = ad.emit("equal", [position, first])
-        spread = ad.emit("where", [chosen, ad.reshape(g, outer + (1,)), ad.scalar(0.0, g)])
-        back = ad.reshape(spread, moved.type.shape)
-        inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
-        return [ad.to_operand(ad.emit("transpose", [back], {"perm": inverse}), x)]
+        spread = ad.emit("where", [chosen, ad.reshape(g, flat.type.shape[:-1] + (1,)),
+                                   ad.scalar(0.0, g)])
+        return [ad.to_operand(back(spread), x)]
     return rule
+
+
+def _prod_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """Each element's cotangent is `g` times the product of the others, taken as the
+    products before it times those after it: exact at zeros, without dividing."""
+    x = op.operands[0]
+    if not differentiable(x.type):
+        return [None]
+    flat, back = _flattened(ad, x, _axes(op))
+    last = flat.type.rank - 1
+    if flat.type.shape[last] == 0:
+        return [ad.full(x.type.shape, x.type.dtype, 0.0)]
+    before = _exclusive_products(ad, flat, last)
+    after = _flip(ad, _exclusive_products(ad, _flip(ad, flat, last), last), last)
+    others = ad.emit("multiply", [before, after])
+    spread = ad.emit("multiply", [others, ad.reshape(g, flat.type.shape[:-1] + (1,))])
+    return [ad.to_operand(back(spread), x)]
 
 
 _REDUCTION_VJPS: dict[ReduceOp, VJPRule] = {
     ReduceOp.SUM: _sum_vjp, ReduceOp.MAX: _extreme_vjp("argmax"),
-    ReduceOp.MIN: _extreme_vjp("argmin"),
+    ReduceOp.MIN: _extreme_vjp("argmin"), ReduceOp.PROD: _prod_vjp,
 }
-"""No rule for prod: its derivative divides by the operand, which breaks at zeros."""
 
 
 def _define_reduction(kind: ReduceOp) -> OpDef:
@@ -194,10 +239,43 @@ CUMSUM = register(OpDef(name="cumsum", operands=1,
                         vjp=_cumsum_vjp))
 
 
+def _reversed_cumsum(ad: VJPContext, v: Value, axis: int) -> Value:
+    """The sum of each element and those after it along `axis`."""
+    return _flip(ad, ad.emit("cumsum", [_flip(ad, v, axis)], {"axis": axis}), axis)
+
+
+def _cumprod_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """Element j feeds every prefix product from j on. Before the first zero along the axis
+    that is ``sum(g * y from j on) / x[j]``; the first zero itself gets the product of the
+    elements before it times ``sum(g[i] * (product of x after it, up to i))``; every element
+    after it only feeds prefixes the zero has already made 0. Exact at zeros."""
+    x, y = op.operands[0], op.result
+    assert y is not None
+    if not differentiable(x.type):
+        return [None]
+    axis = op.attrs["axis"]
+    assert isinstance(axis, int)
+    one, zero = ad.scalar(1.0, x), ad.scalar(0.0, x)
+    is_zero = ad.emit("equal", [x, zero])
+    seen = ad.emit("cumsum", [ad.cast(is_zero, "i64")], {"axis": axis})
+    before = ad.emit("equal", [seen, ad.scalar(0, seen)])
+    first = ad.emit("logical_and", [is_zero, ad.emit("equal", [seen, ad.scalar(1, seen)])])
+    plain = ad.emit("divide", [_reversed_cumsum(ad, ad.emit("multiply", [g, y]), axis),
+                               ad.emit("where", [is_zero, one, x])])
+    leading = ad.emit("cumprod", [ad.emit("where", [before, x, one])], {"axis": axis})
+    trailing = ad.emit("cumprod", [ad.emit("where", [ad.emit("logical_or", [before, first]),
+                                                       one, x])], {"axis": axis})
+    at_zero = ad.emit("multiply", [leading, _reversed_cumsum(
+        ad, ad.emit("multiply", [g, trailing]), axis)])
+    grad = ad.emit("where", [before, plain, ad.emit("where", [first, at_zero, zero])])
+    return [ad.to_operand(grad, x)]
+
+
 CUMPROD = register(OpDef(name="cumprod", operands=1,
                          infer=_along_axis(partial(accumulated_dtype, ReduceOp.PROD)),
                          attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
-                         folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.PROD}))))
+                         folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.PROD})),
+                         vjp=_cumprod_vjp))
 
 SORT_KINDS = ("quicksort", "heapsort", "stable")
 """numpy's sort kinds (``mergesort`` is ``stable``)."""
@@ -205,8 +283,32 @@ SORT_KINDS = ("quicksort", "heapsort", "stable")
 
 _SORT_ATTRS = (AttrSpec("axis", AttrKind.INT), AttrSpec("kind", AttrKind.STR, default="quicksort"))
 
+def _sort_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """Each sorted position's cotangent goes back to the element sorted there (the order
+    ``argsort`` with the same kind gives): a scatter of the flattened rows by their
+    permutation, offset by row."""
+    x = op.operands[0]
+    if not differentiable(x.type):
+        return [None]
+    axis = op.attrs["axis"]
+    assert isinstance(axis, int)
+    flat_x, back = _flattened(ad, x, (axis,))
+    flat_g, _ = _flattened(ad, g, (axis,))
+    n = x.type.shape[axis]
+    rows = math.prod(flat_x.type.shape[:-1])
+    order = ad.emit("argsort", [ad.reshape(flat_x, (rows, n))],
+                    {"axis": 1, "kind": op.attrs["kind"]})
+    row = ad.emit("iota", [], {"dimension": 0}, TensorType("i64", (rows, n)))
+    target = ad.emit("add", [order, ad.emit("multiply", [row, ad.scalar(n, row)])])
+    scattered = ad.emit("scatter_add", [ad.reshape(flat_g, (rows * n,)),
+                                        ad.reshape(target, (rows * n,))],
+                        {"axis": 0, "size": rows * n})
+    return [ad.to_operand(back(ad.reshape(scattered, flat_x.type.shape)), x)]
+
+
 SORT = register(OpDef(name="sort", operands=1, infer=_along_axis(lambda dtype: dtype, SORT_KINDS),
-                      attrs=_SORT_ATTRS, sharding=Factors(_scan_rule), folds=True))
+                      attrs=_SORT_ATTRS, sharding=Factors(_scan_rule), folds=True,
+                      vjp=_sort_vjp))
 ARGSORT = register(OpDef(name="argsort", operands=1,
                          infer=_along_axis(lambda dtype: "i64", SORT_KINDS), attrs=_SORT_ATTRS,
                          sharding=Factors(_scan_rule), folds=True))
