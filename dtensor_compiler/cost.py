@@ -10,14 +10,23 @@ of uneven blocks included):
 
     launch + p·(n-1)·alpha + p·(n-1)/n · charged_bytes / bw
 
-with p = 2 for all_reduce and 1 for all_gather, reduce_scatter and all_to_all. The local
-layout changes (p = 0: local_slice copies a block, make_partial writes identities) cost
-``charged_bytes / memory_bw``. Defaults are NVLink-class links; `CostModel.with_link`
-sets a slower dim (for example a cross-host ``dp``).
+with p = 2 for all_reduce and 1 for all_gather, reduce_scatter and all_to_all. All but
+all_to_all may instead run over a binary tree (up to a root and back down: a reduce then a
+broadcast, a reduce then a scatter, a gather then a broadcast), which pays fewer latencies
+and sends the charged bytes about twice; they are charged the faster of the two,
+
+    launch + min(ring, 2·ceil(log2 n)·alpha + 2·charged_bytes / bw),
+
+as collective libraries choose by message size: the tree wins for small messages, so that
+a [rows, 1] statistic's all_reduce over 8 devices is not priced above gathering a
+megabyte. The local layout changes (p = 0: local_slice copies a block, make_partial writes
+identities) cost ``charged_bytes / memory_bw``. Defaults are NVLink-class links;
+`CostModel.with_link` sets a slower dim (for example a cross-host ``dp``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from dtensor_compiler.ir.collective import CollectiveDef
@@ -68,7 +77,11 @@ class CostModel:
         alpha = max(self.link(m).latency for m in mesh_dims)
         bw = min(self.link(m).bandwidth for m in mesh_dims)
         passes = collective.ring_passes
-        return self.launch + passes * ((n - 1) * alpha + (n - 1) / n * nbytes / bw)
+        ring = passes * ((n - 1) * alpha + (n - 1) / n * nbytes / bw)
+        if not collective.tree_bytes:
+            return self.launch + ring
+        tree = 2 * math.ceil(math.log2(n)) * alpha + collective.tree_bytes * nbytes / bw
+        return self.launch + min(ring, tree)
 
     def read_time(self, nbytes: int) -> float:
         """Seconds for the devices to read `nbytes` from checkpoint storage, all together."""

@@ -37,7 +37,7 @@ from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Operation, 
 from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.printer import format_op_ref
 from dtensor_compiler.ir.reasons import Reason, Requested, ReturnedPending
-from dtensor_compiler.ir.sharding import MeshShape, Sharding
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
 from dtensor_compiler.passes._desired_layouts import (
     DEFAULT_SOURCE,
@@ -116,13 +116,39 @@ class _Propagation:
         self._resolve_returned_partials(pinned)
 
     def _reduced_and_carried(self) -> frozenset[Value]:
-        """Values a relayout reduces while some op takes them with their pending reductions."""
-        reduced = {op.operands[0] for op in self.ops if op.name == "relayout"
-                   and op.operands[0].owner is not None and any(
-                       p not in self.actual[op.results[0]].partial
-                       for p in self.actual[op.operands[0]].partial)}
-        return frozenset(v for v in reduced if any(
-            u.name != "relayout" and self.spaces.of(u) is not None for u in v.users))
+        """Values a relayout reduces while some op takes them with their pending reductions,
+        and the values above them whose reductions they only inherited (`_inherited_from`)."""
+        out: set[Value] = set()
+        for op in self.ops:
+            if op.name != "relayout" or op.operands[0].owner is None:
+                continue
+            value = op.operands[0]
+            resolved = frozenset(self.actual[value].partial) - frozenset(
+                self.actual[op.results[0]].partial)
+            if not resolved:
+                continue
+            if any(u.name != "relayout" and self.spaces.of(u) is not None for u in value.users):
+                out.add(value)
+            out.update(self._inherited_from(value, resolved))
+        return frozenset(out)
+
+    def _inherited_from(self, value: Value, resolved: frozenset[tuple[str, ReduceOp]]
+                        ) -> list[Value]:
+        """The values `value`'s pending reductions `resolved` came down from, through ops
+        with one such pending operand no bigger than `value`, up to the highest one that
+        some other consumer takes too. Reducing that one instead moves no more bytes, and
+        its other consumers then need no reductions of their own (the layernorm backward
+        reduces the gradient it is given once, not its statistics again)."""
+        chain: list[Value] = []
+        op = value.owner
+        while op is not None and op.name != "relayout" and self.spaces.of(op) is not None:
+            pending = [v for v in op.operands if resolved <= frozenset(self.actual[v].partial)]
+            if len(pending) != 1 or pending[0].type.size > value.type.size:
+                break
+            chain.append(pending[0])
+            op = pending[0].owner
+        shared = [i for i, v in enumerate(chain) if len(v.users) > 1]
+        return chain[:shared[-1] + 1] if shared else []
 
     # -- seeds ------------------------------------------------------------------------------------
     def _pinned(self) -> dict[Value, tuple[Sharding, Sources]]:

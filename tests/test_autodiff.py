@@ -8,6 +8,7 @@ result matters) at a random point inside the function's domain.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -351,21 +352,15 @@ def test_the_megatron_mlp_training_step_sends_only_the_optimal_collectives():
                    ("all_reduce", ("dp",), block), ("all_reduce", ("dp",), 4)]
 
 
-def test_the_tensor_parallel_transformer_step_reduces_each_activation_twice_per_direction():
-    """2 layers, Megatron layouts: 2 activation-sized all_reduces over tp per layer forward,
-    2 per layer backward but 1 in the first layer (the input's gradient is not asked for).
-    The other tp collectives are the layernorms' [rows, 1] statistics and [D] gain gradients,
-    a few KiB each."""
+def _transformer_step(mesh, layers, x_layout=None, batch=8, seq=128, dim=512):
+    """A training step of the example transformer (Megatron layouts, SGD) and its specs."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     import transformer
 
-    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
-    layers = 2
-    in_layouts, _ = transformer.layouts(mesh, layers)
-    specs = transformer.specs(8, 128, 512, 2048, layers)
+    in_layouts, _ = transformer.layouts(mesh, layers, x_layout)
     forward = transformer.make_forward(layers, 8)
 
     def loss(x, *params):
@@ -377,8 +372,27 @@ def test_the_tensor_parallel_transformer_step_reduces_each_activation_twice_per_
             x, *params)
         return (value, *(p - 0.1 * g for p, g in zip(params, grads)))
 
-    tp = [c for c in step.lower(*specs).collectives() if c.mesh_dims == ("tp",)]
+    return step, transformer.specs(batch, seq, dim, 4 * dim, layers)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_tensor_parallel_transformer_step_reduces_each_activation_twice_per_direction(
+        layers):
+    """Megatron layouts: 2 activation-sized all_reduces over tp per layer forward, 2 per
+    layer backward but 1 in the first layer (the input's gradient is not asked for, so the
+    first layernorm's backward is needed only for its gain, whose [D] gradient is reduced
+    over dp and tp at once, far less than the activation). Over dp: one all_reduce of each
+    other parameter's local gradient block, and the loss. Nothing else."""
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    step, specs = _transformer_step(mesh, layers)
+    got = Counter((c.kind, c.mesh_dims, c.bytes) for c in step.lower(*specs).collectives())
     activation = 4 * 128 * 512 * 4  # each device's f32[4,128,512] block of the residual
-    assert sum(c.bytes == activation for c in tp) == 4 * layers - 1
-    assert all(c.bytes <= 4096 for c in tp if c.bytes != activation)
-    assert all(c.kind == "all_reduce" for c in tp)
+    gain, attention, mlp = 512 * 4, 512 * 128 * 4, 512 * 512 * 4  # local gradient blocks
+    assert got == Counter({
+        ("all_reduce", ("tp",), activation): 4 * layers - 1,
+        ("all_reduce", ("dp", "tp"), gain): 1,
+        ("all_reduce", ("dp",), gain): 2 * layers - 1,
+        ("all_reduce", ("dp",), attention): 4 * layers,
+        ("all_reduce", ("dp",), mlp): 2 * layers,
+        ("all_reduce", ("dp",), 4): 1,
+    })

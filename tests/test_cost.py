@@ -42,12 +42,30 @@ def test_one_all_reduce_beats_the_reduce_scatter_and_all_gather_it_equals() -> N
 
 def test_groups_over_several_mesh_dims_use_the_slowest_link() -> None:
     slow = MODEL.with_link("dp", Link(latency=1e-4, bandwidth=1e8))
-    n, nbytes = 8, 8000
+    n, nbytes = 8, 80000
     expected = 1e-5 + (n - 1) * 1e-4 + (n - 1) / n * nbytes / 1e8
     assert time(slow, "all_gather", ("dp", "tp"), MESH, nbytes) == pytest.approx(
         expected)
     assert time(slow, "all_gather", ("tp",), MESH, nbytes) == time(MODEL, "all_gather", ("tp",), MESH, nbytes)
     assert slow.link("dp").latency == 1e-4 and slow.link("tp") == MODEL.default
+
+
+def test_small_messages_take_the_tree() -> None:
+    """Over 8 devices a tree pays 2 * 3 latencies where a ring pays 7 (all_gather,
+    reduce_scatter) or 14 (all_reduce), and sends the bytes twice: it wins until the
+    bandwidth term outweighs the latencies saved. all_to_all has no tree."""
+    mesh = MeshShape((("x", 8),))
+    for nbytes in (8, 8000, 80000):
+        tree = 1e-5 + 6e-6 + 2 * nbytes / 1e9
+        for kind, steps, passes in (("all_reduce", 14, 2), ("all_gather", 7, 1),
+                                    ("reduce_scatter", 7, 1)):
+            ring = 1e-5 + steps * 1e-6 + passes * 7 / 8 * nbytes / 1e9
+            assert time(MODEL, kind, ("x",), mesh, nbytes) == pytest.approx(min(ring, tree))
+        ring = 1e-5 + 7e-6 + 7 / 8 * nbytes / 1e9
+        assert time(MODEL, "all_to_all", ("x",), mesh, nbytes) == pytest.approx(ring)
+    assert time(MODEL, "all_reduce", ("x",), mesh, 8) < 1e-5 + 14e-6  # the tree
+    assert time(MODEL, "all_gather", ("x",), mesh, 80000) == pytest.approx(
+        1e-5 + 7e-6 + 7 / 8 * 80000 / 1e9)  # the ring
 
 
 def test_local_layout_changes_cost_a_copy_and_groups_of_one_cost_nothing() -> None:

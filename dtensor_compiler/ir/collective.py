@@ -83,6 +83,11 @@ class CollectiveDef:
     """Every way it applies to a layout, in the planner's tie-breaking order."""
     reshapes: bool = True
     """Whether it changes the block shape (then a communicator is given the result's)."""
+    tree_bytes: float = 0.0
+    """For a collective that may also run over a binary tree (up to a root and back down
+    it: ``2·ceil(log2 n)`` latencies instead of the ring's ``passes·(n-1)``), how many times
+    the charged bytes cross the tree's critical path; 0 for ring only. The cost model takes
+    the faster algorithm, as collective libraries pick by message size."""
 
     def charged_bytes(self, in_bytes: int, out_bytes: int, group: int) -> int:
         """The charged bytes of one device, in a group of `group` devices."""

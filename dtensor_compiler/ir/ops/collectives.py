@@ -180,7 +180,7 @@ def _all_reduce(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 ALL_REDUCE = _define("all_reduce", (REDUCTION,), CollectiveDef(
     moves_data=True, ring_passes=2, charged=Charged.OUTPUT, transfer=_all_reduce,
-    moves=_all_reduce_moves, reshapes=False))
+    moves=_all_reduce_moves, reshapes=False, tree_bytes=2.0))
 
 
 def _reduce_scatter_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
@@ -201,7 +201,7 @@ def _reduce_scatter(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 REDUCE_SCATTER = _define("reduce_scatter", (REDUCTION, AXIS), CollectiveDef(
     moves_data=True, ring_passes=1, charged=Charged.SCATTERED, transfer=_reduce_scatter,
-    moves=_reduce_scatter_moves))
+    moves=_reduce_scatter_moves, tree_bytes=2.0))
 
 
 def _all_to_all_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
@@ -247,7 +247,7 @@ def _all_gather(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 ALL_GATHER = _define("all_gather", (AXIS,), CollectiveDef(
     moves_data=True, ring_passes=1, charged=Charged.GATHERED, transfer=_all_gather,
-    moves=_all_gather_moves))
+    moves=_all_gather_moves, tree_bytes=2.0))
 
 
 def _local_slice_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
