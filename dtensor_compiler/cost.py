@@ -1,26 +1,27 @@
 """The alpha-beta cost model for collectives and local data movement.
 
-Times follow ring algorithms over a group of n devices along the named mesh dims, with the
-latency (alpha) and bandwidth (beta) of the slowest of those dims, plus a fixed launch cost per
-collective, so that one all_reduce is cheaper than the reduce_scatter + all_gather it equals
-in bytes. A collective's definition (`CollectiveDef`) gives the number of ring passes p and
-which per-device buffer is charged (every device's result block for reduce_scatter, every
+A collective over a group of n devices along the named mesh dims pays the latency (alpha) and
+bandwidth (beta) of the slowest of those dims, plus a fixed launch cost, so that one
+all_reduce is cheaper than the reduce_scatter + all_gather it equals in bytes. A collective's
+definition (`CollectiveDef`) gives its number of passes p (all_reduce 2; all_gather,
+reduce_scatter and all_to_all 1), the algorithms that may run it (`Algorithm`), and which
+per-device buffer B is charged (every device's result block for reduce_scatter, every
 device's operand block for all_gather, the operand for all_to_all, else the result; padding
-of uneven blocks included):
+of uneven blocks included). It is charged its fastest algorithm, as collective libraries
+choose by message size:
 
-    launch + p·(n-1)·alpha + p·(n-1)/n · charged_bytes / bw
+    ring:                  p·(n-1)·alpha + p·(n-1)/n · B/bw
+    halving and doubling:  p·ceil(log2 n)·alpha + p·(n-1)/n · B/bw
+                           (all_reduce, all_gather, reduce_scatter)
+    whole exchange:        ceil(log2 n)·(alpha + B/bw)     (all_reduce)
+    Bruck:                 ceil(log2 n)·(alpha + B/(2·bw))  (all_to_all)
 
-with p = 2 for all_reduce and 1 for all_gather, reduce_scatter and all_to_all. All but
-all_to_all may instead run over a binary tree (up to a root and back down: a reduce then a
-broadcast, a reduce then a scatter, a gather then a broadcast), which pays fewer latencies
-and sends the charged bytes about twice; they are charged the faster of the two,
-
-    launch + min(ring, 2·ceil(log2 n)·alpha + 2·charged_bytes / bw),
-
-as collective libraries choose by message size: the tree wins for small messages, so that
-a [rows, 1] statistic's all_reduce over 8 devices is not priced above gathering a
-megabyte. The local layout changes (p = 0: local_slice copies a block, make_partial writes
-identities) cost ``charged_bytes / memory_bw``. Defaults are NVLink-class links;
+plus the launch. Under this model halving and doubling are never slower than the ring (which
+real networks favour for large messages, for the link contention the model does not see), so
+latency grows with log2 n: a [rows, 1] statistic's all_reduce over 8 devices is not priced
+above gathering a megabyte, and one collective over a group of mesh dims beats one per dim
+unless a dim's link is slower. The local layout changes (p = 0: local_slice copies a block,
+make_partial writes identities) cost ``B / memory_bw``. Defaults are NVLink-class links;
 `CostModel.with_link` sets a slower dim (for example a cross-host ``dp``).
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from dtensor_compiler.ir.collective import CollectiveDef
+from dtensor_compiler.ir.collective import Algorithm, CollectiveDef
 from dtensor_compiler.ir.mesh_shape import MeshShape
 
 
@@ -76,12 +77,9 @@ class CostModel:
             return 0.0
         alpha = max(self.link(m).latency for m in mesh_dims)
         bw = min(self.link(m).bandwidth for m in mesh_dims)
-        passes = collective.ring_passes
-        ring = passes * ((n - 1) * alpha + (n - 1) / n * nbytes / bw)
-        if not collective.tree_bytes:
-            return self.launch + ring
-        tree = 2 * math.ceil(math.log2(n)) * alpha + collective.tree_bytes * nbytes / bw
-        return self.launch + min(ring, tree)
+        return self.launch + min(
+            _algorithm_time(a, collective.ring_passes, n, alpha, nbytes / bw)
+            for a in collective.algorithms)
 
     def read_time(self, nbytes: int) -> float:
         """Seconds for the devices to read `nbytes` from checkpoint storage, all together."""
@@ -90,6 +88,21 @@ class CostModel:
     def compute_time(self, nbytes: int) -> float:
         """Seconds to stream `nbytes` through memory once (elementwise work, copies)."""
         return nbytes / self.memory_bandwidth
+
+
+def _algorithm_time(algorithm: Algorithm, passes: int, n: int, alpha: float, transfer: float
+                    ) -> float:
+    """Seconds, without the launch, of `algorithm` over `n` devices for a collective of
+    `passes` passes whose charged buffer takes `transfer` seconds to send once."""
+    steps = math.ceil(math.log2(n))
+    if algorithm is Algorithm.RING:
+        return passes * ((n - 1) * alpha + (n - 1) / n * transfer)
+    if algorithm is Algorithm.HALVING_DOUBLING:
+        return passes * (steps * alpha + (n - 1) / n * transfer)
+    if algorithm is Algorithm.WHOLE_EXCHANGE:
+        return steps * (alpha + transfer)
+    assert algorithm is Algorithm.BRUCK
+    return steps * (alpha + transfer / 2)
 
 
 DEFAULT_COST_MODEL = CostModel()

@@ -7,13 +7,15 @@ the ops' factor rules: when an op has some tensors with a layout and some withou
 strategy is chosen by cost among the candidates the known layouts suggest (`StrategyChooser`),
 and each tensor without a layout receives the strategy's layout for it. A value receives a
 layout once and never changes it, so each op is visited at most once per tensor it has, plus
-once. A ``relayout`` hands its target back to an operand that has no layout yet. Pending
-reductions play no part here; they are decided in phase 2.
+once. A ``relayout`` hands its target back to an operand that has no layout yet; a value's
+layout goes at once to the derivatives that hint at it (`hints`). Pending reductions play no
+part here; they are decided in phase 2.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dtensor_compiler.ir.core import Function, Operation, Value
@@ -53,22 +55,37 @@ class DesiredLayouts:
 
 
 def desired_layouts(func: Function, pinned: dict[Value, tuple[Sharding, Sources]],
-                    spaces: FactorSpaces, chooser: StrategyChooser) -> DesiredLayouts:
-    """Propagate the `pinned` layouts (and the annotations they come from) through `func`."""
+                    spaces: FactorSpaces, chooser: StrategyChooser,
+                    hints: Mapping[Value, Sequence[Value]] | None = None) -> DesiredLayouts:
+    """Propagate the `pinned` layouts (and the annotations they come from) through `func`.
+    `hints` maps a value to the values that would like its layout (its derivatives, from
+    the ``cotangent`` hints): each gets it the moment the value does, before its own
+    producer (later in the program) is visited."""
+    hints = hints or {}
     out = DesiredLayouts()
-    for value, (layout, sources) in pinned.items():
-        out.assign(value, layout.without_partial(), sources)
     queue = deque(func.ops)
     queued = {id(op) for op in func.ops}
-    while queue:
-        op = queue.popleft()
-        queued.discard(id(op))
-        for value in _visit(op, out, spaces, chooser):
+
+    def assigned(values: list[Value]) -> None:
+        while values:
+            value = values.pop()
+            for target in hints.get(value, ()):
+                if target not in out.layouts:
+                    out.assign(target, out.layouts[value], out.sources[value])
+                    values.append(target)
             neighbours = [] if value.owner is None else [value.owner]
             for user in neighbours + value.users:
                 if id(user) not in queued:
                     queued.add(id(user))
                     queue.append(user)
+
+    for value, (layout, sources) in pinned.items():
+        out.assign(value, layout.without_partial(), sources)
+    assigned([v for v in pinned if v in hints])
+    while queue:
+        op = queue.popleft()
+        queued.discard(id(op))
+        assigned(_visit(op, out, spaces, chooser))
     return out
 
 

@@ -13,6 +13,8 @@ Guarantees:
   consumer that needs the same value in the same layout;
 - returned values carry no pending reduction unless a pinned output layout asks for one;
 - ``relayout`` ops whose operand already has the target layout are gone;
+- layout hints (``cotangent``) are gone, each replaced by its first operand, which phase 1
+  gave the layout of its second unless something decided first;
 - unannotated arguments that nothing constrains are replicated.
 
 The op semantics come only from the op definitions: their factor rules, the pending
@@ -68,6 +70,7 @@ class _Propagation:
 
     def __init__(self, func: Function, mesh: MeshShape, cost_model: CostModel) -> None:
         self.func = func
+        self.hints = _take_hints(func)
         self.infer = InferContext(mesh)
         self.spaces = FactorSpaces(mesh)
         self.chooser = StrategyChooser(LayoutCosts(mesh, cost_model), self.spaces)
@@ -87,7 +90,7 @@ class _Propagation:
         with those consumers given the reduced value, which exists anyway."""
         pinned = self._pinned()
         self.chooser.count_consumers(self.func.ops)
-        desired = desired_layouts(self.func, pinned, self.spaces, self.chooser)
+        desired = desired_layouts(self.func, pinned, self.spaces, self.chooser, self.hints)
         before = _Snapshot(self.func)
         self._phase2(pinned, desired)
         shared = self._reduced_and_carried()
@@ -279,6 +282,24 @@ class _Propagation:
         self.sources[value] = sources
         value.type = value.type.with_sharding(layout)
         value.origin = origin or LayoutOrigin(", ".join(sources))
+
+
+def _take_hints(func: Function) -> dict[Value, list[Value]]:
+    """Remove the layout hints (``cotangent``) from `func`, each replaced by its first
+    operand; returns, per value, the values hinted to take its layout."""
+    hints: dict[Value, list[Value]] = {}
+    kept = []
+    for op in func.ops:
+        if not isinstance(opdef.lookup(op.name).sharding, opdef.LayoutHint):
+            kept.append(op)
+            continue
+        target, value = op.operands
+        assert op.result is not None
+        func.replace_value(op.result, target)
+        op.drop_operands()
+        hints.setdefault(value, []).append(target)
+    func.ops = kept
+    return hints
 
 
 class _Snapshot:

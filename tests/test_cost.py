@@ -8,7 +8,7 @@ import pytest
 
 from dtensor_compiler.cost import CostModel, Link
 from dtensor_compiler.ir import opdef
-from dtensor_compiler.ir.collective import Charged
+from dtensor_compiler.ir.collective import Algorithm, Charged
 from dtensor_compiler.ir.sharding import MeshShape
 
 MESH = MeshShape((("dp", 2), ("tp", 4)))
@@ -24,48 +24,53 @@ def time(model: CostModel, kind: str, mesh_dims: tuple[str, ...], mesh: MeshShap
     return model.collective_time(as_charged, mesh_dims, mesh, nbytes, nbytes)
 
 
-def test_ring_formulas() -> None:
-    n, nbytes = 4, 4000
-    ring = (n - 1) * 1e-6 + (n - 1) / n * nbytes / 1e9
-    for kind in ("all_gather", "reduce_scatter", "all_to_all"):
-        assert time(MODEL, kind, ("tp",), MESH, nbytes) == pytest.approx(1e-5 + ring)
-    assert time(MODEL, "all_reduce", ("tp",), MESH, nbytes) == pytest.approx(
-        1e-5 + 2 * ring)
+def test_the_fastest_algorithm_is_charged() -> None:
+    """Over 4 devices with latency 1 us and 1 GB/s: the ring pays 3 latencies per pass,
+    halving and doubling 2; all_reduce may also exchange the whole buffer twice, all_to_all
+    run Bruck's algorithm (2 steps of half the buffer)."""
+    n, steps = 4, 2
+    for nbytes in (8, 4000, 400_000):
+        share = (n - 1) / n * nbytes / 1e9
+        halving = steps * 1e-6 + share
+        for kind in ("all_gather", "reduce_scatter"):
+            assert time(MODEL, kind, ("tp",), MESH, nbytes) == pytest.approx(1e-5 + halving)
+        whole = steps * (1e-6 + nbytes / 1e9)
+        assert time(MODEL, "all_reduce", ("tp",), MESH, nbytes) == pytest.approx(
+            1e-5 + min(2 * halving, whole))
+        ring, bruck = (n - 1) * 1e-6 + share, steps * (1e-6 + nbytes / 2e9)
+        assert time(MODEL, "all_to_all", ("tp",), MESH, nbytes) == pytest.approx(
+            1e-5 + min(ring, bruck))
+    # the smallest all_reduce exchanges its buffer whole; a big one halves and doubles
+    assert time(MODEL, "all_reduce", ("tp",), MESH, 8) == pytest.approx(1e-5 + 2 * (1e-6 + 8e-9))
+    assert time(MODEL, "all_reduce", ("tp",), MESH, 400_000) == pytest.approx(
+        1e-5 + 2 * (2e-6 + 0.75 * 4e-4))
+
+
+def test_the_ring_is_charged_where_it_is_the_only_algorithm() -> None:
+    collective = opdef.lookup("all_gather").collective
+    assert collective is not None
+    ring_only = dataclasses.replace(collective, charged=Charged.OUTPUT,
+                                    algorithms=frozenset({Algorithm.RING}))
+    n, nbytes = 8, 4000
+    assert MODEL.collective_time(ring_only, ("dp", "tp"), MESH, nbytes, nbytes) == \
+        pytest.approx(1e-5 + (n - 1) * 1e-6 + (n - 1) / n * nbytes / 1e9)
 
 
 def test_one_all_reduce_beats_the_reduce_scatter_and_all_gather_it_equals() -> None:
-    rs = time(MODEL, "reduce_scatter", ("tp",), MESH, 4000)
-    ag = time(MODEL, "all_gather", ("tp",), MESH, 4000)
-    assert time(MODEL, "all_reduce", ("tp",), MESH, 4000) == pytest.approx(
-        rs + ag - MODEL.launch)
+    for nbytes in (4000, 400_000):
+        rs = time(MODEL, "reduce_scatter", ("tp",), MESH, nbytes)
+        ag = time(MODEL, "all_gather", ("tp",), MESH, nbytes)
+        assert time(MODEL, "all_reduce", ("tp",), MESH, nbytes) <= rs + ag - MODEL.launch
 
 
 def test_groups_over_several_mesh_dims_use_the_slowest_link() -> None:
     slow = MODEL.with_link("dp", Link(latency=1e-4, bandwidth=1e8))
     n, nbytes = 8, 80000
-    expected = 1e-5 + (n - 1) * 1e-4 + (n - 1) / n * nbytes / 1e8
+    expected = 1e-5 + 3 * 1e-4 + (n - 1) / n * nbytes / 1e8
     assert time(slow, "all_gather", ("dp", "tp"), MESH, nbytes) == pytest.approx(
         expected)
     assert time(slow, "all_gather", ("tp",), MESH, nbytes) == time(MODEL, "all_gather", ("tp",), MESH, nbytes)
     assert slow.link("dp").latency == 1e-4 and slow.link("tp") == MODEL.default
-
-
-def test_small_messages_take_the_tree() -> None:
-    """Over 8 devices a tree pays 2 * 3 latencies where a ring pays 7 (all_gather,
-    reduce_scatter) or 14 (all_reduce), and sends the bytes twice: it wins until the
-    bandwidth term outweighs the latencies saved. all_to_all has no tree."""
-    mesh = MeshShape((("x", 8),))
-    for nbytes in (8, 8000, 80000):
-        tree = 1e-5 + 6e-6 + 2 * nbytes / 1e9
-        for kind, steps, passes in (("all_reduce", 14, 2), ("all_gather", 7, 1),
-                                    ("reduce_scatter", 7, 1)):
-            ring = 1e-5 + steps * 1e-6 + passes * 7 / 8 * nbytes / 1e9
-            assert time(MODEL, kind, ("x",), mesh, nbytes) == pytest.approx(min(ring, tree))
-        ring = 1e-5 + 7e-6 + 7 / 8 * nbytes / 1e9
-        assert time(MODEL, "all_to_all", ("x",), mesh, nbytes) == pytest.approx(ring)
-    assert time(MODEL, "all_reduce", ("x",), mesh, 8) < 1e-5 + 14e-6  # the tree
-    assert time(MODEL, "all_gather", ("x",), mesh, 80000) == pytest.approx(
-        1e-5 + 7e-6 + 7 / 8 * 80000 / 1e9)  # the ring
 
 
 def test_local_layout_changes_cost_a_copy_and_groups_of_one_cost_nothing() -> None:

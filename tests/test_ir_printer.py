@@ -80,6 +80,7 @@ def every_op_module() -> Module:
     b.create("take", [x, index], {"axis": 0})
     b.create("scatter_add", [x, n], {"axis": 0, "size": 5})
     b.create("stop_gradient", [x])
+    b.create("cotangent", [x, x])
     uneven = b.create("slice", [x], {"start": (0, 0), "stop": (7, 16), "step": (1, 1)},
                       sharding=Sharding.of(("dp", "tp"), None))
     b.create("mask", [uneven], {"axes": (0,), "fill": "max"},

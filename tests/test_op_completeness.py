@@ -9,7 +9,7 @@ import pytest
 
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Level
-from dtensor_compiler.ir.opdef import Barrier, Factors
+from dtensor_compiler.ir.opdef import Barrier, Factors, LayoutHint
 from dtensor_compiler.runtime.backends import backend_names, get_backend
 from dtensor_compiler.runtime.executor import Communicator
 from dtensor_compiler.runtime.stacked_comm import StackedCommunicator
@@ -19,7 +19,9 @@ DEFINITIONS = opdef.registered()
 
 @pytest.mark.parametrize("definition", DEFINITIONS, ids=lambda d: d.name)
 def test_every_op_declares_how_it_shards_and_whether_it_folds(definition: opdef.OpDef) -> None:
-    assert isinstance(definition.sharding, (Factors, Barrier)), definition.name
+    assert isinstance(definition.sharding, (Factors, Barrier, LayoutHint)), definition.name
+    if isinstance(definition.sharding, LayoutHint):  # removed before layouts are chosen
+        assert definition.levels == {Level.GLOBAL}, definition.name
     assert type(definition.folds) is bool, definition.name
     if definition.folds:
         assert definition.pure and definition.results == 1, definition.name

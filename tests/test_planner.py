@@ -19,7 +19,7 @@ from math import prod
 import numpy as np
 import pytest
 
-from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
+from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel, Link
 from dtensor_compiler.errors import PlanningError
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.collective import Charged
@@ -334,14 +334,29 @@ def test_gathering_a_dim_split_over_two_mesh_dims_is_one_all_gather() -> None:
 
 
 def test_cost_model_decides_between_one_big_and_two_small_all_gathers() -> None:
-    # A ring over 8 devices pays 7 latencies; two rings (4 then 2) pay 3 + 1 and one more launch.
+    # Over equal links one gather over all 8 devices pays log2(8) = 3 latencies, as gathering
+    # y (2) then x (1) does, for one launch less. With a slow x, gathering over the group pays
+    # x's latency 3 times: gathering y first, then x once, is faster.
     src, dst = Sharding.of(("x", "y"), None), Sharding.replicated(2)
     plan = plan_relayout(src, dst, MESH_2X4, (16, 16))
+    assert [(s.kind, s.mesh_dims) for s in plan] == [("all_gather", ("x", "y"))]
+    slow_x = CostModel().with_link("x", Link(latency=100e-6))
+    plan = plan_relayout(src, dst, MESH_2X4, (16, 16), cost_model=slow_x)
     assert [(s.kind, s.mesh_dims) for s in plan] == [("all_gather", ("y",)),
                                                      ("all_gather", ("x",))]
-    costly_launch = CostModel(launch=100e-6)
-    plan = plan_relayout(src, dst, MESH_2X4, (16, 16), cost_model=costly_launch)
-    assert [(s.kind, s.mesh_dims) for s in plan] == [("all_gather", ("x", "y"))]
+
+
+def test_a_slow_link_makes_the_all_reduce_hierarchical() -> None:
+    """Pending sums on x and y of a big tensor, needed replicated: over equal links one
+    all_reduce over the group; with a slow x link, reduce_scatter over y, all_reduce the
+    quarter over x, all_gather over y, so that only a quarter of the bytes cross x."""
+    src, dst = Sharding.of(None, None, partial={"x": "sum", "y": "sum"}), Sharding.replicated(2)
+    plan = plan_relayout(src, dst, MESH_2X4, (4096, 4096))
+    assert [(s.kind, s.mesh_dims) for s in plan] == [("all_reduce", ("x", "y"))]
+    slow_x = CostModel().with_link("x", Link(latency=5e-6, bandwidth=10e9))
+    plan = plan_relayout(src, dst, MESH_2X4, (4096, 4096), cost_model=slow_x)
+    assert [(s.kind, s.mesh_dims) for s in plan] == [
+        ("reduce_scatter", ("y",)), ("all_reduce", ("x",)), ("all_gather", ("y",))]
 
 
 def test_mixed_reduce_ops_are_reduced_separately() -> None:

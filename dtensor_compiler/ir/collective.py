@@ -7,7 +7,7 @@ in its op definition (`ir/ops/collectives.py`). Everything else reads it from th
 - the verifier checks a collective's result layout against `transfer`;
 - shape inference on localized IR takes the result's block shape from `transfer`;
 - the relayout planner (`planner.py`) takes its edges from `moves`;
-- the cost model (`cost.py`) prices it from `ring_passes` and `charged` bytes;
+- the cost model (`cost.py`) prices it from `ring_passes`, `algorithms` and `charged` bytes;
 - the explain table counts only collectives that `moves_data`;
 - a runtime runs it with its communicator's method of the same name as the op.
 """
@@ -36,6 +36,21 @@ class Charged(Enum):
     OUTPUT = "output"
     GATHERED = "every device's input"
     SCATTERED = "every device's output"
+
+
+class Algorithm(Enum):
+    """How a collective may run over a group of n devices (`cost.py` prices each)."""
+
+    RING = "ring"
+    """n - 1 steps per pass, each moving 1/n of the charged buffer."""
+    HALVING_DOUBLING = "halving and doubling"
+    """ceil(log2 n) steps per pass for the ring's bytes: recursive halving (reduce_scatter),
+    doubling (all_gather), both (all_reduce)."""
+    WHOLE_EXCHANGE = "whole exchange"
+    """ceil(log2 n) steps, each exchanging the whole buffer (all_reduce by recursive
+    doubling: the fastest for the smallest messages)."""
+    BRUCK = "bruck"
+    """ceil(log2 n) steps, each moving half the buffer (all_to_all)."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +98,8 @@ class CollectiveDef:
     """Every way it applies to a layout, in the planner's tie-breaking order."""
     reshapes: bool = True
     """Whether it changes the block shape (then a communicator is given the result's)."""
-    tree_bytes: float = 0.0
-    """For a collective that may also run over a binary tree (up to a root and back down
-    it: ``2·ceil(log2 n)`` latencies instead of the ring's ``passes·(n-1)``), how many times
-    the charged bytes cross the tree's critical path; 0 for ring only. The cost model takes
-    the faster algorithm, as collective libraries pick by message size."""
+    algorithms: frozenset[Algorithm] = frozenset({Algorithm.RING})
+    """The algorithms that may run it; the cost model charges the fastest."""
 
     def charged_bytes(self, in_bytes: int, out_bytes: int, group: int) -> int:
         """The charged bytes of one device, in a group of `group` devices."""

@@ -6,8 +6,8 @@ An `OpDef` states, for one op name:
 - shape and dtype inference (`infer`), or that the result type is declared (``reshape``);
 - its effects (none for a pure op) and traits (elementwise, commutative, the reduction it
   computes, which pending reductions it lets through, which operands it is linear in);
-- how it shards: a factor rule (`Factors`), or an explicit `Barrier` that says which layouts
-  its operands need;
+- how it shards: a factor rule (`Factors`), an explicit `Barrier` that says which layouts
+  its operands need, or a `LayoutHint` that only suggests one;
 - whether constant folding evaluates it (with the numpy backend's kernel), and for a source
   the value it stands for;
 - when an instance is an identity (simplify removes it);
@@ -126,6 +126,15 @@ class Barrier:
 
 
 @dataclass(frozen=True)
+class LayoutHint:
+    """The op is its first operand, and says which layout would suit it: the layout its
+    second operand has (dims only). Phase 1 of layout propagation gives that layout to a
+    first operand nothing has decided yet, as soon as the second operand has one; then the
+    op is removed, before any layout is chosen for good (``cotangent``: a derivative wants
+    the layout of the value it is the derivative of)."""
+
+
+@dataclass(frozen=True)
 class InferContext:
     """What shape inference needs besides the operands: the mesh and the module's level."""
 
@@ -178,7 +187,7 @@ class OpDef:
     operands: int | None
     """Exact operand count, or None for variadic (one or more)."""
     infer: InferFn
-    sharding: Factors | Barrier
+    sharding: Factors | Barrier | LayoutHint
     folds: bool
     """Whether constant folding evaluates the op when all its operands are constants."""
     results: int = 1

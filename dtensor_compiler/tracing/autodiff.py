@@ -3,6 +3,8 @@
 ``dtc.grad(f)(x)`` inside a traced function traces `f` into the same function, then walks the
 ops it emitted backwards, asking each op's definition for its VJP rule (`OpDef.vjp`, see
 `ir.vjp`) and emitting the cotangent ops after the forward ones, at the forward op's line.
+Every derivative of a value is marked with a ``cotangent`` hint naming that value, so that
+layout propagation lays it out alike unless something else decides first.
 Only ops whose result depends on a differentiated argument (and is floating point) are
 differentiated; an argument nothing depends on gets zeros. Propagation, the relayout planner
 and the explain table then see the forward and the backward program as one.
@@ -72,18 +74,29 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
     for op in reversed(ops):
         if op.result is None or id(op.result) not in cotangents:
             continue
-        g = cotangents.pop(id(op.result))
         rule = opdef.lookup(op.name).vjp
         if rule is None:
             raise GradientError(f"cannot differentiate through {op.name}: it has no "
                                 "derivative rule", op.loc)
         ad = VJPContext(rec.builder, op.loc, [id(v) in active for v in op.operands])
+        g = _hinted(ad, cotangents.pop(id(op.result)), op.result)
         for v, c in zip(op.operands, rule(ad, op, g)):
             if c is None or id(v) not in active:
                 continue
             before = cotangents.get(id(v))
             cotangents[id(v)] = c if before is None else ad.emit("add", [before, c])
-    return [cotangents.get(id(w)) or rec.full(w.type.shape, w.type.dtype, 0.0) for w in wrt]
+    out = []
+    for w in wrt:
+        found = cotangents.get(id(w))
+        out.append(rec.full(w.type.shape, w.type.dtype, 0.0) if found is None else
+                   _hinted(VJPContext(rec.builder, user_location()), found, w))
+    return out
+
+
+def _hinted(ad: VJPContext, g: Value, x: Value) -> Value:
+    """`g`, the derivative with respect to `x`, marked as such for layout propagation (the
+    ``cotangent`` hint: laid out like `x` unless something decides otherwise first)."""
+    return g if x.type.rank == 0 else ad.emit("cotangent", [g, x])
 
 
 def stop_gradient_traced(x: object, rec: Recorder) -> TracedArray:

@@ -10,6 +10,7 @@ from dtensor_compiler.ir.ops import (  # noqa: F401  (imported to register the o
     collectives,
     contractions,
     elementwise,
+    hints,
     indexing,
     padding,
     reductions,

@@ -25,7 +25,14 @@ from itertools import combinations, permutations
 
 from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
-from dtensor_compiler.ir.collective import Attrs, Charged, CollectiveDef, Move, MoveContext
+from dtensor_compiler.ir.collective import (
+    Algorithm,
+    Attrs,
+    Charged,
+    CollectiveDef,
+    Move,
+    MoveContext,
+)
 from dtensor_compiler.ir.core import Level, Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.opdef import (
@@ -180,7 +187,8 @@ def _all_reduce(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 ALL_REDUCE = _define("all_reduce", (REDUCTION,), CollectiveDef(
     moves_data=True, ring_passes=2, charged=Charged.OUTPUT, transfer=_all_reduce,
-    moves=_all_reduce_moves, reshapes=False, tree_bytes=2.0))
+    moves=_all_reduce_moves, reshapes=False,
+    algorithms=frozenset({Algorithm.RING, Algorithm.HALVING_DOUBLING, Algorithm.WHOLE_EXCHANGE})))
 
 
 def _reduce_scatter_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
@@ -201,7 +209,8 @@ def _reduce_scatter(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 REDUCE_SCATTER = _define("reduce_scatter", (REDUCTION, AXIS), CollectiveDef(
     moves_data=True, ring_passes=1, charged=Charged.SCATTERED, transfer=_reduce_scatter,
-    moves=_reduce_scatter_moves, tree_bytes=2.0))
+    moves=_reduce_scatter_moves,
+    algorithms=frozenset({Algorithm.RING, Algorithm.HALVING_DOUBLING})))
 
 
 def _all_to_all_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
@@ -230,7 +239,8 @@ def _all_to_all(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 ALL_TO_ALL = _define(
     "all_to_all", (AttrSpec("split_axis", AttrKind.INT), AttrSpec("concat_axis", AttrKind.INT)),
     CollectiveDef(moves_data=True, ring_passes=1, charged=Charged.INPUT, transfer=_all_to_all,
-                  moves=_all_to_all_moves))
+                  moves=_all_to_all_moves,
+                  algorithms=frozenset({Algorithm.RING, Algorithm.BRUCK})))
 
 
 def _all_gather_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
@@ -247,7 +257,8 @@ def _all_gather(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
 
 ALL_GATHER = _define("all_gather", (AXIS,), CollectiveDef(
     moves_data=True, ring_passes=1, charged=Charged.GATHERED, transfer=_all_gather,
-    moves=_all_gather_moves, tree_bytes=2.0))
+    moves=_all_gather_moves,
+    algorithms=frozenset({Algorithm.RING, Algorithm.HALVING_DOUBLING})))
 
 
 def _local_slice_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:

@@ -39,28 +39,42 @@ def _matmul(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorTyp
              matmul_shape(ts[0].shape, ts[1].shape))]
 
 
-def _swap_last_two(ad: VJPContext, v: Value) -> Value:
-    perm = tuple(range(v.type.rank - 2)) + (v.type.rank - 1, v.type.rank - 2)
-    return ad.emit("transpose", [v], {"perm": perm})
+def _matmul_letters(a: TensorType, b: TensorType) -> tuple[str, str, str]:
+    """numpy's matmul of `a` and `b` as einsum subscripts (operands, result): a vector is a
+    row of ``a`` or a column of ``b``; batch dims broadcast from the right, and a batch dim
+    of size 1 against a bigger one gets a letter of its own."""
+    shape = matmul_shape(a.shape, b.shape)
+    batch = len(shape) - (a.rank > 1) - (b.rank > 1)
+    shared = "abcdefghijklmnopqrstuvw"[:batch]
+    own = iter("ABCDEFGHIJKLMNOPQRSTUVW")
+
+    def letters(t: TensorType, matrix: str) -> str:
+        if t.rank == 1:
+            return matrix[1] if matrix == "mk" else matrix[0]
+        dims = t.shape[:-2]
+        lead = len(shared) - len(dims)
+        return "".join(shared[lead + i] if n == shape[lead + i] else next(own)
+                       for i, n in enumerate(dims)) + matrix
+
+    out = shared + ("m" if a.rank > 1 else "") + ("n" if b.rank > 1 else "")
+    return letters(a, "mk"), letters(b, "kn"), out
 
 
 def _matmul_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
-    """``ga = g @ b^T`` and ``gb = a^T @ g`` on the operands as matrices (a vector is a row
-    of ``a`` or a column of ``b``, as numpy's matmul treats it), summed over broadcast batch
-    dims."""
+    """``ga = g @ b^T`` and ``gb = a^T @ g`` as one einsum each, straight on the operands (no
+    transposes in between, so a layout the forward already made of an operand serves the
+    backward too), summing over the batch dims an operand was broadcast along."""
     a, b = op.operands
-    a2 = a if a.type.rank >= 2 else ad.reshape(a, (1,) + a.type.shape)
-    b2 = b if b.type.rank >= 2 else ad.reshape(b, b.type.shape + (1,))
-    g2 = ad.reshape(g, matmul_shape(a2.type.shape, b2.type.shape))
-    ga = gb = None
-    if ad.wants(0) and differentiable(a.type):
-        ga = ad.emit("matmul", [g2, _swap_last_two(ad, b2)])
-        ga = ad.reshape(ad.unbroadcast(ga, a2.type.shape), a.type.shape)
-    if ad.wants(1) and differentiable(b.type):
-        gb = ad.emit("matmul", [_swap_last_two(ad, a2), g2])
-        gb = ad.reshape(ad.unbroadcast(gb, b2.type.shape), b.type.shape)
-    return [None if ga is None else ad.to_operand(ga, a),
-            None if gb is None else ad.to_operand(gb, b)]
+    sa, sb, out = _matmul_letters(a.type, b.type)
+    cotangents: list[Value | None] = []
+    for i, (v, mine, other, w) in enumerate(((a, sa, sb, b), (b, sb, sa, a))):
+        if not ad.wants(i) or not differentiable(v.type):
+            cotangents.append(None)
+            continue
+        kept = "".join(c for c in mine if c in out or c in other)
+        gi = ad.emit("einsum", [g, w], {"spec": f"{out},{other}->{kept}"})
+        cotangents.append(ad.to_operand(ad.reshape(gi, v.type.shape), v))
+    return cotangents
 
 
 MATMUL = register(OpDef(

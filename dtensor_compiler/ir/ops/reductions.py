@@ -117,22 +117,35 @@ def _flip(ad: VJPContext, v: Value, axis: int) -> Value:
     return ad.emit("reverse", [v], {"axes": (axis,)})
 
 
-def _extreme_vjp(arg: str) -> VJPRule:
-    """max/min: the whole cotangent goes to the first extreme element along the reduced axes,
-    the one numpy's argmax/argmin picks (ties included)."""
-    def rule(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
-        x = op.operands[0]
-        if not differentiable(x.type):
-            return [None]
-        flat, back = _flattened(ad, x, _axes(op))
-        last = flat.type.rank - 1
-        first = ad.emit(arg, [flat], {"axis": last, "keepdims": True})
-        position = ad.emit("iota", [], {"dimension": last}, TensorType("i64", flat.type.shape))
-        chosen = ad.emit("equal", [position, first])
-        spread = ad.emit("where", [chosen, ad.reshape(g, flat.type.shape[:-1] + (1,)),
-                                   ad.scalar(0.0, g)])
-        return [ad.to_operand(back(spread), x)]
-    return rule
+def _extreme_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """max/min: the whole cotangent goes to the first extreme element along the reduced axes
+    (in C order), the one numpy's argmax/argmin picks, ties and NaNs included. It is found
+    with a ``reduce_min`` of the positions where the operand equals the result, so a
+    sharded reduced axis communicates only a result-sized statistic."""
+    x, out = op.operands[0], op.result
+    assert out is not None
+    if not differentiable(x.type):
+        return [None]
+    axes = _axes(op)
+    kept = _kept_shape(op)
+    position: Value | None = None
+    stride = 1
+    for axis in sorted(axes, reverse=True):
+        along = ad.emit("iota", [], {"dimension": axis}, TensorType("i64", x.type.shape))
+        if stride != 1:
+            along = ad.emit("multiply", [along, ad.scalar(stride, along)])
+        position = along if position is None else ad.emit("add", [position, along])
+        stride *= x.type.shape[axis]
+    if position is None:  # no axes: every element is its own extreme
+        return [ad.to_operand(g, x)]
+    # a NaN is the extreme of its row (numpy's max propagates it)
+    extreme = ad.emit("logical_or", [ad.emit("equal", [x, ad.reshape(out, kept)]),
+                                     ad.emit("isnan", [x])])
+    candidates = ad.emit("where", [extreme, position, ad.scalar(stride, position)])
+    first = ad.emit("reduce_min", [candidates], {"axes": axes, "keepdims": True})
+    chosen = ad.emit("equal", [position, first])
+    spread = ad.emit("where", [chosen, ad.reshape(g, kept), ad.scalar(0.0, g)])
+    return [ad.to_operand(spread, x)]
 
 
 def _prod_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
@@ -153,8 +166,8 @@ def _prod_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
 
 
 _REDUCTION_VJPS: dict[ReduceOp, VJPRule] = {
-    ReduceOp.SUM: _sum_vjp, ReduceOp.MAX: _extreme_vjp("argmax"),
-    ReduceOp.MIN: _extreme_vjp("argmin"), ReduceOp.PROD: _prod_vjp,
+    ReduceOp.SUM: _sum_vjp, ReduceOp.MAX: _extreme_vjp, ReduceOp.MIN: _extreme_vjp,
+    ReduceOp.PROD: _prod_vjp,
 }
 
 
