@@ -1,7 +1,7 @@
 """Compiler passes, one per module; importing this package registers them all.
 
 Default pipeline (`DEFAULT_PIPELINE`): simplify → propagate-layouts → expand-checkpoints →
-insert-collectives → mask-padding → localize.
+insert-collectives → narrow-early → mask-padding → localize.
 """
 
 from dtensor_compiler.passes import (  # noqa: F401  (imported to register the passes)
@@ -9,9 +9,10 @@ from dtensor_compiler.passes import (  # noqa: F401  (imported to register the p
     insert_collectives,
     localize,
     mask_padding,
+    narrow_early,
     propagate_layouts,
     simplify,
 )
 
 DEFAULT_PIPELINE = ("simplify,propagate-layouts,expand-checkpoints,insert-collectives,"
-                    "mask-padding,localize")
+                    "narrow-early,mask-padding,localize")

@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "cli_fixtures"
 MLP = f"{FIXTURES / 'mlp.py'}:mlp"
 SHAPES = ("--shapes", "16x8,8x32,32x8")
 STAGES = ["trace", "simplify", "propagate-layouts", "expand-checkpoints", "insert-collectives",
-          "mask-padding", "localize"]
+          "narrow-early", "mask-padding", "localize"]
 IR = """mesh<x=2>
 func @f(%a: f32[4,6] @ {x, -}) -> (f32[4,6] @ {-, -}) {
   %0 = relayout %a : f32[4,6] @ {-, -}  // why: returned replicated

@@ -17,7 +17,7 @@ from dtensor_compiler.ir.ops import collectives
 
 U = dtc.UNSHARDED
 STAGES = ["trace", "simplify", "propagate-layouts", "expand-checkpoints", "insert-collectives",
-          "mask-padding", "localize"]
+          "narrow-early", "mask-padding", "localize"]
 
 
 @pytest.fixture
