@@ -17,6 +17,7 @@ it, so the compiler has one definition of what each op computes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -116,7 +117,17 @@ def _component(op: Operation, ctx: ExecContext) -> KernelFn:
 
 @kernel(contractions.MATMUL)
 def _matmul(op: Operation, ctx: ExecContext) -> KernelFn:
-    return _aligned(np.matmul, op, ctx)
+    """numpy's matmul; a stack of matrices times one matrix per device is one product per
+    device, its batch dims merged into rows (one big GEMM, not one per batch element)."""
+    a, b = op.operands
+    if a.type.rank < 3 or b.type.rank != 2:
+        return _aligned(np.matmul, op, ctx)
+    k = ctx.mesh_axes
+
+    def merged(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        product = np.matmul(x.reshape(x.shape[:k] + (-1, x.shape[-1])), w)
+        return product.reshape(product.shape[:k] + x.shape[k:-1] + product.shape[-1:])
+    return merged
 
 
 @kernel(contractions.EINSUM)
@@ -127,6 +138,9 @@ def _einsum(op: Operation, ctx: ExecContext) -> KernelFn:
     batched = ",".join("..." + sub for sub in ins.split(",")) + "->..." + out
     dtype = numpy_dtype(op.type.dtype)
     if not any(is_low_precision(numpy_dtype(v.type.dtype)) for v in op.operands):
+        subs = ins.split(",")
+        if len(subs) == 2:
+            return _pairwise_einsum(subs[0], subs[1], out, ctx.mesh_axes)
         return lambda *args: np.einsum(batched, *args, optimize=True)
 
     def low_precision(*args: np.ndarray) -> np.ndarray:
@@ -134,6 +148,38 @@ def _einsum(op: Operation, ctx: ExecContext) -> KernelFn:
         wide = [a.astype(np.float32) if is_low_precision(a.dtype) else a for a in args]
         return np.einsum(batched, *wide, optimize=True).astype(dtype)
     return low_precision
+
+
+def _pairwise_einsum(a: str, b: str, out: str, k: int) -> KernelFn:
+    """The einsum ``a,b->out`` of two operands behind `k` mesh axes as one batched matmul:
+    letters only one operand has and the result lacks are summed first; then the operands
+    are laid out as (mesh, batch, own letters, contracted) and (mesh, batch, contracted, own
+    letters), the matmul's rows and columns, and the product is put in `out`'s order."""
+    batch = [c for c in out if c in a and c in b]
+    contracted = [c for c in a if c in b and c not in out]
+    own_a = [c for c in a if c in out and c not in b]
+    own_b = [c for c in b if c in out and c not in a]
+    order = batch + own_a + own_b
+    to_out = tuple(range(k)) + tuple(k + order.index(c) for c in out)
+
+    def arrange(x: np.ndarray, sub: str, other: str, rows: list[str], cols: list[str]
+                ) -> np.ndarray:
+        lonely = [i for i, c in enumerate(sub) if c not in out and c not in other]
+        if lonely:
+            x = x.sum(axis=tuple(k + i for i in lonely))
+            sub = "".join(c for i, c in enumerate(sub) if i not in lonely)
+        size = dict(zip(sub, x.shape[k:]))
+        x = x.transpose(tuple(range(k)) + tuple(k + sub.index(c) for c in batch + rows + cols))
+        return x.reshape(x.shape[:k] + tuple(size[c] for c in batch)
+                         + (math.prod(size[c] for c in rows), math.prod(size[c] for c in cols)))
+
+    def run(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        sizes = {c: n for sub, arr in ((a, x), (b, y)) for c, n in zip(sub, arr.shape[k:])}
+        product = np.matmul(arrange(x, a, b, own_a, contracted),
+                            arrange(y, b, a, contracted, own_b))
+        shaped = product.reshape(product.shape[:k] + tuple(sizes[c] for c in order))
+        return shaped.transpose(to_out)
+    return run
 
 
 @kernel(*reductions.REDUCTIONS.values())

@@ -138,6 +138,35 @@ def test_einsum_with_a_sharded_contraction() -> None:
     np.testing.assert_allclose(out, np.einsum("bij,jk->kbi", a, c))
 
 
+@pytest.mark.parametrize("spec", [
+    "bsd,bsh->dh",   # a weight gradient: batch and sequence contracted
+    "ij,jk->kji",    # the result in another order
+    "ij,k->ijk",     # an outer product: nothing contracted
+    "ijx,jky->ki",   # letters of one operand only, summed first
+    "bi,bi->b",      # batch only
+    "i,i->",         # to a scalar
+])
+def test_two_operand_einsums_are_one_batched_matmul(spec: str) -> None:
+    """Two-operand einsums run as one matmul per device (`_pairwise_einsum`); every kind of
+    letter, the first sharded (so that the operands' stacked mesh extents differ where the
+    other operand lacks it)."""
+    subs, out = spec.split("->")
+    a, c = subs.split(",")
+    sizes = dict(zip("bsdhijkxy", (4, 3, 4, 2, 4, 6, 4, 2, 3)))
+    x, y = normal(*(sizes[ch] for ch in a)), normal(*(sizes[ch] for ch in c))
+    shard_x = S(*("x" if i == 0 else None for i in range(len(a))))
+    shard_y = S(*("x" if ch == a[0] else None for ch in c))  # a shared letter alike
+
+    def body(b: Builder, v: list[Value]) -> list[Value]:
+        made = b.create("einsum", v, {"spec": spec},
+                        sharding=S(*("x" if ch == a[0] else None for ch in out),
+                                   partial={} if a[0] in out else {"x": "sum"}))
+        return [made if a[0] in out else all_reduce(b, made, ("x",))]
+
+    (got,) = simulate(MESH, {"a": (x, shard_x), "c": (y, shard_y)}, body)
+    np.testing.assert_allclose(got, np.einsum(spec, x, y), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name,kind", [("reduce_sum", "sum"), ("reduce_max", "max"),
                                        ("reduce_min", "min"), ("reduce_prod", "prod")])
 def test_reductions_over_sharded_and_unsharded_axes(name: str, kind: str) -> None:
