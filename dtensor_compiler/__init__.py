@@ -49,6 +49,7 @@ from dtensor_compiler.compile import (
 from dtensor_compiler.dtensor import DTensor
 from dtensor_compiler.errors import (
     CheckpointError,
+    DonatedError,
     DTensorError,
     GradientError,
     IRParseError,
@@ -72,6 +73,7 @@ __all__ = [
     "UNSHARDED",
     "AutoTrackable",
     "CheckpointError",
+    "DonatedError",
     "CheckpointProgram",
     "Collective",
     "CompiledFunction",

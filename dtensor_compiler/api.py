@@ -227,8 +227,10 @@ def _relayout_dtensor(tensor: DTensor, layout: Layout) -> DTensor:
                           f"{layout.mesh.short_text()}); use copy_to_mesh")
     target = _resolve_match(layout, tensor.layout.sharding_specs, tensor.ndim)
     _check_fits(target, tensor.shape)
+    if target.sharding == tensor.layout.sharding and target == tensor.layout:
+        return tensor  # one DTensor per storage (donating it gives up every name of it)
     if target.sharding == tensor.layout.sharding:
-        return DTensor(tensor.storage, target, tensor.shape)
+        return DTensor(tensor.storage.alias(), target, tensor.shape)
     storage = relayout_storage(tensor.storage, target.sharding, tensor.shape)
     return DTensor(storage, target, tensor.shape)
 

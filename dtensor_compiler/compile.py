@@ -127,9 +127,13 @@ class Lowered:
     def __init__(self, mesh: Mesh, arg_names: Sequence[str], arg_types: Sequence[TensorType],
                  result_types: Sequence[TensorType], stages: Sequence[Stage],
                  global_stage: str, module: Module, collectives: tuple[Collective, ...],
-                 backend: Backend) -> None:
+                 backend: Backend, donated: frozenset[int] = frozenset()) -> None:
         self.mesh = mesh
         self.backend = backend
+        self.donated = donated
+        """The positions of the arguments `run` takes over: their storage may hold results
+        afterwards, and a DTensor (or DVariable) given there raises `DonatedError` when
+        read again."""
         self._arg_names = tuple(arg_names)
         self._arg_types = tuple(arg_types)
         self._result_types = tuple(result_types)
@@ -187,10 +191,14 @@ class Lowered:
         inputs = [self._input(*arg) for arg in
                   zip(self._arg_names, args, self._arg_types, self.in_layouts)]
         if self._executor is None:
-            self._executor = self.backend.executor(self.module)
+            self._executor = self.backend.executor(self.module, self.donated)
         outs = self._executor.run(inputs)
         results = tuple(DTensor.of_program(x, layout, t.shape)
                         for x, t, layout in zip(outs, self._result_types, self.out_layouts))
+        for position in self.donated:
+            given = args[position]
+            if isinstance(given, DistributedValue):
+                given.as_dtensor().donated(f"@{self.module.main.name}")
         return results[0] if len(results) == 1 else results
 
     def _input(self, name: str, value: object, arg_type: TensorType, layout: Layout
@@ -250,8 +258,14 @@ class CompiledFunction:
                  | None = None, out_layouts: Layout | Sequence[Layout | None] | None = None,
                  backend: str = "numpy", pipeline: str | None = None,
                  cost_model: CostModel | None = None, verify: bool = False,
-                 specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True) -> None:
+                 specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True,
+                 donate_argnums: int | Sequence[int] = ()) -> None:
         self._backend = get_backend(backend)
+        donate = (donate_argnums,) if isinstance(donate_argnums, int) else tuple(donate_argnums)
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in donate):
+            raise TypeError(f"donate_argnums must be argument positions (ints >= 0), got "
+                            f"{donate_argnums!r}")
+        self._donate = frozenset(donate)
         self._fn = fn
         self._name = tracing.function_name(fn)
         try:
@@ -339,11 +353,17 @@ class CompiledFunction:
         if len(layouts) != len(args):
             raise LayoutError(f"in_layouts has {len(layouts)} entries, but {self._name} got "
                               f"{len(args)} arguments")
+        if self._donate and max(self._donate) >= len(args):
+            raise TraceError(f"{self._name}: donate_argnums {max(self._donate)} is out of "
+                             f"range for {len(args)} arguments")
         mesh = self._mesh(args)
         types: list[TensorType | _Constant] = []
         values = []
-        for name, value, layout in zip(names, args, layouts):
+        for i, (name, value, layout) in enumerate(zip(names, args, layouts)):
             if type(value) in _NUMBERS:
+                if i in self._donate:
+                    raise TraceError(f"argument {name!r} is a Python number, which cannot be "
+                                     "donated (donate_argnums names arrays)")
                 if layout is not None:
                     raise LayoutError(f"argument {name!r} is a Python number, a constant of "
                                       "the program, and takes no layout (its in_layouts entry "
@@ -382,16 +402,20 @@ class CompiledFunction:
         module = tracing.trace(self._fn, tensors, names, mesh.mesh_shape(), out_shardings,
                                name=self._name, constants=constants)
         _refuse_unordered_partials(module, names)
+        positions = [i for i, t in enumerate(types) if isinstance(t, TensorType)]
+        donated = frozenset(j for j, i in enumerate(positions) if i in self._donate)
         return lower_module(mesh, module, names, self._passes, verify=self._verify,
                             keep_ir=self._keep_ir or locations, locations=locations,
-                            cost_model=self._cost_model, backend=self._backend)
+                            cost_model=self._cost_model, backend=self._backend,
+                            donated=donated)
 
 
 def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
                  passes: Sequence[ModulePass], *, backend: Backend,
                  cost_model: CostModel = DEFAULT_COST_MODEL, verify: bool = True,
                  keep_ir: bool = True, locations: bool = False,
-                 lowered: type[Lowered] | None = None, input_stage: str = "trace") -> Lowered:
+                 lowered: type[Lowered] | None = None, input_stage: str = "trace",
+                 donated: frozenset[int] = frozenset()) -> Lowered:
     """Run `passes` over a traced or built global module (its stage is named `input_stage`)
     and wrap the result as a `Lowered` (or the subclass `lowered`)."""
     snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType], list[TensorType]]] = []
@@ -415,7 +439,7 @@ def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
         snapshot.append(global_facts(module))
     global_stage, collectives, arg_types, result_types = snapshot[0]
     return (lowered or Lowered)(mesh, arg_names, arg_types, result_types, manager.stages,
-                                global_stage, module, collectives, backend)
+                                global_stage, module, collectives, backend, donated)
 
 
 Number = bool | int | float | complex
@@ -478,7 +502,8 @@ def compile(fn: Callable[..., Any] | None = None, *,
             out_layouts: Layout | Sequence[Layout | None] | None = None,
             backend: str = "numpy", pipeline: str | None = None,
             cost_model: CostModel | None = None, verify: bool = False,
-            specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True
+            specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True,
+            donate_argnums: int | Sequence[int] = ()
             ) -> CompiledFunction | Callable[[Callable[..., Any]], CompiledFunction]:
     """Compile `fn` for the simulated mesh: ``@compile``, ``@compile(in_layouts=...)`` or
     ``compile(fn, in_layouts=...)``.
@@ -489,8 +514,12 @@ def compile(fn: Callable[..., Any] | None = None, *,
     IR after every pass (slower; tests turn it on). `specs`: example argument types, kept as
     `CompiledFunction.specs` for tools that lower without arguments (the CLI). `keep_ir`:
     keep the printed IR of every stage for `Lowered.ir` (printing costs time on big models).
+    `donate_argnums`: positions of arguments the call takes over, as in JAX: a result may be
+    written into a donated argument's buffer (a training step updating its parameters in
+    place), and a donated DTensor or DVariable raises `DonatedError` when read again until
+    it is assigned a new value.
     """
     def wrap(f: Callable[..., Any]) -> CompiledFunction:
         return CompiledFunction(f, in_layouts, out_layouts, backend, pipeline, cost_model,
-                                verify, specs, keep_ir)
+                                verify, specs, keep_ir, donate_argnums)
     return wrap if fn is None else wrap(fn)

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from dtensor_compiler.errors import DonatedError
 from dtensor_compiler.layout import Layout
 from dtensor_compiler.mesh import Mesh
 from dtensor_compiler.runtime.backends import Storage
@@ -109,6 +110,21 @@ for _name, _symbol in _UNREFLECTED_OPERATORS.items():
     setattr(DistributedValue, f"__{_name}__", _rejecting(f"__{_name}__", _symbol))
 
 
+class _Donated:
+    """The storage of a DTensor given away to a compiled function (`DTensor.donated`): its
+    dtype remains, any use of its data raises `DonatedError`."""
+
+    __slots__ = ("_to", "dtype")
+
+    def __init__(self, to: str, dtype: np.dtype) -> None:
+        self._to = to
+        self.dtype = dtype
+
+    def __getattr__(self, name: str) -> object:
+        raise DonatedError(f"this DTensor was donated to {self._to}, which may have written "
+                           "its result into its buffer; use that result instead")
+
+
 class DTensor(DistributedValue):
     """A global value of `shape` and `dtype`, laid out on `layout.mesh` as `layout`.
 
@@ -156,6 +172,16 @@ class DTensor(DistributedValue):
         """The DTensor itself (a DVariable gives its current value)."""
         return self
 
+    def donated(self, to: str) -> None:
+        """Give the storage away to the compiled function `to` (named in errors): from now
+        on reading this DTensor raises `DonatedError`."""
+        self._storage = _Donated(to, self._storage.dtype)  # type: ignore[assignment]
+
+    @property
+    def is_donated(self) -> bool:
+        """Whether the storage was given away (`donated`)."""
+        return isinstance(self._storage, _Donated)
+
     @property
     def layout(self) -> Layout:
         """How the tensor lies on its mesh."""
@@ -181,5 +207,7 @@ class DTensor(DistributedValue):
         return self._storage.to_global()
 
     def __repr__(self) -> str:
+        if self.is_donated:
+            return f"DTensor(shape={list(self._shape)}, dtype={self.dtype}, donated)"
         return (f"DTensor(shape={list(self._shape)}, dtype={self.dtype}, "
                 f"layout={self._layout.short_text()} on {self.mesh.short_text()})")

@@ -52,7 +52,7 @@ def _relayout_program(src: Sharding, dst: Sharding, mesh: MeshShape, shape: tupl
     func.set_results([result])
     module = Module(mesh, [func])
     PassManager.parse("insert-collectives,localize", verify=False, keep_ir=False).run(module)
-    return get_backend(backend).executor(module)
+    return get_backend(backend).executor(module, frozenset())
 
 
 def place(value: np.ndarray, sharding: Sharding, mesh: MeshShape,

@@ -66,6 +66,11 @@ class EagerOnlyError(DTensorError, RuntimeError):
     called inside a compiled function, where there are no components yet."""
 
 
+class DonatedError(DTensorError, RuntimeError):
+    """A DTensor was read after it was donated to a compiled function (`donate_argnums`),
+    which may have written its result into the DTensor's buffer."""
+
+
 class MeshError(DTensorError, ValueError):
     """A malformed mesh: bad dim names, sizes or device ids."""
 

@@ -89,8 +89,11 @@ class Trainer:
         scalar = dtc.Layout([], mesh)
         state_layouts = self.layouts * 3 + (scalar,)
 
+        # the parameters and optimizer state are donated: the step writes their new values
+        # into their buffers, and the variables are assigned them right after
         @dtc.compile(in_layouts=state_layouts + (data, rows),
-                     out_layouts=(scalar,) + state_layouts)
+                     out_layouts=(scalar,) + state_layouts,
+                     donate_argnums=tuple(range(3 * n + 1)))
         def step(*args):
             params, m, v = args[:n], args[n:2 * n], args[2 * n:3 * n]
             count, tokens, targets = args[3 * n:]

@@ -45,6 +45,11 @@ class Storage(Protocol):
         """The valid part of one device's block, as a new array."""
         ...
 
+    def alias(self) -> Storage:
+        """The same shards as a storage object of its own (for a second DTensor of them:
+        donating one must see that the other exists)."""
+        ...
+
 
 class Executor(Protocol):
     """Runs the entry function of one localized module."""
@@ -65,7 +70,9 @@ class Backend:
     """The storage of a value of a global shape from the valid part of each device's block,
     in device-id order (ValueError for a block of the wrong shape, or when replicated copies
     differ)."""
-    executor: Callable[[Module], Executor]
+    executor: Callable[[Module, frozenset[int]], Executor]
+    """The executor of a localized module whose arguments at the given positions are donated
+    (their storage may be written over)."""
 
 
 _PROVIDERS: dict[str, str] = {

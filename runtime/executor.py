@@ -17,7 +17,7 @@ straight-line Python. Both free every value after its last use.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -89,6 +89,10 @@ class ExecContext(Protocol):
 
 KernelFn = Callable[..., Any]
 Kernel = Callable[[Operation, ExecContext], KernelFn]
+InPlaceKernel = Callable[[Operation, ExecContext, int], KernelFn]
+"""Builds the variant of an op's kernel that writes its result into operand `i`'s array
+(which has the result's shape and dtype) when that array is writeable, and runs as usual
+otherwise (see `Program`'s donated arguments)."""
 """``kernel(op, ctx)`` -> the function from operand arrays to the result array(s)."""
 
 
@@ -98,6 +102,7 @@ class KernelTable:
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self._kernels: dict[str, Kernel] = {}
+        self._in_place: dict[str, InPlaceKernel] = {}
 
     def register(self, *definitions: OpDef) -> Callable[[Kernel], Kernel]:
         """Decorator: `kernel` runs the ops of `definitions`."""
@@ -109,8 +114,21 @@ class KernelTable:
             return kernel
         return add
 
+    def register_in_place(self, *definitions: OpDef) -> Callable[[InPlaceKernel],
+                                                                InPlaceKernel]:
+        """Decorator: `kernel` builds the in-place variants of the ops of `definitions`,
+        whose results never alias their operands otherwise (elementwise ops)."""
+        def add(kernel: InPlaceKernel) -> InPlaceKernel:
+            for definition in definitions:
+                self._in_place[definition.name] = kernel
+            return kernel
+        return add
+
     def get(self, name: str) -> Kernel | None:
         return self._kernels.get(name)
+
+    def get_in_place(self, name: str) -> InPlaceKernel | None:
+        return self._in_place.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._kernels
@@ -141,6 +159,10 @@ class Program:
     broadcasts a value computed once over mesh axes it is the same along, and raises for
     anything else).
 
+    Arguments at the `donated` positions may be written over: the last op reading one writes
+    its result into the argument's array where it can (`_write_into_argument`), if that array
+    is writeable when the program runs (the executor passes a read-only one otherwise).
+
     The first run goes through `_checked_run`, one dispatch loop that checks every result
     against its type. Shapes are static, so once a run has passed, the program is turned into
     straight-line Python (`source`): one call per op, each value deleted after its last use,
@@ -148,7 +170,8 @@ class Program:
     """
 
     def __init__(self, module: Module, kernels: KernelTable, ctx: ExecContext,
-                 array_type: ArrayType, conform: Conform) -> None:
+                 array_type: ArrayType, conform: Conform,
+                 donated: frozenset[int] = frozenset()) -> None:
         if module.level is not Level.LOCAL:
             raise ExecutionError("only localized modules run; run the 'localize' pass first")
         func = module.main
@@ -182,11 +205,34 @@ class Program:
                 kernel(op, ctx), tuple(slot[id(v)] for v in op.operands),
                 tuple(slot[id(r)] for r in op.results),
                 tuple(array_type(r.type) for r in op.results), tuple(sorted(free)), op))
+        for position in donated:
+            self._write_into_argument(position, kernels, ctx, last_use, returned)
         self._fixups: list[list[int]] = [[] for _ in self._steps]
         """Per step, the results (by position) the first run had to conform."""
         self._fast: Callable[..., list[Any]] | None = None
         self.source: str | None = None
         """The straight-line code the program runs as after its first run."""
+
+    def _write_into_argument(self, position: int, kernels: KernelTable, ctx: ExecContext,
+                             last_use: dict[int, int], returned: set[int]) -> None:
+        """Let the last op reading argument `position` write its result into the argument's
+        array, when that op has an in-place variant, its result has the argument's array
+        type, and nothing that may be a view of the argument is read later or returned."""
+        arg, _, _, arg_array = self._args[position]
+        i = last_use.get(arg)
+        if i is None or arg in returned:
+            return
+        aliases = {arg}
+        for step in self._steps[:i]:
+            if kernels.get_in_place(step.op.name) is None and aliases.intersection(step.args):
+                aliases.update(step.outs)  # a view, for all we know
+        if any(a in returned or last_use.get(a, -1) > i for a in aliases - {arg}):
+            return
+        step = self._steps[i]
+        build = kernels.get_in_place(step.op.name)
+        if build is None or step.types != (arg_array,):
+            return
+        self._steps[i] = replace(step, fn=build(step.op, ctx, step.args.index(arg)))
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         """Arrays in (one per argument, in this backend's form), result arrays out."""

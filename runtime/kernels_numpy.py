@@ -93,6 +93,23 @@ def _ufunc(op: Operation, ctx: ExecContext) -> KernelFn:
     return _aligned(getattr(np, op.name), op, ctx)
 
 
+@NUMPY_KERNELS.register_in_place(*elementwise.UFUNCS.values())
+def _ufunc_into(op: Operation, ctx: ExecContext, into: int) -> KernelFn:
+    """The ufunc with ``out=`` the operand `into`'s array when it is writeable (a donated
+    argument; numpy copies first where operands overlap it)."""
+    ufunc = getattr(np, op.name)
+    fresh = _aligned(ufunc, op, ctx)
+    rank = max(v.type.rank for v in op.operands)
+    k = ctx.mesh_axes
+
+    def run(*args: np.ndarray) -> np.ndarray:
+        target = args[into]
+        if not target.flags.writeable:
+            return fresh(*args)
+        return ufunc(*[align_local_rank(a, rank, k) for a in args], out=target)
+    return run
+
+
 @kernel(elementwise.STOP_GRADIENT)
 def _stop_gradient(op: Operation, ctx: ExecContext) -> KernelFn:
     return lambda x: x

@@ -11,6 +11,7 @@ view; any other disagreement is a compiler bug and raises `ExecutionError`.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,11 +66,13 @@ def _conformer(mesh: MeshShape) -> Conform:
 class SimulatedExecutor:
     """Runs a localized module on `StackedStorage` values (implements `backends.Executor`)."""
 
-    def __init__(self, module: Module, kernels: KernelTable = NUMPY_KERNELS) -> None:
+    def __init__(self, module: Module, kernels: KernelTable = NUMPY_KERNELS,
+                 donated: frozenset[int] = frozenset()) -> None:
         mesh = module.mesh
         self.mesh = mesh
         self.program = Program(module, kernels, StackedContext(mesh), _array_type(mesh),
-                               _conformer(mesh))
+                               _conformer(mesh), donated)
+        self._donated = donated
         self._exclusive = checkpoint_kernels.uses_checkpoints(module)
         self._padded = any(v.type.padded for v in module.main.values())
         """Padding may hold anything (log of a zero, NaN): a program with padded values runs
@@ -80,10 +83,19 @@ class SimulatedExecutor:
             self.results.append((value.type.sharding, value.type.global_shape(mesh)))
 
     def run(self, inputs: Sequence[Storage]) -> list[Storage]:
+        """Run on `inputs`; those at the donated positions may be written over (the caller
+        gives them up), which happens only to an array no other storage or input views."""
         arrays = []
-        for x in inputs:
+        for position, x in enumerate(inputs):
             assert isinstance(x, StackedStorage), "the numpy backend runs on stacked storage"
-            arrays.append(x.stacked)
+            owned = _sole_owner(x.stacked) if position in self._donated else None
+            if owned is not None and not any(
+                    j != position and (y is x or np.may_share_memory(
+                        owned, y.stacked))  # type: ignore[attr-defined]
+                    for j, y in enumerate(inputs)):
+                arrays.append(owned)
+            else:
+                arrays.append(x.stacked)
         return [StackedStorage(out, sharding, self.mesh, shape, checked=False)
                 for out, (sharding, shape) in zip(self.run_stacked(arrays), self.results)]
 
@@ -97,6 +109,20 @@ class SimulatedExecutor:
             return self.program.run(inputs)
 
 
+def _sole_owner(view: np.ndarray) -> np.ndarray | None:
+    """The writeable array a storage's read-only `view` shows whole, if nothing but that view
+    refers to it (so writing it changes no other value); None otherwise."""
+    # a view held by one storage is referred to by it, this parameter and getrefcount's
+    # argument; its array by the view's .base, the local name and getrefcount's argument
+    if sys.getrefcount(view) > 3:
+        return None  # another storage holds the same view (a program that returned its input)
+    base = view.base
+    if not isinstance(base, np.ndarray) or base.base is not None or not base.flags.writeable \
+            or base.shape != view.shape or base.strides != view.strides:
+        return None
+    return base if sys.getrefcount(base) <= 3 else None
+
+
 BACKEND = Backend(name="numpy", kernels=NUMPY_KERNELS, place=StackedStorage.from_global,
                   from_device_shards=StackedStorage.from_device_shards,
-                  executor=SimulatedExecutor)
+                  executor=lambda module, donated: SimulatedExecutor(module, donated=donated))

@@ -308,6 +308,11 @@ class StackedStorage:
         """The (padded) block shape every device holds."""
         return self.stacked.shape[len(self.mesh.dims):]
 
+    def alias(self) -> StackedStorage:
+        """The same shards as a storage of its own (a new view of the same array)."""
+        return StackedStorage(self.stacked.view(), self.sharding, self.mesh, self.shape,
+                              checked=False)
+
     def to_global(self) -> np.ndarray:
         """The global value as a new array."""
         return np.array(from_stacked(self.stacked, self.sharding, self.mesh, self.shape))
