@@ -142,7 +142,8 @@ def _matmul(op: Operation, ctx: ExecContext) -> KernelFn:
     k = ctx.mesh_axes
 
     def merged(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        product = np.matmul(x.reshape(x.shape[:k] + (-1, x.shape[-1])), w)
+        rows = math.prod(x.shape[k:-1])
+        product = np.matmul(x.reshape(x.shape[:k] + (rows, x.shape[-1])), w)
         return product.reshape(product.shape[:k] + x.shape[k:-1] + product.shape[-1:])
     return merged
 
@@ -183,7 +184,7 @@ def _pairwise_einsum(a: str, b: str, out: str, k: int) -> KernelFn:
                 ) -> np.ndarray:
         lonely = [i for i, c in enumerate(sub) if c not in out and c not in other]
         if lonely:
-            x = x.sum(axis=tuple(k + i for i in lonely))
+            x = x.sum(axis=tuple(k + i for i in lonely), dtype=x.dtype)  # as einsum: no widening
             sub = "".join(c for i, c in enumerate(sub) if i not in lonely)
         size = dict(zip(sub, x.shape[k:]))
         x = x.transpose(tuple(range(k)) + tuple(k + sub.index(c) for c in batch + rows + cols))

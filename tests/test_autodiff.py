@@ -111,6 +111,14 @@ def test_contractions(fn):
     check(fn, uniform(-1, 1, (3, 4)), uniform(-1, 1, (4, 5)))
 
 
+@pytest.mark.parametrize("shapes", [((3, 1, 4, 5), (2, 5, 6)), ((5,), (2, 5, 6)),
+                                    ((2, 3, 5), (5,)), ((1,) * 11 + (2, 3), (3, 2))],
+                         ids=["broadcast-batch", "vector-left", "vector-right", "11-batch-dims"])
+def test_matmul_broadcasting(shapes):
+    a, b = shapes
+    check(np.matmul, uniform(-1, 1, a), uniform(-1, 1, b))
+
+
 @pytest.mark.parametrize("fn", [
     lambda x: x.sum(axis=1),
     lambda x: x.sum(axis=(0, 2), keepdims=True),
@@ -294,11 +302,25 @@ def test_errors_name_what_cannot_be_differentiated():
         dtc.grad(np.sum, argnums=2)(x)
     line = test_errors_name_what_cannot_be_differentiated.__code__.co_firstlineno + 15
     message = (rf"test_autodiff.py:{line}: cannot differentiate through complex values: "
-               "multiply makes one from a differentiated input")
+               "real takes one that depends on a differentiated input")
     with pytest.raises(dtc.GradientError, match=message):
         dtc.grad(lambda x: np.sum(np.real(x * 1j)))(x)
     with pytest.raises(dtc.GradientError, match=re.escape("pair (output, aux)")):
         dtc.grad(lambda x: np.sum(x), has_aux=True)(x)
+
+
+def test_complex_values_off_the_differentiated_path_are_fine():
+    """A complex value made from a differentiated input but not on the way to the output
+    (an aux output, a dead intermediate) needs no derivative."""
+    x = uniform(0.5, 1.5)
+    g, aux = dtc.grad(lambda x: (np.sum(x ** 2), x * 1j), has_aux=True)(x)
+    np.testing.assert_allclose(np.asarray(g), 2 * x)
+    np.testing.assert_allclose(np.asarray(aux), x * 1j)
+
+    def dead(x):
+        x.astype(np.complex128)
+        return np.sum(x ** 2)
+    np.testing.assert_allclose(np.asarray(dtc.grad(dead)(x)), 2 * x)
 
 
 def test_an_op_without_a_rule_is_named_with_the_users_line(monkeypatch):

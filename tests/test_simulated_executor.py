@@ -477,3 +477,15 @@ def test_a_result_broadcast_on_the_first_run_is_broadcast_on_every_later_one() -
         np.testing.assert_array_equal(np.asarray(ones()), np.ones(8, np.float32))
     source = relu.lower(x)._executor.program.source  # type: ignore[union-attr]
     assert source is not None and "fix" in source  # the zeros needed broadcasting
+
+
+def test_contraction_kernels_keep_integer_dtypes_and_take_empty_dims() -> None:
+    """A two-operand einsum summing a letter of one operand keeps int32 as numpy's einsum
+    does; a matmul contracting an empty dim gives zeros."""
+    a, b = np.arange(24, dtype=np.int32).reshape(3, 4, 2), np.ones((4, 5), np.int32)
+    got = dtc.compile(lambda a, b: np.einsum("ijx,jy->iy", a, b))(a, b)
+    assert np.asarray(got).dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(got), np.einsum("ijx,jy->iy", a, b))
+    x, w = np.ones((2, 3, 0)), np.ones((0, 5))
+    np.testing.assert_array_equal(np.asarray(dtc.compile(lambda x, w: x @ w)(x, w)),
+                                  np.zeros((2, 3, 5)))

@@ -19,6 +19,7 @@ import numpy as np
 from dtensor_compiler.errors import GradientError
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Operation, Value
+from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.ir.vjp import VJPContext, differentiable
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Recorder
@@ -64,10 +65,9 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
     active = {id(v) for v in wrt}
     for op in ops:
         if any(id(v) in active for v in op.operands):
-            if any(r.type.dtype.startswith("c") for r in op.results):
-                raise GradientError(f"cannot differentiate through complex values: {op.name} "
-                                    "makes one from a differentiated input", op.loc)
-            active.update(id(r) for r in op.results if differentiable(r.type))
+            # complex results are followed too, to refuse the derivatives that need them
+            active.update(id(r) for r in op.results
+                          if differentiable(r.type) or _is_complex(r.type))
     cotangents: dict[int, Value] = {}
     if id(output) in active:
         cotangents[id(output)] = rec.full((), output.type.dtype, 1.0)
@@ -79,6 +79,9 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
             raise GradientError(f"cannot differentiate through {op.name}: it has no "
                                 "derivative rule", op.loc)
         ad = VJPContext(rec.builder, op.loc, [id(v) in active for v in op.operands])
+        if any(id(v) in active and _is_complex(v.type) for v in op.operands):
+            raise GradientError(f"cannot differentiate through complex values: {op.name} "
+                                "takes one that depends on a differentiated input", op.loc)
         g = _hinted(ad, cotangents.pop(id(op.result)), op.result)
         for v, c in zip(op.operands, rule(ad, op, g)):
             if c is None or id(v) not in active:
@@ -91,6 +94,10 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         out.append(rec.full(w.type.shape, w.type.dtype, 0.0) if found is None else
                    _hinted(VJPContext(rec.builder, user_location()), found, w))
     return out
+
+
+def _is_complex(t: TensorType) -> bool:
+    return t.dtype.startswith("c")
 
 
 def _hinted(ad: VJPContext, g: Value, x: Value) -> Value:

@@ -45,7 +45,7 @@ def _matmul_letters(a: TensorType, b: TensorType) -> tuple[str, str, str]:
     of size 1 against a bigger one gets a letter of its own."""
     shape = matmul_shape(a.shape, b.shape)
     batch = len(shape) - (a.rank > 1) - (b.rank > 1)
-    shared = "abcdefghijklmnopqrstuvw"[:batch]
+    shared = "abcdefghijlopqrstuvwxyz"[:batch]  # not k, m or n, the matrix letters
     own = iter("ABCDEFGHIJKLMNOPQRSTUVW")
 
     def letters(t: TensorType, matrix: str) -> str:
