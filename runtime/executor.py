@@ -159,9 +159,10 @@ class Program:
     broadcasts a value computed once over mesh axes it is the same along, and raises for
     anything else).
 
-    Arguments at the `donated` positions may be written over: the last op reading one writes
-    its result into the argument's array where it can (`_write_into_argument`), if that array
-    is writeable when the program runs (the executor passes a read-only one otherwise).
+    Elementwise ops write their result into an operand that dies there when they can
+    (`_reuse_buffers`): a temporary, or an argument at one of the `donated` positions, if
+    that array is writeable when the program runs (the executor passes a read-only one
+    otherwise).
 
     The first run goes through `_checked_run`, one dispatch loop that checks every result
     against its type. Shapes are static, so once a run has passed, the program is turned into
@@ -205,34 +206,62 @@ class Program:
                 kernel(op, ctx), tuple(slot[id(v)] for v in op.operands),
                 tuple(slot[id(r)] for r in op.results),
                 tuple(array_type(r.type) for r in op.results), tuple(sorted(free)), op))
-        for position in donated:
-            self._write_into_argument(position, kernels, ctx, last_use, returned)
+        self._reuse_buffers(donated, kernels, ctx, last_use, returned)
         self._fixups: list[list[int]] = [[] for _ in self._steps]
         """Per step, the results (by position) the first run had to conform."""
         self._fast: Callable[..., list[Any]] | None = None
         self.source: str | None = None
         """The straight-line code the program runs as after its first run."""
 
-    def _write_into_argument(self, position: int, kernels: KernelTable, ctx: ExecContext,
-                             last_use: dict[int, int], returned: set[int]) -> None:
-        """Let the last op reading argument `position` write its result into the argument's
-        array, when that op has an in-place variant, its result has the argument's array
-        type, and nothing that may be a view of the argument is read later or returned."""
-        arg, _, _, arg_array = self._args[position]
-        i = last_use.get(arg)
-        if i is None or arg in returned:
-            return
-        aliases = {arg}
-        for step in self._steps[:i]:
-            if kernels.get_in_place(step.op.name) is None and aliases.intersection(step.args):
-                aliases.update(step.outs)  # a view, for all we know
-        if any(a in returned or last_use.get(a, -1) > i for a in aliases - {arg}):
-            return
-        step = self._steps[i]
-        build = kernels.get_in_place(step.op.name)
-        if build is None or step.types != (arg_array,):
-            return
-        self._steps[i] = replace(step, fn=build(step.op, ctx, step.args.index(arg)))
+    def _reuse_buffers(self, donated: frozenset[int], kernels: KernelTable, ctx: ExecContext,
+                       last_use: dict[int, int], returned: set[int]) -> None:
+        """Let an op with an in-place variant write its result into an operand that dies
+        there and has the result's array type: a donated argument, or a temporary an
+        in-place-capable op made (a fresh array), provided that nothing that may view the
+        same buffer is read later or returned. Ops without an in-place variant may return
+        views of their operands, so their results count as viewing the same buffers."""
+        arrays = {s: array for s, _, _, array in self._args}
+        arrays.update((o, t) for step in self._steps for o, t in zip(step.outs, step.types))
+        views: dict[int, frozenset[int]] = {}
+        """Per value, the buffers (named by the value that made each) it may show."""
+        viewers: dict[int, set[int]] = {}
+        writable: set[int] = set()
+        for position, (s, _, _, _) in enumerate(self._args):
+            views[s] = frozenset({s})
+            viewers.setdefault(s, set()).add(s)
+            if position in donated:
+                writable.add(s)
+
+        def reusable(operand: int, i: int, array: tuple[tuple[int, ...], np.dtype]) -> bool:
+            buffers = views.get(operand, frozenset())
+            if last_use.get(operand) != i or operand in returned or len(buffers) != 1 \
+                    or not buffers <= writable:
+                return False
+            if arrays.get(operand) != array:
+                return False
+            (buffer,) = buffers
+            return all(v == operand or (last_use.get(v, -1) <= i and v not in returned)
+                       for v in viewers[buffer])
+
+        for i, step in enumerate(self._steps):
+            build = kernels.get_in_place(step.op.name)
+            if build is not None and len(step.outs) == 1:
+                into = next((j for j, a in enumerate(step.args)
+                             if reusable(a, i, step.types[0])), None)
+                (out,) = step.outs
+                if into is None:
+                    views[out] = frozenset({out})
+                    writable.add(out)
+                else:
+                    self._steps[i] = replace(step, fn=build(step.op, ctx, into))
+                    views[out] = views[step.args[into]]
+            else:
+                shown = frozenset().union(*(views.get(a, frozenset()) for a in step.args))
+                for out in step.outs:
+                    views[out] = shown
+            for out in step.outs:
+                for buffer in views[out]:
+                    viewers.setdefault(buffer, set()).add(out)
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         """Arrays in (one per argument, in this backend's form), result arrays out."""
