@@ -16,6 +16,7 @@ straight-line Python. Both free every value after its last use.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -151,6 +152,11 @@ Conform = Callable[[Any, TensorType, Operation], Any]
 ArrayType = Callable[[TensorType], tuple[tuple[int, ...], np.dtype]]
 
 
+REUSE_BYTES = 1 << 18
+"""The smallest temporary an elementwise op writes its result into rather than allocating
+(below it, numpy's allocator is faster than the in-place kernel's call)."""
+
+
 class Program:
     """The entry function of a localized module, ready to run with one backend's kernels.
 
@@ -216,10 +222,12 @@ class Program:
     def _reuse_buffers(self, donated: frozenset[int], kernels: KernelTable, ctx: ExecContext,
                        last_use: dict[int, int], returned: set[int]) -> None:
         """Let an op with an in-place variant write its result into an operand that dies
-        there and has the result's array type: a donated argument, or a temporary an
-        in-place-capable op made (a fresh array), provided that nothing that may view the
-        same buffer is read later or returned. Ops without an in-place variant may return
+        there and has the result's array type: a donated argument (or a temporary already
+        written into one), or a temporary of at least `REUSE_BYTES` an in-place-capable op
+        made (a fresh array), provided that nothing that may view the same buffer is read
+        later or returned. Ops without an in-place variant may return
         views of their operands, so their results count as viewing the same buffers."""
+        donated_slots = {self._args[p][0] for p in donated}
         arrays = {s: array for s, _, _, array in self._args}
         arrays.update((o, t) for step in self._steps for o, t in zip(step.outs, step.types))
         views: dict[int, frozenset[int]] = {}
@@ -237,6 +245,10 @@ class Program:
             if last_use.get(operand) != i or operand in returned or len(buffers) != 1 \
                     or not buffers <= writable:
                 return False
+            if not buffers <= donated_slots:
+                shape, dtype = array  # a temporary: worth it only where allocating costs
+                if math.prod(shape) * dtype.itemsize < REUSE_BYTES:
+                    return False
             if arrays.get(operand) != array:
                 return False
             (buffer,) = buffers

@@ -99,15 +99,20 @@ def _ufunc_into(op: Operation, ctx: ExecContext, into: int) -> KernelFn:
     argument; numpy copies first where operands overlap it)."""
     ufunc = getattr(np, op.name)
     fresh = _aligned(ufunc, op, ctx)
+    if fresh is ufunc:  # no local dims to line up
+        def run(*args: np.ndarray) -> np.ndarray:
+            target = args[into]
+            return ufunc(*args, out=target) if target.flags.writeable else ufunc(*args)
+        return run
     rank = max(v.type.rank for v in op.operands)
     k = ctx.mesh_axes
 
-    def run(*args: np.ndarray) -> np.ndarray:
+    def aligned(*args: np.ndarray) -> np.ndarray:
         target = args[into]
         if not target.flags.writeable:
             return fresh(*args)
         return ufunc(*[align_local_rank(a, rank, k) for a in args], out=target)
-    return run
+    return aligned
 
 
 @kernel(elementwise.STOP_GRADIENT)
