@@ -195,10 +195,11 @@ class Lowered:
         outs = self._executor.run(inputs)
         results = tuple(DTensor.of_program(x, layout, t.shape)
                         for x, t, layout in zip(outs, self._result_types, self.out_layouts))
-        for position in self.donated:
-            given = args[position]
-            if isinstance(given, DistributedValue):
-                given.as_dtensor().donated(f"@{self.module.main.name}")
+        if self.donated:
+            for position in self.donated:
+                given = args[position]
+                if isinstance(given, DistributedValue):
+                    given.as_dtensor().donated(f"@{self.module.main.name}")
         return results[0] if len(results) == 1 else results
 
     def _input(self, name: str, value: object, arg_type: TensorType, layout: Layout

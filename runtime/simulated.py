@@ -85,6 +85,10 @@ class SimulatedExecutor:
     def run(self, inputs: Sequence[Storage]) -> list[Storage]:
         """Run on `inputs`; those at the donated positions may be written over (the caller
         gives them up), which happens only to an array no other storage or input views."""
+        if not self._donated:
+            arrays = [x.stacked for x in inputs]  # type: ignore[attr-defined]
+            return [StackedStorage(out, sharding, self.mesh, shape, checked=False)
+                    for out, (sharding, shape) in zip(self.run_stacked(arrays), self.results)]
         arrays = []
         for position, x in enumerate(inputs):
             assert isinstance(x, StackedStorage), "the numpy backend runs on stacked storage"
