@@ -43,9 +43,10 @@ def test_the_megatron_mlp_training_step_sends_only_the_optimal_collectives():
                    ("all_reduce", ("dp",), block), ("all_reduce", ("dp",), 4)]
 
 
-def _transformer_step(mesh, layers, x_layout=None, batch=8, seq=128, dim=512):
-    """A training step of the example transformer (Megatron layouts, SGD) and its specs."""
-    in_layouts, _ = transformer.layouts(mesh, layers, x_layout)
+def _transformer_step(mesh, layers, x_layout=None, batch=8, seq=128, dim=512, in_layouts=None):
+    """A training step of the example transformer (SGD) and its specs, with Megatron
+    layouts (the input's `x_layout`) unless `in_layouts` gives others."""
+    in_layouts = in_layouts or transformer.layouts(mesh, layers, x_layout)[0]
     forward = transformer.make_forward(layers, 8)
 
     def loss(x, *params):
@@ -114,21 +115,10 @@ def test_the_data_parallel_transformer_step_reduces_each_gradient_once():
     """Every parameter replicated, the batch over 8 devices: one all_reduce of each
     parameter's gradient and the loss's 4 bytes, nothing else."""
     mesh = dtc.create_mesh([("dp", 8)])
-    layers = 2
-    forward = transformer.make_forward(layers, 8)
-    specs = transformer.specs(8, 128, 512, 2048, layers)
+    specs = transformer.specs(8, 128, 512, 2048, 2)
     layouts = tuple(dtc.Layout(["dp", U, U] if i == 0 else [U] * len(s.shape), mesh)
                     for i, s in enumerate(specs))
-
-    def loss(x, *params):
-        return np.mean(forward(x, *params) ** 2)
-
-    @dtc.compile(in_layouts=layouts, out_layouts=(dtc.Layout([], mesh), *layouts[1:]))
-    def step(x, *params):
-        value, grads = dtc.value_and_grad(loss, argnums=tuple(range(1, len(params) + 1)))(
-            x, *params)
-        return (value, *(p - 0.1 * g for p, g in zip(params, grads)))
-
+    step, _ = _transformer_step(mesh, 2, in_layouts=layouts)
     expected = Counter(("all_reduce", ("dp",), int(np.prod(s.shape)) * 4) for s in specs[1:])
     expected[("all_reduce", ("dp",), 4)] += 1
     assert _counts(step, specs) == expected
