@@ -7,9 +7,9 @@ Guarantees: where every use of a value is one and the same ``local_slice`` (same
 same axis) and the value is not returned,
 
 - a value made by an elementwise op is made from sliced operands instead: each operand that
-  spans the sliced dim (is not broadcast along it) is sliced the same way, the others are
-  taken as they are, and the op's result has the slice's layout; the new slices are then
-  narrowed in turn;
+  spans the sliced dim (is not broadcast along it) is sliced the same way (once per op), the
+  others are taken as they are, and the op's result has the slice's layout; the new slices
+  are then narrowed in turn;
 - a value made by an ``all_reduce`` over exactly the slice's mesh dims becomes a
   ``reduce_scatter`` over them onto the slice's axis, which sends half the bytes.
 
@@ -104,7 +104,11 @@ def _narrowed(func: Function, cut: Operation, infer: InferContext
     mesh_dims = cut.attrs["mesh_dims"]
     new_ops: list[Operation] = []
     operands: list[Value] = []
+    pieces: dict[int, Value] = {}  # one slice per operand value (``g * g``)
     for operand in producer.operands:
+        if id(operand) in pieces:
+            operands.append(pieces[id(operand)])
+            continue
         lead = value.type.rank - operand.type.rank
         at = axis - lead
         if at < 0 or operand.type.shape[at] != value.type.shape[axis]:
@@ -119,6 +123,7 @@ def _narrowed(func: Function, cut: Operation, infer: InferContext
                         sharding=Sharding(tuple(dims)), loc=cut.loc, why=cut.why)
         new_ops.append(piece)
         assert piece.result is not None
+        pieces[id(operand)] = piece.result
         operands.append(piece.result)
     try:
         narrowed = make_op(producer.name, operands, dict(producer.attrs), infer,
