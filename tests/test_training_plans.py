@@ -69,7 +69,7 @@ def test_the_tensor_parallel_transformer_step_reduces_each_activation_twice_per_
     first layernorm's backward is needed only for its gain, whose [D] gradient is reduced
     over dp and tp at once, far less than the activation). Over dp: one all_reduce of each
     other parameter's local gradient block, and the loss. Nothing else: on 16 layers that is
-    the optimum, byte for byte (JAX/XLA sends about 27% more on such a step)."""
+    the optimum, byte for byte (the peers' reference puts JAX/XLA at about 27% more)."""
     mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
     step, specs = _transformer_step(mesh, layers)
     got = Counter((c.kind, c.mesh_dims, c.bytes) for c in step.lower(*specs).collectives())
