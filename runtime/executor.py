@@ -90,11 +90,11 @@ class ExecContext(Protocol):
 
 KernelFn = Callable[..., Any]
 Kernel = Callable[[Operation, ExecContext], KernelFn]
+"""``kernel(op, ctx)`` -> the function from operand arrays to the result array(s)."""
 InPlaceKernel = Callable[[Operation, ExecContext, int], KernelFn]
 """Builds the variant of an op's kernel that writes its result into operand `i`'s array
 (which has the result's shape and dtype) when that array is writeable, and runs as usual
-otherwise (see `Program`'s donated arguments)."""
-"""``kernel(op, ctx)`` -> the function from operand arrays to the result array(s)."""
+otherwise (see `Program._reuse_buffers`)."""
 
 
 class KernelTable:
@@ -233,12 +233,11 @@ class Program:
         views: dict[int, frozenset[int]] = {}
         """Per value, the buffers (named by the value that made each) it may show."""
         viewers: dict[int, set[int]] = {}
-        writable: set[int] = set()
-        for position, (s, _, _, _) in enumerate(self._args):
+        writable = set(donated_slots)
+        """The buffers an op may write over: donated arguments and fresh temporaries."""
+        for s, _, _, _ in self._args:
             views[s] = frozenset({s})
-            viewers.setdefault(s, set()).add(s)
-            if position in donated:
-                writable.add(s)
+            viewers[s] = {s}
 
         def reusable(operand: int, i: int, array: tuple[tuple[int, ...], np.dtype]) -> bool:
             buffers = views.get(operand, frozenset())

@@ -95,8 +95,8 @@ def _ufunc(op: Operation, ctx: ExecContext) -> KernelFn:
 
 @NUMPY_KERNELS.register_in_place(*elementwise.UFUNCS.values())
 def _ufunc_into(op: Operation, ctx: ExecContext, into: int) -> KernelFn:
-    """The ufunc with ``out=`` the operand `into`'s array when it is writeable (a donated
-    argument; numpy copies first where operands overlap it)."""
+    """The ufunc with ``out=`` the operand `into`'s array when it is writeable (a temporary
+    or a donated argument that dies here; numpy copies first where operands overlap it)."""
     ufunc = getattr(np, op.name)
     fresh = _aligned(ufunc, op, ctx)
     if fresh is ufunc:  # no local dims to line up

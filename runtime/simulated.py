@@ -85,13 +85,10 @@ class SimulatedExecutor:
     def run(self, inputs: Sequence[Storage]) -> list[Storage]:
         """Run on `inputs`; those at the donated positions may be written over (the caller
         gives them up), which happens only to an array no other storage or input views."""
-        if not self._donated:
-            arrays = [x.stacked for x in inputs]  # type: ignore[attr-defined]
-            return [StackedStorage(out, sharding, self.mesh, shape, checked=False)
-                    for out, (sharding, shape) in zip(self.run_stacked(arrays), self.results)]
         arrays = []
         for position, x in enumerate(inputs):
             assert isinstance(x, StackedStorage), "the numpy backend runs on stacked storage"
+            # before `arrays` holds the view: `_sole_owner` counts the references to it
             owned = _sole_owner(x.stacked) if position in self._donated else None
             if owned is not None and not any(
                     j != position and (y is x or np.may_share_memory(

@@ -21,7 +21,9 @@ mesh axis ``m`` (sum, max, min or prod). Several pending reductions are applied 
 order.
 
 Every array in this representation is treated as read-only: kernels and collectives return new
-arrays or views, never write into their operands.
+arrays or views, never write into their operands, except for the in-place elementwise kernels
+a `Program` uses where an operand dies (a fresh temporary, or a donated argument the executor
+found no other storage referring to).
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ ops it emitted backwards, asking each op's definition for its VJP rule (`OpDef.v
 Every derivative of a value is marked with a ``cotangent`` hint naming that value, so that
 layout propagation lays it out alike unless something else decides first.
 Only ops whose result depends on a differentiated argument (and is floating point) are
-differentiated; an argument nothing depends on gets zeros. Propagation, the relayout planner
-and the explain table then see the forward and the backward program as one.
+differentiated; an argument nothing depends on gets zeros. Complex values that depend on one
+are followed too, so that a derivative needing one is refused where it would flow through it.
+Propagation, the relayout planner and the explain table then see the forward and the
+backward program as one.
 """
 
 from __future__ import annotations

@@ -237,12 +237,16 @@ def _scan_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
     return b.build([dims], dims)
 
 
+def _reversed_cumsum(ad: VJPContext, v: Value, axis: int) -> Value:
+    """The sum of each element and those after it along `axis`."""
+    return _flip(ad, ad.emit("cumsum", [_flip(ad, v, axis)], {"axis": axis}), axis)
+
+
 def _cumsum_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     """Each element feeds every later prefix: the reversed cumulative sum of `g`."""
-    axes = (op.attrs["axis"],)
-    flipped = ad.emit("cumsum", [ad.emit("reverse", [g], {"axes": axes})],
-                      {"axis": op.attrs["axis"]})
-    return [ad.to_operand(ad.emit("reverse", [flipped], {"axes": axes}), op.operands[0])]
+    axis = op.attrs["axis"]
+    assert isinstance(axis, int)
+    return [ad.to_operand(_reversed_cumsum(ad, g, axis), op.operands[0])]
 
 
 CUMSUM = register(OpDef(name="cumsum", operands=1,
@@ -250,11 +254,6 @@ CUMSUM = register(OpDef(name="cumsum", operands=1,
                         attrs=(AttrSpec("axis", AttrKind.INT),), sharding=Factors(_scan_rule),
                         folds=True, traits=Traits(commutes_with=frozenset({ReduceOp.SUM})),
                         vjp=_cumsum_vjp))
-
-
-def _reversed_cumsum(ad: VJPContext, v: Value, axis: int) -> Value:
-    """The sum of each element and those after it along `axis`."""
-    return _flip(ad, ad.emit("cumsum", [_flip(ad, v, axis)], {"axis": axis}), axis)
 
 
 def _cumprod_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
