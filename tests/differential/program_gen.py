@@ -285,7 +285,8 @@ def programs(draw) -> Program:
             x = draw(st.sampled_from([n for n, _ in prog.inputs]))
             s = shapes[x]
             axis = draw(st.integers(0, len(s) - 1))
-            if kind == "bool_matmul":  # a pending bool sum (an `or`) that is then counted
+            # (a pending bool sum, an `or`, that is then counted: one dim fewer, so from rank 2)
+            if kind == "bool_matmul" and len(s) > 1:
                 w = new_input((s[-1], draw(st.sampled_from(DIM_SIZES))))
                 add(f"(({x} > 0) @ ({w} > 0)).sum(axis=-1) * 0.5",
                     lambda e, x=x, w=w: ((e[x] > 0) @ (e[w] > 0)).sum(axis=-1) * 0.5, s[:-1])
