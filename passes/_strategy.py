@@ -104,6 +104,13 @@ class LayoutCosts:
         return self.cost_model.compute_time(prod(local) * type.itemsize)
 
 
+Pendings = frozenset[tuple[str, ReduceOp]]
+"""A set of pending reductions: (mesh dim, kind)."""
+_Question = tuple[FactorSpace, tuple[Sharding | None, ...], Sharding | None, tuple[bool, ...]]
+"""What `choose` is asked, less the placement: the op's factor space, its operands' layouts,
+the wanted result layout and the operands that must be reduced."""
+
+
 class StrategyChooser:
     """`choose` for the ops of one function, with memory: ops of one `FactorSpace` share name,
     attributes and types, so the identical layers of a deep model ask the same questions.
@@ -112,10 +119,12 @@ class StrategyChooser:
     def __init__(self, costs: LayoutCosts, spaces: FactorSpaces) -> None:
         self.costs = costs
         self.spaces = spaces
-        self._memo: dict[tuple[FactorSpace, tuple[Sharding | None, ...], Sharding | None,
-                               tuple[bool, ...], frozenset[tuple[str, ReduceOp]]],
-                         tuple[_Candidate, ...]] = {}
-        self._ranked: dict[tuple[tuple[object, ...], Placed], tuple[Strategy, ...]] = {}
+        self._options: dict[_Question, tuple[tuple[_Option, ...], Pendings]] = {}
+        """Per question, its candidates and the pending reductions whose price depends on
+        what the result's consumers do (`_carried_by_users`)."""
+        self._memo: dict[tuple[_Question, Pendings], tuple[_Candidate, ...]] = {}
+        self._ranked: dict[tuple[tuple[_Question, Pendings], Placed],
+                           tuple[Strategy, ...]] = {}
         self._waiting: Counter[tuple[Value, FactorSpace, int]] = Counter()
 
     def choose(self, space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
@@ -139,17 +148,18 @@ class StrategyChooser:
         if placed is None:
             placed = Placed(self.sharers(op, space), tuple(frozenset() for _ in op.operands))
         assert op.result is not None
-        # Only a result that may be left pending (a reduced factor, a pending operand) asks.
-        may_pend = any(r is not None for r in space.rule.reduce_ops) or any(
-            o is not None and o.partial for o in operands)
-        carried = (self._carried_by_users(op.result, layouts or {}) if may_pend
-                   else frozenset())
-        key = (space, tuple(operands), result, reduced, carried)
+        question: _Question = (space, tuple(operands), result, reduced)
+        entry = self._options.get(question)
+        if entry is None:
+            entry = self._options[question] = _options_of(space, op, operands, result,
+                                                          reduced, self.costs)
+        options, asks = entry
+        carried = self._carried_by_users(op.result, layouts or {}, asks) if asks else asks
+        key = (question, carried)
         ranked = self._ranked.get((key, placed))
         if ranked is None:
             if key not in self._memo:
-                self._memo[key] = _candidates_of(space, op, operands, result, reduced,
-                                                 carried, self.costs)
+                self._memo[key] = tuple(o.priced(carried) for o in options)
             ranked = self._ranked[key, placed] = _ranked(self._memo[key], placed)
         return ranked
 
@@ -169,6 +179,11 @@ class StrategyChooser:
         for slot, value in enumerate(op.operands):
             self._waiting[value, space, slot] -= 1
 
+    def unplaced(self, op: Operation, space: FactorSpace) -> None:
+        """Undo `placed` (`op` has its original operands again)."""
+        for slot, value in enumerate(op.operands):
+            self._waiting[value, space, slot] += 1
+
     def sharers(self, op: Operation, space: FactorSpace) -> tuple[int, ...]:
         """Per operand, its consumers that are twins of `op` (one factor space, the operand in
         the same slot) and not placed yet, `op` included: twins given one layout choose
@@ -177,20 +192,22 @@ class StrategyChooser:
         return tuple(self._waiting[value, space, slot]
                      for slot, value in enumerate(op.operands))
 
-    def _carried_by_users(self, value: Value, layouts: Mapping[Value, Sharding], depth: int = 4
-                          ) -> frozenset[tuple[str, ReduceOp]]:
-        """The pending reductions (mesh dim, kind) of `value` that its consumers may take
-        somewhere cheaper than here: a relayout to a layout keeping them; a sum with another
-        value pending the same reduction (one reduction for both); a reduction or other op
-        that takes them to a smaller result. An op that takes them on at the same size (a
-        linear op a sum, ``reshape`` any kind) passes the question on to its own consumers,
-        `depth` ops deep. Any other pending reduction will be paid in full, right here or
-        later at the same size."""
+    def _carried_by_users(self, value: Value, layouts: Mapping[Value, Sharding],
+                          asked: Pendings, depth: int = 4) -> Pendings:
+        """Of the pending reductions (mesh dim, kind) `asked` about, those of `value` that its
+        consumers may take somewhere cheaper than here: a relayout to a layout keeping them;
+        a sum with another value pending the same reduction (one reduction for both); a
+        reduction or other op that takes them to a smaller result. An op that takes them on
+        at the same size (a linear op a sum, ``reshape`` any kind) passes the question on to
+        its own consumers, `depth` ops deep. Any other pending reduction will be paid in
+        full, right here or later at the same size."""
         out: set[tuple[str, ReduceOp]] = set()
         for user in dict.fromkeys(value.users):
+            if len(out) == len(asked):
+                break
             if user.name == "relayout":
                 target = user.type.sharding
-                out.update(target.partial if target is not None else ())
+                out.update(asked.intersection(target.partial) if target is not None else ())
                 continue
             definition = opdef.lookup(user.name)
             result = user.result
@@ -209,25 +226,25 @@ class StrategyChooser:
                     continue
                 others = [layouts.get(v) for j, v in enumerate(user.operands) if j != slot]
                 used = set().union(*(o.used_mesh_dims() for o in others if o is not None))
-                for mesh_dim in self.costs.mesh.names:
-                    for kind in kinds:
-                        pending = (mesh_dim, kind)
-                        if pending in out:
-                            continue
-                        merges = kind in traits.commutes_with and bool(others) and all(
-                            o is None or pending in o.partial for o in others)
-                        takes = merges or (kind in traits.commutes_with and not others) or (
-                            kind == ReduceOp.SUM and linear and mesh_dim not in used)
-                        if not takes:
-                            continue
-                        if merges or smaller:
+                for pending in asked:
+                    mesh_dim, kind = pending
+                    if pending in out or kind not in kinds:
+                        continue
+                    merges = kind in traits.commutes_with and bool(others) and all(
+                        o is None or pending in o.partial for o in others)
+                    takes = merges or (kind in traits.commutes_with and not others) or (
+                        kind == ReduceOp.SUM and linear and mesh_dim not in used)
+                    if not takes:
+                        continue
+                    if merges or smaller:
+                        out.add(pending)
+                    elif depth > 0:
+                        if later is None:
+                            later = self._carried_by_users(result, layouts,
+                                                           asked.difference(out), depth - 1)
+                        if pending in later:
                             out.add(pending)
-                        elif depth > 0:
-                            if later is None:
-                                later = self._carried_by_users(result, layouts, depth - 1)
-                            if pending in later:
-                                out.add(pending)
-        return frozenset(out)
+        return asked.intersection(out)
 
 
 @dataclass(frozen=True)
@@ -243,19 +260,40 @@ class _Candidate:
     """The sharded mesh dims of the factor sharding (ties go to more)."""
 
 
-def _candidates_of(space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
-                   result: Sharding | None, reduced: tuple[bool, ...],
-                   carried: frozenset[tuple[str, ReduceOp]], costs: LayoutCosts
-                   ) -> tuple[_Candidate, ...]:
-    out: list[_Candidate] = []
+@dataclass(frozen=True)
+class _Option:
+    """A candidate before it is priced: the cost of resolving its result's pending
+    reductions depends on whether the result's consumers may take them all (`asks`)."""
+
+    candidate: _Candidate
+    """Priced for resolving the result's pending reductions in full."""
+    asks: Pendings
+    """The result's pending reductions, when consumers carrying them all would make it
+    cheaper (`absorbed`); empty when the full price holds regardless."""
+    absorbed: float
+    """The op's own cost when they are carried: their resolution charged by volume only."""
+
+    def priced(self, carried: Pendings) -> _Candidate:
+        """The candidate, given the pending reductions the result's consumers carry."""
+        if self.asks and self.asks <= carried:
+            s = self.candidate.strategy
+            return replace(self.candidate, strategy=replace(s, cost=self.absorbed))
+        return self.candidate
+
+
+def _options_of(space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
+                result: Sharding | None, reduced: tuple[bool, ...], costs: LayoutCosts
+                ) -> tuple[tuple[_Option, ...], Pendings]:
+    """The candidates for `op`, and every pending reduction some candidate's price asks
+    about."""
+    out: list[_Option] = []
     for factors, seeds in _candidates(space, [*operands, result]):
         for keep in _keep_variants(operands, reduced):
-            candidate = _evaluate(space, op, operands, result, factors, seeds, keep,
-                                  carried, costs)
-            if candidate is not None:
-                out.append(candidate)
+            option = _evaluate(space, op, operands, result, factors, seeds, keep, costs)
+            if option is not None:
+                out.append(option)
     assert out, "the replicated candidate always applies"
-    return tuple(out)
+    return tuple(out), frozenset().union(*(o.asks for o in out))
 
 
 def _ranked(candidates: Sequence[_Candidate], placed: Placed) -> tuple[Strategy, ...]:
@@ -305,9 +343,8 @@ def _keep_variants(operands: Sequence[Sharding | None], reduced: tuple[bool, ...
 
 def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
               result: Sharding | None, factors: FactorSharding,
-              seeds: tuple[int, ...], keep: tuple[int, ...],
-              carried: frozenset[tuple[str, ReduceOp]], costs: LayoutCosts
-              ) -> _Candidate | None:
+              seeds: tuple[int, ...], keep: tuple[int, ...], costs: LayoutCosts
+              ) -> _Option | None:
     kept: list[dict[str, ReduceOp]] = []
     for i, operand in enumerate(operands):
         if i in keep:
@@ -335,12 +372,13 @@ def _evaluate(space: FactorSpace, op: Operation, operands: Sequence[Sharding | N
     moves = tuple(0.0 if actual is None else costs.relayout(actual, need, value.type)
                   for value, actual, need in zip(op.operands, operands, required))
     target = produced.without_partial() if result is None else result.without_partial()
+    full = cost + costs.relayout(produced, target, rtype)  # no consumer can take them
+    candidate = _Candidate(Strategy(factors, required, produced, seeds, full), moves,
+                           sum(len(m) for m in factors))
     grows = any(op.operands[i].type.size < rtype.size for i in keep)
-    if all(p in carried for p in produced.partial) and not grows:
-        # the pending reductions may be absorbed downstream: charge their volume only
-        cost += costs.volume(produced, rtype)
-        cost += costs.relayout(produced.without_partial(), target, rtype)
-    else:
-        cost += costs.relayout(produced, target, rtype)  # no consumer can take them
-    return _Candidate(Strategy(factors, required, produced, seeds, cost), moves,
-                      sum(len(m) for m in factors))
+    if not produced.partial or grows:
+        return _Option(candidate, frozenset(), full)
+    # the pending reductions may be absorbed downstream: then charge their volume only
+    absorbed = (cost + costs.volume(produced, rtype)
+                + costs.relayout(produced.without_partial(), target, rtype))
+    return _Option(candidate, frozenset(produced.partial), absorbed)

@@ -85,21 +85,14 @@ class _Propagation:
         """Values whose consumers may not keep their pending reductions (see `run`)."""
 
     def run(self) -> None:
-        """Phase 2 runs once; when it reduced a value that some other consumer carries
-        pending (to be reduced again later: ``s`` and ``s / 16`` both reduced), it runs again
-        with those consumers given the reduced value, which exists anyway."""
+        """Phase 2 walks the ops once. When it reduces a value that an op placed earlier took
+        with its pending reductions (to be reduced again later: ``s`` and ``s / 16`` both
+        reduced), it marks that value `reduced`, steps back to the value's first consumer and
+        walks on from there, that consumer now given the reduced value, which exists anyway."""
         pinned = self._pinned()
         self.chooser.count_consumers(self.func.ops)
         desired = desired_layouts(self.func, pinned, self.spaces, self.chooser, self.hints)
-        before = _Snapshot(self.func)
         self._phase2(pinned, desired)
-        shared = self._reduced_and_carried()
-        if shared:
-            before.restore(self.func, self.ops)
-            self.actual, self.sources, self.relayouts, self.made = {}, {}, {}, {}
-            self.ops = []
-            self.reduced = shared
-            self._phase2(pinned, desired)
         self.func.ops = [op for op in self.ops if not self._drop_if_noop(op)]
 
     def _phase2(self, pinned: dict[Value, tuple[Sharding, Sources]],
@@ -114,26 +107,83 @@ class _Propagation:
             else:
                 self._set(arg, Sharding.replicated(arg.type.rank), (DEFAULT_SOURCE,))
         self.chooser.count_consumers(self.func.ops)
-        for op in self.func.ops:
-            self._place(op, pinned, desired)
-        self._resolve_returned_partials(pinned)
+        original = _Snapshot(self.func)
+        ops, position = original.ops, original.position
+        marks: list[tuple[int, int, int]] = []
+        """Per op placed, the sizes of `self.ops`, `actual` and `relayouts` just before."""
+        i = 0
+        while True:
+            while i < len(ops):
+                marks.append((len(self.ops), len(self.actual), len(self.relayouts)))
+                self._place(ops[i], pinned, desired)
+                i += 1
+                back = self._step_back(marks[-1][0], position, i)
+                if back is not None:
+                    i = self._undo(back, original, marks)
+            start = len(self.ops)
+            self._resolve_returned_partials(pinned)
+            back = self._step_back(start, position, i)
+            if back is None:
+                return
+            self.func.set_results(original.results)
+            i = self._undo(back, original, marks)
 
-    def _reduced_and_carried(self) -> frozenset[Value]:
-        """Values a relayout reduces while some op takes them with their pending reductions,
-        and the values above them whose reductions they only inherited (`_inherited_from`)."""
-        out: set[Value] = set()
-        for op in self.ops:
-            if op.name != "relayout" or op.operands[0].owner is None:
-                continue
-            value = op.operands[0]
-            resolved = frozenset(self.actual[value].partial) - frozenset(
-                self.actual[op.results[0]].partial)
-            if not resolved:
-                continue
-            if any(u.name != "relayout" and self.spaces.of(u) is not None for u in value.users):
-                out.add(value)
-            out.update(self._inherited_from(value, resolved))
-        return frozenset(out)
+    def _step_back(self, start: int, position: dict[int, int], placed: int) -> int | None:
+        """After placing an op (whose new ops are `self.ops[start:]`, the first `placed`
+        original ops now placed), the position of the first op to place again, or None.
+        When the op reduced a value by a relayout while an op placed earlier took it
+        pending, or took pending a value some relayout reduced, that value and the ones it
+        inherited its reductions from (`_inherited_from`) become `reduced`, and phase 2
+        steps back to their first consumer."""
+        new: set[Value] = set()
+        for op in self.ops[start:]:
+            if op.name == "relayout":
+                value = op.operands[0]
+                resolved = frozenset(self.actual[value].partial) - frozenset(
+                    self.actual[op.results[0]].partial)
+                if resolved and value.owner is not None and any(
+                        u.name != "relayout" and position.get(id(u), placed) < placed
+                        and self.spaces.of(u) is not None for u in value.users):
+                    new.update([value, *self._inherited_from(value, resolved)])
+            elif self.spaces.of(op) is not None:
+                for value in op.operands:
+                    have = frozenset(self.actual[value].partial)
+                    if not have or value.owner is None:
+                        continue
+                    for made in self.made.get(value, ()):
+                        resolved = have - frozenset(made.partial)
+                        if resolved:
+                            new.update([value, *self._inherited_from(value, resolved)])
+        new -= self.reduced
+        if not new:
+            return None
+        self.reduced |= new
+        return min(position[id(u)] for v in new for u in v.users
+                   if position.get(id(u), placed) < placed)
+
+    def _undo(self, back: int, original: _Snapshot, marks: list[tuple[int, int, int]]
+              ) -> int:
+        """Undo the placement of the original ops from position `back` on, with the
+        relayouts made since; returns `back`."""
+        n_ops, n_values, n_relayouts = marks[back]
+        for op in self.ops[n_ops:]:
+            if id(op) not in original.position:
+                op.drop_operands()
+        del self.ops[n_ops:]
+        for k in range(back, len(marks)):
+            original.restore_op(k)
+            op = original.ops[k]
+            space = self.spaces.of(op)
+            if space is not None:
+                self.chooser.unplaced(op, space)
+        del marks[back:]
+        while len(self.actual) > n_values:
+            value, _ = self.actual.popitem()
+            del self.sources[value]
+        while len(self.relayouts) > n_relayouts:
+            (value, layout), _ = self.relayouts.popitem()
+            self.made[value] = self.made[value] - {layout}
+        return back
 
     def _inherited_from(self, value: Value, resolved: frozenset[tuple[str, ReduceOp]]
                         ) -> list[Value]:
@@ -303,29 +353,21 @@ def _take_hints(func: Function) -> dict[Value, list[Value]]:
 
 
 class _Snapshot:
-    """What phase 2 changes in a function, kept to undo it: the ops and their operands and
-    reasons, every value's type and origin, the returned values."""
+    """What phase 2 changes in the original ops, kept to undo it: their operands and
+    reasons, and the returned values."""
 
     def __init__(self, func: Function) -> None:
         self.ops = list(func.ops)
+        self.position = {id(op): i for i, op in enumerate(self.ops)}
+        """Each op's index in `ops`, by id."""
         self.operands = [op.operands for op in self.ops]
         self.whys = [op.why for op in self.ops]
-        self.values = [(v, v.type, v.origin) for v in func.values()]
         self.results = list(func.results)
 
-    def restore(self, func: Function, placed: list[Operation]) -> None:
-        """Undo phase 2, whose op list is `placed` (the ops and the relayouts it added)."""
-        for op, operands, why in zip(self.ops, self.operands, self.whys):
-            for i, value in enumerate(operands):
-                if op.operands[i] is not value:
-                    op.set_operand(i, value)
-            op.why = why
-        kept = {id(op) for op in self.ops}
-        for op in placed:
-            if id(op) not in kept:
-                op.drop_operands()
-        for value, type, origin in self.values:
-            value.type, value.origin = type, origin
-        func.ops = list(self.ops)
-        func.set_results(self.results)
-
+    def restore_op(self, k: int) -> None:
+        """Give the `k`-th op its original operands and reason back."""
+        op = self.ops[k]
+        for i, value in enumerate(self.operands[k]):
+            if op.operands[i] is not value:
+                op.set_operand(i, value)
+        op.why = self.whys[k]
