@@ -21,7 +21,9 @@ def layernorm(x, g):
 
 
 def softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
+    # The max only keeps exp in range: softmax does not depend on it, so its derivative
+    # is zero and not worth computing (jax.nn.softmax does the same).
+    e = np.exp(x - dtc.stop_gradient(x.max(-1, keepdims=True)))
     return e / e.sum(-1, keepdims=True)
 
 

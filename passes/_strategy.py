@@ -202,7 +202,7 @@ class StrategyChooser:
         its own consumers, `depth` ops deep. Any other pending reduction will be paid in
         full, right here or later at the same size."""
         out: set[tuple[str, ReduceOp]] = set()
-        for user in dict.fromkeys(value.users):
+        for user in value.users:
             if len(out) == len(asked):
                 break
             if user.name == "relayout":
@@ -225,15 +225,19 @@ class StrategyChooser:
                 if not kinds:
                     continue
                 others = [layouts.get(v) for j, v in enumerate(user.operands) if j != slot]
-                used = set().union(*(o.used_mesh_dims() for o in others if o is not None))
+                used: set[str] | None = None
                 for pending in asked:
                     mesh_dim, kind = pending
                     if pending in out or kind not in kinds:
                         continue
                     merges = kind in traits.commutes_with and bool(others) and all(
                         o is None or pending in o.partial for o in others)
-                    takes = merges or (kind in traits.commutes_with and not others) or (
-                        kind == ReduceOp.SUM and linear and mesh_dim not in used)
+                    takes = merges or (kind in traits.commutes_with and not others)
+                    if not takes and kind == ReduceOp.SUM and linear:
+                        if used is None:
+                            used = set().union(*(o.used_mesh_dims() for o in others
+                                                 if o is not None))
+                        takes = mesh_dim not in used
                     if not takes:
                         continue
                     if merges or smaller:

@@ -13,6 +13,7 @@ an op is there is a typed `Reason` in `Operation.why`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -133,21 +134,29 @@ class Function:
         self.args = args
         self.ops: list[Operation] = list(ops or [])
         self._results: list[Value] = []
+        self._returned: Counter[int] = Counter()
+        """How often each returned value (by id) is returned."""
         self.set_results(results or [])
 
     @property
     def results(self) -> tuple[Value, ...]:
         return tuple(self._results)
 
-    def set_results(self, values: list[Value]) -> None:
+    def set_results(self, values: Sequence[Value]) -> None:
         """Returned values are not recorded in use-lists; `is_result` answers for them."""
         self._results = list(values)
+        self._returned = Counter(id(v) for v in self._results)
 
     def set_result(self, index: int, value: Value) -> None:
+        old = self._results[index]
+        self._returned[id(old)] -= 1
+        if not self._returned[id(old)]:
+            del self._returned[id(old)]
         self._results[index] = value
+        self._returned[id(value)] += 1
 
     def is_result(self, value: Value) -> bool:
-        return any(v is value for v in self._results)
+        return id(value) in self._returned
 
     def values(self) -> Iterator[Value]:
         yield from self.args
@@ -157,7 +166,10 @@ class Function:
     def replace_value(self, old: Value, new: Value) -> None:
         """Replace every use of `old`, including in the returned values."""
         old.replace_all_uses_with(new)
-        self._results = [new if v is old else v for v in self._results]
+        if self.is_result(old):
+            for i, v in enumerate(self._results):
+                if v is old:
+                    self.set_result(i, new)
 
     def erase(self, op: Operation) -> None:
         """Remove an op whose results are unused."""

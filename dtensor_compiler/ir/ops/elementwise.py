@@ -121,12 +121,19 @@ def _linear(sign: float) -> VJPRule:
     return rule
 
 
+def _sqrt_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    (x,) = op.operands
+    assert op.result is not None
+    return [ad.to_operand(ad.emit("divide", [g, _mul(ad, op.result, ad.scalar(2.0, x))]), x)]
+
+
 def _no_derivative(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     return [None] * len(op.operands)
 
 
 _UNARY_VJPS: dict[str, VJPRule] = {
     "negative": _linear(-1.0), "positive": _linear(1.0), "conjugate": _linear(1.0),
+    "sqrt": _sqrt_vjp,
     "exp": _unary(lambda ad, x, out: out),
     "exp2": _unary(lambda ad, x, out: _mul(ad, out, ad.scalar(math.log(2.0), x))),
     "expm1": _unary(lambda ad, x, out: ad.emit("add", [out, ad.scalar(1.0, x)])),
@@ -152,7 +159,6 @@ _UNARY_VJPS: dict[str, VJPRule] = {
     "arccosh": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit("sqrt", [ad.emit(
         "subtract", [ad.emit("square", [x]), ad.scalar(1.0, x)])]))),
     "arctanh": _unary(lambda ad, x, out: _reciprocal_of(ad, _one_minus_square(ad, x))),
-    "sqrt": _unary(lambda ad, x, out: _reciprocal_of(ad, _mul(ad, out, ad.scalar(2.0, x)))),
     "cbrt": _unary(lambda ad, x, out: _reciprocal_of(ad, _mul(ad, ad.emit("square", [out]),
                                                               ad.scalar(3.0, x)))),
     "square": _unary(lambda ad, x, out: _mul(ad, x, ad.scalar(2.0, x))),
@@ -185,8 +191,15 @@ def _select(ad: VJPContext, cond: Value, g: Value, when: bool) -> Value:
 
 
 def _power_dx(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value:
+    if _is_full(y, 2.0):  # x**2, the common case: x**1 is x
+        return _mul(ad, g, y, x)
     one = ad.scalar(1.0, out)
     return _mul(ad, g, y, ad.emit("power", [x, ad.emit("subtract", [y, one])]))
+
+
+def _is_full(v: Value, value: float) -> bool:
+    """Whether `v` is a ``full`` of `value`."""
+    return v.owner is not None and v.owner.name == "full" and v.owner.attrs["value"] == value
 
 
 def _power_dy(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value:
