@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dtensor_compiler.errors import CheckpointError
-from dtensor_compiler.ir.types import DTYPE_NAMES, numpy_dtype
+from dtensor_compiler.ir.types import DTYPE_NAMES, LOW_PRECISION_FLOATS, numpy_dtype
 from dtensor_compiler.runtime.checkpoint_index import (
     Box,
     StoredSlice,
@@ -368,7 +368,9 @@ def _read_at(fd: int, into: memoryview, offset: int) -> int:
     return got
 
 
-_BY_NUMPY_NAME = {numpy_dtype(n).name: n for n in DTYPE_NAMES}
+_BY_NUMPY_NAME = {LOW_PRECISION_FLOATS.get(n) or np.dtype(numpy_dtype(n)).name: n
+                  for n in DTYPE_NAMES}
+"""IR dtype names by numpy name (ml_dtypes' by theirs, without importing it)."""
 
 
 def stored_dtype(name: str) -> np.dtype:

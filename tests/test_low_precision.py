@@ -3,6 +3,8 @@ numpy's own promotion (as ml_dtypes registers it)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 
 import ml_dtypes
@@ -28,6 +30,18 @@ def test_names_map_both_ways() -> None:
     for name, t in (("bf16", BF16), ("f8e4m3", E4M3), ("f8e5m2", E5M2)):
         assert dtype_name(t) == name and numpy_dtype(name) == np.dtype(t)
     assert "pip install ml_dtypes" in unknown_dtype_message("bf16")
+
+
+def test_ml_dtypes_is_imported_when_a_low_precision_type_is_first_needed() -> None:
+    """Its import takes about a second, so `import dtensor_compiler` must not pay it."""
+    script = ("import sys, numpy as np, dtensor_compiler as dtc\n"
+              "from dtensor_compiler.ir.types import dtype_name, is_floating, numpy_dtype\n"
+              "assert 'ml_dtypes' not in sys.modules\n"
+              "assert is_floating(np.dtype('f4')) and dtype_name(np.int8) == 'i8'\n"
+              "assert 'ml_dtypes' not in sys.modules\n"
+              "assert str(numpy_dtype('bf16')) == 'bfloat16'\n"
+              "assert 'ml_dtypes' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
 
 
 def test_types_and_constants_print_and_parse_back() -> None:

@@ -4,12 +4,15 @@ Dtypes are short names (``f32``, ``i64``, ``bool``, ...) with a two-way map to n
 The low-precision floats ``bf16``, ``f8e4m3`` (float8 e4m3fn: no infinities) and ``f8e5m2``
 are the `ml_dtypes` package's numpy dtypes; they exist when it is installed
 (``pip install ml_dtypes``), and numpy's promotion rules for them are those ml_dtypes
-registers.
+registers. ml_dtypes is imported the first time one of them is asked for (its import takes
+about a second), not with this module.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from math import prod
 
@@ -42,20 +45,33 @@ LOW_PRECISION_FLOATS: dict[str, str] = {
 """IR name -> the `ml_dtypes` type name."""
 
 
+@functools.cache
 def _low_precision() -> dict[str, np.dtype]:
-    try:
-        ml_dtypes = importlib.import_module("ml_dtypes")
-    except ImportError:
+    """The low-precision dtypes by IR name (empty without ml_dtypes); imports ml_dtypes."""
+    if not _HAS_ML_DTYPES:
         return {}
+    ml_dtypes = importlib.import_module("ml_dtypes")
     return {name: np.dtype(getattr(ml_dtypes, t)) for name, t in LOW_PRECISION_FLOATS.items()}
 
 
-_LOW_PRECISION_DTYPES: dict[str, np.dtype] = _low_precision()
-_DTYPES: dict[str, np.dtype] = {
-    **{name: np.dtype(t) for name, t in _NUMPY_NAMES.items()}, **_LOW_PRECISION_DTYPES}
+def _low_precision_name(dtype: np.dtype) -> str | None:
+    """The IR name of one of ml_dtypes' floats, or None. Those are user-defined numpy types
+    (type numbers from 256 on), so no built-in dtype needs ml_dtypes imported to be
+    answered."""
+    if dtype.num < _FIRST_USER_TYPE:
+        return None
+    return next((name for name, d in _low_precision().items() if d == dtype), None)
+
+
+_FIRST_USER_TYPE = 256
+"""numpy's NPY_USERDEF: the type number of the first dtype a package registers."""
+_HAS_ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
+_DTYPES: dict[str, np.dtype] = {name: np.dtype(t) for name, t in _NUMPY_NAMES.items()}
+"""numpy's own dtypes by IR name."""
 _NAME_OF_DTYPE: dict[np.dtype, str] = {d: name for name, d in _DTYPES.items()}
 """The native-byte-order dtypes, looked up without numpy's slow `dtype.name`."""
-DTYPE_NAMES: tuple[str, ...] = tuple(_DTYPES)
+DTYPE_NAMES: tuple[str, ...] = tuple(_DTYPES) + (
+    tuple(LOW_PRECISION_FLOATS) if _HAS_ML_DTYPES else ())
 """The dtypes of this installation."""
 
 
@@ -69,6 +85,8 @@ def dtype_name(dtype: np.dtype | type | str) -> str:
     if name is None:
         name = _NAME_OF_DTYPE.get(np_dtype.newbyteorder("="))
     if name is None:
+        name = _low_precision_name(np_dtype)
+    if name is None:
         raise TypeError(f"dtype {np_dtype.name} is not supported by dtensor_compiler")
     return name
 
@@ -77,6 +95,8 @@ def numpy_dtype(name: str) -> np.dtype:
     """The numpy dtype of an IR dtype name; TypeError for an unknown one (naming the package
     a low-precision float needs)."""
     dtype = _DTYPES.get(name)
+    if dtype is None and name in LOW_PRECISION_FLOATS:
+        dtype = _low_precision().get(name)
     if dtype is None:
         raise TypeError(unknown_dtype_message(name))
     return dtype
@@ -99,21 +119,18 @@ def native_array(value: object) -> np.ndarray:
 
 def is_floating(dtype: np.dtype) -> bool:
     """Whether `dtype` is a real floating-point type (ml_dtypes' floats included)."""
-    return dtype.kind == "f" or dtype in _LOW_PRECISION_SET
+    return dtype.kind == "f" or is_low_precision(dtype)
 
 
 def is_low_precision(dtype: np.dtype) -> bool:
     """Whether `dtype` is one of ml_dtypes' floats (numpy has no einsum loop for them)."""
-    return dtype in _LOW_PRECISION_SET
-
-
-_LOW_PRECISION_SET = frozenset(_LOW_PRECISION_DTYPES.values())
+    return _low_precision_name(dtype) is not None
 
 
 def float_extremes(dtype: np.dtype) -> tuple[float, float]:
     """The lowest and highest values of a float dtype: -inf and inf where it has them, else
     its finite extremes (float8 e4m3fn has no infinities)."""
-    if dtype in _LOW_PRECISION_SET:
+    if is_low_precision(dtype):
         info = importlib.import_module("ml_dtypes").finfo(dtype)
         if not np.isinf(np.array(np.inf).astype(dtype)):
             return float(info.min), float(info.max)
