@@ -10,7 +10,6 @@ from dtensor_compiler.api import (
     call_with_layout,
     check_layout,
     copy_to_mesh,
-    create_distributed_mesh,
     default_mesh,
     device_name,
     fetch_layout,
@@ -56,6 +55,7 @@ from dtensor_compiler.errors import (
     LayoutError,
     Location,
     MeshError,
+    MultiClientError,
     PassError,
     PlanningError,
     ShapeError,
@@ -66,6 +66,24 @@ from dtensor_compiler.errors import (
 )
 from dtensor_compiler.layout import MATCH, UNSHARDED, Layout
 from dtensor_compiler.mesh import Mesh, create_mesh
+from dtensor_compiler.multi_client import (
+    barrier,
+    client_id,
+    create_distributed_mesh,
+    full_job_name,
+    heartbeat_enabled,
+    initialize_accelerator_system,
+    initialize_multi_client,
+    initialize_tpu_system,
+    job_name,
+    jobs,
+    local_devices,
+    num_clients,
+    num_global_devices,
+    num_local_devices,
+    shutdown_accelerator_system,
+    shutdown_tpu_system,
+)
 from dtensor_compiler.variable import DVariable
 
 __all__ = [
@@ -89,6 +107,7 @@ __all__ = [
     "Lowered",
     "Mesh",
     "MeshError",
+    "MultiClientError",
     "PassError",
     "PlanningError",
     "SaveHandle",
@@ -126,4 +145,19 @@ __all__ = [
     "save",
     "sharded_save",
     "unpack",
+    "barrier",
+    "client_id",
+    "full_job_name",
+    "heartbeat_enabled",
+    "initialize_accelerator_system",
+    "initialize_multi_client",
+    "initialize_tpu_system",
+    "job_name",
+    "jobs",
+    "local_devices",
+    "num_clients",
+    "num_global_devices",
+    "num_local_devices",
+    "shutdown_accelerator_system",
+    "shutdown_tpu_system",
 ]

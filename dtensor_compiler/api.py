@@ -7,14 +7,15 @@ records a relayout op in the IR. `default_mesh` sets the mesh that compiled
 functions and `call_with_layout` use when nothing else names one.
 
 Mirrors the reference system's functions of the same names, with these differences: scalar
-components are checked instead of crashing, `pack` verifies that replicated copies agree, and
-only single-client meshes exist until the multi-process runtime lands.
+components are checked instead of crashing, and `pack` verifies that replicated copies agree.
+On a multi-client mesh (`multi_client`) the components are this client's devices', values
+live on the ``distributed`` backend, and a value other clients hold parts of must be gathered
+explicitly (`relayout`) before ``np.asarray`` reads it whole.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import overload
@@ -23,12 +24,12 @@ import numpy as np
 
 from dtensor_compiler import tracing
 from dtensor_compiler.dtensor import DistributedValue, DTensor
-from dtensor_compiler.eager import DEFAULT_BACKEND, place, relayout_storage
-from dtensor_compiler.errors import DTensorError, EagerOnlyError, LayoutError, MeshError
+from dtensor_compiler.eager import place, relayout_storage
+from dtensor_compiler.errors import EagerOnlyError, LayoutError, MeshError
 from dtensor_compiler.ir.types import dtype_name, native_array
 from dtensor_compiler.layout import MATCH, Layout, Spec
-from dtensor_compiler.mesh import Mesh, create_mesh
-from dtensor_compiler.runtime.backends import get_backend
+from dtensor_compiler.mesh import Mesh
+from dtensor_compiler.runtime.backends import default_backend, get_backend
 from dtensor_compiler.tracing import TracedArray
 from dtensor_compiler.tracing.location import user_location
 
@@ -38,19 +39,6 @@ _DEFAULT_MESH: ContextVar[Mesh | None] = ContextVar("dtc_default_mesh", default=
 
 
 # -- meshes -------------------------------------------------------------------------------------
-
-
-def create_distributed_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int],
-                            mesh_name: str = "", local_devices: Sequence[str] | None = None,
-                            device_type: str | None = None, use_xla_spmd: bool = False) -> Mesh:
-    """A mesh over every client's devices. With one client (no ``DTENSOR_JOBS`` naming several)
-    this is `create_mesh`; several clients need the multi-process runtime, not available yet."""
-    jobs = [j for j in os.environ.get("DTENSOR_JOBS", "").split(",") if j]
-    if len(jobs) > 1:
-        raise DTensorError(f"DTENSOR_JOBS names {len(jobs)} clients, but multi-client meshes "
-                           "need the multi-process runtime, which is not available yet; unset "
-                           "DTENSOR_JOBS to simulate the whole mesh in this process")
-    return create_mesh(mesh_dims, mesh_name, local_devices, device_type, use_xla_spmd)
 
 
 @contextlib.contextmanager
@@ -121,10 +109,9 @@ def check_layout(tensor: DistributedValue, layout: Layout) -> None:
 # -- per-device components ----------------------------------------------------------------------
 
 
-def _single_client(mesh: Mesh, what: str) -> None:
-    if mesh.num_local_devices() != mesh.size:
-        raise DTensorError(f"{what}: the mesh has {mesh.num_local_devices()} local devices of "
-                           f"{mesh.size}; multi-client meshes need the multi-process runtime")
+def _backend(mesh: Mesh) -> str:
+    """Where values on `mesh` live: the simulated mesh, or this client's devices of it."""
+    return default_backend(mesh.num_local_devices(), mesh.size)
 
 
 def _component(value: object, device: str, rank: int) -> np.ndarray:
@@ -143,10 +130,11 @@ def _component(value: object, device: str, rank: int) -> np.ndarray:
 
 
 def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
-    """A DTensor from one local component per device of `layout.mesh.local_devices()`."""
+    """A DTensor from one local component per device of `layout.mesh.local_devices()` (on a
+    multi-client mesh, this client's devices; the global shape is then the components'
+    times the shard counts)."""
     _outside_trace("pack", *(tensors if isinstance(tensors, (list, tuple)) else ()))
     mesh = layout.mesh
-    _single_client(mesh, "pack")
     sharding = layout.sharding
     devices = mesh.local_devices()
     if not isinstance(tensors, (list, tuple)):
@@ -160,15 +148,20 @@ def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
         if array.dtype != first.dtype:
             raise TypeError(f"the component for {device} has dtype {array.dtype}, the one for "
                             f"{devices[0]} has {first.dtype}")
-    shape = _global_shape_of_blocks(arrays, layout)
-    for array, device, block in zip(arrays, devices, layout.block_shapes(shape)):
+    ids = mesh.local_device_ids()
+    if len(ids) == mesh.size:
+        shape = _global_shape_of_blocks(arrays, layout)
+    else:  # other clients hold the other blocks: the blocks are taken as even
+        shape = tuple(n * layout.num_shards(i) for i, n in enumerate(first.shape))
+    blocks = layout.block_shapes(shape)
+    for array, device, block in zip(arrays, devices, (blocks[i] for i in ids)):
         if array.shape != block:
             raise LayoutError(f"the component for {device} has shape {list(array.shape)}, but "
                               f"its block of the {list(shape)} tensor laid out as "
                               f"{layout.short_text()} has shape {list(block)}")
     try:
-        storage = get_backend(DEFAULT_BACKEND).from_device_shards(arrays, sharding,
-                                                                  mesh.mesh_shape(), shape)
+        storage = get_backend(_backend(mesh)).from_device_shards(arrays, sharding,
+                                                                 mesh.mesh_shape(), shape)
     except ValueError as e:
         raise LayoutError(f"pack onto {layout.short_text()}: {e} (devices are numbered by "
                           "their position in mesh.local_devices())") from None
@@ -189,13 +182,13 @@ def _global_shape_of_blocks(arrays: Sequence[np.ndarray], layout: Layout) -> tup
 
 
 def unpack(tensor: DTensor) -> list[np.ndarray]:
-    """The local component of every device, in the order of `mesh.local_devices()`."""
+    """The component of every local device, in the order of `mesh.local_devices()` (on a
+    multi-client mesh, this client's)."""
     _outside_trace("unpack", tensor)
     if not isinstance(tensor, DTensor):
         raise TypeError(f"unpack expects a DTensor, got {type(tensor).__name__}")
-    _single_client(tensor.mesh, "unpack")
     storage = tensor.storage
-    return [storage.device_shard(i) for i in range(tensor.mesh.size)]
+    return [storage.device_shard(i) for i in tensor.mesh.local_device_ids()]
 
 
 # -- moving values ------------------------------------------------------------------------------
@@ -231,7 +224,8 @@ def _relayout_dtensor(tensor: DTensor, layout: Layout) -> DTensor:
         return tensor  # one DTensor per storage (donating it gives up every name of it)
     if target.sharding == tensor.layout.sharding:
         return DTensor(tensor.storage.alias(), target, tensor.shape)
-    storage = relayout_storage(tensor.storage, target.sharding, tensor.shape)
+    storage = relayout_storage(tensor.storage, target.sharding, tensor.shape,
+                               _backend(tensor.mesh))
     return DTensor(storage, target, tensor.shape)
 
 
@@ -301,7 +295,6 @@ def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray:
         if tensor.mesh == layout.mesh:
             return _relayout_dtensor(tensor.as_dtensor(), layout)
         layout = _resolve_match(layout, tensor.layout.sharding_specs, tensor.ndim)
-    _single_client(layout.mesh, "copy_to_mesh")
     array = native_array(tensor)
     try:
         dtype_name(array.dtype)
@@ -313,7 +306,8 @@ def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray:
         raise LayoutError(f"layout {layout.short_text()} has rank {layout.rank}, the array "
                           f"has rank {array.ndim}")
     _check_fits(layout, array.shape)
-    return DTensor(place(array, layout.sharding, layout.mesh.mesh_shape()), layout, array.shape)
+    return DTensor(place(array, layout.sharding, layout.mesh.mesh_shape(), _backend(layout.mesh)),
+                   layout, array.shape)
 
 
 def call_with_layout(fn: Callable[..., object], layout: Layout | None, *args: object,

@@ -54,7 +54,13 @@ from dtensor_compiler.layout import MATCH, Layout
 from dtensor_compiler.mesh import Mesh, create_mesh
 from dtensor_compiler.pass_manager import ModulePass, PassContext, PassManager, Stage
 from dtensor_compiler.passes import DEFAULT_PIPELINE
-from dtensor_compiler.runtime.backends import Backend, Executor, Storage, get_backend
+from dtensor_compiler.runtime.backends import (
+    Backend,
+    Executor,
+    Storage,
+    default_backend,
+    get_backend,
+)
 
 
 @dataclass(frozen=True)
@@ -257,11 +263,13 @@ class CompiledFunction:
 
     def __init__(self, fn: Callable[..., Any], in_layouts: Layout | Sequence[Layout | None]
                  | None = None, out_layouts: Layout | Sequence[Layout | None] | None = None,
-                 backend: str = "numpy", pipeline: str | None = None,
+                 backend: str | None = None, pipeline: str | None = None,
                  cost_model: CostModel | None = None, verify: bool = False,
                  specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True,
                  donate_argnums: int | Sequence[int] = ()) -> None:
-        self._backend = get_backend(backend)
+        self._backend_name = backend
+        if backend is not None:
+            get_backend(backend)  # an unknown name fails here, not at the first call
         donate = (donate_argnums,) if isinstance(donate_argnums, int) else tuple(donate_argnums)
         if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in donate):
             raise TypeError(f"donate_argnums must be argument positions (ints >= 0), got "
@@ -407,7 +415,9 @@ class CompiledFunction:
         donated = frozenset(j for j, i in enumerate(positions) if i in self._donate)
         return lower_module(mesh, module, names, self._passes, verify=self._verify,
                             keep_ir=self._keep_ir or locations, locations=locations,
-                            cost_model=self._cost_model, backend=self._backend,
+                            cost_model=self._cost_model, backend=get_backend(
+                                self._backend_name or default_backend(
+                                    mesh.num_local_devices(), mesh.size)),
                             donated=donated)
 
 
@@ -501,7 +511,7 @@ def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
 def compile(fn: Callable[..., Any] | None = None, *,
             in_layouts: Layout | Sequence[Layout | None] | None = None,
             out_layouts: Layout | Sequence[Layout | None] | None = None,
-            backend: str = "numpy", pipeline: str | None = None,
+            backend: str | None = None, pipeline: str | None = None,
             cost_model: CostModel | None = None, verify: bool = False,
             specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True,
             donate_argnums: int | Sequence[int] = ()
@@ -509,6 +519,9 @@ def compile(fn: Callable[..., Any] | None = None, *,
     """Compile `fn` for the simulated mesh: ``@compile``, ``@compile(in_layouts=...)`` or
     ``compile(fn, in_layouts=...)``.
 
+    `backend`: ``numpy`` (the simulated mesh) or ``distributed`` (this client's devices of a
+    multi-client mesh, collectives over torch.distributed); None picks ``distributed`` for a
+    mesh other clients hold devices of (`create_distributed_mesh`), else ``numpy``.
     `in_layouts`: a Layout per positional argument (None: from the DTensor argument, or chosen
     by propagation), or one Layout for a one-argument function. `out_layouts`: likewise per
     result. `pipeline`: pass pipeline text (default `DEFAULT_PIPELINE`). `verify`: verify the

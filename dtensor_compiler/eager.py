@@ -29,13 +29,10 @@ from dtensor_compiler.ir.types import TensorType, dtype_name
 from dtensor_compiler.pass_manager import PassManager
 from dtensor_compiler.runtime.backends import Executor, Storage, get_backend
 
-DEFAULT_BACKEND = "numpy"
-"""The backend that holds DTensors made outside compiled functions."""
-
 
 def relayout_storage(storage: Storage, dst: Sharding, shape: tuple[int, ...],
-                     backend: str = DEFAULT_BACKEND) -> Storage:
-    """`storage` (a value of global `shape`) laid out as `dst`."""
+                     backend: str = "numpy") -> Storage:
+    """`storage` (a value of global `shape`) laid out as `dst` by `backend`."""
     program = _relayout_program(storage.sharding, dst, storage.mesh, shape,
                                 dtype_name(storage.dtype), backend)
     (out,) = program.run([storage])
@@ -56,6 +53,7 @@ def _relayout_program(src: Sharding, dst: Sharding, mesh: MeshShape, shape: tupl
 
 
 def place(value: np.ndarray, sharding: Sharding, mesh: MeshShape,
-          backend: str = DEFAULT_BACKEND) -> Storage:
-    """A global array laid out as `sharding` in `backend`'s storage."""
+          backend: str = "numpy") -> Storage:
+    """A global array laid out as `sharding` in `backend`'s storage (for the distributed
+    backend, this client's blocks of it)."""
     return get_backend(backend).place(value, sharding, mesh)

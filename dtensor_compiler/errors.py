@@ -136,3 +136,8 @@ class CheckpointError(DTensorError):
 
 class SliceSpecError(DTensorError, ValueError):
     """A malformed ``shape_and_slices`` string of `sharded_save` (see `ir/slice_spec.py`)."""
+
+
+class MultiClientError(DTensorError, RuntimeError):
+    """The clients of a multi-client runtime could not work together: one never joined, its
+    coordinator port is taken, a barrier timed out, a peer died (naming the clients)."""

@@ -77,6 +77,7 @@ class Backend:
 
 _PROVIDERS: dict[str, str] = {
     "numpy": "dtensor_compiler.runtime.simulated",
+    "distributed": "dtensor_compiler.runtime.distributed",
 }
 """Backend name -> the module that defines it as ``BACKEND``."""
 
@@ -90,6 +91,12 @@ def backend_names() -> list[str]:
     return sorted(_PROVIDERS)
 
 
+def default_backend(local_devices: int, devices: int) -> str:
+    """The backend for a mesh of `devices` of which `local_devices` are this process's:
+    ``distributed`` when other clients hold some, else ``numpy`` (the simulated mesh)."""
+    return "distributed" if local_devices < devices else "numpy"
+
+
 def get_backend(name: str) -> Backend:
     """The backend called `name`; DTensorError naming the known ones otherwise."""
     if name in _MISSING:
@@ -97,6 +104,10 @@ def get_backend(name: str) -> Backend:
     module = _PROVIDERS.get(name)
     if module is None:
         raise DTensorError(f"unknown backend {name!r}; backends are {backend_names()}")
-    backend = importlib.import_module(module).BACKEND
+    try:
+        backend = importlib.import_module(module).BACKEND
+    except ModuleNotFoundError as e:
+        raise DTensorError(f"backend {name!r} needs the {e.name} package: pip install "
+                           "torch==2.13.0") from None
     assert isinstance(backend, Backend)
     return backend

@@ -87,6 +87,11 @@ class ExecContext(Protocol):
         """A global value laid out as `sharding`, in this context's array form."""
         ...
 
+    def device_index(self, coords: dict[str, int]) -> tuple[int | slice, ...] | None:
+        """Where along the leading mesh axes the devices at mesh `coords` (some mesh dims)
+        are, or None when none of them runs here."""
+        ...
+
 
 KernelFn = Callable[..., Any]
 Kernel = Callable[[Operation, ExecContext], KernelFn]

@@ -408,9 +408,11 @@ def _mask(op: Operation, ctx: ExecContext) -> KernelFn:
             valid = geometry.valid_size(extents[axis], shards, block)
             if valid == room:
                 continue
-            at = dict(zip(mesh_dims, np.unravel_index(block, [ctx.mesh.size(m)
-                                                              for m in mesh_dims])))
-            mesh_index = tuple(int(at[m]) if m in at else slice(None) for m in ctx.mesh.names)
+            at = dict(zip(mesh_dims, (int(c) for c in np.unravel_index(
+                block, [ctx.mesh.size(m) for m in mesh_dims]))))
+            mesh_index = ctx.device_index(at)
+            if mesh_index is None:
+                continue  # no device here holds that block
             local = tuple(slice(valid, None) if d == axis else slice(None)
                           for d in range(t.rank))
             regions.append(mesh_index + local)

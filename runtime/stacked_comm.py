@@ -34,7 +34,7 @@ from dtensor_compiler.runtime.stacked import (
 Shape = tuple[int, ...]
 
 
-def _scatter_into_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: MeshShape,
+def scatter_into_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: MeshShape,
                        block: int) -> np.ndarray:
     """Split local `axis` into blocks of `block` elements over `mesh_dims` (major to minor),
     padding it at its end to whole blocks, and move each block index onto its mesh axis,
@@ -59,9 +59,9 @@ def _scatter_into_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh:
     return split.transpose(mesh_order + local_order)
 
 
-def _gather_from_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: MeshShape,
+def gather_from_mesh(x: np.ndarray, mesh_dims: Sequence[str], axis: int, mesh: MeshShape,
                       extent: int) -> np.ndarray:
-    """Inverse of `_scatter_into_mesh`: concatenate the blocks held along the mesh axes of
+    """Inverse of `scatter_into_mesh`: concatenate the blocks held along the mesh axes of
     `mesh_dims` (major to minor) into local `axis`, cut to `extent`, leaving those mesh axes
     with extent 1."""
     k = len(mesh.dims)
@@ -99,12 +99,12 @@ class StackedCommunicator:
                        op: ReduceOp, axis: int, block: Shape) -> np.ndarray:
         self._check("reduce_scatter", x, src, mesh_dims=mesh_dims, op=op, axis=axis)
         reduced = reduce_mesh_axes(x, mesh_dims, op, self.mesh)
-        return _scatter_into_mesh(reduced, mesh_dims, axis, self.mesh, block[axis])
+        return scatter_into_mesh(reduced, mesh_dims, axis, self.mesh, block[axis])
 
     def all_gather(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int,
                    block: Shape) -> np.ndarray:
         self._check("all_gather", x, src, mesh_dims=mesh_dims, axis=axis)
-        return _gather_from_mesh(x, mesh_dims, axis, self.mesh, block[axis])
+        return gather_from_mesh(x, mesh_dims, axis, self.mesh, block[axis])
 
     def all_to_all(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
                    split_axis: int, concat_axis: int, block: Shape) -> np.ndarray:
@@ -112,13 +112,13 @@ class StackedCommunicator:
                     concat_axis=concat_axis)
         if split_axis == concat_axis:
             return x  # the minor mesh dims of a dim moved to its own end: nothing moves
-        gathered = _gather_from_mesh(x, mesh_dims, concat_axis, self.mesh, block[concat_axis])
-        return _scatter_into_mesh(gathered, mesh_dims, split_axis, self.mesh, block[split_axis])
+        gathered = gather_from_mesh(x, mesh_dims, concat_axis, self.mesh, block[concat_axis])
+        return scatter_into_mesh(gathered, mesh_dims, split_axis, self.mesh, block[split_axis])
 
     def local_slice(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int,
                     block: Shape) -> np.ndarray:
         self._check("local_slice", x, src, mesh_dims=mesh_dims, axis=axis)
-        return _scatter_into_mesh(x, mesh_dims, axis, self.mesh, block[axis])
+        return scatter_into_mesh(x, mesh_dims, axis, self.mesh, block[axis])
 
     def make_partial(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
                      op: ReduceOp) -> np.ndarray:

@@ -34,3 +34,6 @@ class StackedContext:
 
     def distribute(self, value: np.ndarray, sharding: Sharding) -> np.ndarray:
         return to_stacked(value, sharding, self.mesh)
+
+    def device_index(self, coords: dict[str, int]) -> tuple[int | slice, ...]:
+        return tuple(coords[m] if m in coords else slice(None) for m in self.mesh.names)

@@ -366,11 +366,11 @@ def test_call_with_layout_runs_under_the_mesh_and_lays_out_the_result():
     assert dtc.call_with_layout(lambda: 7, None) == 7
 
 
-def test_create_distributed_mesh_is_single_client_for_now(monkeypatch):
+def test_create_distributed_mesh_with_one_client_is_create_mesh(monkeypatch):
     dims = [("x", 2), ("y", 2)]
     assert dtc.create_distributed_mesh(dims) == dtc.create_mesh(dims)
     monkeypatch.setenv("DTENSOR_JOBS", "localhost:1000,localhost:1001")
-    with pytest.raises(dtc.DTensorError, match="2 clients.*multi-process runtime"):
+    with pytest.raises(ValueError, match="names 2 clients: call initialize_multi_client"):
         dtc.create_distributed_mesh(dims)
 
 

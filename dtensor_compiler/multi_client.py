@@ -1,0 +1,387 @@
+"""Several processes, one mesh: the reference system's multi-client functions.
+
+A *client* is one process holding some of a mesh's devices. The environment says how many
+there are and which one this is, in the reference system's variables or torchrun's:
+
+=========================  ===================================================================
+``DTENSOR_JOBS``           ``host:port`` of every client, comma-separated, in client order;
+                           the first one's address is the coordinator (client 0 listens there)
+``DTENSOR_CLIENT_ID``      this client's position in ``DTENSOR_JOBS`` (default 0)
+``DTENSOR_NUM_CLIENTS``    the number of clients (legacy; must agree with the others if given)
+``DTENSOR_JOB_NAME``       the job's name in device names (default ``localhost`` for one
+                           client, ``worker`` for several)
+``DTENSOR_ENABLE_HEARTBEAT``  ``true`` (default) or ``false``: see `heartbeat_enabled`
+``RANK``, ``WORLD_SIZE``   torchrun's: this client and the number of clients, when
+                           ``DTENSOR_JOBS`` is not set
+``MASTER_ADDR``,           torchrun's coordinator (default ``127.0.0.1``, port 29500)
+``MASTER_PORT``
+``LOCAL_RANK``             torchrun's position on the host (read by `local_rank` only)
+=========================  ===================================================================
+
+With none of them set there is one client, and everything is the simulated mesh, as without
+this module. `initialize_multi_client` (also exported as `initialize_accelerator_system` and
+`initialize_tpu_system`) joins the clients: client 0 hosts a torch ``TCPStore`` at the
+coordinator, every client checks in there (a client that does not arrive within the timeout
+is named), and a gloo process group is made over it. After that, `create_distributed_mesh`
+gives every client the same mesh with its own contiguous block of device ids, and compiled
+functions and the eager API run on this client's devices (the ``distributed`` backend).
+
+Differences from the reference: `shutdown_accelerator_system` works multi-client too (it
+leaves the process group), and CPU is the only device type.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from dtensor_compiler.errors import MultiClientError
+from dtensor_compiler.mesh import Mesh, cpu_device_name, create_mesh
+from dtensor_compiler.runtime import clients
+
+DEFAULT_TIMEOUT_S = 60.0
+"""How long clients wait for each other to join, and a barrier by default
+(``DTC_JOIN_TIMEOUT`` overrides it)."""
+
+_DEVICE_TYPES = ("CPU", "GPU", "TPU")
+
+
+@dataclass(frozen=True)
+class _Environment:
+    """What the environment says about the clients."""
+
+    jobs: tuple[str, ...]
+    client_id: int
+    num_clients: int
+    job_name: str
+    coordinator: tuple[str, int] | None
+    heartbeat: bool
+
+    @staticmethod
+    def read(env: Mapping[str, str]) -> _Environment:
+        jobs = tuple(j for j in env.get("DTENSOR_JOBS", "").split(",") if j)
+        legacy = env.get("DTENSOR_NUM_CLIENTS")
+        coordinator: tuple[str, int] | None = None
+        if jobs:
+            count = len(jobs)
+            who = _int(env, "DTENSOR_CLIENT_ID", 0)
+            coordinator = _address(jobs[0], "DTENSOR_JOBS")
+            source = "DTENSOR_JOBS"
+        elif "WORLD_SIZE" in env:
+            count = _int(env, "WORLD_SIZE", 1)
+            who = _int(env, "RANK", 0)
+            coordinator = (env.get("MASTER_ADDR", "127.0.0.1"),
+                           _int(env, "MASTER_PORT", 29500))
+            source = "WORLD_SIZE"
+        else:
+            count = _int(env, "DTENSOR_NUM_CLIENTS", 1)
+            who = _int(env, "DTENSOR_CLIENT_ID", 0)
+            if count > 1:
+                raise ValueError(f"DTENSOR_NUM_CLIENTS is {count}, but neither DTENSOR_JOBS "
+                                 "nor WORLD_SIZE says where the clients are")
+            source = "DTENSOR_NUM_CLIENTS"
+        if legacy is not None and int(legacy) != count:
+            raise ValueError(f"DTENSOR_NUM_CLIENTS is {legacy}, but {source} names {count} "
+                             "clients")
+        if "WORLD_SIZE" in env and jobs and _int(env, "WORLD_SIZE", 1) != count:
+            raise ValueError(f"WORLD_SIZE is {env['WORLD_SIZE']}, but DTENSOR_JOBS names "
+                             f"{count} clients")
+        if not 0 <= who < count:
+            raise ValueError(f"client id {who} is not in [0, {count}): {source} names "
+                             f"{count} clients")
+        name = env.get("DTENSOR_JOB_NAME") or ("localhost" if count == 1 else "worker")
+        heartbeat = env.get("DTENSOR_ENABLE_HEARTBEAT", "true").lower() not in (
+            "0", "false", "no", "off")
+        return _Environment(jobs, who, count, name, coordinator, heartbeat)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+
+
+def _address(job: str, source: str) -> tuple[str, int]:
+    host, sep, port = job.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{source} entry {job!r} is not host:port")
+    return host, int(port)
+
+
+@dataclass
+class _Runtime:
+    """The joined clients of this process."""
+
+    env: _Environment
+    device_type: str
+    local_devices: int
+    store: Any = None
+    """The coordinator's torch TCPStore (None for one client)."""
+    barriers: dict[str, int] = field(default_factory=dict)
+    """How often each barrier name has been passed."""
+
+
+_RUNTIME: _Runtime | None = None
+
+
+def _environment() -> _Environment:
+    return _RUNTIME.env if _RUNTIME is not None else _Environment.read(os.environ)
+
+
+# -- what the environment says ------------------------------------------------------------------
+
+
+def jobs() -> list[str]:
+    """The ``host:port`` of every client (``DTENSOR_JOBS``); empty when it is not set."""
+    return list(_environment().jobs)
+
+
+def num_clients() -> int:
+    """The number of clients: 1 unless ``DTENSOR_JOBS`` (or torchrun) names several."""
+    return _environment().num_clients
+
+
+def client_id() -> int:
+    """This client's number, 0 to ``num_clients() - 1``."""
+    return _environment().client_id
+
+
+def local_rank() -> int:
+    """This client's position on its host (torchrun's ``LOCAL_RANK``; default 0)."""
+    return _int(os.environ, "LOCAL_RANK", 0)
+
+
+def job_name() -> str:
+    """The job's name in device names: ``DTENSOR_JOB_NAME``, else ``localhost`` for one
+    client and ``worker`` for several."""
+    return _environment().job_name
+
+
+def full_job_name(task_id: int | None = None) -> str:
+    """``<job>/replica:0/task:<task>`` of client `task_id` (this one by default)."""
+    env = _environment()
+    task = env.client_id if task_id is None else task_id
+    if env.num_clients == 1 and task != 0:
+        raise ValueError(f"Unexpected task ID {task} in local runs")
+    return f"{env.job_name}/replica:0/task:{task}"
+
+
+def heartbeat_enabled() -> bool:
+    """``DTENSOR_ENABLE_HEARTBEAT`` (default true)."""
+    return _environment().heartbeat
+
+
+def _check_type(device_type: str) -> str:
+    kind = device_type.upper()
+    if kind not in _DEVICE_TYPES:
+        raise ValueError(f"device type {device_type!r} is not one of {list(_DEVICE_TYPES)}")
+    return kind
+
+
+def local_devices(device_type: str, for_client_id: int | None = None) -> list[str]:
+    """The names of a client's devices of `device_type` (this client by default)."""
+    kind = _check_type(device_type)
+    env = _environment()
+    task = env.client_id if for_client_id is None else for_client_id
+    return [f"/job:{env.job_name}/replica:0/task:{task}/device:{kind}:{i}"
+            for i in range(num_local_devices(kind))]
+
+
+def num_local_devices(device_type: str) -> int:
+    """Devices of `device_type` on this client: those `initialize_multi_client` was given
+    (``num_logical_cpu_devices``, default 1); 0 for a type it has none of."""
+    kind = _check_type(device_type)
+    if _RUNTIME is None:
+        return 1 if kind == "CPU" else 0
+    return _RUNTIME.local_devices if kind == _RUNTIME.device_type else 0
+
+
+def num_global_devices(device_type: str) -> int:
+    """Devices of `device_type` over all clients (every client has as many)."""
+    return num_local_devices(device_type) * num_clients()
+
+
+# -- joining ------------------------------------------------------------------------------------
+
+
+def initialize_accelerator_system(device_type: str | None = None,
+                                  enable_coordination_service: bool = True,
+                                  num_logical_cpu_devices: int | None = None,
+                                  experimental_reset_context: bool = False,
+                                  experimental_enable_megcore: bool = False, *,
+                                  timeout_s: float | None = None) -> str:
+    """Join the clients the environment names and return the device type (``CPU``).
+
+    `num_logical_cpu_devices`: the devices of this client (default 1); every client must
+    give the same number. `timeout_s`: how long to wait for every client to join (default
+    ``DTC_JOIN_TIMEOUT`` or 60 s); `MultiClientError` names the clients that did not, or
+    says the coordinator's port is taken. ValueError when called twice, for a device type
+    other than CPU, or for a malformed environment.
+    """
+    global _RUNTIME
+    if _RUNTIME is not None:
+        raise ValueError("the accelerator system is already initialized; call "
+                         "shutdown_accelerator_system() first")
+    kind = _check_type(device_type or "CPU")
+    if kind != "CPU":
+        raise ValueError(f"device type {kind} is not supported: clients run on CPU devices")
+    devices = 1 if num_logical_cpu_devices is None else num_logical_cpu_devices
+    if not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"num_logical_cpu_devices must be a positive int, got {devices!r}")
+    env = _Environment.read(os.environ)
+    runtime = _Runtime(env, kind, devices)
+    if env.num_clients > 1:
+        runtime.store = _join(env, timeout_s if timeout_s is not None else _timeout())
+    _RUNTIME = runtime
+    clients.set_current(clients.Clients(env.client_id, env.num_clients, devices))
+    return kind
+
+
+initialize_multi_client = initialize_accelerator_system
+initialize_tpu_system = initialize_accelerator_system
+
+
+def _timeout() -> float:
+    text = os.environ.get("DTC_JOIN_TIMEOUT")
+    return float(text) if text else DEFAULT_TIMEOUT_S
+
+
+def _join(env: _Environment, timeout_s: float) -> Any:
+    """Start or reach the coordinator's store, check every client in (naming those that do
+    not come), and make the gloo process group over it."""
+    try:
+        import torch.distributed as dist
+    except ModuleNotFoundError:
+        raise MultiClientError("several clients need torch: pip install torch==2.13.0") \
+            from None
+    assert env.coordinator is not None
+    host, port = env.coordinator
+    timeout = timedelta(seconds=timeout_s)
+    leader = env.client_id == 0
+    try:
+        store = dist.TCPStore(host, port, env.num_clients, is_master=leader, timeout=timeout,
+                              wait_for_workers=False)
+    except Exception as e:  # torch raises DistNetworkError / RuntimeError subclasses
+        if leader:
+            raise MultiClientError(f"client 0 cannot listen on {host}:{port} (the "
+                                   f"coordinator address): {_first_line(e)}; is the port in "
+                                   "use?") from None
+        raise MultiClientError(f"client {env.client_id} cannot reach the coordinator at "
+                               f"{host}:{port} within {timeout_s:g} s: "
+                               f"{_first_line(e)}") from None
+    _wait_for(store, "join", env, timeout_s)
+    dist.init_process_group("gloo", store=dist.PrefixStore("gloo", store),
+                            rank=env.client_id, world_size=env.num_clients, timeout=timeout)
+    return store
+
+
+def _wait_for(store: Any, key: str, env: _Environment, timeout_s: float) -> None:
+    """Check in under `key` and wait until every client has; MultiClientError naming the
+    clients missing after `timeout_s` (as this client last saw them: the coordinator may be
+    gone by then)."""
+    store.set(f"{key}/{env.client_id}", "1")
+    waiting = {c: f"{key}/{c}" for c in range(env.num_clients) if c != env.client_id}
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while waiting:
+        try:
+            for c in [c for c, k in waiting.items() if store.check([k])]:
+                del waiting[c]
+        except Exception as e:  # the coordinator closed: it gave up, or died
+            raise MultiClientError(f"{key}: the coordinator (client 0) went away while "
+                                   f"clients {', '.join(map(str, sorted(waiting)))} had not "
+                                   f"arrived: {_first_line(e)}") from None
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(waiting)
+            raise MultiClientError(f"{key}: client{'s' if len(missing) > 1 else ''} "
+                                   f"{', '.join(map(str, missing))} of {env.num_clients} did "
+                                   f"not arrive within {timeout_s:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def shutdown_accelerator_system() -> None:
+    """Leave the clients (their process group) and go back to one client. ValueError when
+    not initialized."""
+    global _RUNTIME
+    if _RUNTIME is None:
+        raise ValueError("the accelerator system is not initialized")
+    if _RUNTIME.store is not None:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _RUNTIME = None
+    clients.set_current(None)
+
+
+shutdown_tpu_system = shutdown_accelerator_system
+
+
+def barrier(mesh: Mesh, barrier_name: str | None = None,
+            timeout_in_ms: int | None = None) -> None:
+    """Wait until every client of `mesh` reaches this barrier (the same name, as often).
+    `MultiClientError` names the clients still missing after `timeout_in_ms` (default:
+    the join timeout). Nothing to wait for with one client."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"barrier expects a Mesh, got {type(mesh).__name__}")
+    if _RUNTIME is None or _RUNTIME.store is None:
+        return
+    name = barrier_name or "barrier"
+    count = _RUNTIME.barriers.get(name, 0) + 1
+    _RUNTIME.barriers[name] = count
+    seconds = timeout_in_ms / 1000 if timeout_in_ms is not None else _timeout()
+    _wait_for(_RUNTIME.store, f"barrier {name!r} #{count}", _RUNTIME.env, seconds)
+
+
+# -- meshes -------------------------------------------------------------------------------------
+
+
+def create_distributed_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int],
+                            mesh_name: str = "", local_devices: Sequence[str] | None = None,
+                            device_type: str | None = None, use_xla_spmd: bool = False) -> Mesh:
+    """A mesh over every client's devices, this client's being the contiguous block of
+    device ids ``client_id() * n .. + n - 1`` (row-major), ``n`` its local device count.
+    With one client this is `create_mesh`. ValueError when the environment names several
+    clients and `initialize_multi_client` has not run."""
+    env = _environment()
+    if env.num_clients == 1:
+        return create_mesh(mesh_dims, mesh_name, local_devices, device_type, use_xla_spmd)
+    if _RUNTIME is None:
+        raise ValueError(f"the environment names {env.num_clients} clients: call "
+                         "initialize_multi_client() before create_distributed_mesh()")
+    kind = _check_type(device_type or _RUNTIME.device_type)
+    n = len(local_devices) if local_devices is not None else _RUNTIME.local_devices
+    if n != _RUNTIME.local_devices:
+        raise ValueError(f"this client was initialized with {_RUNTIME.local_devices} devices, "
+                         f"got {n} local_devices")
+    dims = list(mesh_dims.items()) if isinstance(mesh_dims, dict) else list(mesh_dims)
+    names = [d for d, _ in dims]
+    shape = [s for _, s in dims]
+    total = n * env.num_clients
+    if int(np.prod(shape)) != total:
+        raise ValueError(f"mesh {dict(dims)} has {int(np.prod(shape))} devices, but "
+                         f"{env.num_clients} clients of {n} devices hold {total}")
+    ids = np.arange(total).reshape(shape)
+    mine = list(range(n * env.client_id, n * (env.client_id + 1)))
+    every = [cpu_device_name(i % n, task=i // n, job=env.job_name) for i in range(total)]
+    mesh = Mesh(names, ids, mine, [every[i] for i in mine], mesh_name, every, use_xla_spmd)
+    if kind != "CPU":
+        raise ValueError(f"device type {kind} is not supported: clients run on CPU devices")
+    clients.Clients(env.client_id, env.num_clients, n).box(mesh.mesh_shape())
+    return mesh

@@ -1,0 +1,476 @@
+"""The distributed backend: each process runs its own devices' part of a program, and the
+collectives go over torch.distributed (gloo on CPU).
+
+Every process runs the same localized module. A process holds its devices (its `Box`) in
+the stacked form cut to the box (`box`), so its kernels are the numpy backend's, run once
+over all its devices, exactly as on the simulated mesh. A collective over mesh dims ``G``:
+
+- is local when the box spans ``G`` whole (every group lies in this process): the simulated
+  mesh's collective on the box;
+- is one torch collective when the box holds one coordinate along each dim of ``G``: the
+  processes whose boxes differ only along ``G`` form a process group, ordered by client id,
+  which is row-major over the ``G`` coordinates; the process's devices along the other dims
+  ride along as a batch axis, so one ``all_reduce`` / ``all_gather_single`` /
+  ``reduce_scatter_single`` / ``all_to_all_single`` serves them all;
+- otherwise (a box holding part of ``G``) gathers the group's boxes, runs the simulated
+  collective on them and keeps its own part: correct, but it moves the whole operand.
+
+One process group per set of mesh dims and mesh, made the first time it is needed. Every
+process makes the groups in the same order because every process runs the same programs in
+the same order (a mismatch is caught before running: the plan hash `multi_client` checks).
+torch is imported with this module only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dtensor_compiler.errors import DTensorError
+from dtensor_compiler.ir import geometry
+from dtensor_compiler.ir.core import Module, Operation
+from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
+from dtensor_compiler.ir.types import TensorType, is_low_precision, numpy_dtype
+from dtensor_compiler.runtime import clients
+from dtensor_compiler.runtime.backends import Backend, Storage
+from dtensor_compiler.runtime.box import Box
+from dtensor_compiler.runtime.executor import ArrayType, Conform, ExecutionError, Program
+from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS
+from dtensor_compiler.runtime.stacked import (
+    check_stacked,
+    expected_stacked_shape,
+    from_stacked,
+    mesh_extents,
+    pad_to_blocks,
+    to_stacked,
+    trim_to,
+)
+from dtensor_compiler.runtime.stacked_comm import (
+    StackedCommunicator,
+    gather_from_mesh,
+    scatter_into_mesh,
+)
+
+
+class NotLocalError(DTensorError):
+    """A value asked for whole (``np.asarray``, ``.numpy()``) that other clients hold parts
+    of: it must be gathered explicitly first."""
+
+
+_TORCH_REDUCE = {ReduceOp.SUM: dist.ReduceOp.SUM, ReduceOp.MAX: dist.ReduceOp.MAX,
+                 ReduceOp.MIN: dist.ReduceOp.MIN, ReduceOp.PROD: dist.ReduceOp.PRODUCT}
+_BOOL_REDUCE = {ReduceOp.SUM: dist.ReduceOp.MAX, ReduceOp.MAX: dist.ReduceOp.MAX,
+                ReduceOp.MIN: dist.ReduceOp.MIN, ReduceOp.PROD: dist.ReduceOp.MIN}
+"""numpy's sum of bools is `or`, its product `and`."""
+
+
+def _this_box(mesh: MeshShape) -> Box:
+    current = clients.current()
+    if current is None:
+        return Box(mesh, (0,) * len(mesh.dims), mesh.sizes)
+    return current.box(mesh)
+
+
+# -- torch tensors -----------------------------------------------------------------------------
+
+
+def _to_torch(x: np.ndarray) -> torch.Tensor:
+    """A new contiguous tensor of `x` (ml_dtypes' floats as float32: torch collectives have
+    no float8 sum)."""
+    array = np.array(x, order="C")
+    if is_low_precision(array.dtype):
+        array = array.astype(np.float32)
+    return torch.from_numpy(array)
+
+
+def _to_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    out = t.numpy()
+    return out if out.dtype == dtype else out.astype(dtype)
+
+
+def _all_gather(t: torch.Tensor, group: Any, size: int) -> torch.Tensor:
+    """Every group member's `t`, stacked along a new leading axis in member order."""
+    out = torch.empty((size,) + tuple(t.shape), dtype=t.dtype)
+    dist.all_gather_single(out, t.reshape((1,) + tuple(t.shape)), group=group)
+    return out
+
+
+class _Groups:
+    """The process groups of one mesh: per set of mesh dims, the clients whose boxes differ
+    only along those dims."""
+
+    _made: dict[tuple[MeshShape, tuple[str, ...]], tuple[Any, list[int]]] = {}
+    """Process-wide, so each group is made once."""
+
+    def __init__(self, mesh: MeshShape) -> None:
+        self.mesh = mesh
+        current = clients.current()
+        if current is None:
+            raise DTensorError("the distributed backend needs initialize_multi_client() first")
+        self.clients = current
+        self.boxes = [current.box(mesh, c) for c in range(current.num_clients)]
+
+    def group(self, mesh_dims: Sequence[str]) -> tuple[Any, list[int]]:
+        """This client's process group over `mesh_dims`, and its members (client ids,
+        ascending: row-major over the mesh coordinates of `mesh_dims`)."""
+        key = (self.mesh, tuple(sorted(mesh_dims, key=self.mesh.index)))
+        if key not in self._made:
+            classes: dict[tuple[int, ...], list[int]] = {}
+            for c, box in enumerate(self.boxes):
+                rest = tuple(s for m, s in zip(self.mesh.names, box.start) if m not in key[1])
+                classes.setdefault(rest, []).append(c)
+            mine: tuple[Any, list[int]] | None = None
+            for ranks in classes.values():  # the same order on every client
+                group = dist.new_group(ranks) if len(ranks) > 1 else None
+                if self.clients.client_id in ranks:
+                    mine = (group, ranks)
+            assert mine is not None
+            self._made[key] = mine
+        return self._made[key]
+
+
+class TorchCommunicator:
+    """The collectives of one client's box (implements `executor.Communicator`)."""
+
+    def __init__(self, mesh: MeshShape, box: Box) -> None:
+        self.mesh = mesh
+        self.box = box
+        self.local = StackedCommunicator(box.submesh)
+        self._groups: _Groups | None = None
+
+    def _group(self, mesh_dims: Sequence[str]) -> tuple[Any, list[int]]:
+        if self._groups is None:
+            self._groups = _Groups(self.mesh)
+        return self._groups.group(mesh_dims)
+
+    def _route(self, mesh_dims: Sequence[str]) -> str:
+        if self.box.whole(mesh_dims):
+            return "local"
+        if all(self.box.extent[self.mesh.index(m)] == 1 for m in mesh_dims):
+            return "remote"
+        return "mixed"
+
+    def _union(self, mesh_dims: Sequence[str]) -> MeshShape:
+        """The box widened to the whole mesh along `mesh_dims`."""
+        return MeshShape(tuple((m, self.mesh.size(m) if m in mesh_dims else e)
+                               for m, e in zip(self.mesh.names, self.box.extent)))
+
+    def _axes(self, mesh_dims: Sequence[str]) -> list[int]:
+        return sorted(self.mesh.index(m) for m in mesh_dims)
+
+    def _flatten(self, x: np.ndarray, mesh_dims: Sequence[str]) -> np.ndarray:
+        """`x`, whose axes along `mesh_dims` span the whole mesh, with those axes moved to
+        one leading axis in mesh order (a group member's position), contiguous."""
+        axes = self._axes(mesh_dims)
+        moved = np.moveaxis(x, axes, list(range(len(axes))))
+        return np.ascontiguousarray(moved.reshape((-1,) + moved.shape[len(axes):]))
+
+    def _unflatten(self, x: np.ndarray, mesh_dims: Sequence[str]) -> np.ndarray:
+        """Inverse of `_flatten`: the leading group axis back onto the mesh axes of
+        `mesh_dims`."""
+        axes = self._axes(mesh_dims)
+        sizes = [self.mesh.sizes[j] for j in axes]
+        return np.moveaxis(x.reshape(sizes + list(x.shape[1:])), list(range(len(axes))), axes)
+
+    def _gather_group(self, x: np.ndarray, src: Sharding, mesh_dims: Sequence[str]
+                      ) -> np.ndarray:
+        """The group's boxes of `x` (laid out as `src`) put together: its axes along those
+        of `mesh_dims` it differs along span the whole mesh."""
+        group, ranks = self._group(mesh_dims)
+        out = _all_gather(_to_torch(x), group, len(ranks))
+        used = src.used_mesh_dims()
+        shape = list(x.shape)
+        for m in mesh_dims:
+            if m in used:
+                shape[self.mesh.index(m)] = self.mesh.size(m)
+        union = np.empty(shape, dtype=x.dtype)
+        assert self._groups is not None
+        for piece, client in zip(_to_numpy(out, x.dtype), ranks):
+            start = self._groups.boxes[client].start
+            union[tuple(slice(start[j], start[j] + n) if n < shape[j] else slice(None)
+                        for j, n in enumerate(x.shape))] = piece
+        return union
+
+    def _own_part(self, y: np.ndarray, mesh_dims: Sequence[str]) -> np.ndarray:
+        """This box's part of `y`, whose axes along `mesh_dims` may span the whole mesh."""
+        return y[tuple(
+            slice(s, s + e) if m in mesh_dims and y.shape[j] == self.mesh.size(m) > e
+            else slice(None)
+            for j, (m, s, e) in enumerate(zip(self.mesh.names, self.box.start,
+                                              self.box.extent)))]
+
+    # -- the collectives ------------------------------------------------------------------------
+    def all_reduce(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
+                   op: ReduceOp) -> np.ndarray:
+        route = self._route(mesh_dims)
+        if route == "local":
+            return self.local.all_reduce(x, src, mesh_dims, op)
+        if route == "mixed":
+            union = self._gather_group(x, src, mesh_dims)
+            return StackedCommunicator(self._union(mesh_dims)).all_reduce(
+                union, src, mesh_dims, op)
+        group, _ = self._group(mesh_dims)
+        t = _to_torch(x)
+        dist.all_reduce(t, op=(_BOOL_REDUCE if x.dtype == np.bool_ else _TORCH_REDUCE)[op],
+                        group=group)
+        return _to_numpy(t, x.dtype)
+
+    def reduce_scatter(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
+                       op: ReduceOp, axis: int, block: tuple[int, ...]) -> np.ndarray:
+        route = self._route(mesh_dims)
+        if route == "local":
+            return self.local.reduce_scatter(x, src, mesh_dims, op, axis, block)
+        union_mesh = self._union(mesh_dims)
+        if route == "mixed":
+            union = self._gather_group(x, src, mesh_dims)
+            scattered = StackedCommunicator(union_mesh).reduce_scatter(
+                union, src, mesh_dims, op, axis, block)
+            return self._own_part(scattered, mesh_dims)
+        if x.dtype == np.bool_:  # gloo has no boolean reduce_scatter: reduce whole, cut
+            reduced = self.all_reduce(x, src, mesh_dims, op)
+            return self.local_slice(reduced, Sharding(src.dims), mesh_dims, axis, block)
+        group, _ = self._group(mesh_dims)
+        t = _to_torch(self._flatten(scatter_into_mesh(x, mesh_dims, axis, union_mesh,
+                                                      block[axis]), mesh_dims))
+        mine = torch.empty((1,) + tuple(t.shape[1:]), dtype=t.dtype)
+        dist.reduce_scatter_single(mine, t, op=_TORCH_REDUCE[op], group=group)
+        return np.expand_dims(_to_numpy(mine[0], x.dtype), self._axes(mesh_dims))
+
+    def all_gather(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int,
+                   block: tuple[int, ...]) -> np.ndarray:
+        route = self._route(mesh_dims)
+        if route == "local":
+            return self.local.all_gather(x, src, mesh_dims, axis, block)
+        if route == "mixed":
+            union = self._gather_group(x, src, mesh_dims)
+        else:
+            group, ranks = self._group(mesh_dims)
+            out = _all_gather(_to_torch(np.squeeze(x, tuple(self._axes(mesh_dims)))), group,
+                              len(ranks))
+            union = self._unflatten(_to_numpy(out, x.dtype), mesh_dims)
+        return gather_from_mesh(union, mesh_dims, axis, self._union(mesh_dims), block[axis])
+
+    def all_to_all(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
+                   split_axis: int, concat_axis: int, block: tuple[int, ...]) -> np.ndarray:
+        route = self._route(mesh_dims)
+        if route == "local":
+            return self.local.all_to_all(x, src, mesh_dims, split_axis, concat_axis, block)
+        if split_axis == concat_axis:
+            return x
+        union_mesh = self._union(mesh_dims)
+        if route == "mixed":
+            union = self._gather_group(x, src, mesh_dims)
+            moved = StackedCommunicator(union_mesh).all_to_all(union, src, mesh_dims,
+                                                               split_axis, concat_axis, block)
+            return self._own_part(moved, mesh_dims)
+        group, _ = self._group(mesh_dims)
+        t = _to_torch(self._flatten(scatter_into_mesh(x, mesh_dims, split_axis, union_mesh,
+                                                      block[split_axis]), mesh_dims))
+        out = torch.empty_like(t)
+        dist.all_to_all_single(out, t, group=group)
+        received = self._unflatten(_to_numpy(out, x.dtype), mesh_dims)
+        return gather_from_mesh(received, mesh_dims, concat_axis, union_mesh,
+                                block[concat_axis])
+
+    def local_slice(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int,
+                    block: tuple[int, ...]) -> np.ndarray:
+        if self._route(mesh_dims) == "local":
+            return self.local.local_slice(x, src, mesh_dims, axis, block)
+        whole = scatter_into_mesh(x, mesh_dims, axis, self._union(mesh_dims), block[axis])
+        return self._own_part(whole, mesh_dims)
+
+    def make_partial(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
+                     op: ReduceOp) -> np.ndarray:
+        return self.box.place_partial(x, Sharding(src.dims, tuple((m, op) for m in mesh_dims)))
+
+
+class BoxContext:
+    """Implements `executor.ExecContext` for one client's box of the mesh."""
+
+    def __init__(self, mesh: MeshShape, box: Box) -> None:
+        self.mesh = mesh
+        self.mesh_axes = len(mesh.dims)
+        self.box = box
+        self.comm = TorchCommunicator(mesh, box)
+
+    def block_index(self, mesh_dims: Sequence[str]) -> np.ndarray:
+        return self.box.block_index(mesh_dims)
+
+    def spread_partial(self, x: np.ndarray, sharding: Sharding) -> np.ndarray:
+        return self.box.place_partial(x, sharding)
+
+    def distribute(self, value: np.ndarray, sharding: Sharding) -> np.ndarray:
+        return np.ascontiguousarray(self.box.cut(to_stacked(value, sharding, self.mesh)))
+
+    def device_index(self, coords: dict[str, int]) -> tuple[int | slice, ...] | None:
+        return self.box.index_of(coords)
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+
+class BoxStorage:
+    """A distributed value as one client holds it: the stacked array over its box
+    (implements `backends.Storage`). The array is read-only."""
+
+    __slots__ = ("stacked", "sharding", "mesh", "shape", "box")
+
+    def __init__(self, stacked: np.ndarray, sharding: Sharding, mesh: MeshShape,
+                 shape: Sequence[int], box: Box | None = None) -> None:
+        self.box = box or _this_box(mesh)
+        check_stacked(stacked, sharding, self.box.submesh)
+        if stacked.flags.writeable:
+            stacked = stacked.view()
+            stacked.flags.writeable = False
+        self.stacked = stacked
+        self.sharding = sharding
+        self.mesh = mesh
+        self.shape = tuple(shape)
+
+    @classmethod
+    def from_global(cls, value: np.ndarray, sharding: Sharding, mesh: MeshShape
+                    ) -> BoxStorage:
+        """This client's blocks of a global array laid out as `sharding` (a copy)."""
+        box = _this_box(mesh)
+        return cls(np.array(box.cut(to_stacked(value, sharding, mesh))), sharding, mesh,
+                   np.shape(value), box)
+
+    @classmethod
+    def from_device_shards(cls, shards: Sequence[np.ndarray], sharding: Sharding,
+                           mesh: MeshShape, shape: Sequence[int]) -> BoxStorage:
+        """From the valid part of each of this client's devices' blocks, in device-id
+        order (ValueError naming the device whose block is wrong, or whose replicated copy
+        differs)."""
+        box = _this_box(mesh)
+        devices = box.devices
+        if len(shards) != len(devices):
+            raise ValueError(f"this client holds {len(devices)} devices, got {len(shards)} "
+                             "shards")
+        local = sharding.local_shape(tuple(shape), mesh)
+        blocks = []
+        for device, shard in zip(devices, shards):
+            coords = tuple(int(c) for c in np.unravel_index(device, mesh.sizes))
+            _, valid = geometry_block(tuple(shape), sharding, mesh, coords)
+            if np.shape(shard) != valid:
+                raise ValueError(f"device {device} holds shape {list(np.shape(shard))}, its "
+                                 f"block of a {list(shape)} tensor laid out as "
+                                 f"{sharding.text()} has shape {list(valid)}")
+            blocks.append(pad_to_blocks(np.asarray(shard), local))
+        full = np.stack(blocks).reshape(box.extent + tuple(local))
+        extents = mesh_extents(sharding, box.submesh)
+        first = full[tuple(slice(0, e) for e in extents)]
+        differ = ~((full == first) | (full != full) & (first != first))
+        if differ.any():
+            bad = devices[int(np.argmax(differ.reshape(len(devices), -1).any(axis=1)))]
+            raise ValueError(f"device {bad} holds a replicated copy of a {sharding.text()} "
+                             "value that differs from another device's copy")
+        return cls(np.ascontiguousarray(first), sharding, mesh, shape, box)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.stacked.dtype
+
+    @property
+    def local_shape(self) -> tuple[int, ...]:
+        return self.stacked.shape[len(self.mesh.dims):]
+
+    def alias(self) -> BoxStorage:
+        return BoxStorage(self.stacked.view(), self.sharding, self.mesh, self.shape, self.box)
+
+    def is_local(self) -> bool:
+        """Whether this client holds the whole value (every mesh dim it differs along
+        lies whole in the box)."""
+        return self.box.whole(sorted(self.sharding.used_mesh_dims()))
+
+    def to_global(self) -> np.ndarray:
+        """The global value as a new array; NotLocalError when other clients hold parts."""
+        if not self.is_local():
+            spread = [m for m in self.sharding.used_mesh_dims() if not self.box.whole([m])]
+            raise NotLocalError(
+                f"this {list(self.shape)} value laid out as {self.sharding.text()} is spread "
+                f"over other clients along mesh dims {sorted(spread)}; gather it first: "
+                "dtc.relayout(x, dtc.Layout.replicated(x.layout.mesh, x.ndim)), or read this "
+                "client's blocks with dtc.unpack(x)")
+        return np.array(from_stacked(self.stacked, self.sharding, self.box.submesh,
+                                     self.shape))
+
+    def device_shard(self, device_id: int) -> np.ndarray:
+        """The valid part of one of this client's devices' block (a copy)."""
+        coords = tuple(int(c) for c in np.unravel_index(device_id, self.mesh.sizes))
+        index = self.box.index_of(dict(zip(self.mesh.names, coords)))
+        if index is None:
+            raise NotLocalError(f"device {device_id} belongs to another client")
+        block = self.stacked[tuple(i if n > 1 else 0
+                                   for i, n in zip(index, self.stacked.shape))]
+        _, valid = geometry_block(self.shape, self.sharding, self.mesh, coords)
+        return np.array(trim_to(block, valid))
+
+
+def geometry_block(shape: tuple[int, ...], sharding: Sharding, mesh: MeshShape,
+                   coords: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(start, valid size) of the block of the device at `coords`."""
+    return geometry.device_block(shape, sharding.dims, mesh, tuple(int(c) for c in coords))
+
+
+# -- the executor ------------------------------------------------------------------------------
+
+
+class DistributedExecutor:
+    """Runs a localized module on this client's `BoxStorage` values (implements
+    `backends.Executor`)."""
+
+    def __init__(self, module: Module, donated: frozenset[int] = frozenset()) -> None:
+        mesh = module.mesh
+        self.mesh = mesh
+        self.box = _this_box(mesh)
+        submesh = self.box.submesh
+        self.program = Program(module, NUMPY_KERNELS, BoxContext(mesh, self.box),
+                               _array_type(submesh), _conformer(submesh), frozenset())
+        self.results = []
+        for value in module.main.results:
+            assert value.type.sharding is not None
+            self.results.append((value.type.sharding, value.type.global_shape(mesh)))
+
+    def run(self, inputs: Sequence[Storage]) -> list[Storage]:
+        arrays = []
+        for x in inputs:
+            if not isinstance(x, BoxStorage):
+                raise ExecutionError("the distributed backend runs on its own storage; make "
+                                     "inputs after initialize_multi_client()")
+            arrays.append(x.stacked)
+        with np.errstate(all="ignore"):
+            outs = self.program.run(arrays)
+        return [BoxStorage(out, sharding, self.mesh, shape, self.box)
+                for out, (sharding, shape) in zip(outs, self.results)]
+
+
+def _array_type(submesh: MeshShape) -> ArrayType:
+    def array_type(t: TensorType) -> tuple[tuple[int, ...], np.dtype]:
+        assert t.sharding is not None
+        return expected_stacked_shape(t.shape, t.sharding, submesh), numpy_dtype(t.dtype)
+    return array_type
+
+
+def _conformer(submesh: MeshShape) -> Conform:
+    def conform(out: np.ndarray, type: TensorType, op: Operation) -> np.ndarray:
+        sharding = type.sharding
+        assert sharding is not None
+        expected = expected_stacked_shape(type.shape, sharding, submesh)
+        if out.shape != expected:
+            k = len(submesh.dims)
+            if out.ndim != len(expected) or out.shape[k:] != expected[k:] or any(
+                    x not in (1, e) for x, e in zip(out.shape[:k], expected[:k])):
+                raise ExecutionError(f"{op.name} produced stacked shape {list(out.shape)} on "
+                                     f"this client; {type.text()} needs {list(expected)}")
+            out = np.broadcast_to(out, expected)
+        return out
+    return conform
+
+
+BACKEND = Backend(name="distributed", kernels=NUMPY_KERNELS, place=BoxStorage.from_global,
+                  from_device_shards=BoxStorage.from_device_shards,
+                  executor=lambda module, donated: DistributedExecutor(module, donated))

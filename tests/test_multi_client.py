@@ -1,0 +1,189 @@
+"""The multi-client runtime: the environment, the order of calls, and real clients (processes)
+joined over gloo on 127.0.0.1 running the same programs as the simulated mesh."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dtensor_compiler as dtc
+from dtensor_compiler import multi_client
+from dtensor_compiler.ir.mesh_shape import MeshShape
+from dtensor_compiler.runtime.box import Box
+
+torch = pytest.importorskip("torch")
+
+WORKER = Path(__file__).with_name("multi_client_worker.py")
+TIMEOUT_S = 240
+"""Bound on one client process (gloo's own default is 30 minutes)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(case: str, clients: int, local: int, shape: str, port: int | None = None,
+           only: list[int] | None = None, extra: dict[str, str] | None = None
+           ) -> list[subprocess.Popen[str]]:
+    port = port or _free_port()
+    jobs = ",".join(f"127.0.0.1:{port + i}" for i in range(clients))
+    procs = []
+    for c in only if only is not None else range(clients):
+        env = {**os.environ, "DTENSOR_JOBS": jobs, "DTENSOR_CLIENT_ID": str(c),
+               "OMP_NUM_THREADS": "1", **(extra or {})}
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), case, str(local), shape],
+                                      env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append((p.returncode, text))
+    return out
+
+
+def _run_ok(case: str, clients: int, local: int, shape: str) -> None:
+    for c, (code, text) in enumerate(_finish(_start(case, clients, local, shape))):
+        assert code == 0 and f"ok {case} {c}" in text, f"client {c}:\n{text[-3000:]}"
+
+
+# -- real clients -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clients,local,shape", [
+    (2, 1, "2"), (4, 1, "2x2"), (2, 2, "2x2"), (2, 4, "2x4"), (4, 2, "2x4")])
+def test_every_collective_matches_the_simulated_mesh(clients: int, local: int,
+                                                     shape: str) -> None:
+    """4 x 1 and 2 x 1 use one torch collective per IR collective; 2 x 2 and 2 x 4 hold tp
+    whole (local) and talk over dp; 4 x 2 holds half of tp, so collectives over tp or (dp,
+    tp) take the gathering fallback."""
+    _run_ok("collectives", clients, local, shape)
+
+
+@pytest.mark.parametrize("clients,local", [(4, 1), (2, 2)])
+def test_megatron_mlp_and_its_training_step_match_the_simulated_mesh(clients: int,
+                                                                      local: int) -> None:
+    _run_ok("mlp", clients, local, "2x2")
+
+
+def test_a_client_that_never_joins_is_named_within_the_timeout() -> None:
+    start = time.monotonic()
+    procs = _start("mlp", 3, 1, "3", only=[0, 1], extra={"DTC_JOIN_TIMEOUT": "3"})
+    results = _finish(procs)
+    assert time.monotonic() - start < 60
+    for code, text in results:
+        assert code != 0
+        assert ("MultiClientError: join: client 2 of 3 did not arrive within 3 s" in text
+                or "MultiClientError: join: the coordinator (client 0) went away while "
+                   "clients 2 had not arrived" in text), text
+
+
+def test_a_taken_coordinator_port_is_named() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = int(s.getsockname()[1])
+        (code, text), = _finish(_start("mlp", 2, 1, "2", port=port, only=[0],
+                                       extra={"DTC_JOIN_TIMEOUT": "3"}))
+    assert code != 0
+    assert f"client 0 cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
+
+
+# -- the environment and the order of calls -----------------------------------------------------
+
+
+def _env(**values: str) -> multi_client._Environment:
+    return multi_client._Environment.read(values)
+
+
+def test_the_reference_environment() -> None:
+    env = _env(DTENSOR_JOBS="h0:1000,h1:1001,h2:1002", DTENSOR_CLIENT_ID="2")
+    assert (env.num_clients, env.client_id, env.job_name, env.coordinator) == (
+        3, 2, "worker", ("h0", 1000))
+    assert env.heartbeat
+    assert not _env(DTENSOR_ENABLE_HEARTBEAT="false").heartbeat
+    local = _env()
+    assert (local.num_clients, local.client_id, local.job_name, local.jobs) == (
+        1, 0, "localhost", ())
+
+
+def test_torchrun_environment() -> None:
+    env = _env(RANK="3", WORLD_SIZE="4", MASTER_ADDR="10.0.0.1", MASTER_PORT="2345")
+    assert (env.num_clients, env.client_id, env.coordinator) == (4, 3, ("10.0.0.1", 2345))
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"DTENSOR_JOBS": "a:1,b:2", "DTENSOR_CLIENT_ID": "2"}, "client id 2 is not in [0, 2)"),
+    ({"DTENSOR_JOBS": "a:1,b:2", "DTENSOR_NUM_CLIENTS": "3"},
+     "DTENSOR_NUM_CLIENTS is 3, but DTENSOR_JOBS names 2 clients"),
+    ({"DTENSOR_JOBS": "a:1,b:2", "WORLD_SIZE": "4"},
+     "WORLD_SIZE is 4, but DTENSOR_JOBS names 2 clients"),
+    ({"DTENSOR_JOBS": "a,b:2"}, "DTENSOR_JOBS entry 'a' is not host:port"),
+    ({"DTENSOR_NUM_CLIENTS": "2"}, "neither DTENSOR_JOBS nor WORLD_SIZE"),
+    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK must be an integer, got 'x'"),
+])
+def test_malformed_environments(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        multi_client._Environment.read(values)
+
+
+def test_calls_in_the_wrong_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="not initialized"):
+        dtc.shutdown_accelerator_system()
+    monkeypatch.setenv("DTENSOR_JOBS", "127.0.0.1:1,127.0.0.1:2")
+    with pytest.raises(ValueError, match="call initialize_multi_client"):
+        dtc.create_distributed_mesh([("x", 2)])
+    monkeypatch.delenv("DTENSOR_JOBS")
+    assert dtc.initialize_accelerator_system() == "CPU"
+    try:
+        with pytest.raises(ValueError, match="already initialized"):
+            dtc.initialize_multi_client()
+        assert (dtc.num_clients(), dtc.client_id(), dtc.num_local_devices("CPU")) == (1, 0, 1)
+        assert dtc.local_devices("cpu") == ["/job:localhost/replica:0/task:0/device:CPU:0"]
+        assert dtc.full_job_name() == "localhost/replica:0/task:0"
+        with pytest.raises(ValueError, match="Unexpected task ID 1"):
+            dtc.full_job_name(1)
+        with pytest.raises(ValueError, match="not one of"):
+            dtc.local_devices("QPU")
+        dtc.barrier(dtc.create_distributed_mesh([("x", 4)]))  # one client: nothing to wait
+    finally:
+        dtc.shutdown_accelerator_system()
+    with pytest.raises(ValueError, match="not supported"):
+        dtc.initialize_accelerator_system("TPU")
+
+
+@pytest.mark.parametrize("sizes,count,first,start,extent", [
+    ((2, 4), 4, 4, (1, 0), (1, 4)),
+    ((2, 4), 2, 6, (1, 2), (1, 2)),
+    ((2, 4), 8, 0, (0, 0), (2, 4)),
+    ((4, 2, 2), 8, 8, (2, 0, 0), (2, 2, 2)),
+])
+def test_a_clients_devices_are_a_box(sizes: tuple[int, ...], count: int, first: int,
+                                     start: tuple[int, ...], extent: tuple[int, ...]) -> None:
+    mesh = MeshShape(tuple(zip("abc", sizes)))
+    box = Box.of_devices(mesh, first, count)
+    assert (box.start, box.extent) == (start, extent)
+    assert box.devices == list(range(first, first + count))
+
+
+@pytest.mark.parametrize("sizes,count", [((2, 4), 3), ((4, 3), 2), ((3, 4), 8)])
+def test_device_blocks_that_are_no_box_are_refused(sizes: tuple[int, ...], count: int) -> None:
+    with pytest.raises(ValueError):
+        Box.of_devices(MeshShape(tuple(zip("ab", sizes))), 0, count)
