@@ -33,7 +33,6 @@ leaves the process group), and CPU is the only device type.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,6 +43,7 @@ import numpy as np
 from dtensor_compiler.errors import MultiClientError
 from dtensor_compiler.mesh import Mesh, cpu_device_name, create_mesh
 from dtensor_compiler.runtime import clients
+from dtensor_compiler.runtime.liveness import Heartbeat
 
 DEFAULT_TIMEOUT_S = 60.0
 """How long clients wait for each other to join, and a barrier by default
@@ -219,14 +219,18 @@ def initialize_accelerator_system(device_type: str | None = None,
                                   num_logical_cpu_devices: int | None = None,
                                   experimental_reset_context: bool = False,
                                   experimental_enable_megcore: bool = False, *,
-                                  timeout_s: float | None = None) -> str:
+                                  timeout_s: float | None = None,
+                                  heartbeat_timeout_s: float | None = None) -> str:
     """Join the clients the environment names and return the device type (``CPU``).
 
     `num_logical_cpu_devices`: the devices of this client (default 1); every client must
     give the same number. `timeout_s`: how long to wait for every client to join (default
     ``DTC_JOIN_TIMEOUT`` or 60 s); `MultiClientError` names the clients that did not, or
-    says the coordinator's port is taken. ValueError when called twice, for a device type
-    other than CPU, or for a malformed environment.
+    says the coordinator's port is taken. `heartbeat_timeout_s`: with the heartbeat on
+    (`heartbeat_enabled`), a client that another has not heard from for this long (default
+    ``DTC_HEARTBEAT_TIMEOUT`` or 60 s) is dead or hung, and every client that notices exits
+    at once, naming it (`runtime.liveness`). ValueError when called twice, for a device
+    type other than CPU, or for a malformed environment.
     """
     global _RUNTIME
     if _RUNTIME is not None:
@@ -240,10 +244,15 @@ def initialize_accelerator_system(device_type: str | None = None,
         raise ValueError(f"num_logical_cpu_devices must be a positive int, got {devices!r}")
     env = _Environment.read(os.environ)
     runtime = _Runtime(env, kind, devices)
+    wait = timeout_s if timeout_s is not None else _timeout()
+    heartbeat = None
     if env.num_clients > 1:
-        runtime.store = _join(env, timeout_s if timeout_s is not None else _timeout())
+        runtime.store = _join(env, wait)
+        if env.heartbeat:
+            heartbeat = _start_heartbeat(env, heartbeat_timeout_s)
     _RUNTIME = runtime
-    clients.set_current(clients.Clients(env.client_id, env.num_clients, devices))
+    clients.set_current(clients.Clients(env.client_id, env.num_clients, devices,
+                                        runtime.store, wait, heartbeat))
     return kind
 
 
@@ -279,37 +288,25 @@ def _join(env: _Environment, timeout_s: float) -> Any:
         raise MultiClientError(f"client {env.client_id} cannot reach the coordinator at "
                                f"{host}:{port} within {timeout_s:g} s: "
                                f"{_first_line(e)}") from None
-    _wait_for(store, "join", env, timeout_s)
+    clients.gather(store, "join", "1", env.client_id, env.num_clients, timeout_s)
     dist.init_process_group("gloo", store=dist.PrefixStore("gloo", store),
                             rank=env.client_id, world_size=env.num_clients, timeout=timeout)
     return store
 
 
-def _wait_for(store: Any, key: str, env: _Environment, timeout_s: float) -> None:
-    """Check in under `key` and wait until every client has; MultiClientError naming the
-    clients missing after `timeout_s` (as this client last saw them: the coordinator may be
-    gone by then)."""
-    store.set(f"{key}/{env.client_id}", "1")
-    waiting = {c: f"{key}/{c}" for c in range(env.num_clients) if c != env.client_id}
-    deadline = time.monotonic() + timeout_s
-    pause = 0.005
-    while waiting:
-        try:
-            for c in [c for c, k in waiting.items() if store.check([k])]:
-                del waiting[c]
-        except Exception as e:  # the coordinator closed: it gave up, or died
-            raise MultiClientError(f"{key}: the coordinator (client 0) went away while "
-                                   f"clients {', '.join(map(str, sorted(waiting)))} had not "
-                                   f"arrived: {_first_line(e)}") from None
-        if not waiting:
-            return
-        if time.monotonic() > deadline:
-            missing = sorted(waiting)
-            raise MultiClientError(f"{key}: client{'s' if len(missing) > 1 else ''} "
-                                   f"{', '.join(map(str, missing))} of {env.num_clients} did "
-                                   f"not arrive within {timeout_s:g} s")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
+def _start_heartbeat(env: _Environment, timeout_s: float | None) -> Heartbeat:
+    """The heartbeat thread, on a store connection of its own."""
+    import torch.distributed as dist
+    assert env.coordinator is not None
+    if timeout_s is None:
+        text = os.environ.get("DTC_HEARTBEAT_TIMEOUT")
+        timeout_s = float(text) if text else DEFAULT_TIMEOUT_S
+    host, port = env.coordinator
+    store = dist.TCPStore(host, port, env.num_clients, is_master=False,
+                          timeout=timedelta(seconds=timeout_s))
+    beat = Heartbeat(store, env.client_id, env.num_clients, timeout_s)
+    beat.start()
+    return beat
 
 
 def _first_line(e: BaseException) -> str:
@@ -322,6 +319,9 @@ def shutdown_accelerator_system() -> None:
     global _RUNTIME
     if _RUNTIME is None:
         raise ValueError("the accelerator system is not initialized")
+    current = clients.current()
+    if current is not None and current.heartbeat is not None:
+        current.heartbeat.stop()
     if _RUNTIME.store is not None:
         import torch.distributed as dist
         if dist.is_initialized():
@@ -346,7 +346,9 @@ def barrier(mesh: Mesh, barrier_name: str | None = None,
     count = _RUNTIME.barriers.get(name, 0) + 1
     _RUNTIME.barriers[name] = count
     seconds = timeout_in_ms / 1000 if timeout_in_ms is not None else _timeout()
-    _wait_for(_RUNTIME.store, f"barrier {name!r} #{count}", _RUNTIME.env, seconds)
+    env = _RUNTIME.env
+    clients.gather(_RUNTIME.store, f"barrier {name!r} #{count}", "1", env.client_id,
+                   env.num_clients, seconds)
 
 
 # -- meshes -------------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ devices, owns device ids ``c·d .. c·d + d - 1`` of every mesh of ``n·d`` devi
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
-from dtensor_compiler.errors import DTensorError
+from dtensor_compiler.errors import DTensorError, MultiClientError
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.runtime.box import Box
+from dtensor_compiler.runtime.liveness import Heartbeat
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,11 @@ class Clients:
     num_clients: int
     local_devices: int
     """Devices per client (every client has as many)."""
+    store: Any = None
+    """The coordinator's torch TCPStore (None for one client)."""
+    timeout_s: float = 60.0
+    """How long clients wait for each other (`gather`)."""
+    heartbeat: Heartbeat | None = None
 
     def box(self, mesh: MeshShape, client: int | None = None) -> Box:
         """The devices of `client` (this one by default) on `mesh`; DTensorError when the
@@ -47,3 +55,32 @@ def current() -> Clients | None:
 def set_current(clients: Clients | None) -> None:
     global _CURRENT
     _CURRENT = clients
+
+
+def gather(store: Any, key: str, value: str, client_id: int, num_clients: int,
+           timeout_s: float) -> list[bytes]:
+    """Publish `value` under `key` and return every client's, in client order; a
+    MultiClientError names the clients missing after `timeout_s` (as this client last saw
+    them: the coordinator, which holds the store, may be gone by then)."""
+    store.set(f"{key}/{client_id}", value)
+    waiting = {c: f"{key}/{c}" for c in range(num_clients)}
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while True:
+        try:
+            for c in [c for c, k in waiting.items() if store.check([k])]:
+                del waiting[c]
+            if not waiting:
+                return list(store.multi_get([f"{key}/{c}" for c in range(num_clients)]))
+        except Exception as e:  # the coordinator closed: it gave up, or died
+            raise MultiClientError(
+                f"{key}: the coordinator (client 0) went away while clients "
+                f"{', '.join(map(str, sorted(waiting)))} had not arrived: "
+                f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+        if time.monotonic() > deadline:
+            missing = sorted(waiting)
+            raise MultiClientError(f"{key}: client{'s' if len(missing) > 1 else ''} "
+                                   f"{', '.join(map(str, missing))} of {num_clients} did not "
+                                   f"arrive within {timeout_s:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)

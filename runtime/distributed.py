@@ -23,6 +23,8 @@ torch is imported with this module only.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,9 +32,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dtensor_compiler.errors import DTensorError
+from dtensor_compiler.errors import DTensorError, MultiClientError
 from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.core import Module, Operation
+from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType, is_low_precision, numpy_dtype
 from dtensor_compiler.runtime import clients
@@ -434,8 +437,13 @@ class DistributedExecutor:
         for value in module.main.results:
             assert value.type.sharding is not None
             self.results.append((value.type.sharding, value.type.global_shape(mesh)))
+        self.clients = clients.current()
+        if self.clients is not None and self.clients.store is not None:
+            _check_same_plan(module, self.clients)
 
     def run(self, inputs: Sequence[Storage]) -> list[Storage]:
+        if self.clients is not None and self.clients.heartbeat is not None:
+            self.clients.heartbeat.progress += 1
         arrays = []
         for x in inputs:
             if not isinstance(x, BoxStorage):
@@ -446,6 +454,29 @@ class DistributedExecutor:
             outs = self.program.run(arrays)
         return [BoxStorage(out, sharding, self.mesh, shape, self.box)
                 for out, (sharding, shape) in zip(outs, self.results)]
+
+
+_PLANS = itertools.count()
+"""Programs this process has made executors for, to key their plan hashes."""
+
+
+def _check_same_plan(module: Module, current: clients.Clients) -> None:
+    """Every client must run the same program (the same compiled function on the same
+    argument layouts, in the same order): otherwise their collectives would not pair up
+    and they would wait on each other forever. The programs' hashes are compared once, when
+    the executor is made; MultiClientError names the clients whose program differs."""
+    digest = hashlib.sha256(print_module(module).encode()).hexdigest()[:16]
+    key = f"plan {next(_PLANS)}"
+    hashes = [h.decode() for h in clients.gather(current.store, key, digest,
+                                                 current.client_id, current.num_clients,
+                                                 current.timeout_s)]
+    differ = [c for c, h in enumerate(hashes) if h != hashes[0]]
+    if differ:
+        raise MultiClientError(
+            f"{key}: clients {', '.join(map(str, differ))} planned another program than "
+            f"client 0 (plan hash {hashes[differ[0]]} against {hashes[0]}; this client's: "
+            f"{digest}): every client must call the same compiled functions with the same "
+            "argument layouts and shapes, in the same order")
 
 
 def _array_type(submesh: MeshShape) -> ArrayType:

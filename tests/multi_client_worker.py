@@ -9,6 +9,7 @@ mismatch raises, so the process exits non-zero with the traceback.
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 
@@ -18,7 +19,7 @@ U = dtc.UNSHARDED
 
 
 def _mesh(shape: tuple[int, ...]) -> dtc.Mesh:
-    names = ("dp", "tp", "sp")[:len(shape)]
+    names = ("dp", "tp", "sp")[:len(shape)] if len(shape) > 1 else ("x",)
     return dtc.create_distributed_mesh(list(zip(names, shape)))
 
 
@@ -119,7 +120,22 @@ def mlp(mesh: dtc.Mesh) -> None:
     assert kinds.count("all_reduce") >= 3, kinds
 
 
-CASES = {"collectives": collectives, "mlp": mlp}
+def idle(mesh: dtc.Mesh) -> None:
+    """Join, say so, and wait (the test kills or stops a client meanwhile)."""
+    print("ready", flush=True)
+    time.sleep(120)
+
+
+def mismatch(mesh: dtc.Mesh) -> None:
+    """Client 1 runs another program than the others: every client must refuse."""
+    layout = dtc.Layout(["x"], mesh)
+    x = dtc.copy_to_mesh(np.arange(8.0), layout)
+    f = dtc.compile((lambda v: v.sum()) if dtc.client_id() != 1 else (lambda v: v.max()),
+                    in_layouts=layout)
+    f(x)
+
+
+CASES = {"collectives": collectives, "mlp": mlp, "idle": idle, "mismatch": mismatch}
 
 
 def main() -> None:

@@ -94,6 +94,48 @@ def test_a_client_that_never_joins_is_named_within_the_timeout() -> None:
                    "clients 2 had not arrived" in text), text
 
 
+def _wait_ready(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line.strip() == "ready", line
+
+
+@pytest.mark.parametrize("victim,signal_name,message", [
+    (3, "SIGKILL", "client 3 of 4 sent no heartbeat for 3 s (dead or hung)"),
+    (2, "SIGSTOP", "client 2 of 4 sent no heartbeat for 3 s (dead or hung)"),
+    (0, "SIGKILL", "the coordinator's store (in client 0) cannot be reached"),
+])
+def test_a_dead_or_hung_client_makes_the_others_exit_naming_it(
+        victim: int, signal_name: str, message: str) -> None:
+    """Four clients started independently (no launcher), idle when one dies or stops: the
+    others notice through the heartbeat alone, within the timeout plus a beat."""
+    import signal
+    procs = _start("idle", 4, 1, "4", extra={"DTC_HEARTBEAT_TIMEOUT": "3"})
+    try:
+        _wait_ready(procs)
+        start = time.monotonic()
+        procs[victim].send_signal(getattr(signal, signal_name))
+        for c, p in enumerate(procs):
+            if c == victim:
+                continue
+            text, _ = p.communicate(timeout=60)
+            assert p.returncode == 75, text
+            assert f"MultiClientError: liveness: client {c} stops: {message}" in text, text
+        assert time.monotonic() - start < 30  # the bound: 3 s, plus beats and exit
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_clients_running_different_programs_refuse_instead_of_hanging() -> None:
+    for code, text in _finish(_start("mismatch", 2, 1, "2")):
+        assert code != 0
+        assert "MultiClientError: plan 0: clients 1 planned another program than client 0" \
+            in text, text
+
+
 def test_a_taken_coordinator_port_is_named() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
