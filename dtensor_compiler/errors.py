@@ -141,3 +141,8 @@ class SliceSpecError(DTensorError, ValueError):
 class MultiClientError(DTensorError, RuntimeError):
     """The clients of a multi-client runtime could not work together: one never joined, its
     coordinator port is taken, a barrier timed out, a peer died (naming the clients)."""
+
+
+class NotLocalError(DTensorError, ValueError):
+    """A value asked for whole (``np.asarray``, ``.numpy()``) that other clients hold parts
+    of: gather it explicitly first (`relayout` to a layout replicated over their mesh dims)."""

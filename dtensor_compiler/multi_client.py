@@ -21,10 +21,11 @@ there are and which one this is, in the reference system's variables or torchrun
 With none of them set there is one client, and everything is the simulated mesh, as without
 this module. `initialize_multi_client` (also exported as `initialize_accelerator_system` and
 `initialize_tpu_system`) joins the clients: client 0 hosts a torch ``TCPStore`` at the
-coordinator, every client checks in there (a client that does not arrive within the timeout
-is named), and a gloo process group is made over it. After that, `create_distributed_mesh`
-gives every client the same mesh with its own contiguous block of device ids, and compiled
-functions and the eager API run on this client's devices (the ``distributed`` backend).
+coordinator (under torchrun, its agent does), every client checks in there (a client that
+does not arrive within the timeout is named), and a gloo process group is made over it.
+After that, `create_distributed_mesh` gives every client the same mesh with its own
+contiguous block of device ids, and compiled functions and the eager API run on this
+client's devices (the ``distributed`` backend), watched by a heartbeat (`runtime.liveness`).
 
 Differences from the reference: `shutdown_accelerator_system` works multi-client too (it
 leaves the process group), and CPU is the only device type.
@@ -276,7 +277,8 @@ def _join(env: _Environment, timeout_s: float) -> Any:
     assert env.coordinator is not None
     host, port = env.coordinator
     timeout = timedelta(seconds=timeout_s)
-    leader = env.client_id == 0
+    # under torchrun the agent already serves a store at the coordinator address
+    leader = env.client_id == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
     try:
         store = dist.TCPStore(host, port, env.num_clients, is_master=leader, timeout=timeout,
                               wait_for_workers=False)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dtensor_compiler.errors import DTensorError, MultiClientError
+from dtensor_compiler.errors import DTensorError, MultiClientError, NotLocalError
 from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.core import Module, Operation
 from dtensor_compiler.ir.printer import print_module
@@ -57,12 +57,6 @@ from dtensor_compiler.runtime.stacked_comm import (
     gather_from_mesh,
     scatter_into_mesh,
 )
-
-
-class NotLocalError(DTensorError):
-    """A value asked for whole (``np.asarray``, ``.numpy()``) that other clients hold parts
-    of: it must be gathered explicitly first."""
-
 
 _TORCH_REDUCE = {ReduceOp.SUM: dist.ReduceOp.SUM, ReduceOp.MAX: dist.ReduceOp.MAX,
                  ReduceOp.MIN: dist.ReduceOp.MIN, ReduceOp.PROD: dist.ReduceOp.PRODUCT}

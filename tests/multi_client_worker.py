@@ -106,7 +106,15 @@ def mlp(mesh: dtc.Mesh) -> None:
         s = dtc.compile(step, in_layouts=layouts,
                         out_layouts=(dtc.Layout([], m), layouts[1], layouts[2]))
         rep = [dtc.Layout([U] * v.ndim, m) for v in (x, w1, w2)]
-        y = np.asarray(dtc.relayout(f(*args), rep[0]))
+        sharded = f(*args)
+        if m is mesh:  # sharded over dp, which other clients hold: no silent gather
+            try:
+                np.asarray(sharded)
+                raise AssertionError("np.asarray gathered a value other clients hold")
+            except dtc.NotLocalError as e:
+                assert "spread over other clients along mesh dims ['dp']" in str(e)
+                assert "dtc.relayout(x, dtc.Layout.replicated" in str(e)
+        y = np.asarray(dtc.relayout(sharded, rep[0]))
         outs = s(*args)
         values = [y] + [np.asarray(dtc.relayout(o, dtc.Layout([U] * o.ndim, m)))
                         for o in outs]

@@ -94,6 +94,19 @@ def test_a_client_that_never_joins_is_named_within_the_timeout() -> None:
                    "clients 2 had not arrived" in text), text
 
 
+def test_the_example_under_torchrun() -> None:
+    """torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT, its agent's store)."""
+    example = Path(__file__).parents[1] / "examples" / "multiprocess_mlp.py"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(example)], env={**os.environ, "DTC_LOCAL_DEVICES": "2", "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for c, devices in ((0, "[0, 1]"), (1, "[2, 3]")):
+        assert f"client {c} of 2: devices {devices}, result matches numpy" in done.stdout
+    assert "all_reduce  tp" in done.stdout
+
+
 def _wait_ready(procs: list[subprocess.Popen[str]]) -> None:
     for p in procs:
         assert p.stdout is not None
