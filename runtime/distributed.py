@@ -38,7 +38,7 @@ from dtensor_compiler.ir.core import Module, Operation
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType, is_low_precision, numpy_dtype
-from dtensor_compiler.runtime import clients
+from dtensor_compiler.runtime import checkpoint_kernels, clients
 from dtensor_compiler.runtime.backends import Backend, Storage
 from dtensor_compiler.runtime.box import Box
 from dtensor_compiler.runtime.executor import ArrayType, Conform, ExecutionError, Program
@@ -421,6 +421,10 @@ class DistributedExecutor:
     `backends.Executor`)."""
 
     def __init__(self, module: Module, donated: frozenset[int] = frozenset()) -> None:
+        if checkpoint_kernels.uses_checkpoints(module):
+            raise DTensorError("checkpoints of a mesh several clients hold are not supported "
+                               "yet: save from a single-client process (or gather the values "
+                               "onto one client's mesh first)")
         mesh = module.mesh
         self.mesh = mesh
         self.box = _this_box(mesh)

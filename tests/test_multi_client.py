@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dtensor_compiler as dtc
@@ -158,6 +159,16 @@ def test_a_taken_coordinator_port_is_named() -> None:
                                        extra={"DTC_JOIN_TIMEOUT": "3"}))
     assert code != 0
     assert f"client 0 cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
+
+
+def test_checkpoint_programs_are_refused_on_the_distributed_backend(tmp_path: Path) -> None:
+    from dtensor_compiler.runtime.distributed import DistributedExecutor
+    mesh = dtc.create_mesh([("x", 2)])
+    value = dtc.copy_to_mesh(np.arange(4.0), dtc.Layout(["x"], mesh))
+    program = dtc.lower_name_based_save(mesh, str(tmp_path / "ckpt"), {"v": value})
+    with pytest.raises(dtc.DTensorError, match="checkpoints of a mesh several clients hold"):
+        DistributedExecutor(program.module)
+    assert not any(tmp_path.iterdir())
 
 
 # -- the environment and the order of calls -----------------------------------------------------
