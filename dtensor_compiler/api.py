@@ -16,6 +16,8 @@ explicitly (`relayout`) before ``np.asarray`` reads it whole.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import overload
@@ -25,10 +27,11 @@ import numpy as np
 from dtensor_compiler import tracing
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.eager import place, relayout_storage
-from dtensor_compiler.errors import EagerOnlyError, LayoutError, MeshError
+from dtensor_compiler.errors import DTensorError, EagerOnlyError, LayoutError, MeshError
 from dtensor_compiler.ir.types import dtype_name, native_array
 from dtensor_compiler.layout import MATCH, Layout, Spec
 from dtensor_compiler.mesh import Mesh
+from dtensor_compiler.runtime import clients
 from dtensor_compiler.runtime.backends import default_backend, get_backend
 from dtensor_compiler.tracing import TracedArray
 from dtensor_compiler.tracing.location import user_location
@@ -131,8 +134,8 @@ def _component(value: object, device: str, rank: int) -> np.ndarray:
 
 def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
     """A DTensor from one local component per device of `layout.mesh.local_devices()` (on a
-    multi-client mesh, this client's devices; the global shape is then the components'
-    times the shard counts)."""
+    multi-client mesh, this client's devices: every client calls it, and they tell each
+    other their components' shapes to agree on the global one)."""
     _outside_trace("pack", *(tensors if isinstance(tensors, (list, tuple)) else ()))
     mesh = layout.mesh
     sharding = layout.sharding
@@ -149,10 +152,10 @@ def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
             raise TypeError(f"the component for {device} has dtype {array.dtype}, the one for "
                             f"{devices[0]} has {first.dtype}")
     ids = mesh.local_device_ids()
-    if len(ids) == mesh.size:
-        shape = _global_shape_of_blocks(arrays, layout)
-    else:  # other clients hold the other blocks: the blocks are taken as even
-        shape = tuple(n * layout.num_shards(i) for i, n in enumerate(first.shape))
+    shapes = [a.shape for a in arrays]
+    if len(ids) < mesh.size:  # other clients hold the other blocks: ask them their shapes
+        shapes = _every_clients_shapes(shapes)
+    shape = _global_shape_of_blocks(shapes, layout)
     blocks = layout.block_shapes(shape)
     for array, device, block in zip(arrays, devices, (blocks[i] for i in ids)):
         if array.shape != block:
@@ -168,17 +171,33 @@ def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
     return DTensor(storage, layout, shape)
 
 
-def _global_shape_of_blocks(arrays: Sequence[np.ndarray], layout: Layout) -> tuple[int, ...]:
-    """The global shape the components of `pack` add up to: per dim, the sum of the extents
-    of its distinct blocks (one device's component stands for each block number)."""
+def _global_shape_of_blocks(shapes: Sequence[tuple[int, ...]], layout: Layout
+                            ) -> tuple[int, ...]:
+    """The global shape the components of `pack` (of these shapes, one per device in
+    device-id order) add up to: per dim, the sum of the extents of its distinct blocks (one
+    device's component stands for each block number)."""
     blocks = layout.offset_to_shard()
     shape = []
     for i in range(layout.rank):
         sizes: dict[int, int] = {}
-        for array, numbers in zip(arrays, blocks):
-            sizes.setdefault(numbers[i], array.shape[i])
+        for component, numbers in zip(shapes, blocks):
+            sizes.setdefault(numbers[i], component[i])
         shape.append(sum(sizes.values()))
     return tuple(shape)
+
+
+_PACKS = itertools.count()
+"""`pack` calls on multi-client meshes in this process (every client makes the same ones)."""
+
+
+def _every_clients_shapes(mine: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Every device's component shape, in device-id order, from every client's `mine`."""
+    current = clients.current()
+    if current is None or current.store is None:
+        raise DTensorError("pack onto a multi-client mesh needs initialize_multi_client()")
+    every = clients.gather(current.store, f"pack {next(_PACKS)}", json.dumps(mine),
+                           current.client_id, current.num_clients, current.timeout_s)
+    return [tuple(s) for text in every for s in json.loads(text)]
 
 
 def unpack(tensor: DTensor) -> list[np.ndarray]:

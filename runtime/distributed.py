@@ -48,6 +48,7 @@ from dtensor_compiler.runtime.stacked import (
     expected_stacked_shape,
     from_stacked,
     mesh_extents,
+    mismatch,
     pad_to_blocks,
     to_stacked,
     trim_to,
@@ -360,7 +361,7 @@ class BoxStorage:
         full = np.stack(blocks).reshape(box.extent + tuple(local))
         extents = mesh_extents(sharding, box.submesh)
         first = full[tuple(slice(0, e) for e in extents)]
-        differ = ~((full == first) | (full != full) & (first != first))
+        differ = mismatch(full, first)
         if differ.any():
             bad = devices[int(np.argmax(differ.reshape(len(devices), -1).any(axis=1)))]
             raise ValueError(f"device {bad} holds a replicated copy of a {sharding.text()} "

@@ -213,7 +213,7 @@ def device_shard(stacked: np.ndarray, sharding: Sharding, mesh: MeshShape, devic
     return np.array(block)
 
 
-def _mismatch(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def mismatch(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Where `x` differs from `ref` (NaN equals NaN)."""
     differ = x != ref
     if is_floating(x.dtype) or x.dtype.kind == "c":
@@ -247,7 +247,7 @@ def from_device_shards(shards: Sequence[np.ndarray], sharding: Sharding, mesh: M
                     ).reshape(mesh.sizes + tuple(local))
     extents = mesh_extents(sharding, mesh)
     first = full[tuple(slice(0, e) for e in extents)]
-    differ = _mismatch(full, first).reshape(mesh.num_devices, -1).any(axis=1)
+    differ = mismatch(full, first).reshape(mesh.num_devices, -1).any(axis=1)
     if differ.any():
         bad = int(np.argmax(differ))
         raise ValueError(f"device {bad} holds a replicated copy of a {sharding.text()} value "

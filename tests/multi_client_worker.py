@@ -58,6 +58,9 @@ def collectives(mesh: dtc.Mesh) -> None:
             simulated = dtc.unpack(dtc.copy_to_mesh(x, dtc.Layout(dst, sim)))
             for device, block in zip(mesh.local_device_ids(), dtc.unpack(b)):
                 np.testing.assert_array_equal(block, simulated[device])
+            packed = dtc.pack(dtc.unpack(b), b.layout)  # this client's components
+            np.testing.assert_array_equal(
+                np.asarray(dtc.relayout(packed, dtc.Layout([U, U], mesh))), x)
     reductions = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}
     for name, reduce in reductions.items():
         x = rng.uniform(0.5, 1.5, (8, 6)).astype(np.float64)
