@@ -196,7 +196,7 @@ def _every_clients_shapes(mine: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     if current is None or current.store is None:
         raise DTensorError("pack onto a multi-client mesh needs initialize_multi_client()")
     every = clients.gather(current.store, f"pack {next(_PACKS)}", json.dumps(mine),
-                           current.client_id, current.num_clients, current.timeout_s)
+                           current.client_id, current.num_clients, current.wait_s)
     return [tuple(s) for text in every for s in json.loads(text)]
 
 

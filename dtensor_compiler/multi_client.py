@@ -34,6 +34,7 @@ leaves the process group), and CPU is the only device type.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -326,6 +327,9 @@ def shutdown_accelerator_system() -> None:
         current.heartbeat.stop()
     if _RUNTIME.store is not None:
         import torch.distributed as dist
+        distributed = sys.modules.get("dtensor_compiler.runtime.distributed")
+        if distributed is not None:
+            distributed.forget_process_groups()
         if dist.is_initialized():
             dist.destroy_process_group()
     _RUNTIME = None

@@ -29,6 +29,13 @@ class Clients:
     """How long clients wait for each other (`gather`)."""
     heartbeat: Heartbeat | None = None
 
+    @property
+    def wait_s(self) -> float | None:
+        """How long to wait for clients at a step every client takes (a program's first
+        run, `pack`): with the heartbeat on, as long as they live (it ends the wait for a
+        dead one); else `timeout_s`."""
+        return None if self.heartbeat is not None else self.timeout_s
+
     def box(self, mesh: MeshShape, client: int | None = None) -> Box:
         """The devices of `client` (this one by default) on `mesh`; DTensorError when the
         mesh is not spread over these clients."""
@@ -58,29 +65,42 @@ def set_current(clients: Clients | None) -> None:
 
 
 def gather(store: Any, key: str, value: str, client_id: int, num_clients: int,
-           timeout_s: float) -> list[bytes]:
+           timeout_s: float | None) -> list[bytes]:
     """Publish `value` under `key` and return every client's, in client order; a
-    MultiClientError names the clients missing after `timeout_s` (as this client last saw
-    them: the coordinator, which holds the store, may be gone by then)."""
+    MultiClientError names the clients missing after `timeout_s` (None: no limit, for
+    callers that leave dead clients to the heartbeat), as this client last saw them.
+    Client 0, which holds the store, returns only once every client has read the values,
+    so that it cannot take the store away from one still reading."""
     store.set(f"{key}/{client_id}", value)
-    waiting = {c: f"{key}/{c}" for c in range(num_clients)}
-    deadline = time.monotonic() + timeout_s
+    _wait(store, key, {c: f"{key}/{c}" for c in range(num_clients)}, num_clients, timeout_s)
+    values = list(store.multi_get([f"{key}/{c}" for c in range(num_clients)]))
+    store.set(f"{key}/read/{client_id}", "1")
+    if client_id == 0:
+        _wait(store, f"{key} (read)",
+              {c: f"{key}/read/{c}" for c in range(1, num_clients)}, num_clients, timeout_s)
+    return values
+
+
+def _wait(store: Any, key: str, waiting: dict[int, str], num_clients: int,
+          timeout_s: float | None) -> None:
+    """Wait until the store holds every key of `waiting` (by client)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pause = 0.005
     while True:
         try:
             for c in [c for c, k in waiting.items() if store.check([k])]:
                 del waiting[c]
-            if not waiting:
-                return list(store.multi_get([f"{key}/{c}" for c in range(num_clients)]))
         except Exception as e:  # the coordinator closed: it gave up, or died
             raise MultiClientError(
-                f"{key}: the coordinator (client 0) went away while clients "
-                f"{', '.join(map(str, sorted(waiting)))} had not arrived: "
+                f"{key}: the coordinator (client 0) went away while waiting for client"
+                f"{'s' if len(waiting) > 1 else ''} {', '.join(map(str, sorted(waiting)))}: "
                 f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
-        if time.monotonic() > deadline:
+        if not waiting:
+            return
+        if deadline is not None and time.monotonic() > deadline:
             missing = sorted(waiting)
             raise MultiClientError(f"{key}: client{'s' if len(missing) > 1 else ''} "
                                    f"{', '.join(map(str, missing))} of {num_clients} did not "
                                    f"arrive within {timeout_s:g} s")
         time.sleep(pause)
-        pause = min(pause * 2, 0.1)
+        pause = min(pause * 2, 0.05)

@@ -37,7 +37,7 @@ from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.core import Module, Operation
 from dtensor_compiler.ir.printer import print_module
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
-from dtensor_compiler.ir.types import TensorType, is_low_precision, numpy_dtype
+from dtensor_compiler.ir.types import TensorType, is_floating, is_low_precision, numpy_dtype
 from dtensor_compiler.runtime import checkpoint_kernels, clients
 from dtensor_compiler.runtime.backends import Backend, Storage
 from dtensor_compiler.runtime.box import Box
@@ -76,9 +76,18 @@ def _this_box(mesh: MeshShape) -> Box:
 # -- torch tensors -----------------------------------------------------------------------------
 
 
+_MOVED_AS = {np.dtype(np.int16): np.float16, np.dtype(np.uint16): np.float16,
+             np.dtype(np.uint32): np.int32, np.dtype(np.uint64): np.int64}
+"""gloo has no collectives of these dtypes: to move them (not reduce), their bits travel
+as a dtype of the same width."""
+_REDUCED = frozenset(np.dtype(t) for t in (np.bool_, np.int8, np.uint8, np.int32, np.int64,
+                                           np.float16, np.float32, np.float64))
+"""Dtypes gloo reduces (ml_dtypes' floats travel as float32, complex ones only sum)."""
+
+
 def _to_torch(x: np.ndarray) -> torch.Tensor:
-    """A new contiguous tensor of `x` (ml_dtypes' floats as float32: torch collectives have
-    no float8 sum)."""
+    """A new contiguous tensor of `x` to reduce (ml_dtypes' floats as float32: torch
+    collectives have no float8 sum)."""
     array = np.array(x, order="C")
     if is_low_precision(array.dtype):
         array = array.astype(np.float32)
@@ -90,11 +99,39 @@ def _to_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return out if out.dtype == dtype else out.astype(dtype)
 
 
+def _moving(x: np.ndarray) -> torch.Tensor:
+    """A new contiguous tensor of `x`'s bits, to move (not reduce)."""
+    array = np.array(x, order="C")
+    if array.dtype in _MOVED_AS:
+        array = array.view(_MOVED_AS[array.dtype])
+    elif is_low_precision(array.dtype):
+        array = array.view(np.uint8 if array.dtype.itemsize == 1 else np.float16)
+    return torch.from_numpy(array)
+
+
+def _moved(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """The array `_moving` made `t` of, back in `dtype`."""
+    out = t.numpy()
+    return out if out.dtype == dtype else out.view(dtype)
+
+
+def _reducible(dtype: np.dtype, op: ReduceOp) -> bool:
+    """Whether gloo reduces `dtype` with `op` as numpy does."""
+    if dtype.kind == "c":
+        return op == ReduceOp.SUM
+    return dtype in _REDUCED or is_low_precision(dtype)
+
+
 def _all_gather(t: torch.Tensor, group: Any, size: int) -> torch.Tensor:
     """Every group member's `t`, stacked along a new leading axis in member order."""
     out = torch.empty((size,) + tuple(t.shape), dtype=t.dtype)
     dist.all_gather_single(out, t.reshape((1,) + tuple(t.shape)), group=group)
     return out
+
+
+def forget_process_groups() -> None:
+    """Drop the cached process groups (their process group is gone: shutdown)."""
+    _Groups._made.clear()
 
 
 class _Groups:
@@ -179,7 +216,7 @@ class TorchCommunicator:
         """The group's boxes of `x` (laid out as `src`) put together: its axes along those
         of `mesh_dims` it differs along span the whole mesh."""
         group, ranks = self._group(mesh_dims)
-        out = _all_gather(_to_torch(x), group, len(ranks))
+        out = _all_gather(_moving(x), group, len(ranks))
         used = src.used_mesh_dims()
         shape = list(x.shape)
         for m in mesh_dims:
@@ -187,7 +224,7 @@ class TorchCommunicator:
                 shape[self.mesh.index(m)] = self.mesh.size(m)
         union = np.empty(shape, dtype=x.dtype)
         assert self._groups is not None
-        for piece, client in zip(_to_numpy(out, x.dtype), ranks):
+        for piece, client in zip(_moved(out, x.dtype), ranks):
             start = self._groups.boxes[client].start
             union[tuple(slice(start[j], start[j] + n) if n < shape[j] else slice(None)
                         for j, n in enumerate(x.shape))] = piece
@@ -207,7 +244,7 @@ class TorchCommunicator:
         route = self._route(mesh_dims)
         if route == "local":
             return self.local.all_reduce(x, src, mesh_dims, op)
-        if route == "mixed":
+        if route == "mixed" or not _reducible(x.dtype, op):
             union = self._gather_group(x, src, mesh_dims)
             return StackedCommunicator(self._union(mesh_dims)).all_reduce(
                 union, src, mesh_dims, op)
@@ -215,7 +252,26 @@ class TorchCommunicator:
         t = _to_torch(x)
         dist.all_reduce(t, op=(_BOOL_REDUCE if x.dtype == np.bool_ else _TORCH_REDUCE)[op],
                         group=group)
-        return _to_numpy(t, x.dtype)
+        return self._with_nans(_to_numpy(t, x.dtype), x, op, group)
+
+    def _with_nans(self, reduced: np.ndarray, x: np.ndarray, op: ReduceOp, group: Any,
+                   scatter: Any = None) -> np.ndarray:
+        """numpy's max and min of floats are NaN where any element is; gloo's depend on the
+        order: reduce where the NaNs are too (`scatter` cuts `x`'s mask like the values)."""
+        if op not in (ReduceOp.MAX, ReduceOp.MIN) or not is_floating(x.dtype):
+            return reduced
+        nan = np.isnan(x).astype(np.uint8)
+        mask = torch.from_numpy(np.ascontiguousarray(nan if scatter is None else scatter(nan)))
+        if scatter is None:
+            dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group)
+            where = mask.numpy().astype(bool)
+        else:
+            mine = torch.empty((1,) + tuple(mask.shape[1:]), dtype=mask.dtype)
+            dist.reduce_scatter_single(mine, mask, op=dist.ReduceOp.MAX, group=group)
+            where = mine[0].numpy().astype(bool)
+        if where.any():
+            reduced = np.where(where, np.array(np.nan, dtype=reduced.dtype), reduced)
+        return reduced
 
     def reduce_scatter(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
                        op: ReduceOp, axis: int, block: tuple[int, ...]) -> np.ndarray:
@@ -223,7 +279,7 @@ class TorchCommunicator:
         if route == "local":
             return self.local.reduce_scatter(x, src, mesh_dims, op, axis, block)
         union_mesh = self._union(mesh_dims)
-        if route == "mixed":
+        if route == "mixed" or not _reducible(x.dtype, op):
             union = self._gather_group(x, src, mesh_dims)
             scattered = StackedCommunicator(union_mesh).reduce_scatter(
                 union, src, mesh_dims, op, axis, block)
@@ -232,11 +288,15 @@ class TorchCommunicator:
             reduced = self.all_reduce(x, src, mesh_dims, op)
             return self.local_slice(reduced, Sharding(src.dims), mesh_dims, axis, block)
         group, _ = self._group(mesh_dims)
-        t = _to_torch(self._flatten(scatter_into_mesh(x, mesh_dims, axis, union_mesh,
-                                                      block[axis]), mesh_dims))
+
+        def chunks(v: np.ndarray) -> np.ndarray:
+            return self._flatten(scatter_into_mesh(v, mesh_dims, axis, union_mesh,
+                                                   block[axis]), mesh_dims)
+        t = _to_torch(chunks(x))
         mine = torch.empty((1,) + tuple(t.shape[1:]), dtype=t.dtype)
         dist.reduce_scatter_single(mine, t, op=_TORCH_REDUCE[op], group=group)
-        return np.expand_dims(_to_numpy(mine[0], x.dtype), self._axes(mesh_dims))
+        reduced = self._with_nans(_to_numpy(mine[0], x.dtype), x, op, group, chunks)
+        return np.expand_dims(reduced, self._axes(mesh_dims))
 
     def all_gather(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int,
                    block: tuple[int, ...]) -> np.ndarray:
@@ -247,9 +307,9 @@ class TorchCommunicator:
             union = self._gather_group(x, src, mesh_dims)
         else:
             group, ranks = self._group(mesh_dims)
-            out = _all_gather(_to_torch(np.squeeze(x, tuple(self._axes(mesh_dims)))), group,
+            out = _all_gather(_moving(np.squeeze(x, tuple(self._axes(mesh_dims)))), group,
                               len(ranks))
-            union = self._unflatten(_to_numpy(out, x.dtype), mesh_dims)
+            union = self._unflatten(_moved(out, x.dtype), mesh_dims)
         return gather_from_mesh(union, mesh_dims, axis, self._union(mesh_dims), block[axis])
 
     def all_to_all(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
@@ -266,11 +326,11 @@ class TorchCommunicator:
                                                                split_axis, concat_axis, block)
             return self._own_part(moved, mesh_dims)
         group, _ = self._group(mesh_dims)
-        t = _to_torch(self._flatten(scatter_into_mesh(x, mesh_dims, split_axis, union_mesh,
-                                                      block[split_axis]), mesh_dims))
+        t = _moving(self._flatten(scatter_into_mesh(x, mesh_dims, split_axis, union_mesh,
+                                                    block[split_axis]), mesh_dims))
         out = torch.empty_like(t)
         dist.all_to_all_single(out, t, group=group)
-        received = self._unflatten(_to_numpy(out, x.dtype), mesh_dims)
+        received = self._unflatten(_moved(out, x.dtype), mesh_dims)
         return gather_from_mesh(received, mesh_dims, concat_axis, union_mesh,
                                 block[concat_axis])
 
@@ -463,12 +523,13 @@ def _check_same_plan(module: Module, current: clients.Clients) -> None:
     """Every client must run the same program (the same compiled function on the same
     argument layouts, in the same order): otherwise their collectives would not pair up
     and they would wait on each other forever. The programs' hashes are compared once, when
-    the executor is made; MultiClientError names the clients whose program differs."""
+    the executor is made (a client still busy elsewhere is waited for as long as its
+    heartbeat says it lives); MultiClientError names the clients whose program differs."""
     digest = hashlib.sha256(print_module(module).encode()).hexdigest()[:16]
     key = f"plan {next(_PLANS)}"
     hashes = [h.decode() for h in clients.gather(current.store, key, digest,
                                                  current.client_id, current.num_clients,
-                                                 current.timeout_s)]
+                                                 current.wait_s)]
     differ = [c for c, h in enumerate(hashes) if h != hashes[0]]
     if differ:
         raise MultiClientError(

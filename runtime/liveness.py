@@ -11,12 +11,13 @@ client prints a `MultiClientError` message naming the clients and exits with sta
 interrupt a main thread blocked inside a collective, and nothing is gained by waiting. The
 first client to find one dead leaves its verdict in the store for the others (`VERDICT`),
 and client 0 keeps the store up until they have read it. A
-client that shuts down writes `LEFT`, and is no longer watched; once client 0 has left, its
-store goes with it and nothing is watched.
+client that shuts down writes `LEFT` and is no longer watched; client 0 keeps its store up
+until the others have left (or stopped beating).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -49,16 +50,42 @@ class Heartbeat:
 
     def start(self) -> None:
         self._thread.start()
+        atexit.register(self.halt)
+
+    def halt(self) -> None:
+        """Stop the thread without a word (at interpreter exit: a thread still using the
+        store then aborts the process)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5 * self.period_s + 1)
 
     def stop(self) -> None:
         """Stop beating, and tell the others this client left (so they do not take it for
-        dead)."""
-        self._stop.set()
-        self._thread.join(timeout=5 * self.period_s + 1)
+        dead). Client 0 then keeps its store up until every other client has left too, or
+        has stopped beating for the timeout (so a client still at work is not cut off)."""
+        self.halt()
+        atexit.unregister(self.halt)
         try:
             self.store.set(f"hb/{self.client_id}", LEFT)
+            if self.client_id == 0:
+                self._wait_for_the_others()
         except Exception:
             pass  # the store is gone already: nobody is left to tell
+
+    def _wait_for_the_others(self) -> None:
+        seen = {c: (b"", time.monotonic()) for c in range(1, self.num_clients)}
+        while seen:
+            now = time.monotonic()
+            for c in list(seen):
+                value = bytes(self.store.get(f"hb/{c}")) if self.store.check([f"hb/{c}"]) \
+                    else b""
+                if value == LEFT.encode():
+                    del seen[c]
+                elif value != seen[c][0]:
+                    seen[c] = (value, now)
+                elif now - seen[c][1] > self.timeout_s:
+                    del seen[c]  # gone without leaving: nothing to wait for
+            time.sleep(self.period_s)
 
     def _run(self) -> None:
         peers = [c for c in range(self.num_clients) if c != self.client_id]
@@ -66,6 +93,7 @@ class Heartbeat:
         seen: dict[int, tuple[bytes | None, float]] = {
             c: (None, time.monotonic()) for c in peers}
         beats = 0
+        coordinator_left = False
         while not self._stop.is_set():
             beats += 1
             now = time.monotonic()
@@ -75,7 +103,7 @@ class Heartbeat:
                 values = dict(zip(present, self.store.multi_get([f"hb/{c}" for c in present])
                                   if present else []))
             except Exception as e:  # the store is gone: client 0 died or left
-                if self._stop.is_set():
+                if self._stop.is_set() or coordinator_left:
                     return
                 self._fail(f"the coordinator's store (in client 0) cannot be reached: "
                            f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}")
@@ -85,7 +113,7 @@ class Heartbeat:
                 self._fail(verdict, publish=False)
                 return
             if values.get(0) == LEFT.encode():
-                return  # client 0 left, and its store with it: nothing more to watch
+                coordinator_left = True  # its store stays up until everyone has left
             for c in [c for c in peers if values.get(c) == LEFT.encode()]:
                 peers.remove(c)
                 keys.remove(f"hb/{c}")

@@ -131,6 +131,39 @@ def mlp(mesh: dtc.Mesh) -> None:
     assert kinds.count("all_reduce") >= 3, kinds
 
 
+def edges(mesh: dtc.Mesh) -> None:
+    """What gloo does not do as numpy does: max/min with NaNs held by any client, dtypes
+    gloo has no collectives of, products of complex values; a client whose first program
+    comes long after the others' (its plan check waits, as the heartbeat says it lives);
+    and (in `main`) client 0 shutting down while the others still work."""
+    rng = np.random.default_rng(3)
+    m = mesh.dim_names[0]
+    lay, rep = dtc.Layout([m, U], mesh), dtc.Layout([U, U], mesh)
+    x = rng.standard_normal((8, 3))
+    x[5, 0] = x[6, 1] = np.nan  # on the last client's rows
+    for reduce in (np.max, np.min):
+        for out in ([U], [m]):
+            f = dtc.compile(lambda v, reduce=reduce: reduce(v, axis=0), in_layouts=lay,
+                            out_layouts=dtc.Layout(out, mesh))
+            got = dtc.relayout(f(dtc.copy_to_mesh(x, lay)), dtc.Layout([U], mesh))
+            np.testing.assert_array_equal(np.asarray(got), reduce(x, axis=0))
+    for dtype in (np.int16, np.uint16, np.uint32, np.uint64, np.complex64, np.float16):
+        v = (rng.integers(1, 4, (8, 3)) + (1j if dtype is np.complex64 else 0)).astype(dtype)
+        moved = dtc.relayout(dtc.copy_to_mesh(v, lay), rep)
+        np.testing.assert_array_equal(np.asarray(moved), v)
+        kinds = (np.sum, np.prod) if dtype is np.complex64 else (np.sum, np.max, np.prod)
+        for reduce in kinds:
+            f = dtc.compile(lambda a, reduce=reduce: reduce(a, axis=0), in_layouts=lay,
+                            out_layouts=dtc.Layout([U], mesh))
+            np.testing.assert_array_equal(np.asarray(f(dtc.copy_to_mesh(v, lay))),
+                                          reduce(v, axis=0), err_msg=f"{dtype} {reduce}")
+    if dtc.client_id() == 1:
+        time.sleep(5)  # longer than DTC_JOIN_TIMEOUT: busy, not dead
+    late = dtc.compile(lambda a: a * 3, in_layouts=lay)
+    np.testing.assert_array_equal(np.asarray(dtc.relayout(late(dtc.copy_to_mesh(x, lay)),
+                                                          rep)), x * 3)
+
+
 def idle(mesh: dtc.Mesh) -> None:
     """Join, say so, and wait (the test kills or stops a client meanwhile)."""
     print("ready", flush=True)
@@ -146,7 +179,8 @@ def mismatch(mesh: dtc.Mesh) -> None:
     f(x)
 
 
-CASES = {"collectives": collectives, "mlp": mlp, "idle": idle, "mismatch": mismatch}
+CASES = {"collectives": collectives, "mlp": mlp, "edges": edges, "idle": idle,
+         "mismatch": mismatch}
 
 
 def main() -> None:
@@ -155,6 +189,8 @@ def main() -> None:
     mesh = _mesh(shape)
     CASES[case](mesh)
     dtc.barrier(mesh, "done", timeout_in_ms=60_000)
+    if case == "edges" and dtc.client_id() != 0:
+        time.sleep(3)  # client 0 shuts down first: the others must still end cleanly
     print(f"ok {case} {dtc.client_id()}", flush=True)
     dtc.shutdown_accelerator_system()
 
