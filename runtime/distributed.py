@@ -17,7 +17,7 @@ over all its devices, exactly as on the simulated mesh. A collective over mesh d
 
 One process group per set of mesh dims and mesh, made the first time it is needed. Every
 process makes the groups in the same order because every process runs the same programs in
-the same order (a mismatch is caught before running: the plan hash `multi_client` checks).
+the same order (a mismatch is caught before running: `_check_same_plan`).
 torch is imported with this module only.
 """
 
