@@ -57,6 +57,12 @@ def source_path(file: str) -> str:
         directory = parent
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    message of ours quotes of a dependency's multi-line error."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class DTensorError(Exception):
     """Base class of every error raised by dtensor_compiler."""
 

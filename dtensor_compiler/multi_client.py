@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from dtensor_compiler.errors import MultiClientError
+from dtensor_compiler.errors import MultiClientError, first_line
 from dtensor_compiler.mesh import Mesh, cpu_device_name, create_mesh
 from dtensor_compiler.runtime import clients
 from dtensor_compiler.runtime.liveness import Heartbeat
@@ -126,9 +126,9 @@ class _Runtime:
 
     env: _Environment
     device_type: str
-    local_devices: int
-    store: Any = None
-    """The coordinator's torch TCPStore (None for one client)."""
+    clients: clients.Clients
+    """This client's place among them (the store, its devices, the timeouts), as the
+    runtime sees it."""
     barriers: dict[str, int] = field(default_factory=dict)
     """How often each barrier name has been passed."""
 
@@ -205,7 +205,7 @@ def num_local_devices(device_type: str) -> int:
     kind = _check_type(device_type)
     if _RUNTIME is None:
         return 1 if kind == "CPU" else 0
-    return _RUNTIME.local_devices if kind == _RUNTIME.device_type else 0
+    return _RUNTIME.clients.local_devices if kind == _RUNTIME.device_type else 0
 
 
 def num_global_devices(device_type: str) -> int:
@@ -245,16 +245,15 @@ def initialize_accelerator_system(device_type: str | None = None,
     if not isinstance(devices, int) or devices < 1:
         raise ValueError(f"num_logical_cpu_devices must be a positive int, got {devices!r}")
     env = _Environment.read(os.environ)
-    runtime = _Runtime(env, kind, devices)
-    wait = timeout_s if timeout_s is not None else _timeout()
-    heartbeat = None
+    wait = timeout_s if timeout_s is not None else _seconds("DTC_JOIN_TIMEOUT")
+    store = heartbeat = None
     if env.num_clients > 1:
-        runtime.store = _join(env, wait)
+        store = _join(env, wait)
         if env.heartbeat:
             heartbeat = _start_heartbeat(env, heartbeat_timeout_s)
-    _RUNTIME = runtime
-    clients.set_current(clients.Clients(env.client_id, env.num_clients, devices,
-                                        runtime.store, wait, heartbeat))
+    current = clients.Clients(env.client_id, env.num_clients, devices, store, wait, heartbeat)
+    _RUNTIME = _Runtime(env, kind, current)
+    clients.set_current(current)
     return kind
 
 
@@ -262,8 +261,9 @@ initialize_multi_client = initialize_accelerator_system
 initialize_tpu_system = initialize_accelerator_system
 
 
-def _timeout() -> float:
-    text = os.environ.get("DTC_JOIN_TIMEOUT")
+def _seconds(variable: str) -> float:
+    """A timeout from the environment (`DEFAULT_TIMEOUT_S` when unset)."""
+    text = os.environ.get(variable)
     return float(text) if text else DEFAULT_TIMEOUT_S
 
 
@@ -286,11 +286,11 @@ def _join(env: _Environment, timeout_s: float) -> Any:
     except Exception as e:  # torch raises DistNetworkError / RuntimeError subclasses
         if leader:
             raise MultiClientError(f"client 0 cannot listen on {host}:{port} (the "
-                                   f"coordinator address): {_first_line(e)}; is the port in "
+                                   f"coordinator address): {first_line(e)}; is the port in "
                                    "use?") from None
         raise MultiClientError(f"client {env.client_id} cannot reach the coordinator at "
                                f"{host}:{port} within {timeout_s:g} s: "
-                               f"{_first_line(e)}") from None
+                               f"{first_line(e)}") from None
     clients.gather(store, "join", "1", env.client_id, env.num_clients, timeout_s)
     dist.init_process_group("gloo", store=dist.PrefixStore("gloo", store),
                             rank=env.client_id, world_size=env.num_clients, timeout=timeout)
@@ -302,8 +302,7 @@ def _start_heartbeat(env: _Environment, timeout_s: float | None) -> Heartbeat:
     import torch.distributed as dist
     assert env.coordinator is not None
     if timeout_s is None:
-        text = os.environ.get("DTC_HEARTBEAT_TIMEOUT")
-        timeout_s = float(text) if text else DEFAULT_TIMEOUT_S
+        timeout_s = _seconds("DTC_HEARTBEAT_TIMEOUT")
     host, port = env.coordinator
     store = dist.TCPStore(host, port, env.num_clients, is_master=False,
                           timeout=timedelta(seconds=timeout_s))
@@ -312,20 +311,16 @@ def _start_heartbeat(env: _Environment, timeout_s: float | None) -> Heartbeat:
     return beat
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def shutdown_accelerator_system() -> None:
     """Leave the clients (their process group) and go back to one client. ValueError when
     not initialized."""
     global _RUNTIME
     if _RUNTIME is None:
         raise ValueError("the accelerator system is not initialized")
-    current = clients.current()
-    if current is not None and current.heartbeat is not None:
+    current = _RUNTIME.clients
+    if current.heartbeat is not None:
         current.heartbeat.stop()
-    if _RUNTIME.store is not None:
+    if current.store is not None:
         import torch.distributed as dist
         distributed = sys.modules.get("dtensor_compiler.runtime.distributed")
         if distributed is not None:
@@ -346,15 +341,15 @@ def barrier(mesh: Mesh, barrier_name: str | None = None,
     the join timeout). Nothing to wait for with one client."""
     if not isinstance(mesh, Mesh):
         raise TypeError(f"barrier expects a Mesh, got {type(mesh).__name__}")
-    if _RUNTIME is None or _RUNTIME.store is None:
+    if _RUNTIME is None or _RUNTIME.clients.store is None:
         return
+    current = _RUNTIME.clients
     name = barrier_name or "barrier"
     count = _RUNTIME.barriers.get(name, 0) + 1
     _RUNTIME.barriers[name] = count
-    seconds = timeout_in_ms / 1000 if timeout_in_ms is not None else _timeout()
-    env = _RUNTIME.env
-    clients.gather(_RUNTIME.store, f"barrier {name!r} #{count}", "1", env.client_id,
-                   env.num_clients, seconds)
+    seconds = timeout_in_ms / 1000 if timeout_in_ms is not None else current.timeout_s
+    clients.gather(current.store, f"barrier {name!r} #{count}", "1", current.client_id,
+                   current.num_clients, seconds)
 
 
 # -- meshes -------------------------------------------------------------------------------------
@@ -374,10 +369,10 @@ def create_distributed_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int
         raise ValueError(f"the environment names {env.num_clients} clients: call "
                          "initialize_multi_client() before create_distributed_mesh()")
     kind = _check_type(device_type or _RUNTIME.device_type)
-    n = len(local_devices) if local_devices is not None else _RUNTIME.local_devices
-    if n != _RUNTIME.local_devices:
-        raise ValueError(f"this client was initialized with {_RUNTIME.local_devices} devices, "
-                         f"got {n} local_devices")
+    n = len(local_devices) if local_devices is not None else _RUNTIME.clients.local_devices
+    if n != _RUNTIME.clients.local_devices:
+        raise ValueError(f"this client was initialized with {_RUNTIME.clients.local_devices} "
+                         f"devices, got {n} local_devices")
     dims = list(mesh_dims.items()) if isinstance(mesh_dims, dict) else list(mesh_dims)
     names = [d for d, _ in dims]
     shape = [s for _, s in dims]

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dtensor_compiler.errors import DTensorError, MultiClientError
+from dtensor_compiler.errors import DTensorError, MultiClientError, first_line
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.runtime.box import Box
 from dtensor_compiler.runtime.liveness import Heartbeat
@@ -94,7 +94,7 @@ def _wait(store: Any, key: str, waiting: dict[int, str], num_clients: int,
             raise MultiClientError(
                 f"{key}: the coordinator (client 0) went away while waiting for client"
                 f"{'s' if len(waiting) > 1 else ''} {', '.join(map(str, sorted(waiting)))}: "
-                f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+                f"{first_line(e)}") from None
         if not waiting:
             return
         if deadline is not None and time.monotonic() > deadline:

@@ -45,11 +45,10 @@ from dtensor_compiler.runtime.executor import ArrayType, Conform, ExecutionError
 from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS
 from dtensor_compiler.runtime.stacked import (
     check_stacked,
+    copy_index,
     expected_stacked_shape,
+    from_device_shards,
     from_stacked,
-    mesh_extents,
-    mismatch,
-    pad_to_blocks,
     to_stacked,
     trim_to,
 )
@@ -404,29 +403,8 @@ class BoxStorage:
         order (ValueError naming the device whose block is wrong, or whose replicated copy
         differs)."""
         box = _this_box(mesh)
-        devices = box.devices
-        if len(shards) != len(devices):
-            raise ValueError(f"this client holds {len(devices)} devices, got {len(shards)} "
-                             "shards")
-        local = sharding.local_shape(tuple(shape), mesh)
-        blocks = []
-        for device, shard in zip(devices, shards):
-            coords = tuple(int(c) for c in np.unravel_index(device, mesh.sizes))
-            _, valid = geometry_block(tuple(shape), sharding, mesh, coords)
-            if np.shape(shard) != valid:
-                raise ValueError(f"device {device} holds shape {list(np.shape(shard))}, its "
-                                 f"block of a {list(shape)} tensor laid out as "
-                                 f"{sharding.text()} has shape {list(valid)}")
-            blocks.append(pad_to_blocks(np.asarray(shard), local))
-        full = np.stack(blocks).reshape(box.extent + tuple(local))
-        extents = mesh_extents(sharding, box.submesh)
-        first = full[tuple(slice(0, e) for e in extents)]
-        differ = mismatch(full, first)
-        if differ.any():
-            bad = devices[int(np.argmax(differ.reshape(len(devices), -1).any(axis=1)))]
-            raise ValueError(f"device {bad} holds a replicated copy of a {sharding.text()} "
-                             "value that differs from another device's copy")
-        return cls(np.ascontiguousarray(first), sharding, mesh, shape, box)
+        return cls(from_device_shards(shards, sharding, mesh, shape, box.devices, box.extent),
+                   sharding, mesh, shape, box)
 
     @property
     def dtype(self) -> np.dtype:
@@ -459,19 +437,12 @@ class BoxStorage:
     def device_shard(self, device_id: int) -> np.ndarray:
         """The valid part of one of this client's devices' block (a copy)."""
         coords = tuple(int(c) for c in np.unravel_index(device_id, self.mesh.sizes))
-        index = self.box.index_of(dict(zip(self.mesh.names, coords)))
-        if index is None:
+        if self.box.index_of(dict(zip(self.mesh.names, coords))) is None:
             raise NotLocalError(f"device {device_id} belongs to another client")
-        block = self.stacked[tuple(i if n > 1 else 0
-                                   for i, n in zip(index, self.stacked.shape))]
-        _, valid = geometry_block(self.shape, self.sharding, self.mesh, coords)
+        local = tuple(c - s for c, s in zip(coords, self.box.start))
+        block = self.stacked[copy_index(local, self.stacked.shape)]
+        _, valid = geometry.device_block(self.shape, self.sharding.dims, self.mesh, coords)
         return np.array(trim_to(block, valid))
-
-
-def geometry_block(shape: tuple[int, ...], sharding: Sharding, mesh: MeshShape,
-                   coords: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(start, valid size) of the block of the device at `coords`."""
-    return geometry.device_block(shape, sharding.dims, mesh, tuple(int(c) for c in coords))
 
 
 # -- the executor ------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from dtensor_compiler.errors import first_line
+
 EXIT_CODE = 75
 """The exit status of a client that found another one dead."""
 LEFT = "left"
@@ -106,7 +108,7 @@ class Heartbeat:
                 if self._stop.is_set() or coordinator_left:
                     return
                 self._fail(f"the coordinator's store (in client 0) cannot be reached: "
-                           f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+                           f"{first_line(e)}")
                 return
             verdict = self._verdict()
             if verdict is not None:

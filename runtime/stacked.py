@@ -222,21 +222,27 @@ def mismatch(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def from_device_shards(shards: Sequence[np.ndarray], sharding: Sharding, mesh: MeshShape,
-                       shape: Sequence[int] | None = None) -> np.ndarray:
+                       shape: Sequence[int] | None = None, devices: Sequence[int] | None = None,
+                       extent: Sequence[int] | None = None) -> np.ndarray:
     """The stacked array of a value of global `shape` from the valid part of each device's
     block, given in device-id order (each padded here to the uniform block shape; `shape`
-    None: the blocks have no padding, all have device 0's shape).
+    None: the blocks have no padding, all have device 0's shape). With `devices` (ascending
+    ids that form a box of `extent` along the mesh dims: one client's), only theirs are
+    given, and the array is stacked over that box.
 
     Each block must have its exact valid shape, and replicated copies must be equal; the
     first device whose block is wrong is named in the ValueError.
     """
-    if len(shards) != mesh.num_devices:
-        raise ValueError(f"{mesh.text()} has {mesh.num_devices} devices, got {len(shards)} shards")
+    ids = list(range(mesh.num_devices)) if devices is None else list(devices)
+    sizes = mesh.sizes if extent is None else tuple(extent)
+    if len(shards) != len(ids):
+        held = f"{mesh.text()} has" if devices is None else "this client holds"
+        raise ValueError(f"{held} {len(ids)} devices, got {len(shards)} shards")
     if shape is None:
         shape = [n * sharding.num_shards(i, mesh) for i, n in enumerate(np.shape(shards[0]))]
     shape = tuple(shape)
     local = sharding.local_shape(shape, mesh)
-    for d, s in enumerate(shards):
+    for d, s in zip(ids, shards):
         _, valid = geometry.device_block(shape, sharding.dims, mesh,
                                          geometry.device_coords(d, mesh))
         if np.shape(s) != valid:
@@ -244,21 +250,17 @@ def from_device_shards(shards: Sequence[np.ndarray], sharding: Sharding, mesh: M
                              f"{list(shape)} tensor laid out as {sharding.text()} has shape "
                              f"{list(valid)}")
     full = np.stack([pad_to_blocks(np.asarray(s), local) for s in shards]
-                    ).reshape(mesh.sizes + tuple(local))
-    extents = mesh_extents(sharding, mesh)
+                    ).reshape(sizes + tuple(local))
+    extents = tuple(e if n > 1 else 1 for e, n in zip(sizes, mesh_extents(sharding, mesh)))
     first = full[tuple(slice(0, e) for e in extents)]
-    differ = mismatch(full, first).reshape(mesh.num_devices, -1).any(axis=1)
+    differ = mismatch(full, first).reshape(len(ids), -1).any(axis=1)
     if differ.any():
         bad = int(np.argmax(differ))
-        raise ValueError(f"device {bad} holds a replicated copy of a {sharding.text()} value "
-                         f"that differs from the copy on device "
-                         f"{_first_copy_device(bad, extents, mesh)}")
+        copy = copy_index([int(c) for c in np.unravel_index(bad, sizes)], extents)
+        raise ValueError(f"device {ids[bad]} holds a replicated copy of a {sharding.text()} "
+                         f"value that differs from the copy on device "
+                         f"{ids[int(np.ravel_multi_index(copy, sizes))]}")
     return np.ascontiguousarray(first)
-
-
-def _first_copy_device(device_id: int, extents: tuple[int, ...], mesh: MeshShape) -> int:
-    coords = geometry.device_coords(device_id, mesh)
-    return int(np.ravel_multi_index(copy_index(coords, extents), mesh.sizes))
 
 
 class StackedStorage:
