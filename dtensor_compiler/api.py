@@ -112,8 +112,9 @@ def check_layout(tensor: DistributedValue, layout: Layout) -> None:
 # -- per-device components ----------------------------------------------------------------------
 
 
-def _backend(mesh: Mesh) -> str:
-    """Where values on `mesh` live: the simulated mesh, or this client's devices of it."""
+def backend_for(mesh: Mesh) -> str:
+    """The backend values and programs on `mesh` run on: the simulated mesh (``numpy``), or
+    this client's devices of it (``distributed``)."""
     return default_backend(mesh.num_local_devices(), mesh.size)
 
 
@@ -163,7 +164,7 @@ def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
                               f"its block of the {list(shape)} tensor laid out as "
                               f"{layout.short_text()} has shape {list(block)}")
     try:
-        storage = get_backend(_backend(mesh)).from_device_shards(arrays, sharding,
+        storage = get_backend(backend_for(mesh)).from_device_shards(arrays, sharding,
                                                                  mesh.mesh_shape(), shape)
     except ValueError as e:
         raise LayoutError(f"pack onto {layout.short_text()}: {e} (devices are numbered by "
@@ -244,7 +245,7 @@ def _relayout_dtensor(tensor: DTensor, layout: Layout) -> DTensor:
     if target.sharding == tensor.layout.sharding:
         return DTensor(tensor.storage.alias(), target, tensor.shape)
     storage = relayout_storage(tensor.storage, target.sharding, tensor.shape,
-                               _backend(tensor.mesh))
+                               backend_for(tensor.mesh))
     return DTensor(storage, target, tensor.shape)
 
 
@@ -325,7 +326,8 @@ def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray:
         raise LayoutError(f"layout {layout.short_text()} has rank {layout.rank}, the array "
                           f"has rank {array.ndim}")
     _check_fits(layout, array.shape)
-    return DTensor(place(array, layout.sharding, layout.mesh.mesh_shape(), _backend(layout.mesh)),
+    return DTensor(place(array, layout.sharding, layout.mesh.mesh_shape(),
+                         backend_for(layout.mesh)),
                    layout, array.shape)
 
 

@@ -39,7 +39,7 @@ from typing import Any, cast
 import numpy as np
 
 from dtensor_compiler import tracing
-from dtensor_compiler.api import get_default_mesh
+from dtensor_compiler.api import backend_for, get_default_mesh
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import LayoutError, TraceError
@@ -58,7 +58,6 @@ from dtensor_compiler.runtime.backends import (
     Backend,
     Executor,
     Storage,
-    default_backend,
     get_backend,
 )
 
@@ -189,6 +188,14 @@ class Lowered:
         """Generated kernel sources by name; the numpy backend generates none."""
         return {}
 
+    def prepare(self) -> Executor:
+        """The program's executor, made now if it was not yet (it is made at the first run
+        otherwise; on a mesh several clients hold, making it compares this program's plan
+        with theirs, a step every client takes in the same order)."""
+        if self._executor is None:
+            self._executor = self.backend.executor(self.module, self.donated)
+        return self._executor
+
     def run(self, *args: object) -> DTensor | tuple[DTensor, ...]:
         """Run on numpy arrays or DTensors of the lowered types; DTensor(s) out."""
         if len(args) != len(self._arg_types):
@@ -196,9 +203,7 @@ class Lowered:
                              f"{len(args)}")
         inputs = [self._input(*arg) for arg in
                   zip(self._arg_names, args, self._arg_types, self.in_layouts)]
-        if self._executor is None:
-            self._executor = self.backend.executor(self.module, self.donated)
-        outs = self._executor.run(inputs)
+        outs = self.prepare().run(inputs)
         results = tuple(DTensor.of_program(x, layout, t.shape)
                         for x, t, layout in zip(outs, self._result_types, self.out_layouts))
         if self.donated:
@@ -416,8 +421,7 @@ class CompiledFunction:
         return lower_module(mesh, module, names, self._passes, verify=self._verify,
                             keep_ir=self._keep_ir or locations, locations=locations,
                             cost_model=self._cost_model, backend=get_backend(
-                                self._backend_name or default_backend(
-                                    mesh.num_local_devices(), mesh.size)),
+                                self._backend_name or backend_for(mesh)),
                             donated=donated)
 
 

@@ -248,7 +248,7 @@ def initialize_accelerator_system(device_type: str | None = None,
     wait = timeout_s if timeout_s is not None else _seconds("DTC_JOIN_TIMEOUT")
     store = heartbeat = None
     if env.num_clients > 1:
-        store = _join(env, wait)
+        store = _join(env, devices, wait)
         if env.heartbeat:
             heartbeat = _start_heartbeat(env, heartbeat_timeout_s)
     current = clients.Clients(env.client_id, env.num_clients, devices, store, wait, heartbeat)
@@ -267,9 +267,10 @@ def _seconds(variable: str) -> float:
     return float(text) if text else DEFAULT_TIMEOUT_S
 
 
-def _join(env: _Environment, timeout_s: float) -> Any:
+def _join(env: _Environment, devices: int, timeout_s: float) -> Any:
     """Start or reach the coordinator's store, check every client in (naming those that do
-    not come), and make the gloo process group over it."""
+    not come, and those that count other clients or devices than client 0), and make the
+    gloo process group over it."""
     try:
         import torch.distributed as dist
     except ModuleNotFoundError:
@@ -291,10 +292,34 @@ def _join(env: _Environment, timeout_s: float) -> Any:
         raise MultiClientError(f"client {env.client_id} cannot reach the coordinator at "
                                f"{host}:{port} within {timeout_s:g} s: "
                                f"{first_line(e)}") from None
-    clients.gather(store, "join", "1", env.client_id, env.num_clients, timeout_s)
+    counts = f"{env.num_clients} {devices}"
+    if env.client_id != 0:
+        # client 0's counts first: a client counting more clients would wait for one that
+        # never comes; it says its own before refusing, so that client 0 can name it
+        first = clients.read(store, "join/0", 0, env.num_clients, timeout_s).decode()
+        if first != counts:
+            clients.say_and_leave(store, "join", counts, env.client_id)
+            raise _miscounted({env.client_id: counts}, first)
+    said = [t.decode() for t in clients.gather(store, "join", counts, env.client_id,
+                                                 env.num_clients, timeout_s)]
+    differ = {c: t for c, t in enumerate(said) if t != said[0]}
+    if differ:
+        raise _miscounted(differ, said[0])
     dist.init_process_group("gloo", store=dist.PrefixStore("gloo", store),
                             rank=env.client_id, world_size=env.num_clients, timeout=timeout)
     return store
+
+
+def _miscounted(differ: dict[int, str], first: str) -> MultiClientError:
+    """The error for clients (id -> "clients devices") whose counts differ from client 0's."""
+    def said(text: str) -> str:
+        n, d = text.split()
+        return f"{n} clients of {d} device{'s' if d != '1' else ''}"
+    return MultiClientError(
+        "join: the clients disagree on the mesh: client 0 counts " + said(first) + ", "
+        + ", ".join(f"client {c} {said(t)}" for c, t in sorted(differ.items()))
+        + " (every client must name the same DTENSOR_JOBS or WORLD_SIZE and pass the same "
+          "num_logical_cpu_devices)")
 
 
 def _start_heartbeat(env: _Environment, timeout_s: float | None) -> Heartbeat:

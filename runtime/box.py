@@ -30,6 +30,11 @@ class Box:
     extent: tuple[int, ...]
 
     @staticmethod
+    def of_mesh(mesh: MeshShape) -> Box:
+        """Every device of `mesh` (what one process holds on the simulated mesh)."""
+        return Box(mesh, (0,) * len(mesh.dims), mesh.sizes)
+
+    @staticmethod
     def of_devices(mesh: MeshShape, first: int, count: int) -> Box:
         """The box of device ids ``first .. first + count - 1``; ValueError when those are
         not a box (a count that does not split the mesh into whole rows of its minor dims)."""

@@ -2,8 +2,19 @@
 
 Each kernel finds a device's block in an array the way the simulated mesh stacks it (a mesh
 axis of extent 1 is one copy for every device along it; no mesh axes is one device's own
-array) and does its file work through `checkpoint_data` and `checkpoint_index`. On the
-simulated mesh every device is in this process, so ``barrier`` has nothing to wait for.
+array) and does its file work through `checkpoint_data` and `checkpoint_index`. Every
+process runs every op of the program, each for the devices it holds (`ExecContext.box`):
+
+- ``save_shard`` writes the device's data file where the device runs here, else nothing;
+- ``barrier`` waits for this process's writes, then for every process (`ExecContext.barrier`:
+  nothing to wait for on the simulated mesh), and raises on every process what failed on
+  any, so all decide alike whether the save goes on;
+- ``merge_index`` commits the index on the process that holds device 0, from the headers
+  of every writer's data file (the processes must share the checkpoint's directory);
+- ``restore_shard`` reads the blocks of the devices that run here.
+
+No kernel of a save raises before the barrier that follows it: what fails is kept for the
+barrier, so that a process that failed still meets the others there.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import itertools
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
 
@@ -25,6 +37,7 @@ from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.ops import checkpoint
 from dtensor_compiler.ir.sharding import Sharding
 from dtensor_compiler.ir.types import numpy_dtype
+from dtensor_compiler.runtime.box import Box as DeviceBox
 from dtensor_compiler.runtime.checkpoint_data import (
     Piece,
     read_box,
@@ -62,16 +75,41 @@ def uses_checkpoints(module: Module) -> bool:
 
 _CHECKPOINT_OPS = frozenset(d.name for d in (checkpoint.SAVE_SHARD, checkpoint.MERGE_INDEX,
                                              checkpoint.RESTORE_SHARD))
-_WRITES = threading.local()
-"""Per program-running thread, `.pending`: the writes handed to the pool since its last
-barrier."""
 
 
-def _pending_writes() -> list[Future[None]]:
-    if not hasattr(_WRITES, "pending"):
-        _WRITES.pending = []
-    pending: list[Future[None]] = _WRITES.pending
-    return pending
+@dataclass
+class _Save:
+    """The save in flight in one program-running thread, from its first ``save_shard`` to
+    the barrier after ``merge_index``: which save it is, the writes handed to the pool since
+    the last barrier, and what failed here (raised at the next barrier, once every process
+    knows)."""
+
+    prefix: str
+    generation: int
+    attempt: int
+    """How many saves of this prefix and generation this process began before (a save that
+    failed is tried again at the same generation)."""
+    pending: list[Future[None]] = field(default_factory=list)
+    failure: BaseException | None = None
+
+    def key(self, barrier: str) -> str:
+        return (f"checkpoint {self.prefix} generation {self.generation} attempt "
+                f"{self.attempt}: {barrier}")
+
+
+_SAVES = threading.local()
+"""Per program-running thread, `.save`: the `_Save` in flight, or None."""
+_ATTEMPTS: dict[tuple[str, int], int] = {}
+
+
+def _save_in_flight(prefix: str) -> _Save:
+    save: _Save | None = getattr(_SAVES, "save", None)
+    if save is None:
+        generation = next_generation(prefix)
+        attempt = _ATTEMPTS.get((prefix, generation), 0)
+        _ATTEMPTS[(prefix, generation)] = attempt + 1
+        save = _SAVES.save = _Save(prefix, generation, attempt)
+    return save
 
 
 def _str(op: Operation, name: str) -> str:
@@ -100,13 +138,6 @@ def _slices(op: Operation) -> tuple[str, ...]:
     return _strs(op, "slices") or ("",) * len(op.operands)
 
 
-def _device_part(x: np.ndarray, coords: tuple[int, ...], mesh_axes: int,
-                 valid: tuple[int, ...]) -> np.ndarray:
-    """The valid part (of shape `valid`, padding cut off) of the block one device holds of an
-    array with `mesh_axes` leading mesh axes."""
-    return trim_to(x[copy_index(coords[:mesh_axes], x.shape)], valid)
-
-
 def _contiguous(x: np.ndarray) -> np.ndarray:
     """`x` C-contiguous, 0-d kept 0-d (np.ascontiguousarray makes it 1-d)."""
     return x if x.flags.c_contiguous else x.copy(order="C")
@@ -118,6 +149,8 @@ def _save_shard(op: Operation, ctx: ExecContext) -> KernelFn:
     assert isinstance(device, int)
     names, prefix = _strs(op, "names"), _str(op, "prefix")
     coords = geometry.device_coords(device, ctx.mesh)
+    here = ctx.box.index_of(dict(zip(ctx.mesh.names, coords))) is not None
+    local = tuple(c - s for c, s in zip(coords, ctx.box.start))[:ctx.mesh_axes]
     boxes = []
     for v, text in zip(op.operands, _slices(op)):
         shape = _global_shape(v, ctx.mesh)
@@ -126,33 +159,59 @@ def _save_shard(op: Operation, ctx: ExecContext) -> KernelFn:
         boxes.append(Box(tuple(a + o for a, o in zip(start, offset)), size))
 
     def run(*xs: np.ndarray) -> None:
-        pieces = [Piece(name, box, _contiguous(_device_part(x, coords, ctx.mesh_axes,
-                                                            box.shape)))
-                  for name, box, x in zip(names, boxes, xs)]
-        path = Path(prefix).parent / data_file_name(prefix, next_generation(prefix), device)
-        future = _IO.submit(contextvars.copy_context().run, write_data_file, path, pieces,
-                            device)
-        _pending_writes().append(future)
+        save = _save_in_flight(prefix)
+        if not here or save.failure is not None:
+            return  # another process holds the device, or the save has failed here
+        try:
+            pieces = [Piece(name, box, _contiguous(trim_to(x[copy_index(local, x.shape)],
+                                                           box.shape)))
+                      for name, box, x in zip(names, boxes, xs)]
+            path = Path(prefix).parent / data_file_name(prefix, save.generation, device)
+            save.pending.append(_IO.submit(contextvars.copy_context().run, write_data_file,
+                                           path, pieces, device))
+        except Exception as e:  # raised at the barrier, once every process knows
+            save.failure = e
     return run
 
 
 @kernel(checkpoint.BARRIER)
 def _barrier(op: Operation, ctx: ExecContext) -> KernelFn:
+    """Wait for this process's writes, then for every process; raise, on every process,
+    what failed on any (so all of them decide the same about the commit). The barrier after
+    ``merge_index`` ends the save."""
+    name = _str(op, "name")
+    ends = name == checkpoint.MERGE_INDEX.name
+
     def run() -> None:
-        pending = list(_pending_writes())
-        _pending_writes().clear()
+        save: _Save | None = getattr(_SAVES, "save", None)
+        assert save is not None, "a checkpoint barrier follows the save's writers"
+        pending, save.pending = save.pending, []
         errors = [e for e in (f.exception() for f in pending) if e is not None]
-        if errors:
-            raise errors[0]
+        mine = save.failure or (errors[0] if errors else None)
+        failed = ctx.barrier(save.key(name),
+                             None if mine is None else f"{type(mine).__name__}: {mine}")
+        if ends or mine is not None or failed:
+            _SAVES.save = None
+        if mine is not None:
+            raise mine
+        if failed:
+            who = sorted(failed)
+            raise CheckpointError(
+                f"the save of {save.prefix} failed on client{'s' if len(who) > 1 else ''} "
+                f"{', '.join(map(str, who))} ({failed[who[0]]}); "
+                f"{'it was not committed' if not ends else 'its commit failed'}")
     return run
 
 
 @kernel(checkpoint.MERGE_INDEX)
 def _merge_index(op: Operation, ctx: ExecContext) -> KernelFn:
+    """On the process that holds device 0: read the headers of the writers' data files and
+    commit the index (a failure is raised at the barrier after it)."""
     names, prefix = _strs(op, "names"), _str(op, "prefix")
     writers = op.attrs["writers"]
     assert isinstance(writers, tuple)
     mesh = ctx.mesh
+    merges = ctx.box.index_of(dict(zip(mesh.names, (0,) * len(mesh.dims)))) is not None
     saved: dict[str, tuple[tuple[int, ...], str, str, int]] = {}
     for name, v, text in zip(names, op.operands, _slices(op)):
         shape = _global_shape(v, mesh)
@@ -164,14 +223,18 @@ def _merge_index(op: Operation, ctx: ExecContext) -> KernelFn:
                                   "dtype")
         saved[name] = (full, source, _layout(v).text(), volume)
 
-    def run(*xs: np.ndarray) -> None:
-        generation = next_generation(prefix)
+    def commit_index(generation: int) -> None:
         directory = Path(prefix).parent
         found: dict[str, list[StoredSlice]] = {name: [] for name in names}
         dtypes: dict[str, str] = {}
         files: dict[str, int] = {}
         for w in writers:
             path = directory / data_file_name(prefix, generation, w)
+            if not path.exists() and ctx.box.index_of(
+                    dict(zip(mesh.names, geometry.device_coords(w, mesh)))) is None:
+                raise CheckpointError(f"data file {path} of device {w}, which another "
+                                      "process wrote, is not there: the processes must save "
+                                      "into a directory they share")
             for name, stored, dtype in read_stored_slices(path):
                 if name not in found:
                     raise CheckpointError(f"{path} holds {name!r}, which this save does not")
@@ -188,19 +251,30 @@ def _merge_index(op: Operation, ctx: ExecContext) -> KernelFn:
                                          None if stored_as == source else source,
                                          tuple(slices))
         commit(prefix, Index(generation, tensors, files))
+
+    def run(*xs: np.ndarray) -> None:
+        save = _save_in_flight(prefix)
+        if merges:
+            try:
+                commit_index(save.generation)
+            except Exception as e:  # raised at the barrier, once every process knows
+                save.failure = e
     return run
 
 
 @kernel(checkpoint.RESTORE_SHARD)
 def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
+    """Read the block of each device that runs here (once per distinct block)."""
     name, prefix = _str(op, "name"), _str(op, "prefix")
     mesh = ctx.mesh
+    here = ctx.box
     result = op.results[0]
     sharding = _layout(result)
     shape = _global_shape(result, mesh)
     dtype = numpy_dtype(result.type.dtype)
     used = set(sharding.sharded_mesh_dims())
-    extents = tuple(s if m in used else 1 for m, s in mesh.dims)[:ctx.mesh_axes]
+    extents = tuple(e if m in used else 1
+                    for m, e in zip(mesh.names, here.extent))[:ctx.mesh_axes]
 
     def run() -> np.ndarray:
         record = load_index(prefix).tensors.get(name)
@@ -214,12 +288,13 @@ def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
         context = contextvars.copy_context()
 
         def read(index: tuple[int, ...]) -> None:
-            coords = index + (0,) * (len(mesh.dims) - len(index))
+            local = index + (0,) * (len(mesh.dims) - len(index))
+            coords = tuple(s + i for s, i in zip(here.start, local))
             start, size = geometry.device_block(shape, sharding.dims, mesh, coords)
             if geometry.is_empty_block(shape, size):
                 return  # an empty block: all padding
             block: tuple[int | EllipsisType, ...] = (*index, Ellipsis)  # a view, 0-d too
-            read_box(directory, name, record, Box(start, size), _holders(coords, used, mesh),
+            read_box(directory, name, record, Box(start, size), _holders(coords, used, here),
                      into=trim_to(out[block], size))
 
         blocks = list(itertools.product(*(range(e) for e in extents)))
@@ -229,8 +304,10 @@ def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
     return run
 
 
-def _holders(coords: tuple[int, ...], used: set[str], mesh: MeshShape) -> list[int]:
-    """The devices that hold the block of the device at `coords` (equal along `used`)."""
-    ranges = [range(s) if m not in used else (c,) for (m, s), c in zip(mesh.dims, coords)]
-    return [int(np.ravel_multi_index(point, mesh.sizes))
+def _holders(coords: tuple[int, ...], used: set[str], here: DeviceBox) -> list[int]:
+    """The devices running here that hold the block of the device at `coords` (equal
+    along `used`)."""
+    ranges = [range(s, s + e) if m not in used else (c,)
+              for m, s, e, c in zip(here.mesh.names, here.start, here.extent, coords)]
+    return [int(np.ravel_multi_index(point, here.mesh.sizes))
             for point in itertools.product(*ranges)]

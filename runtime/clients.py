@@ -81,6 +81,23 @@ def gather(store: Any, key: str, value: str, client_id: int, num_clients: int,
     return values
 
 
+def say_and_leave(store: Any, key: str, value: str, client_id: int) -> None:
+    """Publish `value` under `key` as `gather` does, and count as having read the others',
+    for a client that refuses to go on: the others' `gather` then returns (with its
+    value, to name it) instead of waiting for it."""
+    store.set(f"{key}/{client_id}", value)
+    store.set(f"{key}/read/{client_id}", "1")
+
+
+def read(store: Any, key: str, owner: int, num_clients: int, timeout_s: float | None
+         ) -> bytes:
+    """The value client `owner` published under `key`, once it has; MultiClientError
+    naming the client after `timeout_s`."""
+    _wait(store, key, {owner: key}, num_clients, timeout_s)
+    value: bytes = store.get(key)
+    return value
+
+
 def _wait(store: Any, key: str, waiting: dict[int, str], num_clients: int,
           timeout_s: float | None) -> None:
     """Wait until the store holds every key of `waiting` (by client)."""

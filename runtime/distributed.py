@@ -23,16 +23,18 @@ torch is imported with this module only.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import itertools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from dtensor_compiler.errors import DTensorError, MultiClientError, NotLocalError
+from dtensor_compiler.errors import DTensorError, MultiClientError, NotLocalError, first_line
 from dtensor_compiler.ir import geometry
 from dtensor_compiler.ir.core import Module, Operation
 from dtensor_compiler.ir.printer import print_module
@@ -68,7 +70,7 @@ _BOOL_REDUCE = {ReduceOp.SUM: dist.ReduceOp.MAX, ReduceOp.MAX: dist.ReduceOp.MAX
 def _this_box(mesh: MeshShape) -> Box:
     current = clients.current()
     if current is None:
-        return Box(mesh, (0,) * len(mesh.dims), mesh.sizes)
+        return Box.of_mesh(mesh)
     return current.box(mesh)
 
 
@@ -153,18 +155,52 @@ class _Groups:
         ascending: row-major over the mesh coordinates of `mesh_dims`)."""
         key = (self.mesh, tuple(sorted(mesh_dims, key=self.mesh.index)))
         if key not in self._made:
-            classes: dict[tuple[int, ...], list[int]] = {}
-            for c, box in enumerate(self.boxes):
-                rest = tuple(s for m, s in zip(self.mesh.names, box.start) if m not in key[1])
-                classes.setdefault(rest, []).append(c)
             mine: tuple[Any, list[int]] | None = None
-            for ranks in classes.values():  # the same order on every client
+            for ranks in self._classes(key[1]):  # the same order on every client
                 group = dist.new_group(ranks) if len(ranks) > 1 else None
                 if self.clients.client_id in ranks:
                     mine = (group, ranks)
             assert mine is not None
             self._made[key] = mine
         return self._made[key]
+
+    def members(self, mesh_dims: Sequence[str]) -> list[int]:
+        """The clients of this client's group over `mesh_dims` (without making it)."""
+        return next(r for r in self._classes(mesh_dims) if self.clients.client_id in r)
+
+    def _classes(self, mesh_dims: Sequence[str]) -> list[list[int]]:
+        """The clients, grouped by their boxes' starts along the mesh dims not in
+        `mesh_dims`."""
+        classes: dict[tuple[int, ...], list[int]] = {}
+        for c, box in enumerate(self.boxes):
+            rest = tuple(s for m, s in zip(self.mesh.names, box.start) if m not in mesh_dims)
+            classes.setdefault(rest, []).append(c)
+        return list(classes.values())
+
+
+_Collective = TypeVar("_Collective", bound=Callable[..., np.ndarray])
+
+
+def _names_failures(method: _Collective) -> _Collective:
+    """`method` (a collective of `TorchCommunicator`), with what torch raises while it talks
+    to the other clients (a peer that crashed closes the connection; one that hangs runs
+    into the process group's timeout, the join timeout) raised as a MultiClientError that
+    names the collective, its mesh dims and the clients of the group."""
+    @functools.wraps(method)
+    def run(self: TorchCommunicator, x: np.ndarray, src: Sharding,
+            mesh_dims: tuple[str, ...], *args: Any, **kwargs: Any) -> np.ndarray:
+        try:
+            out: np.ndarray = method(self, x, src, mesh_dims, *args, **kwargs)
+            return out
+        except RuntimeError as e:
+            if isinstance(e, DTensorError) or self._groups is None:
+                raise
+            me = self._groups.clients.client_id
+            raise MultiClientError(
+                f"{method.__name__} over mesh dims {list(mesh_dims)} failed on client {me}, "
+                f"in the group of clients {self._groups.members(mesh_dims)}: "
+                f"{first_line(e)}") from e
+    return cast(_Collective, run)
 
 
 class TorchCommunicator:
@@ -238,6 +274,7 @@ class TorchCommunicator:
                                               self.box.extent)))]
 
     # -- the collectives ------------------------------------------------------------------------
+    @_names_failures
     def all_reduce(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
                    op: ReduceOp) -> np.ndarray:
         route = self._route(mesh_dims)
@@ -272,6 +309,7 @@ class TorchCommunicator:
             reduced = np.where(where, np.array(np.nan, dtype=reduced.dtype), reduced)
         return reduced
 
+    @_names_failures
     def reduce_scatter(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
                        op: ReduceOp, axis: int, block: tuple[int, ...]) -> np.ndarray:
         route = self._route(mesh_dims)
@@ -297,6 +335,7 @@ class TorchCommunicator:
         reduced = self._with_nans(_to_numpy(mine[0], x.dtype), x, op, group, chunks)
         return np.expand_dims(reduced, self._axes(mesh_dims))
 
+    @_names_failures
     def all_gather(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...], axis: int,
                    block: tuple[int, ...]) -> np.ndarray:
         route = self._route(mesh_dims)
@@ -311,6 +350,7 @@ class TorchCommunicator:
             union = self._unflatten(_moved(out, x.dtype), mesh_dims)
         return gather_from_mesh(union, mesh_dims, axis, self._union(mesh_dims), block[axis])
 
+    @_names_failures
     def all_to_all(self, x: np.ndarray, src: Sharding, mesh_dims: tuple[str, ...],
                    split_axis: int, concat_axis: int, block: tuple[int, ...]) -> np.ndarray:
         route = self._route(mesh_dims)
@@ -363,8 +403,14 @@ class BoxContext:
     def distribute(self, value: np.ndarray, sharding: Sharding) -> np.ndarray:
         return np.ascontiguousarray(self.box.cut(to_stacked(value, sharding, self.mesh)))
 
-    def device_index(self, coords: dict[str, int]) -> tuple[int | slice, ...] | None:
-        return self.box.index_of(coords)
+    def barrier(self, key: str, failure: str | None) -> dict[int, str]:
+        current = clients.current()
+        if current is None or current.store is None:
+            return {}
+        said = clients.gather(current.store, key, "failed: " + failure if failure else "ok",
+                              current.client_id, current.num_clients, current.wait_s)
+        return {c: text.decode()[len("failed: "):] for c, text in enumerate(said)
+                if c != current.client_id and text != b"ok"}
 
 
 # -- storage -----------------------------------------------------------------------------------
@@ -453,10 +499,6 @@ class DistributedExecutor:
     `backends.Executor`)."""
 
     def __init__(self, module: Module, donated: frozenset[int] = frozenset()) -> None:
-        if checkpoint_kernels.uses_checkpoints(module):
-            raise DTensorError("checkpoints of a mesh several clients hold are not supported "
-                               "yet: save from a single-client process (or gather the values "
-                               "onto one client's mesh first)")
         mesh = module.mesh
         self.mesh = mesh
         self.box = _this_box(mesh)
@@ -467,6 +509,7 @@ class DistributedExecutor:
         for value in module.main.results:
             assert value.type.sharding is not None
             self.results.append((value.type.sharding, value.type.global_shape(mesh)))
+        self._exclusive = checkpoint_kernels.uses_checkpoints(module)
         self.clients = clients.current()
         if self.clients is not None and self.clients.store is not None:
             _check_same_plan(module, self.clients)
@@ -480,7 +523,8 @@ class DistributedExecutor:
                 raise ExecutionError("the distributed backend runs on its own storage; make "
                                      "inputs after initialize_multi_client()")
             arrays.append(x.stacked)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), (checkpoint_kernels.PROGRAMS if self._exclusive
+                                         else contextlib.nullcontext()):
             outs = self.program.run(arrays)
         return [BoxStorage(out, sharding, self.mesh, shape, self.box)
                 for out, (sharding, shape) in zip(outs, self.results)]

@@ -29,6 +29,7 @@ from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.opdef import OpDef
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
 from dtensor_compiler.ir.types import TensorType
+from dtensor_compiler.runtime.box import Box
 
 
 class ExecutionError(DTensorError, RuntimeError):
@@ -87,9 +88,18 @@ class ExecContext(Protocol):
         """A global value laid out as `sharding`, in this context's array form."""
         ...
 
-    def device_index(self, coords: dict[str, int]) -> tuple[int | slice, ...] | None:
-        """Where along the leading mesh axes the devices at mesh `coords` (some mesh dims)
-        are, or None when none of them runs here."""
+    @property
+    def box(self) -> Box:
+        """The devices that run here: the whole mesh on the simulated one, a client's box
+        of it on the distributed backend (`box.index_of` says where along the leading mesh
+        axes a device's block lies, or that it runs elsewhere)."""
+        ...
+
+    def barrier(self, key: str, failure: str | None) -> dict[int, str]:
+        """Wait until every device of the mesh has reached the barrier `key` (the same on
+        all of them), saying whether something went wrong here (`failure`, None: nothing);
+        the failures the other processes reported, by client id (none on the simulated
+        mesh, whose devices are all here)."""
         ...
 
 

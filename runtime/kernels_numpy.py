@@ -410,7 +410,7 @@ def _mask(op: Operation, ctx: ExecContext) -> KernelFn:
                 continue
             at = dict(zip(mesh_dims, (int(c) for c in np.unravel_index(
                 block, [ctx.mesh.size(m) for m in mesh_dims]))))
-            mesh_index = ctx.device_index(at)
+            mesh_index = ctx.box.index_of(at)
             if mesh_index is None:
                 continue  # no device here holds that block
             local = tuple(slice(valid, None) if d == axis else slice(None)

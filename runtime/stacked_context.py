@@ -14,6 +14,7 @@ import numpy as np
 
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.sharding import Sharding
+from dtensor_compiler.runtime.box import Box
 from dtensor_compiler.runtime.stacked import block_index, place_partial, to_stacked
 from dtensor_compiler.runtime.stacked_comm import StackedCommunicator
 
@@ -25,6 +26,7 @@ class StackedContext:
         self.mesh = mesh
         self.mesh_axes = len(mesh.dims)
         self.comm = StackedCommunicator(mesh)
+        self.box = Box.of_mesh(mesh)
 
     def block_index(self, mesh_dims: Sequence[str]) -> np.ndarray:
         return block_index(mesh_dims, self.mesh)
@@ -35,5 +37,5 @@ class StackedContext:
     def distribute(self, value: np.ndarray, sharding: Sharding) -> np.ndarray:
         return to_stacked(value, sharding, self.mesh)
 
-    def device_index(self, coords: dict[str, int]) -> tuple[int | slice, ...]:
-        return tuple(coords[m] if m in coords else slice(None) for m in self.mesh.names)
+    def barrier(self, key: str, failure: str | None) -> dict[int, str]:
+        return {}  # every device is here

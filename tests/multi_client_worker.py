@@ -8,9 +8,13 @@ mismatch raises, so the process exits non-zero with the traceback.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 import dtensor_compiler as dtc
@@ -179,8 +183,172 @@ def mismatch(mesh: dtc.Mesh) -> None:
     f(x)
 
 
+def _stored() -> dict[str, np.ndarray]:
+    """The values the checkpoint cases save and restore."""
+    rng = np.random.default_rng(7)
+    return {"w": rng.standard_normal((8, 12)).astype(np.float32),
+            "b": rng.standard_normal(12).astype(np.float32),
+            "e": rng.standard_normal((7, 5)),
+            "i": np.arange(6, dtype=np.int64) * 3,
+            "p": rng.standard_normal((4, 6)).astype(np.float32),
+            "h": rng.standard_normal((4, 8)).astype(np.float32)}
+
+
+def _checked_io(stats: object, mesh: dtc.Mesh, what: str) -> None:
+    """This client's checkpoint reads and writes were all for its own devices."""
+    mine = set(mesh.local_device_ids())
+    for kind in ("read", "written"):
+        devices = set(getattr(stats, kind))
+        assert devices <= mine, f"{what}: client {dtc.client_id()} {kind} for {devices - mine}"
+
+
+def ckpt_save(mesh: dtc.Mesh) -> None:
+    """On a 2 x 4 mesh of 4 clients: name-based (a partial value, an uneven one, an int
+    one), sharded and DTensorCheckpoint saves, one of them asynchronous. Each client writes
+    only its devices' files; the test restores them in 2 clients on another mesh."""
+    from dtensor_compiler.runtime.checkpoint_data import counting
+    directory = Path(os.environ["DTC_TEST_DIR"])
+    v = _stored()
+    specs = {"w": ["dp", "tp"], "b": [U], "e": ["tp", U], "i": ["dp"]}
+    tensors = {n: dtc.copy_to_mesh(v[n], dtc.Layout(spec, mesh)) for n, spec in specs.items()}
+    zeros = np.zeros_like(v["p"])
+    tensors["p"] = dtc.pack([v["p"] if where["tp"] == 0 else zeros
+                             for where in mesh.local_device_locations()],
+                            dtc.Layout([U, U], mesh, partial={"tp": "sum"}))
+    with counting() as stats:
+        dtc.name_based_save(mesh, directory / "named", tensors)
+    _checked_io(stats, mesh, "name_based_save")
+    assert set(stats.written) == set(mesh.local_device_ids())  # w has a block on every device
+    @dtc.compile(in_layouts=dtc.Layout(["dp", "tp"], mesh))
+    def step(x: np.ndarray) -> np.ndarray:
+        dtc.save(str(directory / "traced"), {"w3": x * 3})  # a save inside the program
+        return x + 1
+
+    np.testing.assert_array_equal(
+        np.asarray(dtc.relayout(step(tensors["w"]), dtc.Layout([U, U], mesh))), v["w"] + 1)
+    half = dtc.copy_to_mesh(v["h"][:, :4], dtc.Layout([U, "tp"], mesh))
+    other = dtc.copy_to_mesh(v["h"][:, 4:], dtc.Layout(["dp", U], mesh))
+    dtc.sharded_save(mesh, directory / "sharded", ["h", "h"], ["4 8 0,4:0,4", "4 8 0,4:4,4"],
+                     [half, other])
+    model = dtc.DTensorCheckpoint(mesh, w=dtc.DVariable(tensors["w"]),
+                                  b=dtc.DVariable(tensors["b"]))
+    dtc.enable_save_as_bf16([model.w])  # type: ignore[list-item]
+    handle = model.save(directory / "model", blocking=False)
+    assert not isinstance(handle, str)
+    assert handle.result(timeout=60) == str(directory / "model-1")
+    assert dtc.latest_checkpoint(directory) == str(directory / "model-1")
+    if dtc.client_id() == 0:
+        with open(directory / "named.index.json") as f:
+            index = json.load(f)
+        assert sorted(index["tensors"]) == ["b", "e", "i", "p", "w"]
+        assert index["tensors"]["w"]["layout"] == "{dp, tp}"
+        assert len(index["tensors"]["w"]["slices"]) == 8
+        assert len(index["tensors"]["b"]["slices"]) == 1
+
+
+def ckpt_restore(mesh: dtc.Mesh) -> None:
+    """On a 2 x 3 mesh of 2 clients: restore what 4 clients saved on 2 x 4, in other
+    layouts (uneven ones too); each client reads only its devices' blocks."""
+    from dtensor_compiler.runtime.checkpoint_data import counting
+    directory = Path(os.environ["DTC_TEST_DIR"])
+    v = _stored()
+    a, b = mesh.dim_names
+    specs = {"w": [b, a], "b": [b], "e": [a, b], "i": [b], "p": [U, a]}
+    templates = {n: dtc.copy_to_mesh(np.zeros_like(v[n]), dtc.Layout(spec, mesh))
+                 for n, spec in specs.items()}
+    with counting() as stats:
+        out = dtc.name_based_restore(mesh, directory / "named", templates)
+    _checked_io(stats, mesh, "name_based_restore")
+    for name, value in out.items():
+        assert value.layout == templates[name].layout
+        whole = dtc.relayout(value, dtc.Layout.replicated(mesh, value.ndim))
+        np.testing.assert_array_equal(np.asarray(whole), v[name], err_msg=name)
+    w3 = dtc.name_based_restore(mesh, directory / "traced", {"w3": templates["w"]})["w3"]
+    np.testing.assert_array_equal(
+        np.asarray(dtc.relayout(w3, dtc.Layout.replicated(mesh, 2))), v["w"] * 3)
+    h = dtc.copy_to_mesh(np.zeros((4, 8), np.float32), dtc.Layout([a, b], mesh))
+    got = dtc.name_based_restore(mesh, directory / "sharded", {"h": h})["h"]
+    np.testing.assert_array_equal(
+        np.asarray(dtc.relayout(got, dtc.Layout.replicated(mesh, 2))), v["h"])
+    model = dtc.DTensorCheckpoint(
+        mesh, w=dtc.DVariable(dtc.copy_to_mesh(np.zeros((8, 12), np.float32),
+                                               dtc.Layout([U, b], mesh))),
+        b=dtc.DVariable(dtc.copy_to_mesh(np.zeros(12, np.float32), dtc.Layout([U], mesh))))
+    latest = dtc.latest_checkpoint(directory)
+    assert latest == str(directory / "model-1"), latest
+    model.restore(latest).assert_consumed()
+    w = dtc.relayout(model.w.read_value(),  # type: ignore[attr-defined]
+                     dtc.Layout.replicated(mesh, 2))
+    bf16 = v["w"].astype(ml_dtypes.bfloat16).astype(np.float32)  # saved as bfloat16
+    np.testing.assert_array_equal(np.asarray(w), bf16)
+    np.testing.assert_array_equal(np.asarray(model.b), v["b"])  # type: ignore[call-overload]
+    assert int(model.save_counter.numpy()) == 1
+
+
+def ckpt_failure(mesh: dtc.Mesh) -> None:
+    """A write that fails on client 1 fails the save on both clients, and the checkpoint
+    saved before stays whole; a client saving elsewhere than client 0 (no shared directory)
+    is named; a save tried again after a failure commits."""
+    directory = Path(os.environ["DTC_TEST_DIR"])
+    layout = dtc.Layout(["x"], mesh)
+    first = dtc.copy_to_mesh(np.arange(8.0), layout)
+    dtc.name_based_save(mesh, directory / "ck", {"v": first})
+    blocker = directory / "ck.1.data-00001.safetensors"
+    if dtc.client_id() == 1:
+        blocker.mkdir()  # client 1 cannot write its data file
+    dtc.barrier(mesh, "blocked")
+    second = dtc.copy_to_mesh(np.arange(8.0) * 2, layout)
+    try:
+        dtc.name_based_save(mesh, directory / "ck", {"v": second})
+    except dtc.CheckpointError as e:
+        assert dtc.client_id() == 0, e
+        assert "the save of" in str(e) and "failed on client 1 (IsADirectoryError" in str(e), e
+        assert "it was not committed" in str(e), e
+    except IsADirectoryError:
+        assert dtc.client_id() == 1
+    else:
+        raise AssertionError("the save did not fail")
+    restored = dtc.name_based_restore(mesh, directory / "ck", {"v": first})["v"]
+    np.testing.assert_array_equal(np.asarray(dtc.relayout(restored, dtc.Layout([U], mesh))),
+                                  np.arange(8.0))
+    dtc.barrier(mesh, "checked")
+    if dtc.client_id() == 1:
+        blocker.rmdir()
+    dtc.barrier(mesh, "unblocked")
+    dtc.name_based_save(mesh, directory / "ck", {"v": second})  # the same generation again
+    restored = dtc.name_based_restore(mesh, directory / "ck", {"v": first})["v"]
+    np.testing.assert_array_equal(np.asarray(dtc.relayout(restored, dtc.Layout([U], mesh))),
+                                  np.arange(8.0) * 2)
+    elsewhere = directory / f"client-{dtc.client_id()}"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)  # a relative prefix now names another directory on each client
+    try:
+        dtc.name_based_save(mesh, "apart", {"v": second})
+    except dtc.CheckpointError as e:
+        text = str(e)
+        assert "which another process wrote, is not there: the processes must save into a " \
+               "directory they share" in text, text
+    else:
+        raise AssertionError("the save without a shared directory did not fail")
+    assert not (elsewhere / "apart.index.json").exists()
+
+
+def fails(mesh: dtc.Mesh) -> None:
+    """Client 1's all_reduce fails (it raises, as a broken link would); client 0 is in the
+    same all_reduce meanwhile and must fail too instead of waiting."""
+    import torch.distributed as dist
+    if dtc.client_id() == 1:
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("injected: the link to client 0 broke")
+        dist.all_reduce = broken  # type: ignore[assignment]
+    layout = dtc.Layout(["x"], mesh)
+    total = dtc.compile(lambda v: v.sum(), in_layouts=layout)
+    total(dtc.copy_to_mesh(np.arange(8.0), layout))
+
+
 CASES = {"collectives": collectives, "mlp": mlp, "edges": edges, "idle": idle,
-         "mismatch": mismatch}
+         "mismatch": mismatch, "ckpt_save": ckpt_save, "ckpt_restore": ckpt_restore,
+         "ckpt_failure": ckpt_failure, "fails": fails}
 
 
 def main() -> None:

@@ -35,15 +35,20 @@ def _start(case: str, clients: int, local: int, shape: str, port: int | None = N
            only: list[int] | None = None, extra: dict[str, str] | None = None
            ) -> list[subprocess.Popen[str]]:
     port = port or _free_port()
-    jobs = ",".join(f"127.0.0.1:{port + i}" for i in range(clients))
-    procs = []
-    for c in only if only is not None else range(clients):
-        env = {**os.environ, "DTENSOR_JOBS": jobs, "DTENSOR_CLIENT_ID": str(c),
-               "OMP_NUM_THREADS": "1", **(extra or {})}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), case, str(local), shape],
-                                      env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    return procs
+    return [_client(case, c, _jobs(port, clients), local, shape, extra)
+            for c in (only if only is not None else range(clients))]
+
+
+def _jobs(port: int, clients: int) -> str:
+    return ",".join(f"127.0.0.1:{port + i}" for i in range(clients))
+
+
+def _client(case: str, client: int, jobs: str, local: int, shape: str,
+            extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "DTENSOR_JOBS": jobs, "DTENSOR_CLIENT_ID": str(client),
+           "OMP_NUM_THREADS": "1", **(extra or {})}
+    return subprocess.Popen([sys.executable, str(WORKER), case, str(local), shape], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str]]:
@@ -101,6 +106,38 @@ def test_a_client_that_never_joins_is_named_within_the_timeout() -> None:
         assert ("MultiClientError: join: client 2 of 3 did not arrive within 3 s" in text
                 or "MultiClientError: join: the coordinator (client 0) went away while "
                    "waiting for client 2" in text), text
+
+
+@pytest.mark.parametrize("counts,message", [
+    ([(2, 1), (3, 1)], "client 0 counts 2 clients of 1 device, client 1 3 clients of 1 device"),
+    ([(3, 1), (2, 1), (3, 1)],
+     "client 0 counts 3 clients of 1 device, client 1 2 clients of 1 device"),
+    ([(2, 1), (2, 2)], "client 0 counts 2 clients of 1 device, client 1 2 clients of 2 "
+                       "devices"),
+])
+def test_clients_that_count_other_clients_or_devices_are_named(
+        counts: list[tuple[int, int]], message: str) -> None:
+    """Client c is started with the DTENSOR_JOBS of counts[c][0] clients and counts[c][1]
+    devices: every client refuses at the join, naming the counts, well within the join
+    timeout."""
+    port = _free_port()
+    start = time.monotonic()
+    procs = [_client("mlp", c, _jobs(port, n), local, "2", {"DTC_JOIN_TIMEOUT": "30"})
+             for c, (n, local) in enumerate(counts)]
+    results = _finish(procs)
+    assert time.monotonic() - start < 25
+    for code, text in results:
+        assert code != 0 and "MultiClientError: join: the clients disagree on the mesh: " \
+            + message in text, text
+
+
+def test_a_collective_failing_on_one_client_fails_the_others_naming_it() -> None:
+    start = time.monotonic()
+    (code0, text0), (code1, text1) = _finish(_start("fails", 2, 1, "2"))
+    assert time.monotonic() - start < 60
+    assert code1 != 0 and "RuntimeError: injected: the link to client 0 broke" in text1, text1
+    assert code0 != 0 and ("MultiClientError: all_reduce over mesh dims ['x'] failed on "
+                           "client 0, in the group of clients [0, 1]: ") in text0, text0
 
 
 def test_the_example_under_torchrun() -> None:
@@ -169,14 +206,31 @@ def test_a_taken_coordinator_port_is_named() -> None:
     assert f"client 0 cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
 
 
-def test_checkpoint_programs_are_refused_on_the_distributed_backend(tmp_path: Path) -> None:
-    from dtensor_compiler.runtime.distributed import DistributedExecutor
-    mesh = dtc.create_mesh([("x", 2)])
-    value = dtc.copy_to_mesh(np.arange(4.0), dtc.Layout(["x"], mesh))
-    program = dtc.lower_name_based_save(mesh, str(tmp_path / "ckpt"), {"v": value})
-    with pytest.raises(dtc.DTensorError, match="checkpoints of a mesh several clients hold"):
-        DistributedExecutor(program.module)
-    assert not any(tmp_path.iterdir())
+def test_a_checkpoint_saved_by_4_clients_restores_in_2_on_another_mesh(tmp_path: Path
+                                                                        ) -> None:
+    """4 clients of 2 devices save on a 2 x 4 mesh (each writes only its own devices'
+    files); 2 clients of 3 devices restore onto 2 x 3 in other layouts, and so does this
+    single process, on a mesh of its own."""
+    extra = {"DTC_TEST_DIR": str(tmp_path)}
+    for c, (code, text) in enumerate(_finish(_start("ckpt_save", 4, 2, "2x4", extra=extra))):
+        assert code == 0 and f"ok ckpt_save {c}" in text, f"client {c}:\n{text[-3000:]}"
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("named."))
+    assert files == [f"named.0.data-0000{d}.safetensors" for d in range(8)] + [
+        "named.index.json"]
+    for c, (code, text) in enumerate(_finish(_start("ckpt_restore", 2, 3, "2x3",
+                                                    extra=extra))):
+        assert code == 0 and f"ok ckpt_restore {c}" in text, f"client {c}:\n{text[-3000:]}"
+    mesh = dtc.create_mesh([("x", 3)])
+    w = dtc.copy_to_mesh(np.zeros((8, 12), np.float32), dtc.Layout([dtc.UNSHARDED, "x"], mesh))
+    out = dtc.name_based_restore(mesh, tmp_path / "named", {"w": w})["w"]
+    expected = np.random.default_rng(7).standard_normal((8, 12)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+def test_a_save_failing_on_one_client_fails_on_every_client(tmp_path: Path) -> None:
+    procs = _start("ckpt_failure", 2, 1, "2", extra={"DTC_TEST_DIR": str(tmp_path)})
+    for c, (code, text) in enumerate(_finish(procs)):
+        assert code == 0 and f"ok ckpt_failure {c}" in text, f"client {c}:\n{text[-3000:]}"
 
 
 # -- the environment and the order of calls -----------------------------------------------------

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from dtensor_compiler import tracing
-from dtensor_compiler.api import relayout
+from dtensor_compiler.api import backend_for, relayout
 from dtensor_compiler.checkpoint import progress, writer
 from dtensor_compiler.checkpoint.programs import (
     CheckpointProgram,
@@ -80,8 +81,17 @@ def run_save(mesh: Mesh, prefix: str, entries: Sequence[SaveEntry], blocking: bo
              progress_bar: bool | None, then: Callable[[], None] | None = None
              ) -> writer.SaveHandle | None:
     """Plan the save now; write it (in the writer thread, behind earlier saves), then call
-    `then` once it is committed."""
+    `then` once it is committed.
+
+    On a mesh several clients hold, what the clients must do in the same order happens
+    here, in the caller's thread, in order with its other programs: the pending reductions
+    of the values are applied (collectives) and the plan is compared with the other
+    clients'. The writer thread only writes, and meets the other clients at the save's
+    barriers (keyed by the checkpoint, not by order)."""
+    if backend_for(mesh) == "distributed":
+        entries = [replace(e, value=_settled(e.value)) for e in entries]
     program = lower_save(mesh, prefix, entries)
+    program.prepare()
     values = [e.value for e in entries]
     nbytes = _data_bytes(entries)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +107,16 @@ def run_save(mesh: Mesh, prefix: str, entries: Sequence[SaveEntry], blocking: bo
         handle.result()
         return None
     return handle
+
+
+def _settled(value: DTensor) -> DTensor:
+    """`value` with its pending reductions applied."""
+    sharding = value.layout.sharding
+    if not sharding.is_partial:
+        return value
+    settled = relayout(value, Layout.from_sharding(sharding.without_partial(), value.mesh))
+    assert isinstance(settled, DTensor)
+    return settled
 
 
 def name_based_save(mesh: Mesh, checkpoint_prefix: PathLike,

@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dtensor_compiler.api import backend_for
 from dtensor_compiler.compile import Lowered, lower_module
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DTensor
@@ -120,7 +121,7 @@ def lower_save(mesh: Mesh, prefix: str, entries: Sequence[SaveEntry], *,
     func.set_results([])
     low = lower_module(mesh, module, hints,
                        PassManager.parse(SAVE_PIPELINE).passes, verify=verify,
-                       backend=get_backend("numpy"), lowered=CheckpointProgram,
+                       backend=get_backend(backend_for(mesh)), lowered=CheckpointProgram,
                        input_stage="input")
     assert isinstance(low, CheckpointProgram)
     return low
@@ -176,7 +177,7 @@ def lower_restore(mesh: Mesh, prefix: str, entries: Sequence[RestoreEntry], *,
         results.append(v)
     func.set_results(results)
     low = lower_module(mesh, module, [], PassManager.parse(RESTORE_PIPELINE).passes,
-                       verify=verify, backend=get_backend("numpy"), cost_model=cost_model,
+                       verify=verify, backend=get_backend(backend_for(mesh)), cost_model=cost_model,
                        lowered=CheckpointProgram, input_stage="input")
     assert isinstance(low, CheckpointProgram)
     return low
