@@ -126,6 +126,7 @@ class StrategyChooser:
         self._ranked: dict[tuple[tuple[_Question, Pendings], Placed],
                            tuple[Strategy, ...]] = {}
         self._waiting: Counter[tuple[Value, FactorSpace, int]] = Counter()
+        self._uses: dict[tuple[Operation, int], _Use] = {}
 
     def choose(self, space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
                result: Sharding | None, reduced: tuple[bool, ...] = (),
@@ -202,53 +203,77 @@ class StrategyChooser:
         its own consumers, `depth` ops deep. Any other pending reduction will be paid in
         full, right here or later at the same size."""
         out: set[tuple[str, ReduceOp]] = set()
-        for user in value.users:
+        later: dict[Operation, Pendings] = {}
+        for user, slot in value.uses:
             if len(out) == len(asked):
                 break
-            if user.name == "relayout":
-                target = user.type.sharding
-                out.update(asked.intersection(target.partial) if target is not None else ())
+            use = self._uses.get((user, slot))
+            if use is None:
+                use = self._uses[user, slot] = _Use.of(user, slot)
+            if use.keeps is not None:  # a relayout
+                out.update(asked.intersection(use.keeps))
                 continue
-            definition = opdef.lookup(user.name)
-            result = user.result
-            if not isinstance(definition.sharding, opdef.Factors) or result is None \
-                    or result.type.dtype != value.type.dtype:
+            if not use.kinds:
                 continue
-            traits = definition.traits
-            smaller = result.type.size < value.type.size
-            later: frozenset[tuple[str, ReduceOp]] | None = None
-            for slot, operand in enumerate(user.operands):
-                if operand is not value:
+            others = [layouts.get(v) for j, v in enumerate(user.operands) if j != slot]
+            used: set[str] | None = None
+            for pending in asked:
+                mesh_dim, kind = pending
+                if pending in out or kind not in use.kinds:
                     continue
-                linear = traits.is_linear_in(slot)
-                kinds = traits.commutes_with | {ReduceOp.SUM} if linear else traits.commutes_with
-                if not kinds:
+                merges = kind in use.commutes and bool(others) and all(
+                    o is None or pending in o.partial for o in others)
+                takes = merges or (kind in use.commutes and not others)
+                if not takes and kind == ReduceOp.SUM and use.linear:
+                    if used is None:
+                        used = set().union(*(o.used_mesh_dims() for o in others
+                                             if o is not None))
+                    takes = mesh_dim not in used
+                if not takes:
                     continue
-                others = [layouts.get(v) for j, v in enumerate(user.operands) if j != slot]
-                used: set[str] | None = None
-                for pending in asked:
-                    mesh_dim, kind = pending
-                    if pending in out or kind not in kinds:
-                        continue
-                    merges = kind in traits.commutes_with and bool(others) and all(
-                        o is None or pending in o.partial for o in others)
-                    takes = merges or (kind in traits.commutes_with and not others)
-                    if not takes and kind == ReduceOp.SUM and linear:
-                        if used is None:
-                            used = set().union(*(o.used_mesh_dims() for o in others
-                                                 if o is not None))
-                        takes = mesh_dim not in used
-                    if not takes:
-                        continue
-                    if merges or smaller:
+                if merges or use.smaller:
+                    out.add(pending)
+                elif depth > 0:
+                    if user not in later:
+                        result = user.result
+                        assert result is not None
+                        later[user] = self._carried_by_users(result, layouts,
+                                                             asked.difference(out), depth - 1)
+                    if pending in later[user]:
                         out.add(pending)
-                    elif depth > 0:
-                        if later is None:
-                            later = self._carried_by_users(result, layouts,
-                                                           asked.difference(out), depth - 1)
-                        if pending in later:
-                            out.add(pending)
         return asked.intersection(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Use:
+    """What `_carried_by_users` needs to know of one use of a value (an op and an operand
+    slot) that does not change while layouts are chosen."""
+
+    keeps: Pendings | None
+    """For a relayout: the pending reductions its target keeps; None for any other op."""
+    kinds: frozenset[ReduceOp] = frozenset()
+    """The pending reductions of the operand the op may take on (none: it cannot)."""
+    commutes: frozenset[ReduceOp] = frozenset()
+    linear: bool = False
+    smaller: bool = False
+    """The result is smaller than the operand."""
+
+    @staticmethod
+    def of(user: Operation, slot: int) -> _Use:
+        if user.name == "relayout":
+            target = user.type.sharding
+            return _Use(frozenset(target.partial) if target is not None else frozenset())
+        definition = opdef.lookup(user.name)
+        result = user.result
+        value = user.operands[slot]
+        if not isinstance(definition.sharding, opdef.Factors) or result is None \
+                or result.type.dtype != value.type.dtype:
+            return _Use(None)
+        traits = definition.traits
+        linear = traits.is_linear_in(slot)
+        kinds = traits.commutes_with | {ReduceOp.SUM} if linear else traits.commutes_with
+        return _Use(None, kinds, traits.commutes_with, linear,
+                    result.type.size < value.type.size)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ strategy needs. Every choice is deterministic.
 
 from __future__ import annotations
 
-from collections import ChainMap
 from dataclasses import dataclass
 
 from dtensor_compiler.cost import CostModel
@@ -83,6 +82,10 @@ class _Propagation:
         self.ops: list[Operation] = []
         self.reduced: frozenset[Value] = frozenset()
         """Values whose consumers may not keep their pending reductions (see `run`)."""
+        self.known: dict[Value, Sharding] = {}
+        """Every value's actual layout, or else its desired one (phase 1's dims) if it has
+        none yet: what the chooser knows of the layouts of an op's consumers' operands."""
+        self.desired: dict[Value, Sharding] = {}
 
     def run(self) -> None:
         """Phase 2 walks the ops once. When it reduces a value that an op placed earlier took
@@ -92,6 +95,8 @@ class _Propagation:
         pinned = self._pinned()
         self.chooser.count_consumers(self.func.ops)
         desired = desired_layouts(self.func, pinned, self.spaces, self.chooser, self.hints)
+        self.desired = desired.layouts
+        self.known = dict(desired.layouts)
         self._phase2(pinned, desired)
         self.func.ops = [op for op in self.ops if not self._drop_if_noop(op)]
 
@@ -179,6 +184,10 @@ class _Propagation:
         del marks[back:]
         while len(self.actual) > n_values:
             value, _ = self.actual.popitem()
+            if value in self.desired:
+                self.known[value] = self.desired[value]
+            else:
+                del self.known[value]
             del self.sources[value]
         while len(self.relayouts) > n_relayouts:
             (value, layout), _ = self.relayouts.popitem()
@@ -244,7 +253,7 @@ class _Propagation:
         placed = Placed(self.chooser.sharers(op, space),
                         tuple(self.made.get(v, frozenset()) for v in operands))
         strategy = self.chooser.choose(space, op, [self.actual[v] for v in operands], wanted,
-                                       reduced, placed, ChainMap(self.actual, desired.layouts))
+                                       reduced, placed, self.known)
         self.chooser.placed(op, space)
         sources = merge_sources([self.sources[operands[t]] if t < len(operands) else
                                  desired.sources[result] for t in strategy.seeds])
@@ -329,6 +338,7 @@ class _Propagation:
     def _set(self, value: Value, layout: Sharding, sources: Sources,
              origin: LayoutOrigin | None = None) -> None:
         self.actual[value] = layout
+        self.known[value] = layout
         self.sources[value] = sources
         value.type = value.type.with_sharding(layout)
         value.origin = origin or LayoutOrigin(", ".join(sources))
