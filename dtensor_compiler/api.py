@@ -25,7 +25,7 @@ from typing import overload
 import numpy as np
 
 from dtensor_compiler import tracing
-from dtensor_compiler.dtensor import DistributedValue, DTensor
+from dtensor_compiler.dtensor import DEVICE_NAME, DistributedValue, DTensor
 from dtensor_compiler.eager import place, relayout_storage
 from dtensor_compiler.errors import DTensorError, EagerOnlyError, LayoutError, MeshError
 from dtensor_compiler.ir.types import dtype_name, native_array
@@ -35,8 +35,6 @@ from dtensor_compiler.runtime import clients
 from dtensor_compiler.runtime.backends import default_backend, get_backend
 from dtensor_compiler.tracing import TracedArray
 from dtensor_compiler.tracing.location import user_location
-
-DEVICE_NAME = "/job:localhost/replica:0/task:0/device:CUSTOM:0"
 
 _DEFAULT_MESH: ContextVar[Mesh | None] = ContextVar("dtc_default_mesh", default=None)
 
@@ -48,7 +46,7 @@ _DEFAULT_MESH: ContextVar[Mesh | None] = ContextVar("dtc_default_mesh", default=
 def default_mesh(mesh: Mesh) -> Iterator[Mesh]:
     """Within the block, `get_default_mesh()` is `mesh`."""
     if not isinstance(mesh, Mesh):
-        raise MeshError(f"default_mesh expects a Mesh, got {type(mesh).__name__}")
+        raise MeshError(f"Expect `mesh` to be `Mesh`, got {type(mesh).__name__}")
     token = _DEFAULT_MESH.set(mesh)
     try:
         yield mesh

@@ -24,6 +24,9 @@ from dtensor_compiler.layout import Layout
 from dtensor_compiler.mesh import Mesh
 from dtensor_compiler.runtime.backends import Storage
 
+DEVICE_NAME = "/job:localhost/replica:0/task:0/device:CUSTOM:0"
+"""The name of the (single, simulated) DTensor device, `dtc.device_name()`."""
+
 _OPERATORS: dict[str, str] = {  # method stem -> symbol; each also has a reflected __r...__
     "add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%",
     "pow": "**", "matmul": "@", "and": "&", "or": "|", "xor": "^", "lshift": "<<",
@@ -61,6 +64,11 @@ class DistributedValue:
     @property
     def dtype(self) -> np.dtype:
         return self.as_dtensor().dtype
+
+    @property
+    def device(self) -> str:
+        """The DTensor device the value lives on (`dtc.device_name()`)."""
+        return DEVICE_NAME
 
     @property
     def ndim(self) -> int:
@@ -207,7 +215,14 @@ class DTensor(DistributedValue):
         return self._storage.to_global()
 
     def __repr__(self) -> str:
+        """As the reference prints a DTensor: this process's component of each device, by
+        short device name, then the layout's text form, the shape and the dtype."""
+        shape = f"shape={tuple(self._shape)}, dtype={self.dtype}"
         if self.is_donated:
-            return f"DTensor(shape={list(self._shape)}, dtype={self.dtype}, donated)"
-        return (f"DTensor(shape={list(self._shape)}, dtype={self.dtype}, "
-                f"layout={self._layout.short_text()} on {self.mesh.short_text()})")
+            return f"DTensor(donated, {shape})"
+        components = ", ".join(
+            f'"{name.rsplit("/device:", 1)[-1]}": {self._storage.device_shard(i)}'
+            for i, name in zip(self.mesh.local_device_ids(), self.mesh.local_devices()))
+        return f'DTensor({{{components}}}, layout="{self._layout.to_string()}", {shape})'
+
+    __str__ = __repr__

@@ -66,6 +66,11 @@ class Mesh:
             raise MeshError("local_device_ids must be a list")
         if not isinstance(local_devices, (list, tuple)):
             raise MeshError("local_devices must be a list")
+        names = [str(d) for d in local_devices]
+        one_cpu = len(set(names)) == 1 and ":CPU:" in names[0].upper()
+        if len(set(names)) != len(names) and not one_cpu:  # one host CPU may stand for all
+            raise MeshError("Duplicate devices found in mesh specification "
+                            f"{sorted({d for d in names if names.count(d) > 1})}.")
         if len(local_device_ids) != len(local_devices):
             raise MeshError(f"{len(local_device_ids)} local_device_ids but "
                             f"{len(local_devices)} local_devices")
@@ -86,8 +91,9 @@ class Mesh:
             types.add(m.group(2).upper())
         if len(types) > 1:
             raise MeshError(f"Devices containing multiple device_types: {sorted(types)}")
-        if use_xla_spmd:
-            raise MeshError("use_xla_spmd is a TPU feature and is not supported")
+        if use_xla_spmd:  # TPU meshes only, and there are no TPUs here
+            raise MeshError(f"XLA SPMD is not currently not supported for "
+                            f"{next(iter(types))} mesh.")
         self._dim_names = tuple(dim_names)
         self._ids = global_device_ids.astype(np.int64)
         self._local_ids = [int(i) for i in local_device_ids]
@@ -201,9 +207,10 @@ class Mesh:
         return [dict(zip(self._dim_names, self.device_location(i))) for i in self._local_ids]
 
     def host_mesh(self) -> Mesh:
-        """The same mesh on host CPUs (the simulated platform is already on CPUs)."""
+        """The same mesh on host CPUs, unnamed (as the reference's: a mesh of CPU devices
+        with the same dims and ids)."""
         devices = [re.sub(r"device:[A-Za-z]+:", "device:CPU:", d) for d in self._local_devices]
-        return Mesh(self._dim_names, self._ids.copy(), self._local_ids, devices, self._name)
+        return Mesh(self._dim_names, self._ids.copy(), self._local_ids, devices)
 
     # -- compiler view --------------------------------------------------------------------------
     def mesh_shape(self) -> MeshShape:

@@ -32,15 +32,15 @@ class DVariable(DistributedValue):
         if isinstance(initial_value, DistributedValue):
             value = initial_value.as_dtensor()
             if layout is not None and layout != value.layout:
-                raise LayoutError(f"conflicting layouts: the initial value has "
-                                  f"{value.layout.short_text()}, layout= is "
+                raise LayoutError(f"Conflicting layout are provided: the initial value "
+                                  f"has {value.layout.short_text()}, layout= is "
                                   f"{layout.short_text()}")
             if dtype is not None and np.dtype(dtype) != value.dtype:
                 raise TypeError(f"the initial value has dtype {value.dtype}, dtype= is "
                                 f"{np.dtype(dtype)}")
         elif layout is None:
-            raise LayoutError("a DVariable needs a layout: pass layout= or a DTensor initial "
-                              "value")
+            raise LayoutError("Neither layout nor DTensor initial value are provided: pass "
+                              "layout= or a DTensor initial value")
         else:
             value = copy_to_mesh(np.asarray(initial_value, dtype=dtype), layout)
         self._value: DTensor = value

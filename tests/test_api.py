@@ -64,7 +64,14 @@ def test_dtensor_metadata_and_gathering():
     x = arange((4, 8))
     t = dtc.copy_to_mesh(x, layout)
     assert (t.shape, t.dtype, t.ndim, t.layout, t.mesh) == ((4, 8), np.float32, 2, layout, mesh)
-    assert repr(t) == "DTensor(shape=[4, 8], dtype=float32, layout={dp, tp} on mesh<dp=2, tp=4>)"
+    assert repr(t) == str(t) == (
+        'DTensor({"CPU:0": [[0. 1.]\n [8. 9.]], "CPU:1": [[ 2.  3.]\n [10. 11.]], '
+        '"CPU:2": [[ 4.  5.]\n [12. 13.]], "CPU:3": [[ 6.  7.]\n [14. 15.]], '
+        '"CPU:4": [[16. 17.]\n [24. 25.]], "CPU:5": [[18. 19.]\n [26. 27.]], '
+        '"CPU:6": [[20. 21.]\n [28. 29.]], "CPU:7": [[22. 23.]\n [30. 31.]]}, '
+        f'layout="sharding_specs:dp,tp, mesh:{mesh.to_string()}", shape=(4, 8), '
+        'dtype=float32)')
+    assert t.device == dtc.device_name() == "/job:localhost/replica:0/task:0/device:CUSTOM:0"
     np.testing.assert_array_equal(np.asarray(t), x)
     np.testing.assert_array_equal(t.numpy(), x)
     assert np.asarray(t, dtype=np.float64).dtype == np.float64
@@ -341,7 +348,7 @@ def test_default_mesh_nests_and_restores():
             assert dtc.get_default_mesh() is b
         assert dtc.get_default_mesh() is a
     assert dtc.get_default_mesh() is None
-    with pytest.raises(dtc.MeshError, match="expects a Mesh"):
+    with pytest.raises(dtc.MeshError, match="Expect `mesh` to be `Mesh`"):
         with dtc.default_mesh("a"):  # type: ignore[arg-type]
             pass
     assert dtc.device_name() == "/job:localhost/replica:0/task:0/device:CUSTOM:0"
@@ -397,13 +404,14 @@ def test_dvariable_from_an_array_needs_a_layout(mesh22):
     v = dtc.DVariable([[1, 2], [3, 4]], layout=layout, dtype=np.float64)
     assert v.layout == layout and v.dtype == np.float64
     np.testing.assert_array_equal(np.asarray(v), [[1.0, 2.0], [3.0, 4.0]])
-    with pytest.raises(dtc.LayoutError, match="needs a layout"):
+    with pytest.raises(dtc.LayoutError, match="Neither layout nor DTensor initial value are provided"):
         dtc.DVariable(np.zeros((2, 2)))
 
 
 def test_dvariable_rejects_a_conflicting_layout(mesh22):
     t = dtc.copy_to_mesh(arange((4, 4)), dtc.Layout(["x", U], mesh22))
-    with pytest.raises(dtc.LayoutError, match=r"conflicting layouts.*\{x, -\}.*\{-, x\}"):
+    with pytest.raises(dtc.LayoutError,
+                       match=r"Conflicting layout are provided.*\{x, -\}.*\{-, x\}"):
         dtc.DVariable(t, layout=dtc.Layout([U, "x"], mesh22))
     assert dtc.DVariable(t, layout=dtc.Layout(["x", U], mesh22)).layout == t.layout
 

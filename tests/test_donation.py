@@ -103,7 +103,7 @@ def test_donation_errors():
         g(np.ones(3))
     t = dtc.copy_to_mesh(np.ones(8), X)
     dtc.compile(lambda a: a + 1, in_layouts=(X,), donate_argnums=0)(t)
-    assert repr(t) == "DTensor(shape=[8], dtype=float64, donated)"
+    assert repr(t) == "DTensor(donated, shape=(8,), dtype=float64)"
     with pytest.raises(dtc.DonatedError):
         dtc.unpack(t)
 
