@@ -82,6 +82,7 @@ from dtensor_compiler.multi_client import (
     num_clients,
     num_global_devices,
     num_local_devices,
+    preferred_device_type,
     shutdown_accelerator_system,
     shutdown_tpu_system,
 )
@@ -160,6 +161,7 @@ __all__ = [
     "num_clients",
     "num_global_devices",
     "num_local_devices",
+    "preferred_device_type",
     "shutdown_accelerator_system",
     "shutdown_tpu_system",
 ]

@@ -17,6 +17,7 @@ import numpy as np
 
 from dtensor_compiler.errors import MeshError
 from dtensor_compiler.ir.sharding import MeshShape
+from dtensor_compiler.runtime import clients
 
 RESERVED_DIM_NAMES = ("any", "match", "unsharded", "scalar")
 _DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -291,6 +292,23 @@ def _parse_dims(text: str, whole: str) -> list[tuple[str, int]]:
     return out
 
 
+_SHORT_DEVICE = re.compile(r"(?:/?device:)?([A-Za-z]+):(\d+)\Z")
+
+
+def full_device_name(name: str, task: int = 0, job: str = "localhost") -> str:
+    """A device name in full (``/job:<job>/replica:0/task:<task>/device:CPU:0``): as given
+    when it is one already, else from a short ``CPU:0`` or ``/device:cpu:0`` form on task
+    `task` of `job`. MeshError for anything else."""
+    text = str(name)
+    if _DEVICE.match(text):
+        return text
+    short = _SHORT_DEVICE.match(text)
+    if short is None:
+        raise MeshError(f"device name {text!r} is neither /job:<job>/replica:<r>/task:<t>/"
+                        "device:<TYPE>:<i> nor the short <TYPE>:<i>")
+    return f"/job:{job}/replica:0/task:{task}/device:{short.group(1).upper()}:{short.group(2)}"
+
+
 def num_simulated_devices() -> int:
     """`DTC_NUM_DEVICES` (default 8): devices of a mesh made without explicit dims."""
     raw = os.environ.get("DTC_NUM_DEVICES", "8")
@@ -304,11 +322,13 @@ def create_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int] | None = N
                 device_type: str | None = None, use_xla_spmd: bool = False) -> Mesh:
     """A single-client mesh of simulated CPU devices (as many as the dims need).
 
-    Without dims: a 1-D mesh ``x`` over `DTC_NUM_DEVICES` devices (default 8).
+    Without dims: a 1-D mesh ``x`` over this process's logical CPUs (as many as
+    `initialize_accelerator_system` was given, else `DTC_NUM_DEVICES`, default 8). Devices may
+    be named in short form (``CPU:0``).
     """
     dims: list[tuple[object, ...]]
     if mesh_dims is None:
-        dims = [("x", len(devices) if devices else num_simulated_devices())]
+        dims = [("x", len(devices) if devices else _local_cpus())]
     elif isinstance(mesh_dims, dict):
         dims = list(mesh_dims.items())
     else:
@@ -326,5 +346,14 @@ def create_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int] | None = N
         devices = [f"/job:localhost/replica:0/task:0/device:{kind}:{i}" for i in range(n)]
     elif len(devices) != n:
         raise MeshError(f"mesh dims {dims} need {n} devices, got {len(devices)}")
+    else:
+        devices = [full_device_name(d) for d in devices]
     return Mesh(names, np.arange(n).reshape(shape), list(range(n)),
                 list(devices), mesh_name, use_xla_spmd=use_xla_spmd)
+
+
+def _local_cpus() -> int:
+    """This process's logical CPUs: those `initialize_accelerator_system` was given, else the
+    simulated host's."""
+    current = clients.current()
+    return current.local_devices if current is not None else num_simulated_devices()

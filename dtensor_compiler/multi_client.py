@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from dtensor_compiler.errors import MultiClientError, first_line
-from dtensor_compiler.mesh import Mesh, cpu_device_name, create_mesh
+from dtensor_compiler.mesh import Mesh, cpu_device_name, full_device_name, num_simulated_devices
 from dtensor_compiler.runtime import clients
 from dtensor_compiler.runtime.liveness import Heartbeat
 
@@ -56,51 +56,76 @@ _DEVICE_TYPES = ("CPU", "GPU", "TPU")
 
 @dataclass(frozen=True)
 class _Environment:
-    """What the environment says about the clients."""
+    """What the environment says about the clients. As in the reference, only what needs
+    the client id (`client_id`) fails for a bad one, and the coordinator's address is read
+    when the clients join."""
 
     jobs: tuple[str, ...]
-    client_id: int
     num_clients: int
     job_name: str
-    coordinator: tuple[str, int] | None
     heartbeat: bool
+    client_variable: str
+    """The variable that gives this client's id: ``DTENSOR_CLIENT_ID``, or torchrun's
+    ``RANK``."""
+    client_text: str
+    launcher: tuple[str, int] | None = None
+    """torchrun's ``MASTER_ADDR`` and ``MASTER_PORT``, when ``WORLD_SIZE`` names the
+    clients."""
 
     @staticmethod
     def read(env: Mapping[str, str]) -> _Environment:
-        jobs = tuple(j for j in env.get("DTENSOR_JOBS", "").split(",") if j)
-        legacy = env.get("DTENSOR_NUM_CLIENTS")
-        coordinator: tuple[str, int] | None = None
+        raw = env.get("DTENSOR_JOBS", "")
+        jobs = tuple(j for j in raw.split(",") if j)
+        if any(j.startswith("/bns/") for j in jobs) and list(jobs) != sorted(jobs,
+                                                                             key=_task_order):
+            raise ValueError(f"Unexpected DTENSOR_JOBS content {raw}. Sort entries in "
+                             "DTENSOR_JOBS because cluster construction relies on the order.")
+        launcher = None
+        variable = "DTENSOR_CLIENT_ID"
         if jobs:
             count = len(jobs)
-            who = _int(env, "DTENSOR_CLIENT_ID", 0)
-            coordinator = _address(jobs[0], "DTENSOR_JOBS")
-            source = "DTENSOR_JOBS"
+            if "WORLD_SIZE" in env and _int(env, "WORLD_SIZE", 1) != count:
+                raise ValueError(f"WORLD_SIZE is {env['WORLD_SIZE']}, but DTENSOR_JOBS names "
+                                 f"{count} clients")
         elif "WORLD_SIZE" in env:
             count = _int(env, "WORLD_SIZE", 1)
-            who = _int(env, "RANK", 0)
-            coordinator = (env.get("MASTER_ADDR", "127.0.0.1"),
-                           _int(env, "MASTER_PORT", 29500))
-            source = "WORLD_SIZE"
+            variable = "RANK"
+            launcher = (env.get("MASTER_ADDR", "127.0.0.1"), _int(env, "MASTER_PORT", 29500))
         else:
-            count = _int(env, "DTENSOR_NUM_CLIENTS", 1)
-            who = _int(env, "DTENSOR_CLIENT_ID", 0)
-            if count > 1:
-                raise ValueError(f"DTENSOR_NUM_CLIENTS is {count}, but neither DTENSOR_JOBS "
-                                 "nor WORLD_SIZE says where the clients are")
-            source = "DTENSOR_NUM_CLIENTS"
-        if legacy is not None and int(legacy) != count:
-            raise ValueError(f"DTENSOR_NUM_CLIENTS is {legacy}, but {source} names {count} "
-                             "clients")
-        if "WORLD_SIZE" in env and jobs and _int(env, "WORLD_SIZE", 1) != count:
-            raise ValueError(f"WORLD_SIZE is {env['WORLD_SIZE']}, but DTENSOR_JOBS names "
-                             f"{count} clients")
-        if not 0 <= who < count:
-            raise ValueError(f"client id {who} is not in [0, {count}): {source} names "
-                             f"{count} clients")
+            count = 1  # DTENSOR_NUM_CLIENTS is ignored, as the reference now does
         name = env.get("DTENSOR_JOB_NAME") or ("localhost" if count == 1 else "worker")
-        heartbeat = env.get("DTENSOR_ENABLE_HEARTBEAT", "true").lower() not in (
-            "0", "false", "no", "off")
-        return _Environment(jobs, who, count, name, coordinator, heartbeat)
+        heartbeat = env.get("DTENSOR_ENABLE_HEARTBEAT", "true").lower() in ("true", "1")
+        return _Environment(jobs, count, name, heartbeat, variable,
+                            env.get(variable, ""), launcher)
+
+    @property
+    def client_id(self) -> int:
+        """This client's id; ValueError when the variable is not an id of these clients."""
+        text, variable = self.client_text, self.client_variable
+        try:
+            who = int(text) if text else 0
+        except ValueError:
+            raise ValueError(f"{variable} must be an integer, got {text!r}") from None
+        if who < 0:
+            raise ValueError(f"Environment variable {variable} must be >= 0, got {who}")
+        if who >= self.num_clients:
+            raise ValueError(f"Environment variable {variable} must be < {self.num_clients}, "
+                             f"got {who}")
+        return who
+
+    @property
+    def coordinator(self) -> tuple[str, int]:
+        """Where client 0 serves the store: the first job's ``host:port``, or torchrun's."""
+        if self.launcher is not None:
+            return self.launcher
+        return _address(self.jobs[0], "DTENSOR_JOBS")
+
+
+def _task_order(job: str) -> tuple[int, int | str]:
+    """The order the reference requires of BNS job names: by the task number after their
+    last ``/`` (before any ``:port``), names without one after those with one."""
+    task = job.rsplit("/", 1)[-1].split(":", 1)[0]
+    return (0, int(task)) if task.isdigit() else (1, job)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -173,13 +198,14 @@ def full_job_name(task_id: int | None = None) -> str:
     """``<job>/replica:0/task:<task>`` of client `task_id` (this one by default)."""
     env = _environment()
     task = env.client_id if task_id is None else task_id
-    if env.num_clients == 1 and task != 0:
+    if env.job_name == "localhost" and task != 0:
         raise ValueError(f"Unexpected task ID {task} in local runs")
     return f"{env.job_name}/replica:0/task:{task}"
 
 
 def heartbeat_enabled() -> bool:
-    """``DTENSOR_ENABLE_HEARTBEAT`` (default true)."""
+    """Whether ``DTENSOR_ENABLE_HEARTBEAT`` is ``true`` or ``1`` (any case; the default is
+    true)."""
     return _environment().heartbeat
 
 
@@ -201,11 +227,18 @@ def local_devices(device_type: str, for_client_id: int | None = None) -> list[st
 
 def num_local_devices(device_type: str) -> int:
     """Devices of `device_type` on this client: those `initialize_multi_client` was given
-    (``num_logical_cpu_devices``, default 1); 0 for a type it has none of."""
+    (``num_logical_cpu_devices``, default 1), and before it the simulated host's logical
+    CPUs (``DTC_NUM_DEVICES``, default 8); 0 for a type it has none of."""
     kind = _check_type(device_type)
-    if _RUNTIME is None:
-        return 1 if kind == "CPU" else 0
+    if _RUNTIME is None:  # the simulated host's logical CPUs
+        return num_simulated_devices() if kind == "CPU" else 0
     return _RUNTIME.clients.local_devices if kind == _RUNTIME.device_type else 0
+
+
+def preferred_device_type() -> str:
+    """The device type programs run on by default: the first of TPU, GPU and CPU this host
+    has, so ``CPU``."""
+    return "CPU"
 
 
 def num_global_devices(device_type: str) -> int:
@@ -276,7 +309,6 @@ def _join(env: _Environment, devices: int, timeout_s: float) -> Any:
     except ModuleNotFoundError:
         raise MultiClientError("several clients need torch: pip install torch==2.13.0") \
             from None
-    assert env.coordinator is not None
     host, port = env.coordinator
     timeout = timedelta(seconds=timeout_s)
     # under torchrun the agent already serves a store at the coordinator address
@@ -325,7 +357,6 @@ def _miscounted(differ: dict[int, str], first: str) -> MultiClientError:
 def _start_heartbeat(env: _Environment, timeout_s: float | None) -> Heartbeat:
     """The heartbeat thread, on a store connection of its own."""
     import torch.distributed as dist
-    assert env.coordinator is not None
     if timeout_s is None:
         timeout_s = _seconds("DTC_HEARTBEAT_TIMEOUT")
     host, port = env.coordinator
@@ -384,32 +415,41 @@ def create_distributed_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int
                             mesh_name: str = "", local_devices: Sequence[str] | None = None,
                             device_type: str | None = None, use_xla_spmd: bool = False) -> Mesh:
     """A mesh over every client's devices, this client's being the contiguous block of
-    device ids ``client_id() * n .. + n - 1`` (row-major), ``n`` its local device count.
-    With one client this is `create_mesh`. ValueError when the environment names several
-    clients and `initialize_multi_client` has not run."""
-    env = _environment()
-    if env.num_clients == 1:
-        return create_mesh(mesh_dims, mesh_name, local_devices, device_type, use_xla_spmd)
+    device ids ``client_id() * n .. + n - 1`` (row-major), ``n`` its local device count
+    (or the number of `local_devices` given, in full or short form: ``CPU:0``). ValueError
+    before `initialize_accelerator_system`, and when the mesh does not have exactly every
+    client's devices."""
     if _RUNTIME is None:
-        raise ValueError(f"the environment names {env.num_clients} clients: call "
-                         "initialize_multi_client() before create_distributed_mesh()")
+        raise ValueError("Accelerators are uninitialized, please run "
+                         "dtensor.initialize_accelerator_system() first.")
+    env = _RUNTIME.env
     kind = _check_type(device_type or _RUNTIME.device_type)
-    n = len(local_devices) if local_devices is not None else _RUNTIME.clients.local_devices
-    if n != _RUNTIME.clients.local_devices:
-        raise ValueError(f"this client was initialized with {_RUNTIME.clients.local_devices} "
-                         f"devices, got {n} local_devices")
+    if kind != "CPU":
+        raise ValueError(f"device type {kind} is not supported: clients run on CPU devices")
+    if local_devices is not None:
+        mine = [full_device_name(d, env.client_id, env.job_name) for d in local_devices]
+        if env.num_clients > 1 and len(mine) != _RUNTIME.clients.local_devices:
+            raise ValueError(f"this client was initialized with "
+                             f"{_RUNTIME.clients.local_devices} devices, got {len(mine)} "
+                             "local_devices")
+    else:
+        mine = [cpu_device_name(i, env.client_id, env.job_name)
+                for i in range(_RUNTIME.clients.local_devices)]
     dims = list(mesh_dims.items()) if isinstance(mesh_dims, dict) else list(mesh_dims)
     names = [d for d, _ in dims]
     shape = [s for _, s in dims]
+    n = len(mine)
     total = n * env.num_clients
     if int(np.prod(shape)) != total:
-        raise ValueError(f"mesh {dict(dims)} has {int(np.prod(shape))} devices, but "
-                         f"{env.num_clients} clients of {n} devices hold {total}")
+        raise ValueError(f"Global number of devices ({n} per client * {env.num_clients} "
+                         f"clients = {total}) must be equal to total size of the mesh of "
+                         f"shape {tuple(shape)}")
     ids = np.arange(total).reshape(shape)
-    mine = list(range(n * env.client_id, n * (env.client_id + 1)))
-    every = [cpu_device_name(i % n, task=i // n, job=env.job_name) for i in range(total)]
-    mesh = Mesh(names, ids, mine, [every[i] for i in mine], mesh_name, every, use_xla_spmd)
-    if kind != "CPU":
-        raise ValueError(f"device type {kind} is not supported: clients run on CPU devices")
+    first = n * env.client_id
+    every = None
+    if env.num_clients > 1:
+        every = [cpu_device_name(i % n, task=i // n, job=env.job_name) for i in range(total)]
+    mesh = Mesh(names, ids, list(range(first, first + n)), mine, mesh_name, every,
+                use_xla_spmd)
     clients.Clients(env.client_id, env.num_clients, n).box(mesh.mesh_shape())
     return mesh

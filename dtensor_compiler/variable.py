@@ -39,8 +39,8 @@ class DVariable(DistributedValue):
                 raise TypeError(f"the initial value has dtype {value.dtype}, dtype= is "
                                 f"{np.dtype(dtype)}")
         elif layout is None:
-            raise LayoutError("Neither layout nor DTensor initial value are provided: pass "
-                              "layout= or a DTensor initial value")
+            raise LayoutError("Neither layout nor DTensor initial value are provided. Pass "
+                              "layout= or a DTensor initial value.")
         else:
             value = copy_to_mesh(np.asarray(initial_value, dtype=dtype), layout)
         self._value: DTensor = value

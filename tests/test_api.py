@@ -373,12 +373,15 @@ def test_call_with_layout_runs_under_the_mesh_and_lays_out_the_result():
     assert dtc.call_with_layout(lambda: 7, None) == 7
 
 
-def test_create_distributed_mesh_with_one_client_is_create_mesh(monkeypatch):
+def test_create_distributed_mesh_with_one_client_is_create_mesh():
     dims = [("x", 2), ("y", 2)]
-    assert dtc.create_distributed_mesh(dims) == dtc.create_mesh(dims)
-    monkeypatch.setenv("DTENSOR_JOBS", "localhost:1000,localhost:1001")
-    with pytest.raises(ValueError, match="names 2 clients: call initialize_multi_client"):
+    with pytest.raises(ValueError, match="Accelerators are uninitialized"):
         dtc.create_distributed_mesh(dims)
+    dtc.initialize_accelerator_system(num_logical_cpu_devices=4)
+    try:
+        assert dtc.create_distributed_mesh(dims) == dtc.create_mesh(dims)
+    finally:
+        dtc.shutdown_accelerator_system()
 
 
 # -- DVariable ----------------------------------------------------------------------------------

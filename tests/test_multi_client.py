@@ -4,6 +4,7 @@ joined over gloo on 127.0.0.1 running the same programs as the simulated mesh.""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -257,28 +258,46 @@ def test_torchrun_environment() -> None:
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"DTENSOR_JOBS": "a:1,b:2", "DTENSOR_CLIENT_ID": "2"}, "client id 2 is not in [0, 2)"),
-    ({"DTENSOR_JOBS": "a:1,b:2", "DTENSOR_NUM_CLIENTS": "3"},
-     "DTENSOR_NUM_CLIENTS is 3, but DTENSOR_JOBS names 2 clients"),
+    ({"DTENSOR_JOBS": "a:1,b:2", "DTENSOR_CLIENT_ID": "2"},
+     "Environment variable DTENSOR_CLIENT_ID must be < 2, got 2"),
+    ({"DTENSOR_CLIENT_ID": "-1"}, "Environment variable DTENSOR_CLIENT_ID must be >= 0, got -1"),
+    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK must be an integer, got 'x'"),
+    ({"DTENSOR_JOBS": "a,b:2"}, "DTENSOR_JOBS entry 'a' is not host:port"),
+])
+def test_malformed_client_ids_and_coordinators(values: dict[str, str], message: str) -> None:
+    """As in the reference, reading the environment does not check the client id or the
+    coordinator's address: asking for them does (initialize does both)."""
+    env = multi_client._Environment.read(values)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        (env.coordinator if "entry" in message else env.client_id)  # noqa: B018
+
+
+@pytest.mark.parametrize("values,message", [
     ({"DTENSOR_JOBS": "a:1,b:2", "WORLD_SIZE": "4"},
      "WORLD_SIZE is 4, but DTENSOR_JOBS names 2 clients"),
-    ({"DTENSOR_JOBS": "a,b:2"}, "DTENSOR_JOBS entry 'a' is not host:port"),
-    ({"DTENSOR_NUM_CLIENTS": "2"}, "neither DTENSOR_JOBS nor WORLD_SIZE"),
-    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK must be an integer, got 'x'"),
+    ({"DTENSOR_JOBS": "/bns/w/1:8888,/bns/w/0:8888"},
+     "Unexpected DTENSOR_JOBS content /bns/w/1:8888,/bns/w/0:8888. Sort entries"),
 ])
 def test_malformed_environments(values: dict[str, str], message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
-                       .replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         multi_client._Environment.read(values)
+
+
+def test_the_legacy_client_count_is_ignored() -> None:
+    """DTENSOR_NUM_CLIENTS is gone from the reference: the jobs decide."""
+    assert _env(DTENSOR_NUM_CLIENTS="4").num_clients == 1
+    assert _env(DTENSOR_JOBS="a:1,b:2", DTENSOR_NUM_CLIENTS="3").num_clients == 2
 
 
 def test_calls_in_the_wrong_order(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="not initialized"):
         dtc.shutdown_accelerator_system()
     monkeypatch.setenv("DTENSOR_JOBS", "127.0.0.1:1,127.0.0.1:2")
-    with pytest.raises(ValueError, match="call initialize_multi_client"):
+    with pytest.raises(ValueError, match="Accelerators are uninitialized, please run "):
         dtc.create_distributed_mesh([("x", 2)])
     monkeypatch.delenv("DTENSOR_JOBS")
+    with pytest.raises(ValueError, match="Accelerators are uninitialized"):  # one client too
+        dtc.create_distributed_mesh([("x", 2)])
     assert dtc.initialize_accelerator_system() == "CPU"
     try:
         with pytest.raises(ValueError, match="already initialized"):
@@ -290,7 +309,13 @@ def test_calls_in_the_wrong_order(monkeypatch: pytest.MonkeyPatch) -> None:
             dtc.full_job_name(1)
         with pytest.raises(ValueError, match="not one of"):
             dtc.local_devices("QPU")
-        dtc.barrier(dtc.create_distributed_mesh([("x", 4)]))  # one client: nothing to wait
+        dtc.barrier(dtc.create_distributed_mesh([("x", 1)]))  # one client: nothing to wait
+        with pytest.raises(ValueError, match=re.escape(
+                "Global number of devices (1 per client * 1 clients = 1) must be equal to "
+                "total size of the mesh of shape (4,)")):
+            dtc.create_distributed_mesh([("x", 4)])
+        assert dtc.create_distributed_mesh([("x", 1)], local_devices=["cpu:0"]) == \
+            dtc.create_mesh([("x", 1)])
     finally:
         dtc.shutdown_accelerator_system()
     with pytest.raises(ValueError, match="not supported"):

@@ -22,8 +22,11 @@ look at the objects as they are when called.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+import types
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -38,6 +41,7 @@ from dtensor_compiler.checkpoint.name_based import (
     run_save,
 )
 from dtensor_compiler.checkpoint.programs import CheckpointProgram, SaveEntry, lower_save
+from dtensor_compiler.compile import CompiledFunction
 from dtensor_compiler.dtensor import DTensor
 from dtensor_compiler.errors import CheckpointError
 from dtensor_compiler.layout import Layout
@@ -113,9 +117,14 @@ def _walk(roots: Mapping[str, object], ckpt: DTensorCheckpoint,
 
 
 def _trackable(obj: object) -> bool:
+    """Whether the checkpoint looks inside `obj`: containers and objects with attributes,
+    callable ones too (a model with ``__call__``), but not functions, methods, modules,
+    classes or compiled functions."""
     return isinstance(obj, (DVariable, Mapping, list, tuple)) or (
         isinstance(getattr(obj, "__dict__", None), dict)
-        and not isinstance(obj, (DTensor, np.ndarray, type)) and not callable(obj))
+        and not isinstance(obj, (DTensor, np.ndarray, type, types.ModuleType,
+                                 CompiledFunction, functools.partial))
+        and not inspect.isroutine(obj))
 
 
 class DTensorCheckpoint:
