@@ -40,6 +40,7 @@ import numpy as np
 
 from dtensor_compiler import tracing
 from dtensor_compiler.api import backend_for, get_default_mesh
+from dtensor_compiler.checkpoint import writer
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import LayoutError, TraceError
@@ -47,6 +48,7 @@ from dtensor_compiler.explain import Collective, explain_table
 from dtensor_compiler.ir import opdef, reasons
 from dtensor_compiler.ir.collector import collector_paused
 from dtensor_compiler.ir.core import Level, Module
+from dtensor_compiler.ir.ops import checkpoint as checkpoint_ops
 from dtensor_compiler.ir.printer import Namer, format_op, format_reason
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType, dtype_name, native_array, numpy_dtype
@@ -153,6 +155,8 @@ class Lowered:
         self.module = module
         """The final module (localized by the default pipeline)."""
         self._executor: Executor | None = None
+        self._saves = any(op.name == checkpoint_ops.SAVE_SHARD.name for op in module.main.ops)
+        """Whether running the program writes a checkpoint."""
 
     @property
     def stages(self) -> list[str]:
@@ -203,6 +207,8 @@ class Lowered:
                              f"{len(args)}")
         inputs = [self._input(*arg) for arg in
                   zip(self._arg_names, args, self._arg_types, self.in_layouts)]
+        if self._saves and not writer.in_writer_thread():
+            writer.wait_for_saves()  # checkpoint programs run in the order they were made
         outs = self.prepare().run(inputs)
         results = tuple(DTensor.of_program(x, layout, t.shape)
                         for x, t, layout in zip(outs, self._result_types, self.out_layouts))

@@ -188,8 +188,12 @@ def _barrier(op: Operation, ctx: ExecContext) -> KernelFn:
         pending, save.pending = save.pending, []
         errors = [e for e in (f.exception() for f in pending) if e is not None]
         mine = save.failure or (errors[0] if errors else None)
-        failed = ctx.barrier(save.key(name),
-                             None if mine is None else f"{type(mine).__name__}: {mine}")
+        try:
+            failed = ctx.barrier(save.key(name),
+                                 None if mine is None else f"{type(mine).__name__}: {mine}")
+        except BaseException:
+            _SAVES.save = None  # the save is over: the next one starts afresh
+            raise
         if ends or mine is not None or failed:
             _SAVES.save = None
         if mine is not None:

@@ -14,7 +14,7 @@ from typing import Any
 from dtensor_compiler.errors import DTensorError, MultiClientError, first_line
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.runtime.box import Box
-from dtensor_compiler.runtime.liveness import Heartbeat
+from dtensor_compiler.runtime.liveness import LEFT, Heartbeat
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,15 @@ def gather(store: Any, key: str, value: str, client_id: int, num_clients: int,
     return values
 
 
+def _left(store: Any, waiting: dict[int, str]) -> list[int]:
+    """Those of the clients `waiting` is still waiting for whose heartbeat says they have
+    shut down (`liveness.LEFT`)."""
+    beats = [f"hb/{c}" for c in waiting]
+    if not beats or not store.check(beats):
+        return []  # (some) entries absent: no heartbeat, or not yet started
+    return [c for c, v in zip(waiting, store.multi_get(beats)) if v == LEFT.encode()]
+
+
 def say_and_leave(store: Any, key: str, value: str, client_id: int) -> None:
     """Publish `value` under `key` as `gather` does, and count as having read the others',
     for a client that refuses to go on: the others' `gather` then returns (with its
@@ -107,6 +116,7 @@ def _wait(store: Any, key: str, waiting: dict[int, str], num_clients: int,
         try:
             for c in [c for c, k in waiting.items() if store.check([k])]:
                 del waiting[c]
+            gone = _left(store, waiting)
         except Exception as e:  # the coordinator closed: it gave up, or died
             raise MultiClientError(
                 f"{key}: the coordinator (client 0) went away while waiting for client"
@@ -114,6 +124,11 @@ def _wait(store: Any, key: str, waiting: dict[int, str], num_clients: int,
                 f"{first_line(e)}") from None
         if not waiting:
             return
+        if gone:
+            raise MultiClientError(f"{key}: client{'s' if len(gone) > 1 else ''} "
+                                   f"{', '.join(map(str, gone))} of {num_clients} shut down "
+                                   "before getting here: every client must run the same "
+                                   "programs")
         if deadline is not None and time.monotonic() > deadline:
             missing = sorted(waiting)
             raise MultiClientError(f"{key}: client{'s' if len(missing) > 1 else ''} "

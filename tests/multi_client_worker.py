@@ -226,6 +226,18 @@ def ckpt_save(mesh: dtc.Mesh) -> None:
 
     np.testing.assert_array_equal(
         np.asarray(dtc.relayout(step(tensors["w"]), dtc.Layout([U, U], mesh))), v["w"] + 1)
+
+    @dtc.compile(in_layouts=dtc.Layout(["dp", "tp"], mesh))
+    def racing(x: np.ndarray) -> np.ndarray:
+        dtc.save(str(directory / "race"), {"w": x * 3})
+        return x
+
+    for _ in range(3):  # an asynchronous save, then a program saving the same prefix
+        dtc.name_based_save(mesh, directory / "race", {"w": tensors["w"]}, blocking=False)
+        racing(tensors["w"])  # runs after it on every client, never beside it
+        back = dtc.name_based_restore(mesh, directory / "race", {"w": tensors["w"]})["w"]
+        np.testing.assert_array_equal(
+            np.asarray(dtc.relayout(back, dtc.Layout([U, U], mesh))), v["w"] * 3)
     half = dtc.copy_to_mesh(v["h"][:, :4], dtc.Layout([U, "tp"], mesh))
     other = dtc.copy_to_mesh(v["h"][:, 4:], dtc.Layout(["dp", U], mesh))
     dtc.sharded_save(mesh, directory / "sharded", ["h", "h"], ["4 8 0,4:0,4", "4 8 0,4:4,4"],

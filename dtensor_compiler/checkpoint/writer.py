@@ -5,8 +5,10 @@ Every save, blocking or not, is planned in the caller's thread and run by the wr
 a blocking save waits for its own result, so a save waits for every save made before it.
 A save holds the DTensors it writes, not copies: DTensors are immutable (assigning a
 DVariable replaces its DTensor), so values changed after the call cannot reach the files.
-Restores wait for the saves in flight first. The writer thread is joined when the
-interpreter exits, so a pending save still lands.
+Restores, and compiled functions that save (``dtc.save`` inside), wait for the saves in
+flight first, so every process runs its checkpoint programs in the order they were made
+(on a mesh several processes hold, they meet at each save's barriers in that order). The
+writer thread is joined when the interpreter exits, so a pending save still lands.
 """
 
 from __future__ import annotations
@@ -53,12 +55,24 @@ class SaveHandle:
         return f"SaveHandle({self.prefix!r}, {state})"
 
 
+_IN_WRITER = threading.local()
+
+
+def in_writer_thread() -> bool:
+    """Whether the caller is the writer thread, running a save."""
+    return bool(getattr(_IN_WRITER, "yes", False))
+
+
 def submit(prefix: str, run: Callable[[], None]) -> SaveHandle:
     """Queue `run` (which writes the checkpoint `prefix`) behind the saves in flight."""
     context = contextvars.copy_context()
 
     def job() -> str:
-        context.run(run)
+        _IN_WRITER.yes = True
+        try:
+            context.run(run)
+        finally:
+            _IN_WRITER.yes = False
         return prefix
 
     future = _pool().submit(job)
