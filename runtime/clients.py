@@ -117,6 +117,9 @@ def _wait(store: Any, key: str, waiting: dict[int, str], num_clients: int,
             for c in [c for c, k in waiting.items() if store.check([k])]:
                 del waiting[c]
             gone = _left(store, waiting)
+            for c in [c for c in gone if store.check([waiting[c]])]:
+                del waiting[c]  # it got here before leaving (its key, then LEFT)
+                gone.remove(c)
         except Exception as e:  # the coordinator closed: it gave up, or died
             raise MultiClientError(
                 f"{key}: the coordinator (client 0) went away while waiting for client"
