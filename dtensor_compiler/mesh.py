@@ -328,7 +328,7 @@ def create_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int] | None = N
     """
     dims: list[tuple[object, ...]]
     if mesh_dims is None:
-        dims = [("x", len(devices) if devices else _local_cpus())]
+        dims = [("x", len(devices) if devices else local_cpu_count())]
     elif isinstance(mesh_dims, dict):
         dims = list(mesh_dims.items())
     else:
@@ -352,8 +352,8 @@ def create_mesh(mesh_dims: Sequence[tuple[str, int]] | dict[str, int] | None = N
                 list(devices), mesh_name, use_xla_spmd=use_xla_spmd)
 
 
-def _local_cpus() -> int:
+def local_cpu_count() -> int:
     """This process's logical CPUs: those `initialize_accelerator_system` was given, else the
-    simulated host's."""
+    simulated host's (`DTC_NUM_DEVICES`)."""
     current = clients.current()
     return current.local_devices if current is not None else num_simulated_devices()

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from dtensor_compiler.errors import MultiClientError, first_line
-from dtensor_compiler.mesh import Mesh, cpu_device_name, full_device_name, num_simulated_devices
+from dtensor_compiler.mesh import Mesh, cpu_device_name, full_device_name, local_cpu_count
 from dtensor_compiler.runtime import clients
 from dtensor_compiler.runtime.liveness import Heartbeat
 
@@ -230,9 +230,8 @@ def num_local_devices(device_type: str) -> int:
     (``num_logical_cpu_devices``, default 1), and before it the simulated host's logical
     CPUs (``DTC_NUM_DEVICES``, default 8); 0 for a type it has none of."""
     kind = _check_type(device_type)
-    if _RUNTIME is None:  # the simulated host's logical CPUs
-        return num_simulated_devices() if kind == "CPU" else 0
-    return _RUNTIME.clients.local_devices if kind == _RUNTIME.device_type else 0
+    running = _RUNTIME.device_type if _RUNTIME is not None else "CPU"
+    return local_cpu_count() if kind == running else 0
 
 
 def preferred_device_type() -> str:

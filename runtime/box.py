@@ -91,6 +91,15 @@ class Box:
                       for s, e, n in zip(self.start, self.extent, stacked.shape))
         return stacked[index]
 
+    def coords_of(self, device: int) -> tuple[int, ...] | None:
+        """The coordinates of device `device` within the box (from its start), or None when
+        the box does not hold it."""
+        coords = np.unravel_index(device, self.mesh.sizes) if self.mesh.dims else ()
+        local = tuple(int(c) - s for c, s in zip(coords, self.start))
+        if all(0 <= c < e for c, e in zip(local, self.extent)):
+            return local
+        return None
+
     def index_of(self, coords: dict[str, int]) -> tuple[int | slice, ...] | None:
         """Where along the leading axes the devices at mesh `coords` (some dims) are, or None
         when the box holds none of them."""

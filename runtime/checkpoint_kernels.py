@@ -19,6 +19,7 @@ barrier, so that a process that failed still meets the others there.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import math
@@ -69,8 +70,12 @@ function's ``dtc.save``), so two saves never pick the same generation of a prefi
 restore never sees a commit half-way."""
 
 
-def uses_checkpoints(module: Module) -> bool:
-    return any(op.name in _CHECKPOINT_OPS for f in module.functions for op in f.ops)
+def program_lock(module: Module) -> contextlib.AbstractContextManager[object]:
+    """What an executor holds while it runs `module`: `PROGRAMS` when the module has
+    checkpoint ops, else nothing."""
+    if any(op.name in _CHECKPOINT_OPS for f in module.functions for op in f.ops):
+        return PROGRAMS
+    return contextlib.nullcontext()
 
 
 _CHECKPOINT_OPS = frozenset(d.name for d in (checkpoint.SAVE_SHARD, checkpoint.MERGE_INDEX,
@@ -149,8 +154,7 @@ def _save_shard(op: Operation, ctx: ExecContext) -> KernelFn:
     assert isinstance(device, int)
     names, prefix = _strs(op, "names"), _str(op, "prefix")
     coords = geometry.device_coords(device, ctx.mesh)
-    here = ctx.box.index_of(dict(zip(ctx.mesh.names, coords))) is not None
-    local = tuple(c - s for c, s in zip(coords, ctx.box.start))[:ctx.mesh_axes]
+    local = ctx.box.coords_of(device)
     boxes = []
     for v, text in zip(op.operands, _slices(op)):
         shape = _global_shape(v, ctx.mesh)
@@ -160,10 +164,11 @@ def _save_shard(op: Operation, ctx: ExecContext) -> KernelFn:
 
     def run(*xs: np.ndarray) -> None:
         save = _save_in_flight(prefix)
-        if not here or save.failure is not None:
+        if local is None or save.failure is not None:
             return  # another process holds the device, or the save has failed here
+        at = local[:ctx.mesh_axes]
         try:
-            pieces = [Piece(name, box, _contiguous(trim_to(x[copy_index(local, x.shape)],
+            pieces = [Piece(name, box, _contiguous(trim_to(x[copy_index(at, x.shape)],
                                                            box.shape)))
                       for name, box, x in zip(names, boxes, xs)]
             path = Path(prefix).parent / data_file_name(prefix, save.generation, device)
@@ -215,7 +220,7 @@ def _merge_index(op: Operation, ctx: ExecContext) -> KernelFn:
     writers = op.attrs["writers"]
     assert isinstance(writers, tuple)
     mesh = ctx.mesh
-    merges = ctx.box.index_of(dict(zip(mesh.names, (0,) * len(mesh.dims)))) is not None
+    merges = ctx.box.coords_of(0) is not None
     saved: dict[str, tuple[tuple[int, ...], str, str, int]] = {}
     for name, v, text in zip(names, op.operands, _slices(op)):
         shape = _global_shape(v, mesh)
@@ -234,8 +239,7 @@ def _merge_index(op: Operation, ctx: ExecContext) -> KernelFn:
         files: dict[str, int] = {}
         for w in writers:
             path = directory / data_file_name(prefix, generation, w)
-            if not path.exists() and ctx.box.index_of(
-                    dict(zip(mesh.names, geometry.device_coords(w, mesh)))) is None:
+            if ctx.box.coords_of(w) is None and not path.exists():
                 raise CheckpointError(f"data file {path} of device {w}, which another "
                                       "process wrote, is not there: the processes must save "
                                       "into a directory they share")

@@ -23,7 +23,6 @@ torch is imported with this module only.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import itertools
@@ -482,10 +481,10 @@ class BoxStorage:
 
     def device_shard(self, device_id: int) -> np.ndarray:
         """The valid part of one of this client's devices' block (a copy)."""
-        coords = tuple(int(c) for c in np.unravel_index(device_id, self.mesh.sizes))
-        if self.box.index_of(dict(zip(self.mesh.names, coords))) is None:
+        local = self.box.coords_of(device_id)
+        if local is None:
             raise NotLocalError(f"device {device_id} belongs to another client")
-        local = tuple(c - s for c, s in zip(coords, self.box.start))
+        coords = tuple(int(c) for c in np.unravel_index(device_id, self.mesh.sizes))
         block = self.stacked[copy_index(local, self.stacked.shape)]
         _, valid = geometry.device_block(self.shape, self.sharding.dims, self.mesh, coords)
         return np.array(trim_to(block, valid))
@@ -509,7 +508,7 @@ class DistributedExecutor:
         for value in module.main.results:
             assert value.type.sharding is not None
             self.results.append((value.type.sharding, value.type.global_shape(mesh)))
-        self._exclusive = checkpoint_kernels.uses_checkpoints(module)
+        self._lock = checkpoint_kernels.program_lock(module)
         self.clients = clients.current()
         if self.clients is not None and self.clients.store is not None:
             _check_same_plan(module, self.clients)
@@ -523,8 +522,7 @@ class DistributedExecutor:
                 raise ExecutionError("the distributed backend runs on its own storage; make "
                                      "inputs after initialize_multi_client()")
             arrays.append(x.stacked)
-        with np.errstate(all="ignore"), (checkpoint_kernels.PROGRAMS if self._exclusive
-                                         else contextlib.nullcontext()):
+        with np.errstate(all="ignore"), self._lock:
             outs = self.program.run(arrays)
         return [BoxStorage(out, sharding, self.mesh, shape, self.box)
                 for out, (sharding, shape) in zip(outs, self.results)]

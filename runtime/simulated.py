@@ -73,7 +73,7 @@ class SimulatedExecutor:
         self.program = Program(module, kernels, StackedContext(mesh), _array_type(mesh),
                                _conformer(mesh), donated)
         self._donated = donated
-        self._exclusive = checkpoint_kernels.uses_checkpoints(module)
+        self._lock = checkpoint_kernels.program_lock(module)
         self._padded = any(v.type.padded for v in module.main.values())
         """Padding may hold anything (log of a zero, NaN): a program with padded values runs
         with numpy's floating-point warnings off, as they would be about padding."""
@@ -103,10 +103,8 @@ class SimulatedExecutor:
     def run_stacked(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Stacked arrays in, stacked arrays out (one per returned value). A program that
         saves or restores checkpoints runs alone among such programs of this process."""
-        with np.errstate(all="ignore") if self._padded else contextlib.nullcontext():
-            if self._exclusive:
-                with checkpoint_kernels.PROGRAMS:
-                    return self.program.run(inputs)
+        with np.errstate(all="ignore") if self._padded else contextlib.nullcontext(), \
+                self._lock:
             return self.program.run(inputs)
 
 
