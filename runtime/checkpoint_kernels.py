@@ -11,10 +11,11 @@ process runs every op of the program, each for the devices it holds (`ExecContex
   any, so all decide alike whether the save goes on;
 - ``merge_index`` commits the index on the process that holds device 0, from the headers
   of every writer's data file (the processes must share the checkpoint's directory);
-- ``restore_shard`` reads the blocks of the devices that run here.
+- ``restore_shard`` reads the blocks of the devices that run here, and the ``barrier`` that
+  ends a restore tells every process whether any failed to read.
 
-No kernel of a save raises before the barrier that follows it: what fails is kept for the
-barrier, so that a process that failed still meets the others there.
+No kernel of a save or restore raises before the barrier that follows it: what fails is
+kept for the barrier, so that a process that failed still meets the others there.
 """
 
 from __future__ import annotations
@@ -71,11 +72,25 @@ restore never sees a commit half-way."""
 
 
 def program_lock(module: Module) -> contextlib.AbstractContextManager[object]:
-    """What an executor holds while it runs `module`: `PROGRAMS` when the module has
-    checkpoint ops, else nothing."""
+    """What an executor holds while it runs `module`: for a module with checkpoint ops,
+    `PROGRAMS`, and the end of whatever save or restore the run left in flight (one that
+    raised half-way); else nothing."""
     if any(op.name in _CHECKPOINT_OPS for f in module.functions for op in f.ops):
-        return PROGRAMS
+        return _CheckpointRun()
     return contextlib.nullcontext()
+
+
+class _CheckpointRun:
+    """One run of a program with checkpoint ops at a time in this process; afterwards, no
+    save or restore of it is left in flight in this thread."""
+
+    def __enter__(self) -> None:
+        PROGRAMS.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        _SAVES.save = None
+        _SAVES.restore = None
+        PROGRAMS.release()
 
 
 _CHECKPOINT_OPS = frozenset(d.name for d in (checkpoint.SAVE_SHARD, checkpoint.MERGE_INDEX,
@@ -103,8 +118,46 @@ class _Save:
 
 
 _SAVES = threading.local()
-"""Per program-running thread, `.save`: the `_Save` in flight, or None."""
+"""Per program-running thread, `.save`: the `_Save` in flight, or None; `.restore`: the
+`_Restore` in flight, or None."""
 _ATTEMPTS: dict[tuple[str, int], int] = {}
+_RESTORES: dict[str, int] = {}
+"""Restores of each prefix this process began."""
+
+
+@dataclass
+class _Restore:
+    """The restore in flight in one program-running thread, from its first ``restore_shard``
+    to its ``barrier``: which restore it is (the processes restore in the same order), and
+    what failed here (raised at the barrier, once every process knows)."""
+
+    prefix: str
+    number: int
+    failure: BaseException | None = None
+
+
+def _restore_in_flight(prefix: str) -> _Restore:
+    restore: _Restore | None = getattr(_SAVES, "restore", None)
+    if restore is None:
+        number = _RESTORES.get(prefix, 0)
+        _RESTORES[prefix] = number + 1
+        restore = _SAVES.restore = _Restore(prefix, number)
+    return restore
+
+
+def _raise_agreed(what: str, mine: BaseException | None, failed: dict[int, str],
+                  ending: str) -> None:
+    """Raise what failed here, else a CheckpointError naming the processes that failed."""
+    if mine is not None:
+        raise mine
+    if failed:
+        who = sorted(failed)
+        raise CheckpointError(f"the {what} failed on client{'s' if len(who) > 1 else ''} "
+                              f"{', '.join(map(str, who))} ({failed[who[0]]}); {ending}")
+
+
+def _said(e: BaseException | None) -> str | None:
+    return None if e is None else f"{type(e).__name__}: {e}"
 
 
 def _save_in_flight(prefix: str) -> _Save:
@@ -185,6 +238,8 @@ def _barrier(op: Operation, ctx: ExecContext) -> KernelFn:
     what failed on any (so all of them decide the same about the commit). The barrier after
     ``merge_index`` ends the save."""
     name = _str(op, "name")
+    if name == checkpoint.RESTORE_SHARD.name:
+        return _restore_barrier(ctx)
     ends = name == checkpoint.MERGE_INDEX.name
 
     def run() -> None:
@@ -193,22 +248,24 @@ def _barrier(op: Operation, ctx: ExecContext) -> KernelFn:
         pending, save.pending = save.pending, []
         errors = [e for e in (f.exception() for f in pending) if e is not None]
         mine = save.failure or (errors[0] if errors else None)
-        try:
-            failed = ctx.barrier(save.key(name),
-                                 None if mine is None else f"{type(mine).__name__}: {mine}")
-        except BaseException:
-            _SAVES.save = None  # the save is over: the next one starts afresh
-            raise
-        if ends or mine is not None or failed:
-            _SAVES.save = None
-        if mine is not None:
-            raise mine
-        if failed:
-            who = sorted(failed)
-            raise CheckpointError(
-                f"the save of {save.prefix} failed on client{'s' if len(who) > 1 else ''} "
-                f"{', '.join(map(str, who))} ({failed[who[0]]}); "
-                f"{'it was not committed' if not ends else 'its commit failed'}")
+        failed = ctx.barrier(save.key(name), _said(mine))
+        if ends:
+            _SAVES.save = None  # (a raise ends the program's run, which ends the save too)
+        _raise_agreed(f"save of {save.prefix}", mine, failed,
+                      "its commit failed" if ends else "it was not committed")
+    return run
+
+
+def _restore_barrier(ctx: ExecContext) -> KernelFn:
+    """The end of a restore: every process learns whether any failed to read its part."""
+    def run() -> None:
+        restore: _Restore | None = getattr(_SAVES, "restore", None)
+        assert restore is not None, "a restore's barrier follows its reads"
+        _SAVES.restore = None
+        failed = ctx.barrier(f"restore {restore.prefix} #{restore.number}",
+                             _said(restore.failure))
+        _raise_agreed(f"restore of {restore.prefix}", restore.failure, failed,
+                      "nothing was restored")
     return run
 
 
@@ -285,6 +342,14 @@ def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
                     for m, e in zip(mesh.names, here.extent))[:ctx.mesh_axes]
 
     def run() -> np.ndarray:
+        restore = _restore_in_flight(prefix)
+        try:
+            return read_all()
+        except Exception as e:  # raised at the barrier, once every process knows
+            restore.failure = restore.failure or e
+            return np.zeros(extents + result.type.shape, dtype=dtype)
+
+    def read_all() -> np.ndarray:
         record = load_index(prefix).tensors.get(name)
         if record is None:
             raise CheckpointError(f"{prefix} has no tensor {name!r}")

@@ -331,6 +331,29 @@ def ckpt_failure(mesh: dtc.Mesh) -> None:
     restored = dtc.name_based_restore(mesh, directory / "ck", {"v": first})["v"]
     np.testing.assert_array_equal(np.asarray(dtc.relayout(restored, dtc.Layout([U], mesh))),
                                   np.arange(8.0) * 2)
+    # a data file that is corrupt where client 1 reads: every client's restore fails
+    sharded = dtc.copy_to_mesh(np.arange(8.0), layout)
+    dtc.name_based_save(mesh, directory / "bad", {"v": sharded})
+    dtc.barrier(mesh, "saved")
+    if dtc.client_id() == 1:
+        data = directory / "bad.0.data-00001.safetensors"
+        raw = bytearray(data.read_bytes())
+        raw[-1] ^= 0xFF  # the last byte of device 1's block
+        data.write_bytes(bytes(raw))
+    dtc.barrier(mesh, "corrupted")
+    for target in (layout, dtc.Layout([U], mesh)):  # client 0 reads only its block; all
+        try:
+            dtc.name_based_restore(mesh, directory / "bad", {"v": dtc.copy_to_mesh(
+                np.zeros(8), target)})
+        except dtc.CheckpointError as e:
+            text = str(e)
+            assert "is corrupt (checksum mismatch" in text, text
+            if dtc.client_id() == 0 and target == layout:
+                assert text.startswith(f"the restore of {directory / 'bad'} failed on client 1 "
+                                       "(CheckpointError: ") and \
+                    text.endswith("; nothing was restored"), text
+        else:
+            raise AssertionError("the restore of a corrupt checkpoint did not fail")
     elsewhere = directory / f"client-{dtc.client_id()}"
     elsewhere.mkdir()
     os.chdir(elsewhere)  # a relative prefix now names another directory on each client

@@ -14,7 +14,8 @@ saved values to be applied, expand-checkpoints makes the writers, barriers and i
 insert-collectives plans the reductions, localize makes it per-device. A
 restore is a ``restore_shard`` per tensor in the layout it is restored to (each device reads
 just its block, from whatever stored slices overlap it), then an ``astype`` back to float32
-for a value saved as bfloat16. Where the layout repeats a block on several devices, reading
+for a value saved as bfloat16, and a ``barrier`` at the end, where every process learns
+whether any failed to read. Where the layout repeats a block on several devices, reading
 it once per group and gathering it can cost less than every device reading it (`read_plan`
 decides by the cost model's storage bandwidth and the all_gather's time); then the restore
 reads a finer layout and a relayout, planned into an all_gather, follows.
@@ -175,6 +176,7 @@ def lower_restore(mesh: Mesh, prefix: str, entries: Sequence[RestoreEntry], *,
         if e.stored_dtype != e.dtype:
             v = b.create("astype", [v], declared=TensorType(e.dtype, e.shape, target))
         results.append(v)
+    b.create_op("barrier", [], {"name": "restore_shard"})  # every process has read its part
     func.set_results(results)
     low = lower_module(mesh, module, [], PassManager.parse(RESTORE_PIPELINE).passes,
                        verify=verify, backend=get_backend(backend_for(mesh)), cost_model=cost_model,

@@ -12,7 +12,8 @@ program that runs:
 - ``barrier``: the checkpoint is committed before anyone goes on.
 
 A restore is a ``restore_shard`` per tensor: every device reads the part of the stored slices
-that its block of the declared result type needs. None of these ops has a factor rule: their
+that its block of the declared result type needs; a ``barrier`` ends it, where every
+process learns whether any failed to read. None of these ops has a factor rule: their
 operands come without pending reductions, in the layouts they have.
 """
 
