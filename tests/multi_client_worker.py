@@ -381,9 +381,28 @@ def fails(mesh: dtc.Mesh) -> None:
     total(dtc.copy_to_mesh(np.arange(8.0), layout))
 
 
+def outlived(mesh: dtc.Mesh) -> None:
+    """Client 1 shuts down while client 0 goes on to a program: client 0 must name it."""
+    layout = dtc.Layout(["x"], mesh)
+    x = dtc.copy_to_mesh(np.arange(8.0), layout)
+    if dtc.client_id() == 1:
+        dtc.shutdown_accelerator_system()
+        print("ok outlived 1", flush=True)
+        sys.exit(0)
+    twice = dtc.compile(lambda v: v * 2, in_layouts=layout)
+    try:
+        twice(x)  # its plan check waits for client 1
+    except dtc.MultiClientError as e:
+        assert "client 1 of 2 shut down before getting here" in str(e), e
+        print("ok outlived 0", flush=True)
+        os._exit(0)  # no barrier to meet: client 1 is gone
+    raise AssertionError("a program ran without client 1")
+
+
 CASES = {"collectives": collectives, "mlp": mlp, "edges": edges, "idle": idle,
          "mismatch": mismatch, "ckpt_save": ckpt_save, "ckpt_restore": ckpt_restore,
-         "ckpt_failure": ckpt_failure, "fails": fails}
+         "ckpt_failure": ckpt_failure, "fails": fails,
+         "outlived": outlived}
 
 
 def main() -> None:

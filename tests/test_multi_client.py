@@ -141,6 +141,13 @@ def test_a_collective_failing_on_one_client_fails_the_others_naming_it() -> None
                            "client 0, in the group of clients [0, 1]: ") in text0, text0
 
 
+def test_a_client_that_shut_down_is_named_instead_of_waited_for() -> None:
+    start = time.monotonic()
+    for c, (code, text) in enumerate(_finish(_start("outlived", 2, 1, "2"))):
+        assert code == 0 and f"ok outlived {c}" in text, f"client {c}:\n{text[-3000:]}"
+    assert time.monotonic() - start < 60
+
+
 def test_the_example_under_torchrun() -> None:
     """torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT, its agent's store)."""
     example = Path(__file__).parents[1] / "examples" / "multiprocess_mlp.py"
