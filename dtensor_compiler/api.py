@@ -27,7 +27,13 @@ import numpy as np
 from dtensor_compiler import tracing
 from dtensor_compiler.dtensor import DEVICE_NAME, DistributedValue, DTensor
 from dtensor_compiler.eager import place, relayout_storage
-from dtensor_compiler.errors import DTensorError, EagerOnlyError, LayoutError, MeshError
+from dtensor_compiler.errors import (
+    DTensorError,
+    EagerOnlyError,
+    LayoutError,
+    MeshError,
+    TraceError,
+)
 from dtensor_compiler.ir.types import dtype_name, native_array
 from dtensor_compiler.layout import MATCH, Layout, Spec
 from dtensor_compiler.mesh import Mesh
@@ -281,11 +287,14 @@ def relayout(tensor: object, layout: Layout, name: str | None = None
 
 def relayout_like(tensor: DistributedValue | TracedArray, like: DistributedValue
                   ) -> DTensor | TracedArray:
-    """`tensor` relayouted to the layout of `like` (a DTensor or DVariable)."""
+    """`tensor` relayouted to the layout of `like` (a DTensor or DVariable; inside a compiled
+    function also an array of the function, whose layout propagation chooses: the relayout
+    then goes to that layout, its pending reductions applied)."""
     if tracing.is_traced(like):
-        raise LayoutError("relayout_like inside a compiled function needs a DTensor to take "
-                          "the layout from; a traced value's layout is chosen after tracing. "
-                          "Use dtc.relayout(x, layout) instead")
+        if not tracing.is_traced(tensor) or tensor.recorder is not like.recorder:
+            raise TraceError("relayout_like inside a compiled function relayouts an array of "
+                             "that function to another's layout", user_location())
+        return tracing.traced_relayout_like(tensor, like)
     if not isinstance(like, DistributedValue):
         raise TypeError(f"relayout_like takes the layout of a DTensor or DVariable, got "
                         f"{type(like).__name__}")

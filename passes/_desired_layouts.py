@@ -93,6 +93,13 @@ def _visit(op: Operation, out: DesiredLayouts, spaces: FactorSpaces, chooser: St
            ) -> list[Value]:
     """Give layouts to the op's tensors that lack one; return those values."""
     space = spaces.of(op)
+    if op.name == "relayout_like":  # its result takes the second operand's layout
+        result, like = op.result, op.operands[1]
+        assert result is not None
+        if like not in out.layouts or result in out.layouts:
+            return []
+        out.assign(result, out.layouts[like], out.sources[like], op)
+        return [result]
     if space is None:
         if op.name != "relayout" or op.result not in out.layouts:
             return []

@@ -13,6 +13,8 @@ Guarantees:
   consumer that needs the same value in the same layout;
 - returned values carry no pending reduction unless a pinned output layout asks for one;
 - ``relayout`` ops whose operand already has the target layout are gone;
+- every ``relayout_like`` is a ``relayout`` to the layout its second operand got, pending
+  reductions applied;
 - layout hints (``cotangent``) are gone, each replaced by its first operand, which phase 1
   gave the layout of its second unless something decided first;
 - unannotated arguments that nothing constrains are replicated.
@@ -36,6 +38,7 @@ from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext
+from dtensor_compiler.ir.ops.collectives import RELAYOUT_LIKE
 from dtensor_compiler.ir.printer import format_op_ref
 from dtensor_compiler.ir.reasons import Reason, Requested, ReturnedPending
 from dtensor_compiler.ir.sharding import MeshShape, ReduceOp, Sharding
@@ -98,6 +101,7 @@ class _Propagation:
         self.desired = desired.layouts
         self.known = dict(desired.layouts)
         self._phase2(pinned, desired)
+        self._relayouts_of_likes()
         self.func.ops = [op for op in self.ops if not self._drop_if_noop(op)]
 
     def _phase2(self, pinned: dict[Value, tuple[Sharding, Sources]],
@@ -142,7 +146,7 @@ class _Propagation:
         steps back to their first consumer."""
         new: set[Value] = set()
         for op in self.ops[start:]:
-            if op.name == "relayout":
+            if op.name in ("relayout", RELAYOUT_LIKE.name):
                 value = op.operands[0]
                 resolved = frozenset(self.actual[value].partial) - frozenset(
                     self.actual[op.results[0]].partial)
@@ -224,8 +228,8 @@ class _Propagation:
                 pinned[arg] = (arg.type.sharding, (source,))
         returned = {id(v): i for i, v in reversed(list(enumerate(self.func.results)))}
         for op in self.func.ops:
-            if self.spaces.of(op) is not None:
-                continue
+            if self.spaces.of(op) is not None or op.name == RELAYOUT_LIKE.name:
+                continue  # (a relayout_like's result takes its second operand's layout)
             for value in op.results:
                 if value.origin is not None:
                     source = value.origin.source
@@ -242,6 +246,9 @@ class _Propagation:
                desired: DesiredLayouts) -> None:
         """Choose `op`'s strategy, insert the relayouts it needs, and set its result layout."""
         space = self.spaces.of(op)
+        if op.name == RELAYOUT_LIKE.name:
+            self._place_like(op)
+            return
         if space is None:
             self._place_barrier(op, pinned)
             return
@@ -298,6 +305,31 @@ class _Propagation:
             if op.why is None and op.name == "relayout":
                 op.why = Requested(sources[0], layout)
         self.ops.append(op)
+
+    def _place_like(self, op: Operation) -> None:
+        """A ``relayout_like``'s result takes the layout its second operand was given, its
+        pending reductions applied (`_relayouts_of_likes` makes it a ``relayout``)."""
+        like = op.operands[1]
+        result = op.result
+        assert result is not None
+        self._set(result, self.actual[like].without_partial(), self.sources[like],
+                  like.origin)
+        self.ops.append(op)
+
+    def _relayouts_of_likes(self) -> None:
+        """Replace each ``relayout_like`` by a ``relayout`` to the layout its result got."""
+        for i, op in enumerate(self.ops):
+            if op.name != RELAYOUT_LIKE.name:
+                continue
+            old = op.result
+            assert old is not None
+            new = make_op("relayout", [op.operands[0]], {}, self.infer,
+                          sharding=self.actual[old], loc=op.loc, why=op.why)
+            assert new.result is not None
+            self._set(new.result, self.actual[old], self.sources[old], old.origin)
+            self.func.replace_value(old, new.result)
+            op.drop_operands()
+            self.ops[i] = new
 
     def _relayout(self, value: Value, layout: Sharding, consumer: Operation | None, why: Reason,
                   sources: Sources, origin: LayoutOrigin | None) -> Value:

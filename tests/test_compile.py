@@ -305,12 +305,32 @@ def test_a_function_returning_something_else_than_arrays_is_named() -> None:
         dtc.compile(returns_none)(rand(4))
 
 
-def test_relayout_like_a_traced_value_is_refused_with_advice(mesh) -> None:
-    f = dtc.compile(lambda a, b: dtc.relayout_like(a, b),
+def test_relayout_like_a_traced_value_takes_the_layout_propagation_gives_it(mesh) -> None:
+    """The target is known only once layouts are chosen: `b * 2` gets b's {tp}, so `a` is
+    relayouted from {dp} to {tp}, planned like any relayout (an all_gather over dp, then a
+    local slice over tp, which moves nothing)."""
+    f = dtc.compile(lambda a, b: dtc.relayout_like(a, b * 2),
                     in_layouts=(dtc.Layout(["dp"], mesh), dtc.Layout(["tp"], mesh)))
-    with pytest.raises(dtc.LayoutError, match=r"relayout_like inside a compiled function.*"
-                                              r"Use dtc.relayout\(x, layout\)"):
-        f(rand(8), rand(8))
+    a, b = rand(8), rand(8)
+    low = f.lower(a, b)
+    assert "relayout_like %a, %" in low.ir("trace")
+    assert "relayout_like" not in low.ir("propagate-layouts")
+    assert [(c.kind, c.mesh_dims) for c in low.collectives()] == [("all_gather", ("dp",))]
+    assert "local_slice %" in low.ir("insert-collectives")
+    out = f(a, b)
+    assert out.layout == dtc.Layout(["tp"], mesh)
+    np.testing.assert_array_equal(np.asarray(out), a)
+
+
+def test_relayout_like_needs_arrays_of_one_function_and_one_rank(mesh) -> None:
+    layout = dtc.Layout(["dp"], mesh)
+    with pytest.raises(dtc.LayoutError, match="relayout_like gives a value of rank 1 the "
+                                              "layout of a value of rank 2"):
+        dtc.compile(lambda a, b: dtc.relayout_like(a, b), in_layouts=(layout, None))(
+            rand(8), rand(8, 4))
+    with pytest.raises(dtc.TraceError, match="relayout_like inside a compiled function "
+                                             "relayouts an array of that function"):
+        dtc.compile(lambda b: dtc.relayout_like(np.ones(8), b), in_layouts=(layout,))(rand(8))
 
 
 def test_lambdas_are_named_lambda_everywhere(mesh) -> None:

@@ -90,6 +90,7 @@ def every_op_module() -> Module:
     b.create("full", [], {"value": 0.5}, declared=TensorType("f32", (4, 4)))
     b.create("iota", [], {"dimension": 1}, declared=TensorType("i32", (4, 4)))
     b.create("relayout", [x], sharding=Sharding.of(None, "tp"))
+    b.create("relayout_like", [x, g])
     b.create("all_gather", [x], {"mesh_dims": ("dp",), "axis": 0}, sharding=Sharding.of(None, None),
              why=Written("matmul needs %x replicated"))
     b.create("all_gather", [g], {"mesh_dims": ("tp",), "axis": 0}, sharding=Sharding.of("dp", None))

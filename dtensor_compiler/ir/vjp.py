@@ -52,6 +52,12 @@ class VJPContext:
         return self._builder.create("relayout", [g], sharding=sharding, loc=self.loc,
                                     why=UserRelayout())
 
+    def emit_relayout_like(self, g: Value, like: Value) -> Value:
+        """`g` in the layout `like` ends up with (the derivative of a user's relayout of a
+        value whose layout is chosen later)."""
+        return self._builder.create("relayout_like", [g, like], loc=self.loc,
+                                    why=UserRelayout())
+
     def full(self, shape: Sequence[int], dtype: str, value: float) -> Value:
         return self.emit("full", [], {"value": float(value)}, TensorType(dtype, tuple(shape)))
 

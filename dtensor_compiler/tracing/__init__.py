@@ -1,7 +1,8 @@
 """Tracing: an ordinary numpy function to an IR module (global shapes, user layouts pinned).
 
-`trace` is the entry point; `traced_relayout`, `traced_save` and `is_traced` serve
-``dtc.relayout`` and ``dtc.save`` inside a compiled function.
+`trace` is the entry point; `traced_relayout`, `traced_relayout_like`, `traced_save` and
+`is_traced` serve ``dtc.relayout``, ``dtc.relayout_like`` and ``dtc.save`` inside a compiled
+function.
 """
 
 from dtensor_compiler.tracing.driver import (
@@ -9,9 +10,10 @@ from dtensor_compiler.tracing.driver import (
     is_traced,
     trace,
     traced_relayout,
+    traced_relayout_like,
     traced_save,
 )
 from dtensor_compiler.tracing.tracer import TracedArray
 
 __all__ = ["TracedArray", "function_name", "is_traced", "trace", "traced_relayout",
-           "traced_save"]
+           "traced_relayout_like", "traced_save"]

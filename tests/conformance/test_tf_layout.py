@@ -463,12 +463,6 @@ def _nested_gradients(layouts):
     return inner, outer
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "deviation: the reference's gradient of a relayout is relayout_like(grad, relayout "
-    "input), so grad(lambda v: sum(relayout(v * 1.0, [unsharded, x]) ** 3)) of a replicated "
-    "8x8 DTensor is 3v^2 laid out [unsharded, unsharded] vs ours is 3v^2 laid out "
-    "[unsharded, x] (compiled or eager; without the `* 1.0` ours keeps [unsharded, "
-    "unsharded])"))
 def test_nested_relayout_gradient_preserves_layout_inner(layouts):
     # reference: layout_test.py RelayoutTest.test_nested_relayout_gradient_preserves_layout
     # (its first assertion: the inner gradient has the layout of the original argument even

@@ -15,6 +15,8 @@ import ml_dtypes
 import numpy as np
 from hypothesis import strategies as st
 
+import dtensor_compiler as dtc
+
 Shape = tuple[int, ...]
 MESH_SHAPES: tuple[tuple[int, ...], ...] = ((2,), (4,), (8,), (2, 2), (2, 4), (4, 2), (2, 2, 2))
 DIM_SIZES = (8, 16, 1, 3, 5, 7, 13)
@@ -63,6 +65,11 @@ def _softmax(x, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def _relayout_like(x, like):
+    """`dtc.relayout_like` inside a compiled function; plain numpy has no layouts."""
+    return dtc.relayout_like(x, like) if dtc.tracing.is_traced(x) else x
+
+
 @st.composite
 def programs(draw) -> Program:
     """A random program over 1-2 inputs of rank 2 or 3 (plus weights), with 1-6 steps."""
@@ -96,8 +103,13 @@ def programs(draw) -> Program:
                                      "bool_matmul", "int8_sum", "cumsum", "bfloat16",
                                      "int8_compare", "any_all", "round", "flip", "roll", "pad",
                                      "triangle", "sort", "norm", "cumprod", "complex_parts",
-                                     "mT", "einsum3", "more_ufuncs", "prod"]))
-        if kind == "unary":
+                                     "mT", "einsum3", "more_ufuncs", "prod",
+                                     "relayout_like"]))
+        if kind == "relayout_like":  # another value's layout, chosen by propagation
+            y = draw(st.sampled_from(sorted(n for n, t in shapes.items() if len(t) == len(s))))
+            add(f"dtc.relayout_like({x}, {y})", lambda e, x=x, y=y: _relayout_like(e[x], e[y]),
+                s)
+        elif kind == "unary":
             name = draw(st.sampled_from(["tanh", "exp", "abs", "negative", "square", "sin"]))
             f = getattr(np, name)
             add(f"np.{name}({x} * 0.1)", lambda e, x=x, f=f: f(e[x] * 0.1), s)

@@ -69,18 +69,38 @@ def _relayout_is_identity(op: Operation) -> bool:
 
 
 def _relayout_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
-    """Back to the source's layout, where it has one yet (an argument's in_layout); else the
-    planner chooses, as for any value."""
-    source = op.operands[0].type.sharding
-    if source is None:
-        return [g]
-    return [ad.emit_relayout(g, source)]
+    """Back to the source's layout: the one it has (an argument's in_layout), else the one
+    propagation gives it (``relayout_like``)."""
+    source = op.operands[0]
+    if source.type.sharding is None:
+        return [ad.emit_relayout_like(g, source)]
+    return [ad.emit_relayout(g, source.type.sharding)]
+
+
+def _relayout_like_type(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+                        ctx: InferContext) -> list[ResultSig]:
+    value, like = ts
+    if value.rank != like.rank:
+        raise ValueError(f"relayout_like gives a value of rank {value.rank} the layout of a "
+                         f"value of rank {like.rank}")
+    return [(value.dtype, value.shape)]
+
+
+def _relayout_like_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    return [ad.emit_relayout_like(g, op.operands[0]), None]
 
 
 RELAYOUT = register(OpDef(name="relayout", operands=1, infer=_same_type, sharding=AS_IS,
                           folds=False, levels=frozenset({Level.GLOBAL}),
                           identity=_relayout_is_identity, vjp=_relayout_vjp))
 """The operand in the layout of the result type; planned by insert-collectives."""
+
+RELAYOUT_LIKE = register(OpDef(name="relayout_like", operands=2, infer=_relayout_like_type,
+                               sharding=AS_IS, folds=False, levels=frozenset({Level.GLOBAL}),
+                               vjp=_relayout_like_vjp))
+"""The first operand in the layout propagation gives the second (pending reductions
+applied): a ``relayout`` whose target is known only once layouts are chosen, which
+propagate-layouts turns into one."""
 
 
 # -- shared pieces --------------------------------------------------------------------------------
