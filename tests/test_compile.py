@@ -324,8 +324,8 @@ def test_relayout_like_a_traced_value_takes_the_layout_propagation_gives_it(mesh
 
 def test_relayout_like_needs_arrays_of_one_function_and_one_rank(mesh) -> None:
     layout = dtc.Layout(["dp"], mesh)
-    with pytest.raises(dtc.LayoutError, match="relayout_like gives a value of rank 1 the "
-                                              "layout of a value of rank 2"):
+    with pytest.raises(dtc.ShapeError, match=r"test_compile.py:\d+: relayout_like: a value of "
+                                             "rank 1 cannot take the layout of a value of rank 2"):
         dtc.compile(lambda a, b: dtc.relayout_like(a, b), in_layouts=(layout, None))(
             rand(8), rand(8, 4))
     with pytest.raises(dtc.TraceError, match="relayout_like inside a compiled function "

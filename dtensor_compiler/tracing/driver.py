@@ -64,12 +64,7 @@ def traced_relayout(x: TracedArray, sharding: Sharding) -> TracedArray:
 
 def traced_relayout_like(x: TracedArray, like: TracedArray) -> TracedArray:
     """``dtc.relayout_like`` of two traced arrays: a ``relayout_like`` op."""
-    loc = user_location()
-    if x.value.type.rank != like.value.type.rank:
-        raise LayoutError(f"{loc}: relayout_like gives a value of rank {x.value.type.rank} the "
-                          f"layout of a value of rank {like.value.type.rank}")
-    result = x.recorder.emit("relayout_like", [x.value, like.value], why=UserRelayout(),
-                             loc=loc)
+    result = x.recorder.emit("relayout_like", [x.value, like.value], why=UserRelayout())
     return TracedArray(result, x.recorder)
 
 

@@ -81,8 +81,8 @@ def _relayout_like_type(ts: Sequence[TensorType], attrs: Attrs, declared: Sequen
                         ctx: InferContext) -> list[ResultSig]:
     value, like = ts
     if value.rank != like.rank:
-        raise ValueError(f"relayout_like gives a value of rank {value.rank} the layout of a "
-                         f"value of rank {like.rank}")
+        raise ValueError(f"a value of rank {value.rank} cannot take the layout of a value of "
+                         f"rank {like.rank}")
     return [(value.dtype, value.shape)]
 
 
