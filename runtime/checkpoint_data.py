@@ -44,6 +44,8 @@ CHUNK_BYTES = 1 << 20
 """About how many bytes each checksummed chunk holds (at least one row)."""
 _WRITE_BYTES = 64 << 20
 """Bytes per write call."""
+_READ_BYTES = 2 << 20
+"""About how many bytes a restore reads at a time (whole chunks)."""
 _META_KEY = "dtensor_compiler"
 
 SAFETENSORS_DTYPES = {
@@ -282,22 +284,31 @@ def read_box(directory: Path, name: str, record: TensorRecord, box: Box,
         if part is None or math.prod(part.shape) == 0:
             continue
         covered += math.prod(part.shape)
-        rows, first = _read_rows(directory, name, s, part, dtype, devices)
-        origin = (s.box.start[0] + first,) + s.box.start[1:] if s.box.start else ()
-        src = tuple(slice(a - b, a - b + n) for a, b, n in
-                    zip(part.start, origin, part.shape))
-        dst = tuple(slice(a - b, a - b + n) for a, b, n in zip(part.start, box.start,
-                                                                part.shape))
-        out[dst] = rows[src]
+        if not s.box.shape:
+            for _, value in _read_rows(directory, name, s, part, dtype, devices):
+                out[()] = value
+            continue
+        inner_src = tuple(slice(a - b, a - b + n) for a, b, n in
+                          zip(part.start[1:], s.box.start[1:], part.shape[1:]))
+        inner_dst = tuple(slice(a - b, a - b + n) for a, b, n in
+                          zip(part.start[1:], box.start[1:], part.shape[1:]))
+        for first, rows in _read_rows(directory, name, s, part, dtype, devices):
+            top = s.box.start[0] + first  # the global row of rows[0]
+            lo = max(part.start[0], top)
+            hi = min(part.start[0] + part.shape[0], top + rows.shape[0])
+            out[(slice(lo - box.start[0], hi - box.start[0]), *inner_dst)] = \
+                rows[(slice(lo - top, hi - top), *inner_src)]
     if covered < math.prod(box.shape):
         raise CheckpointError(f"{name}: the stored slices do not cover {box.text()}")
     return out
 
 
 def _read_rows(directory: Path, name: str, s: StoredSlice, part: Box, dtype: np.dtype,
-               devices: Sequence[int]) -> tuple[np.ndarray, int]:
-    """The whole chunks of `s` that hold the rows of `part`, as an array of rows of `s`, and
-    the index of its first row within `s`."""
+               devices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """The whole chunks of `s` that hold the rows of `part`, checked, a few at a time (about
+    `_READ_BYTES`, so that each piece is still in the CPU's cache when its checksums are
+    computed and it is copied out): per piece, the index within `s` of its first row, and
+    its rows (a view of this thread's read buffer, valid until the next piece)."""
     shape = s.box.shape
     row = _row_bytes(shape, dtype.itemsize)
     if s.nbytes != row * (shape[0] if shape else 1):
@@ -311,36 +322,41 @@ def _read_rows(directory: Path, name: str, s: StoredSlice, part: Box, dtype: np.
     if end_chunk > len(s.crc32):
         raise CheckpointError(f"{name}: the index lists {len(s.crc32)} checksums for "
                               f"{s.box.text()}, too few")
-    begin = first_chunk * s.chunk_rows * row
-    end = min(end_chunk * s.chunk_rows * row, s.nbytes)
-    buf = _scratch(end - begin)
+    step = s.chunk_rows * row
+    per_piece = max(1, _READ_BYTES // step)
     path = directory / s.file
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise CheckpointError(f"{name}: data file {path} is missing") from None
     try:
-        os.posix_fadvise(fd, s.offset + begin, buf.size, os.POSIX_FADV_SEQUENTIAL)
-        got = _read_at(fd, buf.data, s.offset + begin)
+        os.posix_fadvise(fd, s.offset + first_chunk * step,
+                         (end_chunk - first_chunk) * step, os.POSIX_FADV_SEQUENTIAL)
+        stats = _stats()
+        for chunk in range(first_chunk, end_chunk, per_piece):
+            begin = chunk * step
+            end = min((chunk + per_piece) * step, end_chunk * step, s.nbytes)
+            buf = _scratch(end - begin)
+            got = _read_at(fd, buf.data, s.offset + begin)
+            for device in devices:
+                stats.add_read(device, got)
+            _advance(got)
+            if got != buf.size:
+                raise CheckpointError(f"{name}: data file {path} is truncated (bytes "
+                                      f"{s.offset + begin}..{s.offset + end} of "
+                                      f"{s.box.text()} are not all there)")
+            for i, a in enumerate(range(0, buf.size, step)):
+                if zlib.crc32(buf[a:a + step].data) != s.crc32[chunk + i]:
+                    raise CheckpointError(f"{name}: data file {path} is corrupt (checksum "
+                                          f"mismatch in chunk {chunk + i} of "
+                                          f"{s.box.text()})")
+            array = buf.view(dtype)
+            if not shape:
+                yield 0, array.reshape(())
+            else:
+                yield chunk * s.chunk_rows, array.reshape((-1,) + shape[1:])
     finally:
         os.close(fd)
-    stats = _stats()
-    for device in devices:
-        stats.add_read(device, got)
-    _advance(got)
-    if got != buf.size:
-        raise CheckpointError(f"{name}: data file {path} is truncated (bytes "
-                              f"{s.offset + begin}..{s.offset + end} of {s.box.text()} are "
-                              f"not all there)")
-    step = s.chunk_rows * row
-    for i, a in enumerate(range(0, buf.size, step)):
-        if zlib.crc32(buf[a:a + step].data) != s.crc32[first_chunk + i]:
-            raise CheckpointError(f"{name}: data file {path} is corrupt (checksum mismatch in "
-                                  f"chunk {first_chunk + i} of {s.box.text()})")
-    array = buf.view(dtype)
-    if not shape:
-        return array.reshape(()), 0
-    return array.reshape((-1,) + shape[1:]), first_chunk * s.chunk_rows
 
 
 _SCRATCH = threading.local()

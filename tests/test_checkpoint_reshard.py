@@ -136,3 +136,29 @@ def test_column_blocks_read_whole_rows(tmp_path: Path) -> None:
         out = dtc.name_based_restore(mesh, tmp_path / "ck", {"w": target})
     assert np.asarray(out["w"]).tobytes() == data.tobytes()
     assert stats.read == dict.fromkeys(range(8), data.nbytes // 2)
+
+
+def test_reads_in_pieces_of_a_few_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """A restore reads a stored slice a few checksummed chunks at a time: with chunks of 2
+    rows and pieces of 3 chunks, blocks starting and ending inside chunks and pieces are
+    still exact in every layout, and a device reads the whole chunks its rows touch."""
+    monkeypatch.setattr(checkpoint_data, "CHUNK_BYTES", 2 * 37 * 4)
+    monkeypatch.setattr(checkpoint_data, "_READ_BYTES", 3 * 2 * 37 * 4)
+    data = np.arange(100 * 37, dtype=np.float32).reshape(100, 37)
+    src = dtc.create_mesh([("x", 8)])
+    dtc.name_based_save(src, tmp_path / "ck", {
+        "w": dtc.copy_to_mesh(data, dtc.Layout(["x", U], src))})
+    assert {s.chunk_rows for s in load_index(str(tmp_path / "ck")).tensors["w"].slices} == {2}
+    mesh = dtc.create_mesh([("a", 2), ("b", 4)])
+    for layout in layouts(mesh, 2):
+        target = dtc.copy_to_mesh(np.zeros_like(data), layout)
+        out = dtc.name_based_restore(mesh, tmp_path / "ck", {"w": target})
+        assert np.asarray(out["w"]).tobytes() == data.tobytes(), layout
+    line = dtc.create_mesh([("a", 4)])  # blocks of 25 rows over slices of 13 (9 last)
+    target = dtc.copy_to_mesh(np.zeros_like(data), dtc.Layout(["a", U], line))
+    with checkpoint_data.counting() as stats:
+        dtc.name_based_restore(line, tmp_path / "ck", {"w": target})
+    # device 1, rows 25:50: row 12 of slice 1 (its last chunk, 1 row), slice 2 whole (13),
+    # rows 0-10 of slice 3 (chunks 0-5, 12 rows); devices 0 and 3 need exactly their rows
+    assert stats.read == {0: 25 * 148, 1: 26 * 148, 2: 26 * 148, 3: 25 * 148}
