@@ -65,7 +65,7 @@ from dtensor_compiler.errors import (
     UnsupportedOperationError,
     VerificationError,
 )
-from dtensor_compiler.layout import MATCH, UNSHARDED, Layout
+from dtensor_compiler.layout import MATCH, UNSHARDED, Layout, LayoutType
 from dtensor_compiler.mesh import Mesh, create_mesh
 from dtensor_compiler.multi_client import (
     barrier,
@@ -103,6 +103,7 @@ __all__ = [
     "DVariable",
     "IRParseError",
     "Layout",
+    "LayoutType",
     "LayoutError",
     "LoadStatus",
     "Location",

@@ -143,10 +143,12 @@ def pack(tensors: Sequence[object], layout: Layout) -> DTensor:
     other their components' shapes to agree on the global one)."""
     _outside_trace("pack", *(tensors if isinstance(tensors, (list, tuple)) else ()))
     mesh = layout.mesh
-    sharding = layout.sharding
     devices = mesh.local_devices()
     if not isinstance(tensors, (list, tuple)):
         raise TypeError(f"pack expects a list of components, got {type(tensors).__name__}")
+    if tensors and not isinstance(tensors[0], DistributedValue):
+        layout = layout.for_rank(native_array(tensors[0]).ndim)
+    sharding = layout.sharding
     if len(tensors) != len(devices):
         raise LayoutError(f"pack got {len(tensors)} components for the {len(devices)} devices "
                           f"of {mesh.short_text()}")
@@ -219,7 +221,9 @@ def unpack(tensor: DTensor) -> list[np.ndarray]:
 
 
 def _resolve_match(layout: Layout, specs: Sequence[Spec], rank: int) -> Layout:
-    """`layout` with every MATCH spec replaced by the spec the value has on that dim."""
+    """`layout` (for a tensor of `rank` dims) with every MATCH spec replaced by the spec the
+    value has on that dim."""
+    layout = layout.for_rank(rank)
     if layout.rank != rank:
         raise LayoutError(f"layout {layout.short_text()} has rank {layout.rank}, the tensor "
                           f"has rank {rank}")
@@ -227,7 +231,7 @@ def _resolve_match(layout: Layout, specs: Sequence[Spec], rank: int) -> Layout:
         return layout
     resolved = [have if want == MATCH else want
                 for want, have in zip(layout.sharding_specs, specs)]
-    return Layout(resolved, layout.mesh, layout.partial)
+    return Layout(resolved, layout.mesh, layout.partial, parted=layout.is_parted())
 
 
 def _check_fits(layout: Layout, shape: tuple[int, ...]) -> None:
@@ -254,6 +258,9 @@ def _relayout_dtensor(tensor: DTensor, layout: Layout) -> DTensor:
 
 
 def _relayout_traced(array: TracedArray, layout: Layout) -> TracedArray:
+    if layout.is_parted():
+        raise LayoutError(f"a relayout to the parted layout {layout.short_text()} inside a "
+                          "compiled function: compiled functions compute on static layouts")
     if array.recorder.mesh != layout.mesh.mesh_shape():
         raise LayoutError(f"a relayout to {layout.short_text()} on "
                           f"{layout.mesh.short_text()} inside a function compiled for "
@@ -329,6 +336,7 @@ def copy_to_mesh(tensor: object, layout: Layout) -> DTensor | TracedArray:
         raise TypeError(f"copy_to_mesh: {e}") from None
     if MATCH in layout.sharding_specs:
         raise LayoutError("MATCH specs need a DTensor to match; a numpy array has no layout")
+    layout = layout.for_rank(array.ndim)
     if layout.rank != array.ndim:
         raise LayoutError(f"layout {layout.short_text()} has rank {layout.rank}, the array "
                           f"has rank {array.ndim}")

@@ -249,6 +249,9 @@ def _normalize_layouts(layouts: Layout | Sequence[Layout | None] | None, what: s
         if layout is not None and MATCH in layout.sharding_specs:
             raise LayoutError(f"{what}[{i}] has a MATCH spec; MATCH is only valid as a "
                               "relayout target")
+        if layout is not None and layout.is_parted():
+            raise LayoutError(f"{what}[{i}] is parted ({layout.short_text()}); compiled "
+                              "functions take static layouts")
     return entries
 
 
@@ -417,8 +420,9 @@ class CompiledFunction:
         names = [n for n, t in zip(all_names, types) if isinstance(t, TensorType)]
         tensors = [t for t in types if isinstance(t, TensorType)]
         constants = {i: t.value for i, t in enumerate(types) if isinstance(t, _Constant)}
-        out_shardings = None if self._out_layouts is None else [
-            None if layout is None else layout.sharding for layout in self._out_layouts]
+        out_shardings = None if self._out_layouts is None else [  # (one device: any rank)
+            None if layout is None or layout.is_single_device() else layout.sharding
+            for layout in self._out_layouts]
         module = tracing.trace(self._fn, tensors, names, mesh.mesh_shape(), out_shardings,
                                name=self._name, constants=constants)
         _refuse_unordered_partials(module, names)
@@ -492,6 +496,10 @@ def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
     """The type of one argument (sharding pinned when known) and its value for `run`."""
     if isinstance(value, DistributedValue):
         tensor = value.as_dtensor()
+        if tensor.layout.is_parted():
+            raise LayoutError(f"argument {name!r} is parted ({tensor.layout.short_text()}); "
+                              "compiled functions take static layouts: relayout it to one "
+                              "first")
         if tensor.mesh != mesh:
             raise LayoutError(f"argument {name!r} is on {tensor.mesh.short_text()}, the "
                               f"function runs on {mesh.short_text()}")
@@ -511,6 +519,7 @@ def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
                          f"{e}") from None
     if layout is None:
         return TensorType(dtype_text, shape), value
+    layout = layout.for_rank(len(shape))
     problems = layout.sharding.problems(mesh.mesh_shape(), shape)
     if problems:
         raise LayoutError(f"argument {name!r} of shape {list(shape)} does not fit its layout "

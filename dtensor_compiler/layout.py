@@ -15,10 +15,23 @@ product (`ir.geometry`; `block_shapes` lists every device's).
 
 Text form (the reference's, extended): ``sharding_specs:dp,unsharded, mesh:<mesh string>``;
 a multi-dim spec is written ``x*y`` and partials add ``partial:tp=sum;x=max, `` before ``mesh:``.
+
+Besides these static layouts, as the reference has (`LayoutType`):
+
+- a *single-device* layout is one on a single-device mesh (`Mesh.from_device`): the tensor is
+  an ordinary array on that device. `Layout.from_single_device_mesh` and `Layout.from_device`
+  make one without a rank, which takes the rank of whatever tensor it is given (`for_rank`);
+  all single-device layouts on one mesh are equal. Text: ``maximal:true, mesh:<device>``.
+- a *parted* layout (`to_parted`) lays the tensor out in the same blocks as its static
+  layout, but marks the blocks as independent parts rather than pieces of one global value.
+  DTensors hold, pack, unpack, relayout and checkpoint parted values like static ones;
+  compiled functions take static layouts only (the reference's semantics of computing on
+  parts is itself unsettled). Text: ``parted:dp,unsharded, mesh:<mesh string>``.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -34,13 +47,28 @@ MATCH = "match"
 Spec = str | tuple[str, ...]
 
 
+class LayoutType(enum.Enum):
+    """What a layout describes: one global tensor in blocks (`STATIC`), independent parts in
+    those blocks (`PARTED`), or an ordinary array on one device (`SINGLE_DEVICE`)."""
+
+    STATIC = "static"
+    PARTED = "parted"
+    SINGLE_DEVICE = "single_device"
+
+
+_SINGLE_DEVICE_PREFIX = "maximal:true,"
+_PARTED_PREFIX = "parted:"
+_STATIC_PREFIX = "sharding_specs:"
+
+
 class Layout:
     """How a tensor lies on a mesh: one spec per tensor dim (a mesh dim name, a tuple of mesh dim
     names, UNSHARDED or MATCH) and optional pending reductions (`partial`, mesh dim to
     ``sum``/``max``/``min``/``prod``). Immutable; equal layouts have equal `to_string` text. Raises
-    LayoutError for an unknown or repeated mesh dim."""
+    LayoutError for an unknown or repeated mesh dim. `parted` makes the parted layout of these
+    specs (as `to_parted` does)."""
     def __init__(self, sharding_specs: Sequence[Spec | None], mesh: Mesh,
-                 partial: Mapping[str, str] | None = None) -> None:
+                 partial: Mapping[str, str] | None = None, *, parted: bool = False) -> None:
         if not isinstance(mesh, Mesh):
             raise LayoutError(f"mesh is not a valid Mesh object: {mesh!r}")
         if isinstance(sharding_specs, str):
@@ -80,8 +108,14 @@ class Layout:
                 reductions[m] = ReduceOp.parse(op)
             except ValueError as e:
                 raise LayoutError(f"partial reduction on {m!r}: {e}") from None
+        if parted and (reductions or mesh.is_single_device() or MATCH in specs):
+            what = ("pending reductions" if reductions else "a single-device mesh"
+                    if mesh.is_single_device() else "MATCH specs")
+            raise LayoutError(f"a parted layout cannot have {what}: its parts are values of "
+                              "their own")
         self._specs = specs
         self._mesh = mesh
+        self._parted = parted
         self._partial = dict(sorted(reductions.items()))
         self._sharding = None if MATCH in specs else Sharding(
             tuple(() if s == UNSHARDED else (s,) if isinstance(s, str) else tuple(s)
@@ -109,6 +143,31 @@ class Layout:
     def inner_sharded(cls, mesh: Mesh, inner_dim: str, rank: int) -> Layout:
         """A layout of `rank` dims with the last dim split over mesh dim `inner_dim`."""
         return cls.batch_sharded(mesh, inner_dim, rank, axis=rank - 1)
+
+    @classmethod
+    def from_single_device_mesh(cls, mesh: Mesh) -> Layout:
+        """The single-device layout on `mesh` (a `Mesh.from_device` mesh), of no rank until a
+        tensor is given it."""
+        if not mesh.is_single_device():
+            raise LayoutError(f"from_single_device_mesh needs a single-device mesh "
+                              f"(Mesh.from_device), got {mesh.short_text()}")
+        return cls([], mesh)
+
+    @classmethod
+    def from_device(cls, device: str) -> Layout:
+        """The single-device layout on `device` (``Mesh.from_device(device)``)."""
+        return cls.from_single_device_mesh(Mesh.from_device(device))
+
+    def to_parted(self) -> Layout:
+        """The parted layout of these specs: the same blocks, as independent parts."""
+        return Layout(self._specs, self._mesh, self._partial, parted=True)
+
+    def for_rank(self, rank: int) -> Layout:
+        """This layout for a tensor of `rank` dims: a single-device layout takes any rank
+        (every dim whole); any other layout is returned as it is."""
+        if self.is_single_device() and self.rank != rank:
+            return Layout([UNSHARDED] * rank, self._mesh)
+        return self
 
     @classmethod
     def from_sharding(cls, sharding: Sharding, mesh: Mesh) -> Layout:
@@ -168,15 +227,27 @@ class Layout:
         return bool(self._specs) and self._specs[0] != UNSHARDED and all(
             s == UNSHARDED for s in self._specs[1:])
 
+    @property
+    def type(self) -> LayoutType:
+        """`LayoutType.SINGLE_DEVICE` on a single-device mesh, `PARTED` after `to_parted`,
+        else `STATIC`."""
+        if self._mesh.is_single_device():
+            return LayoutType.SINGLE_DEVICE
+        return LayoutType.PARTED if self._parted else LayoutType.STATIC
+
     def is_single_device(self) -> bool:
-        """Always False: the simulated mesh has no single-device layouts."""
-        return False
+        """True for a layout on a single-device mesh."""
+        return self._mesh.is_single_device()
+
+    def is_parted(self) -> bool:
+        """True for a parted layout (`to_parted`)."""
+        return self._parted
 
     def delete(self, dims: Sequence[int]) -> Layout:
         """This layout without the tensor dims `dims` (negative indices allowed)."""
         drop = {d % self.rank for d in dims}
         return Layout([s for i, s in enumerate(self._specs) if i not in drop], self._mesh,
-                      self._partial)
+                      self._partial, parted=self._parted)
 
     # -- shapes --------------------------------------------------------------------------------
     def _check_shape(self, shape: Sequence[int]) -> None:
@@ -244,28 +315,41 @@ class Layout:
 
     def to_string(self) -> str:
         """The text form, ``sharding_specs:dp,unsharded, mesh:<mesh text>`` (with ``partial:tp=sum,
-        `` before ``mesh:`` when something is pending); `from_string` reads it back."""
+        `` before ``mesh:`` when something is pending; ``parted:`` in place of
+        ``sharding_specs:`` for a parted layout; ``maximal:true, mesh:<device>`` for a
+        single-device one, whatever its rank); `from_string` reads it back."""
         return self._text
 
     def _string(self) -> str:
+        mesh = self._mesh.to_string()
+        if self.is_single_device():
+            return f"{_SINGLE_DEVICE_PREFIX} mesh:{mesh}"
         specs = "".join(self._spec_text(s) + "," for s in self._specs)
         partial = ""
         if self._partial:
             partial = "partial:" + ";".join(f"{m}={op}" for m, op in self._partial.items()) + ", "
-        return f"sharding_specs:{specs} {partial}mesh:{self._mesh.to_string()}"
+        prefix = _PARTED_PREFIX if self._parted else _STATIC_PREFIX
+        return f"{prefix}{specs} {partial}mesh:{mesh}"
 
     @staticmethod
     def from_string(text: str) -> Layout:
         """The layout `to_string` wrote as `text`; LayoutError for malformed text."""
         head, sep, mesh_text = text.partition(" mesh:")
-        if not sep or not head.startswith("sharding_specs:"):
+        prefix = next((p for p in (_STATIC_PREFIX, _PARTED_PREFIX, _SINGLE_DEVICE_PREFIX)
+                       if head.startswith(p)), None)
+        if not sep or prefix is None:
             raise LayoutError(f"layout string must look like 'sharding_specs:x,unsharded, "
                               f"mesh:<mesh>', got {text!r}")
-        specs_text, _, partial_text = head[len("sharding_specs:"):].partition(" partial:")
         try:
             mesh = Mesh.from_string(mesh_text)
         except MeshError as e:
             raise LayoutError(f"bad mesh in layout string: {e}") from None
+        if prefix == _SINGLE_DEVICE_PREFIX:
+            if head != _SINGLE_DEVICE_PREFIX:
+                raise LayoutError(f"a single-device layout string is 'maximal:true, "
+                                  f"mesh:<device>', got {text!r}")
+            return Layout.from_single_device_mesh(mesh)
+        specs_text, _, partial_text = head[len(prefix):].partition(" partial:")
         parts = specs_text.split(",")
         if parts[-1] == "":
             parts.pop()
@@ -274,11 +358,12 @@ class Layout:
         for item in filter(None, partial_text.rstrip(", ").split(";")):
             m, _, op = item.partition("=")
             partial[m] = op
-        return Layout(specs, mesh, partial)
+        return Layout(specs, mesh, partial, parted=prefix == _PARTED_PREFIX)
 
     def short_text(self) -> str:
-        """Compact form for messages: ``{dp, -} partial(tp:sum)``."""
-        return self.sharding.text() if MATCH not in self._specs else str(self._specs)
+        """Compact form for messages: ``{dp, -} partial(tp:sum)``, ``{dp, -} parted``."""
+        text = self.sharding.text() if MATCH not in self._specs else str(self._specs)
+        return f"{text} parted" if self._parted else text
 
     # -- identity ------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:

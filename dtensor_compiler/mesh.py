@@ -4,6 +4,9 @@ Device ids are row-major over the mesh coordinates (last dim fastest) and must b
 The text form is ``<name>|<dim>=<size>,...|<global ids>|<local ids>|<local devices>[|<global
 devices>]``, e.g. ``|dp=2,tp=4|0,...,7|0,...,7|/job:localhost/replica:0/task:0/device:CPU:0,...``.
 On the simulated platform every device is a virtual CPU of this process.
+
+A mesh with no dims is a single-device mesh (`Mesh.from_device`): one device, on which a
+tensor is an ordinary array; its text form is the device's name.
 """
 
 from __future__ import annotations
@@ -182,8 +185,22 @@ class Mesh:
         return not self._local_ids and self.size > 0
 
     def is_single_device(self) -> bool:
-        """Always False: a mesh here has named dims."""
-        return False
+        """True for a mesh of one device and no dims (`from_device`)."""
+        return not self._dim_names
+
+    @property
+    def single_device(self) -> str:
+        """The device of a single-device mesh ('' for any other)."""
+        return self._local_devices[0] if self.is_single_device() and self._local_devices \
+            else ""
+
+    @staticmethod
+    def from_device(device: str) -> Mesh:
+        """The single-device mesh of `device` (a full name, or a short ``CPU:0`` one, which
+        becomes ``/job:localhost/replica:0/task:0/device:CPU:0``): no dims, device id 0."""
+        if not isinstance(device, str) or not device:
+            raise MeshError(f"a single-device mesh needs a device name, got {device!r}")
+        return Mesh([], np.array(0), [0], [full_device_name(device)])
 
     def use_xla_spmd(self) -> bool:
         """Always False: there is no XLA here."""
@@ -220,17 +237,22 @@ class Mesh:
 
     # -- text form ------------------------------------------------------------------------------
     def to_string(self) -> str:
-        """The text form (name, dims, device ids, local ids and devices, separated by ``|``);
-        `from_string` reads it back."""
+        """The text form (name, dims, device ids, local ids and devices, separated by ``|``;
+        a single-device mesh's is its device name); `from_string` reads it back."""
         return self._text
 
     def short_text(self) -> str:
         """Compact form for messages: ``mesh<dp=2, tp=4>``, and ``mesh<dp=2, tp=4> named 'a'``
-        for a named mesh, so meshes that differ only by name read differently."""
+        for a named mesh, so meshes that differ only by name read differently; ``mesh<> of
+        <device>`` for a single-device mesh."""
         text = self._shape.text()
+        if self.single_device:
+            text = f"{text} of {self.single_device}"
         return f"{text} named {self._name!r}" if self._name else text
 
     def _string(self) -> str:
+        if self.single_device and not self._name and not self._global_devices:
+            return self.single_device
         dims = ",".join(f"{n}={s}" for n, s in zip(self._dim_names, self.shape()))
         parts = [self._name, dims, ",".join(str(int(i)) for i in self._ids.reshape(-1)),
                  ",".join(str(i) for i in self._local_ids), ",".join(self._local_devices)]
@@ -240,9 +262,11 @@ class Mesh:
 
     @staticmethod
     def from_string(text: str) -> Mesh:
-        """The mesh `to_string` wrote as `text` (also the short ``name|dp=2,tp=4|*CPU`` form);
-        MeshError for malformed text."""
+        """The mesh `to_string` wrote as `text` (also the short ``name|dp=2,tp=4|*CPU`` form,
+        and a device name for its single-device mesh); MeshError for malformed text."""
         parts = text.split("|")
+        if len(parts) == 1:
+            return Mesh.from_device(text)
         if len(parts) == 3 and parts[2].startswith("*"):
             name, dims_text, dev_type = parts[0], parts[1], parts[2][1:]
             dims = _parse_dims(dims_text, text)

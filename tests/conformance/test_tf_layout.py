@@ -62,20 +62,12 @@ def assert_dtensor_equal(expected: np.ndarray, layout: dtc.Layout, result: objec
 # == MeshTest ===================================================================================
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "deviation: the reference's Mesh.from_device(device) builds a single-device mesh whose "
-    "is_single_device() is True vs we have no Mesh.from_device (AttributeError) and "
-    "is_single_device() is always False"))
 def test_mesh_single_device():
     # reference: layout_test.py MeshTest.test_mesh_single_device
     mesh = dtc.Mesh.from_device("/job:localhost/replica:0/task:0/device:CPU:0")
     assert mesh.is_single_device()
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "deviation: the reference round-trips a single-device mesh through to_string/from_string "
-    "(is_single_device() stays True, single_device is kept) vs we have no Mesh.from_device "
-    "nor Mesh.single_device (AttributeError)"))
 def test_mesh_single_device_to_string():
     # reference: layout_test.py MeshTest.test_mesh_single_device_to_string
     mesh = dtc.Mesh.from_device("/job:localhost/replica:0/task:0/device:CPU:0")
@@ -339,11 +331,6 @@ def test_local_shape_from_global_shape():
     assert tuple(layout.local_shape_from_global_shape((2, 6, 5))) == (1, 3, 5)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "deviation: the reference builds a single-device layout with "
-    "Layout.from_single_device_mesh(Mesh.from_device(d)) == Layout.from_device(d), "
-    "is_single_device() True, .mesh the single-device mesh vs we have none of "
-    "Mesh.from_device, Layout.from_single_device_mesh, Layout.from_device (AttributeError)"))
 def test_single_device_layout():
     # reference: layout_test.py LayoutTest.test_single_device_layout
     device = "/job:localhost/replica:0/task:0/device:CPU:0"
@@ -354,9 +341,6 @@ def test_single_device_layout():
     assert layout == dtc.Layout.from_device(mesh.single_device)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "deviation: the reference round-trips a single-device layout through "
-    "to_string/from_string vs we have no single-device layouts (AttributeError)"))
 def test_single_device_layout_from_string():
     # reference: layout_test.py LayoutTest.test_single_device_layout_from_string
     mesh = dtc.Mesh.from_device("/job:localhost/replica:0/task:0/device:CPU:0")
@@ -364,10 +348,6 @@ def test_single_device_layout_from_string():
     assert dtc.Layout.from_string(layout.to_string()) == layout
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "deviation: the reference's Layout.to_parted() returns a layout whose .type is "
-    "LayoutType.PARTED vs we have no Layout.to_parted, Layout.type nor LayoutType "
-    "(AttributeError)"))
 def test_parted_layout():
     # reference: layout_test.py LayoutTest.test_parted_layout
     layout = dtc.Layout.batch_sharded(MESH_2D, BATCH, rank=2)
@@ -405,9 +385,6 @@ def test_relayout(layouts, is_replicated):
     assert_dtensor_equal(inp, target, dtc.relayout(inp, target))
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "deviation: the reference relayouts a y-sharded DTensor to y_layout.to_parted() and gets "
-    "the same values with the parted layout vs we have no Layout.to_parted (AttributeError)"))
 def test_relayout_to_parted(layouts, xy_mesh):
     # reference: layout_test.py RelayoutTest.test_relayout_to_parted (eager case)
     data = np.array([1, 2, 3, 4.0], dtype="f4")
