@@ -24,9 +24,17 @@ the produced dims to the wanted ones; if not, resolve is the full relayout of th
 layout to the wanted one, as it will be paid right here. Keeping a reduction pending through
 an op that makes it bigger (a broadcast of a ``[rows, 1]`` statistic) is always charged in
 full: wherever it is resolved later, it is resolved at the bigger size. The compute term
-makes redundant replicated work cost more than sharded work. Ties go to the candidate with
-more sharded mesh dims, then to the earliest; candidates that keep pending reductions come
-first.
+makes redundant replicated work cost more than sharded work.
+
+One step of lookahead: a result sharded along a dim that a reduction (``reduce_sum`` and the
+like, one operand) reduces away gives the reduction's result pending reductions, so the
+candidate is charged their resolution at that result's size. Of ``labels * log_probs`` laid
+out ``{-, x}`` and ``{x, -}`` and summed over the last dim, the product is best ``{x, -}``.
+(A contraction is not looked through: whether its reduction is the plan, as in a Megatron
+row-parallel matmul, depends on layouts its other operands have not been given yet.)
+
+Ties go to the candidate with more sharded mesh dims, then to the earliest; candidates that
+keep pending reductions come first.
 """
 
 from __future__ import annotations
@@ -104,6 +112,9 @@ class LayoutCosts:
         return self.cost_model.compute_time(prod(local) * type.itemsize)
 
 
+Later = tuple[tuple[frozenset[int], TensorType], ...]
+"""Per reduction consuming a value: the dims it reduces away and its result's type
+(`StrategyChooser._reductions_later`)."""
 Pendings = frozenset[tuple[str, ReduceOp]]
 """A set of pending reductions: (mesh dim, kind)."""
 _Question = tuple[FactorSpace, tuple[Sharding | None, ...], Sharding | None, tuple[bool, ...]]
@@ -127,6 +138,8 @@ class StrategyChooser:
                            tuple[Strategy, ...]] = {}
         self._waiting: Counter[tuple[Value, FactorSpace, int]] = Counter()
         self._uses: dict[tuple[Operation, int], _Use] = {}
+        self._reduced_by: dict[tuple[Operation, int], frozenset[int]] = {}
+        self._penalties: dict[tuple[Later, Sharding], float] = {}
 
     def choose(self, space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
                result: Sharding | None, reduced: tuple[bool, ...] = (),
@@ -157,12 +170,50 @@ class StrategyChooser:
         options, asks = entry
         carried = self._carried_by_users(op.result, layouts or {}, asks) if asks else asks
         key = (question, carried)
-        ranked = self._ranked.get((key, placed))
+        later = self._reductions_later(op.result)
+        ranked = self._ranked.get((key, placed, later))
         if ranked is None:
             if key not in self._memo:
                 self._memo[key] = tuple(o.priced(carried) for o in options)
-            ranked = self._ranked[key, placed] = _ranked(self._memo[key], placed)
+            candidates = self._memo[key]
+            penalties = tuple(self._penalty(later, c.strategy.result) for c in candidates) \
+                if later else ()
+            ranked = self._ranked[key, placed, later] = _ranked(candidates, placed, penalties)
         return ranked
+
+    def _reductions_later(self, value: Value) -> Later:
+        """Per consumer of `value` that reduces some of its dims away and takes no other
+        operand (a ``reduce_sum``, not a contraction, whose other operands' layouts decide
+        whether its reduction is the plan): those dims and the type of its result."""
+        out = []
+        for user, slot in value.uses:
+            dims = self._reduced_by.get((user, slot))
+            space = self.spaces.of(user)
+            if dims is None:
+                dims = frozenset() if space is None else frozenset(
+                    d for d, factors in enumerate(space.tensors[slot])
+                    if factors and all(space.is_reduced(f) for f in factors))
+                self._reduced_by[user, slot] = dims
+            if not dims or space is None or user.result is None:
+                continue
+            if len(user.operands) == 1:
+                out.append((dims, user.result.type))
+        return tuple(out)
+
+    def _penalty(self, later: Later, result: Sharding) -> float:
+        """What the consumers in `later` will pay for reducing dims that `result` shards."""
+        key = (later, result)
+        cost = self._penalties.get(key)
+        if cost is None:
+            cost = 0.0
+            for dims, rtype in later:
+                mesh_dims = {m for d in dims for m in result.dims[d]}
+                if mesh_dims:
+                    pending = Sharding(((),) * rtype.rank, tuple(
+                        (m, ReduceOp.SUM) for m in sorted(mesh_dims)))
+                    cost += self.costs.relayout(pending, pending.without_partial(), rtype)
+            self._penalties[key] = cost
+        return cost
 
     def count_consumers(self, ops: Iterable[Operation]) -> None:
         """Count, for `sharers`, the consumers among `ops` (a whole function, none placed
@@ -325,9 +376,11 @@ def _options_of(space: FactorSpace, op: Operation, operands: Sequence[Sharding |
     return tuple(out), frozenset().union(*(o.asks for o in out))
 
 
-def _ranked(candidates: Sequence[_Candidate], placed: Placed) -> tuple[Strategy, ...]:
+def _ranked(candidates: Sequence[_Candidate], placed: Placed,
+            penalties: Sequence[float] = ()) -> tuple[Strategy, ...]:
     """The candidates' strategies with their full cost, best first: an operand's relayout is
-    free when an earlier consumer made that layout, else shared among the twins waiting."""
+    free when an earlier consumer made that layout, else shared among the twins waiting;
+    plus each candidate's `penalties` entry, if any (what its consumers' reductions cost)."""
     ranked: list[tuple[float, int, int, Strategy]] = []
     for n, candidate in enumerate(candidates):
         s = candidate.strategy
@@ -336,6 +389,8 @@ def _ranked(candidates: Sequence[_Candidate], placed: Placed) -> tuple[Strategy,
                                              placed.made):
             if move and need not in made:
                 cost += move / waiting
+        if penalties:
+            cost += penalties[n]
         if cost != s.cost:
             s = Strategy(s.factors, s.operands, s.result, s.seeds, cost)
         ranked.append((cost, -candidate.sharded, n, s))

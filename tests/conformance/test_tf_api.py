@@ -138,32 +138,15 @@ _LOGITS_2D = [("logits_unsharded", 0), ("logits_batch", 1), ("logits_inner", 2),
 _LABELS_1D = [("labels_unsharded", 0), ("labels_batch_x", 1), ("labels_batch_y", 2)]
 
 
-def _pairs(first, second, deviations):
-    """Every (labels, logits) layout pair; `deviations` maps a pair to the xfail reason."""
-    cases = []
-    for a, b in itertools.product(first, second):
-        reason = deviations.get((a[1], b[1]))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        cases.append(pytest.param(a[1], b[1], id=f"{a[0]}-{b[0]}", marks=marks))
+def _pairs(first, second):
+    """Every (labels, logits) layout pair."""
+    cases = [pytest.param(a[1], b[1], id=f"{a[0]}-{b[0]}")
+             for a, b in itertools.product(first, second)]
     return pytest.mark.parametrize("labels_index, logits_index", cases)
 
 
-_DENSE_DEVIATIONS = {
-    (2, 1): "deviation: labels f32[6,4] laid out {-, x} with logits f32[6,4] laid out "
-            "{x, -}: the reference's result f32[6] is laid out {x}; ours is {-} (the planner "
-            "all_to_alls the log-probabilities to {-, x}, so the sum over the class dim is "
-            "pending over x and is all_reduced to a replicated result)",
-}
-_SPARSE_DEVIATIONS = {
-    (1, 2): "deviation: labels i64[6] laid out {x} with logits f32[6,4] laid out {-, x}: "
-            "the reference's result f32[6] is laid out {x}; ours is {-} (the planner keeps "
-            "logits {-, x}, all_to_alls the one-hot mask to {-, x}, and all_reduces the "
-            "pending sum over x to a replicated result)",
-}
-
-
 # reference: api_test.py APITest.testSoftmaxCrossentropyWithLogits
-@_pairs(_LABELS_2D, _LOGITS_2D, _DENSE_DEVIATIONS)
+@_pairs(_LABELS_2D, _LOGITS_2D)
 def test_softmax_cross_entropy_with_logits(mesh, labels_index, logits_index):
     expected_layout = dtc.Layout.replicated(mesh, rank=1)
     if labels_index in (1, 3) or logits_index in (1, 3):
@@ -182,7 +165,7 @@ def test_softmax_cross_entropy_with_logits(mesh, labels_index, logits_index):
 
 
 # reference: api_test.py APITest.testSparseSoftmaxCrossentropyWithLogits
-@_pairs(_LABELS_1D, _LOGITS_2D, _SPARSE_DEVIATIONS)
+@_pairs(_LABELS_1D, _LOGITS_2D)
 def test_sparse_softmax_cross_entropy_with_logits(mesh, labels_index, logits_index):
     expected_layout = dtc.Layout.replicated(mesh, rank=1)
     if labels_index == 1 or logits_index in (1, 3):
