@@ -134,7 +134,7 @@ class StrategyChooser:
         """Per question, its candidates and the pending reductions whose price depends on
         what the result's consumers do (`_carried_by_users`)."""
         self._memo: dict[tuple[_Question, Pendings], tuple[_Candidate, ...]] = {}
-        self._ranked: dict[tuple[tuple[_Question, Pendings], Placed],
+        self._ranked: dict[tuple[tuple[_Question, Pendings], Placed, Later],
                            tuple[Strategy, ...]] = {}
         self._waiting: Counter[tuple[Value, FactorSpace, int]] = Counter()
         self._uses: dict[tuple[Operation, int], _Use] = {}
