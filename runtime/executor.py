@@ -24,7 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from dtensor_compiler.errors import DTensorError, ShapeError
-from dtensor_compiler.ir.core import Level, Module, Operation
+from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.core import Function, Level, Module, Operation
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.opdef import OpDef
 from dtensor_compiler.ir.sharding import ReduceOp, Sharding
@@ -106,6 +107,10 @@ class ExecContext(Protocol):
 KernelFn = Callable[..., Any]
 Kernel = Callable[[Operation, ExecContext], KernelFn]
 """``kernel(op, ctx)`` -> the function from operand arrays to the result array(s)."""
+CallKernel = Callable[[Operation, ExecContext, Function], KernelFn | None]
+"""``kernel(op, ctx, body)`` for an op that runs a function of the module (``kernel``):
+the function from operand arrays to the result array(s), compiled from `body`; None when
+the backend cannot compile that body (it then runs op by op)."""
 InPlaceKernel = Callable[[Operation, ExecContext, int], KernelFn]
 """Builds the variant of an op's kernel that writes its result into operand `i`'s array
 (which has the result's shape and dtype) when that array is writeable, and runs as usual
@@ -119,6 +124,7 @@ class KernelTable:
         self.backend = backend
         self._kernels: dict[str, Kernel] = {}
         self._in_place: dict[str, InPlaceKernel] = {}
+        self._calls: dict[str, CallKernel] = {}
 
     def register(self, *definitions: OpDef) -> Callable[[Kernel], Kernel]:
         """Decorator: `kernel` runs the ops of `definitions`."""
@@ -140,8 +146,28 @@ class KernelTable:
             return kernel
         return add
 
+    def register_call(self, *definitions: OpDef) -> Callable[[CallKernel], CallKernel]:
+        """Decorator: `kernel` compiles the bodies of the ops of `definitions` (ops that run
+        a function of the module). Without one, the executor runs a body op by op."""
+        def add(kernel: CallKernel) -> CallKernel:
+            for definition in definitions:
+                self._calls[definition.name] = kernel
+            return kernel
+        return add
+
     def get(self, name: str) -> Kernel | None:
         return self._kernels.get(name)
+
+    def extended(self, backend: str) -> KernelTable:
+        """A table for `backend` with this one's kernels, to add to or override."""
+        table = KernelTable(backend)
+        table._kernels = dict(self._kernels)
+        table._in_place = dict(self._in_place)
+        table._calls = dict(self._calls)
+        return table
+
+    def get_call(self, name: str) -> CallKernel | None:
+        return self._calls.get(name)
 
     def get_in_place(self, name: str) -> InPlaceKernel | None:
         return self._in_place.get(name)
@@ -219,12 +245,9 @@ class Program:
                 dead[i].append(s)
         self._steps = []
         for op, free in zip(func.ops, dead):
-            kernel = kernels.get(op.name)
-            if kernel is None:
-                raise ExecutionError(f"the {kernels.backend} backend has no kernel for op "
-                                     f"{op.name!r}")
             self._steps.append(_Step(
-                kernel(op, ctx), tuple(slot[id(v)] for v in op.operands),
+                _build(op, module, kernels, ctx, array_type, conform),
+                tuple(slot[id(v)] for v in op.operands),
                 tuple(slot[id(r)] for r in op.results),
                 tuple(array_type(r.type) for r in op.results), tuple(sorted(free)), op))
         self._reuse_buffers(donated, kernels, ctx, last_use, returned)
@@ -346,3 +369,28 @@ class Program:
         result = step.op.results[k]
         conform = self._conform
         return lambda x: conform(x, result.type, step.op)
+
+
+def _build(op: Operation, module: Module, kernels: KernelTable, ctx: ExecContext,
+           array_type: ArrayType, conform: Conform) -> KernelFn:
+    """The kernel of one op. An op that runs a function of the module (`OpDef.calls`) gets
+    the backend's compiled kernel of that function where the backend compiles it, and runs
+    the function's ops one by one (a `Program` of its own) otherwise."""
+    callee = opdef.lookup(op.name).calls
+    if callee is not None:
+        body = module.function(str(op.attrs[callee]))
+        if body is None:
+            raise ExecutionError(f"{op.name} runs @{op.attrs[callee]}, which the module lacks")
+        compile_body = kernels.get_call(op.name)
+        compiled = compile_body(op, ctx, body) if compile_body is not None else None
+        if compiled is not None:
+            return compiled
+        program = Program(Module(module.mesh, [body], Level.LOCAL, body.name), kernels, ctx,
+                          array_type, conform)
+        if len(op.results) == 1:
+            return lambda *xs: program.run(xs)[0]
+        return lambda *xs: tuple(program.run(xs))
+    kernel = kernels.get(op.name)
+    if kernel is None:
+        raise ExecutionError(f"the {kernels.backend} backend has no kernel for op {op.name!r}")
+    return kernel(op, ctx)

@@ -350,6 +350,7 @@ NO_DERIVATIVE = {
     # localized or effectful ops, never in a traced forward pass
     "save", "save_shard", "barrier", "merge_index", "restore_shard", "all_reduce",
     "reduce_scatter", "all_to_all", "all_gather", "local_slice", "make_partial", "mask",
+    "kernel",
 }
 
 

@@ -194,7 +194,10 @@ def test_the_printed_form_is_exact() -> None:
 @pytest.mark.parametrize("locations", [False, True])
 def test_every_op_round_trips(locations: bool) -> None:
     module = every_op_module()
-    assert {op.name for op in module.main.ops} == {d.name for d in opdef.registered()}
+    # (kernel, which runs a body function of a localized module, round-trips in the fuse
+    # pass's goldens)
+    assert {op.name for op in module.main.ops} == {d.name for d in opdef.registered()
+                                                   if d.calls is None}
     verify_module(module)
     parsed = round_trip(module, locations)
     verify_module(parsed)

@@ -208,3 +208,7 @@ class Module:
             if func.name == self.entry:
                 return func
         raise KeyError(f"the module's entry @{self.entry} is not one of its functions")
+
+    def function(self, name: str) -> Function | None:
+        """The function called `name`, if the module has one."""
+        return next((f for f in self.functions if f.name == name), None)

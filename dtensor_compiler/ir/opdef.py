@@ -207,6 +207,9 @@ class OpDef:
     """The value a source op stands for at compile time (``constant``, ``full``), which
     constant folding starts from."""
     collective: CollectiveDef | None = None
+    calls: str | None = None
+    """The attribute naming a function of the module that the op runs (``kernel``): its
+    operands are that function's arguments and its results the function's, type for type."""
     reads_padding: PaddingReads | None = None
     fills: Callable[[Operation], ReduceOp] | None = None
     """The reduction whose identity the op leaves in its result's padding (``mask``); None

@@ -145,8 +145,31 @@ class _FunctionVerifier:
                               f"result type says {t.pad}", line, op)
         if definition.collective is not None:
             self.check_collective(op, definition, line)
+        if definition.calls is not None:
+            self.check_call(op, str(op.attrs[definition.calls]), line)
         if self.module.level is Level.LOCAL and any(v.type.padded for v in operands):
             self.check_padding_reads(op, line)
+
+    def check_call(self, op: Operation, name: str, line: int) -> None:
+        body = self.module.function(name)
+        if body is None:
+            raise _Broken(f"{op.name} runs @{name}, which is not a function of the module",
+                          line, op)
+        if body is self.func or name == self.module.entry:
+            raise _Broken(f"{op.name} runs @{name}, the function it is in or the entry",
+                          line, op)
+        if len(body.args) != len(op.operands) or len(body.results) != len(op.results):
+            raise _Broken(f"{op.name} passes {len(op.operands)} operands for the "
+                          f"{len(body.args)} arguments of @{name} and has {len(op.results)} "
+                          f"result(s) for its {len(body.results)}", line, op)
+        pairs = [("operand", i, v.type, a.type) for i, (v, a) in
+                 enumerate(zip(op.operands, body.args))]
+        pairs += [("result", i, r.type, b.type) for i, (r, b) in
+                  enumerate(zip(op.results, body.results))]
+        for what, i, here, there in pairs:
+            if here != there:
+                raise _Broken(f"{op.name} {what} {i} is {here.text()}, but @{name} has "
+                              f"{there.text()} there", line, op)
 
     def check_padding_reads(self, op: Operation, line: int) -> None:
         try:

@@ -12,6 +12,7 @@ from dtensor_compiler.ir.ops import (  # noqa: F401  (imported to register the o
     elementwise,
     hints,
     indexing,
+    kernel,
     padding,
     reductions,
     shape,

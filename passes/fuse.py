@@ -1,0 +1,137 @@
+"""fuse: group chains of elementwise ops into ``kernel`` ops, each running a body function.
+
+Expects: a localized module (after localize).
+
+Guarantees: in every function (but the kernel bodies of an earlier run), every maximal
+group of fusable ops in which each op but the last (the group's *root*) has exactly one
+consumer, inside the group, and is not returned, is replaced by one ``kernel`` op at the
+root's place; the group's ops move, in program order, into a new function of the module (its
+*body*, named after the function, the group's number and the ops it fuses), whose arguments
+are the group's inputs in order of first use and whose result is the root's. Fusable:
+elementwise ops (ufuncs, ``where``, ``astype``, ...) and ``broadcast_to``; ``mask`` is not
+(it reads which elements of its block are padding). A ``full`` an op of the group takes is
+copied into the body rather than passed in, and dropped where it was once nothing there
+uses it. Collectives and every other op are boundaries. Groups of fewer than `min_ops` ops,
+and groups that take nothing but ``full`` values, are left as they are. Values, types and
+every other op are unchanged; a module of one function names it its entry.
+
+```
+%2 = subtract %0, %1 : f32[4,8] @ {x, -}
+%3 = exp %2 : f32[4,8] @ {x, -}
+// after
+%3 = kernel %0, %1 {body = f_k0_subtract_exp} : f32[4,8] @ {x, -}
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.ops.kernel import KERNEL
+from dtensor_compiler.ir.ops.shape import BROADCAST_TO
+from dtensor_compiler.ir.ops.sources import FULL
+from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
+
+
+@register_pass
+@dataclass(frozen=True)
+class FusePass(ModulePass):
+    """Group chains of elementwise ops into kernels."""
+
+    name = "fuse"
+    requires = frozenset({Level.LOCAL})
+    min_ops: int = 2
+
+    def apply(self, module: Module, ctx: PassContext) -> bool:
+        if module.entry is None and len(module.functions) == 1:
+            module.entry = module.functions[0].name
+        bodies = {str(op.attrs["body"]) for f in module.functions for op in f.ops
+                  if op.name == KERNEL.name}
+        changed = False
+        for func in [f for f in module.functions if f.name not in bodies]:
+            groups = [g for g in _groups(func) if len(g) >= self.min_ops and _takes_input(g)]
+            copied: set[int] = set()
+            for n, group in enumerate(groups):
+                module.functions.append(_outline(func, group, n, copied))
+            func.ops = [op for op in func.ops if id(op) not in copied or op.results[0].uses
+                        or func.is_result(op.results[0])]
+            changed |= bool(groups)
+        return changed
+
+
+def fusable(op: Operation) -> bool:
+    """Whether the fuse pass may put `op` into a kernel."""
+    definition = opdef.lookup(op.name)
+    if len(op.results) != 1 or not definition.pure or definition.fills is not None:
+        return False
+    return definition.traits.elementwise or op.name == BROADCAST_TO.name
+
+
+def _groups(func: Function) -> list[list[Operation]]:
+    """The groups of `func`'s fusable ops, each in program order."""
+    returned = {id(v) for v in func.results}
+    group_of: dict[int, list[Operation]] = {}
+    groups: list[list[Operation]] = []
+    for op in reversed(func.ops):
+        if not fusable(op):
+            continue
+        result = op.result
+        assert result is not None
+        users = result.users
+        group = None
+        if id(result) not in returned and len(users) == 1:
+            group = group_of.get(id(users[0]))
+        if group is None:
+            group = []
+            groups.append(group)
+        group.append(op)
+        group_of[id(op)] = group
+    for group in groups:
+        group.reverse()
+    groups.reverse()
+    return groups
+
+
+def _takes_input(group: list[Operation]) -> bool:
+    """Whether `group` takes some value other than a ``full`` (a group of constants alone
+    is left to constant folding)."""
+    members = {id(op) for op in group}
+    return any(v.owner is None or (id(v.owner) not in members and v.owner.name != FULL.name)
+               for op in group for v in op.operands)
+
+
+def _outline(func: Function, group: list[Operation], n: int, copied: set[int]) -> Function:
+    """Move `group` into a body function and put a kernel running it in its root's place;
+    add to `copied` the ``full`` ops copied into the body."""
+    members = {id(op) for op in group}
+    root = group[-1]
+    inputs: list[Value] = []
+    args: dict[int, Value] = {}
+    copies: list[Operation] = []
+    for op in group:
+        for i, value in enumerate(op.operands):
+            owner = value.owner
+            if owner is not None and id(owner) in members:
+                continue
+            if id(value) not in args:
+                if owner is not None and owner.name == FULL.name:
+                    copy = Operation(FULL.name, [], [value.type], owner.attrs, owner.loc)
+                    copies.append(copy)
+                    copied.add(id(owner))
+                    args[id(value)] = copy.results[0]
+                else:
+                    args[id(value)] = Value(value.type, name_hint=f"a{len(inputs)}")
+                    inputs.append(value)
+            op.set_operand(i, args[id(value)])
+    assert root.result is not None
+    names = list(dict.fromkeys(op.name for op in group))
+    body_name = f"{func.name}_k{n}_{'_'.join(names[:4])}"
+    kernel = Operation(KERNEL.name, inputs, [root.result.type], {"body": body_name}, root.loc)
+    position = func.ops.index(root)
+    func.ops[position] = kernel
+    func.ops = [op for op in func.ops if id(op) not in members or op is kernel]
+    func.replace_value(root.result, kernel.results[0])
+    return Function(body_name, [args[id(v)] for v in inputs], copies + group, [root.result])
+
