@@ -189,8 +189,10 @@ class Lowered:
         return sum(c.bytes for c in self._collectives)
 
     def kernel_sources(self) -> dict[str, str]:
-        """Generated kernel sources by name; the numpy backend generates none."""
-        return {}
+        """Generated kernel sources by name (the triton backend's kernels; the numpy
+        backend generates none)."""
+        generate = self.backend.kernel_sources
+        return {} if generate is None else generate(self.module)
 
     def prepare(self) -> Executor:
         """The program's executor, made now if it was not yet (it is made at the first run
@@ -303,7 +305,9 @@ class CompiledFunction:
             raise LayoutError("in_layouts and out_layouts must all be on one mesh; they name "
                               + ", ".join(sorted(m.short_text() for m in meshes)))
         self._layout_mesh = meshes.pop() if meshes else None
-        self._passes: list[ModulePass] = PassManager.parse(pipeline or DEFAULT_PIPELINE).passes
+        default = get_backend(backend).pipeline if backend is not None else None
+        self._passes: list[ModulePass] = PassManager.parse(
+            pipeline or default or DEFAULT_PIPELINE).passes
         self._cost_model = cost_model or DEFAULT_COST_MODEL
         self._verify = verify
         self._keep_ir = keep_ir

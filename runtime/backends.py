@@ -73,18 +73,22 @@ class Backend:
     executor: Callable[[Module, frozenset[int]], Executor]
     """The executor of a localized module whose arguments at the given positions are donated
     (their storage may be written over)."""
+    pipeline: str | None = None
+    """The pass pipeline programs for this backend are planned with, when the user gives
+    none (None: the default pipeline)."""
+    kernel_sources: Callable[[Module], dict[str, str]] | None = None
+    """The source of every kernel the backend generates for a localized module, by name."""
 
 
 _PROVIDERS: dict[str, str] = {
     "numpy": "dtensor_compiler.runtime.simulated",
     "distributed": "dtensor_compiler.runtime.distributed",
+    "triton": "dtensor_compiler.runtime.triton_backend",
 }
 """Backend name -> the module that defines it as ``BACKEND``."""
 
-_MISSING: dict[str, str] = {
-    "triton": "the triton backend is not available yet: it lands with the Triton lowering "
-              "issue; use backend='numpy'",
-}
+_INSTALL = {"triton": 'pip install "dtensor-compiler[triton]"'}
+"""How to install what a backend needs (default: torch)."""
 
 
 def backend_names() -> list[str]:
@@ -99,15 +103,13 @@ def default_backend(local_devices: int, devices: int) -> str:
 
 def get_backend(name: str) -> Backend:
     """The backend called `name`; DTensorError naming the known ones otherwise."""
-    if name in _MISSING:
-        raise DTensorError(_MISSING[name])
     module = _PROVIDERS.get(name)
     if module is None:
         raise DTensorError(f"unknown backend {name!r}; backends are {backend_names()}")
     try:
         backend = importlib.import_module(module).BACKEND
     except ModuleNotFoundError as e:
-        raise DTensorError(f"backend {name!r} needs the {e.name} package: pip install "
-                           "torch==2.13.0") from None
+        install = _INSTALL.get(name, "pip install torch==2.13.0")
+        raise DTensorError(f"backend {name!r} needs the {e.name} package: {install}") from None
     assert isinstance(backend, Backend)
     return backend

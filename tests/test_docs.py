@@ -3,6 +3,7 @@ the generated reference pages match their generators, and every public name is d
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -25,8 +26,9 @@ def test_readme_python_blocks_run_in_a_fresh_interpreter(tmp_path: Path) -> None
     assert blocks, "the README has no python code block"
     script = tmp_path / "readme_blocks.py"
     script.write_text("\n\n".join(blocks), encoding="utf-8")
+    env = {**os.environ, "DTC_CACHE_DIR": str(tmp_path / "cache")}  # generated kernels
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
     assert done.returncode == 0, f"README python blocks failed:\n{done.stderr}"
     assert "all_reduce" in done.stdout
 

@@ -1,0 +1,217 @@
+"""Triton source for a fused kernel body: one elementwise kernel over its output's elements.
+
+`elementwise_source(body)` writes the kernel of a ``kernel`` op's body function (the fuse
+pass's groups: elementwise ops and broadcasts), or returns why it cannot (`Unsupported`).
+The kernel is named after the body. Each program handles `BLOCK` consecutive elements of the
+output (contiguous, `rank` dims including the simulated mesh's leading axes); it unravels
+each element's index (int64) and loads every input at ``sum(index[d] * stride[d])``, with a
+stride of 0 along the dims the input is broadcast over, so any broadcasting, any rank and
+any strided view need no copy. Values are computed in fp32 for fp16 and bf16 inputs (the
+math functions want fp32, the GPU too) and in their own dtype otherwise; every op's result
+is cast to its IR dtype's compute type, so the kernel follows numpy's type promotion as the
+IR records it, and the store casts to the output's dtype.
+
+Only `triton.language` itself is used (the interpreter does not patch libdevice), so tanh is
+written with exp (and a Taylor series near 0) and power only takes a constant exponent.
+This module generates text; it imports neither torch nor triton.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dtensor_compiler.ir.core import Function, Operation, Value
+
+
+class Unsupported(Exception):
+    """The body has an op, dtype or constant the templates do not cover (the message says
+    which); the op runs its body op by op instead."""
+
+
+_COMPUTE = {
+    "f64": "tl.float64", "f32": "tl.float32", "f16": "tl.float32", "bf16": "tl.float32",
+    "i64": "tl.int64", "i32": "tl.int32", "i16": "tl.int16", "i8": "tl.int8",
+    "u8": "tl.uint8", "u16": "tl.uint16", "u32": "tl.uint32", "u64": "tl.uint64",
+    "bool": "tl.int1",
+}
+"""IR dtype -> the Triton dtype values of it are computed in."""
+
+_FLOATS = ("f64", "f32", "f16", "bf16")
+
+
+def _binary(template: str) -> Callable[[list[str]], str]:
+    return lambda a: template.format(*a)
+
+
+_ARITHMETIC: dict[str, Callable[[list[str]], str]] = {
+    "add": _binary("{0} + {1}"), "subtract": _binary("{0} - {1}"),
+    "multiply": _binary("{0} * {1}"), "divide": _binary("{0} / {1}"),
+    "maximum": _binary("tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)"),
+    "minimum": _binary("tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)"),
+    "negative": lambda a: f"-{a[0]}", "positive": lambda a: a[0],
+    "absolute": lambda a: f"tl.abs({a[0]})", "fabs": lambda a: f"tl.abs({a[0]})",
+    "square": lambda a: f"{a[0]} * {a[0]}",
+}
+"""Ops whose operands are cast to the result's compute type first."""
+_FLOAT_MATH: dict[str, Callable[[list[str]], str]] = {
+    name: (lambda fn: lambda a: f"tl.{fn}({a[0]})")(name)
+    for name in ("exp", "exp2", "log", "log2", "sqrt", "sin", "cos", "floor", "ceil")
+}
+_FLOAT_MATH.update({
+    "reciprocal": lambda a: f"1.0 / {a[0]}",
+    "tanh": lambda a: (f"tl.where(tl.abs({a[0]}) < 0.0625, {a[0]} * (1.0 + {a[0]} * {a[0]} * "
+                       f"(-1.0 / 3.0 + {a[0]} * {a[0]} * (2.0 / 15.0 - {a[0]} * {a[0]} * "
+                       f"(17.0 / 315.0)))), 1.0 - 2.0 / (tl.exp(2.0 * {a[0]}) + 1.0))"),
+})
+"""Float-only math, on operands cast to the result's compute type."""
+_COMPARISONS = {"equal": "==", "not_equal": "!=", "less": "<", "less_equal": "<=",
+                "greater": ">", "greater_equal": ">="}
+_LOGICAL = {"logical_and": "&", "logical_or": "|", "logical_xor": "^"}
+
+
+def elementwise_source(body: Function, mesh_axes: int) -> tuple[str, int]:
+    """The Triton source of `body`'s kernel and the rank of the index space it runs over
+    (the simulated mesh's `mesh_axes` leading axes plus the result's dims). Arguments:
+    ``out_ptr, in0_ptr, ..., n, d0.., s0_0.., BLOCK``: the output, the inputs in the body's
+    argument order, the element count, the output's dims and each input's element strides
+    along them."""
+    (result,) = body.results
+    rank = mesh_axes + result.type.rank
+    names: dict[int, str] = {}
+    lines: list[str] = []
+    for i, arg in enumerate(body.args):
+        dtype = _compute(arg)
+        offset = " + ".join(f"i{d} * s{i}_{d}" for d in range(rank)) or "offs * 0"
+        lines.append(f"a{i} = tl.load(in{i}_ptr + ({offset}), mask=mask).to({dtype})")
+        names[id(arg)] = f"a{i}"
+    for n, op in enumerate(body.ops):
+        assert op.result is not None
+        names[id(op.result)] = f"v{n}"
+        lines.append(f"v{n} = {_expression(op, names)}")
+    args = ", ".join(["out_ptr", *(f"in{i}_ptr" for i in range(len(body.args))), "n",
+                      *(f"d{d}" for d in range(rank)),
+                      *(f"s{i}_{d}" for i in range(len(body.args)) for d in range(rank)),
+                      "BLOCK: tl.constexpr"])
+    unravel = ["rem = offs"]
+    for d in reversed(range(1, rank)):
+        unravel += [f"i{d} = rem % d{d}", f"rem = rem // d{d}"]
+    unravel.append("i0 = rem" if rank else "")
+    ops = ", ".join(dict.fromkeys(op.name for op in body.ops))
+    out = names[id(result)]
+    pointers = [("out_ptr", result), *((f"in{i}_ptr", a) for i, a in enumerate(body.args))]
+    signature = {**{name: f"*{_pointee(v)}" for name, v in pointers},
+                 **{name: "i64" for name in ["n", *(f"d{d}" for d in range(rank)),
+                                             *(f"s{i}_{d}" for i in range(len(body.args))
+                                               for d in range(rank))]}}
+    source = "\n".join([
+        f'"""Generated by dtensor-compiler from @{body.name} ({ops})."""',
+        "import triton",
+        "import triton.language as tl",
+        "",
+        f"SIGNATURE = {signature!r}",
+        '"""The argument types, for compiling ahead of time (`runtime.triton_aot`)."""',
+        "",
+        "",
+        "@triton.jit",
+        f"def {body.name}({args}):",
+        "    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
+        "    mask = offs < n",
+        *(f"    {line}" for line in unravel if line),
+        *(f"    {line}" for line in lines),
+        f"    tl.store(out_ptr + offs, {out}.to(out_ptr.dtype.element_ty), mask=mask)",
+        "",
+    ])
+    return source, rank
+
+
+_POINTEE = {"f64": "fp64", "f32": "fp32", "f16": "fp16", "bf16": "bf16", "i64": "i64",
+            "i32": "i32", "i16": "i16", "i8": "i8", "u8": "u8", "u16": "u16", "u32": "u32",
+            "u64": "u64", "bool": "i1"}
+
+
+def _pointee(value: Value) -> str:
+    """The Triton type name of what a pointer to `value`'s elements points to."""
+    name = _POINTEE.get(value.type.dtype)
+    if name is None:
+        raise Unsupported(f"dtype {value.type.dtype}")
+    return name
+
+
+def _compute(value: Value) -> str:
+    dtype = _COMPUTE.get(value.type.dtype)
+    if dtype is None:
+        raise Unsupported(f"dtype {value.type.dtype}")
+    return dtype
+
+
+def _expression(op: Operation, names: dict[int, str]) -> str:
+    """The Triton expression of one op of a body, cast to its result's compute type."""
+    assert op.result is not None
+    out = _compute(op.result)
+    operands = op.operands
+    name = op.name
+    if name == "full":
+        value = op.attrs["value"]
+        if not isinstance(value, (bool, int, float)):
+            raise Unsupported(f"full of {value!r}")
+        return f"tl.full([BLOCK], {value!r}, {out})"
+    if name in ("broadcast_to", "stop_gradient"):
+        return names[id(operands[0])]
+    if name == "astype":
+        source = names[id(operands[0])]
+        if op.result.type.dtype == "bool":
+            return f"{source} != 0"
+        return f"{source}.to({out})"
+    if name == "power":
+        return _power(op, names, out)
+    if name == "where":
+        cond, a, b = (names[id(v)] for v in operands)
+        return f"tl.where({cond}, {a}.to({out}), {b}.to({out}))"
+    cast = [f"{names[id(v)]}.to({out})" for v in operands]
+    if name in _ARITHMETIC:
+        if name == "divide" and op.result.type.dtype not in _FLOATS:
+            raise Unsupported("integer divide")
+        return f"({_ARITHMETIC[name](cast)}).to({out})"
+    if name in _FLOAT_MATH:
+        if op.result.type.dtype not in _FLOATS:
+            raise Unsupported(f"{name} of {op.result.type.dtype}")
+        return f"({_FLOAT_MATH[name](cast)}).to({out})"
+    if name in _COMPARISONS:
+        common = _common(operands)
+        a, b = (f"{names[id(v)]}.to({common})" for v in operands)
+        return f"{a} {_COMPARISONS[name]} {b}"
+    if name in _LOGICAL:
+        a, b = (f"({names[id(v)]} != 0)" for v in operands)
+        return f"{a} {_LOGICAL[name]} {b}"
+    if name == "logical_not":
+        return f"{names[id(operands[0])]} == 0"
+    if name == "isnan":
+        x = names[id(operands[0])]
+        return f"{x} != {x}"
+    raise Unsupported(f"op {name}")
+
+
+def _common(operands: Sequence[Value]) -> str:
+    """The compute type comparisons of these operands run in (numpy's promotion)."""
+    dtypes = {v.type.dtype for v in operands}
+    for candidate in ("f64", "f32", "f16", "bf16", "i64", "i32", "i16", "i8", "u8", "bool"):
+        if candidate in dtypes:
+            if candidate in _FLOATS or len(dtypes) == 1 or not dtypes & {"u16", "u32", "u64"}:
+                return _COMPUTE[candidate]
+    raise Unsupported(f"a comparison of {sorted(dtypes)}")
+
+
+def _power(op: Operation, names: dict[int, str], out: str) -> str:
+    """``x ** c`` for a constant c of 2, 3, 0.5 or -1, the only exponents written out."""
+    base, exponent = op.operands
+    owner = exponent.owner
+    if owner is None or owner.name != "full":
+        raise Unsupported("power with an exponent that is not a constant")
+    c = owner.attrs["value"]
+    x = f"{names[id(base)]}.to({out})"
+    forms = {2: f"{x} * {x}", 3: f"{x} * {x} * {x}", 0.5: f"tl.sqrt({x})", -1: f"1.0 / {x}"}
+    assert op.result is not None
+    if not isinstance(c, (int, float)) or c not in forms or (
+            c in (0.5, -1) and op.result.type.dtype not in _FLOATS):
+        raise Unsupported(f"power {c!r}")
+    return f"({forms[c]}).to({out})"

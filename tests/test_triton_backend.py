@@ -1,0 +1,142 @@
+"""The triton backend: fused elementwise kernels generated as Triton source, cached on disk,
+imported and run (in Triton's interpreter on this CPU machine), against numpy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dtensor_compiler as dtc
+
+pytest.importorskip("triton")
+U = dtc.UNSHARDED
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DTC_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def mesh() -> dtc.Mesh:
+    return dtc.create_mesh([("x", 2), ("y", 4)])
+
+
+def layernorm_gelu(x, g):
+    mu = x.mean(axis=-1, keepdims=True)
+    d = x - mu
+    var = (d * d).mean(axis=-1, keepdims=True)
+    y = d / np.sqrt(var + 1e-5) * g
+    return 0.5 * y * (1.0 + np.tanh(0.79788456 * (y + 0.044715 * y ** 3)))
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5),
+                                        (np.float16, 2e-2), ("bfloat16", 8e-2)])
+def test_fused_kernels_equal_numpy_on_uneven_blocks(mesh, cache, dtype, tol):
+    """10 x 7 over x=2, y=4 (column blocks 2, 2, 2, 1, the last padded); every elementwise op
+    runs in a generated kernel, and the result equals numpy (fp16 and bf16 computed in fp32;
+    the interpreter rounds bf16 stores toward zero, the numpy kernels to nearest, so bf16 is
+    within a few of its ulps)."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    f = dtc.compile(layernorm_gelu, in_layouts=(dtc.Layout(["x", "y"], mesh),
+                                                dtc.Layout(["y"], mesh)), backend="triton")
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((10, 7)).astype(dtype), rng.standard_normal(7).astype(dtype)
+    want = layernorm_gelu(x.astype(np.float64), g.astype(np.float64))
+    got = np.asarray(f(x, g))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol)
+    sources = f.lower(x, g).kernel_sources()
+    ir = f.lower(x, g).ir()
+    assert sources and all(f"body = {name}}}" in ir for name in sources)
+    assert all(f"def {name}(" in text for name, text in sources.items())
+    files = sorted(p.name for p in (cache / "kernels").iterdir())
+    assert len(files) == len(sources)
+    assert all(any(p.startswith(name + "_") for p in files) for name in sources)
+
+
+def test_broadcasting_over_mesh_axes_ranks_and_strided_views(mesh):
+    """A replicated row, a scalar argument and a transposed (strided) operand, in one
+    kernel: the stacked arrays broadcast over the mesh axes they are the same along."""
+    def f(a, row, s, b):
+        return np.maximum(a * row - s, b.T) / 3.0
+
+    layouts = (dtc.Layout(["x", "y"], mesh), dtc.Layout([U], mesh), dtc.Layout([], mesh),
+               dtc.Layout([U, "x"], mesh))
+    c = dtc.compile(f, in_layouts=layouts, backend="triton")
+    rng = np.random.default_rng(2)
+    a, row, b = rng.standard_normal((6, 8)), rng.standard_normal(8), rng.standard_normal((8, 6))
+    s = np.float64(0.25)
+    np.testing.assert_allclose(np.asarray(c(a, row, s, b)), f(a, row, s, b), rtol=1e-14)
+    assert len(c.lower(a, row, s, b).kernel_sources()) == 1
+
+
+def test_an_op_the_templates_do_not_cover_runs_its_body_op_by_op(mesh):
+    f = dtc.compile(lambda a, b: np.arctan2(a, b) + 1.0, in_layouts=(
+        dtc.Layout(["x", U], mesh), dtc.Layout(["x", U], mesh)), backend="triton")
+    a, b = np.linspace(-1, 1, 12).reshape(4, 3), np.full((4, 3), 0.5)
+    np.testing.assert_allclose(np.asarray(f(a, b)), np.arctan2(a, b) + 1.0)
+    (text,) = f.lower(a, b).kernel_sources().values()
+    assert text.startswith("# @lambda_k0_arctan2_add runs op by op on numpy: op arctan2")
+
+
+def test_a_second_process_imports_the_cached_kernels(cache):
+    """The same program in two processes: the first writes the kernel files, the second
+    finds them and writes nothing (their modification times do not change)."""
+    script = textwrap.dedent("""
+        import numpy as np, dtensor_compiler as dtc
+        mesh = dtc.create_mesh([("x", 2)])
+        f = dtc.compile(lambda a: np.exp(a) * 2.0 - a, backend="triton",
+                        in_layouts=dtc.Layout(["x"], mesh))
+        a = np.arange(8.0)
+        assert np.allclose(np.asarray(f(a)), np.exp(a) * 2.0 - a)
+    """)
+    env = {**os.environ, "DTC_CACHE_DIR": str(cache)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    first = {p: p.stat().st_mtime_ns for p in (cache / "kernels").iterdir()}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    assert len(first) == 1
+    assert {p: p.stat().st_mtime_ns for p in (cache / "kernels").iterdir()} == first
+
+
+def test_without_triton_the_backend_says_what_to_install():
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["triton"] = None  # as if it were not installed
+        import dtensor_compiler as dtc
+        try:
+            dtc.compile(lambda a: a, backend="triton")
+        except dtc.DTensorError as e:
+            print(e)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert "backend 'triton' needs the triton package: pip install " \
+           "\"dtensor-compiler[triton]\"" in out
+
+
+def test_dtc_dump_prints_the_fused_stage(tmp_path, cache):
+    program = tmp_path / "prog.py"
+    program.write_text(textwrap.dedent("""
+        import numpy as np
+        import dtensor_compiler as dtc
+        mesh = dtc.create_mesh([("x", 2)])
+
+        @dtc.compile(backend="triton", in_layouts=dtc.Layout(["x"], mesh),
+                     specs=(dtc.TensorSpec((8,), "float32"),))
+        def f(a):
+            return np.exp(a) * 2.0 + 1.0
+    """))
+    out = subprocess.run([sys.executable, "-m", "dtensor_compiler.cli", "dump",
+                          f"{program}:f", "--stage", "fuse"], capture_output=True, text=True,
+                         check=True, timeout=120, cwd=tmp_path).stdout
+    assert "  %0 = kernel %a {body = f_k0_exp_multiply_add} : f32[4] @ {x}\n" in out
+    assert "func @f_k0_exp_multiply_add(%a0: f32[4] @ {x}) -> (f32[4] @ {x}) {\n" in out
