@@ -9,7 +9,9 @@ root's place; the group's ops move, in program order, into a new function of the
 *body*, named after the function, the group's number and the ops it fuses), whose arguments
 are the group's inputs in order of first use and whose result is the root's. Fusable:
 elementwise ops (ufuncs, ``where``, ``astype``, ...) and ``broadcast_to``; ``mask`` is not
-(it reads which elements of its block are padding). A ``full`` an op of the group takes is
+(it reads which elements of its block are padding). A sum, max or min over the last dim of
+its operand alone may be a group's root, its producers then the group's prologue (a row
+kernel); it never joins its consumer's group. A ``full`` an op of the group takes is
 copied into the body rather than passed in, and dropped where it was once nothing there
 uses it. Collectives and every other op are boundaries. Groups of fewer than `min_ops` ops,
 and groups that take nothing but ``full`` values, are left as they are. Values, types and
@@ -30,9 +32,14 @@ from dataclasses import dataclass
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
 from dtensor_compiler.ir.ops.kernel import KERNEL
+from dtensor_compiler.ir.ops.reductions import REDUCTIONS
 from dtensor_compiler.ir.ops.shape import BROADCAST_TO
 from dtensor_compiler.ir.ops.sources import FULL
+from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
+
+_ROW_REDUCTIONS = frozenset(REDUCTIONS[k].name for k in (ReduceOp.SUM, ReduceOp.MAX,
+                                                           ReduceOp.MIN))
 
 
 @register_pass
@@ -62,11 +69,17 @@ class FusePass(ModulePass):
 
 
 def fusable(op: Operation) -> bool:
-    """Whether the fuse pass may put `op` into a kernel."""
+    """Whether the fuse pass may put `op` into a kernel as one of its elementwise ops."""
     definition = opdef.lookup(op.name)
     if len(op.results) != 1 or not definition.pure or definition.fills is not None:
         return False
     return definition.traits.elementwise or op.name == BROADCAST_TO.name
+
+
+def row_reduction(op: Operation) -> bool:
+    """Whether `op` reduces the last dim of its operand alone (a row kernel's root)."""
+    return op.name in _ROW_REDUCTIONS and op.attrs.get("axes") == (
+        op.operands[0].type.rank - 1,)
 
 
 def _groups(func: Function) -> list[list[Operation]]:
@@ -75,13 +88,14 @@ def _groups(func: Function) -> list[list[Operation]]:
     group_of: dict[int, list[Operation]] = {}
     groups: list[list[Operation]] = []
     for op in reversed(func.ops):
-        if not fusable(op):
+        root_only = row_reduction(op)
+        if not root_only and not fusable(op):
             continue
         result = op.result
         assert result is not None
         users = result.users
         group = None
-        if id(result) not in returned and len(users) == 1:
+        if not root_only and id(result) not in returned and len(users) == 1:
             group = group_of.get(id(users[0]))
         if group is None:
             group = []

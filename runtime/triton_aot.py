@@ -5,10 +5,10 @@ with K < 16, fp16 math functions, kernels defined by ``exec``), so CI compiles e
 the tests generated for real targets too: ``python -m dtensor_compiler.runtime.triton_aot
 DIR [--arch 90 --arch 80]`` imports each generated kernel file in DIR (the ``kernels``
 directory of a cache, `triton_backend.cache_dir`) and runs ``triton.compile`` down to a
-cubin for each CUDA architecture, with the argument types the file declares (`SIGNATURE`)
-and a block of 1024. It prints one line per kernel and target and exits 1 naming every
-kernel that failed. It must run without ``TRITON_INTERPRET`` (it refuses otherwise), as a
-process of its own.
+cubin for each CUDA architecture, with the argument types and block sizes the file
+declares (`SIGNATURE`, `AOT_CONSTANTS`; by default a `BLOCK` of 1024). It prints one line
+per kernel and target and exits 1 naming every kernel that failed. It must run without
+``TRITON_INTERPRET`` (it refuses otherwise), as a process of its own.
 """
 
 from __future__ import annotations
@@ -36,14 +36,15 @@ def compile_file(path: Path, archs: list[int]) -> list[str]:
         return [f"{path.name}: {type(e).__name__}: {e}"]
     kernels = [v for v in vars(module).values() if isinstance(v, triton.runtime.JITFunction)]
     signature = dict(getattr(module, "SIGNATURE", {}))
+    constants = dict(getattr(module, "AOT_CONSTANTS", {"BLOCK": 1024}))
     failures = []
     for kernel in kernels:
-        types = {a: signature.get(a, "constexpr" if a == "BLOCK" else "i64")
+        types = {a: signature.get(a, "constexpr" if a in constants else "i64")
                  for a in kernel.arg_names}
         for arch in archs:
             start = time.perf_counter()
             try:
-                compiled = triton.compile(ASTSource(kernel, types, {"BLOCK": 1024}),
+                compiled = triton.compile(ASTSource(kernel, types, constants),
                                           target=GPUTarget("cuda", arch, 32))
                 size = len(compiled.asm["cubin"])
                 print(f"{kernel.__name__}: sm_{arch} cubin {size} bytes "

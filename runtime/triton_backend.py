@@ -1,7 +1,8 @@
 """The triton backend: the simulated mesh, with every fused kernel run as a Triton kernel.
 
 Programs are planned with the fuse pass at the end (`PIPELINE`: every elementwise op, alone
-or in a chain, becomes a ``kernel`` op). Each kernel body's source is generated
+or in a chain, and every sum, max or min over a last dim, with its elementwise prologue,
+becomes a ``kernel`` op). Each kernel body's source is generated
 (`triton_codegen`), written once to a content-hashed file under the kernel cache directory
 (`cache_dir`: ``$DTC_CACHE_DIR``, default ``~/.cache/dtensor-compiler``) and imported from
 there: a GPU launch refuses kernels defined by ``exec``. One launch covers every simulated
@@ -10,7 +11,7 @@ axes are dims of the kernel's index space.
 
 Without a GPU, kernels run in Triton's interpreter: `TRITON_INTERPRET` is set before any
 generated module is imported, and the stacked numpy arrays are handed over as torch CPU
-tensors that share their memory (bfloat16 as its bits). Ops outside kernels (reductions,
+tensors that share their memory (bfloat16 as its bits). Ops outside kernels (other reductions,
 contractions, collectives, ...) and bodies the templates do not cover (`kernel_sources`
 says which and why) run on the numpy backend's kernels.
 """
@@ -31,7 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from dtensor_compiler.errors import DTensorError
+
 if not torch.cuda.is_available():  # read when a kernel is decorated: before any is imported
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise DTensorError("triton was imported before the triton backend on a machine without "
+                           "a GPU, so its own functions (tl.sum) were not made for its "
+                           "interpreter: set TRITON_INTERPRET=1 in the environment, or import "
+                           "triton after using the backend")
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # pinned: Triton 3.10 flips the default
 
@@ -45,7 +53,11 @@ from dtensor_compiler.runtime.executor import ExecContext, KernelFn  # noqa: E40
 from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS, align_local_rank  # noqa: E402
 from dtensor_compiler.runtime.simulated import SimulatedExecutor  # noqa: E402
 from dtensor_compiler.runtime.stacked import StackedStorage  # noqa: E402
-from dtensor_compiler.runtime.triton_codegen import Unsupported, elementwise_source  # noqa: E402
+from dtensor_compiler.runtime.triton_codegen import (  # noqa: E402
+    Generated,
+    Unsupported,
+    kernel_source,
+)
 
 PIPELINE = ("simplify,propagate-layouts,expand-checkpoints,insert-collectives,narrow-early,"
             "mask-padding,localize,fuse{min-ops=1}")
@@ -112,6 +124,20 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def _inputs(aligned: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
+    """The kernel's input tensors and their element strides, one per dim of the index
+    space: a dim an input is broadcast along is read at index 0 (stride 0)."""
+    inputs, strides = [], []
+    for a in aligned:
+        a = a[tuple(slice(0, 1) if n == 1 or s == 0 else slice(None)
+                    for n, s in zip(a.shape, a.strides))]
+        if any(s < 0 for s in a.strides) or (INTERPRETED and not a.flags.c_contiguous):
+            a = a.copy()  # torch takes no negative strides; the interpreter copies storages
+        strides += [0 if n == 1 else s // a.itemsize for n, s in zip(a.shape, a.strides)]
+        inputs.append(_tensor(a))
+    return inputs, strides
+
+
 def _launcher(kernel: Any, op: Operation, body: Function, rank: int,
               mesh_axes: int) -> KernelFn:
     """Operand arrays in, the kernel's output array out (over the operands' broadcast
@@ -122,35 +148,59 @@ def _launcher(kernel: Any, op: Operation, body: Function, rank: int,
 
     def run(*arrays: np.ndarray) -> np.ndarray:
         aligned = [align_local_rank(a, local, mesh_axes) for a in arrays]
-        shape = np.broadcast_shapes(*(a.shape for a in aligned))
+        # the mesh axes any input varies along, then the result's own dims (a broadcast_to
+        # in the body may make them bigger than any input's)
+        shape = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in aligned)) + op.type.shape
         out = np.empty(shape, dtype=dtype)
         if out.size == 0:
             return out
-        inputs, strides = [], []
-        for a in aligned:
-            if any(s < 0 for s in a.strides):
-                a = np.ascontiguousarray(a)
-            # a dim the input is broadcast along is read at index 0 (stride 0)
-            a = a[tuple(slice(0, 1) if n == 1 or s == 0 else slice(None)
-                        for n, s in zip(a.shape, a.strides))]
-            strides += [0 if n == 1 else s // a.itemsize for n, s in zip(a.shape, a.strides)]
-            inputs.append(_tensor(a))
+        inputs, strides = _inputs(aligned)
         block = _block(out.size)
-        kernel[(math.ceil(out.size / block),)](_tensor(out), *inputs, out.size, *shape,
-                                               *strides, BLOCK=block)
+        with np.errstate(all="ignore"):  # (masked lanes compute on anything)
+            kernel[(math.ceil(out.size / block),)](_tensor(out), *inputs, out.size, *shape,
+                                                   *strides, BLOCK=block)
         return out
 
     assert all(r <= local for r in ranks) and rank == mesh_axes + local
     return run
 
 
+def _row_launcher(kernel: Any, op: Operation, body: Function, rank: int,
+                  mesh_axes: int) -> KernelFn:
+    """Operand arrays in, the row reduction's output array out."""
+    reduced = body.ops[-1].operands[0].type
+    local = reduced.rank
+    dtype = numpy_dtype(op.type.dtype)
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        aligned = [align_local_rank(a, local, mesh_axes) for a in arrays]
+        space = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in aligned)) + reduced.shape
+        rows, r = math.prod(space[:-1]), space[-1]
+        out = np.empty(space[:mesh_axes] + op.type.shape, dtype=dtype)
+        if out.size == 0:
+            return out
+        inputs, strides = _inputs(aligned)
+        block_r = 1 << max(0, r - 1).bit_length()
+        per = max(1, min(1 << max(0, rows - 1).bit_length(),
+                         (1 << 16 if INTERPRETED else 4096) // block_r))
+        with np.errstate(all="ignore"):  # (masked lanes compute on anything)
+            kernel[(math.ceil(rows / per),)](_tensor(out), *inputs, rows, r, *space[:-1],
+                                             *strides, ROWS=per, BLOCK_R=block_r)
+        return out
+
+    assert rank == mesh_axes + local
+    return run
+
+
 @TRITON_KERNELS.register_call(KERNEL)
 def _kernel(op: Operation, ctx: ExecContext, body: Function) -> KernelFn | None:
     try:
-        source, rank = elementwise_source(body, ctx.mesh_axes)
+        generated: Generated = kernel_source(body, ctx.mesh_axes)
     except Unsupported:
         return None  # the executor runs the body op by op
-    return _launcher(load_kernel(source, body.name), op, body, rank, ctx.mesh_axes)
+    launch = _row_launcher if generated.template == "rows" else _launcher
+    return launch(load_kernel(generated.source, body.name), op, body, generated.rank,
+                  ctx.mesh_axes)
 
 
 def kernel_sources(module: Module) -> dict[str, str]:
@@ -162,7 +212,7 @@ def kernel_sources(module: Module) -> dict[str, str]:
     for func in module.functions:
         if func.name in bodies:
             try:
-                out[func.name] = elementwise_source(func, axes)[0]
+                out[func.name] = kernel_source(func, axes).source
             except Unsupported as e:
                 out[func.name] = f"# @{func.name} runs op by op on numpy: {e} is not covered\n"
     return out

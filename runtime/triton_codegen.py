@@ -6,10 +6,12 @@ The kernel is named after the body. Each program handles `BLOCK` consecutive ele
 output (contiguous, `rank` dims including the simulated mesh's leading axes); it unravels
 each element's index (int64) and loads every input at ``sum(index[d] * stride[d])``, with a
 stride of 0 along the dims the input is broadcast over, so any broadcasting, any rank and
-any strided view need no copy. Values are computed in fp32 for fp16 and bf16 inputs (the
-math functions want fp32, the GPU too) and in their own dtype otherwise; every op's result
-is cast to its IR dtype's compute type, so the kernel follows numpy's type promotion as the
-IR records it, and the store casts to the output's dtype.
+any strided view need no copy. Values are computed in fp32 for fp16 and bf16 (the math
+functions want fp32, the GPU too), each op's result rounded to its fp16 or bf16 dtype as
+numpy rounds it, and in their own dtype otherwise; every op's result is cast to its IR
+dtype's compute type, so the kernel follows numpy's type promotion as the IR records it, and
+the store casts to the output's dtype. (Triton's interpreter rounds to bf16 toward zero,
+a GPU to nearest as numpy does, so under the interpreter bf16 results may be an ulp off.)
 
 Only `triton.language` itself is used (the interpreter does not patch libdevice), so tanh is
 written with exp (and a Taylor series near 0) and power only takes a constant exponent.
@@ -19,8 +21,12 @@ This module generates text; it imports neither torch nor triton.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from dtensor_compiler.ir.core import Function, Operation, Value
+from dtensor_compiler.ir.types import numpy_dtype
 
 
 class Unsupported(Exception):
@@ -37,6 +43,8 @@ _COMPUTE = {
 """IR dtype -> the Triton dtype values of it are computed in."""
 
 _FLOATS = ("f64", "f32", "f16", "bf16")
+_STORAGE = {"f16": "tl.float16", "bf16": "tl.bfloat16"}
+"""Dtypes computed in fp32 and rounded back after every op."""
 
 
 def _binary(template: str) -> Callable[[list[str]], str]:
@@ -69,6 +77,105 @@ _COMPARISONS = {"equal": "==", "not_equal": "!=", "less": "<", "less_equal": "<=
 _LOGICAL = {"logical_and": "&", "logical_or": "|", "logical_xor": "^"}
 
 
+@dataclass(frozen=True)
+class Generated:
+    """A generated kernel: its source, its template and the rank of its index space."""
+
+    source: str
+    template: str
+    """``elementwise`` (one element per lane) or ``rows`` (a row reduction: rows of the
+    reduced operand per program, the reduced dim across lanes)."""
+    rank: int
+
+
+ROW_REDUCTIONS = {"reduce_sum": "tl.sum", "reduce_max": "tl.max", "reduce_min": "tl.min"}
+
+
+def _identity(kind: str, reduction: Operation) -> str:
+    """What masked lanes hold: the reduction's identity in its result's dtype."""
+    dtype = reduction.type.dtype
+    if kind == "reduce_sum":
+        return "0"
+    if dtype in _FLOATS:
+        return "-float('inf')" if kind == "reduce_max" else "float('inf')"
+    if dtype == "bool":
+        raise Unsupported(f"{kind} of bool")
+    info = np.iinfo(numpy_dtype(dtype))
+    return str(int(info.min if kind == "reduce_max" else info.max))
+
+
+def kernel_source(body: Function, mesh_axes: int) -> Generated:
+    """The kernel of `body`: a row reduction when its last op reduces the last dim (with
+    its elementwise prologue), else an elementwise kernel; `Unsupported` otherwise."""
+    last = body.ops[-1] if body.ops else None
+    if last is not None and last.name in ROW_REDUCTIONS:
+        source, rank = row_reduction_source(body, mesh_axes)
+        return Generated(source, "rows", rank)
+    if last is not None and last.name.startswith("reduce_"):
+        raise Unsupported(f"op {last.name}")
+    source, rank = elementwise_source(body, mesh_axes)
+    return Generated(source, "elementwise", rank)
+
+
+def row_reduction_source(body: Function, mesh_axes: int) -> tuple[str, int]:
+    """The Triton source of a body ending in a reduction over the last dim of its operand,
+    and the rank of that operand's index space (mesh axes included). Each program reduces
+    `ROWS` rows of `BLOCK_R` lanes (the reduced dim, masked to `r` with the reduction's
+    identity; NaN propagates, as in numpy). Arguments: ``out_ptr, in0_ptr, ..., n_rows, r,
+    d0.., s0_0.., ROWS, BLOCK_R``: the output (one element per row, in row order), the
+    inputs, the row count, the reduced dim's size, the dims of the rows and each input's
+    strides along every dim of the operand."""
+    reduction = body.ops[-1]
+    assert reduction.result is not None
+    (operand,) = reduction.operands
+    axes = reduction.attrs["axes"]
+    if axes != (operand.type.rank - 1,):
+        raise Unsupported(f"{reduction.name} over axes {list(axes)}, not the last")  # type: ignore[arg-type]
+    rank = mesh_axes + operand.type.rank
+    names: dict[int, str] = {}
+    lines: list[str] = []
+    for i, arg in enumerate(body.args):
+        offset = " + ".join([*(f"i{d} * s{i}_{d}" for d in range(rank - 1)),
+                             f"cols * s{i}_{rank - 1}"])
+        lines.append(f"a{i} = tl.load(in{i}_ptr + ({offset}), mask=mask).to({_compute(arg)})")
+        names[id(arg)] = f"a{i}"
+    lines += _op_lines(body.ops[:-1], names, "[ROWS, BLOCK_R]")
+    out = _compute(reduction.result)
+    value = names[id(operand)]
+    kind = reduction.name
+    lines.append(f"x = tl.where(mask, {value}.to({out}), {_identity(kind, reduction)})")
+    lines.append(f"total = {ROW_REDUCTIONS[kind]}(x, axis=1)")
+    if kind != "reduce_sum" and operand.type.dtype in _FLOATS:
+        lines.append("total = tl.where(tl.max((x != x).to(tl.int32), axis=1) > 0, "
+                     "float('nan'), total)")
+    ints = ["n_rows", "r", *(f"d{d}" for d in range(rank - 1)),
+            *(f"s{i}_{d}" for i in range(len(body.args)) for d in range(rank))]
+    args = ", ".join(["out_ptr", *(f"in{i}_ptr" for i in range(len(body.args))), *ints,
+                      "ROWS: tl.constexpr", "BLOCK_R: tl.constexpr"])
+    unravel = ["rem = rows"]
+    for d in reversed(range(1, rank - 1)):
+        unravel += [f"i{d} = rem % d{d}", f"rem = rem // d{d}"]
+    if rank > 1:
+        unravel.append("i0 = rem")
+    block_r = 1 << max(0, operand.type.shape[-1] - 1).bit_length()
+    pointers = [("out_ptr", reduction.result),
+                *((f"in{i}_ptr", a) for i, a in enumerate(body.args))]
+    source = "\n".join([
+        *_header(body, _signature(pointers, ints), {"ROWS": max(1, 4096 // block_r),
+                                                    "BLOCK_R": block_r}),
+        f"def {body.name}({args}):",
+        "    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)",
+        "    rows = row[:, None]",
+        "    cols = tl.arange(0, BLOCK_R)[None, :]",
+        "    mask = (rows < n_rows) & (cols < r)",
+        *(f"    {line}" for line in unravel),
+        *(f"    {line}" for line in lines),
+        "    tl.store(out_ptr + row, total.to(out_ptr.dtype.element_ty), mask=row < n_rows)",
+        "",
+    ])
+    return source, rank
+
+
 def elementwise_source(body: Function, mesh_axes: int) -> tuple[str, int]:
     """The Triton source of `body`'s kernel and the rank of the index space it runs over
     (the simulated mesh's `mesh_axes` leading axes plus the result's dims). Arguments:
@@ -84,10 +191,7 @@ def elementwise_source(body: Function, mesh_axes: int) -> tuple[str, int]:
         offset = " + ".join(f"i{d} * s{i}_{d}" for d in range(rank)) or "offs * 0"
         lines.append(f"a{i} = tl.load(in{i}_ptr + ({offset}), mask=mask).to({dtype})")
         names[id(arg)] = f"a{i}"
-    for n, op in enumerate(body.ops):
-        assert op.result is not None
-        names[id(op.result)] = f"v{n}"
-        lines.append(f"v{n} = {_expression(op, names)}")
+    lines += _op_lines(body.ops, names, "[BLOCK]")
     args = ", ".join(["out_ptr", *(f"in{i}_ptr" for i in range(len(body.args))), "n",
                       *(f"d{d}" for d in range(rank)),
                       *(f"s{i}_{d}" for i in range(len(body.args)) for d in range(rank)),
@@ -96,23 +200,13 @@ def elementwise_source(body: Function, mesh_axes: int) -> tuple[str, int]:
     for d in reversed(range(1, rank)):
         unravel += [f"i{d} = rem % d{d}", f"rem = rem // d{d}"]
     unravel.append("i0 = rem" if rank else "")
-    ops = ", ".join(dict.fromkeys(op.name for op in body.ops))
     out = names[id(result)]
     pointers = [("out_ptr", result), *((f"in{i}_ptr", a) for i, a in enumerate(body.args))]
-    signature = {**{name: f"*{_pointee(v)}" for name, v in pointers},
-                 **{name: "i64" for name in ["n", *(f"d{d}" for d in range(rank)),
-                                             *(f"s{i}_{d}" for i in range(len(body.args))
-                                               for d in range(rank))]}}
+    signature = _signature(pointers, ["n", *(f"d{d}" for d in range(rank)),
+                                      *(f"s{i}_{d}" for i in range(len(body.args))
+                                        for d in range(rank))])
     source = "\n".join([
-        f'"""Generated by dtensor-compiler from @{body.name} ({ops})."""',
-        "import triton",
-        "import triton.language as tl",
-        "",
-        f"SIGNATURE = {signature!r}",
-        '"""The argument types, for compiling ahead of time (`runtime.triton_aot`)."""',
-        "",
-        "",
-        "@triton.jit",
+        *_header(body, signature, {"BLOCK": 1024}),
         f"def {body.name}({args}):",
         "    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
         "    mask = offs < n",
@@ -127,6 +221,40 @@ def elementwise_source(body: Function, mesh_axes: int) -> tuple[str, int]:
 _POINTEE = {"f64": "fp64", "f32": "fp32", "f16": "fp16", "bf16": "bf16", "i64": "i64",
             "i32": "i32", "i16": "i16", "i8": "i8", "u8": "u8", "u16": "u16", "u32": "u32",
             "u64": "u64", "bool": "i1"}
+
+
+def _op_lines(ops: Sequence[Operation], names: dict[int, str], block: str) -> list[str]:
+    """One line per elementwise op (``v<n> = ...``), naming each result in `names`."""
+    lines = []
+    for n, op in enumerate(ops):
+        assert op.result is not None
+        names[id(op.result)] = f"v{n}"
+        expression = _expression(op, names, block)
+        storage = _STORAGE.get(op.result.type.dtype)
+        if storage is not None:  # rounded as numpy rounds it, then computed on in fp32
+            expression = f"({expression}).to({storage}).to(tl.float32)"
+        lines.append(f"v{n} = {expression}")
+    return lines
+
+
+def _signature(pointers: Sequence[tuple[str, Value]], ints: Sequence[str]) -> dict[str, str]:
+    return {**{name: f"*{_pointee(v)}" for name, v in pointers}, **dict.fromkeys(ints, "i64")}
+
+
+def _header(body: Function, signature: dict[str, str], constants: dict[str, int]
+            ) -> list[str]:
+    ops = ", ".join(dict.fromkeys(op.name for op in body.ops))
+    return [f'"""Generated by dtensor-compiler from @{body.name} ({ops})."""',
+            "import triton",
+            "import triton.language as tl",
+            "",
+            f"SIGNATURE = {signature!r}",
+            f"AOT_CONSTANTS = {constants!r}",
+            '"""The argument types and block sizes to compile it with ahead of time '
+            '(`runtime.triton_aot`)."""',
+            "",
+            "",
+            "@triton.jit"]
 
 
 def _pointee(value: Value) -> str:
@@ -144,7 +272,7 @@ def _compute(value: Value) -> str:
     return dtype
 
 
-def _expression(op: Operation, names: dict[int, str]) -> str:
+def _expression(op: Operation, names: dict[int, str], block: str) -> str:
     """The Triton expression of one op of a body, cast to its result's compute type."""
     assert op.result is not None
     out = _compute(op.result)
@@ -154,7 +282,7 @@ def _expression(op: Operation, names: dict[int, str]) -> str:
         value = op.attrs["value"]
         if not isinstance(value, (bool, int, float)):
             raise Unsupported(f"full of {value!r}")
-        return f"tl.full([BLOCK], {value!r}, {out})"
+        return f"tl.full({block}, {value!r}, {out})"
     if name in ("broadcast_to", "stop_gradient"):
         return names[id(operands[0])]
     if name == "astype":

@@ -1,5 +1,7 @@
 """Shared pytest setup: golden IR files are tests, ``--update-golden`` regenerates them, and the
-test-only ops of `effect_ops` are registered.
+test-only ops of `effect_ops` are registered. Kernels the triton backend generates go to a
+cache directory of the session's own (``DTC_CACHE_DIR``), not the user's, and run in Triton's
+interpreter (``TRITON_INTERPRET`` is read when triton is imported, so it is set here).
 
 Every ``tests/golden/**/*.dtir`` file is collected as one test that runs its ``// RUN:`` lines
 (see `golden_runner`). ``pytest --update-golden`` rewrites the ``// EXPECTED:`` block of
@@ -9,11 +11,17 @@ See docs/golden.md.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import effect_ops  # noqa: F401  (registers the test-only ops in every test)
 import pytest
 from golden_runner import GOLDEN_DIR, GoldenFailure, run_golden
+
+os.environ["DTC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dtc-test-cache-")
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any test imports triton
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -29,11 +29,18 @@ def _programs(mesh: dtc.Mesh) -> list[tuple[object, tuple[dtc.Layout, ...], tupl
     def select(a, b, n):
         return np.where(a > b, np.sqrt(np.abs(a)), np.exp(-b)).astype(np.float32) + n
 
+    def softmax(a):
+        e = np.exp(a - a.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
     row = (dtc.Layout(["x", "y"], mesh), dtc.Layout(["y"], mesh))
     out = []
     for dtype in (np.float64, np.float32, np.float16):
         x = rng.standard_normal((6, 8)).astype(dtype)
         out.append((gelu, row, (x, x[0])))
+    for dtype in (np.float32, np.float16):
+        out.append((softmax, (dtc.Layout(["x", U], mesh),),
+                    (rng.standard_normal((6, 40)).astype(dtype),)))
     a = rng.standard_normal((6, 8))
     out.append((select, (dtc.Layout(["x", U], mesh),) * 2 + (dtc.Layout(["y"], mesh),),
                 (a, a.T.copy().T, np.arange(8, dtype=np.int32))))

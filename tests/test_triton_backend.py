@@ -140,3 +140,43 @@ def test_dtc_dump_prints_the_fused_stage(tmp_path, cache):
                          check=True, timeout=120, cwd=tmp_path).stdout
     assert "  %0 = kernel %a {body = f_k0_exp_multiply_add} : f32[4] @ {x}\n" in out
     assert "func @f_k0_exp_multiply_add(%a0: f32[4] @ {x}) -> (f32[4] @ {x}) {\n" in out
+
+
+def test_row_reductions_with_their_prologues(mesh):
+    """A sum, max or min over the last dim, with the elementwise ops that feed only it, is
+    one row kernel: softmax is two reductions and two elementwise kernels, RMSnorm's mean of
+    squares one row kernel. Rows of 33 and 130 (not powers of two) are masked; max
+    propagates NaN as numpy's does; reductions over other dims run op by op."""
+    def softmax(a):
+        s = a - a.max(axis=-1, keepdims=True)
+        e = np.exp(s)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def rms(x, g):
+        return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + 1e-6) * g
+
+    def stats(a, n):
+        return np.max(a, axis=-1), np.min(a * 2.0, axis=-1), np.sum(n * 3, axis=-1), \
+            np.sum(a, axis=0)
+
+    rng = np.random.default_rng(3)
+    s = dtc.compile(softmax, in_layouts=dtc.Layout(["x", U], mesh), backend="triton")
+    a = rng.standard_normal((10, 33))
+    np.testing.assert_allclose(np.asarray(s(a)), softmax(a), rtol=1e-13)
+    assert sorted(s.lower(a).kernel_sources()) == [
+        "softmax_k0_reduce_max", "softmax_k1_subtract_exp", "softmax_k2_reduce_sum",
+        "softmax_k3_divide"]
+    r = dtc.compile(rms, in_layouts=(dtc.Layout(["x", U], mesh), dtc.Layout([U], mesh)),
+                    backend="triton")
+    x, g = rng.standard_normal((6, 130)), rng.standard_normal(130)
+    np.testing.assert_allclose(np.asarray(r(x, g)), rms(x, g), rtol=1e-13)
+    assert "def rms_k0_multiply_reduce_sum(" in r.lower(x, g).kernel_sources()[
+        "rms_k0_multiply_reduce_sum"]
+    t = dtc.compile(stats, in_layouts=(dtc.Layout(["y", U], mesh), dtc.Layout(["y", U], mesh)),
+                    backend="triton")
+    a = rng.standard_normal((8, 5))
+    a[2, 3] = np.nan
+    n = rng.integers(-9, 9, (8, 5)).astype(np.int32)
+    for got, want in zip(t(a, n), stats(a, n)):  # (the dim-0 sum adds in another order)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-14)
+        assert np.asarray(got).dtype == want.dtype

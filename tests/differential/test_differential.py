@@ -1,12 +1,14 @@
 """Differential testing: random programs × random meshes × random layouts on the simulated
-mesh must equal plain numpy on the global arrays (planned with the default pipeline or with
-elementwise chains fused into kernels), every device's block of a result must be
+mesh must equal plain numpy on the global arrays (planned with the default pipeline, with
+elementwise chains fused into kernels, or for the triton backend's generated kernels), every
+device's block of a result must be
 the numpy slice of it (sizes are often not divisible by their shards: padding must never show),
 and the results, saved as a checkpoint and restored into other random layouts, must come back
 bit for bit."""
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 
 import numpy as np
@@ -17,6 +19,9 @@ from program_gen import MESH_SHAPES, Program, programs, shardings_for
 
 import dtensor_compiler as dtc
 from dtensor_compiler.passes import FUSED_PIPELINE
+
+TRITON = importlib.util.find_spec("triton") is not None
+"""Whether programs are also drawn for the triton backend (in the interpreter here)."""
 
 MESH_NAMES = ("x", "y", "z")
 
@@ -42,8 +47,9 @@ def cases(draw):
         outs = prog(*[np.zeros(s) for s in prog.input_shapes])
     outs = outs if isinstance(outs, tuple) else (outs,)
     restore_layouts = [(shardings_for(draw, np.shape(o), names), {}) for o in outs]
-    pipeline = FUSED_PIPELINE if draw(st.booleans()) else None
-    return prog, names, sizes, in_layouts, out_layouts, dtype, seed, restore_layouts, pipeline
+    how = draw(st.sampled_from([{}, {}, {"pipeline": FUSED_PIPELINE}, {"backend": "triton"}]
+                               if TRITON else [{}, {"pipeline": FUSED_PIPELINE}]))
+    return prog, names, sizes, in_layouts, out_layouts, dtype, seed, restore_layouts, how
 
 
 def with_partial(draw, dims, names):
@@ -73,7 +79,9 @@ def _layout(spec, mesh):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_random_programs_match_numpy(case):
-    prog, names, sizes, in_specs, out_specs, dtype, seed, restore_specs, pipeline = case
+    prog, names, sizes, in_specs, out_specs, dtype, seed, restore_specs, how = case
+    if how.get("backend") == "triton" and "bf16" in prog.text():
+        reject()  # the interpreter rounds bf16 toward zero (a GPU, like numpy, to nearest)
     mesh = dtc.create_mesh(list(zip(names, sizes)))
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal(s).astype(dtype) for s in prog.input_shapes]
@@ -81,12 +89,11 @@ def test_random_programs_match_numpy(case):
     expected = expected if isinstance(expected, tuple) else (expected,)
     in_layouts = tuple(_layout(spec, mesh) for spec in in_specs)
     out_layouts = None if out_specs is None else tuple(_layout(s, mesh) for s in out_specs)
-    f = dtc.compile(prog, in_layouts=in_layouts, out_layouts=out_layouts, verify=True,
-                    pipeline=pipeline)
+    f = dtc.compile(prog, in_layouts=in_layouts, out_layouts=out_layouts, verify=True, **how)
     # arguments alternate between numpy arrays and DTensors already on the mesh
     args = [dtc.copy_to_mesh(a, layout) if i % 2 else a
             for i, (a, layout) in enumerate(zip(inputs, in_layouts))]
-    note = prog.text() + ("\n(fused)" if pipeline else "")
+    note = prog.text() + (f"\n{how}" if how else "")
     for call in ("first call", "cached call"):  # a program's first run is checked, later
         got = f(*args)                           # ones are its straight-line form
         got = got if isinstance(got, tuple) else (got,)
@@ -127,7 +134,7 @@ def test_random_programs_have_the_right_gradients(case):
     hides a finite difference), through np.round or integer casts (staircases: a finite
     difference across a step is huge), whose loss is not finite, whose one-sided differences
     disagree (a kink within the step), or through complex values (refused) are skipped."""
-    prog, names, sizes, in_specs, _, _, seed, _, pipeline = case
+    prog, names, sizes, in_specs, _, _, seed, _, how = case
     note = prog.text()
     if any(word in note for word in ("float32", "bf16", "np.round", "int8")):
         reject()
@@ -149,7 +156,7 @@ def test_random_programs_have_the_right_gradients(case):
     argnums = tuple(range(len(inputs)))
     f = dtc.compile(lambda *xs: dtc.grad(loss, argnums=argnums)(*xs),
                     in_layouts=tuple(_layout(spec, mesh) for spec in in_specs), verify=True,
-                    pipeline=pipeline)
+                    **how)
     try:
         grads = f(*inputs)
     except dtc.GradientError as e:
