@@ -5,7 +5,8 @@ or in a chain, and every sum, max or min over a last dim, with its elementwise p
 becomes a ``kernel`` op). Each kernel body's source is generated
 (`triton_codegen`), written once to a content-hashed file under the kernel cache directory
 (`cache_dir`: ``$DTC_CACHE_DIR``, default ``~/.cache/dtensor-compiler``) and imported from
-there: a GPU launch refuses kernels defined by ``exec``. One launch covers every simulated
+there: a GPU launch refuses kernels defined by ``exec``. Launch configurations are tuned per
+shape class and kept beside the kernels (`triton_tuning`). One launch covers every simulated
 device at once, since values are held stacked as on the numpy backend (`stacked`): the mesh
 axes are dims of the kernel's index space.
 
@@ -58,6 +59,7 @@ from dtensor_compiler.runtime.triton_codegen import (  # noqa: E402
     Unsupported,
     kernel_source,
 )
+from dtensor_compiler.runtime.triton_tuning import Config, Tuner, size_class  # noqa: E402
 
 PIPELINE = ("simplify,propagate-layouts,expand-checkpoints,insert-collectives,narrow-early,"
             "mask-padding,localize,fuse{min-ops=1}")
@@ -92,8 +94,9 @@ _LOADED: dict[Path, ModuleType] = {}
 _LOCK = threading.Lock()
 
 
-def load_kernel(source: str, name: str) -> Any:
-    """The Triton kernel `name` defined by `source`, imported from its cache file."""
+def load_kernel(source: str, name: str) -> tuple[Any, Tuner]:
+    """The Triton kernel `name` defined by `source`, imported from its cache file, and the
+    tuner of its launch configurations (kept beside it)."""
     path = kernel_file(source, name)
     with _LOCK:
         module = _LOADED.get(path)
@@ -104,15 +107,41 @@ def load_kernel(source: str, name: str) -> Any:
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
             _LOADED[path] = module
-    return getattr(module, name)  # a triton JITFunction, launched as kernel[grid](...)
+    tuner = Tuner(cache_dir() / "tuning" / f"{path.stem}.json")
+    return getattr(module, name), tuner  # a triton JITFunction, launched as kernel[grid](...)
 
 
-def _block(n: int) -> int:
-    """Elements per program: a few large blocks in the interpreter, whose cost is per
-    program; 1024 on a GPU."""
+_LANES = 1 << 16
+"""The most elements one program handles in the interpreter (whose cost is per program and
+nearly independent of the block)."""
+
+
+def _elementwise_configs(n: int) -> list[Config]:
+    """Block sizes to try for `n` elements: in the interpreter one block for all when they
+    fit, else the two largest; on a GPU a few sizes and warp counts."""
+    if INTERPRETED:
+        if n <= _LANES:
+            return [{"BLOCK": max(16, size_class(n))}]
+        return [{"BLOCK": _LANES // 4}, {"BLOCK": _LANES}]
+    return [{"BLOCK": 1024, "num_warps": 4}, {"BLOCK": 2048, "num_warps": 8},
+            {"BLOCK": 4096, "num_warps": 8}]
+
+
+def _row_configs(rows: int, block_r: int) -> list[Config]:
+    """Rows per program to try: every row in one program when they fit the interpreter's
+    lanes, else two sizes; on a GPU a few sizes and warp counts."""
+    if INTERPRETED:
+        if rows * block_r <= _LANES:
+            return [{"ROWS": size_class(rows)}]
+        sizes = [max(1, _LANES // 4 // block_r), max(1, _LANES // block_r)]
+        return [{"ROWS": n} for n in dict.fromkeys(sizes)]
+    return [{"ROWS": max(1, 1024 // block_r), "num_warps": 4},
+            {"ROWS": max(1, 4096 // block_r), "num_warps": 8}]
+
+
+def _synchronize() -> None:
     if not INTERPRETED:
-        return 1024
-    return max(16, min(1 << 16, 1 << max(0, n - 1).bit_length()))
+        torch.cuda.synchronize()
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -138,7 +167,7 @@ def _inputs(aligned: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
     return inputs, strides
 
 
-def _launcher(kernel: Any, op: Operation, body: Function, rank: int,
+def _launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank: int,
               mesh_axes: int) -> KernelFn:
     """Operand arrays in, the kernel's output array out (over the operands' broadcast
     shape; the executor broadcasts it over mesh axes it is the same along)."""
@@ -155,17 +184,21 @@ def _launcher(kernel: Any, op: Operation, body: Function, rank: int,
         if out.size == 0:
             return out
         inputs, strides = _inputs(aligned)
-        block = _block(out.size)
-        with np.errstate(all="ignore"):  # (masked lanes compute on anything)
-            kernel[(math.ceil(out.size / block),)](_tensor(out), *inputs, out.size, *shape,
-                                                   *strides, BLOCK=block)
+        args = (_tensor(out), *inputs, out.size, *shape, *strides)
+
+        def launch(config: Config) -> None:
+            with np.errstate(all="ignore"):  # (masked lanes compute on anything)
+                kernel[(math.ceil(out.size / config["BLOCK"]),)](*args, **config)
+
+        launch(tuner.best(str(size_class(out.size)), _elementwise_configs(out.size), launch,
+                          _synchronize))
         return out
 
     assert all(r <= local for r in ranks) and rank == mesh_axes + local
     return run
 
 
-def _row_launcher(kernel: Any, op: Operation, body: Function, rank: int,
+def _row_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank: int,
                   mesh_axes: int) -> KernelFn:
     """Operand arrays in, the row reduction's output array out."""
     reduced = body.ops[-1].operands[0].type
@@ -180,12 +213,16 @@ def _row_launcher(kernel: Any, op: Operation, body: Function, rank: int,
         if out.size == 0:
             return out
         inputs, strides = _inputs(aligned)
-        block_r = 1 << max(0, r - 1).bit_length()
-        per = max(1, min(1 << max(0, rows - 1).bit_length(),
-                         (1 << 16 if INTERPRETED else 4096) // block_r))
-        with np.errstate(all="ignore"):  # (masked lanes compute on anything)
-            kernel[(math.ceil(rows / per),)](_tensor(out), *inputs, rows, r, *space[:-1],
-                                             *strides, ROWS=per, BLOCK_R=block_r)
+        block_r = size_class(r)
+        args = (_tensor(out), *inputs, rows, r, *space[:-1], *strides)
+
+        def launch(config: Config) -> None:
+            with np.errstate(all="ignore"):  # (masked lanes compute on anything)
+                kernel[(math.ceil(rows / config["ROWS"]),)](*args, BLOCK_R=block_r,
+                                                            **config)
+
+        launch(tuner.best(f"{size_class(rows)}x{block_r}", _row_configs(rows, block_r),
+                          launch, _synchronize))
         return out
 
     assert rank == mesh_axes + local
@@ -198,9 +235,9 @@ def _kernel(op: Operation, ctx: ExecContext, body: Function) -> KernelFn | None:
         generated: Generated = kernel_source(body, ctx.mesh_axes)
     except Unsupported:
         return None  # the executor runs the body op by op
-    launch = _row_launcher if generated.template == "rows" else _launcher
-    return launch(load_kernel(generated.source, body.name), op, body, generated.rank,
-                  ctx.mesh_axes)
+    launcher = _row_launcher if generated.template == "rows" else _launcher
+    return launcher(*load_kernel(generated.source, body.name), op, body, generated.rank,
+                    ctx.mesh_axes)
 
 
 def kernel_sources(module: Module) -> dict[str, str]:

@@ -3,6 +3,7 @@ imported and run (in Triton's interpreter on this CPU machine), against numpy.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -180,3 +181,25 @@ def test_row_reductions_with_their_prologues(mesh):
     for got, want in zip(t(a, n), stats(a, n)):  # (the dim-0 sum adds in another order)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-14)
         assert np.asarray(got).dtype == want.dtype
+
+
+def test_launches_are_tuned_once_per_shape_class_and_remembered(cache):
+    """400,000 elements (both simulated devices in one launch): the interpreter's two block
+    sizes are timed in the first process and the winner written beside the kernel; a second
+    process reads it and times nothing."""
+    script = textwrap.dedent("""
+        import numpy as np, dtensor_compiler as dtc
+        from dtensor_compiler.runtime import triton_tuning
+        mesh = dtc.create_mesh([("x", 2)])
+        f = dtc.compile(lambda a: np.exp(a) * 2.0 - a, backend="triton",
+                        in_layouts=dtc.Layout(["x"], mesh))
+        a = np.linspace(-1.0, 1.0, 400_000)
+        assert np.allclose(np.asarray(f(a)), np.exp(a) * 2.0 - a)
+        print(triton_tuning.TUNING_RUNS)
+    """)
+    env = {**os.environ, "DTC_CACHE_DIR": str(cache)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120,
+                           capture_output=True, text=True).stdout.strip() for _ in range(2)]
+    assert runs == ["2", "0"]
+    (table,) = (cache / "tuning").iterdir()
+    assert list(json.loads(table.read_text())) == ["524288"]  # 400,000 rounded up
