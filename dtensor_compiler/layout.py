@@ -24,8 +24,8 @@ Besides these static layouts, as the reference has (`LayoutType`):
   all single-device layouts on one mesh are equal. Text: ``maximal:true, mesh:<device>``.
 - a *parted* layout (`to_parted`) lays the tensor out in the same blocks as its static
   layout, but marks the blocks as independent parts rather than pieces of one global value.
-  DTensors hold, pack, unpack, relayout and checkpoint parted values like static ones;
-  compiled functions take static layouts only (the reference's semantics of computing on
+  DTensors hold, pack, unpack and relayout parted values like static ones; compiled
+  functions and checkpoints take static layouts only (the reference's semantics of computing on
   parts is itself unsettled). Text: ``parted:dp,unsharded, mesh:<mesh string>``.
 """
 

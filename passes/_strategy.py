@@ -26,15 +26,13 @@ an op that makes it bigger (a broadcast of a ``[rows, 1]`` statistic) is always 
 full: wherever it is resolved later, it is resolved at the bigger size. The compute term
 makes redundant replicated work cost more than sharded work.
 
-One step of lookahead: a result sharded along a dim that a reduction (``reduce_sum`` and the
-like, one operand) reduces away gives the reduction's result pending reductions, so the
-candidate is charged their resolution at that result's size. Of ``labels * log_probs`` laid
-out ``{-, x}`` and ``{x, -}`` and summed over the last dim, the product is best ``{x, -}``.
-(A contraction is not looked through: whether its reduction is the plan, as in a Megatron
-row-parallel matmul, depends on layouts its other operands have not been given yet.)
-
-Ties go to the candidate with more sharded mesh dims, then to the earliest; candidates that
-keep pending reductions come first.
+Ties go first to the candidate whose result is not sharded along a dim that a reduction
+(``reduce_sum`` and the like, one operand) reduces away, as that gives the reduction's result
+pending reductions (of ``labels * log_probs`` laid out ``{-, x}`` and ``{x, -}`` and summed
+over the last dim, the product is best ``{x, -}``); it breaks ties only, since charging it
+as a cost made other plans worse (a gradient's operand all-gathered to spare a small
+all_reduce); then to the candidate with more sharded mesh dims, then to the earliest;
+candidates that keep pending reductions come first.
 """
 
 from __future__ import annotations
@@ -379,9 +377,10 @@ def _options_of(space: FactorSpace, op: Operation, operands: Sequence[Sharding |
 def _ranked(candidates: Sequence[_Candidate], placed: Placed,
             penalties: Sequence[float] = ()) -> tuple[Strategy, ...]:
     """The candidates' strategies with their full cost, best first: an operand's relayout is
-    free when an earlier consumer made that layout, else shared among the twins waiting;
-    plus each candidate's `penalties` entry, if any (what its consumers' reductions cost)."""
-    ranked: list[tuple[float, int, int, Strategy]] = []
+    free when an earlier consumer made that layout, else shared among the twins waiting.
+    Among equal costs, the smaller `penalties` entry (what the consumers' reductions will
+    cost) goes first."""
+    ranked: list[tuple[float, float, int, int, Strategy]] = []
     for n, candidate in enumerate(candidates):
         s = candidate.strategy
         cost = s.cost
@@ -389,13 +388,11 @@ def _ranked(candidates: Sequence[_Candidate], placed: Placed,
                                              placed.made):
             if move and need not in made:
                 cost += move / waiting
-        if penalties:
-            cost += penalties[n]
         if cost != s.cost:
             s = Strategy(s.factors, s.operands, s.result, s.seeds, cost)
-        ranked.append((cost, -candidate.sharded, n, s))
-    ranked.sort(key=lambda r: r[:3])
-    return tuple(r[3] for r in ranked)
+        ranked.append((cost, penalties[n] if penalties else 0.0, -candidate.sharded, n, s))
+    ranked.sort(key=lambda r: r[:4])
+    return tuple(r[4] for r in ranked)
 
 
 def _candidates(space: FactorSpace, known: Sequence[Sharding | None]

@@ -3,11 +3,13 @@
 Expects: a localized module (after localize).
 
 Guarantees: in every function (but the kernel bodies of an earlier run), every maximal
-group of fusable ops in which each op but the last (the group's *root*) has exactly one
-consumer, inside the group, and is not returned, is replaced by one ``kernel`` op at the
-root's place; the group's ops move, in program order, into a new function of the module (its
-*body*, named after the function, the group's number and the ops it fuses), whose arguments
-are the group's inputs in order of first use and whose result is the root's. Fusable:
+group of fusable ops in which every op but the last (the group's *root*) has all its
+consumers inside the group and is not returned, is replaced by one ``kernel`` op at the
+root's place (each value of the group is computed once, however many of its ops use it);
+the group's ops move, in program order, into a new function of the module (its *body*,
+named after the function, a number no other function of the module has, and the ops it
+fuses), whose arguments are the group's inputs in order of first use and whose result is
+the root's. Fusable:
 elementwise ops (ufuncs, ``where``, ``astype``, ...) and ``broadcast_to``; ``mask`` is not
 (it reads which elements of its block are padding). A sum, max or min over the last dim of
 its operand alone may be a group's root, its producers then the group's prologue (a row
@@ -60,8 +62,11 @@ class FusePass(ModulePass):
         for func in [f for f in module.functions if f.name not in bodies]:
             groups = [g for g in _groups(func) if len(g) >= self.min_ops and _takes_input(g)]
             copied: set[int] = set()
-            for n, group in enumerate(groups):
-                module.functions.append(_outline(func, group, n, copied))
+            taken = {f.name for f in module.functions}
+            for group in groups:
+                body = _outline(func, group, taken, copied)
+                taken.add(body.name)
+                module.functions.append(body)
             func.ops = [op for op in func.ops if id(op) not in copied or op.results[0].uses
                         or func.is_result(op.results[0])]
             changed |= bool(groups)
@@ -95,8 +100,10 @@ def _groups(func: Function) -> list[list[Operation]]:
         assert result is not None
         users = result.users
         group = None
-        if not root_only and id(result) not in returned and len(users) == 1:
-            group = group_of.get(id(users[0]))
+        if not root_only and id(result) not in returned and users:
+            theirs = {id(group_of.get(id(u))) for u in users}
+            if len(theirs) == 1:
+                group = group_of.get(id(users[0]))  # every consumer is in that one group
         if group is None:
             group = []
             groups.append(group)
@@ -116,7 +123,8 @@ def _takes_input(group: list[Operation]) -> bool:
                for op in group for v in op.operands)
 
 
-def _outline(func: Function, group: list[Operation], n: int, copied: set[int]) -> Function:
+def _outline(func: Function, group: list[Operation], taken: set[str], copied: set[int]
+             ) -> Function:
     """Move `group` into a body function and put a kernel running it in its root's place;
     add to `copied` the ``full`` ops copied into the body."""
     members = {id(op) for op in group}
@@ -141,6 +149,9 @@ def _outline(func: Function, group: list[Operation], n: int, copied: set[int]) -
             op.set_operand(i, args[id(value)])
     assert root.result is not None
     names = list(dict.fromkeys(op.name for op in group))
+    n = 0
+    while any(t.startswith(f"{func.name}_k{n}_") for t in taken):
+        n += 1  # the first number no function of the module uses yet
     body_name = f"{func.name}_k{n}_{'_'.join(names[:4])}"
     kernel = Operation(KERNEL.name, inputs, [root.result.type], {"body": body_name}, root.loc)
     position = func.ops.index(root)

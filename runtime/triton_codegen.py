@@ -282,7 +282,9 @@ def _expression(op: Operation, names: dict[int, str], block: str) -> str:
         value = op.attrs["value"]
         if not isinstance(value, (bool, int, float)):
             raise Unsupported(f"full of {value!r}")
-        return f"tl.full({block}, {value!r}, {out})"
+        text = repr(value) if not isinstance(value, float) or np.isfinite(value) \
+            else f"float('{value}')"
+        return f"tl.full({block}, {text}, {out})"
     if name in ("broadcast_to", "stop_gradient"):
         return names[id(operands[0])]
     if name == "astype":
@@ -297,6 +299,8 @@ def _expression(op: Operation, names: dict[int, str], block: str) -> str:
         return f"tl.where({cond}, {a}.to({out}), {b}.to({out}))"
     cast = [f"{names[id(v)]}.to({out})" for v in operands]
     if name in _ARITHMETIC:
+        if op.result.type.dtype == "bool" and name not in ("positive",):
+            raise Unsupported(f"{name} of bool")
         if name == "divide" and op.result.type.dtype not in _FLOATS:
             raise Unsupported("integer divide")
         return f"({_ARITHMETIC[name](cast)}).to({out})"
@@ -321,12 +325,13 @@ def _expression(op: Operation, names: dict[int, str], block: str) -> str:
 
 def _common(operands: Sequence[Value]) -> str:
     """The compute type comparisons of these operands run in (numpy's promotion)."""
-    dtypes = {v.type.dtype for v in operands}
-    for candidate in ("f64", "f32", "f16", "bf16", "i64", "i32", "i16", "i8", "u8", "bool"):
-        if candidate in dtypes:
-            if candidate in _FLOATS or len(dtypes) == 1 or not dtypes & {"u16", "u32", "u64"}:
-                return _COMPUTE[candidate]
-    raise Unsupported(f"a comparison of {sorted(dtypes)}")
+    common = np.result_type(*(numpy_dtype(v.type.dtype) for v in operands))
+    names = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "i64",
+             "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "bool"}
+    name = names.get(common.name)
+    if name is None:
+        raise Unsupported(f"a comparison in {common}")
+    return _COMPUTE[name]
 
 
 def _power(op: Operation, names: dict[int, str], out: str) -> str:

@@ -203,3 +203,25 @@ def test_launches_are_tuned_once_per_shape_class_and_remembered(cache):
     assert runs == ["2", "0"]
     (table,) = (cache / "tuning").iterdir()
     assert list(json.loads(table.read_text())) == ["524288"]  # 400,000 rounded up
+
+
+def test_infinite_constants_bools_and_mixed_comparisons(mesh):
+    """-inf masking (a constant of the kernel), bool + bool (numpy's logical or: run op by
+    op) and comparisons in numpy's promoted type (uint8 against int8, int64 against f32)."""
+    layout = dtc.Layout(["x", U], mesh)
+    a = np.array([[1.0, -1.0], [2.0, -3.0]])
+    f = dtc.compile(lambda a: np.where(a > 0, a, -np.inf) * 2, in_layouts=layout,
+                    backend="triton")
+    np.testing.assert_array_equal(np.asarray(f(a)), np.where(a > 0, a, -np.inf) * 2)
+    g = dtc.compile(lambda a, b: (a > 0) + (b > 0), in_layouts=(layout, layout),
+                    backend="triton")
+    b = np.array([[1.0, 1.0], [-2.0, -3.0]])
+    np.testing.assert_array_equal(np.asarray(g(a, b)), (a > 0) + (b > 0))
+    h = dtc.compile(lambda a, b: (a < b) | (a == b), in_layouts=(
+        dtc.Layout(["x"], mesh), dtc.Layout(["x"], mesh)), backend="triton")
+    u, i = np.array([200, 3, 255, 250], np.uint8), np.array([1, 5, -1, -100], np.int8)
+    np.testing.assert_array_equal(np.asarray(h(u, i)), (u < i) | (u == i))
+    big, f32 = np.array([2**24 + 1, 3]), np.array([16777216.0, 3.0], np.float32)
+    k = dtc.compile(lambda a, b: a > b, in_layouts=(dtc.Layout(["x"], mesh),) * 2,
+                    backend="triton")
+    np.testing.assert_array_equal(np.asarray(k(big, f32)), big > f32)
