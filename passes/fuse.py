@@ -12,11 +12,20 @@ fuses), whose arguments are the group's inputs in order of first use and whose r
 the root's. Fusable:
 elementwise ops (ufuncs, ``where``, ``astype``, ...) and ``broadcast_to``; ``mask`` is not
 (it reads which elements of its block are padding). A sum, max or min over the last dim of
-its operand alone may be a group's root, its producers then the group's prologue (a row
-kernel); it never joins its consumer's group. A ``full`` an op of the group takes is
-copied into the body rather than passed in, and dropped where it was once nothing there
-uses it. Collectives and every other op are boundaries. Groups of fewer than `min_ops` ops,
-and groups that take nothing but ``full`` values, are left as they are. Values, types and
+its operand alone is a *row reduction*: it may be a group's root, its producers then the
+group's prologue (a row kernel), and one that keeps its dims also joins its consumers' group
+when the whole group still lies on one row space (`row_space`: every value and every row
+reduction's operand broadcast to one shape whose last dim each row reduction reduces in
+full, and the root is that shape or one element of it per row), so softmax, layernorm,
+RMSnorm, ``argmax`` and ``mean`` with kept dims are each one kernel. A contraction (``matmul``
+or a two-operand ``einsum`` of floats) joins its consumers' group when that group has no
+reduction or contraction and every value in it broadcasts to the contraction's result:
+its epilogue (``gelu(x @ w + b)`` is one kernel); what feeds a contraction never joins it.
+The rules live in `ir.fusion`, which code generators read too. A ``full`` an op of the group
+takes is copied into the body rather than passed in, and dropped where it was once nothing
+there uses it.
+Collectives and every other op are boundaries. Groups of fewer than `min_ops` ops, and
+groups that take nothing but ``full`` values, are left as they are. Values, types and
 every other op are unchanged; a module of one function names it its entry.
 
 ```
@@ -31,17 +40,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.fusion import contraction, fusable, may_join, row_reduction
 from dtensor_compiler.ir.ops.kernel import KERNEL
-from dtensor_compiler.ir.ops.reductions import REDUCTIONS
-from dtensor_compiler.ir.ops.shape import BROADCAST_TO
 from dtensor_compiler.ir.ops.sources import FULL
-from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
-
-_ROW_REDUCTIONS = frozenset(REDUCTIONS[k].name for k in (ReduceOp.SUM, ReduceOp.MAX,
-                                                           ReduceOp.MIN))
 
 
 @register_pass
@@ -73,37 +76,24 @@ class FusePass(ModulePass):
         return changed
 
 
-def fusable(op: Operation) -> bool:
-    """Whether the fuse pass may put `op` into a kernel as one of its elementwise ops."""
-    definition = opdef.lookup(op.name)
-    if len(op.results) != 1 or not definition.pure or definition.fills is not None:
-        return False
-    return definition.traits.elementwise or op.name == BROADCAST_TO.name
-
-
-def row_reduction(op: Operation) -> bool:
-    """Whether `op` reduces the last dim of its operand alone (a row kernel's root)."""
-    return op.name in _ROW_REDUCTIONS and op.attrs.get("axes") == (
-        op.operands[0].type.rank - 1,)
-
-
 def _groups(func: Function) -> list[list[Operation]]:
     """The groups of `func`'s fusable ops, each in program order."""
     returned = {id(v) for v in func.results}
     group_of: dict[int, list[Operation]] = {}
     groups: list[list[Operation]] = []
     for op in reversed(func.ops):
-        root_only = row_reduction(op)
-        if not root_only and not fusable(op):
+        if not (fusable(op) or row_reduction(op) or contraction(op) is not None):
             continue
         result = op.result
         assert result is not None
         users = result.users
         group = None
-        if not root_only and id(result) not in returned and users:
+        if id(result) not in returned and users:
             theirs = {id(group_of.get(id(u))) for u in users}
-            if len(theirs) == 1:
-                group = group_of.get(id(users[0]))  # every consumer is in that one group
+            if len(theirs) == 1:  # every consumer is in that one group
+                joined = group_of.get(id(users[0]))
+                if joined is not None and may_join(op, joined):
+                    group = joined
         if group is None:
             group = []
             groups.append(group)

@@ -1,7 +1,7 @@
 """The triton backend: the simulated mesh, with every fused kernel run as a Triton kernel.
 
 Programs are planned with the fuse pass at the end (`PIPELINE`: every elementwise op, alone
-or in a chain, and every sum, max or min over a last dim, with its elementwise prologue,
+or in a chain, and every sum, max or min over a last dim with the elementwise ops around it,
 becomes a ``kernel`` op). Each kernel body's source is generated
 (`triton_codegen`), written once to a content-hashed file under the kernel cache directory
 (`cache_dir`: ``$DTC_CACHE_DIR``, default ``~/.cache/dtensor-compiler``) and imported from
@@ -57,8 +57,10 @@ from dtensor_compiler.runtime.stacked import StackedStorage  # noqa: E402
 from dtensor_compiler.runtime.triton_codegen import (  # noqa: E402
     Generated,
     Unsupported,
+    body_row_space,
     kernel_source,
 )
+from dtensor_compiler.runtime.triton_contraction import Dim, contraction_plan  # noqa: E402
 from dtensor_compiler.runtime.triton_tuning import Config, Tuner, size_class  # noqa: E402
 
 PIPELINE = ("simplify,propagate-layouts,expand-checkpoints,insert-collectives,narrow-early,"
@@ -200,21 +202,21 @@ def _launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank: in
 
 def _row_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank: int,
                   mesh_axes: int) -> KernelFn:
-    """Operand arrays in, the row reduction's output array out."""
-    reduced = body.ops[-1].operands[0].type
-    local = reduced.rank
+    """Operand arrays in, the row kernel's output array out."""
+    space = body_row_space(body)
+    local = len(space)
     dtype = numpy_dtype(op.type.dtype)
 
     def run(*arrays: np.ndarray) -> np.ndarray:
         aligned = [align_local_rank(a, local, mesh_axes) for a in arrays]
-        space = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in aligned)) + reduced.shape
-        rows, r = math.prod(space[:-1]), space[-1]
-        out = np.empty(space[:mesh_axes] + op.type.shape, dtype=dtype)
+        stacked = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in aligned)) + space
+        rows, r = math.prod(stacked[:-1]), stacked[-1]
+        out = np.empty(stacked[:mesh_axes] + op.type.shape, dtype=dtype)
         if out.size == 0:
             return out
         inputs, strides = _inputs(aligned)
         block_r = size_class(r)
-        args = (_tensor(out), *inputs, rows, r, *space[:-1], *strides)
+        args = (_tensor(out), *inputs, rows, r, *stacked[:-1], *strides)
 
         def launch(config: Config) -> None:
             with np.errstate(all="ignore"):  # (masked lanes compute on anything)
@@ -229,13 +231,85 @@ def _row_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank
     return run
 
 
+def _contraction_configs(m: int, n: int, k: int) -> list[Config]:
+    """Tile sizes to try for an ``m x k`` by ``k x n`` product: in the interpreter one tile as
+    big as the product (at least 16 and at most 128 wide, as a GPU dot needs); on a GPU a
+    few tile shapes, warp counts and pipeline depths."""
+    if INTERPRETED:
+        def wide(size: int) -> int:
+            return min(128, max(16, size_class(size)))
+        return [{"BM": wide(m), "BN": wide(n), "BK": wide(k), "GROUP": 8, "UPCAST": 1}]
+    tiles = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)]
+    return [{"BM": bm, "BN": bn, "BK": bk, "GROUP": 8, "UPCAST": 0, "num_warps": warps,
+             "num_stages": stages} for bm, bn, bk, warps, stages in tiles]
+
+
+def _contraction_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function,
+                          rank: int, mesh_axes: int) -> KernelFn:
+    """Operand arrays in, the contraction group's output array out: every array is passed
+    as it is, with its stride along each dim of the contraction (0 where it lacks the dim
+    or is broadcast along it)."""
+    plan = contraction_plan(body, mesh_axes)
+    sa, sb, so = plan.subscripts
+    local = op.type.rank
+    dtype = numpy_dtype(op.type.dtype)
+    batch, m, n, k = (plan.role(r) for r in ("batch", "m", "n", "k"))
+
+    def along(dims: list[Dim], strides: list[int], letters: str, rank: int) -> list[int]:
+        """An array's strides along `dims`, its local dims named by `letters` (right-aligned
+        to `rank` result dims when `letters` is the result's)."""
+        lead = rank - (len(strides) - mesh_axes)
+        axes = {c: mesh_axes + j - lead for j, c in enumerate(letters) if j >= lead}
+        return [strides[d.mesh_axis] if d.mesh_axis is not None else
+                strides[axes[d.letter]] if d.letter in axes else 0 for d in dims]
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        mesh = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in arrays))
+        out = np.empty(mesh + op.type.shape, dtype=dtype)
+        if out.size == 0:
+            return out
+        tensors, strides = [], []
+        for a in arrays:
+            (t,), s = _inputs([a])
+            tensors.append(t)
+            strides.append(s)
+        sizes = dict(zip(sa, arrays[plan.a].shape[mesh_axes:])) | dict(
+            zip(sb, arrays[plan.b].shape[mesh_axes:]))
+        z = [mesh[d.mesh_axis] if d.mesh_axis is not None else sizes[str(d.letter)]
+             for d in plan.dims]
+        a_rank, b_rank = len(sa), len(sb)
+        ints = [*z, *along(batch + m + k, strides[plan.a], sa, a_rank),
+                *along(batch + k + n, strides[plan.b], sb, b_rank),
+                *along(batch + m + n, [s // out.itemsize for s in out.strides], so, local),
+                *(s for i in plan.loaded
+                  for s in along(batch + m + n, strides[i], so, local))]
+        count = dict(zip((d.name for d in plan.dims), z))
+        sizes_of = [math.prod(count[d.name] for d in dims) for dims in (batch, m, n, k)]
+        b_count, m_size, n_size, k_size = sizes_of
+        args = (_tensor(out), *tensors, *ints)
+
+        def launch(config: Config) -> None:
+            grid = b_count * math.ceil(m_size / config["BM"]) * math.ceil(n_size / config["BN"])
+            with np.errstate(all="ignore"):  # (masked lanes compute on anything)
+                kernel[(grid,)](*args, **config)
+
+        key = "x".join(str(size_class(s)) for s in sizes_of)
+        launch(tuner.best(key, _contraction_configs(m_size, n_size, k_size), launch,
+                          _synchronize))
+        return out
+
+    assert rank == mesh_axes + local
+    return run
+
+
 @TRITON_KERNELS.register_call(KERNEL)
 def _kernel(op: Operation, ctx: ExecContext, body: Function) -> KernelFn | None:
     try:
         generated: Generated = kernel_source(body, ctx.mesh_axes)
     except Unsupported:
         return None  # the executor runs the body op by op
-    launcher = _row_launcher if generated.template == "rows" else _launcher
+    launcher = {"rows": _row_launcher, "contraction": _contraction_launcher}.get(
+        generated.template, _launcher)
     return launcher(*load_kernel(generated.source, body.name), op, body, generated.rank,
                     ctx.mesh_axes)
 

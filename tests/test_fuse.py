@@ -36,7 +36,8 @@ def layernorm_gelu(x, g):
 
 def test_a_fused_program_equals_numpy_on_uneven_blocks(mesh):
     """Rows of 10 over x=2 and columns of 7 over y=4 (blocks 2, 2, 2, 1, padded): the
-    layernorm's elementwise tail and the whole GELU are one kernel; values equal numpy on
+    statistics are row kernels and the layernorm's elementwise tail and the whole GELU one
+    kernel; values equal numpy on
     every call (the first is checked, later ones run as straight-line code)."""
     f = dtc.compile(layernorm_gelu, in_layouts=(dtc.Layout(["x", "y"], mesh),
                                                 dtc.Layout(["y"], mesh)),
@@ -47,9 +48,12 @@ def test_a_fused_program_equals_numpy_on_uneven_blocks(mesh):
         np.testing.assert_allclose(np.asarray(f(x, g)), layernorm_gelu(x, g), rtol=1e-12,
                                    atol=1e-12)
     text = f.lower(x, g).ir()
-    # the normalization and the whole GELU are one kernel (the normalized value has several
-    # consumers, all in it); the statistics' divisions stay ops (below min-ops)
-    assert _kernels(text) == ["layernorm_gelu_k0_add_sqrt_divide_multiply"]
+    # each statistic's local sum and its division by the count are one row kernel, its
+    # all_reduce over y the boundary; the normalization and the whole GELU are one kernel
+    # (the normalized value has several consumers, all in it)
+    assert _kernels(text) == ["layernorm_gelu_k0_reduce_sum_divide",
+                              "layernorm_gelu_k1_reduce_sum_divide",
+                              "layernorm_gelu_k2_add_sqrt_divide_multiply"]
     assert "  %15 = tanh %14 " in text.split("func @layernorm_gelu_k0")[1]
     module = parse_module(text)
     verify_module(module)

@@ -16,6 +16,7 @@ import pytest
 import dtensor_compiler as dtc
 
 pytest.importorskip("triton")
+ml_dtypes = pytest.importorskip("ml_dtypes")
 U = dtc.UNSHARDED
 
 
@@ -41,6 +42,13 @@ def _programs(mesh: dtc.Mesh) -> list[tuple[object, tuple[dtc.Layout, ...], tupl
     for dtype in (np.float32, np.float16):
         out.append((softmax, (dtc.Layout(["x", U], mesh),),
                     (rng.standard_normal((6, 40)).astype(dtype),)))
+    for dtype in (np.float64, np.float32, np.float16, ml_dtypes.bfloat16):  # matmul + GELU
+        x, w = (rng.standard_normal(s).astype(dtype) for s in ((6, 40), (40, 8)))
+        out.append((lambda x, w, g=gelu: g(x @ w, 1.0), (dtc.Layout(["x", U], mesh),
+                                                          dtc.Layout([U, "y"], mesh)), (x, w)))
+    q = rng.standard_normal((2, 5, 3, 8)).astype(np.float32)
+    out.append((lambda q, k: np.einsum("bqhd,bkhd->bhqk", q, k),
+                (dtc.Layout(["x", U, U, U], mesh),) * 2, (q, q)))
     a = rng.standard_normal((6, 8))
     out.append((select, (dtc.Layout(["x", U], mesh),) * 2 + (dtc.Layout(["y"], mesh),),
                 (a, a.T.copy().T, np.arange(8, dtype=np.int32))))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import dtensor_compiler as dtc
+from dtensor_compiler.ir.parser import parse_module
 
 pytest.importorskip("triton")
 U = dtc.UNSHARDED
@@ -143,44 +144,87 @@ def test_dtc_dump_prints_the_fused_stage(tmp_path, cache):
     assert "func @f_k0_exp_multiply_add(%a0: f32[4] @ {x}) -> (f32[4] @ {x}) {\n" in out
 
 
-def test_row_reductions_with_their_prologues(mesh):
-    """A sum, max or min over the last dim, with the elementwise ops that feed only it, is
-    one row kernel: softmax is two reductions and two elementwise kernels, RMSnorm's mean of
-    squares one row kernel. Rows of 33 and 130 (not powers of two) are masked; max
-    propagates NaN as numpy's does; reductions over other dims run op by op."""
-    def softmax(a):
-        s = a - a.max(axis=-1, keepdims=True)
-        e = np.exp(s)
-        return e / e.sum(axis=-1, keepdims=True)
+def _softmax(a):
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
-    def rms(x, g):
-        return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + 1e-6) * g
 
+def _layernorm(x, g, b):
+    mu = x.mean(axis=-1, keepdims=True)
+    d = x - mu
+    return d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + 1e-5) * g + b
+
+
+def _rmsnorm(x, g):
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + 1e-6) * g
+
+
+ROW_PROGRAMS = {
+    "softmax": (_softmax, [(10, 33)]),
+    "layernorm": (_layernorm, [(3, 6, 130), (130,), (1, 130)]),  # rows of 130, g, b
+    "rmsnorm": (_rmsnorm, [(6, 1), (1,)]),  # 1-element rows
+    "argmax": (lambda a: np.argmax(a, axis=-1, keepdims=True), [(12, 7)]),
+    "mean": (lambda a, b: (a * b).mean(axis=-1, keepdims=True), [(2, 9, 5), (9, 1)]),
+}
+
+
+@pytest.mark.parametrize("name", ROW_PROGRAMS)
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-6),
+                                        (np.float16, 4e-3), ("bfloat16", 3e-2)])
+def test_row_programs_are_one_kernel_each(mesh, name, dtype, tol):
+    """Softmax, layernorm, RMSnorm, argmax and mean (kept dims) over rows held whole by
+    each device: the reductions and every elementwise op around them are one row kernel,
+    over odd row lengths (masked), 1-element dims and broadcast operands, equal to numpy in
+    float64 (fp16 and bf16 computed in fp32 and rounded after every op, as the IR's types
+    say; bf16 within the interpreter's truncating rounding)."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    fn, shapes = ROW_PROGRAMS[name]
+    rng = np.random.default_rng(4)
+    args = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    split = ["x" if shapes[0][0] % 2 == 0 else U] + [U] * (len(shapes[0]) - 1)
+    layouts = [dtc.Layout(split, mesh)] + [dtc.Layout([U] * len(s), mesh) for s in shapes[1:]]
+    f = dtc.compile(fn, in_layouts=tuple(layouts), backend="triton")
+    got = np.asarray(f(*args))
+    want = fn(*(a.astype(np.float64) for a in args))
+    if name == "argmax":
+        np.testing.assert_array_equal(got, fn(*args))
+    else:
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol)
+    lowered = f.lower(*args)
+    ops = [op.name for op in parse_module(lowered.ir(stage="fuse")).main.ops]
+    assert [n for n in ops if n != "iota"] == ["kernel"]  # (argmax's indices are an input)
+    (source,) = lowered.kernel_sources().values()
+    assert "tl.sum(" in source or "tl.max(" in source or "tl.min(" in source
+
+
+def test_row_kernels_propagate_nan_and_reduce_ints(mesh):
+    """max and argmax propagate NaN as numpy's do (argmax picks the first NaN); an int32 sum
+    accumulates in int64; a sum over dim 0 is not a row reduction."""
     def stats(a, n):
-        return np.max(a, axis=-1), np.min(a * 2.0, axis=-1), np.sum(n * 3, axis=-1), \
+        return np.max(a, axis=-1), np.argmax(a, axis=-1), np.sum(n * 3, axis=-1), \
             np.sum(a, axis=0)
 
+    layout = dtc.Layout(["y", U], mesh)
+    t = dtc.compile(stats, in_layouts=(layout, layout), backend="triton")
     rng = np.random.default_rng(3)
-    s = dtc.compile(softmax, in_layouts=dtc.Layout(["x", U], mesh), backend="triton")
-    a = rng.standard_normal((10, 33))
-    np.testing.assert_allclose(np.asarray(s(a)), softmax(a), rtol=1e-13)
-    assert sorted(s.lower(a).kernel_sources()) == [
-        "softmax_k0_reduce_max", "softmax_k1_subtract_exp", "softmax_k2_reduce_sum",
-        "softmax_k3_divide"]
-    r = dtc.compile(rms, in_layouts=(dtc.Layout(["x", U], mesh), dtc.Layout([U], mesh)),
-                    backend="triton")
-    x, g = rng.standard_normal((6, 130)), rng.standard_normal(130)
-    np.testing.assert_allclose(np.asarray(r(x, g)), rms(x, g), rtol=1e-13)
-    assert "def rms_k0_multiply_reduce_sum(" in r.lower(x, g).kernel_sources()[
-        "rms_k0_multiply_reduce_sum"]
-    t = dtc.compile(stats, in_layouts=(dtc.Layout(["y", U], mesh), dtc.Layout(["y", U], mesh)),
-                    backend="triton")
     a = rng.standard_normal((8, 5))
-    a[2, 3] = np.nan
+    a[2, 3] = a[2, 4] = np.nan
     n = rng.integers(-9, 9, (8, 5)).astype(np.int32)
     for got, want in zip(t(a, n), stats(a, n)):  # (the dim-0 sum adds in another order)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-14)
         assert np.asarray(got).dtype == want.dtype
+
+
+def test_a_sharded_row_is_reduced_across_devices_between_kernels(mesh):
+    """Softmax over rows split across y: each device's partial maxima and sums are
+    all-reduced, so the row kernel ends at each reduction and the values still equal
+    numpy."""
+    f = dtc.compile(_softmax, in_layouts=dtc.Layout(["x", "y"], mesh), backend="triton")
+    a = np.random.default_rng(5).standard_normal((6, 10))
+    np.testing.assert_allclose(np.asarray(f(a)), _softmax(a), rtol=1e-13)
+    assert [c.kind for c in f.lower(a).collectives()] == ["all_reduce", "all_reduce"]
 
 
 def test_launches_are_tuned_once_per_shape_class_and_remembered(cache):
@@ -225,3 +269,56 @@ def test_infinite_constants_bools_and_mixed_comparisons(mesh):
     k = dtc.compile(lambda a, b: a > b, in_layouts=(dtc.Layout(["x"], mesh),) * 2,
                     backend="triton")
     np.testing.assert_array_equal(np.asarray(k(big, f32)), big > f32)
+
+
+CONTRACTIONS = {  # name: (function, operand shapes, layouts as dim names per operand)
+    "matmul_gelu": (lambda x, w, b: _gelu(x @ w + b), [(10, 37), (37, 20), (20,)],
+                    [["x", U], [U, "y"], ["y"]]),
+    "batched_broadcast": (lambda a, b: np.matmul(a, b) * 2.0, [(3, 1, 4, 5), (2, 5, 6)],
+                          [[U] * 4, [U] * 3]),
+    "attention_scores": (lambda q, k: np.einsum("bqhd,bkhd->bhqk", q, k) / 4.0,
+                         [(2, 5, 3, 8), (2, 7, 3, 8)], [["x", U, U, U], ["x", U, U, U]]),
+    "two_summed_letters": (lambda a, b: np.einsum("ijk,jkl->il", a, b), [(6, 3, 5), (3, 5, 9)],
+                           [["x", U, U], [U, U, U]]),
+    "matvec": (lambda a, v: np.einsum("mk,k->m", a, v) - 1.0, [(9, 17), (17,)],
+               [["x", U], [U]]),
+    "vector_matmul": (lambda v, a: v @ a, [(17,), (17, 9)], [[U], [U, "x"]]),
+    "outer": (lambda a, b: np.einsum("i,j->ij", a, b), [(5,), (7,)], [[U], [U]]),
+    "split_contracted": (lambda x, w: x @ w, [(8, 12), (12, 6)], [[U, "y"], ["y", U]]),
+}
+
+
+def _gelu(y):
+    return 0.5 * y * (1.0 + np.tanh(0.79788456 * (y + 0.044715 * y ** 3)))
+
+
+@pytest.mark.parametrize("name", CONTRACTIONS)
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5),
+                                        (np.float16, 1e-2), ("bfloat16", 5e-2)])
+def test_contractions_with_their_epilogues_are_one_kernel(mesh, name, dtype, tol):
+    """matmul, batched matmul with broadcast batch dims, einsums with several batch, free
+    and summed letters, matrix-vector and outer products: one tiled kernel each with the
+    elementwise ops after it, over sizes no block divides (masked), accumulated in fp32
+    (fp64 for fp64) and rounded to the result's dtype as numpy rounds it. A contracted dim
+    split over y leaves a pending sum, reduced after the kernel."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    fn, shapes, dims = CONTRACTIONS[name]
+    rng = np.random.default_rng(6)
+    args = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    try:
+        numpy_dtype = fn(*args).dtype  # (numpy's bf16 matmul gives float32)
+    except TypeError:
+        pytest.skip("numpy's einsum has no loop for bfloat16 (nor has ours, as numpy)")
+    layouts = tuple(dtc.Layout(d, mesh) for d in dims)
+    f = dtc.compile(fn, in_layouts=layouts, backend="triton")
+    got = np.asarray(f(*args))
+    want = fn(*(a.astype(np.float64) for a in args))
+    assert got.dtype == numpy_dtype
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * scale)
+    lowered = f.lower(*args)
+    ops = [op.name for op in parse_module(lowered.ir(stage="fuse")).main.ops]
+    assert [n for n in ops if n not in ("all_reduce", "reshape")] == ["kernel"]
+    (source,) = lowered.kernel_sources().values()
+    assert "tl.dot(" in source

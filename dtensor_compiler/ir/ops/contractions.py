@@ -39,7 +39,7 @@ def _matmul(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorTyp
              matmul_shape(ts[0].shape, ts[1].shape))]
 
 
-def _matmul_letters(a: TensorType, b: TensorType) -> tuple[str, str, str]:
+def matmul_letters(a: TensorType, b: TensorType) -> tuple[str, str, str]:
     """numpy's matmul of `a` and `b` as einsum subscripts (operands, result): a vector is a
     row of ``a`` or a column of ``b``; batch dims broadcast from the right, and a batch dim
     of size 1 against a bigger one gets a letter of its own."""
@@ -65,7 +65,7 @@ def _matmul_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     transposes in between, so a layout the forward already made of an operand serves the
     backward too), summing over the batch dims an operand was broadcast along."""
     a, b = op.operands
-    sa, sb, out = _matmul_letters(a.type, b.type)
+    sa, sb, out = matmul_letters(a.type, b.type)
     cotangents: list[Value | None] = []
     for i, (v, mine, other, w) in enumerate(((a, sa, sb, b), (b, sb, sa, a))):
         if not ad.wants(i) or not differentiable(v.type):

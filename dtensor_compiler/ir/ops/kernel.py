@@ -1,9 +1,10 @@
 """Fused kernels: ``kernel``, one group of per-device ops run as one launch.
 
-The fuse pass (`passes/fuse.py`) groups chains of elementwise ops of a localized module and
-moves each group into a function of its own, the group's *body*; a ``kernel`` op in the
-entry function runs it. Its operands are the body's arguments and its result is the body's
-result, type for type (the verifier checks both):
+The fuse pass (`passes/fuse.py`) groups chains of elementwise ops of a localized module (with
+the row reductions among them, `ir.fusion`) and moves each group into a function of its
+own, the group's *body*; a ``kernel`` op in the entry function runs it. Its operands are the
+body's arguments and its result is the body's result, type for type (the verifier checks
+both):
 
 ```
 %3 = kernel %0, %1 {body = step_k0_subtract_exp} : f32[4,8] @ {x, -}
@@ -43,7 +44,8 @@ def _declared(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorT
 
 
 def _no_padding_reads(op: Operation) -> list[PaddingRead]:
-    return []  # a body of elementwise ops reads padding only into padding
+    return []  # elementwise ops read padding only into padding; the row reductions of a
+    # body reduce values the mask-padding pass masked before fusion
 
 
 KERNEL = register(OpDef(
