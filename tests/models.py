@@ -17,6 +17,19 @@ def layernorm(x, g):
     return (x - mu) / np.sqrt(var + 1e-5) * g
 
 
+def gelu(y):
+    """GELU's tanh form."""
+    return 0.5 * y * (1.0 + np.tanh(0.79788456 * (y + 0.044715 * y ** 3)))
+
+
+def layernorm_gelu(x, g):
+    """A layernorm (without bias) and a GELU, for the fusion tests."""
+    mu = x.mean(axis=-1, keepdims=True)
+    d = x - mu
+    var = (d * d).mean(axis=-1, keepdims=True)
+    return gelu(d / np.sqrt(var + 1e-5) * g)
+
+
 def softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)

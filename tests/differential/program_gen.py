@@ -104,7 +104,8 @@ def programs(draw) -> Program:
                                      "int8_compare", "any_all", "round", "flip", "roll", "pad",
                                      "triangle", "sort", "norm", "cumprod", "complex_parts",
                                      "mT", "einsum3", "more_ufuncs", "prod",
-                                     "relayout_like"]))
+                                     "relayout_like", "linear", "rmsnorm", "argmax_kept",
+                                     "batched_matmul"]))
         if kind == "relayout_like":  # another value's layout, chosen by propagation
             y = draw(st.sampled_from(sorted(n for n, t in shapes.items() if len(t) == len(s))))
             add(f"dtc.relayout_like({x}, {y})", lambda e, x=x, y=y: _relayout_like(e[x], e[y]),
@@ -141,6 +142,24 @@ def programs(draw) -> Program:
         elif kind == "matmul":
             w = new_input((s[-1], draw(st.sampled_from(DIM_SIZES))))
             add(f"{x} @ {w}", lambda e, x=x, w=w: e[x] @ e[w], s[:-1] + shapes[w][1:])
+        elif kind == "linear":  # a matmul with a bias and relu after it (an epilogue)
+            w = new_input((s[-1], draw(st.sampled_from(DIM_SIZES))))
+            b = new_input(shapes[w][1:])
+            add(f"np.maximum({x} @ {w} + {b}, 0)",
+                lambda e, x=x, w=w, b=b: np.maximum(e[x] @ e[w] + e[b], 0),
+                s[:-1] + shapes[w][1:])
+        elif kind == "batched_matmul" and len(s) >= 2:  # a stack against one matrix or many
+            w = new_input((s[0], s[-1], 3) if len(s) == 3 and draw(st.booleans())
+                          else (s[-1], 3))
+            add(f"{x} @ {w} * 0.5", lambda e, x=x, w=w: (e[x] @ e[w]) * 0.5,
+                np.broadcast_shapes(s[:-2], shapes[w][:-2]) + s[-2:-1] + (3,))
+        elif kind == "rmsnorm":
+            add(f"rmsnorm({x})",
+                lambda e, x=x: e[x] / np.sqrt((e[x] * e[x]).mean(axis=-1, keepdims=True)
+                                              + 1e-6), s)
+        elif kind == "argmax_kept":
+            add(f"{x}.argmax(axis=-1, keepdims=True) * 1.0",
+                lambda e, x=x: e[x].argmax(axis=-1, keepdims=True) * 1.0, s[:-1] + (1,))
         elif kind == "einsum" and len(s) == 3:
             w = new_input((s[2], draw(st.sampled_from(DIM_SIZES))))
             add(f"np.einsum('abc,cd->abd', {x}, {w})",
