@@ -209,7 +209,10 @@ class Layout:
         return self._sharding
 
     def num_shards(self, idx: int) -> int:
-        """How many blocks tensor dim `idx` is split into (1 when whole, -1 for MATCH)."""
+        """How many blocks tensor dim `idx` is split into (1 when whole, -1 for MATCH; 1 for
+        any dim of a single-device layout of no rank)."""
+        if self.is_single_device() and not self._specs:
+            return 1
         spec = self._specs[idx]
         if spec == MATCH:
             return -1
@@ -244,14 +247,17 @@ class Layout:
         return self._parted
 
     def delete(self, dims: Sequence[int]) -> Layout:
-        """This layout without the tensor dims `dims` (negative indices allowed)."""
+        """This layout without the tensor dims `dims` (negative indices allowed; a
+        single-device layout of no rank stays as it is)."""
+        if self.is_single_device() and not self._specs:
+            return self
         drop = {d % self.rank for d in dims}
         return Layout([s for i, s in enumerate(self._specs) if i not in drop], self._mesh,
                       self._partial, parted=self._parted)
 
     # -- shapes --------------------------------------------------------------------------------
     def _check_shape(self, shape: Sequence[int]) -> None:
-        if len(shape) != self.rank:
+        if len(shape) != self.rank and not (self.is_single_device() and not self._specs):
             raise LayoutError(f"layout {self.short_text()} has rank {self.rank} but the shape "
                               f"{list(shape)} has rank {len(shape)}")
 
@@ -261,6 +267,8 @@ class Layout:
         trailing blocks hold fewer valid elements (see `block_shapes`)."""
         self._check_shape(global_shape)
         shape = tuple(int(s) for s in global_shape)
+        if self.is_single_device():
+            return shape  # the whole tensor on its one device
         return geometry.local_shape(shape, self.sharding.dims, self._mesh.mesh_shape())
 
     def global_shape_from_local_shape(self, local_shape: Sequence[int]) -> tuple[int, ...]:
@@ -277,6 +285,8 @@ class Layout:
         shape = tuple(int(s) for s in global_shape)
         if any(n < 0 for n in shape):
             raise LayoutError(f"shape {list(shape)} has a negative dim")
+        if self.is_single_device():
+            return [shape]
         mesh = self._mesh.mesh_shape()
         return [geometry.device_block(shape, self.sharding.dims, mesh,
                                       geometry.device_coords(dev, mesh))[1]

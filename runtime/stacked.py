@@ -260,7 +260,7 @@ def from_device_shards(shards: Sequence[np.ndarray], sharding: Sharding, mesh: M
         raise ValueError(f"device {ids[bad]} holds a replicated copy of a {sharding.text()} "
                          f"value that differs from the copy on device "
                          f"{ids[int(np.ravel_multi_index(copy, sizes))]}")
-    return np.ascontiguousarray(first)
+    return np.ascontiguousarray(first).reshape(np.shape(first))  # (it makes 0-d arrays 1-d)
 
 
 class StackedStorage:

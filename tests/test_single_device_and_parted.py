@@ -53,6 +53,20 @@ def test_single_device_layouts_take_any_rank_and_are_all_equal(one):
     assert dtc.Layout.from_string(dtc.Layout([U, U], one).to_string()) == layout
 
 
+def test_a_rank_less_single_device_layout_answers_for_any_shape(one):
+    """Shape questions of a single-device layout of no rank are about the whole tensor on
+    its device, whatever its rank; a 0-d component packs onto it."""
+    layout = dtc.Layout.from_single_device_mesh(one)
+    assert layout.num_shards(0) == layout.num_shards(2) == 1
+    assert layout.local_shape_from_global_shape([3, 4]) == (3, 4)
+    assert layout.global_shape_from_local_shape([3, 4]) == (3, 4)
+    assert layout.block_shapes((5,)) == [(5,)]
+    assert layout.delete([0]) == layout
+    scalar = dtc.pack([np.float32(2.5)], layout)
+    assert scalar.shape == () and dtc.unpack(scalar)[0].shape == ()
+    assert dtc.unpack(scalar)[0] == np.float32(2.5)
+
+
 def test_single_device_layout_errors(one, mesh):
     with pytest.raises(dtc.LayoutError, match="needs a single-device mesh"):
         dtc.Layout.from_single_device_mesh(mesh)
