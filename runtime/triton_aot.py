@@ -50,9 +50,19 @@ def compile_file(path: Path, archs: list[int]) -> list[str]:
                 print(f"{kernel.__name__}: sm_{arch} cubin {size} bytes "
                       f"({time.perf_counter() - start:.2f} s)")
             except Exception as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                failures.append(f"{kernel.__name__} ({path.name}) on sm_{arch}: {first}")
+                failures.append(f"{kernel.__name__} ({path.name}) on sm_{arch}: {_why(e)}")
     return failures
+
+
+def _why(error: Exception) -> str:
+    """A compile error in one line: Triton's error, then where in the kernel it is (its
+    message starts with the place, shows the source line, and ends with the error)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if len(lines) == 1:
+        return lines[0]
+    return f"{lines[-1].strip()} ({lines[0].strip().rstrip(':')})"
 
 
 def main(argv: list[str] | None = None) -> int:

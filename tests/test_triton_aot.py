@@ -93,4 +93,5 @@ def test_a_kernel_only_the_gpu_compiler_rejects_fails_the_check(tmp_path):
     '''))
     done = _aot(tmp_path)
     assert done.returncode == 1
-    assert "FAILED half_exp (half_exp.py) on sm_90" in done.stderr
+    assert "FAILED half_exp (half_exp.py) on sm_90: Expected dtype ['fp32', 'fp64'] but got " \
+           "fp16 (at 3:26)" in done.stderr
