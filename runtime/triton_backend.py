@@ -1,20 +1,23 @@
 """The triton backend: the simulated mesh, with every fused kernel run as a Triton kernel.
 
 Programs are planned with the fuse pass at the end (`PIPELINE`: every elementwise op, alone
-or in a chain, and every sum, max or min over a last dim with the elementwise ops around it,
-becomes a ``kernel`` op). Each kernel body's source is generated
-(`triton_codegen`), written once to a content-hashed file under the kernel cache directory
-(`cache_dir`: ``$DTC_CACHE_DIR``, default ``~/.cache/dtensor-compiler``) and imported from
-there: a GPU launch refuses kernels defined by ``exec``. Launch configurations are tuned per
-shape class and kept beside the kernels (`triton_tuning`). One launch covers every simulated
-device at once, since values are held stacked as on the numpy backend (`stacked`): the mesh
-axes are dims of the kernel's index space.
+or in a chain, every sum, max or min over a last dim with the elementwise ops around it, and
+every float matmul or einsum with its epilogue becomes a ``kernel`` op). Each kernel body's
+source is generated (`triton_codegen`), written once to a content-hashed file under the
+kernel cache directory (`cache_dir`: ``$DTC_CACHE_DIR``, default
+``~/.cache/dtensor-compiler``) and imported from there: a GPU launch refuses kernels defined
+by ``exec``. Launch configurations are tuned per shape class and kept beside the kernels
+(`triton_tuning`). One launch covers every simulated device at once, since values are held
+stacked as on the numpy backend (`stacked`): the mesh axes are dims of the kernel's index
+space.
 
 Without a GPU, kernels run in Triton's interpreter: `TRITON_INTERPRET` is set before any
 generated module is imported, and the stacked numpy arrays are handed over as torch CPU
-tensors that share their memory (bfloat16 as its bits). Ops outside kernels (other reductions,
-contractions, collectives, ...) and bodies the templates do not cover (`kernel_sources`
-says which and why) run on the numpy backend's kernels.
+tensors that share their memory (bfloat16 as its bits). With one, each launch copies its
+operands to the GPU and its result back (values do not stay on the GPU between ops yet).
+Ops outside kernels (other reductions, int contractions, collectives, ...) and bodies the
+templates do not cover (`kernel_sources` says which and why) run on the numpy backend's
+kernels.
 """
 
 from __future__ import annotations
@@ -155,18 +158,38 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+DEVICE = "cpu" if INTERPRETED else "cuda"
+"""Where kernels run: the interpreter's CPU tensors, or the GPU."""
+
+
 def _inputs(aligned: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
-    """The kernel's input tensors and their element strides, one per dim of the index
-    space: a dim an input is broadcast along is read at index 0 (stride 0)."""
+    """The kernel's input tensors (on `DEVICE`) and their element strides, one per dim of
+    the index space: a dim an input is broadcast along is read at index 0 (stride 0)."""
     inputs, strides = [], []
     for a in aligned:
         a = a[tuple(slice(0, 1) if n == 1 or s == 0 else slice(None)
                     for n, s in zip(a.shape, a.strides))]
         if any(s < 0 for s in a.strides) or (INTERPRETED and not a.flags.c_contiguous):
             a = a.copy()  # torch takes no negative strides; the interpreter copies storages
-        strides += [0 if n == 1 else s // a.itemsize for n, s in zip(a.shape, a.strides)]
-        inputs.append(_tensor(a))
+        t = _tensor(a).to(DEVICE)  # (a copy to the GPU may lay it out anew: strides after)
+        strides += [0 if n == 1 else s for n, s in zip(t.shape, t.stride())]
+        inputs.append(t)
     return inputs, strides
+
+
+class _Output:
+    """A kernel's output array and the tensor the kernel writes: the array's own memory in
+    the interpreter; on a GPU, device memory copied into the array after the launch."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.array = np.empty(shape, dtype=dtype)
+        host = _tensor(self.array)
+        self.tensor = host if INTERPRETED else torch.empty_like(host, device=DEVICE)
+
+    def result(self) -> np.ndarray:
+        if not INTERPRETED:
+            _tensor(self.array).copy_(self.tensor)
+        return self.array
 
 
 def _launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank: int,
@@ -182,19 +205,20 @@ def _launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank: in
         # the mesh axes any input varies along, then the result's own dims (a broadcast_to
         # in the body may make them bigger than any input's)
         shape = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in aligned)) + op.type.shape
-        out = np.empty(shape, dtype=dtype)
-        if out.size == 0:
-            return out
+        out = _Output(shape, dtype)
+        size = out.array.size
+        if size == 0:
+            return out.array
         inputs, strides = _inputs(aligned)
-        args = (_tensor(out), *inputs, out.size, *shape, *strides)
+        args = (out.tensor, *inputs, size, *shape, *strides)
 
         def launch(config: Config) -> None:
             with np.errstate(all="ignore"):  # (masked lanes compute on anything)
-                kernel[(math.ceil(out.size / config["BLOCK"]),)](*args, **config)
+                kernel[(math.ceil(size / config["BLOCK"]),)](*args, **config)
 
-        launch(tuner.best(str(size_class(out.size)), _elementwise_configs(out.size), launch,
+        launch(tuner.best(str(size_class(size)), _elementwise_configs(size), launch,
                           _synchronize))
-        return out
+        return out.result()
 
     assert all(r <= local for r in ranks) and rank == mesh_axes + local
     return run
@@ -211,12 +235,12 @@ def _row_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank
         aligned = [align_local_rank(a, local, mesh_axes) for a in arrays]
         stacked = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in aligned)) + space
         rows, r = math.prod(stacked[:-1]), stacked[-1]
-        out = np.empty(stacked[:mesh_axes] + op.type.shape, dtype=dtype)
-        if out.size == 0:
-            return out
+        out = _Output(stacked[:mesh_axes] + op.type.shape, dtype)
+        if out.array.size == 0:
+            return out.array
         inputs, strides = _inputs(aligned)
         block_r = size_class(r)
-        args = (_tensor(out), *inputs, rows, r, *stacked[:-1], *strides)
+        args = (out.tensor, *inputs, rows, r, *stacked[:-1], *strides)
 
         def launch(config: Config) -> None:
             with np.errstate(all="ignore"):  # (masked lanes compute on anything)
@@ -225,7 +249,7 @@ def _row_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank
 
         launch(tuner.best(f"{size_class(rows)}x{block_r}", _row_configs(rows, block_r),
                           launch, _synchronize))
-        return out
+        return out.result()
 
     assert rank == mesh_axes + local
     return run
@@ -265,9 +289,9 @@ def _contraction_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Functi
 
     def run(*arrays: np.ndarray) -> np.ndarray:
         mesh = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in arrays))
-        out = np.empty(mesh + op.type.shape, dtype=dtype)
-        if out.size == 0:
-            return out
+        out = _Output(mesh + op.type.shape, dtype)
+        if out.array.size == 0:
+            return out.array
         tensors, strides = [], []
         for a in arrays:
             (t,), s = _inputs([a])
@@ -280,13 +304,13 @@ def _contraction_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Functi
         a_rank, b_rank = len(sa), len(sb)
         ints = [*z, *along(batch + m + k, strides[plan.a], sa, a_rank),
                 *along(batch + k + n, strides[plan.b], sb, b_rank),
-                *along(batch + m + n, [s // out.itemsize for s in out.strides], so, local),
+                *along(batch + m + n, list(out.tensor.stride()), so, local),
                 *(s for i in plan.loaded
                   for s in along(batch + m + n, strides[i], so, local))]
         count = dict(zip((d.name for d in plan.dims), z))
         sizes_of = [math.prod(count[d.name] for d in dims) for dims in (batch, m, n, k)]
         b_count, m_size, n_size, k_size = sizes_of
-        args = (_tensor(out), *tensors, *ints)
+        args = (out.tensor, *tensors, *ints)
 
         def launch(config: Config) -> None:
             grid = b_count * math.ceil(m_size / config["BM"]) * math.ceil(n_size / config["BN"])
@@ -296,7 +320,7 @@ def _contraction_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Functi
         key = "x".join(str(size_class(s)) for s in sizes_of)
         launch(tuner.best(key, _contraction_configs(m_size, n_size, k_size), launch,
                           _synchronize))
-        return out
+        return out.result()
 
     assert rank == mesh_axes + local
     return run

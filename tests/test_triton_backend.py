@@ -325,3 +325,21 @@ def test_tanh_is_within_a_few_ulps_of_numpy():
         got, want = np.asarray(f(a)), np.tanh(a)
         ulps = np.abs(got - want) / np.spacing(np.maximum(np.abs(want), np.finfo(dtype).tiny))
         assert ulps.max() <= 16, (dtype, a[ulps.argmax()])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_kernels_run_on_the_gpu(mesh):
+    """On a GPU (never in CI here): a linear layer with its epilogue, a softmax and a fused
+    chain, in bf16 and fp32, equal numpy as in the interpreter."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    def f(x, w, b):
+        return _softmax(gelu(x @ w + b))
+
+    layouts = (dtc.Layout(["x", U], mesh), dtc.Layout([U, "y"], mesh), dtc.Layout(["y"], mesh))
+    c = dtc.compile(f, in_layouts=layouts, backend="triton")
+    rng = np.random.default_rng(7)
+    for dtype, tol in ((np.float32, 1e-5), (ml_dtypes.bfloat16, 3e-2)):
+        x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((64, 96), (96, 128), (128,)))
+        want = f(*(a.astype(np.float64) for a in (x, w, b)))
+        np.testing.assert_allclose(np.asarray(c(x, w, b)).astype(np.float64), want, rtol=tol,
+                                   atol=tol)
