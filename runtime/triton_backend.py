@@ -167,8 +167,8 @@ def _inputs(aligned: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
     the index space: a dim an input is broadcast along is read at index 0 (stride 0)."""
     inputs, strides = [], []
     for a in aligned:
-        a = a[tuple(slice(0, 1) if n == 1 or s == 0 else slice(None)
-                    for n, s in zip(a.shape, a.strides))]
+        a = a[(*(slice(0, 1) if n == 1 or s == 0 else slice(None)
+                 for n, s in zip(a.shape, a.strides)), ...)]  # (`...`: a 0-d stays an array)
         if any(s < 0 for s in a.strides) or (INTERPRETED and not a.flags.c_contiguous):
             a = a.copy()  # torch takes no negative strides; the interpreter copies storages
         t = _tensor(a).to(DEVICE)  # (a copy to the GPU may lay it out anew: strides after)
@@ -201,7 +201,7 @@ def _launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank: in
     dtype = numpy_dtype(op.type.dtype)
 
     def run(*arrays: np.ndarray) -> np.ndarray:
-        aligned = [align_local_rank(a, local, mesh_axes) for a in arrays]
+        aligned = [align_local_rank(np.asarray(a), local, mesh_axes) for a in arrays]
         # the mesh axes any input varies along, then the result's own dims (a broadcast_to
         # in the body may make them bigger than any input's)
         shape = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in aligned)) + op.type.shape
@@ -232,7 +232,7 @@ def _row_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank
     dtype = numpy_dtype(op.type.dtype)
 
     def run(*arrays: np.ndarray) -> np.ndarray:
-        aligned = [align_local_rank(a, local, mesh_axes) for a in arrays]
+        aligned = [align_local_rank(np.asarray(a), local, mesh_axes) for a in arrays]
         stacked = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in aligned)) + space
         rows, r = math.prod(stacked[:-1]), stacked[-1]
         out = _Output(stacked[:mesh_axes] + op.type.shape, dtype)
@@ -287,7 +287,8 @@ def _contraction_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Functi
         return [strides[d.mesh_axis] if d.mesh_axis is not None else
                 strides[axes[d.letter]] if d.letter in axes else 0 for d in dims]
 
-    def run(*arrays: np.ndarray) -> np.ndarray:
+    def run(*given: np.ndarray) -> np.ndarray:
+        arrays = [np.asarray(a) for a in given]  # (a 0-d value may come as a numpy scalar)
         mesh = np.broadcast_shapes(*(a.shape[:mesh_axes] for a in arrays))
         out = _Output(mesh + op.type.shape, dtype)
         if out.array.size == 0:

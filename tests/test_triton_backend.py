@@ -343,3 +343,13 @@ def test_kernels_run_on_the_gpu(mesh):
         want = f(*(a.astype(np.float64) for a in (x, w, b)))
         np.testing.assert_allclose(np.asarray(c(x, w, b)).astype(np.float64), want, rtol=tol,
                                    atol=tol)
+
+
+def test_zero_dim_values_on_a_single_device():
+    """A 0-d value on a mesh without dims (held as a numpy scalar) goes through elementwise
+    and contraction kernels (the launchers indexed it into a scalar torch refuses)."""
+    one = dtc.Layout.from_device("CPU:0")
+    f = dtc.compile(lambda a: np.exp(a) + 1.0, in_layouts=one, backend="triton")
+    assert np.asarray(f(np.float64(3.0))) == np.exp(3.0) + 1.0
+    g = dtc.compile(lambda a, b: a @ b + 1.0, in_layouts=(one, one), backend="triton")
+    assert np.asarray(g(np.arange(3.0), np.arange(3.0))) == 6.0
