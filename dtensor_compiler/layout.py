@@ -211,7 +211,7 @@ class Layout:
     def num_shards(self, idx: int) -> int:
         """How many blocks tensor dim `idx` is split into (1 when whole, -1 for MATCH; 1 for
         any dim of a single-device layout of no rank)."""
-        if self.is_single_device() and not self._specs:
+        if self._any_rank():
             return 1
         spec = self._specs[idx]
         if spec == MATCH:
@@ -242,6 +242,10 @@ class Layout:
         """True for a layout on a single-device mesh."""
         return self._mesh.is_single_device()
 
+    def _any_rank(self) -> bool:
+        """Whether this is a single-device layout of no rank, which fits a tensor of any."""
+        return self.is_single_device() and not self._specs
+
     def is_parted(self) -> bool:
         """True for a parted layout (`to_parted`)."""
         return self._parted
@@ -249,7 +253,7 @@ class Layout:
     def delete(self, dims: Sequence[int]) -> Layout:
         """This layout without the tensor dims `dims` (negative indices allowed; a
         single-device layout of no rank stays as it is)."""
-        if self.is_single_device() and not self._specs:
+        if self._any_rank():
             return self
         drop = {d % self.rank for d in dims}
         return Layout([s for i, s in enumerate(self._specs) if i not in drop], self._mesh,
@@ -257,7 +261,7 @@ class Layout:
 
     # -- shapes --------------------------------------------------------------------------------
     def _check_shape(self, shape: Sequence[int]) -> None:
-        if len(shape) != self.rank and not (self.is_single_device() and not self._specs):
+        if len(shape) != self.rank and not self._any_rank():
             raise LayoutError(f"layout {self.short_text()} has rank {self.rank} but the shape "
                               f"{list(shape)} has rank {len(shape)}")
 
