@@ -44,7 +44,7 @@ from dtensor_compiler.checkpoint import writer
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import LayoutError, TraceError
-from dtensor_compiler.explain import Collective, explain_table
+from dtensor_compiler.explain import Collective, explain_table, kernels_table
 from dtensor_compiler.ir import opdef, reasons
 from dtensor_compiler.ir.collector import collector_paused
 from dtensor_compiler.ir.core import Level, Module
@@ -59,6 +59,7 @@ from dtensor_compiler.passes import DEFAULT_PIPELINE
 from dtensor_compiler.runtime.backends import (
     Backend,
     Executor,
+    KernelRun,
     Storage,
     get_backend,
 )
@@ -181,18 +182,28 @@ class Lowered:
         return list(self._collectives)
 
     def explain(self) -> str:
-        """The table of collectives with bytes, estimated time and reason, and the totals."""
-        return explain_table(self._collectives)
+        """The table of collectives with bytes, estimated time and reason, and the totals;
+        on a backend that generates kernels, then the table of what runs each compute step
+        (`kernel_runs`)."""
+        table = explain_table(self._collectives)
+        runs = self.kernel_runs()
+        return table if not runs else table + "\n" + kernels_table(self.backend.name, runs)
 
     def comm_bytes(self) -> int:
         """Per-device result bytes of all collectives together."""
         return sum(c.bytes for c in self._collectives)
 
+    def kernel_runs(self) -> list[KernelRun]:
+        """What runs each compute step, in program order: a generated kernel, or an op
+        outside the templates and what computes it (the triton backend's; the numpy backend
+        generates no kernels: empty)."""
+        runs = self.backend.kernel_runs
+        return [] if runs is None else runs(self.module)
+
     def kernel_sources(self) -> dict[str, str]:
-        """Generated kernel sources by name (the triton backend's kernels; the numpy
-        backend generates none)."""
-        generate = self.backend.kernel_sources
-        return {} if generate is None else generate(self.module)
+        """Every compute step's source by name (`kernel_runs`): a generated kernel's, or a
+        comment saying what computes an op or a body outside the templates."""
+        return {run.name: run.source for run in self.kernel_runs()}
 
     def prepare(self) -> Executor:
         """The program's executor, made now if it was not yet (it is made at the first run

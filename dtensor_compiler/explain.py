@@ -1,5 +1,6 @@
 """`Collective` records of a compiled program, and their table: what, over which mesh dims,
-how many bytes, how long under the cost model, and why. Shared by `Lowered.explain` and
+how many bytes, how long under the cost model, and why; and the table of what runs each
+compute step on a backend that generates kernels. Shared by `Lowered.explain` and
 `dtc explain`.
 """
 
@@ -9,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dtensor_compiler.ir.printer import format_seconds
+from dtensor_compiler.runtime.backends import KernelRun
 
 HEADERS = ("#", "op", "kind", "mesh dims", "bytes", "time", "why")
+KERNEL_HEADERS = ("#", "kernel", "runs on", "ops", "how")
 _RIGHT_ALIGNED = {"#", "bytes", "time"}
 
 
@@ -59,3 +62,16 @@ def explain_table(records: Sequence[Collective]) -> str:
     total = (f"total: {len(records)} {noun}, {format_bytes(sum(r.bytes for r in records))}, "
              f"{format_seconds(sum(r.seconds for r in records))}\n")
     return table + total
+
+
+def kernels_table(backend: str, runs: Sequence[KernelRun]) -> str:
+    """One row per compute step in program order (a generated kernel, or an op outside the
+    templates and what computes it), then a count per runner."""
+    rows = [(str(i), r.name, r.runs_on, ", ".join(r.ops), r.detail)
+            for i, r in enumerate(runs, 1)]
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.runs_on] = counts.get(r.runs_on, 0) + 1
+    total = ", ".join(f"{n} {runs_on}" for runs_on, n in counts.items())
+    return (f"compute steps on the {backend} backend:\n" + format_table(KERNEL_HEADERS, rows)
+            + f"total: {total}\n")

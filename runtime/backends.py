@@ -51,6 +51,22 @@ class Storage(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class KernelRun:
+    """What runs one compute step of a localized program on a backend."""
+
+    name: str
+    """The kernel's name (its body's), or the printed result of an op run outside one."""
+    runs_on: str
+    """``triton``, ``torch`` or ``numpy``; ``op by op`` for a body run one op at a time."""
+    ops: tuple[str, ...]
+    """The names of the ops it computes."""
+    detail: str
+    """The kernel's template, or for an op by op body why and what runs each op."""
+    source: str
+    """A generated kernel's source; a comment saying what runs the step otherwise."""
+
+
 class Executor(Protocol):
     """Runs the entry function of one localized module."""
 
@@ -76,8 +92,9 @@ class Backend:
     pipeline: str | None = None
     """The pass pipeline programs for this backend are planned with, when the user gives
     none (None: the default pipeline)."""
-    kernel_sources: Callable[[Module], dict[str, str]] | None = None
-    """The source of every kernel the backend generates for a localized module, by name."""
+    kernel_runs: Callable[[Module], list[KernelRun]] | None = None
+    """What runs each compute step of a localized module, in program order (None: a
+    backend that generates no kernels, every op on its kernel table)."""
 
 
 _PROVIDERS: dict[str, str] = {

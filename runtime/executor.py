@@ -136,6 +136,18 @@ class KernelTable:
             return kernel
         return add
 
+    def override(self, *definitions: OpDef) -> Callable[[Kernel], Kernel]:
+        """Decorator: `kernel` replaces the kernel this table has for the ops of
+        `definitions` (a table `extended` from another's)."""
+        def replace(kernel: Kernel) -> Kernel:
+            for definition in definitions:
+                if definition.name not in self._kernels:
+                    raise ValueError(f"{self.backend} has no kernel for {definition.name} "
+                                     "to override")
+                self._kernels[definition.name] = kernel
+            return kernel
+        return replace
+
     def register_in_place(self, *definitions: OpDef) -> Callable[[InPlaceKernel],
                                                                 InPlaceKernel]:
         """Decorator: `kernel` builds the in-place variants of the ops of `definitions`,

@@ -388,12 +388,10 @@ def _scatter_add(op: Operation, ctx: ExecContext) -> KernelFn:
     return run
 
 
-@kernel(padding.MASK)
-def _mask(op: Operation, ctx: ExecContext) -> KernelFn:
-    """Write the fill reduction's identity over the padding along `axes`: in block number
-    ``r``, past its first ``clamp(n - r * c, 0, c)`` elements. Only the trailing blocks of a
-    dim have padding, so this is a copy plus a few slice assignments (cheaper than a select
-    over the whole array)."""
+def padding_regions(op: Operation, ctx: ExecContext) -> list[tuple[int | slice, ...]]:
+    """Where a ``mask`` op writes: in block number ``r`` of each of its `axes`, past the
+    block's first ``clamp(n - r * c, 0, c)`` elements, as index tuples into the stacked
+    array. Only the trailing blocks of a dim have padding."""
     t = op.operands[0].type
     sharding = t.sharding
     assert sharding is not None
@@ -416,7 +414,21 @@ def _mask(op: Operation, ctx: ExecContext) -> KernelFn:
             local = tuple(slice(valid, None) if d == axis else slice(None)
                           for d in range(t.rank))
             regions.append(mesh_index + local)
-    identity = reduction_identity(ReduceOp.parse(op.attrs["fill"]), numpy_dtype(t.dtype))
+    return regions
+
+
+def mask_fill(op: Operation) -> np.generic:
+    """The value a ``mask`` op writes over padding: its fill reduction's identity."""
+    t = op.operands[0].type
+    return reduction_identity(ReduceOp.parse(op.attrs["fill"]), numpy_dtype(t.dtype))
+
+
+@kernel(padding.MASK)
+def _mask(op: Operation, ctx: ExecContext) -> KernelFn:
+    """Write the fill reduction's identity over the padding (`padding_regions`): a copy plus
+    a few slice assignments (cheaper than a select over the whole array)."""
+    regions = padding_regions(op, ctx)
+    identity = mask_fill(op)
 
     def run(x: np.ndarray) -> np.ndarray:
         out = np.array(x)

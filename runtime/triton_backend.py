@@ -15,9 +15,12 @@ Without a GPU, kernels run in Triton's interpreter: `TRITON_INTERPRET` is set be
 generated module is imported, and the stacked numpy arrays are handed over as torch CPU
 tensors that share their memory (bfloat16 as its bits). With one, each launch copies its
 operands to the GPU and its result back (values do not stay on the GPU between ops yet).
-Ops outside kernels (other reductions, int contractions, collectives, ...) and bodies the
-templates do not cover (`kernel_sources` says which and why) run on the numpy backend's
-kernels.
+Ops outside kernels that compute (gathers, scatter-adds, sorts, scans, other reductions,
+integer contractions, ...) run as torch operations on the same device (`torch_kernels`);
+bodies the templates do not cover run op by op, and an op torch does not compute (an
+elementwise op of such a body, a sort of complex numbers) on the numpy kernels. Every
+compute step and what ran it is listed by `kernel_runs` (`Lowered.kernel_sources`,
+`Lowered.explain`). Collectives move the stacked arrays on the host (`stacked_comm`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import math
 import os
 import sys
 import threading
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,41 +38,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtensor_compiler.errors import DTensorError
-
-if not torch.cuda.is_available():  # read when a kernel is decorated: before any is imported
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        raise DTensorError("triton was imported before the triton backend on a machine without "
-                           "a GPU, so its own functions (tl.sum) were not made for its "
-                           "interpreter: set TRITON_INTERPRET=1 in the environment, or import "
-                           "triton after using the backend")
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # pinned: Triton 3.10 flips the default
-
-import triton  # noqa: E402, F401  (a missing package fails here, by name)
-
-from dtensor_compiler.ir.core import Function, Module, Operation  # noqa: E402
-from dtensor_compiler.ir.ops.kernel import KERNEL  # noqa: E402
-from dtensor_compiler.ir.types import numpy_dtype  # noqa: E402
-from dtensor_compiler.runtime.backends import Backend  # noqa: E402
-from dtensor_compiler.runtime.executor import ExecContext, KernelFn  # noqa: E402
-from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS, align_local_rank  # noqa: E402
-from dtensor_compiler.runtime.simulated import SimulatedExecutor  # noqa: E402
-from dtensor_compiler.runtime.stacked import StackedStorage  # noqa: E402
-from dtensor_compiler.runtime.triton_codegen import (  # noqa: E402
+from dtensor_compiler.ir.core import Function, Module, Operation
+from dtensor_compiler.ir.ops.kernel import KERNEL
+from dtensor_compiler.ir.printer import Namer
+from dtensor_compiler.ir.types import numpy_dtype
+from dtensor_compiler.runtime.backends import Backend, KernelRun
+from dtensor_compiler.runtime.executor import ExecContext, KernelFn
+from dtensor_compiler.runtime.kernels_numpy import align_local_rank
+from dtensor_compiler.runtime.simulated import SimulatedExecutor
+from dtensor_compiler.runtime.stacked import StackedStorage
+from dtensor_compiler.runtime.torch_kernels import TORCH_KERNELS, runner
+from dtensor_compiler.runtime.triton_codegen import (
     Generated,
     Unsupported,
     body_row_space,
     kernel_source,
 )
-from dtensor_compiler.runtime.triton_contraction import Dim, contraction_plan  # noqa: E402
-from dtensor_compiler.runtime.triton_tuning import Config, Tuner, size_class  # noqa: E402
+from dtensor_compiler.runtime.triton_contraction import Dim, contraction_plan
+from dtensor_compiler.runtime.triton_device import (
+    DEVICE,
+    INTERPRETED,
+    host_tensor,
+    synchronize,
+)
+from dtensor_compiler.runtime.triton_tuning import Config, Tuner, size_class
 
 PIPELINE = ("simplify,propagate-layouts,expand-checkpoints,insert-collectives,narrow-early,"
             "mask-padding,localize,fuse{min-ops=1}")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-"""Whether kernels run in Triton's interpreter (no GPU)."""
-TRITON_KERNELS = NUMPY_KERNELS.extended("triton")
+TRITON_KERNELS = TORCH_KERNELS.extended("triton")
 
 
 def cache_dir() -> Path:
@@ -144,24 +139,6 @@ def _row_configs(rows: int, block_r: int) -> list[Config]:
             {"ROWS": max(1, 4096 // block_r), "num_warps": 8}]
 
 
-def _synchronize() -> None:
-    if not INTERPRETED:
-        torch.cuda.synchronize()
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """`array` as a torch tensor sharing its memory (bfloat16 through its bits)."""
-    if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
-    with warnings.catch_warnings():  # read-only inputs are only read
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
-
-
-DEVICE = "cpu" if INTERPRETED else "cuda"
-"""Where kernels run: the interpreter's CPU tensors, or the GPU."""
-
-
 def _inputs(aligned: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
     """The kernel's input tensors (on `DEVICE`) and their element strides, one per dim of
     the index space: a dim an input is broadcast along is read at index 0 (stride 0)."""
@@ -171,7 +148,7 @@ def _inputs(aligned: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
                  for n, s in zip(a.shape, a.strides)), ...)]  # (`...`: a 0-d stays an array)
         if any(s < 0 for s in a.strides) or (INTERPRETED and not a.flags.c_contiguous):
             a = a.copy()  # torch takes no negative strides; the interpreter copies storages
-        t = _tensor(a).to(DEVICE)  # (a copy to the GPU may lay it out anew: strides after)
+        t = host_tensor(a).to(DEVICE)  # (a copy to the GPU may lay it out anew: strides after)
         strides += [0 if n == 1 else s for n, s in zip(t.shape, t.stride())]
         inputs.append(t)
     return inputs, strides
@@ -183,12 +160,12 @@ class _Output:
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.array = np.empty(shape, dtype=dtype)
-        host = _tensor(self.array)
+        host = host_tensor(self.array)
         self.tensor = host if INTERPRETED else torch.empty_like(host, device=DEVICE)
 
     def result(self) -> np.ndarray:
         if not INTERPRETED:
-            _tensor(self.array).copy_(self.tensor)
+            host_tensor(self.array).copy_(self.tensor)
         return self.array
 
 
@@ -217,7 +194,7 @@ def _launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank: in
                 kernel[(math.ceil(size / config["BLOCK"]),)](*args, **config)
 
         launch(tuner.best(str(size_class(size)), _elementwise_configs(size), launch,
-                          _synchronize))
+                          synchronize))
         return out.result()
 
     assert all(r <= local for r in ranks) and rank == mesh_axes + local
@@ -248,7 +225,7 @@ def _row_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Function, rank
                                                             **config)
 
         launch(tuner.best(f"{size_class(rows)}x{block_r}", _row_configs(rows, block_r),
-                          launch, _synchronize))
+                          launch, synchronize))
         return out.result()
 
     assert rank == mesh_axes + local
@@ -320,7 +297,7 @@ def _contraction_launcher(kernel: Any, tuner: Tuner, op: Operation, body: Functi
 
         key = "x".join(str(size_class(s)) for s in sizes_of)
         launch(tuner.best(key, _contraction_configs(m_size, n_size, k_size), launch,
-                          _synchronize))
+                          synchronize))
         return out.result()
 
     assert rank == mesh_axes + local
@@ -339,23 +316,40 @@ def _kernel(op: Operation, ctx: ExecContext, body: Function) -> KernelFn | None:
                     ctx.mesh_axes)
 
 
-def kernel_sources(module: Module) -> dict[str, str]:
-    """Every kernel body's generated source, by name; a body the templates do not cover
-    maps to a comment saying why and that it runs op by op."""
-    out = {}
-    bodies = {str(op.attrs["body"]) for op in module.main.ops if op.name == KERNEL.name}
+def kernel_runs(module: Module) -> list[KernelRun]:
+    """What runs each compute step of `module`'s entry function, in program order: every
+    kernel op's generated kernel (or, for a body the templates do not cover, why, and what
+    runs each of its ops), and every other op that computes, with `runner`'s answer."""
     axes = len(module.mesh.dims)
-    for func in module.functions:
-        if func.name in bodies:
+    bodies = {func.name: func for func in module.functions}
+    name = Namer(module.main)
+    runs = []
+    for op in module.main.ops:
+        if op.name == KERNEL.name:
+            body = bodies[str(op.attrs["body"])]
+            ops = tuple(o.name for o in body.ops)
             try:
-                out[func.name] = kernel_source(func, axes).source
+                generated = kernel_source(body, axes)
             except Unsupported as e:
-                out[func.name] = f"# @{func.name} runs op by op on numpy: {e} is not covered\n"
-    return out
+                each = ", ".join(f"{o.name} on {runner(o)}" for o in body.ops if runner(o))
+                detail = f"{e} is not covered: {each}"
+                runs.append(KernelRun(body.name, "op by op", ops, detail,
+                                      f"# @{body.name} runs op by op: {detail}\n"))
+            else:
+                runs.append(KernelRun(body.name, "triton", ops, generated.template,
+                                      generated.source))
+            continue
+        runs_on = runner(op)
+        if runs_on is not None:
+            result = name(op.results[0])
+            where = f"on {DEVICE}" if runs_on == "torch" else "on the host"
+            runs.append(KernelRun(result, runs_on, (op.name,), where,
+                                  f"# {result} = {op.name} runs as a {runs_on} kernel {where}\n"))
+    return runs
 
 
 BACKEND = Backend(name="triton", kernels=TRITON_KERNELS, place=StackedStorage.from_global,
                   from_device_shards=StackedStorage.from_device_shards,
                   executor=lambda module, donated: SimulatedExecutor(
                       module, TRITON_KERNELS, donated=donated),
-                  pipeline=PIPELINE, kernel_sources=kernel_sources)
+                  pipeline=PIPELINE, kernel_runs=kernel_runs)

@@ -1,0 +1,170 @@
+"""The triton backend's ops outside its templates (gathers, scatter-adds, sorts, scans,
+reductions over other axes, integer contractions, concatenation, flips, the padding mask):
+torch computes them on the kernels' device, the values equal numpy's, and `kernel_runs`,
+`kernel_sources` and `explain` say what ran each."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import dtensor_compiler as dtc
+
+pytest.importorskip("triton")
+import torch  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
+
+U = dtc.UNSHARDED
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DTC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+class _Calls(TorchFunctionMode):
+    """Counts the torch functions called on tensors, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names[getattr(func, "__name__", str(func))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+MESH = dtc.create_mesh([("x", 2), ("y", 2)])
+_RNG = np.random.default_rng(7)
+_T = _RNG.standard_normal((8, 5))
+_T7 = _RNG.standard_normal((7, 5))
+_TIES = _RNG.integers(-3, 3, (8, 5))
+_NANS = np.where(_RNG.random((8, 5)) < 0.2, np.nan, _T)
+_I = np.array([[0, 7, -1], [3, 3, 5]])
+_A, _B = _RNG.integers(-9, 9, (6, 4)), _RNG.integers(-9, 9, (4, 3))
+
+
+def _layouts(*specs: list) -> tuple[dtc.Layout, ...]:
+    return tuple(dtc.Layout(s, MESH) for s in specs)
+
+
+def _squares_of_picked(t, i):
+    return np.sum(np.take(t, i, axis=0) ** 2)
+
+
+CASES = {
+    # name: (function, layouts, arguments, ops torch runs, torch functions it calls)
+    "take_of_a_sharded_table": (
+        lambda t, i: np.take(t, i, axis=0), _layouts(["x", U], [U, U]), (_T, _I),
+        {"take"}, {"where"}),
+    "take_of_integers": (
+        lambda t, i: np.take(t, i, axis=1), _layouts([U, "y"], [U, U]), (_TIES, _I % 5),
+        {"take"}, {"movedim"}),
+    "scatter_add_of_take_gradient": (
+        lambda t, i: dtc.grad(_squares_of_picked)(t, i), _layouts([U, "y"], [U, U]), (_T, _I),
+        {"take", "scatter_add"}, {"index_add_"}),
+    "sort_and_stable_argsort_with_ties": (
+        lambda t: np.sort(t, axis=0) * 10 + np.argsort(t, axis=1, kind="stable"),
+        _layouts([U, "y"]), (_TIES,), {"sort", "argsort"}, {"sort"}),
+    "sort_with_nans": (
+        lambda t: np.sort(t, axis=1), _layouts(["x", U]), (_NANS,), {"sort"}, {"sort"}),
+    "cumsum_and_cumprod": (
+        lambda t: np.cumsum(t, axis=0) + np.cumprod(t, axis=1), _layouts([U, "y"]),
+        (_TIES,), {"cumsum", "cumprod"}, {"cumsum", "cumprod"}),
+    "reductions_over_the_first_axis": (
+        lambda t: np.sum(t, axis=0) + np.max(t, axis=0) * np.prod(t, axis=0) - np.min(t, 0),
+        _layouts([U, "y"]), (_NANS,), {"reduce_sum", "reduce_max", "reduce_prod",
+                                       "reduce_min"}, {"sum", "amax", "prod", "amin"}),
+    "argmax_with_ties": (
+        lambda t: np.argmax(t, axis=0), _layouts([U, "y"]), (_TIES,), {"reduce_max"},
+        {"amax"}),
+    "integer_matmul": (
+        lambda a, b: a @ b, _layouts(["x", U], [U, U]), (_A, _B), {"matmul"}, {"einsum"}),
+    "integer_einsum": (
+        lambda a, b: np.einsum("ij,jk->ki", a, b), _layouts(["x", U], [U, "y"]), (_A, _B),
+        {"einsum"}, {"einsum"}),
+    "concatenate_and_flip": (
+        lambda t: np.concatenate([t, np.flip(t, 0)], axis=1), _layouts(["x", U]), (_T,),
+        {"concatenate", "reverse"}, {"cat", "flip"}),
+    "sum_of_uneven_blocks": (
+        lambda t: np.sum(t, axis=0), _layouts(["x", U]), (_T7,), {"mask", "reduce_sum"},
+        {"clone", "sum"}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ops_outside_the_templates_run_on_torch_and_equal_numpy(case):
+    fn, layouts, args, ops, functions = CASES[case]
+    f = dtc.compile(fn, in_layouts=layouts, backend="triton")
+    f.lower(*args).prepare()  # (the kernels are built outside the counted run)
+    with _Calls() as calls:
+        got = np.asarray(f(*args))
+    want = fn(*args)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    runs = f.lower(*args).kernel_runs()
+    on_torch = {r.ops[0] for r in runs if r.runs_on == "torch"}
+    assert ops <= on_torch
+    assert not [r for r in runs if r.runs_on == "numpy"]
+    assert functions <= set(calls.names), calls.names
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_low_precision_sorts_and_scans_run_on_torch(dtype):
+    x = _T.astype(dtype)
+    f = dtc.compile(lambda t: np.sort(t, axis=0) + np.cumsum(t, axis=1, dtype=t.dtype),
+                    in_layouts=_layouts([U, "y"]), backend="triton")
+    got = np.asarray(f(x))
+    assert got.dtype == x.dtype
+    wide = x.astype(np.float32)
+    want = np.sort(wide, axis=0) + np.cumsum(wide, axis=1)
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=5e-2, atol=5e-2)
+    assert {r.runs_on for r in f.lower(x).kernel_runs() if r.ops[0] in ("sort", "cumsum")} \
+        == {"torch"}
+
+
+def test_an_op_torch_does_not_compute_runs_on_numpy_and_says_so():
+    """torch orders no complex numbers; numpy sorts them by real part, then imaginary."""
+    z = _T + 1j * _TIES
+    f = dtc.compile(lambda z: np.sort(z, axis=0), in_layouts=_layouts([U, "y"]),
+                    backend="triton")
+    np.testing.assert_array_equal(np.asarray(f(z)), np.sort(z, axis=0))
+    lowered = f.lower(z)
+    (run,) = lowered.kernel_runs()
+    assert (run.name, run.runs_on, run.ops) == ("%0", "numpy", ("sort",))
+    assert lowered.kernel_sources() == {"%0": "# %0 = sort runs as a numpy kernel on the "
+                                              "host\n"}
+    assert "%0      numpy    sort  on the host" in lowered.explain()
+
+
+def test_explain_lists_every_compute_step_and_what_runs_it():
+    f = dtc.compile(lambda t, i: np.exp(np.take(t, i, axis=0)).sum(axis=0),
+                    in_layouts=_layouts([U, "y"], [U, U]), backend="triton")
+    text = f.lower(_T, _I).explain()
+    assert text.endswith(
+        "compute steps on the triton backend:\n"
+        "#  kernel         runs on  ops         how\n"
+        "1  %0             torch    take        on cpu\n"
+        "2  lambda_k0_exp  triton   exp         elementwise\n"
+        "3  %2             torch    reduce_sum  on cpu\n"
+        "total: 2 torch, 1 triton\n")
+
+
+def test_a_take_index_out_of_bounds_is_an_index_error_naming_the_users_axis():
+    f = dtc.compile(lambda t, i: np.take(t, i, axis=0), in_layouts=_layouts([U, "y"], [U]),
+                    backend="triton")
+    with pytest.raises(IndexError, match="index 8 is out of bounds for axis 0 with size 8"):
+        f(_T, np.array([1, 8]))
+
+
+def test_torch_kernels_share_the_arrays_memory_on_the_cpu():
+    """No copies on the way in: the tensor a torch kernel reads is the array's memory."""
+    from dtensor_compiler.runtime.triton_device import to_device
+    a = np.arange(12.0).reshape(3, 4)[:, 1:]
+    t = to_device(a)
+    assert t.data_ptr() == a.ctypes.data and t.stride() == (4, 1)
+    assert torch.equal(t, torch.tensor(a))
