@@ -138,13 +138,15 @@ class KernelTable:
 
     def override(self, *definitions: OpDef) -> Callable[[Kernel], Kernel]:
         """Decorator: `kernel` replaces the kernel this table has for the ops of
-        `definitions` (a table `extended` from another's)."""
+        `definitions` (a table `extended` from another's), and the in-place variant of the
+        replaced kernel goes (an op keeps none unless one is registered again)."""
         def replace(kernel: Kernel) -> Kernel:
             for definition in definitions:
                 if definition.name not in self._kernels:
                     raise ValueError(f"{self.backend} has no kernel for {definition.name} "
                                      "to override")
                 self._kernels[definition.name] = kernel
+                self._in_place.pop(definition.name, None)
             return kernel
         return replace
 

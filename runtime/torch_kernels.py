@@ -8,11 +8,14 @@ the padding mask) run as torch operations on `DEVICE`, through the kernels of
 take and give stacked numpy arrays (`ctx.mesh_axes` leading mesh axes), handed to torch
 without a copy on the CPU (`triton_device`).
 
+The elementwise ops of a body the templates do not cover run here too, one torch op each,
+where torch computes them as numpy does (`_TORCH_UFUNCS`).
+
 `runner` says what computes an op outside a kernel: ``torch``; ``numpy`` for an op torch
-does not compute here (an elementwise op of a body the templates do not cover, a sort of
-complex numbers, an integer matmul on a GPU, whose torch has no integer GEMM); None for an
-op that computes nothing when the program runs (a view, a value built once, a collective,
-checkpoint IO). The backend lists every op with its runner (`kernel_runs`).
+does not compute as numpy does (`_refuses_ufunc`, a sort of complex numbers, an integer
+matmul on a GPU, whose torch has no integer GEMM); None for an op that computes nothing
+when the program runs (a view, a value built once, a collective, checkpoint IO). The
+backend lists every op with its runner (`kernel_runs`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from dtensor_compiler.ir import geometry, opdef
-from dtensor_compiler.ir.core import Operation
+from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.ops import (
     contractions,
     elementwise,
@@ -35,10 +38,11 @@ from dtensor_compiler.ir.ops import (
 )
 from dtensor_compiler.ir.ops.contractions import matmul_letters
 from dtensor_compiler.ir.sharding import ReduceOp
-from dtensor_compiler.ir.types import numpy_dtype
+from dtensor_compiler.ir.types import is_floating, numpy_dtype
 from dtensor_compiler.runtime.executor import ExecContext, Kernel, KernelFn
 from dtensor_compiler.runtime.kernels_numpy import (
     NUMPY_KERNELS,
+    align_local_rank,
     mask_fill,
     padding_regions,
 )
@@ -67,9 +71,15 @@ def runner(op: Operation) -> str | None:
     return "numpy" if refused(op) or any(d not in TORCH_DTYPES for d in dtypes) else "torch"
 
 
+def _kind(value: Value) -> str:
+    """`value`'s numpy dtype kind, ``f`` for ml_dtypes' floats too."""
+    dtype = numpy_dtype(value.type.dtype)
+    return "f" if is_floating(dtype) else dtype.kind
+
+
 def _kinds(op: Operation) -> set[str]:
-    """The numpy dtype kinds of `op`'s operands and results."""
-    return {numpy_dtype(v.type.dtype).kind for v in (*op.operands, *op.results)}
+    """The dtype kinds (`_kind`) of `op`'s operands and results."""
+    return {_kind(v) for v in (*op.operands, *op.results)}
 
 
 def _torch(*definitions: opdef.OpDef, refuses: Callable[[Operation], bool] = lambda op: False
@@ -114,6 +124,109 @@ def _unary(op: Operation, compute: Callable[[torch.Tensor], torch.Tensor]) -> Ke
 
 
 _ordered = lambda op: "c" in _kinds(op)  # noqa: E731  (torch orders no complex numbers)
+
+
+_FLOAT_MATH = {
+    "exp": "exp", "exp2": "exp2", "expm1": "expm1", "log": "log", "log2": "log2",
+    "log10": "log10", "log1p": "log1p", "tanh": "tanh", "sinh": "sinh", "cosh": "cosh",
+    "sin": "sin", "cos": "cos", "tan": "tan", "arcsin": "asin", "arccos": "acos",
+    "arctan": "atan", "arcsinh": "asinh", "arccosh": "acosh", "arctanh": "atanh",
+    "sqrt": "sqrt", "reciprocal": "reciprocal", "deg2rad": "deg2rad", "radians": "deg2rad",
+    "rad2deg": "rad2deg", "degrees": "rad2deg", "rint": "round", "floor": "floor",
+    "ceil": "ceil", "trunc": "trunc", "fabs": "abs", "arctan2": "atan2", "hypot": "hypot",
+    "copysign": "copysign", "nextafter": "nextafter", "logaddexp": "logaddexp",
+    "float_power": "float_power", "divide": "true_divide", "floor_divide": "floor_divide",
+    "power": "pow",
+}
+"""Ops torch computes as numpy does on floats, operands cast to the result's dtype."""
+_ARITHMETIC = {
+    "add": "add", "subtract": "sub", "multiply": "mul", "maximum": "maximum",
+    "minimum": "minimum", "fmax": "fmax", "fmin": "fmin", "square": "square",
+    "negative": "neg", "positive": "positive", "absolute": "abs",
+}
+"""Ops torch computes as numpy does on integers and floats, operands cast to the result's
+dtype (integers wrap around in both)."""
+_BITWISE = {
+    "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or", "bitwise_xor": "bitwise_xor",
+    "invert": "bitwise_not", "left_shift": "bitwise_left_shift",
+    "right_shift": "bitwise_right_shift", "sign": "sign",
+}
+"""Ops on integers (and bools), operands cast to the result's dtype."""
+_COMPARISONS = {
+    "equal": "eq", "not_equal": "ne", "less": "lt", "less_equal": "le", "greater": "gt",
+    "greater_equal": "ge",
+}
+"""Comparisons, operands cast to their common dtype (numpy's loop)."""
+_PREDICATES = {
+    "isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite", "signbit": "signbit",
+    "logical_not": "logical_not", "logical_and": "logical_and", "logical_or": "logical_or",
+    "logical_xor": "logical_xor",
+}
+"""Ops with a bool result, on the operands as they are."""
+_TORCH_UFUNCS = _FLOAT_MATH | _ARITHMETIC | _BITWISE | _COMPARISONS | _PREDICATES
+"""The elementwise ops torch computes, by numpy name, with torch's name. Not here, since
+torch's results differ from numpy's somewhere (measured on NaN, infinities, signed zeros,
+subnormals and extreme integers): remainder, fmod, logaddexp2, heaviside, ldexp, gcd, lcm,
+cbrt and spacing (which torch lacks), and `sign` of floats (torch's sign of NaN is 0);
+integer division and powers are refused too (division by zero stops torch)."""
+
+
+def _refuses_ufunc(op: Operation) -> bool:
+    """Whether torch does not compute this elementwise op as numpy does (see
+    `_TORCH_UFUNCS`); signed zeros may differ (maximum(0.0, -0.0), as Triton's do too)."""
+    name, result, kinds = op.name, _kind(op.results[0]), _kinds(op)
+    if name not in _TORCH_UFUNCS or "c" in kinds:
+        return True
+    if name in _FLOAT_MATH:
+        return result != "f"
+    if name in _ARITHMETIC:
+        return result not in "iuf"
+    if name in _BITWISE:
+        return result not in "iub" or (name.endswith("shift") and result == "b") or (
+            name == "sign" and result == "b")
+    return False
+
+
+@_torch(*elementwise.UFUNCS.values(), refuses=_refuses_ufunc)
+def _ufunc(op: Operation, ctx: ExecContext) -> KernelFn:
+    compute = getattr(torch, _TORCH_UFUNCS[op.name])
+    dtype, torch_dtype = _result_dtype(op)
+    if op.name in _COMPARISONS:
+        common = np.result_type(*(numpy_dtype(v.type.dtype) for v in op.operands))
+        cast: torch.dtype | None = TORCH_DTYPES[common.name]
+    else:
+        cast = None if op.name in _PREDICATES else torch_dtype
+    return _elementwise(op, ctx, dtype, lambda *ts: compute(*(
+        t if cast is None else t.to(cast) for t in ts)))
+
+
+@_torch(elementwise.WHERE, refuses=lambda op: "c" in _kinds(op))
+def _where(op: Operation, ctx: ExecContext) -> KernelFn:
+    dtype, torch_dtype = _result_dtype(op)
+    return _elementwise(op, ctx, dtype, lambda c, a, b: torch.where(
+        c, a.to(torch_dtype), b.to(torch_dtype)))
+
+
+@_torch(elementwise.ASTYPE, refuses=lambda op: "c" in _kinds(op) or (
+    _kind(op.operands[0]) == "f" and _kind(op.results[0]) in "iu"))
+def _astype(op: Operation, ctx: ExecContext) -> KernelFn:
+    """A cast (not of a float to an integer, whose value out of range C leaves undefined
+    and the two libraries give differently)."""
+    dtype, torch_dtype = _result_dtype(op)
+    return _unary(op, lambda x: x.to(torch_dtype, copy=True))
+
+
+def _elementwise(op: Operation, ctx: ExecContext, dtype: np.dtype,
+                 compute: Callable[..., torch.Tensor]) -> KernelFn:
+    """`compute` on the operands, aligned on their local dims when their ranks differ (as
+    the numpy kernels align them: size-1 dims after the mesh axes)."""
+    rank = max(v.type.rank for v in op.operands)
+    k = ctx.mesh_axes
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        tensors = [to_device(align_local_rank(np.asarray(a), rank, k)) for a in arrays]
+        return to_host(compute(*tensors), dtype)
+    return run
 
 
 def _complex_extremum(op: Operation) -> bool:

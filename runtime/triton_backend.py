@@ -17,8 +17,8 @@ tensors that share their memory (bfloat16 as its bits). With one, each launch co
 operands to the GPU and its result back (values do not stay on the GPU between ops yet).
 Ops outside kernels that compute (gathers, scatter-adds, sorts, scans, other reductions,
 integer contractions, ...) run as torch operations on the same device (`torch_kernels`);
-bodies the templates do not cover run op by op, and an op torch does not compute (an
-elementwise op of such a body, a sort of complex numbers) on the numpy kernels. Every
+bodies the templates do not cover run op by op on the same kernels, and an op torch does
+not compute as numpy does (`torch_kernels.runner`) on the numpy kernels. Every
 compute step and what ran it is listed by `kernel_runs` (`Lowered.kernel_sources`,
 `Lowered.explain`). Collectives move the stacked arrays on the host (`stacked_comm`).
 """
