@@ -332,6 +332,7 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
 
     def masked(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
         _check_indices(indices, axis, extent)
+        indices = indices.astype(np.int64, copy=False)  # (a narrow dtype would wrap around)
         shifted = np.where(indices < 0, indices + extent, indices) - start
         inside = (shifted >= 0) & (shifted < local)
         picked = lookup(table, np.where(inside, shifted, 0))

@@ -82,6 +82,9 @@ def reduction_identity(op: str, dtype: np.dtype) -> np.generic:
     if is_floating(dtype):
         lo, hi = float_extremes(dtype)
         return dtype.type(lo if lowest else hi)
+    if dtype.kind == "c":  # numpy orders complex numbers by real part, then imaginary
+        edge = -np.inf if lowest else np.inf
+        return dtype.type(complex(edge, edge))
     raise ValueError(f"{op} has no identity for dtype {dtype}")
 
 

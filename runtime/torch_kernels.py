@@ -21,6 +21,7 @@ backend lists every op with its runner (`kernel_runs`).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -229,34 +230,51 @@ def _elementwise(op: Operation, ctx: ExecContext, dtype: np.dtype,
     return run
 
 
-def _complex_extremum(op: Operation) -> bool:
-    return opdef.lookup(op.name).traits.reduction in (ReduceOp.MAX, ReduceOp.MIN) and \
-        _ordered(op)
+def _refuses_extremum(op: Operation) -> bool:
+    """Whether a max, min, argmax or argmin is one torch does not compute as numpy does:
+    of complex numbers (which torch does not order), or over no elements (numpy's
+    ValueError, which its kernel raises)."""
+    if op.name in (reductions.ARGMAX.name, reductions.ARGMIN.name):
+        axes: object = (op.attrs["axis"],)
+    elif opdef.lookup(op.name).traits.reduction in (ReduceOp.MAX, ReduceOp.MIN):
+        axes = op.attrs["axes"]
+    else:
+        return False
+    assert isinstance(axes, tuple)
+    shape = op.operands[0].type.shape
+    return _ordered(op) or any(shape[a] == 0 for a in axes)
 
 
-@_torch(*reductions.REDUCTIONS.values(), refuses=_complex_extremum)
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """What a sum, product or scan of `dtype` accumulates in: fp32 for fp16 and bf16 (as the
+    Triton templates do; numpy accumulates those in their own precision), else `dtype`."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@_torch(*reductions.REDUCTIONS.values(), refuses=_refuses_extremum)
 def _reduction(op: Operation, ctx: ExecContext) -> KernelFn:
     kind = opdef.lookup(op.name).traits.reduction
     axes = _axes(op, ctx)
     keepdims = bool(op.attrs["keepdims"])
     _, dtype = _result_dtype(op)
+    wide = _accumulator(dtype)
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
         if not axes:  # (torch reads no dims as all of them)
             return x.to(dtype, copy=True)
         if kind == ReduceOp.SUM:
-            return torch.sum(x, dim=axes, keepdim=keepdims, dtype=dtype)
+            return torch.sum(x, dim=axes, keepdim=keepdims, dtype=wide)
         if kind == ReduceOp.MAX:
             return torch.amax(x, dim=axes, keepdim=keepdims)
         if kind == ReduceOp.MIN:
             return torch.amin(x, dim=axes, keepdim=keepdims)
         for axis in sorted(axes, reverse=True):  # torch's prod takes one dim at a time
-            x = torch.prod(x, dim=axis, keepdim=keepdims, dtype=dtype)
+            x = torch.prod(x, dim=axis, keepdim=keepdims, dtype=wide)
         return x
     return _unary(op, reduce)
 
 
-@_torch(reductions.ARGMAX, reductions.ARGMIN, refuses=_ordered)
+@_torch(reductions.ARGMAX, reductions.ARGMIN, refuses=_refuses_extremum)
 def _arg_reduction(op: Operation, ctx: ExecContext) -> KernelFn:
     reduce = torch.argmax if op.name == "argmax" else torch.argmin
     axis = ctx.mesh_axes + _int_attr(op, "axis")
@@ -274,13 +292,15 @@ def _scan(op: Operation, ctx: ExecContext) -> KernelFn:
     scan = torch.cumsum if op.name == "cumsum" else torch.cumprod
     axis = ctx.mesh_axes + _int_attr(op, "axis")
     _, dtype = _result_dtype(op)
-    return _unary(op, lambda x: scan(x, dim=axis, dtype=dtype))
+    wide = _accumulator(dtype)
+    return _unary(op, lambda x: scan(x, dim=axis, dtype=wide))
 
 
 @_torch(reductions.SORT, reductions.ARGSORT, refuses=_ordered)
 def _sort(op: Operation, ctx: ExecContext) -> KernelFn:
-    """A stable sort (NaNs last, as numpy's), whatever `kind` the op names: a stable order
-    is one any numpy sort kind may give."""
+    """A stable sort (NaNs last, as numpy's), whatever `kind` the op names: an order any
+    numpy sort kind may give, though not always the one numpy's quicksort gives among
+    equal values (argsort's indices of ties; 0.0 and -0.0)."""
     axis = ctx.mesh_axes + _int_attr(op, "axis")
     values = op.name == "sort"
 
@@ -352,11 +372,11 @@ def _contraction(op: Operation, ctx: ExecContext) -> KernelFn:
 def _checked(indices: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     """`indices` into a dim of `size` with negative ones counted from its end (int64);
     IndexError as numpy words it for one outside it, naming the user's axis."""
+    indices = indices.to(torch.int64)  # (first: a narrow dtype would wrap `size` around)
     outside = (indices < -size) | (indices >= size)
     if bool(outside.any()):
         raise IndexError(f"index {int(indices[outside][0])} is out of bounds for axis {axis} "
                          f"with size {size}")
-    indices = indices.to(torch.int64)
     return torch.where(indices < 0, indices + size, indices)
 
 
@@ -387,10 +407,12 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
         mesh_index = tuple(
             torch.arange(table.shape[j], device=DEVICE).reshape(
                 (1,) * j + (-1,) + (1,) * (k - j - 1 + idx_rank)) for j in range(k))
-        # advanced indices split by slices put their broadcast dims (mesh + index dims) first
         index: tuple[torch.Tensor | slice, ...] = (*mesh_index, *(slice(None),) * axis,
                                                     indices)
         picked = table[index]
+        if k == 0:
+            return picked  # one advanced index: its dims stay where it is
+        # advanced indices split by slices put their broadcast dims (mesh + index dims) first
         return torch.movedim(picked, index_dims, [d + axis for d in index_dims])
 
     def run(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -423,9 +445,10 @@ def _scatter_add(op: Operation, ctx: ExecContext) -> KernelFn:
         out = torch.zeros(mesh + local, dtype=torch_dtype, device=DEVICE)
         u = u.to(torch_dtype).expand(mesh + tuple(u.shape[k:]))
         i = _checked(i, axis, local[axis]).expand(mesh + tuple(i.shape[k:]))
-        rows = (*local[:axis], -1, *local[axis + 1:])
+        count = math.prod(i.shape[k:])
+        rows = (*local[:axis], count, *local[axis + 1:])
         for position in itertools.product(*map(range, mesh)):
-            out[position].index_add_(axis, i[position].reshape(-1),
+            out[position].index_add_(axis, i[position].reshape(count),
                                      u[position].reshape(rows))
         return to_host(out, dtype)
     return run

@@ -82,6 +82,8 @@ def rows_source(body: Function, mesh_axes: int) -> tuple[str, int]:
     space = body_row_space(body)
     if space[-1] > MAX_ROW:
         raise Unsupported(f"a row of {space[-1]} elements (the most is {MAX_ROW})")
+    if space[-1] == 0 and any(op.name != "reduce_sum" for op in body.ops if row_reduction(op)):
+        raise Unsupported("a max or min over no elements")  # (numpy raises: op by op does)
     rank = mesh_axes + len(space)
     (result,) = body.results
     names: dict[int, str] = {}

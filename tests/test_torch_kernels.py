@@ -267,3 +267,50 @@ _ON_NUMPY = {
 }
 """The ufuncs numpy computes for the triton backend (torch does not as numpy does), per
 dtype kind (numpy's own loops, where it has one)."""
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16])
+def test_narrow_indices_reach_every_row(dtype):
+    table = np.arange(300.0)[:, None]
+    indices = np.array([1, 255 if dtype == np.uint8 else -3], dtype)
+    f = dtc.compile(lambda t, i: np.take(t, i, axis=0), in_layouts=_layouts([U, U], [U]),
+                    backend="triton")
+    np.testing.assert_array_equal(np.asarray(f(table, indices)), np.take(table, indices, 0))
+
+
+def test_take_along_a_later_axis_on_a_mesh_without_dims():
+    mesh = dtc.create_mesh([])
+    f = dtc.compile(lambda t, i: np.take(t, i, axis=1), backend="triton",
+                    in_layouts=(dtc.Layout([U, U, U], mesh), dtc.Layout([U, U], mesh)))
+    t, i = np.arange(24.0).reshape(2, 3, 4), np.array([[2, 0], [1, 1]])
+    np.testing.assert_array_equal(np.asarray(f(t, i)), np.take(t, i, axis=1))
+
+
+def test_the_gradient_of_a_take_from_an_empty_table():
+    def grad(t, i):
+        return dtc.grad(lambda t, i: np.sum(np.take(t, i, axis=0) ** 2))(t, i)
+    f = dtc.compile(grad, in_layouts=_layouts([U, U], [U]), backend="triton")
+    got = np.asarray(f(np.zeros((7, 0)), np.array([1, 2])))
+    assert got.shape == (7, 0)
+
+
+@pytest.mark.parametrize("shape, axis", [((0, 3), 0), ((3, 0), 1)])
+@pytest.mark.parametrize("reduce", [np.max, np.min, np.argmax])
+def test_an_extremum_over_no_elements_raises_numpys_error(shape, axis, reduce):
+    """numpy's ValueError, from its kernel: torch's (an IndexError) and the row kernel's
+    (which would give the identity) are not asked."""
+    f = dtc.compile(lambda t: reduce(t, axis=axis), in_layouts=_layouts([U, U]),
+                    backend="triton")
+    with pytest.raises(ValueError, match="empty sequence|zero-size array"):
+        f(np.zeros(shape))
+
+
+def test_half_precision_sums_and_products_accumulate_in_fp32():
+    """As the Triton templates do (numpy's fp16 sum of 4096 ones stops at 2048)."""
+    ones = np.ones((4096, 2), np.float16)
+    f = dtc.compile(lambda t: np.sum(t, axis=0), in_layouts=_layouts([U, U]), backend="triton")
+    np.testing.assert_array_equal(np.asarray(f(ones)), [4096, 4096])
+    f = dtc.compile(lambda t: np.cumprod(t, axis=1), in_layouts=_layouts([U, U]),
+                    backend="triton")
+    np.testing.assert_array_equal(np.asarray(f(np.array([[300, 300, 0]], np.float16))),
+                                  [[300, np.inf, 0]])

@@ -160,3 +160,21 @@ def test_an_index_out_of_range_is_named_on_the_users_axis():
         with pytest.raises(IndexError, match=f"index 5 is out of bounds for axis {axis} with "
                                              f"size {size}"):
             f(np.ones((5, 3)), np.array([0, 5, 1]))
+
+
+def test_max_and_min_of_complex_numbers_over_an_uneven_axis():
+    """numpy orders complex numbers by real part, then imaginary: the padding takes the
+    complex infinity at the far end."""
+    z = np.array([[1 + 2j, 3], [2, -1j], [5j, 1], [2 - 1j, 3 + 1j], [-1, 3 - 1j]])
+    for reduce in (np.max, np.min):
+        f = dtc.compile(lambda z, r=reduce: r(z, axis=0), in_layouts=dtc.Layout(["x", U], MESH))
+        np.testing.assert_array_equal(np.asarray(f(z)), reduce(z, axis=0))
+
+
+def test_narrow_indices_into_a_sharded_table_count_from_its_end():
+    """-3 into 200 rows is row 197: the index is widened before the table's size is added."""
+    f = dtc.compile(lambda t, i: np.take(t, i, axis=0),
+                    in_layouts=(dtc.Layout(["x", U], MESH), dtc.Layout([U], MESH)))
+    table = np.arange(200.0)[:, None]
+    np.testing.assert_array_equal(np.asarray(f(table, np.array([1, -3], np.int8))),
+                                  table[[1, 197]])
