@@ -74,8 +74,10 @@ def test_reduction_identities() -> None:
     assert reduction_identity("min", np.dtype(np.int8)) == 127
     assert reduction_identity("max", np.dtype(np.int8)) == -128
     assert reduction_identity("prod", np.dtype(np.int64)) == 1
+    lowest = reduction_identity("max", np.dtype(np.complex64))  # numpy's order: real, then imag
+    assert lowest == complex(-np.inf, -np.inf) and lowest.dtype == np.complex64
     with pytest.raises(ValueError, match="no identity"):
-        reduction_identity("max", np.dtype(np.complex64))
+        reduction_identity("max", np.dtype("datetime64[s]"))
 
 
 def test_mixed_partials_give_the_value_back_in_either_reduction_order() -> None:
