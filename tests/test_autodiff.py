@@ -253,6 +253,39 @@ def test_an_input_nothing_depends_on_gets_zeros_and_no_work():
     assert step.lower(a, b).collectives() == []
 
 
+def _layernorm_softmax(x, g):
+    centred = x - np.mean(x, axis=-1, keepdims=True)
+    normed = centred / np.sqrt(np.mean(centred ** 2, axis=-1, keepdims=True) + 1e-5) * g
+    e = np.exp(normed - np.max(normed, axis=-1, keepdims=True))
+    return np.sum(e / np.sum(e, axis=-1, keepdims=True) * x)
+
+
+def test_the_backward_pass_carries_negations_and_shares_divisions():
+    """Subtractions and divisions give negated cotangents; the backward pass carries the
+    sign (rules are linear in the cotangent) until it meets another cotangent of the same
+    value, where the sum becomes a subtraction, so no ``negative`` is emitted. A division
+    differentiates with one division (``gx = g / y``, ``gy = -gx * out``); a broadcast
+    cotangent is added without its ``broadcast_to``; a gradient summed over leading dims
+    takes no reshape."""
+    x, g = uniform(-1, 1, (6, 5)), uniform(0.5, 2, (5,))
+    f = dtc.compile(dtc.grad(_layernorm_softmax, argnums=(0, 1)))
+    ops = [line.split(" = ")[1].split(" ")[0] for line in f.lower(x, g).ir("simplify")
+           .splitlines() if " = " in line]
+    counts = {name: ops.count(name) for name in set(ops)}
+    assert "negative" not in counts
+    assert counts["broadcast_to"] == 1  # (the variance's mean's: a rule takes it, not a sum)
+    assert counts["divide"] == 9 and "reshape" not in counts
+    check(lambda x, g: np.stack([_layernorm_softmax(x, g)]), x, g)
+
+
+def test_a_cotangent_negated_to_the_end_is_negated_once():
+    a = uniform(-1, 1, (3, 4))
+    f = dtc.compile(dtc.grad(lambda a, b: np.sum(np.exp(b - a)), argnums=0))
+    ir = f.lower(a, a).ir("simplify")
+    assert ir.count(" = negative ") == 1
+    np.testing.assert_allclose(np.asarray(f(a, a + 1)), -np.exp(1.0) * np.ones((3, 4)))
+
+
 def test_gradients_of_a_sharded_program_match_the_single_device_ones():
     mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
     layouts = (dtc.Layout([U, "tp"], mesh), dtc.Layout(["tp", U], mesh),

@@ -87,9 +87,12 @@ class VJPContext:
         if g.type.shape == shape:
             return g
         lead = g.type.rank - len(shape)
-        axes = tuple(range(lead)) + tuple(
-            lead + i for i, n in enumerate(shape) if n == 1 and g.type.shape[lead + i] != 1)
-        summed = self.emit("reduce_sum", [g], {"axes": axes, "keepdims": True})
+        stretched = tuple(lead + i for i, n in enumerate(shape)
+                          if n == 1 and g.type.shape[lead + i] != 1)
+        if not stretched:  # only dims added in front: the sum drops them
+            return self.emit("reduce_sum", [g], {"axes": tuple(range(lead)), "keepdims": False})
+        summed = self.emit("reduce_sum", [g], {"axes": tuple(range(lead)) + stretched,
+                                               "keepdims": True})
         return self.reshape(summed, shape)
 
     def to_operand(self, g: Value, operand: Value) -> Value | None:
@@ -97,4 +100,10 @@ class VJPContext:
         its shape and cast to its dtype; None for an operand without derivatives."""
         if not differentiable(operand.type):
             return None
-        return self.cast(self.unbroadcast(g, operand.type.shape), operand.type.dtype)
+        shape = operand.type.shape
+        negated = g.owner is not None and g.owner.name == "negative" and not g.uses
+        if negated and g.type.shape != shape:  # negate the smaller value, after the sum
+            assert g.owner is not None
+            summed = self.unbroadcast(g.owner.operands[0], shape)
+            return self.cast(self.emit("negative", [summed]), operand.type.dtype)
+        return self.cast(self.unbroadcast(g, shape), operand.type.dtype)

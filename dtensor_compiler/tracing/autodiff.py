@@ -5,6 +5,9 @@ ops it emitted backwards, asking each op's definition for its VJP rule (`OpDef.v
 `ir.vjp`) and emitting the cotangent ops after the forward ones, at the forward op's line.
 Every derivative of a value is marked with a ``cotangent`` hint naming that value, so that
 layout propagation lays it out alike unless something else decides first.
+A negation a rule returns is not emitted but carried with the cotangent (rules are linear in
+it), so ``a + -b`` accumulates as ``a - b`` and a broadcast cotangent is added without its
+``broadcast_to``: a layernorm or softmax backward holds no ``negative`` op.
 Only ops whose result depends on a differentiated argument (and is floating point) are
 differentiated; an argument nothing depends on gets zeros. Complex values that depend on one
 are followed too, so that a derivative needing one is refused where it would flow through it.
@@ -70,9 +73,13 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
             # complex results are followed too, to refuse the derivatives that need them
             active.update(id(r) for r in op.results
                           if differentiable(r.type) or _is_complex(r.type))
-    cotangents: dict[int, Value] = {}
+    cotangents: dict[int, _Signed] = {}
+    """Per value, its cotangent so far, and whether that is the negation of the value held
+    (a rule's ``negative`` is not emitted but carried: rules are linear in the cotangent,
+    so a negated one goes through a rule as it is and its results are negated in turn,
+    until an accumulation makes the pair a subtraction)."""
     if id(output) in active:
-        cotangents[id(output)] = rec.full((), output.type.dtype, 1.0)
+        cotangents[id(output)] = (rec.full((), output.type.dtype, 1.0), False)
     for op in reversed(ops):
         if op.result is None or id(op.result) not in cotangents:
             continue
@@ -84,18 +91,49 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         if any(id(v) in active and _is_complex(v.type) for v in op.operands):
             raise GradientError(f"cannot differentiate through complex values: {op.name} "
                                 "takes one that depends on a differentiated input", op.loc)
-        g = _hinted(ad, cotangents.pop(id(op.result)), op.result)
-        for v, c in zip(op.operands, rule(ad, op, g)):
+        g, negated = cotangents.pop(id(op.result))
+        for v, c in zip(op.operands, rule(ad, op, _hinted(ad, g, op.result))):
             if c is None or id(v) not in active:
                 continue
+            inner = _unwrapped(c, "negative")
+            signed = (c, negated) if inner is None else (inner, not negated)
             before = cotangents.get(id(v))
-            cotangents[id(v)] = c if before is None else ad.emit("add", [before, c])
+            cotangents[id(v)] = signed if before is None else _accumulate(ad, before, signed)
     out = []
     for w in wrt:
         found = cotangents.get(id(w))
-        out.append(rec.full(w.type.shape, w.type.dtype, 0.0) if found is None else
-                   _hinted(VJPContext(rec.builder, user_location()), found, w))
+        if found is None:
+            out.append(rec.full(w.type.shape, w.type.dtype, 0.0))
+            continue
+        ad = VJPContext(rec.builder, user_location())
+        g, negated = found
+        out.append(_hinted(ad, ad.emit("negative", [g]) if negated else g, w))
     return out
+
+
+_Signed = tuple[Value, bool]
+"""A cotangent: a value, and whether it stands negated."""
+
+
+def _unwrapped(v: Value, name: str) -> Value | None:
+    """The operand of `v`'s op if that is a `name` op and nothing reads `v` yet (so that the
+    op is dead once `v` is not used: dead-code removal drops it)."""
+    op = v.owner
+    return op.operands[0] if op is not None and op.name == name and not v.uses else None
+
+
+def _accumulate(ad: VJPContext, before: _Signed, c: _Signed) -> _Signed:
+    """The sum of two cotangents of one value (its shape), with a broadcast that made either
+    folded in (``a + broadcast_to(b)`` is ``a + b``: numpy broadcasts) and their signs into
+    the op: ``a + -b`` is ``a - b``, ``-a + -b`` is ``-(a + b)``."""
+    (a, minus_a), (b, minus_b) = before, c
+    if (inner := _unwrapped(b, "broadcast_to")) is not None:
+        b = inner
+    elif (inner := _unwrapped(a, "broadcast_to")) is not None:
+        a = inner
+    if minus_a == minus_b:
+        return ad.emit("add", [a, b]), minus_a
+    return (ad.emit("subtract", [b, a]) if minus_a else ad.emit("subtract", [a, b])), False
 
 
 def _is_complex(t: TensorType) -> bool:

@@ -88,10 +88,15 @@ def _ufunc_infer(name: str) -> InferFn:
 
 
 def _mul(ad: VJPContext, *vs: Value) -> Value:
-    out = vs[0]
-    for v in vs[1:]:
+    """The product of `vs`, a negation of a factor (that nothing else reads) taken out of
+    it, so that the caller's cotangent is a negation the backward pass carries instead."""
+    signs = [v.owner is not None and v.owner.name == "negative" and not v.uses for v in vs]
+    factors = [v.owner.operands[0] if minus and v.owner is not None else v
+               for v, minus in zip(vs, signs)]
+    out = factors[0]
+    for v in factors[1:]:
         out = ad.emit("multiply", [out, v])
-    return out
+    return ad.emit("negative", [out]) if sum(signs) % 2 else out
 
 
 def _unary(derivative: Callable[[VJPContext, Value, Value], Value]) -> VJPRule:
@@ -210,6 +215,20 @@ def _ratio(ad: VJPContext, g: Value, top: Value, out: Value) -> Value:
     return _mul(ad, g, ad.emit("divide", [top, out]))
 
 
+def _divide_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
+    """``gx = g / y`` and ``gy = -gx * out`` (``-g x / y**2``), one division for both."""
+    x, y = op.operands
+    assert op.result is not None
+    wants_x = ad.wants(0) and differentiable(x.type)
+    wants_y = ad.wants(1) and differentiable(y.type)
+    if not (wants_x or wants_y):
+        return [None, None]
+    gx = ad.emit("divide", [g, y])
+    gy = ad.emit("negative", [_mul(ad, gx, op.result)]) if wants_y else None
+    return [ad.to_operand(gx, x) if wants_x else None,
+            None if gy is None else ad.to_operand(gy, y)]
+
+
 def _atan2_denominator(ad: VJPContext, y: Value, x: Value) -> Value:
     return ad.emit("add", [ad.emit("square", [x]), ad.emit("square", [y])])
 
@@ -220,9 +239,7 @@ _BINARY_VJPS: dict[str, VJPRule] = {
                         lambda ad, g, x, y, out: ad.emit("negative", [g])),
     "multiply": _binary(lambda ad, g, x, y, out: _mul(ad, g, y),
                         lambda ad, g, x, y, out: _mul(ad, g, x)),
-    "divide": _binary(lambda ad, g, x, y, out: ad.emit("divide", [g, y]),
-                      lambda ad, g, x, y, out: ad.emit("negative", [
-                          ad.emit("divide", [_mul(ad, g, out), y])])),
+    "divide": _divide_vjp,
     "power": _binary(_power_dx, _power_dy),
     "float_power": _binary(_power_dx, _power_dy),
     **dict.fromkeys(("maximum", "fmax"), _binary(
