@@ -124,7 +124,7 @@ def test_without_triton_the_backend_says_what_to_install():
            "\"dtensor-compiler[triton]\"" in out
 
 
-def test_dtc_dump_prints_the_fused_stage(tmp_path, cache):
+def test_dtc_dump_and_explain_show_the_kernels(tmp_path, cache):
     program = tmp_path / "prog.py"
     program.write_text(textwrap.dedent("""
         import numpy as np
@@ -141,6 +141,13 @@ def test_dtc_dump_prints_the_fused_stage(tmp_path, cache):
                          check=True, timeout=120, cwd=tmp_path).stdout
     assert "  %0 = kernel %a {body = f_k0_exp_multiply_add} : f32[4] @ {x}\n" in out
     assert "func @f_k0_exp_multiply_add(%a0: f32[4] @ {x}) -> (f32[4] @ {x}) {\n" in out
+    out = subprocess.run([sys.executable, "-m", "dtensor_compiler.cli", "explain", f"{program}:f"],
+                         capture_output=True, text=True, check=True, timeout=120,
+                         cwd=tmp_path).stdout
+    assert out.endswith("compute steps on the triton backend:\n"
+                        "#  kernel                 runs on  ops                 how\n"
+                        "1  f_k0_exp_multiply_add  triton   exp, multiply, add  elementwise\n"
+                        "total: 1 triton\n")
 
 
 def _softmax(a):

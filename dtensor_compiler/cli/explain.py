@@ -3,7 +3,9 @@
 One row per data-moving collective in program order, as the IR holds them just before
 ``localize``: the value it defines, its kind, the mesh dims it runs over, the bytes of its
 per-device result buffer, the cost model's time for it, and the reason with the user's
-source line; then the totals.
+source line; then the totals. For a function compiled for a backend that generates kernels
+(``backend="triton"``), then a table of what runs each compute step: a generated kernel
+(its name, ops and template) or an op outside the templates and what computes it.
 """
 
 from __future__ import annotations
