@@ -274,7 +274,9 @@ def read_box(directory: Path, name: str, record: TensorRecord, box: Box,
              devices: Sequence[int], into: np.ndarray | None = None) -> np.ndarray:
     """The `box` of the stored tensor `name` (in `into`, if given), assembled from the stored
     slices that overlap it, as each of `devices` reads it (their reads are counted); every
-    chunk read is checked against its crc32."""
+    chunk read is checked against its crc32. Whole chunks whose rows the box takes in full
+    are read straight into their place in the result (`_Rows`), the others through a
+    buffer."""
     dtype = stored_dtype(record.dtype)
     out = np.empty(box.shape, dtype=dtype) if into is None else into
     assert out.shape == box.shape and out.dtype == dtype
@@ -292,23 +294,48 @@ def read_box(directory: Path, name: str, record: TensorRecord, box: Box,
                           zip(part.start[1:], s.box.start[1:], part.shape[1:]))
         inner_dst = tuple(slice(a - b, a - b + n) for a, b, n in
                           zip(part.start[1:], box.start[1:], part.shape[1:]))
-        for first, rows in _read_rows(directory, name, s, part, dtype, devices):
-            top = s.box.start[0] + first  # the global row of rows[0]
+        rows = _Rows(out, box, part, inner_dst) if part.shape[1:] == s.box.shape[1:] else None
+        for first, got in _read_rows(directory, name, s, part, dtype, devices, rows):
+            top = s.box.start[0] + first  # the global row of got[0]
             lo = max(part.start[0], top)
-            hi = min(part.start[0] + part.shape[0], top + rows.shape[0])
+            hi = min(part.start[0] + part.shape[0], top + got.shape[0])
             out[(slice(lo - box.start[0], hi - box.start[0]), *inner_dst)] = \
-                rows[(slice(lo - top, hi - top), *inner_src)]
+                got[(slice(lo - top, hi - top), *inner_src)]
     if covered < math.prod(box.shape):
         raise CheckpointError(f"{name}: the stored slices do not cover {box.text()}")
     return out
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """Where whole rows of a stored slice go in a read's result: the rows of `part` (which
+    spans the slice's inner dims), at `inner` of `out` (whose box is `box`)."""
+
+    out: np.ndarray
+    box: Box
+    part: Box
+    inner: tuple[slice, ...]
+
+    def view(self, top: int, n: int) -> memoryview | None:
+        """The bytes of global rows ``top .. top + n`` in the result; None when some of
+        them are outside `part` or they are not contiguous there (rows of a stored slice
+        next to others' in the result: a copy from the read buffer costs less there than
+        checksumming one segment per row)."""
+        if top < self.part.start[0] or top + n > self.part.start[0] + self.part.shape[0]:
+            return None
+        lo = top - self.box.start[0]
+        region = self.out[(slice(lo, lo + n), *self.inner)]
+        return region.reshape(-1).view(np.uint8).data if region.flags.c_contiguous else None
+
+
 def _read_rows(directory: Path, name: str, s: StoredSlice, part: Box, dtype: np.dtype,
-               devices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+               devices: Sequence[int], into: _Rows | None = None
+               ) -> Iterator[tuple[int, np.ndarray]]:
     """The whole chunks of `s` that hold the rows of `part`, checked, a few at a time (about
     `_READ_BYTES`, so that each piece is still in the CPU's cache when its checksums are
     computed and it is copied out): per piece, the index within `s` of its first row, and
-    its rows (a view of this thread's read buffer, valid until the next piece)."""
+    its rows (a view of this thread's read buffer, valid until the next piece). A piece
+    whose rows `into` takes whole is read there instead, checked there, and not yielded."""
     shape = s.box.shape
     row = _row_bytes(shape, dtype.itemsize)
     if s.nbytes != row * (shape[0] if shape else 1):
@@ -336,21 +363,28 @@ def _read_rows(directory: Path, name: str, s: StoredSlice, part: Box, dtype: np.
         for chunk in range(first_chunk, end_chunk, per_piece):
             begin = chunk * step
             end = min((chunk + per_piece) * step, end_chunk * step, s.nbytes)
-            buf = _scratch(end - begin)
-            got = _read_at(fd, buf.data, s.offset + begin)
+            view = None if into is None or not row else into.view(
+                s.box.start[0] + begin // row, (end - begin) // row)
+            scratch = None
+            if view is None:
+                scratch = _scratch(end - begin)
+                view = scratch.data
+            got = _read_at(fd, view, s.offset + begin)
             for device in devices:
                 stats.add_read(device, got)
             _advance(got)
-            if got != buf.size:
+            if got != end - begin:
                 raise CheckpointError(f"{name}: data file {path} is truncated (bytes "
                                       f"{s.offset + begin}..{s.offset + end} of "
                                       f"{s.box.text()} are not all there)")
-            for i, a in enumerate(range(0, buf.size, step)):
-                if zlib.crc32(buf[a:a + step].data) != s.crc32[chunk + i]:
+            for i, a in enumerate(range(0, len(view), step)):
+                if zlib.crc32(view[a:a + step]) != s.crc32[chunk + i]:
                     raise CheckpointError(f"{name}: data file {path} is corrupt (checksum "
                                           f"mismatch in chunk {chunk + i} of "
                                           f"{s.box.text()})")
-            array = buf.view(dtype)
+            if scratch is None:
+                continue  # (read into place)
+            array = scratch.view(dtype)
             if not shape:
                 yield 0, array.reshape(())
             else:

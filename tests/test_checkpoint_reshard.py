@@ -162,3 +162,36 @@ def test_reads_in_pieces_of_a_few_chunks(tmp_path: Path, monkeypatch: pytest.Mon
     # device 1, rows 25:50: row 12 of slice 1 (its last chunk, 1 row), slice 2 whole (13),
     # rows 0-10 of slice 3 (chunks 0-5, 12 rows); devices 0 and 3 need exactly their rows
     assert stats.read == {0: 25 * 148, 1: 26 * 148, 2: 26 * 148, 3: 25 * 148}
+
+
+def test_whole_chunks_are_read_into_place_and_checked_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved {a, b} on 2x4 (slices of 12 x 4, chunks of 4 rows): restored {a, b}, each block
+    is its slice, read into place without the read buffer, and a flipped byte is still
+    found there. Restored {a, -} (each block holds 4 slices side by side) and {(a, b), -}
+    (blocks of 3 rows cut chunks), chunks go through the buffer."""
+    monkeypatch.setattr(checkpoint_data, "CHUNK_BYTES", 4 * 16)
+    data = bits(2).repeat(3, axis=0)  # 24 x 16
+    mesh = dtc.create_mesh(MESHES["2x4"])
+    dtc.name_based_save(mesh, tmp_path / "ck", {
+        "w": dtc.copy_to_mesh(data, dtc.Layout(["a", "b"], mesh))})
+    buffered = []
+    scratch = checkpoint_data._scratch
+    monkeypatch.setattr(checkpoint_data, "_scratch", lambda n: buffered.append(n) or scratch(n))
+    for specs, through_buffer in ((["a", "b"], False), (["a", U], True),
+                                  ([("a", "b"), U], True)):
+        buffered.clear()
+        target = dtc.copy_to_mesh(np.zeros_like(data), dtc.Layout(specs, mesh))
+        out = dtc.name_based_restore(mesh, tmp_path / "ck", {"w": target})
+        assert np.asarray(out["w"]).tobytes() == data.tobytes(), specs
+        assert bool(buffered) == through_buffer, specs
+    s = next(s for s in load_index(str(tmp_path / "ck")).tensors["w"].slices
+             if s.box.start == (12, 8))
+    path = tmp_path / s.file
+    raw = bytearray(path.read_bytes())
+    raw[s.offset + 2 * 64 + 7] ^= 0x01  # chunk 2 of [12:24, 8:12]
+    path.write_bytes(bytes(raw))
+    target = dtc.copy_to_mesh(np.zeros_like(data), dtc.Layout(["a", "b"], mesh))
+    with pytest.raises(dtc.CheckpointError, match=r"corrupt \(checksum mismatch in chunk 2 "
+                                                  r"of \[12:24, 8:12\]\)"):
+        dtc.name_based_restore(mesh, tmp_path / "ck", {"w": target})
