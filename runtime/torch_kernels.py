@@ -86,8 +86,8 @@ def _kinds(op: Operation) -> set[str]:
 def _torch(*definitions: opdef.OpDef, refuses: Callable[[Operation], bool] = lambda op: False
            ) -> Callable[[Kernel], Kernel]:
     """Decorator: the torch kernel of `definitions`, where `runner` says torch computes
-    the op (their numpy kernel elsewhere); `refuses` names the ops of these kinds it does
-    not take."""
+    the op (their numpy kernel elsewhere); `refuses(op)` says whether torch does not
+    compute this one as numpy does."""
     def add(build: Kernel) -> Kernel:
         def kernel(op: Operation, ctx: ExecContext) -> KernelFn:
             if runner(op) == "torch":
@@ -124,7 +124,9 @@ def _unary(op: Operation, compute: Callable[[torch.Tensor], torch.Tensor]) -> Ke
     return lambda x: to_host(compute(to_device(np.asarray(x))), dtype)
 
 
-_ordered = lambda op: "c" in _kinds(op)  # noqa: E731  (torch orders no complex numbers)
+def _has_complex(op: Operation) -> bool:
+    """Whether `op` has complex operands or results (torch orders no complex numbers)."""
+    return "c" in _kinds(op)
 
 
 _FLOAT_MATH = {
@@ -147,12 +149,13 @@ _ARITHMETIC = {
 }
 """Ops torch computes as numpy does on integers and floats, operands cast to the result's
 dtype (integers wrap around in both)."""
-_BITWISE = {
+_INTEGER_OPS = {
     "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or", "bitwise_xor": "bitwise_xor",
     "invert": "bitwise_not", "left_shift": "bitwise_left_shift",
     "right_shift": "bitwise_right_shift", "sign": "sign",
 }
-"""Ops on integers (and bools), operands cast to the result's dtype."""
+"""Ops on integers (and bools, but for the shifts and `sign`), operands cast to the result's
+dtype."""
 _COMPARISONS = {
     "equal": "eq", "not_equal": "ne", "less": "lt", "less_equal": "le", "greater": "gt",
     "greater_equal": "ge",
@@ -164,7 +167,7 @@ _PREDICATES = {
     "logical_xor": "logical_xor",
 }
 """Ops with a bool result, on the operands as they are."""
-_TORCH_UFUNCS = _FLOAT_MATH | _ARITHMETIC | _BITWISE | _COMPARISONS | _PREDICATES
+_TORCH_UFUNCS = _FLOAT_MATH | _ARITHMETIC | _INTEGER_OPS | _COMPARISONS | _PREDICATES
 """The elementwise ops torch computes, by numpy name, with torch's name. Not here, since
 torch's results differ from numpy's somewhere (measured on NaN, infinities, signed zeros,
 subnormals and extreme integers): remainder, fmod, logaddexp2, heaviside, ldexp, gcd, lcm,
@@ -182,9 +185,8 @@ def _refuses_ufunc(op: Operation) -> bool:
         return result != "f"
     if name in _ARITHMETIC:
         return result not in "iuf"
-    if name in _BITWISE:
-        return result not in "iub" or (name.endswith("shift") and result == "b") or (
-            name == "sign" and result == "b")
+    if name in _INTEGER_OPS:
+        return result not in ("iu" if name in ("left_shift", "right_shift", "sign") else "iub")
     return False
 
 
@@ -242,7 +244,7 @@ def _refuses_extremum(op: Operation) -> bool:
         return False
     assert isinstance(axes, tuple)
     shape = op.operands[0].type.shape
-    return _ordered(op) or any(shape[a] == 0 for a in axes)
+    return _has_complex(op) or any(shape[a] == 0 for a in axes)
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -296,7 +298,7 @@ def _scan(op: Operation, ctx: ExecContext) -> KernelFn:
     return _unary(op, lambda x: scan(x, dim=axis, dtype=wide))
 
 
-@_torch(reductions.SORT, reductions.ARGSORT, refuses=_ordered)
+@_torch(reductions.SORT, reductions.ARGSORT, refuses=_has_complex)
 def _sort(op: Operation, ctx: ExecContext) -> KernelFn:
     """A stable sort (NaNs last, as numpy's), whatever `kind` the op names: an order any
     numpy sort kind may give, though not always the one numpy's quicksort gives among
