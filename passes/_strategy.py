@@ -31,8 +31,11 @@ Ties go first to the candidate whose result is not sharded along a dim that a re
 pending reductions (of ``labels * log_probs`` laid out ``{-, x}`` and ``{x, -}`` and summed
 over the last dim, the product is best ``{x, -}``); it breaks ties only, since charging it
 as a cost made other plans worse (a gradient's operand all-gathered to spare a small
-all_reduce); then to the candidate with more sharded mesh dims, then to the earliest;
-candidates that keep pending reductions come first.
+all_reduce); then to the candidate that does not keep pending a value other consumers read
+too while no consumer of its result takes the reductions (reducing that value now costs the
+same, once for all of them, where keeping it would have it reduced again for the others);
+then to the candidate with more sharded mesh dims, then to the earliest; candidates that
+keep pending reductions come first.
 """
 
 from __future__ import annotations
@@ -118,6 +121,9 @@ Pendings = frozenset[tuple[str, ReduceOp]]
 _Question = tuple[FactorSpace, tuple[Sharding | None, ...], Sharding | None, tuple[bool, ...]]
 """What `choose` is asked, less the placement: the op's factor space, its operands' layouts,
 the wanted result layout and the operands that must be reduced."""
+_Priced = tuple[_Question, Pendings, bool]
+"""A question, the pending reductions its result's consumers carry, and whether a pending
+operand it may keep has other consumers: what the candidates' prices depend on."""
 
 
 class StrategyChooser:
@@ -131,9 +137,8 @@ class StrategyChooser:
         self._options: dict[_Question, tuple[tuple[_Option, ...], Pendings]] = {}
         """Per question, its candidates and the pending reductions whose price depends on
         what the result's consumers do (`_carried_by_users`)."""
-        self._memo: dict[tuple[_Question, Pendings], tuple[_Candidate, ...]] = {}
-        self._ranked: dict[tuple[tuple[_Question, Pendings], Placed, Later],
-                           tuple[Strategy, ...]] = {}
+        self._memo: dict[_Priced, tuple[_Candidate, ...]] = {}
+        self._ranked: dict[tuple[_Priced, Placed, Later], tuple[Strategy, ...]] = {}
         self._waiting: Counter[tuple[Value, FactorSpace, int]] = Counter()
         self._uses: dict[tuple[Operation, int], _Use] = {}
         self._reduced_by: dict[tuple[Operation, int], frozenset[int]] = {}
@@ -167,12 +172,14 @@ class StrategyChooser:
                                                           reduced, self.costs)
         options, asks = entry
         carried = self._carried_by_users(op.result, layouts or {}, asks) if asks else asks
-        key = (question, carried)
+        shared = bool(asks) and any(s is not None and s.partial and len(v.uses) > 1
+                                    for v, s in zip(op.operands, operands))
+        key = (question, carried, shared)
         later = self._reductions_later(op.result)
         ranked = self._ranked.get((key, placed, later))
         if ranked is None:
             if key not in self._memo:
-                self._memo[key] = tuple(o.priced(carried) for o in options)
+                self._memo[key] = tuple(o.priced(carried, shared) for o in options)
             candidates = self._memo[key]
             penalties = tuple(self._penalty(later, c.strategy.result) for c in candidates) \
                 if later else ()
@@ -244,31 +251,32 @@ class StrategyChooser:
 
     def _carried_by_users(self, value: Value, layouts: Mapping[Value, Sharding],
                           asked: Pendings, depth: int = 4) -> Pendings:
-        """Of the pending reductions (mesh dim, kind) `asked` about, those of `value` that its
-        consumers may take somewhere cheaper than here: a relayout to a layout keeping them;
+        """Of the pending reductions (mesh dim, kind) `asked` about, those of `value` that all
+        its consumers take somewhere cheaper than here: a relayout to a layout keeping them;
         a sum with another value pending the same reduction (one reduction for both); a
         reduction or other op that takes them to a smaller result. An op that takes them on
         at the same size (a linear op a sum, ``reshape`` any kind) passes the question on to
-        its own consumers, `depth` ops deep. Any other pending reduction will be paid in
-        full, right here or later at the same size."""
-        out: set[tuple[str, ReduceOp]] = set()
+        its own consumers, `depth` ops deep. A reduction one consumer cannot take is paid in
+        full at this size anyway, and then serves every consumer: carrying it for the others
+        saves nothing (the layernorm backward's gradient, which one path sums to a parameter
+        gradient and another adds to the residual stream's)."""
+        carried = set(asked)
         later: dict[Operation, Pendings] = {}
         for user, slot in value.uses:
-            if len(out) == len(asked):
+            if not carried:
                 break
             use = self._uses.get((user, slot))
             if use is None:
                 use = self._uses[user, slot] = _Use.of(user, slot)
             if use.keeps is not None:  # a relayout
-                out.update(asked.intersection(use.keeps))
-                continue
-            if not use.kinds:
+                carried.intersection_update(use.keeps)
                 continue
             others = [layouts.get(v) for j, v in enumerate(user.operands) if j != slot]
             used: set[str] | None = None
-            for pending in asked:
+            for pending in list(carried):
                 mesh_dim, kind = pending
-                if pending in out or kind not in use.kinds:
+                if kind not in use.kinds:
+                    carried.discard(pending)
                     continue
                 merges = kind in use.commutes and bool(others) and all(
                     o is None or pending in o.partial for o in others)
@@ -279,18 +287,19 @@ class StrategyChooser:
                                              if o is not None))
                     takes = mesh_dim not in used
                 if not takes:
-                    continue
-                if merges or use.smaller:
-                    out.add(pending)
-                elif depth > 0:
+                    carried.discard(pending)
+                elif not (merges or use.smaller):
+                    if depth == 0:
+                        carried.discard(pending)
+                        continue
                     if user not in later:
                         result = user.result
                         assert result is not None
                         later[user] = self._carried_by_users(result, layouts,
-                                                             asked.difference(out), depth - 1)
-                    if pending in later[user]:
-                        out.add(pending)
-        return asked.intersection(out)
+                                                             frozenset(carried), depth - 1)
+                    if pending not in later[user]:
+                        carried.discard(pending)
+        return frozenset(carried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +345,10 @@ class _Candidate:
     """Per operand: the time of its relayout to the required layout (0 if unknown)."""
     sharded: int
     """The sharded mesh dims of the factor sharding (ties go to more)."""
+    held: bool = False
+    """It keeps pending a value that has other consumers, and no consumer of the result
+    takes the reductions: ties go to reducing the value now (the same bytes, once, for
+    every consumer), not here and again for the others."""
 
 
 @dataclass(frozen=True)
@@ -351,11 +364,14 @@ class _Option:
     absorbed: float
     """The op's own cost when they are carried: their resolution charged by volume only."""
 
-    def priced(self, carried: Pendings) -> _Candidate:
-        """The candidate, given the pending reductions the result's consumers carry."""
+    def priced(self, carried: Pendings, shared: bool) -> _Candidate:
+        """The candidate, given the pending reductions the result's consumers carry and
+        whether a pending operand it would keep has other consumers."""
         if self.asks and self.asks <= carried:
             s = self.candidate.strategy
             return replace(self.candidate, strategy=replace(s, cost=self.absorbed))
+        if self.asks and shared:
+            return replace(self.candidate, held=True)
         return self.candidate
 
 
@@ -380,7 +396,7 @@ def _ranked(candidates: Sequence[_Candidate], placed: Placed,
     free when an earlier consumer made that layout, else shared among the twins waiting.
     Among equal costs, the smaller `penalties` entry (what the consumers' reductions will
     cost) goes first."""
-    ranked: list[tuple[float, float, int, int, Strategy]] = []
+    ranked: list[tuple[float, float, bool, int, int, Strategy]] = []
     for n, candidate in enumerate(candidates):
         s = candidate.strategy
         cost = s.cost
@@ -390,9 +406,10 @@ def _ranked(candidates: Sequence[_Candidate], placed: Placed,
                 cost += move / waiting
         if cost != s.cost:
             s = Strategy(s.factors, s.operands, s.result, s.seeds, cost)
-        ranked.append((cost, penalties[n] if penalties else 0.0, -candidate.sharded, n, s))
-    ranked.sort(key=lambda r: r[:4])
-    return tuple(r[4] for r in ranked)
+        ranked.append((cost, penalties[n] if penalties else 0.0, candidate.held,
+                       -candidate.sharded, n, s))
+    ranked.sort(key=lambda r: r[:5])
+    return tuple(r[5] for r in ranked)
 
 
 def _candidates(space: FactorSpace, known: Sequence[Sharding | None]

@@ -61,6 +61,23 @@ def _transformer_step(mesh, layers, x_layout=None, batch=8, seq=128, dim=512, in
     return step, transformer.specs(batch, seq, dim, 4 * dim, layers)
 
 
+def test_the_transformer_step_places_every_op_once(monkeypatch):
+    """Propagation never steps back: the layernorm backward's gradient, pending a sum over
+    tp, is summed to a parameter gradient on one path and added to the residual stream's
+    on another; the chooser sees that the second needs it reduced and reduces it at once
+    for both (it used to take it pending, find it reduced later, and place the layer's
+    ops again: 2 step-backs per layer)."""
+    from dtensor_compiler.passes import propagate_layouts
+    undone = []
+    undo = propagate_layouts._Propagation._undo
+    monkeypatch.setattr(propagate_layouts._Propagation, "_undo",
+                        lambda self, back, *a: undone.append(back) or undo(self, back, *a))
+    mesh = dtc.create_mesh([("dp", 2), ("tp", 4)])
+    step, specs = _transformer_step(mesh, 2)
+    step.lower(*specs)
+    assert undone == []
+
+
 @pytest.mark.parametrize("layers", [1, 2, 16])
 def test_the_tensor_parallel_transformer_step_reduces_each_activation_twice_per_direction(
         layers):
