@@ -43,8 +43,12 @@ def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], h
         if not differentiable(value.type):
             raise GradientError(f"grad requires floating-point inputs; argument {i} is "
                                 f"{value.type.dtype}{list(value.type.shape)}", user_location())
-        wrt.append(value)
-        call[i] = TracedArray(value, rec)
+        # the argument as a value of its own (a reshape to its own shape, which simplify
+        # removes), so that `fn`'s other uses of the same array (a closure, another
+        # argument) are constants, as JAX has it: the derivative is a partial one
+        alias = rec.builder.create("reshape", [value], declared=value.type, loc=user_location())
+        wrt.append(alias)
+        call[i] = TracedArray(alias, rec)
     start = len(rec.func.ops)
     returned = fn(*call)
     if has_aux:

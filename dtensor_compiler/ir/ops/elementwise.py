@@ -215,20 +215,6 @@ def _ratio(ad: VJPContext, g: Value, top: Value, out: Value) -> Value:
     return _mul(ad, g, ad.emit("divide", [top, out]))
 
 
-def _divide_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
-    """``gx = g / y`` and ``gy = -gx * out`` (``-g x / y**2``), one division for both."""
-    x, y = op.operands
-    assert op.result is not None
-    wants_x = ad.wants(0) and differentiable(x.type)
-    wants_y = ad.wants(1) and differentiable(y.type)
-    if not (wants_x or wants_y):
-        return [None, None]
-    gx = ad.emit("divide", [g, y])
-    gy = ad.emit("negative", [_mul(ad, gx, op.result)]) if wants_y else None
-    return [ad.to_operand(gx, x) if wants_x else None,
-            None if gy is None else ad.to_operand(gy, y)]
-
-
 def _atan2_denominator(ad: VJPContext, y: Value, x: Value) -> Value:
     return ad.emit("add", [ad.emit("square", [x]), ad.emit("square", [y])])
 
@@ -239,7 +225,9 @@ _BINARY_VJPS: dict[str, VJPRule] = {
                         lambda ad, g, x, y, out: ad.emit("negative", [g])),
     "multiply": _binary(lambda ad, g, x, y, out: _mul(ad, g, y),
                         lambda ad, g, x, y, out: _mul(ad, g, x)),
-    "divide": _divide_vjp,
+    "divide": _binary(lambda ad, g, x, y, out: ad.emit("divide", [g, y]),
+                      lambda ad, g, x, y, out: ad.emit("negative", [
+                          ad.emit("divide", [_mul(ad, g, out), y])])),
     "power": _binary(_power_dx, _power_dy),
     "float_power": _binary(_power_dx, _power_dy),
     **dict.fromkeys(("maximum", "fmax"), _binary(
