@@ -3,10 +3,10 @@
 The triton backend generates kernels for fused elementwise chains, row reductions and
 float contractions (`triton_codegen`). The other ops that compute (gathers, scatter-adds,
 sorts, scans, reductions over other axes, contractions of integers, concatenation, flips,
-the padding mask) run as torch operations on `DEVICE`, through the kernels of
-`TORCH_KERNELS`: the numpy backend's table with these replaced. Like the numpy kernels they
-take and give stacked numpy arrays (`ctx.mesh_axes` leading mesh axes), handed to torch
-without a copy on the CPU (`triton_device`).
+the padding mask, real and imaginary parts) run as torch operations on `DEVICE`, through
+the kernels of `TORCH_KERNELS`: the numpy backend's table with these replaced. Like the
+numpy kernels they take and give stacked numpy arrays (`ctx.mesh_axes` leading mesh
+axes), handed to torch without a copy on the CPU (`triton_device`).
 
 The elementwise ops of a body the templates do not cover run here too, one torch op each,
 where torch computes them as numpy does (`_TORCH_UFUNCS`).
@@ -217,6 +217,12 @@ def _astype(op: Operation, ctx: ExecContext) -> KernelFn:
     and the two libraries give differently)."""
     dtype, torch_dtype = _result_dtype(op)
     return _unary(op, lambda x: x.to(torch_dtype, copy=True))
+
+
+@_torch(elementwise.REAL, elementwise.IMAG)
+def _component(op: Operation, ctx: ExecContext) -> KernelFn:
+    part = torch.real if op.name == "real" else torch.imag
+    return _unary(op, lambda x: part(x).clone())  # (torch gives a view of the operand)
 
 
 def _elementwise(op: Operation, ctx: ExecContext, dtype: np.dtype,

@@ -320,3 +320,29 @@ def test_half_precision_sums_and_products_accumulate_in_fp32():
                     backend="triton")
     np.testing.assert_array_equal(np.asarray(f(np.array([[300, 300, 0]], np.float16))),
                                   [[300, np.inf, 0]])
+
+
+def test_every_op_that_computes_has_a_torch_kernel():
+    """Of the pure ops, only these have none (nothing of theirs runs per call on the
+    device): relayouts and hints, which planning turns into collectives or removes; the
+    call of a kernel body; sources, built once when the program is prepared."""
+    from dtensor_compiler.ir import opdef
+    from dtensor_compiler.runtime import torch_kernels
+
+    without = sorted(d.name for d in opdef.registered()
+                     if d.pure and d.collective is None and d.name not in torch_kernels._VIEWS
+                     and d.name not in torch_kernels._REFUSED
+                     and not d.name.startswith("test_"))  # (the tests' own ops)
+    assert without == ["constant", "cotangent", "full", "iota", "kernel", "relayout",
+                       "relayout_like"]
+
+
+def test_real_and_imaginary_parts_run_on_torch():
+    """Complex values are outside the templates: the body runs op by op, on torch."""
+    z = _T + 1j * _TIES
+    f = dtc.compile(lambda z: np.real(z) * 2 + np.imag(z), in_layouts=_layouts([U, "y"]),
+                    backend="triton")
+    np.testing.assert_array_equal(np.asarray(f(z)), np.real(z) * 2 + np.imag(z))
+    (run,) = f.lower(z).kernel_runs()
+    assert run.runs_on == "op by op"
+    assert run.detail.endswith("real on torch, multiply on torch, imag on torch, add on torch")
