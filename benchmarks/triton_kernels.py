@@ -27,6 +27,7 @@ import torch
 from report import report
 
 import dtensor_compiler as dtc
+from dtensor_compiler.runtime.triton_device import to_device  # (sets TRITON_INTERPRET first)
 
 GPU = torch.cuda.is_available()
 REPEATS = 5
@@ -121,7 +122,7 @@ def main() -> None:
         plain = dtc.compile(fn, in_layouts=layouts)
         placed = [dtc.copy_to_mesh(a, layout) for a, layout in zip(specs, layouts)]
         rest = args[len(specs):]
-        tensors = [_torch(a) for a in specs]
+        tensors = [to_device(a) for a in specs]
         t_fused = best(lambda f=fused, p=placed, r=rest: f(*p, *r))
         t_plain = best(lambda f=plain, p=placed, r=rest: f(*p, *r))
         t_torch = best(lambda f=reference, t=tensors, r=rest: f(*t, *(float(x) for x in r)))
@@ -146,12 +147,6 @@ def _array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.n
         import ml_dtypes
         return a.astype(ml_dtypes.bfloat16)
     return a
-
-
-def _torch(a: np.ndarray) -> torch.Tensor:
-    t = (torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
-         if a.dtype.name == "bfloat16" else torch.from_numpy(a))
-    return t.cuda() if GPU else t
 
 
 if __name__ == "__main__":
