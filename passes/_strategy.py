@@ -31,7 +31,10 @@ Ties go first to the candidate whose result is not sharded along a dim that a re
 pending reductions (of ``labels * log_probs`` laid out ``{-, x}`` and ``{x, -}`` and summed
 over the last dim, the product is best ``{x, -}``); it breaks ties only, since charging it
 as a cost made other plans worse (a gradient's operand all-gathered to spare a small
-all_reduce); then to the candidate that does not keep pending a value other consumers read
+all_reduce), but costs within `_TIE` of the least count as tied for it (a latency-bound
+all_to_all of a 1-byte mask against one of its 4-byte log-probabilities: the later
+reduction decides, and the sparse softmax loss needs no reduction at all); among those, the
+exact cost comes next; then to the candidate that does not keep pending a value other consumers read
 too while no consumer of its result takes the reductions (reducing that value now costs the
 same, once for all of them, where keeping it would have it reduced again for the others);
 then to the candidate with more sharded mesh dims, then to the earliest; candidates that
@@ -390,6 +393,11 @@ def _options_of(space: FactorSpace, op: Operation, operands: Sequence[Sharding |
     return tuple(out), frozenset().union(*(o.asks for o in out))
 
 
+_TIE = 1e-3
+"""Costs within this fraction of the least are a tie for the reductions later (`_ranked`):
+below the cost model's resolution (a latency-bound collective of 12 bytes or of 48)."""
+
+
 def _ranked(candidates: Sequence[_Candidate], placed: Placed,
             penalties: Sequence[float] = ()) -> tuple[Strategy, ...]:
     """The candidates' strategies with their full cost, best first: an operand's relayout is
@@ -409,6 +417,11 @@ def _ranked(candidates: Sequence[_Candidate], placed: Placed,
         ranked.append((cost, penalties[n] if penalties else 0.0, candidate.held,
                        -candidate.sharded, n, s))
     ranked.sort(key=lambda r: r[:5])
+    if penalties and len(ranked) > 1:  # costs the model cannot tell apart are a tie
+        near = ranked[0][0] * (1 + _TIE) + 1e-15
+        tied = [r for r in ranked if r[0] <= near]
+        tied.sort(key=lambda r: (r[1], r[0], *r[2:5]))  # (then the exact cost)
+        ranked[:len(tied)] = tied
     return tuple(r[5] for r in ranked)
 
 

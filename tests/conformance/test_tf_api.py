@@ -138,23 +138,13 @@ _LOGITS_2D = [("logits_unsharded", 0), ("logits_batch", 1), ("logits_inner", 2),
 _LABELS_1D = [("labels_unsharded", 0), ("labels_batch_x", 1), ("labels_batch_y", 2)]
 
 
-def _pairs(first, second, deviations=None):
-    """Every (labels, logits) layout pair; `deviations` maps a pair to the xfail reason."""
-    cases = []
-    for a, b in itertools.product(first, second):
-        reason = (deviations or {}).get((a[1], b[1]))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        cases.append(pytest.param(a[1], b[1], id=f"{a[0]}-{b[0]}", marks=marks))
+def _pairs(first, second):
+    """Every (labels, logits) layout pair."""
+    cases = [pytest.param(a[1], b[1], id=f"{a[0]}-{b[0]}")
+             for a, b in itertools.product(first, second)]
     return pytest.mark.parametrize("labels_index, logits_index", cases)
 
 
-_SPARSE_DEVIATIONS = {
-    (1, 2): "deviation: labels i64[6] laid out {x} with logits f32[6,4] laid out {-, x}: "
-            "the reference's result f32[6] is laid out {x}; ours is {-} (the planner "
-            "all_to_alls the one-hot mask, 1 byte an element, rather than the f32 "
-            "log-probabilities, and all_reduces the pending sum over x; its chooser looks "
-            "ahead only to break ties)",
-}
 
 
 # reference: api_test.py APITest.testSoftmaxCrossentropyWithLogits
@@ -177,7 +167,7 @@ def test_softmax_cross_entropy_with_logits(mesh, labels_index, logits_index):
 
 
 # reference: api_test.py APITest.testSparseSoftmaxCrossentropyWithLogits
-@_pairs(_LABELS_1D, _LOGITS_2D, _SPARSE_DEVIATIONS)
+@_pairs(_LABELS_1D, _LOGITS_2D)
 def test_sparse_softmax_cross_entropy_with_logits(mesh, labels_index, logits_index):
     expected_layout = dtc.Layout.replicated(mesh, rank=1)
     if labels_index == 1 or logits_index in (1, 3):
