@@ -34,11 +34,11 @@ as a cost made other plans worse (a gradient's operand all-gathered to spare a s
 all_reduce), but costs within `_TIE` of the least count as tied for it (a latency-bound
 all_to_all of a 1-byte mask against one of its 4-byte log-probabilities: the later
 reduction decides, and the sparse softmax loss needs no reduction at all); among those, the
-exact cost comes next; then to the candidate that does not keep pending a value other consumers read
-too while no consumer of its result takes the reductions (reducing that value now costs the
-same, once for all of them, where keeping it would have it reduced again for the others);
-then to the candidate with more sharded mesh dims, then to the earliest; candidates that
-keep pending reductions come first.
+exact cost comes next; then to the candidate that does not keep pending a value other
+consumers read too while no consumer of its result takes the reductions (reducing that
+value now costs the same, once for all of them, where keeping it would have it reduced
+again for the others); then to the candidate with more sharded mesh dims, then to the
+earliest; candidates that keep pending reductions come first.
 """
 
 from __future__ import annotations
