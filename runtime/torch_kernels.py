@@ -203,14 +203,14 @@ def _ufunc(op: Operation, ctx: ExecContext) -> KernelFn:
         t if cast is None else t.to(cast) for t in ts)))
 
 
-@_torch(elementwise.WHERE, refuses=lambda op: "c" in _kinds(op))
+@_torch(elementwise.WHERE, refuses=_has_complex)
 def _where(op: Operation, ctx: ExecContext) -> KernelFn:
     dtype, torch_dtype = _result_dtype(op)
     return _elementwise(op, ctx, dtype, lambda c, a, b: torch.where(
         c, a.to(torch_dtype), b.to(torch_dtype)))
 
 
-@_torch(elementwise.ASTYPE, refuses=lambda op: "c" in _kinds(op) or (
+@_torch(elementwise.ASTYPE, refuses=lambda op: _has_complex(op) or (
     _kind(op.operands[0]) == "f" and _kind(op.results[0]) in "iu"))
 def _astype(op: Operation, ctx: ExecContext) -> KernelFn:
     """A cast (not of a float to an integer, whose value out of range C leaves undefined

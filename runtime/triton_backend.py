@@ -60,6 +60,7 @@ from dtensor_compiler.runtime.triton_device import (
     INTERPRETED,
     host_tensor,
     synchronize,
+    to_device,
 )
 from dtensor_compiler.runtime.triton_tuning import Config, Tuner, size_class
 
@@ -146,9 +147,9 @@ def _inputs(aligned: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
     for a in aligned:
         a = a[(*(slice(0, 1) if n == 1 or s == 0 else slice(None)
                  for n, s in zip(a.shape, a.strides)), ...)]  # (`...`: a 0-d stays an array)
-        if any(s < 0 for s in a.strides) or (INTERPRETED and not a.flags.c_contiguous):
-            a = a.copy()  # torch takes no negative strides; the interpreter copies storages
-        t = host_tensor(a).to(DEVICE)  # (a copy to the GPU may lay it out anew: strides after)
+        if INTERPRETED and not a.flags.c_contiguous:
+            a = a.copy()  # the interpreter copies storages
+        t = to_device(a)  # (a copy to the GPU may lay it out anew: strides after)
         strides += [0 if n == 1 else s for n, s in zip(t.shape, t.stride())]
         inputs.append(t)
     return inputs, strides

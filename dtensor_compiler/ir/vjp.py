@@ -26,6 +26,13 @@ def differentiable(t: TensorType) -> bool:
     return is_floating(numpy_dtype(t.dtype))
 
 
+def unread_operand(v: Value, name: str) -> Value | None:
+    """The operand of `v`'s op if that is a `name` op and nothing reads `v` yet (so that the
+    op is dead once `v` is not used: dead-code removal drops it)."""
+    op = v.owner
+    return op.operands[0] if op is not None and op.name == name and not v.uses else None
+
+
 class VJPContext:
     """Emits the ops of one rule (see the module docstring)."""
 
@@ -101,9 +108,8 @@ class VJPContext:
         if not differentiable(operand.type):
             return None
         shape = operand.type.shape
-        negated = g.owner is not None and g.owner.name == "negative" and not g.uses
-        if negated and g.type.shape != shape:  # negate the smaller value, after the sum
-            assert g.owner is not None
-            summed = self.unbroadcast(g.owner.operands[0], shape)
+        negated = unread_operand(g, "negative")
+        if negated is not None and g.type.shape != shape:
+            summed = self.unbroadcast(negated, shape)  # (negate the smaller value: the sum)
             return self.cast(self.emit("negative", [summed]), operand.type.dtype)
         return self.cast(self.unbroadcast(g, shape), operand.type.dtype)

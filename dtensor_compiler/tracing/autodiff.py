@@ -25,7 +25,7 @@ from dtensor_compiler.errors import GradientError
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.types import TensorType
-from dtensor_compiler.ir.vjp import VJPContext, differentiable
+from dtensor_compiler.ir.vjp import VJPContext, differentiable, unread_operand
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.recorder import Recorder
 from dtensor_compiler.tracing.tracer import TracedArray, unwrap
@@ -99,7 +99,7 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         for v, c in zip(op.operands, rule(ad, op, _hinted(ad, g, op.result))):
             if c is None or id(v) not in active:
                 continue
-            inner = _unwrapped(c, "negative")
+            inner = unread_operand(c, "negative")
             signed = (c, negated) if inner is None else (inner, not negated)
             before = cotangents.get(id(v))
             cotangents[id(v)] = signed if before is None else _accumulate(ad, before, signed)
@@ -119,21 +119,14 @@ _Signed = tuple[Value, bool]
 """A cotangent: a value, and whether it stands negated."""
 
 
-def _unwrapped(v: Value, name: str) -> Value | None:
-    """The operand of `v`'s op if that is a `name` op and nothing reads `v` yet (so that the
-    op is dead once `v` is not used: dead-code removal drops it)."""
-    op = v.owner
-    return op.operands[0] if op is not None and op.name == name and not v.uses else None
-
-
 def _accumulate(ad: VJPContext, before: _Signed, c: _Signed) -> _Signed:
     """The sum of two cotangents of one value (its shape), with a broadcast that made either
     folded in (``a + broadcast_to(b)`` is ``a + b``: numpy broadcasts) and their signs into
     the op: ``a + -b`` is ``a - b``, ``-a + -b`` is ``-(a + b)``."""
     (a, minus_a), (b, minus_b) = before, c
-    if (inner := _unwrapped(b, "broadcast_to")) is not None:
+    if (inner := unread_operand(b, "broadcast_to")) is not None:
         b = inner
-    elif (inner := _unwrapped(a, "broadcast_to")) is not None:
+    elif (inner := unread_operand(a, "broadcast_to")) is not None:
         a = inner
     if minus_a == minus_b:
         return ad.emit("add", [a, b]), minus_a

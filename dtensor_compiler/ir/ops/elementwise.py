@@ -30,7 +30,7 @@ from dtensor_compiler.ir.opdef import (
 )
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType
-from dtensor_compiler.ir.vjp import VJPContext, differentiable
+from dtensor_compiler.ir.vjp import VJPContext, differentiable, unread_operand
 
 UNARY_UFUNCS: tuple[str, ...] = (
     "negative", "positive", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "tanh",
@@ -90,13 +90,13 @@ def _ufunc_infer(name: str) -> InferFn:
 def _mul(ad: VJPContext, *vs: Value) -> Value:
     """The product of `vs`, a negation of a factor (that nothing else reads) taken out of
     it, so that the caller's cotangent is a negation the backward pass carries instead."""
-    signs = [v.owner is not None and v.owner.name == "negative" and not v.uses for v in vs]
-    factors = [v.owner.operands[0] if minus and v.owner is not None else v
-               for v, minus in zip(vs, signs)]
+    negated = [unread_operand(v, "negative") for v in vs]
+    factors = [v if inner is None else inner for v, inner in zip(vs, negated)]
     out = factors[0]
     for v in factors[1:]:
         out = ad.emit("multiply", [out, v])
-    return ad.emit("negative", [out]) if sum(signs) % 2 else out
+    odd = sum(inner is not None for inner in negated) % 2
+    return ad.emit("negative", [out]) if odd else out
 
 
 def _unary(derivative: Callable[[VJPContext, Value, Value], Value]) -> VJPRule:
