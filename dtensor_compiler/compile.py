@@ -111,21 +111,22 @@ def _layout(t: TensorType, mesh: Mesh) -> Layout:
 
 
 def _refuse_unordered_partials(module: Module, arg_names: Sequence[str]) -> None:
-    """Raise LayoutError where an argument, result or relayout of the traced program is a
-    complex value pending a max or min: complex numbers have no order."""
+    """Raise LayoutError where an argument or an op's result (a relayout's, or one returned)
+    of the traced program is a complex value pending a max or min: complex numbers have no
+    order."""
     func = module.main
-    named = [(f"argument {n!r}", a) for n, a in zip(arg_names, func.args)]
-    made = [(f"{op.loc}: {op.name}" if op.loc is not None else op.name, r)
-            for op in func.ops for r in op.results]
-    results = [(f"result {i}", r) for i, r in enumerate(func.results)]
-    for what, value in named + made + results:
+    for value in (*func.args, *(r for op in func.ops for r in op.results)):
         t = value.type
-        if t.sharding is None or not np.issubdtype(numpy_dtype(t.dtype), np.complexfloating):
+        if t.sharding is None or not t.sharding.partial or not np.issubdtype(
+                numpy_dtype(t.dtype), np.complexfloating):
             continue
-        for m, op in t.sharding.partial:
-            if op in (ReduceOp.MAX, ReduceOp.MIN):
+        for m, kind in t.sharding.partial:
+            if kind in (ReduceOp.MAX, ReduceOp.MIN):
+                op = value.owner
+                what = (f"argument {arg_names[func.args.index(value)]!r}" if op is None else
+                        f"{op.loc}: {op.name}" if op.loc is not None else op.name)
                 raise LayoutError(f"{what} is {t.text()}: a complex value cannot be pending "
-                                  f"a {op} over {m}, complex numbers have no order")
+                                  f"a {kind} over {m}, complex numbers have no order")
 
 
 class Lowered:

@@ -144,7 +144,7 @@ class StrategyChooser:
         self._ranked: dict[tuple[_Priced, Placed, Later], tuple[Strategy, ...]] = {}
         self._waiting: Counter[tuple[Value, FactorSpace, int]] = Counter()
         self._uses: dict[tuple[Operation, int], _Use] = {}
-        self._reduced_by: dict[tuple[Operation, int], frozenset[int]] = {}
+        self._later: dict[Value, Later] = {}
         self._penalties: dict[tuple[Later, Sharding], float] = {}
 
     def choose(self, space: FactorSpace, op: Operation, operands: Sequence[Sharding | None],
@@ -192,21 +192,23 @@ class StrategyChooser:
     def _reductions_later(self, value: Value) -> Later:
         """Per consumer of `value` that reduces some of its dims away and takes no other
         operand (a ``reduce_sum``, not a contraction, whose other operands' layouts decide
-        whether its reduction is the plan): those dims and the type of its result."""
+        whether its reduction is the plan): those dims and the type of its result. Asked
+        only before the consumers are placed (or after they are undone), so the answer for
+        the original program is kept."""
+        later = self._later.get(value)
+        if later is not None:
+            return later
         out = []
         for user, slot in value.uses:
-            dims = self._reduced_by.get((user, slot))
             space = self.spaces.of(user)
-            if dims is None:
-                dims = frozenset() if space is None else frozenset(
-                    d for d, factors in enumerate(space.tensors[slot])
-                    if factors and all(space.is_reduced(f) for f in factors))
-                self._reduced_by[user, slot] = dims
-            if not dims or space is None or user.result is None:
+            if space is None or user.result is None or len(user.operands) != 1:
                 continue
-            if len(user.operands) == 1:
+            dims = frozenset(d for d, factors in enumerate(space.tensors[slot])
+                             if factors and all(space.is_reduced(f) for f in factors))
+            if dims:
                 out.append((dims, user.result.type))
-        return tuple(out)
+        later = self._later[value] = tuple(out)
+        return later
 
     def _penalty(self, later: Later, result: Sharding) -> float:
         """What the consumers in `later` will pay for reducing dims that `result` shards."""

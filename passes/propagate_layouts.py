@@ -96,7 +96,7 @@ class _Propagation:
         reduced), it marks that value `reduced`, steps back to the value's first consumer and
         walks on from there, that consumer now given the reduced value, which exists anyway."""
         pinned = self._pinned()
-        self.chooser.count_consumers(self.func.ops)
+        self.chooser.count_consumers(self.func.ops)  # (phase 1 places nothing: it serves both)
         desired = desired_layouts(self.func, pinned, self.spaces, self.chooser, self.hints)
         self.desired = desired.layouts
         self.known = dict(desired.layouts)
@@ -115,7 +115,6 @@ class _Propagation:
                                        op_ref(desired.via[arg])))
             else:
                 self._set(arg, Sharding.replicated(arg.type.rank), (DEFAULT_SOURCE,))
-        self.chooser.count_consumers(self.func.ops)
         original = _Snapshot(self.func)
         ops, position = original.ops, original.position
         marks: list[tuple[int, int, int]] = []

@@ -84,7 +84,7 @@ class Operation:
                  attrs: dict[str, Attr] | None = None, loc: Location | None = None,
                  why: Reason | None = None) -> None:
         self.name = name
-        self._operands: list[Value] = []
+        self._operands: tuple[Value, ...] = tuple(operands)
         self.attrs: dict[str, Attr] = dict(attrs or {})
         self.loc = loc
         self.source: tuple[int, int] | None = None
@@ -94,25 +94,24 @@ class Operation:
         self.result: Value | None = self.results[0] if len(self.results) == 1 else None
         """The only result; None for an op without results or with several (read those
         through `results`)."""
-        for v in operands:
-            self._operands.append(v)
-            v.uses.append((self, len(self._operands) - 1))
+        for i, v in enumerate(self._operands):
+            v.uses.append((self, i))
 
     @property
     def operands(self) -> tuple[Value, ...]:
-        return tuple(self._operands)
+        return self._operands
 
     def set_operand(self, index: int, value: Value) -> None:
-        old = self._operands[index]
-        old.uses.remove((self, index))
-        self._operands[index] = value
+        operands = self._operands
+        operands[index].uses.remove((self, index))
+        self._operands = operands[:index] + (value,) + operands[index + 1:]
         value.uses.append((self, index))
 
     def drop_operands(self) -> None:
         """Detach from all operands (before erasing the op)."""
         for i, v in enumerate(self._operands):
             v.uses.remove((self, i))
-        self._operands = []
+        self._operands = ()
 
     @property
     def type(self) -> TensorType:
