@@ -47,6 +47,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from math import prod
+from typing import NamedTuple
 
 from dtensor_compiler.cost import CostModel, Link
 from dtensor_compiler.errors import PlanningError
@@ -72,9 +73,9 @@ class Strategy:
     cost: float
 
 
-@dataclass(frozen=True)
-class Placed:
-    """What the consumers placed before an op decided about its operands."""
+class Placed(NamedTuple):
+    """What the consumers placed before an op decided about its operands (a tuple: one is
+    made and hashed per op placed)."""
 
     waiting: tuple[int, ...]
     """Per operand: the consumers not placed yet, this op included (a relayout made now may

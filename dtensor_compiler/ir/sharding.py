@@ -64,7 +64,16 @@ class Sharding:
         if partial:
             if not all(type(op) is ReduceOp for _, op in partial):
                 partial = tuple((m, ReduceOp.parse(op)) for m, op in partial)
-            object.__setattr__(self, "partial", tuple(sorted(partial)))
+            partial = tuple(sorted(partial))
+            object.__setattr__(self, "partial", partial)
+        object.__setattr__(self, "_hash", hash((self.dims, partial)))
+
+    def __hash__(self) -> int:
+        """Computed once: planning keys its memos by layouts, millions of lookups."""
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def __reduce__(self) -> tuple[type[Sharding], tuple[object, ...]]:
+        return Sharding, (self.dims, self.partial)  # (the hash is rebuilt, not unpickled)
 
     # -- construction -------------------------------------------------------------------------
     @staticmethod
