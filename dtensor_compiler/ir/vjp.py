@@ -26,6 +26,16 @@ def differentiable(t: TensorType) -> bool:
     return is_floating(numpy_dtype(t.dtype))
 
 
+FullKey = tuple[str, tuple[int, ...], type, object]
+"""What makes two ``full`` ops the same: dtype, shape and value (`full_key`)."""
+
+
+def full_key(dtype: str, shape: Sequence[int], value: bool | int | float) -> FullKey:
+    """The key of a ``full`` of `value`; a float by its bits' hex, so that 0.0 and -0.0
+    differ and NaN is one key."""
+    return (dtype, tuple(shape), type(value), value.hex() if isinstance(value, float) else value)
+
+
 def unread_operand(v: Value, name: str) -> Value | None:
     """The operand of `v`'s op if that is a `name` op and nothing reads `v` yet (so that the
     op is dead once `v` is not used: dead-code removal drops it)."""
@@ -37,10 +47,14 @@ class VJPContext:
     """Emits the ops of one rule (see the module docstring)."""
 
     def __init__(self, builder: Builder, loc: Location | None,
-                 wanted: Sequence[bool] | None = None) -> None:
+                 wanted: Sequence[bool] | None = None,
+                 constants: dict[FullKey, Value] | None = None) -> None:
         self._builder = builder
         self.loc = loc
         self._wanted = wanted
+        self._constants = {} if constants is None else constants
+        """The ``full`` ops of the function so far (the recorder's), which the rules reuse:
+        they ask for the same few scalars hundreds of times."""
 
     def wants(self, operand: int) -> bool:
         """Whether the output depends on operand `operand` (a rule need not compute the
@@ -66,7 +80,12 @@ class VJPContext:
                                     why=UserRelayout())
 
     def full(self, shape: Sequence[int], dtype: str, value: float) -> Value:
-        return self.emit("full", [], {"value": float(value)}, TensorType(dtype, tuple(shape)))
+        key = full_key(dtype, shape, float(value))
+        made = self._constants.get(key)
+        if made is None:
+            made = self._constants[key] = self.emit("full", [], {"value": float(value)},
+                                                    TensorType(dtype, tuple(shape)))
+        return made
 
     def scalar(self, value: float, like: Value) -> Value:
         """A 0-d constant of `like`'s dtype (numpy broadcasting does the rest)."""

@@ -91,7 +91,8 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         if rule is None:
             raise GradientError(f"cannot differentiate through {op.name}: it has no "
                                 "derivative rule", op.loc)
-        ad = VJPContext(rec.builder, op.loc, [id(v) in active for v in op.operands])
+        ad = VJPContext(rec.builder, op.loc, [id(v) in active for v in op.operands],
+                        rec.constants)
         if any(id(v) in active and _is_complex(v.type) for v in op.operands):
             raise GradientError(f"cannot differentiate through complex values: {op.name} "
                                 "takes one that depends on a differentiated input", op.loc)
@@ -109,7 +110,7 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         if found is None:
             out.append(rec.full(w.type.shape, w.type.dtype, 0.0))
             continue
-        ad = VJPContext(rec.builder, user_location())
+        ad = VJPContext(rec.builder, user_location(), constants=rec.constants)
         g, negated = found
         out.append(_hinted(ad, ad.emit("negative", [g]) if negated else g, w))
     return out

@@ -30,6 +30,7 @@ from dtensor_compiler.ir.types import (
     native_array,
     numpy_dtype,
 )
+from dtensor_compiler.ir.vjp import FullKey, full_key
 from dtensor_compiler.tracing.location import user_location
 
 PythonScalar = bool | int | float | complex
@@ -81,6 +82,10 @@ class Recorder:
         self.calling: str | None = None
         """The numpy function being traced, named in the locations of the ops it emits."""
         self._builder = Builder(func, InferContext(mesh))
+        self.constants: dict[FullKey, Value] = {}
+        """The ``full`` ops emitted so far: a program's scalars (``x * 2``, ``0.5 * g``) and
+        the derivative rules' are made once each (ops are only appended, so the first one
+        comes before every later use)."""
 
     @property
     def builder(self) -> Builder:
@@ -121,7 +126,12 @@ class Recorder:
         text has no complex scalar."""
         scalar = scalar_attr(value, dtype)
         if not isinstance(scalar, complex):
-            return self.emit("full", [], {"value": scalar}, TensorType(dtype, tuple(shape)))
+            key = full_key(dtype, shape, scalar)
+            made = self.constants.get(key) if self.active else None
+            if made is None:
+                made = self.constants[key] = self.emit("full", [], {"value": scalar},
+                                                       TensorType(dtype, tuple(shape)))
+            return made
         zero_d = self.emit("constant", [], {"value": np.array(scalar, numpy_dtype(dtype))},
                            TensorType(dtype, ()))
         if not shape:
