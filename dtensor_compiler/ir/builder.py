@@ -97,11 +97,15 @@ class Builder:
                   sharding: Sharding | Sequence[Sharding | None] | None = None,
                   loc: Location | None = None, why: Reason | None = None) -> Operation:
         op = make_op(name, operands, attrs, self.ctx, declared, sharding, loc, why)
+        self.append(op)
+        return op
+
+    def append(self, op: Operation) -> None:
+        """Add an op made by `make_op` (at the anchor, if there is one)."""
         if self.before is None:
             self.func.ops.append(op)
         else:
             self.func.insert_before(self.before, op)
-        return op
 
     def create(self, name: str, operands: Sequence[Value],
                attrs: Mapping[str, object] | None = None, declared: TensorType | None = None,

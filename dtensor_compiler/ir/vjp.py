@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dtensor_compiler.errors import Location
-from dtensor_compiler.ir.builder import Builder
-from dtensor_compiler.ir.core import Value
+from dtensor_compiler.ir.builder import Builder, make_op
+from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.reasons import UserRelayout
 from dtensor_compiler.ir.sharding import Sharding
 from dtensor_compiler.ir.types import TensorType, is_floating, numpy_dtype
@@ -55,6 +55,9 @@ class VJPContext:
         self._constants = {} if constants is None else constants
         """The ``full`` ops of the function so far (the recorder's), which the rules reuse:
         they ask for the same few scalars hundreds of times."""
+        self._negations: dict[int, Operation] = {}
+        """The ``negative`` ops `negate` made and no op has read yet, by result id: not in
+        the function (see `negate`)."""
 
     def wants(self, operand: int) -> bool:
         """Whether the output depends on operand `operand` (a rule need not compute the
@@ -66,7 +69,36 @@ class VJPContext:
              ) -> Value:
         """Op `name` at the forward op's line; `result` is the declared type of ops that need
         one (``reshape``, ``broadcast_to``, ``astype``, ``full``)."""
+        if self._negations:
+            for v in operands:
+                negation = self._negations.pop(id(v), None)
+                if negation is not None:
+                    self._builder.append(negation)  # read after all: it goes in before its reader
         return self._builder.create(name, list(operands), attrs, result, loc=self.loc)
+
+    def negate(self, g: Value) -> Value:
+        """``-g``, made but not yet in the function: it goes in when an op of this rule reads
+        it, and otherwise the backward pass carries the sign instead (`negation_of`), so a
+        negation a rule returns costs no op. ``-(-g)`` is `g`."""
+        inner = self._negations.get(id(g))
+        if inner is not None:
+            return inner.operands[0]
+        op = make_op("negative", [g], None, self._builder.ctx, loc=self.loc)
+        assert op.result is not None
+        self._negations[id(op.result)] = op
+        return op.result
+
+    def negation_of(self, v: Value) -> Value | None:
+        """`x` if `v` is ``-x`` made by `negate` and not read, or a ``negative`` op's result
+        nothing reads yet; else None."""
+        negation = self._negations.get(id(v))
+        return negation.operands[0] if negation is not None else unread_operand(v, "negative")
+
+    def finish(self) -> None:
+        """Discard the negations no op read (their values are carried as signs, or unused)."""
+        for op in self._negations.values():
+            op.drop_operands()
+        self._negations.clear()
 
     def emit_relayout(self, g: Value, sharding: Sharding) -> Value:
         """`g` in layout `sharding` (the derivative of a user's relayout)."""
@@ -127,8 +159,8 @@ class VJPContext:
         if not differentiable(operand.type):
             return None
         shape = operand.type.shape
-        negated = unread_operand(g, "negative")
+        negated = self.negation_of(g)
         if negated is not None and g.type.shape != shape:
             summed = self.unbroadcast(negated, shape)  # (negate the smaller value: the sum)
-            return self.cast(self.emit("negative", [summed]), operand.type.dtype)
+            return self.cast(self.negate(summed), operand.type.dtype)
         return self.cast(self.unbroadcast(g, shape), operand.type.dtype)

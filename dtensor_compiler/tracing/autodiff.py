@@ -100,10 +100,11 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         for v, c in zip(op.operands, rule(ad, op, _hinted(ad, g, op.result))):
             if c is None or id(v) not in active:
                 continue
-            inner = unread_operand(c, "negative")
+            inner = ad.negation_of(c)
             signed = (c, negated) if inner is None else (inner, not negated)
             before = cotangents.get(id(v))
             cotangents[id(v)] = signed if before is None else _accumulate(ad, before, signed)
+        ad.finish()
     out = []
     for w in wrt:
         found = cotangents.get(id(w))

@@ -30,7 +30,7 @@ from dtensor_compiler.ir.opdef import (
 )
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType
-from dtensor_compiler.ir.vjp import VJPContext, differentiable, unread_operand
+from dtensor_compiler.ir.vjp import VJPContext, differentiable
 
 UNARY_UFUNCS: tuple[str, ...] = (
     "negative", "positive", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "tanh",
@@ -90,13 +90,13 @@ def _ufunc_infer(name: str) -> InferFn:
 def _mul(ad: VJPContext, *vs: Value) -> Value:
     """The product of `vs`, a negation of a factor (that nothing else reads) taken out of
     it, so that the caller's cotangent is a negation the backward pass carries instead."""
-    negated = [unread_operand(v, "negative") for v in vs]
+    negated = [ad.negation_of(v) for v in vs]
     factors = [v if inner is None else inner for v, inner in zip(vs, negated)]
     out = factors[0]
     for v in factors[1:]:
         out = ad.emit("multiply", [out, v])
     odd = sum(inner is not None for inner in negated) % 2
-    return ad.emit("negative", [out]) if odd else out
+    return ad.negate(out) if odd else out
 
 
 def _unary(derivative: Callable[[VJPContext, Value, Value], Value]) -> VJPRule:
@@ -122,7 +122,7 @@ def _scaled(factor: float) -> Callable[[VJPContext, Value, Value], Value]:
 def _linear(sign: float) -> VJPRule:
     def rule(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
         (x,) = op.operands
-        return [ad.to_operand(g if sign > 0 else ad.emit("negative", [g]), x)]
+        return [ad.to_operand(g if sign > 0 else ad.negate(g), x)]
     return rule
 
 
@@ -151,12 +151,12 @@ _UNARY_VJPS: dict[str, VJPRule] = {
     "sinh": _unary(lambda ad, x, out: ad.emit("cosh", [x])),
     "cosh": _unary(lambda ad, x, out: ad.emit("sinh", [x])),
     "sin": _unary(lambda ad, x, out: ad.emit("cos", [x])),
-    "cos": _unary(lambda ad, x, out: ad.emit("negative", [ad.emit("sin", [x])])),
+    "cos": _unary(lambda ad, x, out: ad.negate(ad.emit("sin", [x]))),
     "tan": _unary(lambda ad, x, out: ad.emit("add", [ad.scalar(1.0, x), ad.emit("square", [out])])),
     "arcsin": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit("sqrt", [
         _one_minus_square(ad, x)]))),
-    "arccos": _unary(lambda ad, x, out: ad.emit("negative", [_reciprocal_of(ad, ad.emit(
-        "sqrt", [_one_minus_square(ad, x)]))])),
+    "arccos": _unary(lambda ad, x, out: ad.negate(_reciprocal_of(ad, ad.emit(
+        "sqrt", [_one_minus_square(ad, x)])))),
     "arctan": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit(
         "add", [ad.scalar(1.0, x), ad.emit("square", [x])]))),
     "arcsinh": _unary(lambda ad, x, out: _reciprocal_of(ad, ad.emit("sqrt", [ad.emit(
@@ -167,7 +167,7 @@ _UNARY_VJPS: dict[str, VJPRule] = {
     "cbrt": _unary(lambda ad, x, out: _reciprocal_of(ad, _mul(ad, ad.emit("square", [out]),
                                                               ad.scalar(3.0, x)))),
     "square": _unary(lambda ad, x, out: _mul(ad, x, ad.scalar(2.0, x))),
-    "reciprocal": _unary(lambda ad, x, out: ad.emit("negative", [ad.emit("square", [out])])),
+    "reciprocal": _unary(lambda ad, x, out: ad.negate(ad.emit("square", [out]))),
     "absolute": _unary(lambda ad, x, out: ad.emit("sign", [x])),
     "fabs": _unary(lambda ad, x, out: ad.emit("sign", [x])),
     "deg2rad": _unary(_scaled(math.pi / 180)), "radians": _unary(_scaled(math.pi / 180)),
@@ -222,12 +222,12 @@ def _atan2_denominator(ad: VJPContext, y: Value, x: Value) -> Value:
 _BINARY_VJPS: dict[str, VJPRule] = {
     "add": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: g),
     "subtract": _binary(lambda ad, g, x, y, out: g,
-                        lambda ad, g, x, y, out: ad.emit("negative", [g])),
+                        lambda ad, g, x, y, out: ad.negate(g)),
     "multiply": _binary(lambda ad, g, x, y, out: _mul(ad, g, y),
                         lambda ad, g, x, y, out: _mul(ad, g, x)),
     "divide": _binary(lambda ad, g, x, y, out: ad.emit("divide", [g, y]),
-                      lambda ad, g, x, y, out: ad.emit("negative", [
-                          ad.emit("divide", [_mul(ad, g, out), y])])),
+                      lambda ad, g, x, y, out: ad.negate(
+                          ad.emit("divide", [_mul(ad, g, out), y]))),
     "power": _binary(_power_dx, _power_dy),
     "float_power": _binary(_power_dx, _power_dy),
     **dict.fromkeys(("maximum", "fmax"), _binary(
@@ -240,21 +240,21 @@ _BINARY_VJPS: dict[str, VJPRule] = {
                      lambda ad, g, x, y, out: _ratio(ad, g, y, out)),
     "arctan2": _binary(
         lambda ad, g, y, x, out: _ratio(ad, g, x, _atan2_denominator(ad, y, x)),
-        lambda ad, g, y, x, out: ad.emit("negative", [
-            _ratio(ad, g, y, _atan2_denominator(ad, y, x))])),
+        lambda ad, g, y, x, out: ad.negate(
+            _ratio(ad, g, y, _atan2_denominator(ad, y, x)))),
     "logaddexp": _binary(
         lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp", [ad.emit("subtract", [x, out])])),
         lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp", [ad.emit("subtract", [y, out])]))),
     "logaddexp2": _binary(
         lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp2", [ad.emit("subtract", [x, out])])),
         lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp2", [ad.emit("subtract", [y, out])]))),
-    "remainder": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.emit(
-        "negative", [_mul(ad, g, ad.emit("floor", [ad.emit("divide", [x, y])]))])),
-    "fmod": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.emit(
-        "negative", [_mul(ad, g, ad.emit("trunc", [ad.emit("divide", [x, y])]))])),
+    "remainder": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.negate(
+        _mul(ad, g, ad.emit("floor", [ad.emit("divide", [x, y])])))),
+    "fmod": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.negate(
+        _mul(ad, g, ad.emit("trunc", [ad.emit("divide", [x, y])])))),
     "copysign": _binary(lambda ad, g, x, y, out: ad.emit("where", [
         ad.emit("equal", [ad.emit("signbit", [x]), ad.emit("signbit", [y])]), g,
-        ad.emit("negative", [g])]), lambda ad, g, x, y, out: None),
+        ad.negate(g)]), lambda ad, g, x, y, out: None),
     "ldexp": _binary(lambda ad, g, x, y, out: ad.emit("ldexp", [g, y]),
                      lambda ad, g, x, y, out: None),
     **dict.fromkeys(("floor_divide", "heaviside", "nextafter"), _binary(
