@@ -268,8 +268,10 @@ def test_the_backward_pass_carries_negations():
     takes no reshape."""
     x, g = uniform(-1, 1, (6, 5)), uniform(0.5, 2, (5,))
     f = dtc.compile(dtc.grad(_layernorm_softmax, argnums=(0, 1)))
-    ops = [line.split(" = ")[1].split(" ")[0] for line in f.lower(x, g).ir("simplify")
-           .splitlines() if " = " in line]
+    low = f.lower(x, g)
+    assert " = negative " not in low.ir("trace")  # (not emitted and removed: never emitted)
+    ops = [line.split(" = ")[1].split(" ")[0] for line in low.ir("simplify").splitlines()
+           if " = " in line]
     counts = {name: ops.count(name) for name in set(ops)}
     assert "negative" not in counts
     assert counts["broadcast_to"] == 1  # (the variance's mean's: a rule takes it, not a sum)
@@ -424,3 +426,29 @@ def test_every_other_op_has_a_derivative_rule():
     missing = {d.name for d in opdef.registered()
                if d.vjp is None and not d.name.startswith("test_")}  # ops tests register
     assert missing == NO_DERIVATIVE
+
+
+def test_a_programs_scalars_and_the_rules_are_traced_once_each():
+    """The recorder makes one ``full`` per dtype, shape and value bits: the program's ``2.0``
+    and ``0.5`` (each written twice) and the rules' scalars are each one op, reused; 0.0 and
+    -0.0 stay two, and ``x * 2`` on an integer array keeps its own integer scalar."""
+    x = uniform(-1, 1, (4, 3))
+    n = np.arange(12, dtype=np.int32).reshape(4, 3)
+
+    def fn(x, n):
+        y = (x * 2.0) ** 2 + 0.5 * x + (x + 0.0) * (x + -0.0) + 2.0 * x * 0.5
+        return np.sum(y) + np.sum(n * 2).astype(np.float32)
+
+    f = dtc.compile(dtc.value_and_grad(fn))
+    fulls = [line.split(" = full ")[1] for line in f.lower(x, n).ir("trace").splitlines()
+             if " = full " in line]
+    assert len(fulls) == len(set(fulls))
+    assert sum("value = 2.0}" in v for v in fulls) == 1
+    assert sum("value = 0.0}" in v for v in fulls) == 1
+    assert sum("value = -0.0}" in v for v in fulls) == 1
+    assert sum("value = 2}" in v and "i32" in v for v in fulls) == 1
+    value, grad = f(x, n)
+    x64 = x.astype(np.float64)
+    want = (2 * x64) ** 2 + 0.5 * x64 + x64 * x64 + x64
+    np.testing.assert_allclose(np.asarray(value), want.sum() + 2 * n.sum(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), 8 * x64 + 0.5 + 2 * x64 + 1, rtol=1e-5)

@@ -70,7 +70,7 @@ class Sharding:
 
     def __hash__(self) -> int:
         """Computed once: planning keys its memos by layouts, millions of lookups."""
-        return self._hash  # type: ignore[attr-defined, no-any-return]
+        return self._hash  # type: ignore[attr-defined]
 
     def __reduce__(self) -> tuple[type[Sharding], tuple[object, ...]]:
         return Sharding, (self.dims, self.partial)  # (the hash is rebuilt, not unpickled)
