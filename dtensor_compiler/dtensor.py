@@ -85,6 +85,21 @@ class DistributedValue:
         out = self.numpy()
         return out if dtype is None else out.astype(dtype, copy=False)
 
+    # -- Python numbers from one-element values (gathered, as numpy converts) -----------------
+    def __float__(self) -> float:
+        return float(self.numpy())
+
+    def __int__(self) -> int:
+        return int(self.numpy())
+
+    def __complex__(self) -> complex:
+        return complex(self.numpy())
+
+    def __bool__(self) -> bool:
+        """numpy's truth value: of a one-element value its element; ValueError otherwise
+        (without this every value would be true)."""
+        return bool(self.numpy())
+
     # -- eager numpy math is rejected ----------------------------------------------------------
     def _reject(self, what: str) -> NoReturn:
         raise TypeError(

@@ -147,17 +147,20 @@ class _Propagation:
         for op in self.ops[start:]:
             if op.name in ("relayout", RELAYOUT_LIKE.name):
                 value = op.operands[0]
-                resolved = frozenset(self.actual[value].partial) - frozenset(
-                    self.actual[op.results[0]].partial)
+                partial = self.actual[value].partial
+                if not partial:
+                    continue
+                resolved = frozenset(partial) - frozenset(self.actual[op.results[0]].partial)
                 if resolved and value.owner is not None and any(
                         u.name != "relayout" and position.get(id(u), placed) < placed
                         and self.spaces.of(u) is not None for u in value.users):
                     new.update([value, *self._inherited_from(value, resolved)])
             elif self.spaces.of(op) is not None:
                 for value in op.operands:
-                    have = frozenset(self.actual[value].partial)
-                    if not have or value.owner is None:
+                    partial = self.actual[value].partial
+                    if not partial or value.owner is None:
                         continue
+                    have = frozenset(partial)
                     for made in self.made.get(value, ()):
                         resolved = have - frozenset(made.partial)
                         if resolved:

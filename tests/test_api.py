@@ -79,6 +79,25 @@ def test_dtensor_metadata_and_gathering():
     assert np.asarray(t)[0, 0] == 0.0
 
 
+def test_a_one_element_dtensor_converts_to_python_numbers_as_numpy_does():
+    """float(loss) of a compiled step's 0-d result, the partial sum gathered first; truth
+    values as numpy's (an object's default would make every DTensor true)."""
+    mesh = dtc.create_mesh([("x", 4)])
+    partial = dtc.pack([np.float32(v) for v in (0.5, 1.0, 0.0, 1.0)],
+                       dtc.Layout([], mesh, partial={"x": "sum"}))
+    scalar = dtc.copy_to_mesh(np.float32(2.5), dtc.Layout([], mesh))
+    assert (float(scalar), int(scalar), complex(scalar), bool(scalar)) == (2.5, 2, 2.5 + 0j, True)
+    assert not dtc.copy_to_mesh(np.zeros((1, 1), np.int32), dtc.Layout([U, U], mesh))
+    assert float(partial) == 2.5
+    loss = dtc.compile(lambda x: np.sum(x * x), in_layouts=(dtc.Layout(["x"], mesh),))
+    assert float(loss(np.arange(8, dtype=np.float32))) == 140.0
+    vector = dtc.copy_to_mesh(np.arange(8.0), dtc.Layout(["x"], mesh))
+    with pytest.raises(ValueError, match="truth value"):
+        bool(vector)
+    with pytest.raises(TypeError):
+        float(vector)
+
+
 @pytest.mark.parametrize("expr, what", [
     (lambda t: t + 1, "operator +"),
     (lambda t: 2 * t, "operator *"),
