@@ -23,6 +23,7 @@ invariants hold after the pass.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -171,7 +172,7 @@ def _attr_key(value: object) -> Hashable:
     if isinstance(value, np.ndarray):
         return ("array", value.dtype.str, value.shape, value.tobytes())
     if isinstance(value, float):
-        return ("float", value.hex())  # tells 0.0 from -0.0, and nan equals nan
+        return ("float", struct.pack("<d", value))  # its bits: 0.0 is not -0.0, nor nan -nan
     if isinstance(value, (tuple, list)):
         return tuple(_attr_key(v) for v in value)
     return (type(value).__name__, value)

@@ -739,3 +739,31 @@ def test_numbers_numpy_refuses_are_refused_with_numpys_message() -> None:
 ])
 def test_issue_7_point_14_functions_follow_numpy(fn: Callable) -> None:
     check(fn, f32(3, 4, 4))
+
+
+def test_a_reused_constant_is_one_op_per_line_and_keeps_a_nans_sign():
+    """The recorder shares a ``full`` among the uses of one line only, so each op keeps the
+    line it was written on (an error about the returned zeros names the call, as for any
+    returned value, not line A where other zeros were made);
+    NaNs of either sign stay apart (and a signed NaN, which the IR text cannot write as a
+    scalar, is a constant), as 0.0 and -0.0 do."""
+    mesh = dtc.create_mesh([("x", 4)])
+    line = inspect.currentframe().f_lineno  # type: ignore[union-attr]
+
+    def f(x):
+        y = x + np.zeros((3, 5))  # line A
+        return y * 2.0, np.zeros((3, 5))
+
+    with pytest.raises(dtc.LayoutError, match=rf"test_tracing.py:{line + 7}: out_layouts\[1\]"):
+        dtc.compile(f, out_layouts=(None, dtc.Layout(["x"], mesh)))(np.ones((3, 5)))
+
+    def signs(x):
+        return (np.copysign(1.0, x + np.nan), np.copysign(1.0, x + -np.nan),
+                np.copysign(1.0, x * 0.0), np.copysign(1.0, x * -0.0))
+
+    x = np.array([1.0, 2.0, 3.0])
+    for pipeline in (None, "propagate-layouts,insert-collectives,localize"):
+        compiled = dtc.compile(signs, **({} if pipeline is None else {"pipeline": pipeline}))
+        got = [np.asarray(v) for v in compiled(x)]
+        for g, want in zip(got, signs(x)):
+            np.testing.assert_array_equal(g, want)

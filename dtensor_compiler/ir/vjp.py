@@ -11,6 +11,7 @@ and the backward program together.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 from dtensor_compiler.errors import Location
@@ -26,14 +27,18 @@ def differentiable(t: TensorType) -> bool:
     return is_floating(numpy_dtype(t.dtype))
 
 
-FullKey = tuple[str, tuple[int, ...], type, object]
-"""What makes two ``full`` ops the same: dtype, shape and value (`full_key`)."""
+FullKey = tuple[str, tuple[int, ...], type, object, Location | None, str | None]
+"""What makes two ``full`` ops interchangeable: dtype, shape, value and source line
+(`full_key`)."""
 
 
-def full_key(dtype: str, shape: Sequence[int], value: bool | int | float) -> FullKey:
-    """The key of a ``full`` of `value`; a float by its bits' hex, so that 0.0 and -0.0
-    differ and NaN is one key."""
-    return (dtype, tuple(shape), type(value), value.hex() if isinstance(value, float) else value)
+def full_key(dtype: str, shape: Sequence[int], value: bool | int | float,
+             loc: Location | None) -> FullKey:
+    """The key of a ``full`` of `value` made at `loc`: a float by its bits (0.0 and -0.0
+    differ, so do NaNs of either sign); the line (and numpy function) too, so that a reused
+    ``full`` names the line of every use (``x * 2`` in a loop body is one op)."""
+    bits = struct.pack("<d", value) if isinstance(value, float) else value
+    return (dtype, tuple(shape), type(value), bits, loc, None if loc is None else loc.call)
 
 
 def unread_operand(v: Value, name: str) -> Value | None:
@@ -112,7 +117,7 @@ class VJPContext:
                                     why=UserRelayout())
 
     def full(self, shape: Sequence[int], dtype: str, value: float) -> Value:
-        key = full_key(dtype, shape, float(value))
+        key = full_key(dtype, shape, float(value), self.loc)
         made = self._constants.get(key)
         if made is None:
             made = self._constants[key] = self.emit("full", [], {"value": float(value)},

@@ -121,16 +121,18 @@ class Recorder:
             raise TraceError(f"{name}: {e}", loc) from None
 
     def full(self, shape: Sequence[int], dtype: str, value: object) -> Value:
-        """A tensor of `shape` filled with `value` (converted to `dtype`). A complex value is
-        a 0-d ``constant`` broadcast to `shape`: ``full`` holds a scalar attribute, and the IR
-        text has no complex scalar."""
+        """A tensor of `shape` filled with `value` (converted to `dtype`). A complex value, or
+        a NaN with its sign bit set, is a 0-d ``constant`` broadcast to `shape`: ``full``
+        holds a scalar attribute, and the IR text has no complex scalar and no signed NaN."""
         scalar = scalar_attr(value, dtype)
-        if not isinstance(scalar, complex):
-            key = full_key(dtype, shape, scalar)
+        if not isinstance(scalar, complex) and (scalar == scalar or prints_exactly(  # (a NaN)
+                np.array(scalar, numpy_dtype(dtype)))):
+            loc = user_location(self.calling)
+            key = full_key(dtype, shape, scalar, loc)
             made = self.constants.get(key) if self.active else None
             if made is None:
                 made = self.constants[key] = self.emit("full", [], {"value": scalar},
-                                                       TensorType(dtype, tuple(shape)))
+                                                       TensorType(dtype, tuple(shape)), loc=loc)
             return made
         zero_d = self.emit("constant", [], {"value": np.array(scalar, numpy_dtype(dtype))},
                            TensorType(dtype, ()))
