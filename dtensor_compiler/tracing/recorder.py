@@ -83,9 +83,9 @@ class Recorder:
         """The numpy function being traced, named in the locations of the ops it emits."""
         self._builder = Builder(func, InferContext(mesh))
         self.constants: dict[FullKey, Value] = {}
-        """The ``full`` ops emitted so far: a program's scalars (``x * 2``, ``0.5 * g``) and
-        the derivative rules' are made once each (ops are only appended, so the first one
-        comes before every later use)."""
+        """The ``full`` ops emitted so far (`full_key`): a program's scalars (``x * 2`` in a
+        loop, ``0.5 * g`` per parameter) and the derivative rules' are made once per value
+        and source line (ops are only appended, so the first comes before every later use)."""
 
     @property
     def builder(self) -> Builder:
