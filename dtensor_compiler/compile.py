@@ -63,6 +63,7 @@ from dtensor_compiler.runtime.backends import (
     Storage,
     get_backend,
 )
+from dtensor_compiler.tracing.outputs import OutputTree, flatten
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,12 @@ class Lowered:
     def __init__(self, mesh: Mesh, arg_names: Sequence[str], arg_types: Sequence[TensorType],
                  result_types: Sequence[TensorType], stages: Sequence[Stage],
                  global_stage: str, module: Module, collectives: tuple[Collective, ...],
-                 backend: Backend, donated: frozenset[int] = frozenset()) -> None:
+                 backend: Backend, donated: frozenset[int] = frozenset(),
+                 outputs: OutputTree | None = None) -> None:
         self.mesh = mesh
+        self.outputs = outputs
+        """How the traced function returned its results (nested tuples, lists, dicts), which
+        `run` rebuilds; None: one result as itself, several as a tuple."""
         self.backend = backend
         self.donated = donated
         """The positions of the arguments `run` takes over: their storage may hold results
@@ -215,7 +220,8 @@ class Lowered:
         return self._executor
 
     def run(self, *args: object) -> DTensor | tuple[DTensor, ...]:
-        """Run on numpy arrays or DTensors of the lowered types; DTensor(s) out."""
+        """Run on numpy arrays or DTensors of the lowered types; DTensors out, in the
+        structure the function returned them in."""
         if len(args) != len(self._arg_types):
             raise TraceError(f"the program takes {len(self._arg_types)} arguments, got "
                              f"{len(args)}")
@@ -231,6 +237,8 @@ class Lowered:
                 given = args[position]
                 if isinstance(given, DistributedValue):
                     given.as_dtensor().donated(f"@{self.module.main.name}")
+        if self.outputs is not None:
+            return self.outputs.unflatten(results)  # type: ignore[return-value]
         return results[0] if len(results) == 1 else results
 
     def _input(self, name: str, value: object, arg_type: TensorType, layout: Layout
@@ -252,21 +260,26 @@ class Lowered:
         return self.backend.place(array, arg_type.sharding, self.mesh.mesh_shape())
 
 
-def _normalize_layouts(layouts: Layout | Sequence[Layout | None] | None, what: str
-                       ) -> tuple[Layout | None, ...] | None:
+def _normalize_layouts(layouts: Layout | Sequence[Layout | None] | None, what: str,
+                       nested: bool = False) -> tuple[Layout | None, ...] | None:
+    """The layouts, one per argument or result; `nested` ones (out_layouts) may nest like
+    the returned values (tuples, lists, dicts) and are flattened as those are."""
     if layouts is None:
         return None
-    entries = (layouts,) if isinstance(layouts, Layout) else tuple(layouts)
-    for i, layout in enumerate(entries):
+    given: tuple[object, ...] = ((layouts,) if isinstance(layouts, Layout) else
+                                 tuple(flatten(layouts)[0]) if nested else tuple(layouts))
+    entries: list[Layout | None] = []
+    for i, layout in enumerate(given):
         if layout is not None and not isinstance(layout, Layout):
             raise TypeError(f"{what}[{i}] must be a Layout or None, got {type(layout).__name__}")
+        entries.append(layout)
         if layout is not None and MATCH in layout.sharding_specs:
             raise LayoutError(f"{what}[{i}] has a MATCH spec; MATCH is only valid as a "
                               "relayout target")
         if layout is not None and layout.is_parted():
             raise LayoutError(f"{what}[{i}] is parted ({layout.short_text()}); compiled "
                               "functions take static layouts")
-    return entries
+    return tuple(entries)
 
 
 def _arg_names(signature: inspect.Signature | None, count: int) -> list[str]:
@@ -310,7 +323,7 @@ class CompiledFunction:
         except (TypeError, ValueError):
             self._signature = None
         self._in_layouts = _normalize_layouts(in_layouts, "in_layouts")
-        self._out_layouts = _normalize_layouts(out_layouts, "out_layouts")
+        self._out_layouts = _normalize_layouts(out_layouts, "out_layouts", nested=True)
         meshes = {layout.mesh for layout in (self._in_layouts or ()) + (self._out_layouts or ())
                   if layout is not None}
         if len(meshes) > 1:
@@ -439,8 +452,9 @@ class CompiledFunction:
         out_shardings = None if self._out_layouts is None else [  # (one device: any rank)
             None if layout is None or layout.is_single_device() else layout.sharding
             for layout in self._out_layouts]
-        module = tracing.trace(self._fn, tensors, names, mesh.mesh_shape(), out_shardings,
-                               name=self._name, constants=constants)
+        module, outputs = tracing.trace_outputs(self._fn, tensors, names, mesh.mesh_shape(),
+                                                out_shardings, name=self._name,
+                                                constants=constants)
         _refuse_unordered_partials(module, names)
         positions = [i for i, t in enumerate(types) if isinstance(t, TensorType)]
         donated = frozenset(j for j, i in enumerate(positions) if i in self._donate)
@@ -448,7 +462,7 @@ class CompiledFunction:
                             keep_ir=self._keep_ir or locations, locations=locations,
                             cost_model=self._cost_model, backend=get_backend(
                                 self._backend_name or backend_for(mesh)),
-                            donated=donated)
+                            donated=donated, outputs=outputs)
 
 
 def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
@@ -456,9 +470,11 @@ def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
                  cost_model: CostModel = DEFAULT_COST_MODEL, verify: bool = True,
                  keep_ir: bool = True, locations: bool = False,
                  lowered: type[Lowered] | None = None, input_stage: str = "trace",
-                 donated: frozenset[int] = frozenset()) -> Lowered:
+                 donated: frozenset[int] = frozenset(),
+                 outputs: OutputTree | None = None) -> Lowered:
     """Run `passes` over a traced or built global module (its stage is named `input_stage`)
-    and wrap the result as a `Lowered` (or the subclass `lowered`)."""
+    and wrap the result as a `Lowered` (or the subclass `lowered`); `outputs` is the
+    structure its results are returned in (`Lowered.outputs`)."""
     snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType], list[TensorType]]] = []
     manager = PassManager(list(passes), verify=verify, keep_ir=keep_ir, locations=locations,
                           ctx=PassContext(cost_model))
@@ -480,7 +496,7 @@ def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
         snapshot.append(global_facts(module))
     global_stage, collectives, arg_types, result_types = snapshot[0]
     return (lowered or Lowered)(mesh, arg_names, arg_types, result_types, manager.stages,
-                                global_stage, module, collectives, backend, donated)
+                                global_stage, module, collectives, backend, donated, outputs)
 
 
 Number = bool | int | float | complex

@@ -473,3 +473,54 @@ def test_explanations_name_the_numpy_function_the_user_called() -> None:
     low = dtc.compile(spread, in_layouts=row, out_layouts=row).lower(
         dtc.TensorSpec((8, 1 << 18), np.float32))
     assert all("the var result" in c.reason for c in low.collectives())
+
+
+def test_results_come_back_in_the_structure_the_function_returned_them_in() -> None:
+    """Nested tuples, lists, dicts (in key order, as JAX flattens them) and named tuples of
+    arrays; a 1-tuple stays a tuple. out_layouts nest the same way, or are given flat, one
+    per array."""
+    from collections import namedtuple
+    pair = namedtuple("pair", "first second")
+    mesh = dtc.create_mesh([("x", 4)])
+    x = rand(8)
+
+    def fn(x):
+        return x, (x * 2, [x + 1]), {"b": np.sum(x), "a": x - 1}, pair(x, -x)
+
+    nested = (None, (dtc.Layout(["x"], mesh), [None]), {"a": dtc.Layout(["x"], mesh), "b": None},
+              pair(None, None))
+    flat = (None, dtc.Layout(["x"], mesh), None, dtc.Layout(["x"], mesh), None, None, None)
+    for out_layouts in (nested, flat):
+        got = dtc.compile(fn, out_layouts=out_layouts)(x)
+        want = fn(x)
+        assert isinstance(got, tuple) and isinstance(got[1][1], list)
+        assert isinstance(got[2], dict) and list(got[2]) == ["a", "b"]
+        assert type(got[3]) is pair
+        assert got[1][0].layout == got[2]["a"].layout == dtc.Layout(["x"], mesh)
+        leaves = [got[0], got[1][0], got[1][1][0], got[2]["a"], got[2]["b"], *got[3]]
+        expected = [want[0], want[1][0], want[1][1][0], want[2]["a"], want[2]["b"], *want[3]]
+        for g, w in zip(leaves, expected):
+            np.testing.assert_allclose(np.asarray(g), w)
+    single = dtc.compile(lambda x: (x,))(x)
+    assert isinstance(single, tuple) and len(single) == 1
+    with pytest.raises(dtc.TraceError, match="returns 7 value"):
+        dtc.compile(fn, out_layouts=(None, None))(x)
+
+
+def test_a_training_step_returns_its_loss_and_gradients_as_they_are() -> None:
+    def loss(w1, w2, x):
+        return np.sum(np.tanh(x @ w1) @ w2)
+
+    step = dtc.compile(dtc.value_and_grad(loss, argnums=(0, 1)))
+    w1, w2, x = rand(3, 4), rand(4, 2, seed=1), rand(5, 3, seed=2)
+    value, (g1, g2) = step(w1, w2, x)
+    h = np.tanh(x @ w1)
+    np.testing.assert_allclose(np.asarray(value), np.sum(h @ w2), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g2), h.T @ np.ones((5, 2)), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g1), x.T @ ((1 - h**2) * (np.ones((5, 2)) @ w2.T)),
+                               rtol=1e-5)
+
+
+def test_a_returned_dict_needs_sortable_keys() -> None:
+    with pytest.raises(dtc.TraceError, match="returned a dict whose keys do not sort"):
+        dtc.compile(lambda x: {1: x, "a": x})(rand(2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeGuard
+from typing import TypeGuard, cast
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from dtensor_compiler.ir.reasons import OutLayout, Reason, UserRelayout
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.tracing.location import user_location
+from dtensor_compiler.tracing.outputs import OutputTree, flatten
 from dtensor_compiler.tracing.recorder import PythonScalar, Recorder
 from dtensor_compiler.tracing.tracer import TracedArray, unwrap
 
@@ -94,17 +95,20 @@ def _output_location(value: Value, fn: Callable) -> Location:
     return _definition(fn) or user_location()
 
 
-def _check_output(out: object, func_name: str, fn: Callable
-                  ) -> Value | np.ndarray | np.generic | PythonScalar:
-    """Raise TraceError unless `out` is something a compiled function may return."""
-    if isinstance(out, (Value, np.ndarray, np.generic, bool, int, float, complex)):
-        return out
-    raise TraceError(f"{func_name} returned a {type(out).__name__}; a compiled function must "
-                     "return arrays (or a tuple or list of them)", _definition(fn))
+def _is_output(out: object) -> bool:
+    """Whether `out` is something a compiled function may return as a leaf."""
+    return isinstance(out, (Value, np.ndarray, np.generic, bool, int, float, complex))
 
 
-def _outputs(returned: object) -> list[object]:
-    return list(returned) if isinstance(returned, (tuple, list)) else [returned]
+def _flatten_outputs(returned: object, func_name: str, fn: Callable
+                     ) -> tuple[list[Value | np.ndarray | np.generic | PythonScalar], OutputTree]:
+    """The returned arrays in order and their structure; TraceError for anything else."""
+    try:
+        leaves, tree = flatten(returned, _is_output)
+        return cast(list[Value | np.ndarray | np.generic | PythonScalar], leaves), tree
+    except TypeError as e:
+        raise TraceError(f"{func_name} returned {e}; a compiled function must return arrays "
+                         "(or tuples, lists and dicts of them)", _definition(fn)) from None
 
 
 def _out_shardings(out_shardings: Sequence[Sharding | None] | Sharding | None, count: int,
@@ -123,9 +127,20 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
           out_shardings: Sequence[Sharding | None] | Sharding | None = None,
           name: str | None = None, constants: Mapping[int, object] | None = None) -> Module:
     """Trace `fn` on arguments of types `args` (their shardings are the in_layouts) into a
-    module with one function, named `name` or after `fn`. `constants` are arguments passed
-    to `fn` as they are, by position (Python numbers: numpy's weak typing applies to them as
-    to a number written in the function); `args` fill the other positions."""
+    module with one function, named `name` or after `fn`, whose results are the arrays `fn`
+    returned (flattened: see `trace_outputs`). `constants` are arguments passed to `fn` as
+    they are, by position (Python numbers: numpy's weak typing applies to them as to a
+    number written in the function); `args` fill the other positions."""
+    return trace_outputs(fn, args, arg_names, mesh, out_shardings, name, constants)[0]
+
+
+def trace_outputs(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str],
+                  mesh: MeshShape,
+                  out_shardings: Sequence[Sharding | None] | Sharding | None = None,
+                  name: str | None = None, constants: Mapping[int, object] | None = None
+                  ) -> tuple[Module, OutputTree]:
+    """`trace`, and the structure (nested tuples, lists, dicts) `fn` returned its arrays in,
+    which the module's results are the leaves of, in order."""
     func_name = name or function_name(fn)
     if len(args) != len(arg_names):
         raise TraceError(f"{func_name}: {len(args)} argument types but {len(arg_names)} names")
@@ -140,8 +155,8 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
         given = dict(constants or {})
         count = len(params) + len(given)
         call = [given[i] if i in given else next(traced) for i in range(count)]
-        returned = unwrap(fn(*call), rec)
-        outputs = [rec.value(_check_output(out, func_name, fn)) for out in _outputs(returned)]
+        leaves, tree = _flatten_outputs(unwrap(fn(*call), rec), func_name, fn)
+        outputs = [rec.value(out) for out in leaves]
         shardings = _out_shardings(out_shardings, len(outputs), func_name)
         results = [
             value if sharding is None else _relayout(
@@ -152,5 +167,5 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
     finally:
         rec.active = False
     func.set_results(results)
-    return Module(mesh, [func], entry=func.name)
+    return Module(mesh, [func], entry=func.name), tree
 

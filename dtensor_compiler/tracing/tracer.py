@@ -47,7 +47,8 @@ def unwrap(obj: object, rec: Recorder) -> object:
                              user_location())
         return obj.value
     if isinstance(obj, (list, tuple)):
-        return type(obj)(unwrap(x, rec) for x in obj)
+        items = [unwrap(x, rec) for x in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)  # (named)
     if isinstance(obj, dict):
         return {k: unwrap(v, rec) for k, v in obj.items()}
     return obj
