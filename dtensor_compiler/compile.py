@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -260,14 +260,24 @@ class Lowered:
         return self.backend.place(array, arg_type.sharding, self.mesh.mesh_shape())
 
 
-def _normalize_layouts(layouts: Layout | Sequence[Layout | None] | None, what: str,
-                       nested: bool = False) -> tuple[Layout | None, ...] | None:
-    """The layouts, one per argument or result; `nested` ones (out_layouts) may nest like
-    the returned values (tuples, lists, dicts) and are flattened as those are."""
+def _flat_out_layouts(layouts: object) -> tuple[object, OutputTree | None]:
+    """`out_layouts` flattened as the returned values are (they may nest like those, or be
+    flat), and their nesting."""
+    if layouts is None or isinstance(layouts, Layout):
+        return layouts, None
+    try:
+        flat, tree = flatten(layouts)
+    except TypeError as e:
+        raise TypeError(f"out_layouts holds {e}") from None
+    return tuple(flat), tree
+
+
+def _normalize_layouts(layouts: object, what: str) -> tuple[Layout | None, ...] | None:
+    """The layouts, one per argument or result."""
     if layouts is None:
         return None
-    given: tuple[object, ...] = ((layouts,) if isinstance(layouts, Layout) else
-                                 tuple(flatten(layouts)[0]) if nested else tuple(layouts))
+    given: tuple[object, ...] = (
+        (layouts,) if isinstance(layouts, Layout) else tuple(layouts))  # type: ignore[arg-type]
     entries: list[Layout | None] = []
     for i, layout in enumerate(given):
         if layout is not None and not isinstance(layout, Layout):
@@ -302,8 +312,9 @@ class CompiledFunction:
     __wrapped__: Callable[..., Any]
     """The numpy function itself (set by `functools.update_wrapper`)."""
 
-    def __init__(self, fn: Callable[..., Any], in_layouts: Layout | Sequence[Layout | None]
-                 | None = None, out_layouts: Layout | Sequence[Layout | None] | None = None,
+    def __init__(self, fn: Callable[..., Any],
+                 in_layouts: Layout | Sequence[Layout | None] | None = None,
+                 out_layouts: Layout | Sequence[object] | Mapping[object, object] | None = None,
                  backend: str | None = None, pipeline: str | None = None,
                  cost_model: CostModel | None = None, verify: bool = False,
                  specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True,
@@ -323,7 +334,8 @@ class CompiledFunction:
         except (TypeError, ValueError):
             self._signature = None
         self._in_layouts = _normalize_layouts(in_layouts, "in_layouts")
-        self._out_layouts = _normalize_layouts(out_layouts, "out_layouts", nested=True)
+        flat_out, self._out_tree = _flat_out_layouts(out_layouts)
+        self._out_layouts = _normalize_layouts(flat_out, "out_layouts")
         meshes = {layout.mesh for layout in (self._in_layouts or ()) + (self._out_layouts or ())
                   if layout is not None}
         if len(meshes) > 1:
@@ -455,6 +467,11 @@ class CompiledFunction:
         module, outputs = tracing.trace_outputs(self._fn, tensors, names, mesh.mesh_shape(),
                                                 out_shardings, name=self._name,
                                                 constants=constants)
+        tree = self._out_tree
+        if tree is not None and not tree.is_flat() and not tree.matches(outputs):
+            raise LayoutError(f"out_layouts nest as {tree.text()}, but {self._name} returns "
+                              f"{outputs.text()}: give them nested the same way, or flat (one "
+                              "per array, in that order)")
         _refuse_unordered_partials(module, names)
         positions = [i for i, t in enumerate(types) if isinstance(t, TensorType)]
         donated = frozenset(j for j, i in enumerate(positions) if i in self._donate)
@@ -561,7 +578,7 @@ def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
 
 def compile(fn: Callable[..., Any] | None = None, *,
             in_layouts: Layout | Sequence[Layout | None] | None = None,
-            out_layouts: Layout | Sequence[Layout | None] | None = None,
+            out_layouts: Layout | Sequence[object] | Mapping[object, object] | None = None,
             backend: str | None = None, pipeline: str | None = None,
             cost_model: CostModel | None = None, verify: bool = False,
             specs: Sequence[TensorSpec] | None = None, keep_ir: bool = True,
@@ -575,10 +592,12 @@ def compile(fn: Callable[..., Any] | None = None, *,
     mesh other clients hold devices of (`create_distributed_mesh`), else ``numpy``.
     `in_layouts`: a Layout per positional argument (None: from the DTensor argument, or chosen
     by propagation), or one Layout for a one-argument function. `out_layouts`: likewise per
-    result. `pipeline`: pass pipeline text (default `DEFAULT_PIPELINE`). `verify`: verify the
-    IR after every pass (slower; tests turn it on). `specs`: example argument types, kept as
-    `CompiledFunction.specs` for tools that lower without arguments (the CLI). `keep_ir`:
-    keep the printed IR of every stage for `Lowered.ir` (printing costs time on big models).
+    returned array, flat or nested like the returned tuples, lists and dicts (results come back
+    in the structure the function returned them in). `pipeline`: pass pipeline text (default
+    `DEFAULT_PIPELINE`). `verify`: verify the IR after every pass (slower; tests turn it on).
+    `specs`: example argument types, kept as `CompiledFunction.specs` for tools that lower
+    without arguments (the CLI). `keep_ir`: keep the printed IR of every stage for `Lowered.ir`
+    (printing costs time on big models).
     `donate_argnums`: positions of arguments the call takes over, as in JAX: a result may be
     written into a donated argument's buffer (a training step updating its parameters in
     place), and a donated DTensor or DVariable raises `DonatedError` when read again until

@@ -339,6 +339,15 @@ def test_run_matches_numpy() -> None:
     assert done.stdout.endswith("ok: every output matches numpy (seed 3)\n")
 
 
+def test_run_compares_a_nested_result_array_by_array() -> None:
+    done = dtc("run", f"{FIXTURES / 'structured.py'}:stats")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        "output 0: float32[8, 4], max abs error 0: ok",
+        "output 1: float32[4], max abs error 0: ok",
+        "output 2: float32[], max abs error 0: ok"]
+
+
 def test_run_mismatch_exits_1() -> None:
     """With zero tolerance the float32 sums, reduced across tp in another order than numpy's,
     differ in the last bits: the run reports the mismatch and exits 1."""

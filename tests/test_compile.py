@@ -522,5 +522,28 @@ def test_a_training_step_returns_its_loss_and_gradients_as_they_are() -> None:
 
 
 def test_a_returned_dict_needs_sortable_keys() -> None:
-    with pytest.raises(dtc.TraceError, match="returned a dict whose keys do not sort"):
-        dtc.compile(lambda x: {1: x, "a": x})(rand(2))
+    with pytest.raises(dtc.TraceError, match=r"returned a dict whose keys do not sort at \[1\]"):
+        dtc.compile(lambda x: (x, {1: x, "a": x}))(rand(2))
+    with pytest.raises(TypeError, match="out_layouts holds a dict whose keys do not sort"):
+        dtc.compile(lambda x: x, out_layouts={1: None, "a": None})
+
+
+def test_nested_out_layouts_must_nest_as_the_results_do() -> None:
+    """By key, not by position: {"b": X, "c": R} for a returned {"a", "b"} is refused, as is
+    a nesting that is neither the results' nor flat."""
+    mesh = dtc.create_mesh([("x", 4)])
+    x_, rep = dtc.Layout(["x"], mesh), dtc.Layout([U], mesh)
+    with pytest.raises(dtc.LayoutError, match=r"out_layouts nest as \{'b': _, 'c': _\}, but "
+                                              r"lambda returns \{'a': _, 'b': _\}"):
+        dtc.compile(lambda x: {"a": x, "b": x * 2}, out_layouts={"b": x_, "c": rep})(rand(8))
+    with pytest.raises(dtc.LayoutError, match=r"nest as \(\(_, _\), _\), but lambda "
+                                              r"returns \(_, \(_, _\)\)"):
+        dtc.compile(lambda x: (x, (x, x)), out_layouts=((x_, rep), rep))(rand(8))
+    got = dtc.compile(lambda x: {"a": x, "b": x * 2}, out_layouts=(rep, x_))(rand(8))
+    assert (got["a"].layout, got["b"].layout) == (rep, x_)  # flat: in key order
+
+
+def test_a_value_that_is_not_an_array_is_named_where_it_is_returned() -> None:
+    with pytest.raises(dtc.TraceError, match=r"returned a NoneType at \['a'\]\[1\]\[1\]; a "
+                                             "compiled function must return arrays"):
+        dtc.compile(lambda x: {"a": [x, (x, None)]})(rand(2))

@@ -16,6 +16,7 @@ import numpy as np
 
 from dtensor_compiler.cli import target
 from dtensor_compiler.cli.usage import EXIT_FAILED, EXIT_OK
+from dtensor_compiler.tracing.outputs import OutputTree, flatten
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -39,8 +40,10 @@ def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dty
     return rng.standard_normal(shape).astype(dtype)
 
 
-def _as_tuple(result: object) -> tuple[np.ndarray, ...]:
-    return tuple(np.asarray(r) for r in (result if isinstance(result, tuple) else (result,)))
+def _leaves(result: object) -> tuple[list[np.ndarray], OutputTree]:
+    """The arrays of a result (nested tuples, lists and dicts of them), in order."""
+    leaves, tree = flatten(result)
+    return [np.asarray(r) for r in leaves], tree
 
 
 def _compare(i: int, actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float
@@ -63,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
     specs = target.input_specs(fn, args.shapes, args.target)
     rng = np.random.default_rng(args.seed)
     inputs = [random_array(rng, s.shape, s.dtype) for s in specs]
-    expected = _as_tuple(fn.__wrapped__(*inputs))
-    actual = _as_tuple(fn(*inputs))
-    if len(actual) != len(expected):
-        print(f"MISMATCH: {len(actual)} outputs, numpy gives {len(expected)}")
+    expected, numpy_tree = _leaves(fn.__wrapped__(*inputs))
+    actual, tree = _leaves(fn(*inputs))
+    if not tree.matches(numpy_tree) or len(actual) != len(expected):
+        print(f"MISMATCH: the outputs come as {tree.text()}, numpy gives {numpy_tree.text()}")
         return EXIT_FAILED
     ok = all([_compare(i, a, e, args.rtol, args.atol)
               for i, (a, e) in enumerate(zip(actual, expected))])

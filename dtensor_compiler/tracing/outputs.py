@@ -3,8 +3,9 @@
 A compiled function may return one array, or any nesting of tuples (named tuples too), lists
 and dicts (keys in sorted order, as JAX flattens them) whose leaves are arrays or numbers.
 Tracing flattens it to the IR function's results (`flatten`), and a run rebuilds the same
-structure around the results (`OutputTree.unflatten`); ``out_layouts`` may be given in the same
-structure or flat, one entry per leaf (`flatten_layouts`, where None is a leaf: "free").
+structure around the results (`OutputTree.unflatten`). ``out_layouts`` are flattened the same
+way (None is a leaf there: "free"): given flat, one per array, or nested like the results
+(`OutputTree.matches`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,32 @@ class OutputTree:
     @property
     def leaves(self) -> int:
         return 1 if self.kind == "leaf" else sum(c.leaves for c in self.children)
+
+    def is_flat(self) -> bool:
+        """A leaf, or one tuple or list of leaves."""
+        return self.kind == "leaf" or (self.kind != "dict" and
+                                       all(c.kind == "leaf" for c in self.children))
+
+    def matches(self, other: OutputTree) -> bool:
+        """The same nesting: dicts with the same keys, sequences (tuples, named tuples,
+        lists alike) of the same lengths, leaves where `other` has leaves."""
+        if (self.kind == "dict") != (other.kind == "dict") or (
+                (self.kind == "leaf") != (other.kind == "leaf")):
+            return False
+        return (self.keys == other.keys and len(self.children) == len(other.children)
+                and all(a.matches(b) for a, b in zip(self.children, other.children)))
+
+    def text(self) -> str:
+        """``(_, [_, _], {a: _})``: the nesting, each leaf an underscore."""
+        if self.kind == "leaf":
+            return "_"
+        if self.kind == "dict":
+            return "{" + ", ".join(f"{k!r}: {c.text()}"
+                                   for k, c in zip(self.keys, self.children)) + "}"
+        inner = ", ".join(c.text() for c in self.children)
+        if self.kind == "list":
+            return f"[{inner}]"
+        return f"({inner},)" if len(self.children) == 1 else f"({inner})"
 
     def unflatten(self, leaves: Sequence[object]) -> object:
         """The structure with `leaves` (as many as it has, in flattening order) in place."""
@@ -50,13 +77,14 @@ LEAF = OutputTree("leaf")
 def flatten(value: object, is_leaf: Callable[[object], bool] = lambda v: True
             ) -> tuple[list[object], OutputTree]:
     """The leaves of `value` in order and its structure. Tuples, lists and dicts are
-    containers; anything else is a leaf when `is_leaf` says so (the caller's check of what a
-    function may return), else a container it does not know (TypeError naming it)."""
+    containers; anything else is a leaf when `is_leaf` says so, else TypeError naming it and
+    where it is (``a NoneType at [1]['b']``); TypeError too for a dict whose keys do not
+    sort."""
     leaves: list[object] = []
 
-    def walk(v: object) -> OutputTree:
+    def walk(v: object, path: str) -> OutputTree:
         if isinstance(v, (tuple, list)):
-            children = tuple(walk(c) for c in v)
+            children = tuple(walk(c, f"{path}[{i}]") for i, c in enumerate(v))
             if isinstance(v, list):
                 return OutputTree("list", children)
             named = type(v) if hasattr(v, "_fields") else None
@@ -65,12 +93,13 @@ def flatten(value: object, is_leaf: Callable[[object], bool] = lambda v: True
             try:
                 keys = tuple(sorted(v))
             except TypeError:
-                raise TypeError("a dict whose keys do not sort (a dict is flattened in key "
-                                "order)") from None
-            return OutputTree("dict", tuple(walk(v[k]) for k in keys), keys)
+                where = f" at {path}" if path else ""
+                raise TypeError(f"a dict whose keys do not sort{where} (a dict is flattened "
+                                "in key order)") from None
+            return OutputTree("dict", tuple(walk(v[k], f"{path}[{k!r}]") for k in keys), keys)
         if not is_leaf(v):
-            raise TypeError(f"a {type(v).__name__}")
+            raise TypeError(f"a {type(v).__name__}" + (f" at {path}" if path else ""))
         leaves.append(v)
         return LEAF
 
-    return leaves, walk(value)
+    return leaves, walk(value, "")

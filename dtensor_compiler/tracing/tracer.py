@@ -40,7 +40,8 @@ def unwrap(obj: object, rec: Recorder) -> object: ...
 
 
 def unwrap(obj: object, rec: Recorder) -> object:
-    """`obj` with every traced array (also inside lists, tuples, dicts) replaced by its value."""
+    """`obj` with every traced array (also inside lists, tuples, dicts) replaced by its value
+    (a subclass of list or tuple other than a named tuple comes back as a plain one)."""
     if isinstance(obj, TracedArray):
         if obj.recorder is not rec:
             raise TraceError("an operation mixes traced arrays of two different traces",
@@ -48,7 +49,9 @@ def unwrap(obj: object, rec: Recorder) -> object:
         return obj.value
     if isinstance(obj, (list, tuple)):
         items = [unwrap(x, rec) for x in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)  # (named)
+        if hasattr(obj, "_fields"):
+            return type(obj)(*items)  # a named tuple
+        return list(items) if isinstance(obj, list) else tuple(items)  # (subclasses: plain)
     if isinstance(obj, dict):
         return {k: unwrap(v, rec) for k, v in obj.items()}
     return obj
