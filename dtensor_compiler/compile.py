@@ -260,7 +260,8 @@ class Lowered:
         return self.backend.place(array, arg_type.sharding, self.mesh.mesh_shape())
 
 
-def _flat_out_layouts(layouts: object) -> tuple[object, OutputTree | None]:
+def _flat_out_layouts(layouts: object
+                      ) -> tuple[Layout | tuple[object, ...] | None, OutputTree | None]:
     """`out_layouts` flattened as the returned values are (they may nest like those, or be
     flat), and their nesting."""
     if layouts is None or isinstance(layouts, Layout):
@@ -272,12 +273,12 @@ def _flat_out_layouts(layouts: object) -> tuple[object, OutputTree | None]:
     return tuple(flat), tree
 
 
-def _normalize_layouts(layouts: object, what: str) -> tuple[Layout | None, ...] | None:
+def _normalize_layouts(layouts: Layout | Sequence[object] | None, what: str
+                       ) -> tuple[Layout | None, ...] | None:
     """The layouts, one per argument or result."""
     if layouts is None:
         return None
-    given: tuple[object, ...] = (
-        (layouts,) if isinstance(layouts, Layout) else tuple(layouts))  # type: ignore[arg-type]
+    given = (layouts,) if isinstance(layouts, Layout) else tuple(layouts)
     entries: list[Layout | None] = []
     for i, layout in enumerate(given):
         if layout is not None and not isinstance(layout, Layout):
