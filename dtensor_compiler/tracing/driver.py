@@ -105,10 +105,10 @@ def _flatten_outputs(returned: object, func_name: str, fn: Callable
     """The returned arrays in order and their structure; TraceError for anything else."""
     try:
         leaves, tree = flatten(returned, _is_output)
-        return cast(list[Value | np.ndarray | np.generic | PythonScalar], leaves), tree
     except TypeError as e:
         raise TraceError(f"{func_name} returned {e}; a compiled function must return arrays "
                          "(or tuples, lists and dicts of them)", _definition(fn)) from None
+    return cast(list[Value | np.ndarray | np.generic | PythonScalar], leaves), tree
 
 
 def _out_shardings(out_shardings: Sequence[Sharding | None] | Sharding | None, count: int,
