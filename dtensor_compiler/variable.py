@@ -4,7 +4,9 @@ The layout comes from a DTensor initial value, or from `layout` for any other in
 (which is copied onto the mesh). Giving neither, or a DTensor together with a different layout,
 is a `LayoutError`. `assign` replaces the value and never the layout: a DTensor must already
 have the variable's layout, and a numpy value is laid out as it. A DVariable reads as its
-current DTensor wherever the API accepts one (`relayout`, `fetch_layout`, compiled functions).
+current DTensor wherever the API accepts one (`relayout`, `fetch_layout`, compiled functions'
+arguments); read inside a compiled function's body without being one of its arguments, it
+raises TraceError (the read would happen once, at tracing, and miss later assigns).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import numpy as np
 from dtensor_compiler.api import check_layout, copy_to_mesh
 from dtensor_compiler.compile import CompiledFunction
 from dtensor_compiler.dtensor import DistributedValue, DTensor
-from dtensor_compiler.errors import LayoutError
+from dtensor_compiler.errors import LayoutError, TraceError
 from dtensor_compiler.layout import Layout
+from dtensor_compiler.tracing import tracing_now
+from dtensor_compiler.tracing.location import user_location
 
 
 class DVariable(DistributedValue):
@@ -52,8 +56,31 @@ class DVariable(DistributedValue):
         return self._value
 
     def read_value(self) -> DTensor:
-        """The current value as a DTensor."""
+        """The current value as a DTensor (TraceError inside a compiled function's body: see
+        `__array__`)."""
+        self._refuse_capture("read_value()")
         return self._value
+
+    def numpy(self) -> np.ndarray:
+        """The current value as a new numpy array (TraceError inside a compiled function's
+        body: see `__array__`)."""
+        self._refuse_capture("numpy()")
+        return super().numpy()
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        """The gathered value; TraceError while a compiled function is traced (a variable the
+        function closes over would be read once, when it is traced, and later `assign`s
+        missed: pass it as an argument, which reads its value at every call)."""
+        self._refuse_capture("its value")
+        return super().__array__(dtype, copy)
+
+    def _refuse_capture(self, what: str) -> None:
+        if tracing_now():
+            name = f" {self.name!r}" if self.name else ""
+            raise TraceError(f"a compiled function reads {what} of the DVariable{name}, which "
+                             "is not one of its arguments: the value would be fixed when the "
+                             "function is traced and miss later assigns; pass the variable as "
+                             "an argument", user_location())
 
     def assign(self, value: object) -> DVariable:
         """Replace the value, keeping shape, dtype and layout; returns the variable."""

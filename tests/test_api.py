@@ -7,6 +7,7 @@ Expected per-device components are computed here from the layout's shard map
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
 
@@ -452,6 +453,24 @@ def test_dvariable_assign_keeps_the_layout(mesh22):
         v.assign(np.zeros((4, 2), np.float32))
     with pytest.raises(TypeError, match="on a DVariable.*@dtc.compile"):
         _ = v + 1
+
+
+def test_a_dvariable_a_compiled_function_closes_over_is_refused_at_its_line(mesh22):
+    """Read while tracing, its value would be a constant of the program and later assigns
+    would be missed (the program is cached): it must be an argument, read at every call."""
+    layout = dtc.Layout(["x", U], mesh22)
+    v = dtc.DVariable(np.ones((4, 4), np.float32), layout=layout, name="w")
+    line = inspect.currentframe().f_lineno  # type: ignore[union-attr]
+    reads = [lambda a: a + v, lambda a: a + v.numpy(), lambda a: a + v.read_value()]
+    for read in reads:
+        with pytest.raises(dtc.TraceError, match=rf"test_api.py:{line + 1}: a compiled function "
+                           r"reads .* of the DVariable 'w', which is not one of its arguments"):
+            dtc.compile(read)(np.ones((4, 4), np.float32))
+    step = dtc.compile(lambda a, w: a + w)
+    np.testing.assert_array_equal(np.asarray(step(np.ones((4, 4), np.float32), v)), 2.0)
+    v.assign(np.full((4, 4), 5.0, np.float32))
+    np.testing.assert_array_equal(np.asarray(step(np.ones((4, 4), np.float32), v)), 6.0)
+    np.testing.assert_array_equal(v.numpy(), 5.0)  # (outside a trace a read is a read)
 
 
 def test_traced_relayout_of_the_wrong_rank_names_the_users_line(mesh22):

@@ -14,8 +14,9 @@ from dtensor_compiler.tracing.driver import (
     traced_relayout,
     traced_relayout_like,
     traced_save,
+    tracing_now,
 )
 from dtensor_compiler.tracing.tracer import TracedArray
 
 __all__ = ["TracedArray", "function_name", "is_traced", "trace", "trace_outputs",
-           "traced_relayout", "traced_relayout_like", "traced_save"]
+           "traced_relayout", "traced_relayout_like", "traced_save", "tracing_now"]

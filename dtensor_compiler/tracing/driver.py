@@ -10,6 +10,7 @@ and every other value is left for layout propagation.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeGuard, cast
 
@@ -37,6 +38,14 @@ def function_name(fn: Callable) -> str:
 def is_traced(x: object) -> TypeGuard[TracedArray]:
     """True for an array inside a function being traced."""
     return isinstance(x, TracedArray)
+
+
+_TRACING = threading.local()
+
+
+def tracing_now() -> bool:
+    """Whether this thread is tracing a function (its body is running)."""
+    return getattr(_TRACING, "depth", 0) > 0
 
 
 def _check_sharding(sharding: Sharding, value: Value, mesh: MeshShape, what: str,
@@ -150,6 +159,7 @@ def trace_outputs(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[
             param.origin = LayoutOrigin(f"%{param.name_hint}")
     func = Function(func_name, params)
     rec = Recorder(func, mesh)
+    _TRACING.depth = getattr(_TRACING, "depth", 0) + 1
     try:
         traced = iter([TracedArray(p, rec) for p in params])
         given = dict(constants or {})
@@ -166,6 +176,7 @@ def trace_outputs(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[
         ]
     finally:
         rec.active = False
+        _TRACING.depth -= 1
     func.set_results(results)
     return Module(mesh, [func], entry=func.name), tree
 
