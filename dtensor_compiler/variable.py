@@ -71,16 +71,16 @@ class DVariable(DistributedValue):
         """The gathered value; TraceError while a compiled function is traced (a variable the
         function closes over would be read once, when it is traced, and later `assign`s
         missed: pass it as an argument, which reads its value at every call)."""
-        self._refuse_capture("its value")
+        self._refuse_capture("its value, as an array")
         return super().__array__(dtype, copy)
 
     def _refuse_capture(self, what: str) -> None:
         if tracing_now():
             name = f" {self.name!r}" if self.name else ""
-            raise TraceError(f"a compiled function reads {what} of the DVariable{name}, which "
-                             "is not one of its arguments: the value would be fixed when the "
-                             "function is traced and miss later assigns; pass the variable as "
-                             "an argument", user_location())
+            raise TraceError(f"a compiled function reads the DVariable{name} ({what}) "
+                             "without taking it as an argument: the value would be fixed when "
+                             "the function is traced and miss later assigns; pass the variable "
+                             "as an argument", user_location())
 
     def assign(self, value: object) -> DVariable:
         """Replace the value, keeping shape, dtype and layout; returns the variable."""
