@@ -65,14 +65,14 @@ class DVariable(DistributedValue):
         """The current value as a new numpy array (TraceError inside a compiled function's
         body: see `__array__`)."""
         self._refuse_capture("numpy()")
-        return super().numpy()
+        return self._value.numpy()
 
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         """The gathered value; TraceError while a compiled function is traced (a variable the
         function closes over would be read once, when it is traced, and later `assign`s
         missed: pass it as an argument, which reads its value at every call)."""
         self._refuse_capture("its value, as an array")
-        return super().__array__(dtype, copy)
+        return self._value.__array__(dtype, copy)
 
     def _refuse_capture(self, what: str) -> None:
         if tracing_now():
