@@ -181,14 +181,14 @@ class FactorSpaces:
     def __init__(self, mesh: MeshShape) -> None:
         self.mesh = mesh
         self._by_signature: dict[Hashable, FactorSpace | None] = {}
-        self._by_op: dict[int, FactorSpace | None] = {}
+        self._by_op: dict[Operation, FactorSpace | None] = {}
+        """Keyed by the op itself (not its id, which an op made after it is freed reuses)."""
 
     def of(self, op: Operation) -> FactorSpace | None:
         """The op's factor space, or None for a barrier (``relayout``, the collectives)."""
-        key = id(op)
-        if key not in self._by_op:
-            self._by_op[key] = self._build(op)
-        return self._by_op[key]
+        if op not in self._by_op:
+            self._by_op[op] = self._build(op)
+        return self._by_op[op]
 
     def _build(self, op: Operation) -> FactorSpace | None:
         definition = opdef.lookup(op.name)

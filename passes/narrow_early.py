@@ -60,18 +60,18 @@ class NarrowEarlyPass(ModulePass):
 def _narrow_function(func: Function, infer: InferContext) -> bool:
     """Narrow one function to a fixed point; whether anything changed."""
     changed = False
-    removed: set[int] = set()
+    removed: set[Operation] = set()  # the ops themselves: an id outlives a freed op
     pending = [op for op in func.ops if op.name == "local_slice"]
     while pending:
         op = pending.pop()
-        if id(op) in removed:
+        if op in removed:
             continue
         rewrite = _narrowed(func, op, infer)
         if rewrite is None:
             continue
         replaced, new_ops = rewrite
         _splice(func, replaced, new_ops)
-        removed.update(id(o) for o in replaced)
+        removed.update(replaced)
         pending += [o for o in new_ops if o.name == "local_slice"]
         changed = True
     return changed

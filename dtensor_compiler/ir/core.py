@@ -108,10 +108,14 @@ class Operation:
         value.uses.append((self, index))
 
     def drop_operands(self) -> None:
-        """Detach from all operands (before erasing the op)."""
+        """Detach from all operands and from the results (whose `owner` becomes None), before
+        erasing the op: with no reference cycle through its results, reference counting
+        frees the op at once instead of leaving it to the cyclic collector."""
         for i, v in enumerate(self._operands):
             v.uses.remove((self, i))
         self._operands = ()
+        for r in self.results:
+            r.owner = None
 
     @property
     def type(self) -> TensorType:
