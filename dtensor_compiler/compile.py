@@ -45,11 +45,11 @@ from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DistributedValue, DTensor
 from dtensor_compiler.errors import LayoutError, TraceError
 from dtensor_compiler.explain import Collective, explain_table, kernels_table
-from dtensor_compiler.ir import opdef, reasons
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.collector import collector_paused
 from dtensor_compiler.ir.core import Level, Module
 from dtensor_compiler.ir.ops import checkpoint as checkpoint_ops
-from dtensor_compiler.ir.printer import Namer, format_op, format_reason
+from dtensor_compiler.ir.printer import Namer, op_text
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType, dtype_name, native_array, numpy_dtype
 from dtensor_compiler.layout import MATCH, Layout
@@ -92,11 +92,7 @@ def _collectives(module: Module, cost_model: CostModel) -> tuple[Collective, ...
         nbytes = op.type.local_nbytes(mesh)
         seconds = cost_model.collective_time(collective, mesh_dims, mesh,
                                              op.operands[0].type.local_nbytes(mesh), nbytes)
-        reason = "no reason recorded" if op.why is None else format_reason(op.why)
-        if op.loc is not None and (op.why is None or op.loc not in reasons.locations(op.why)):
-            reason += f" at {op.loc}"
-        out.append(Collective(op.name, mesh_dims, nbytes, seconds, reason,
-                              format_op(op, namer)))
+        out.append(Collective(op.name, mesh_dims, nbytes, seconds, op_text(op, namer)))
     return tuple(out)
 
 

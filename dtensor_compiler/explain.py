@@ -6,10 +6,12 @@ compute step on a backend that generates kernels. Shared by `Lowered.explain` an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from dtensor_compiler.ir.printer import format_seconds
+from dtensor_compiler.ir import reasons
+from dtensor_compiler.ir.printer import OpText, format_reason, format_seconds
 from dtensor_compiler.runtime.backends import KernelRun
 
 HEADERS = ("#", "op", "kind", "mesh dims", "bytes", "time", "why")
@@ -17,9 +19,11 @@ KERNEL_HEADERS = ("#", "kernel", "runs on", "ops", "how")
 _RIGHT_ALIGNED = {"#", "bytes", "time"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Collective:
-    """One collective of a compiled program."""
+    """One collective of a compiled program. Its `reason` and `op` texts are rendered when
+    first read (most compiles never read them), from what the op was when the record was
+    made."""
 
     kind: str
     """``all_gather``, ``all_reduce``, ``reduce_scatter`` or ``all_to_all``."""
@@ -28,10 +32,27 @@ class Collective:
     """Size of its per-device result buffer."""
     seconds: float
     """The cost model's estimate."""
-    reason: str
-    """Why it is there, and the user's source line that made it necessary."""
-    op: str
-    """Its line in the printed IR."""
+    line: OpText = field(repr=False)
+    """The op's printed line, not yet rendered."""
+
+    @functools.cached_property
+    def reason(self) -> str:
+        """Why it is there, and the user's source line that made it necessary."""
+        why, loc = self.line.why, self.line.loc
+        reason = "no reason recorded" if why is None else format_reason(why)
+        if loc is not None and (why is None or loc not in reasons.locations(why)):
+            reason += f" at {loc}"
+        return reason
+
+    @functools.cached_property
+    def op(self) -> str:
+        """Its line in the printed IR."""
+        return self.line.render()
+
+    def __repr__(self) -> str:
+        return (f"Collective(kind={self.kind!r}, mesh_dims={self.mesh_dims!r}, "
+                f"bytes={self.bytes!r}, seconds={self.seconds!r}, reason={self.reason!r}, "
+                f"op={self.op!r})")
 
 
 def format_bytes(n: int) -> str:

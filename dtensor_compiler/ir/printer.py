@@ -23,10 +23,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import NamedTuple
 
 import numpy as np
 
+from dtensor_compiler.errors import Location
 from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.attrs import Attr
 from dtensor_compiler.ir.core import Function, LayoutOrigin, Level, Module, Operation, Value
 from dtensor_compiler.ir.reasons import (
     Cause,
@@ -51,7 +54,7 @@ from dtensor_compiler.ir.reasons import (
     Writes,
     Written,
 )
-from dtensor_compiler.ir.types import is_floating
+from dtensor_compiler.ir.types import TensorType, is_floating
 
 INLINE_LIMIT = 16
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -134,27 +137,52 @@ class Namer:
 
 
 def format_op(op: Operation, name: Namer, locations: bool = False) -> str:
-    parts = []
-    if op.results:
-        parts.append(", ".join(name(r) for r in op.results) + " = ")
-    parts.append(op.name)
-    if op.operands:
-        parts.append(" " + ", ".join(name(v) for v in op.operands))
+    return op_text(op, name).render(locations)
+
+
+class OpText(NamedTuple):
+    """What an op's printed line shows, taken from the op when it is made: rendered later,
+    the line is the one the op had then, even if a later pass rewrote the op in place."""
+
+    results: tuple[str, ...]
+    name: str
+    operands: tuple[str, ...]
+    attrs: tuple[tuple[str, Attr], ...]
+    """In printed order, defaults elided."""
+    types: tuple[TensorType, ...]
+    loc: Location | None
+    why: Reason | None
+
+    def render(self, locations: bool = False) -> str:
+        parts = []
+        if self.results:
+            parts.append(", ".join(self.results) + " = ")
+        parts.append(self.name)
+        if self.operands:
+            parts.append(" " + ", ".join(self.operands))
+        if self.attrs:
+            parts.append(" {" + ", ".join(f"{k} = {format_attr(a)}" for k, a in self.attrs)
+                         + "}")
+        if self.types:
+            parts.append(" : " + ", ".join(t.text() for t in self.types))
+        if locations and self.loc is not None:
+            parts.append(f" loc({json.dumps(self.loc.file)}:{self.loc.line})")
+        if self.why is not None:
+            parts.append(f"  // why: {format_reason(self.why)}")
+        return "".join(parts)
+
+
+def op_text(op: Operation, name: Namer) -> OpText:
+    """The printed line of `op` under the names `name` gives, to render now or later."""
     definition = opdef.find(op.name)
     specs = {a.name: a for a in definition.attrs} if definition is not None else {}
     elided = {k for k, a in specs.items()
               if a.elide_default and k in op.attrs and op.attrs[k] == a.default}
     keys = ([k for k in specs if k in op.attrs and k not in elided]
             + sorted(k for k in op.attrs if k not in specs))
-    if keys:
-        parts.append(" {" + ", ".join(f"{k} = {format_attr(op.attrs[k])}" for k in keys) + "}")
-    if op.results:
-        parts.append(" : " + ", ".join(r.type.text() for r in op.results))
-    if locations and op.loc is not None:
-        parts.append(f" loc({json.dumps(op.loc.file)}:{op.loc.line})")
-    if op.why is not None:
-        parts.append(f"  // why: {format_reason(op.why)}")
-    return "".join(parts)
+    return OpText(tuple(name(r) for r in op.results), op.name,
+                  tuple(name(v) for v in op.operands), tuple((k, op.attrs[k]) for k in keys),
+                  tuple(r.type for r in op.results), op.loc, op.why)
 
 
 def print_function(func: Function, locations: bool = False) -> str:
