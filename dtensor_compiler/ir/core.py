@@ -67,8 +67,13 @@ class Value:
         return list(seen.values())
 
     def replace_all_uses_with(self, other: Value) -> None:
-        for op, i in list(self.uses):
-            op.set_operand(i, other)
+        if other is self:
+            return
+        uses, self.uses = self.uses, []
+        for op, i in uses:
+            operands = op._operands
+            op._operands = operands[:i] + (other,) + operands[i + 1:]
+        other.uses.extend(uses)
 
     def __repr__(self) -> str:
         return f"<Value {self.name_hint or ''}: {self.type}>"
