@@ -452,3 +452,26 @@ def test_a_programs_scalars_and_the_rules_are_traced_once_each():
     want = (2 * x64) ** 2 + 0.5 * x64 + x64 * x64 + x64
     np.testing.assert_allclose(np.asarray(value), want.sum() + 2 * n.sum(), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(grad), 8 * x64 + 0.5 + 2 * x64 + 1, rtol=1e-5)
+
+
+def test_a_transposed_derivative_is_made_by_its_einsum_not_by_a_transpose_after_it():
+    """d/dk of ``q @ k^T``: the einsum making it writes k's order of dims directly, so the
+    backward pass adds no transpose (the forward's one stays)."""
+    q, k = uniform(-1, 1, (2, 3, 4)), uniform(-1, 1, (2, 5, 4))
+    f = dtc.compile(dtc.grad(lambda q, k: np.sum(np.tanh(q @ k.transpose(0, 2, 1))),
+                             argnums=(0, 1)))
+    assert f.lower(q, k).ir("simplify").count(" = transpose ") == 1
+    gq, gk = f(q, k)
+    d = 1 - np.tanh(q @ k.transpose(0, 2, 1)) ** 2
+    np.testing.assert_allclose(np.asarray(gq), d @ k, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(gk), d.transpose(0, 2, 1) @ q, rtol=1e-12)
+
+
+@pytest.mark.parametrize("perms, backward", [(((1, 0, 2), (0, 2, 1)), 1),
+                                             (((1, 0, 2), (1, 0, 2)), 0)])
+def test_the_derivatives_of_two_transposes_in_a_row_are_one_transpose_or_none(perms, backward):
+    x = uniform(-1, 1, (2, 3, 4))
+    first, second = perms
+    f = dtc.compile(dtc.grad(lambda x: np.sum(np.sin(x.transpose(first).transpose(second)))))
+    assert f.lower(x).ir("simplify").count(" = transpose ") == 2 + backward
+    np.testing.assert_allclose(np.asarray(f(x)), np.cos(x), rtol=1e-12)

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Sequence
 
 from dtensor_compiler.errors import Location
+from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import Builder, make_op
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.reasons import UserRelayout
@@ -137,6 +138,35 @@ class VJPContext:
         if g.type.shape == tuple(shape):
             return g
         return self.emit("reshape", [g], result=TensorType(g.type.dtype, tuple(shape)))
+
+    def transpose(self, g: Value, perm: tuple[int, ...]) -> Value:
+        """`g` transposed by `perm`. When `g` is the layout hint of the result of an einsum
+        or a transpose that nothing else reads (a rule just made it: the derivative of
+        ``q @ k.transpose(...)`` with respect to k), that op is made again with the
+        permutation folded in, its output letters permuted or the two permutations
+        composed: one op where there would be two (the first is left to dead-code removal,
+        with its hint)."""
+        hint = g.owner
+        if hint is not None and not g.uses and isinstance(opdef.lookup(hint.name).sharding,
+                                                          opdef.LayoutHint):
+            made = hint.operands[0]
+            producer = made.owner
+            if producer is not None and len(made.uses) == 1:
+                if producer.name == "einsum":
+                    spec = producer.attrs["spec"]
+                    assert isinstance(spec, str)
+                    ins, out = spec.split("->")
+                    permuted = "".join(out[p] for p in perm)
+                    return self.emit("einsum", list(producer.operands),
+                                     {"spec": f"{ins}->{permuted}"})
+                if producer.name == "transpose":
+                    inner = producer.attrs["perm"]
+                    assert isinstance(inner, tuple)
+                    composed = tuple(inner[p] for p in perm)
+                    if composed == tuple(range(len(perm))):
+                        return producer.operands[0]
+                    return self.emit("transpose", [producer.operands[0]], {"perm": composed})
+        return self.emit("transpose", [g], {"perm": perm})
 
     def broadcast(self, g: Value, shape: Sequence[int]) -> Value:
         if g.type.shape == tuple(shape):

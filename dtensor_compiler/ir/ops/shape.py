@@ -85,7 +85,7 @@ def _transpose_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None
     perm = op.attrs["perm"]
     assert isinstance(perm, tuple)
     inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
-    return [ad.emit("transpose", [g], {"perm": inverse})]
+    return [ad.transpose(g, inverse)]
 
 
 TRANSPOSE = register(OpDef(name="transpose", operands=1, infer=_transpose,
