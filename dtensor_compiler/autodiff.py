@@ -6,6 +6,8 @@ backward pass and the planner chooses their collectives together. On numpy array
 DTensors they compile the call (once per argument signature, like `dtc.compile`) and run it.
 
 As in JAX: `argnums` is an int (one gradient) or a tuple (a tuple of gradients, in that order);
+an argument may be a nesting of tuples, lists and dicts of arrays, and its gradient has the
+same structure (at top level, one program is compiled per structure of the arguments);
 the function must return a floating-point scalar (with ``has_aux=True``, a pair of it and
 anything else, returned alongside); integer inputs have no gradient. Violations raise
 `GradientError` at the user's line.
@@ -13,13 +15,17 @@ anything else, returned alongside); integer inputs have no gradient. Violations 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from dtensor_compiler import tracing
 from dtensor_compiler.compile import CompiledFunction
 from dtensor_compiler.errors import GradientError
 from dtensor_compiler.tracing.autodiff import stop_gradient_traced, value_and_grad_traced
+from dtensor_compiler.tracing.outputs import OutputTree, flatten
+from dtensor_compiler.tracing.recorder import Recorder
 from dtensor_compiler.tracing.tracer import TracedArray
 
 
@@ -34,31 +40,71 @@ def _positions(argnums: int | tuple[int, ...], count: int) -> tuple[int, ...]:
     return tuple(i % count for i in positions)
 
 
+_NUMBERS = (bool, int, float, complex)
+
+
+def _recorder(args: Sequence[Any]) -> Recorder | None:
+    """The recorder of a traced array among `args` or in the tuples, lists and dicts they
+    hold (a dict of traced parameters), or None outside a trace."""
+    stack = list(args)
+    while stack:
+        a = stack.pop()
+        if tracing.is_traced(a):
+            return a.recorder
+        if isinstance(a, (tuple, list)):
+            stack.extend(a)
+        elif isinstance(a, dict):
+            stack.extend(a.values())
+    return None
+
+
 def value_and_grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
                    has_aux: bool = False) -> Callable[..., Any]:
     """A function returning ``(value, gradient)`` (``((value, aux), gradient)`` with
     `has_aux`), the gradient of `fn` with respect to the arguments at `argnums`."""
-    compiled: dict[str, CompiledFunction] = {}
+    compiled: dict[tuple[OutputTree, ...], CompiledFunction] = {}
+    """Per structure of the arguments (which arrays sit in which tuples, lists and dicts),
+    the compiled program of their leaves."""
 
-    def traced(*args: Any) -> Any:
-        rec = next(a.recorder for a in args if isinstance(a, TracedArray))
+    def traced(rec: Recorder, *args: Any) -> Any:
         positions = _positions(argnums, len(args))
         out, aux, grads = value_and_grad_traced(fn, positions, has_aux, args, rec)
         gradient = grads[0] if isinstance(argnums, int) else tuple(grads)
         return ((out, aux) if has_aux else out), gradient
 
     def flat(*args: Any) -> tuple[Any, ...]:
-        value, gradient = traced(*args)
+        rec = _recorder(args)
+        assert rec is not None, "the compiled function traces its arguments"
+        value, gradient = traced(rec, *args)
         parts = list(value) if has_aux else [value]
         return (*parts, *(gradient if isinstance(gradient, tuple) else (gradient,)))
 
     def call(*args: Any) -> Any:
-        if any(tracing.is_traced(a) for a in args):
-            return traced(*args)
-        if "f" not in compiled:
-            flat.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
-            compiled["f"] = CompiledFunction(flat)
-        out = compiled["f"](*args)
+        rec = _recorder(args)
+        if rec is not None:
+            return traced(rec, *args)
+        positions = _positions(argnums, len(args))
+        leaves: list[Any] = []
+        trees: list[OutputTree] = []
+        for i, a in enumerate(args):
+            try:
+                these, tree = flatten(a)
+            except TypeError as e:
+                raise GradientError(f"grad cannot take argument {i}: {e}") from None
+            if i in positions:  # a number differentiated is an array, not a constant
+                these = [np.asarray(x) if type(x) in _NUMBERS else x for x in these]
+            leaves += these
+            trees.append(tree)
+        structure = tuple(trees)
+        program = compiled.get(structure)
+        if program is None:
+            def on_leaves(*args: Any) -> tuple[Any, ...]:
+                it = iter(args)
+                return flat(*(t.unflatten([next(it) for _ in range(t.leaves)])
+                              for t in structure))
+            on_leaves.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
+            program = compiled[structure] = CompiledFunction(on_leaves)
+        out = program(*leaves)
         values = out if isinstance(out, tuple) else (out,)
         head = 2 if has_aux else 1
         value = tuple(values[:head]) if has_aux else values[0]

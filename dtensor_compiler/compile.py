@@ -555,6 +555,10 @@ def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
         return TensorType(dtype_name(tensor.dtype), tensor.shape, tensor.layout.sharding), tensor
     if isinstance(value, TensorSpec):
         shape, dtype = value.shape, value.dtype
+    elif isinstance(value, dict):
+        raise TraceError(f"argument {name!r} is a dict: a compiled function takes arrays, "
+                         "DTensors, TensorSpecs and Python numbers; pass its arrays as "
+                         "arguments of their own (dtc.grad and value_and_grad take dicts)")
     else:
         value = native_array(value)
         shape, dtype = value.shape, value.dtype

@@ -475,3 +475,63 @@ def test_the_derivatives_of_two_transposes_in_a_row_are_one_transpose_or_none(pe
     f = dtc.compile(dtc.grad(lambda x: np.sum(np.sin(x.transpose(first).transpose(second)))))
     assert f.lower(x).ir("simplify").count(" = transpose ") == 2 + backward
     np.testing.assert_allclose(np.asarray(f(x)), np.cos(x), rtol=1e-12)
+
+
+def _tanh_layer_loss(p, x):
+    return np.sum(np.tanh(x @ p["w"] + p["b"]))
+
+
+def _tanh_layer_grads(p, x):
+    d = 1 - np.tanh(x @ p["w"] + p["b"]) ** 2
+    return x.T @ d, d.sum(0), d @ p["w"].T
+
+
+def test_gradients_with_respect_to_a_dict_of_parameters_come_back_as_that_dict():
+    """Inside a compiled step, as at top level: an argument may be a nesting of dicts,
+    lists and tuples (named ones too) of arrays, and its gradient has its structure."""
+    from collections import namedtuple
+    pair = namedtuple("pair", "w b")
+    mesh = dtc.create_mesh([("x", 2)])
+    p = {"w": uniform(-1, 1, (4, 3)), "b": uniform(-1, 1, (3,))}
+    x = uniform(-1, 1, (6, 4))
+
+    @dtc.compile(in_layouts=(None, None, dtc.Layout(["x", U], mesh)))
+    def step(w, b, x):
+        value, g = dtc.value_and_grad(_tanh_layer_loss)({"w": w, "b": b}, x)
+        (nested,) = dtc.grad(lambda q, x: np.sum(np.tanh(x @ q[0].w + q[1][0])),
+                             argnums=(0,))([pair(w, b), [b]], x)
+        return value, g, nested
+
+    value, g, nested = step(p["w"], p["b"], x)
+    gw, gb, _ = _tanh_layer_grads(p, x)
+    assert sorted(g) == ["b", "w"] and type(nested[0]) is pair and type(nested[1]) is list
+    np.testing.assert_allclose(float(value), _tanh_layer_loss(p, x), rtol=1e-12)
+    for got, want in ((g["w"], gw), (g["b"], gb), (nested[0].w, gw), (nested[0].b, 0 * gb),
+                      (nested[1][0], gb)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-15)
+
+
+def test_top_level_gradients_of_nested_arguments_and_of_python_numbers():
+    p = {"w": uniform(-1, 1, (4, 3)), "b": uniform(-1, 1, (3,))}
+    x = uniform(-1, 1, (6, 4))
+    gp, gx = dtc.grad(_tanh_layer_loss, argnums=(0, 1))(p, x)
+    gw, gb, want_x = _tanh_layer_grads(p, x)
+    assert sorted(gp) == ["b", "w"]
+    np.testing.assert_allclose(np.asarray(gp["w"]), gw, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(gp["b"]), gb, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(gx), want_x, rtol=1e-12)
+    # a Python float differentiated is a 0-d array (it was a constant of the program)
+    np.testing.assert_allclose(float(dtc.grad(np.sin)(1.0)), np.cos(1.0), rtol=1e-15)
+    g = dtc.grad(lambda v: np.sin(v[0]) * v[1])([1.0, 2.0])
+    assert type(g) is list
+    np.testing.assert_allclose([float(v) for v in g], [2 * np.cos(1.0), np.sin(1.0)])
+
+
+def test_a_nested_argument_that_cannot_be_differentiated_is_named_by_its_path():
+    w = uniform(-1, 1, (4, 3))
+    with pytest.raises(dtc.GradientError, match=r"argument 0\['n'\] is i64\[4, 3\]"):
+        dtc.grad(lambda p: np.sum(p["w"] * p["n"]))({"w": w, "n": np.ones((4, 3), int)})
+    with pytest.raises(dtc.GradientError, match=r"got a str \(argument 0\[1\]\)"):
+        dtc.compile(lambda w: dtc.grad(lambda p: np.sum(p[0]))([w, "w"]))(w)
+    with pytest.raises(dtc.GradientError, match="a dict whose keys do not sort"):
+        dtc.grad(lambda p: np.sum(p["a"]))({"a": w, 1: w})

@@ -189,6 +189,8 @@ def test_argument_errors_name_the_argument(mesh):
         f(x, w1, "w2")
     with pytest.raises(dtc.TraceError, match="argument 'w2' must be a numeric array"):
         f(x, w1, None)
+    with pytest.raises(dtc.TraceError, match="argument 'w2' is a dict: .*arguments of their own"):
+        f(x, w1, {"w": w2})
     with pytest.raises(dtc.TraceError, match="positionally"):
         f(x, w1, w2=w2)
     wrong = dtc.copy_to_mesh(x, dtc.Layout([U, U], mesh))

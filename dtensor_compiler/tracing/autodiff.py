@@ -27,28 +27,42 @@ from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.ir.vjp import VJPContext, differentiable, unread_operand
 from dtensor_compiler.tracing.location import user_location
+from dtensor_compiler.tracing.outputs import OutputTree, flatten_with_paths
 from dtensor_compiler.tracing.recorder import Recorder
 from dtensor_compiler.tracing.tracer import TracedArray, unwrap
 
 
 def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], has_aux: bool,
                           args: Sequence[object], rec: Recorder
-                          ) -> tuple[object, object, list[TracedArray]]:
+                          ) -> tuple[object, object, list[object]]:
     """Trace `fn(*args)` into `rec`'s function and differentiate its (first) output with
-    respect to the arguments at `argnums`: (output, aux or None, one gradient per argnum)."""
+    respect to the arguments at `argnums`: (output, aux or None, one gradient per argnum).
+    An argument may be an array or a nesting of tuples, lists and dicts of arrays (a dict
+    of parameters); its gradient has the same structure."""
     call = list(args)
     wrt: list[Value] = []
+    trees: list[OutputTree] = []
     for i in argnums:
-        value = _value(call[i], rec)
-        if not differentiable(value.type):
-            raise GradientError(f"grad requires floating-point inputs; argument {i} is "
-                                f"{value.type.dtype}{list(value.type.shape)}", user_location())
-        # the argument as a value of its own (a reshape to its own shape, which simplify
-        # removes), so that `fn`'s other uses of the same array (a closure, another
-        # argument) are constants, as JAX has it: the derivative is a partial one
-        alias = rec.builder.create("reshape", [value], declared=value.type, loc=user_location())
-        wrt.append(alias)
-        call[i] = TracedArray(alias, rec)
+        try:
+            leaves, paths, tree = flatten_with_paths(call[i])
+        except TypeError as e:
+            raise GradientError(f"grad cannot take argument {i}: {e}", user_location()) from None
+        aliases = []
+        for leaf, path in zip(leaves, paths):
+            value = _value(leaf, rec, f"argument {i}{path}")
+            if not differentiable(value.type):
+                raise GradientError(f"grad requires floating-point inputs; argument {i}{path} "
+                                    f"is {value.type.dtype}{list(value.type.shape)}",
+                                    user_location())
+            # the argument as a value of its own (a reshape to its own shape, which simplify
+            # removes), so that `fn`'s other uses of the same array (a closure, another
+            # argument) are constants, as JAX has it: the derivative is a partial one
+            alias = rec.builder.create("reshape", [value], declared=value.type,
+                                       loc=user_location())
+            wrt.append(alias)
+            aliases.append(TracedArray(alias, rec))
+        trees.append(tree)
+        call[i] = tree.unflatten(aliases)
     start = len(rec.func.ops)
     returned = fn(*call)
     if has_aux:
@@ -63,8 +77,10 @@ def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], h
         raise GradientError(f"grad needs a function with a floating-point scalar output; it "
                             f"returned {output.type.dtype}{list(output.type.shape)}",
                             user_location())
-    grads = backward(rec, rec.func.ops[start:], output, wrt)
-    return TracedArray(output, rec), aux, [TracedArray(g, rec) for g in grads]
+    grads = iter([TracedArray(g, rec) for g in backward(rec, rec.func.ops[start:], output,
+                                                          wrt)])
+    return TracedArray(output, rec), aux, [
+        tree.unflatten([next(grads) for _ in range(tree.leaves)]) for tree in trees]
 
 
 def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequence[Value]
@@ -150,10 +166,12 @@ def stop_gradient_traced(x: object, rec: Recorder) -> TracedArray:
     return TracedArray(rec.emit("stop_gradient", [_value(x, rec)]), rec)
 
 
-def _value(x: object, rec: Recorder) -> Value:
+def _value(x: object, rec: Recorder, what: str = "") -> Value:
     """A traced array's value, or an array-like lifted to a constant."""
     inner = unwrap(x, rec)
     if isinstance(inner, (Value, np.ndarray, np.generic, bool, int, float, complex, list,
                           tuple)):
         return rec.value(inner)
-    raise GradientError(f"grad works on arrays, got a {type(x).__name__}", user_location())
+    where = f" ({what})" if what else ""
+    raise GradientError(f"grad works on arrays, got a {type(x).__name__}{where}",
+                        user_location())

@@ -1,4 +1,5 @@
-"""The structure of what a traced function returns: nested tuples, lists and dicts of arrays.
+"""The structure of what a traced function returns, or of what `grad` differentiates with
+respect to: nested tuples, lists and dicts of arrays.
 
 A compiled function may return one array, or any nesting of tuples (named tuples too), lists
 and dicts (keys in sorted order, as JAX flattens them) whose leaves are arrays or numbers.
@@ -80,7 +81,16 @@ def flatten(value: object, is_leaf: Callable[[object], bool] = lambda v: True
     containers; anything else is a leaf when `is_leaf` says so, else TypeError naming it and
     where it is (``a NoneType at [1]['b']``); TypeError too for a dict whose keys do not
     sort."""
+    leaves, _, tree = flatten_with_paths(value, is_leaf)
+    return leaves, tree
+
+
+def flatten_with_paths(value: object, is_leaf: Callable[[object], bool] = lambda v: True
+                       ) -> tuple[list[object], list[str], OutputTree]:
+    """`flatten`, with each leaf's path too (``['w']``, ``[1][0]``; ``""`` for a bare
+    leaf)."""
     leaves: list[object] = []
+    paths: list[str] = []
 
     def walk(v: object, path: str) -> OutputTree:
         if isinstance(v, (tuple, list)):
@@ -100,6 +110,8 @@ def flatten(value: object, is_leaf: Callable[[object], bool] = lambda v: True
         if not is_leaf(v):
             raise TypeError(f"a {type(v).__name__}" + (f" at {path}" if path else ""))
         leaves.append(v)
+        paths.append(path)
         return LEAF
 
-    return leaves, walk(value, "")
+    tree = walk(value, "")
+    return leaves, paths, tree

@@ -133,7 +133,8 @@ def test_random_programs_have_the_right_gradients(case):
     of evaluations checks every element). Programs through float32 or bfloat16 (rounding
     hides a finite difference), through np.round or integer casts (staircases: a finite
     difference across a step is huge), whose loss is not finite, whose one-sided differences
-    disagree (a kink within the step), or through complex values (refused) are skipped."""
+    disagree (a kink within the step), or through complex values (refused) are skipped. The
+    inputs go to grad as its arguments, or packed in one dict or list of tuples."""
     prog, names, sizes, in_specs, _, _, seed, _, how = case
     note = prog.text()
     if any(word in note for word in ("float32", "bf16", "np.round", "int8")):
@@ -154,9 +155,23 @@ def test_random_programs_have_the_right_gradients(case):
         return sum(np.sum(o * w) for o, w in zip(got, weights) if w is not None)
 
     argnums = tuple(range(len(inputs)))
-    f = dtc.compile(lambda *xs: dtc.grad(loss, argnums=argnums)(*xs),
-                    in_layouts=tuple(_layout(spec, mesh) for spec in in_specs), verify=True,
-                    **how)
+    keys = [f"x{i}" for i in range(len(inputs))]
+    # how the inputs reach grad: as its arguments, or as one nested argument whose gradient
+    # comes back in that structure
+    packing = ("arguments", "dict", "list of tuples")[int(rng.integers(3))]
+
+    def gradients(*xs):
+        if packing == "arguments":
+            grads = dtc.grad(loss, argnums=argnums)(*xs)
+            return grads if isinstance(grads, tuple) else (grads,)
+        if packing == "dict":
+            grads = dtc.grad(lambda d: loss(*[d[k] for k in keys]))(dict(zip(keys, xs)))
+            return tuple(grads[k] for k in keys)
+        grads = dtc.grad(lambda pairs: loss(*[p[0] for p in pairs]))([(x,) for x in xs])
+        return tuple(p[0] for p in grads)
+
+    f = dtc.compile(gradients, in_layouts=tuple(_layout(spec, mesh) for spec in in_specs),
+                    verify=True, **how)
     try:
         grads = f(*inputs)
     except dtc.GradientError as e:
