@@ -24,7 +24,7 @@ from dtensor_compiler import tracing
 from dtensor_compiler.compile import CompiledFunction
 from dtensor_compiler.errors import GradientError
 from dtensor_compiler.tracing.autodiff import stop_gradient_traced, value_and_grad_traced
-from dtensor_compiler.tracing.outputs import OutputTree, flatten
+from dtensor_compiler.tracing.outputs import flatten
 from dtensor_compiler.tracing.recorder import Recorder
 from dtensor_compiler.tracing.tracer import TracedArray
 
@@ -41,6 +41,15 @@ def _positions(argnums: int | tuple[int, ...], count: int) -> tuple[int, ...]:
 
 
 _NUMBERS = (bool, int, float, complex)
+
+
+def _numbers_as_arrays(i: int, arg: Any) -> Any:
+    """Argument `i` with every Python number in it (or it itself) a 0-d array."""
+    try:
+        leaves, tree = flatten(arg)
+    except TypeError as e:
+        raise GradientError(f"grad cannot take argument {i}: {e}") from None
+    return tree.unflatten([np.asarray(x) if type(x) in _NUMBERS else x for x in leaves])
 
 
 def _recorder(args: Sequence[Any]) -> Recorder | None:
@@ -62,9 +71,7 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
                    has_aux: bool = False) -> Callable[..., Any]:
     """A function returning ``(value, gradient)`` (``((value, aux), gradient)`` with
     `has_aux`), the gradient of `fn` with respect to the arguments at `argnums`."""
-    compiled: dict[tuple[OutputTree, ...], CompiledFunction] = {}
-    """Per structure of the arguments (which arrays sit in which tuples, lists and dicts),
-    the compiled program of their leaves."""
+    compiled: dict[str, CompiledFunction] = {}
 
     def traced(rec: Recorder, *args: Any) -> Any:
         positions = _positions(argnums, len(args))
@@ -74,7 +81,9 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
 
     def flat(*args: Any) -> tuple[Any, ...]:
         rec = _recorder(args)
-        assert rec is not None, "the compiled function traces its arguments"
+        if rec is None:
+            raise GradientError("grad has no array to differentiate with respect to: the "
+                                "arguments at argnums hold none")
         value, gradient = traced(rec, *args)
         parts = list(value) if has_aux else [value]
         return (*parts, *(gradient if isinstance(gradient, tuple) else (gradient,)))
@@ -84,27 +93,13 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
         if rec is not None:
             return traced(rec, *args)
         positions = _positions(argnums, len(args))
-        leaves: list[Any] = []
-        trees: list[OutputTree] = []
-        for i, a in enumerate(args):
-            try:
-                these, tree = flatten(a)
-            except TypeError as e:
-                raise GradientError(f"grad cannot take argument {i}: {e}") from None
-            if i in positions:  # a number differentiated is an array, not a constant
-                these = [np.asarray(x) if type(x) in _NUMBERS else x for x in these]
-            leaves += these
-            trees.append(tree)
-        structure = tuple(trees)
-        program = compiled.get(structure)
-        if program is None:
-            def on_leaves(*args: Any) -> tuple[Any, ...]:
-                it = iter(args)
-                return flat(*(t.unflatten([next(it) for _ in range(t.leaves)])
-                              for t in structure))
-            on_leaves.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
-            program = compiled[structure] = CompiledFunction(on_leaves)
-        out = program(*leaves)
+        # a number differentiated is an array, not a constant of the program
+        call_args = [_numbers_as_arrays(i, a) if i in positions else a
+                     for i, a in enumerate(args)]
+        if "f" not in compiled:
+            flat.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
+            compiled["f"] = CompiledFunction(flat)
+        out = compiled["f"](*call_args)
         values = out if isinstance(out, tuple) else (out,)
         head = 2 if has_aux else 1
         value = tuple(values[:head]) if has_aux else values[0]

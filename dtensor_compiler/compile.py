@@ -16,7 +16,10 @@ types).
 
 Arguments are positional: numpy arrays (anything `np.asarray` makes a numeric array of),
 DTensors or DVariables (their layout is the argument's layout, and must equal its in_layout
-when one is given), and for `lower` also `TensorSpec`s. A function returning several values
+when one is given), for `lower` also `TensorSpec`s, Python numbers (constants of the
+program), and dicts, lists and tuples of those, nested (a dict of parameters): the function
+gets them in that structure, their arrays are the program's arguments (named by their paths,
+``%params_w``), and the structure is part of the program. A function returning several values
 gives a tuple of DTensors; one value (or a one-element tuple) gives one DTensor.
 
 The mesh is the one the layouts name (they must all name the same), else the mesh of the
@@ -32,6 +35,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -63,7 +67,7 @@ from dtensor_compiler.runtime.backends import (
     Storage,
     get_backend,
 )
-from dtensor_compiler.tracing.outputs import OutputTree, flatten
+from dtensor_compiler.tracing.outputs import LEAF, OutputTree, flatten, flatten_with_paths
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,32 @@ def _refuse_unordered_partials(module: Module, arg_names: Sequence[str]) -> None
                                   f"a {kind} over {m}, complex numbers have no order")
 
 
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The structure of a call's arguments when some are dicts, lists or tuples: per
+    argument, its tree (a bare array or number is a leaf). Types and values are then per
+    leaf."""
+
+    trees: tuple[OutputTree, ...]
+    constants: frozenset[int]
+    """The leaves that are Python numbers (constants of the program)."""
+
+    def owners(self) -> list[int]:
+        """Per leaf, the position of the argument it is in."""
+        return [i for i, tree in enumerate(self.trees) for _ in range(tree.leaves)]
+
+    def names(self, arguments: Sequence[str]) -> list[str]:
+        """Per leaf, its IR name: the argument's, and the keys and indices to it (``p_w``
+        for ``p['w']``)."""
+        out = []
+        for name, tree in zip(arguments, self.trees):
+            out += [name + re.sub(r"\W+", "_", path).rstrip("_") for path in tree.paths()]
+        return out
+
+
 class Lowered:
     """A compiled program for one set of argument types: its IR after every stage, its
     collectives, and `run`."""
@@ -134,8 +164,9 @@ class Lowered:
                  result_types: Sequence[TensorType], stages: Sequence[Stage],
                  global_stage: str, module: Module, collectives: tuple[Collective, ...],
                  backend: Backend, donated: frozenset[int] = frozenset(),
-                 outputs: OutputTree | None = None) -> None:
+                 outputs: OutputTree | None = None, inputs: _Inputs | None = None) -> None:
         self.mesh = mesh
+        self._inputs = inputs
         self.outputs = outputs
         """How the traced function returned its results (nested tuples, lists, dicts), which
         `run` rebuilds; None: one result as itself, several as a tuple."""
@@ -216,8 +247,37 @@ class Lowered:
         return self._executor
 
     def run(self, *args: object) -> DTensor | tuple[DTensor, ...]:
-        """Run on numpy arrays or DTensors of the lowered types; DTensors out, in the
-        structure the function returned them in."""
+        """Run on numpy arrays or DTensors of the lowered types, the Python numbers given to
+        `lower` left out (a dict, list or tuple among them is given whole, numbers in it
+        included, which are ignored: they are constants of the program); DTensors out, in
+        the structure the function returned them in."""
+        if self._inputs is None:
+            return self.run_leaves(args)
+        trees, constants = self._inputs.trees, self._inputs.constants
+        leaves: list[object] = []
+        given = iter(args)
+        taken = 0
+        for tree in trees:
+            if tree is LEAF and len(leaves) in constants:  # a number given to `lower`
+                leaves.append(None)
+                continue
+            arg = next(given, _MISSING)
+            taken += 1
+            if arg is _MISSING:
+                continue
+            these, shape = (flatten(arg) if isinstance(arg, (dict, list, tuple)) else
+                            ([arg], LEAF))
+            if not tree.matches(shape):
+                raise TraceError(f"argument {taken - 1} is {shape.text()}, the program takes "
+                                 f"{tree.text()}")
+            leaves += these
+        if taken != len(args) or len(leaves) != sum(t.leaves for t in trees):
+            raise TraceError(f"the program takes {taken} arguments, got {len(args)}")
+        return self.run_leaves([v for i, v in enumerate(leaves) if i not in constants])
+
+    def run_leaves(self, args: Sequence[object]) -> DTensor | tuple[DTensor, ...]:
+        """`run` on the arrays of the arguments flattened (the leaves of dicts, lists and
+        tuples in order, constants left out)."""
         if len(args) != len(self._arg_types):
             raise TraceError(f"the program takes {len(self._arg_types)} arguments, got "
                              f"{len(args)}")
@@ -267,6 +327,25 @@ def _flat_out_layouts(layouts: object
     except TypeError as e:
         raise TypeError(f"out_layouts holds {e}") from None
     return tuple(flat), tree
+
+
+def _normalize_in_layouts(layouts: Layout | Sequence[object] | None
+                          ) -> tuple[object, ...] | None:
+    """The in_layouts, one entry per argument: a Layout, None, or for an argument that is a
+    dict, list or tuple, its layouts nested the same way (checked like the others)."""
+    if layouts is None or isinstance(layouts, Layout):
+        return _normalize_layouts(layouts, "in_layouts")
+    entries = tuple(layouts)
+    nested = [isinstance(e, (dict, list, tuple)) for e in entries]
+    _normalize_layouts([None if n else e for e, n in zip(entries, nested)], "in_layouts")
+    for i, entry in enumerate(entries):
+        if nested[i]:
+            try:
+                leaves = flatten(entry, _is_layout_leaf)[0]
+            except TypeError as e:
+                raise TypeError(f"in_layouts[{i}] must hold Layouts or None, got {e}") from None
+            _normalize_layouts(leaves, f"in_layouts[{i}]")
+    return entries
 
 
 def _normalize_layouts(layouts: Layout | Sequence[object] | None, what: str
@@ -330,10 +409,11 @@ class CompiledFunction:
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):
             self._signature = None
-        self._in_layouts = _normalize_layouts(in_layouts, "in_layouts")
+        self._in_layouts = _normalize_in_layouts(in_layouts)
         flat_out, self._out_tree = _flat_out_layouts(out_layouts)
         self._out_layouts = _normalize_layouts(flat_out, "out_layouts")
-        meshes = {layout.mesh for layout in (self._in_layouts or ()) + (self._out_layouts or ())
+        given = [layout for entry in self._in_layouts or () for layout in _layout_leaves(entry)]
+        meshes = {layout.mesh for layout in given + list(self._out_layouts or ())
                   if layout is not None}
         if len(meshes) > 1:
             raise LayoutError("in_layouts and out_layouts must all be on one mesh; they name "
@@ -345,7 +425,8 @@ class CompiledFunction:
         self._cost_model = cost_model or DEFAULT_COST_MODEL
         self._verify = verify
         self._keep_ir = keep_ir
-        self._cache: dict[tuple[Mesh, tuple[TensorType | _Constant, ...]], Lowered] = {}
+        self._cache: dict[tuple[Mesh, tuple[TensorType | _Constant, ...], _Inputs | None],
+                          Lowered] = {}
         self._by_call_key: dict[Hashable, Lowered] = {}
         if specs is not None and not all(isinstance(s, TensorSpec) for s in specs):
             raise TypeError("specs must be TensorSpecs, one per argument")
@@ -361,11 +442,11 @@ class CompiledFunction:
         lowered = self._by_call_key.get(key) if key is not None else None
         if lowered is not None:
             return lowered.run(*[a for a in args if type(a) not in _NUMBERS])
-        mesh, types, values = self._resolve(args)
-        lowered = self._lowered(mesh, types)
+        mesh, types, values, inputs = self._resolve(args)
+        lowered = self._lowered(mesh, types, inputs)
         if key is not None:
             self._by_call_key[key] = lowered
-        return lowered.run(*values)
+        return lowered.run_leaves(values)
 
     def _call_key(self, args: Sequence[object]) -> Hashable | None:
         """What decides the program of a call whose arguments are all numpy arrays or DTensors
@@ -393,17 +474,19 @@ class CompiledFunction:
         numbers, which are constants of the program). With `locations`, the kept IR of every
         stage (`Lowered.ir`) ends each op with its source location; that lowering is made
         afresh, not cached."""
-        mesh, types, _ = self._resolve(args)
+        mesh, types, _, inputs = self._resolve(args)
         if locations:
             with collector_paused():
-                return self._compile(mesh, types, locations=True)
-        return self._lowered(mesh, types)
+                return self._compile(mesh, types, inputs, locations=True)
+        return self._lowered(mesh, types, inputs)
 
     # -- arguments -----------------------------------------------------------------------------
     def _resolve(self, args: Sequence[object]
-                 ) -> tuple[Mesh, list[TensorType | _Constant], list[object]]:
+                 ) -> tuple[Mesh, list[TensorType | _Constant], list[object], _Inputs | None]:
         """The mesh, the argument types (with pinned shardings; a Python number is a
-        `_Constant`) and the values of the arguments that are not constants."""
+        `_Constant`), the values of the arguments that are not constants, and, when some
+        argument is a dict, list or tuple, the structure of every argument: then the types
+        and values are those of the leaves, in order."""
         if self._signature is not None:
             try:
                 self._signature.bind(*args)
@@ -417,24 +500,30 @@ class CompiledFunction:
         if self._donate and max(self._donate) >= len(args):
             raise TraceError(f"{self._name}: donate_argnums {max(self._donate)} is out of "
                              f"range for {len(args)} arguments")
-        mesh = self._mesh(args)
+        trees = [_tree_of(name, a) for name, a in zip(names, args)]
+        nested = any(tree is not LEAF for _, _, tree in trees)
+        mesh = self._mesh([leaf for leaves, _, _ in trees for leaf in leaves])
         types: list[TensorType | _Constant] = []
         values = []
-        for i, (name, value, layout) in enumerate(zip(names, args, layouts)):
-            if type(value) in _NUMBERS:
-                if i in self._donate:
-                    raise TraceError(f"argument {name!r} is a Python number, which cannot be "
-                                     "donated (donate_argnums names arrays)")
-                if layout is not None:
-                    raise LayoutError(f"argument {name!r} is a Python number, a constant of "
-                                      "the program, and takes no layout (its in_layouts entry "
-                                      "must be None)")
-                types.append(_Constant(cast(Number, value)))
-                continue
-            arg_type, value = _argument(name, value, layout, mesh)
-            types.append(arg_type)
-            values.append(value)
-        return mesh, types, values
+        for i, (name, (leaves, paths, tree), layout) in enumerate(zip(names, trees, layouts)):
+            for leaf, path, leaf_layout in zip(leaves, paths, _leaf_layouts(name, layout, tree)):
+                what = name + path
+                if type(leaf) in _NUMBERS:
+                    if i in self._donate:
+                        raise TraceError(f"argument {what!r} is a Python number, which cannot "
+                                         "be donated (donate_argnums names arrays)")
+                    if leaf_layout is not None:
+                        raise LayoutError(f"argument {what!r} is a Python number, a constant "
+                                          "of the program, and takes no layout (its in_layouts "
+                                          "entry must be None)")
+                    types.append(_Constant(cast(Number, leaf)))
+                    continue
+                arg_type, value = _argument(what, leaf, leaf_layout, mesh)
+                types.append(arg_type)
+                values.append(value)
+        inputs = _Inputs(tuple(tree for _, _, tree in trees), frozenset(
+            i for i, t in enumerate(types) if isinstance(t, _Constant))) if nested else None
+        return mesh, types, values, inputs
 
     def _mesh(self, args: Sequence[object]) -> Mesh:
         if self._layout_mesh is not None:
@@ -445,16 +534,18 @@ class CompiledFunction:
         return get_default_mesh() or create_mesh()
 
     # -- compiling -----------------------------------------------------------------------------
-    def _lowered(self, mesh: Mesh, types: list[TensorType | _Constant]) -> Lowered:
-        key = (mesh, tuple(types))
+    def _lowered(self, mesh: Mesh, types: list[TensorType | _Constant],
+                 inputs: _Inputs | None) -> Lowered:
+        key = (mesh, tuple(types), inputs)
         if key not in self._cache:
             with collector_paused():
-                self._cache[key] = self._compile(mesh, types)
+                self._cache[key] = self._compile(mesh, types, inputs)
         return self._cache[key]
 
     def _compile(self, mesh: Mesh, types: list[TensorType | _Constant],
-                 locations: bool = False) -> Lowered:
-        all_names = _arg_names(self._signature, len(types))
+                 inputs: _Inputs | None, locations: bool = False) -> Lowered:
+        all_names = (_arg_names(self._signature, len(types)) if inputs is None else
+                     inputs.names(_arg_names(self._signature, len(inputs.trees))))
         names = [n for n, t in zip(all_names, types) if isinstance(t, TensorType)]
         tensors = [t for t in types if isinstance(t, TensorType)]
         constants = {i: t.value for i, t in enumerate(types) if isinstance(t, _Constant)}
@@ -463,20 +554,23 @@ class CompiledFunction:
             for layout in self._out_layouts]
         module, outputs = tracing.trace_outputs(self._fn, tensors, names, mesh.mesh_shape(),
                                                 out_shardings, name=self._name,
-                                                constants=constants)
+                                                constants=constants,
+                                                inputs=None if inputs is None else inputs.trees)
         tree = self._out_tree
         if tree is not None and not tree.is_flat() and not tree.matches(outputs):
             raise LayoutError(f"out_layouts nest as {tree.text()}, but {self._name} returns "
                               f"{outputs.text()}: give them nested the same way, or flat (one "
                               "per array, in that order)")
         _refuse_unordered_partials(module, names)
-        positions = [i for i, t in enumerate(types) if isinstance(t, TensorType)]
+        owners = (range(len(types)) if inputs is None else inputs.owners())
+        positions = [owner for owner, t in zip(owners, types) if isinstance(t, TensorType)]
         donated = frozenset(j for j, i in enumerate(positions) if i in self._donate)
         return lower_module(mesh, module, names, self._passes, verify=self._verify,
                             keep_ir=self._keep_ir or locations, locations=locations,
                             cost_model=self._cost_model, backend=get_backend(
                                 self._backend_name or backend_for(mesh)),
-                            donated=donated, outputs=outputs)
+                            donated=donated, outputs=outputs,
+                            inputs=inputs)
 
 
 def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
@@ -485,10 +579,12 @@ def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
                  keep_ir: bool = True, locations: bool = False,
                  lowered: type[Lowered] | None = None, input_stage: str = "trace",
                  donated: frozenset[int] = frozenset(),
-                 outputs: OutputTree | None = None) -> Lowered:
+                 outputs: OutputTree | None = None,
+                 inputs: _Inputs | None = None) -> Lowered:
     """Run `passes` over a traced or built global module (its stage is named `input_stage`)
     and wrap the result as a `Lowered` (or the subclass `lowered`); `outputs` is the
-    structure its results are returned in (`Lowered.outputs`)."""
+    structure its results are returned in (`Lowered.outputs`), `inputs` the structure of its
+    arguments when some are dicts, lists or tuples (`Lowered.run`)."""
     snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType], list[TensorType]]] = []
     manager = PassManager(list(passes), verify=verify, keep_ir=keep_ir, locations=locations,
                           ctx=PassContext(cost_model))
@@ -510,7 +606,8 @@ def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
         snapshot.append(global_facts(module))
     global_stage, collectives, arg_types, result_types = snapshot[0]
     return (lowered or Lowered)(mesh, arg_names, arg_types, result_types, manager.stages,
-                                global_stage, module, collectives, backend, donated, outputs)
+                                global_stage, module, collectives, backend, donated, outputs,
+                                inputs)
 
 
 Number = bool | int | float | complex
@@ -537,6 +634,42 @@ class _Constant:
         return hash(self._key())
 
 
+def _tree_of(name: str, value: object) -> tuple[list[object], list[str], OutputTree]:
+    """The leaves of an argument, their paths, and its structure (dicts, lists and tuples
+    are containers)."""
+    if not isinstance(value, (dict, list, tuple)):
+        return [value], [""], LEAF
+    try:
+        return flatten_with_paths(value)
+    except TypeError as e:
+        raise TraceError(f"argument {name!r} holds {e}") from None
+
+
+def _leaf_layouts(name: str, layout: object, tree: OutputTree) -> list[Layout | None]:
+    """The in_layouts entry of an argument, per leaf: None (all free), one Layout (for every
+    leaf), or nested like the argument."""
+    if layout is None or isinstance(layout, Layout):
+        return [layout] * tree.leaves
+    if tree is LEAF:
+        raise LayoutError(f"in_layouts for argument {name!r} is nested, but the argument is "
+                          "an array: give it a Layout or None")
+    leaves, given = flatten(layout, _is_layout_leaf)
+    if given is LEAF or not tree.matches(given):
+        raise LayoutError(f"in_layouts for argument {name!r} is {given.text()}, but the "
+                          f"argument is {tree.text()}: give None, one Layout for all its "
+                          "arrays, or a Layout or None per array nested the same way")
+    return cast(list[Layout | None], leaves)
+
+
+def _is_layout_leaf(v: object) -> bool:
+    return v is None or isinstance(v, Layout)
+
+
+def _layout_leaves(entry: object) -> list[Layout | None]:
+    """The layouts in one (normalized) in_layouts entry."""
+    return cast(list[Layout | None], flatten(entry, _is_layout_leaf)[0])
+
+
 def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
               ) -> tuple[TensorType, object]:
     """The type of one argument (sharding pinned when known) and its value for `run`."""
@@ -555,10 +688,6 @@ def _argument(name: str, value: object, layout: Layout | None, mesh: Mesh
         return TensorType(dtype_name(tensor.dtype), tensor.shape, tensor.layout.sharding), tensor
     if isinstance(value, TensorSpec):
         shape, dtype = value.shape, value.dtype
-    elif isinstance(value, dict):
-        raise TraceError(f"argument {name!r} is a dict: a compiled function takes arrays, "
-                         "DTensors, TensorSpecs and Python numbers; pass its arrays as "
-                         "arguments of their own (dtc.grad and value_and_grad take dicts)")
     else:
         value = native_array(value)
         shape, dtype = value.shape, value.dtype
@@ -592,10 +721,12 @@ def compile(fn: Callable[..., Any] | None = None, *,
     multi-client mesh, collectives over torch.distributed); None picks ``distributed`` for a
     mesh other clients hold devices of (`create_distributed_mesh`), else ``numpy``.
     `in_layouts`: a Layout per positional argument (None: from the DTensor argument, or chosen
-    by propagation), or one Layout for a one-argument function. `out_layouts`: likewise per
-    returned array, flat or nested like the returned tuples, lists and dicts (results come back
-    in the structure the function returned them in). `pipeline`: pass pipeline text (default
-    `DEFAULT_PIPELINE`). `verify`: verify the IR after every pass (slower; tests turn it on).
+    by propagation), or one Layout for a one-argument function; for an argument that is a
+    dict, list or tuple, one Layout for all its arrays or its layouts nested like it.
+    `out_layouts`: likewise per returned array, flat or nested like the returned tuples, lists
+    and dicts (results come back in the structure the function returned them in).
+    `pipeline`: pass pipeline text (default `DEFAULT_PIPELINE`). `verify`: verify the IR after
+    every pass (slower; tests turn it on).
     `specs`: example argument types, kept as `CompiledFunction.specs` for tools that lower
     without arguments (the CLI). `keep_ir`: keep the printed IR of every stage for `Lowered.ir`
     (printing costs time on big models).

@@ -189,8 +189,6 @@ def test_argument_errors_name_the_argument(mesh):
         f(x, w1, "w2")
     with pytest.raises(dtc.TraceError, match="argument 'w2' must be a numeric array"):
         f(x, w1, None)
-    with pytest.raises(dtc.TraceError, match="argument 'w2' is a dict: .*arguments of their own"):
-        f(x, w1, {"w": w2})
     with pytest.raises(dtc.TraceError, match="positionally"):
         f(x, w1, w2=w2)
     wrong = dtc.copy_to_mesh(x, dtc.Layout([U, U], mesh))
@@ -549,3 +547,85 @@ def test_a_value_that_is_not_an_array_is_named_where_it_is_returned() -> None:
     with pytest.raises(dtc.TraceError, match=r"returned a NoneType at \['a'\]\[1\]\[1\]; a "
                                              "compiled function must return arrays"):
         dtc.compile(lambda x: {"a": [x, (x, None)]})(rand(2))
+
+
+# -- nested arguments ---------------------------------------------------------------------------
+
+
+def test_arguments_may_be_dicts_lists_and_tuples_of_arrays(mesh):
+    """The function gets each argument in the structure it was given; in_layouts may nest
+    like it, or give one Layout for all its arrays; IR arguments are named by their paths."""
+    x, w1, w2 = mlp_inputs()
+
+    def f(params, x):
+        return mlp(x, params["w"][0], params["w"][1]) + params["b"]
+
+    b = rand(8, seed=4)
+    compiled = dtc.compile(f, in_layouts=(
+        {"w": [dtc.Layout([U, "tp"], mesh), dtc.Layout(["tp", U], mesh)], "b": None},
+        dtc.Layout(["dp", U], mesh)), out_layouts=dtc.Layout(["dp", U], mesh))
+    params = {"w": [w1, w2], "b": b}
+    np.testing.assert_allclose(np.asarray(compiled(params, x)), mlp(x, w1, w2) + b,
+                               rtol=1e-5, atol=1e-6)
+    low = compiled.lower(params, x)
+    assert low.ir("trace").splitlines()[1].startswith(
+        "func @f(%params_b: f32[8], %params_w_0: f32[8,32] @ {-, tp}, "
+        "%params_w_1: f32[32,8] @ {tp, -}, %x: f32[16,8] @ {dp, -})")
+    assert [c.kind for c in low.collectives()] == ["all_reduce"]
+    np.testing.assert_array_equal(np.asarray(low.run(params, x)),
+                                  np.asarray(compiled(params, x)))
+    one = dtc.compile(lambda p: p[0] * p[1], in_layouts=dtc.Layout(["dp", U], mesh))
+    low = one.lower((x, x))
+    assert [layout.sharding_specs for layout in low.in_layouts] == [["dp", U]] * 2
+    np.testing.assert_allclose(np.asarray(low.run((x, x))), x * x)
+
+
+def test_the_structure_of_the_arguments_is_part_of_the_program(mesh):
+    f = dtc.compile(lambda p: p["a"] - p["b"])
+    a, b = rand(4, seed=1), rand(4, seed=2)
+    np.testing.assert_allclose(np.asarray(f({"a": a, "b": b})), a - b)
+    np.testing.assert_allclose(np.asarray(f({"a": b, "b": a})), b - a)
+    g = dtc.compile(lambda p, s: p[0] * p[1] * s)
+    # a number in a container is a constant of the program, as a number argument is
+    np.testing.assert_allclose(np.asarray(g([a, 2.0], 3.0)), a * 6)
+    np.testing.assert_allclose(np.asarray(g([a, 5.0], 3.0)), a * 15)
+    low = g.lower([a, 2.0], 3.0)
+    np.testing.assert_allclose(np.asarray(low.run([b, 9.0])), b * 6)  # numbers are ignored
+    with pytest.raises(dtc.TraceError, match=r"argument 0 is \(_,\), the program takes \[_, _\]"):
+        low.run((b,))
+    with pytest.raises(dtc.TraceError, match="the program takes 1 arguments, got 2"):
+        low.run([b, 2.0], 3.0)
+
+
+def test_nested_arguments_and_layouts_that_do_not_fit_are_named(mesh):
+    a = rand(4, 4)
+    f = dtc.compile(lambda p: p["a"], in_layouts=({"a": dtc.Layout(["dp", U], mesh),
+                                                   "b": None},))
+    with pytest.raises(dtc.LayoutError, match=r"in_layouts for argument 'p' is \{'a': _, "
+                                              r"'b': _\}, but the argument is \{'a': _\}"):
+        f({"a": a})
+    with pytest.raises(dtc.LayoutError, match="is nested, but the argument is an array"):
+        f(a)
+    g = dtc.compile(lambda p: p[1], in_layouts=(dtc.Layout(["dp", U], mesh),))
+    with pytest.raises(dtc.LayoutError, match=r"argument 'p\[0\]' of shape \[4\] does not fit"):
+        g([a[0], a])
+    with pytest.raises(dtc.TraceError, match=r"argument 'p' holds a dict whose keys do not "
+                                             "sort"):
+        dtc.compile(lambda p: p["a"])({"a": a, 1: a})
+    with pytest.raises(TypeError, match=r"in_layouts\[0\] must hold Layouts or None"):
+        dtc.compile(lambda p: p, in_layouts=({"a": "dp"},))
+    with pytest.raises(dtc.TraceError, match=r"argument \"p\['b'\]\" must be a numeric array"):
+        dtc.compile(lambda p: p["a"])({"a": a, "b": "text"})
+
+
+def test_donating_a_nested_argument_donates_its_arrays(mesh):
+    layout = dtc.Layout(["dp", U], mesh)
+    step = dtc.compile(lambda p, g: {k: p[k] - g[k] for k in p}, in_layouts=(layout, layout),
+                       out_layouts={"a": layout, "b": layout}, donate_argnums=0)
+    a, b = rand(4, 4, seed=1), rand(4, 4, seed=2)
+    params = {"a": dtc.copy_to_mesh(a, layout), "b": dtc.copy_to_mesh(b, layout)}
+    new = step(params, {"a": a, "b": a})
+    np.testing.assert_array_equal(np.asarray(new["b"]), b - a)
+    for t in params.values():
+        with pytest.raises(dtc.DonatedError):
+            t.numpy()

@@ -146,10 +146,11 @@ def trace(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str], me
 def trace_outputs(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[str],
                   mesh: MeshShape,
                   out_shardings: Sequence[Sharding | None] | Sharding | None = None,
-                  name: str | None = None, constants: Mapping[int, object] | None = None
-                  ) -> tuple[Module, OutputTree]:
+                  name: str | None = None, constants: Mapping[int, object] | None = None,
+                  inputs: Sequence[OutputTree] | None = None) -> tuple[Module, OutputTree]:
     """`trace`, and the structure (nested tuples, lists, dicts) `fn` returned its arrays in,
-    which the module's results are the leaves of, in order."""
+    which the module's results are the leaves of, in order. With `inputs`, the arguments
+    and constants are the leaves of `fn`'s arguments, which have those structures."""
     func_name = name or function_name(fn)
     if len(args) != len(arg_names):
         raise TraceError(f"{func_name}: {len(args)} argument types but {len(arg_names)} names")
@@ -165,6 +166,9 @@ def trace_outputs(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[
         given = dict(constants or {})
         count = len(params) + len(given)
         call = [given[i] if i in given else next(traced) for i in range(count)]
+        if inputs is not None:
+            flat = iter(call)
+            call = [tree.unflatten([next(flat) for _ in range(tree.leaves)]) for tree in inputs]
         leaves, tree = _flatten_outputs(unwrap(fn(*call), rec), func_name, fn)
         outputs = [rec.value(out) for out in leaves]
         shardings = _out_shardings(out_shardings, len(outputs), func_name)

@@ -55,6 +55,15 @@ class OutputTree:
             return f"[{inner}]"
         return f"({inner},)" if len(self.children) == 1 else f"({inner})"
 
+    def paths(self) -> list[str]:
+        """Per leaf, the keys and indices to it (``['w']``, ``[1][0]``; ``""`` for a leaf)."""
+        if self.kind == "leaf":
+            return [""]
+        steps = ([f"[{k!r}]" for k in self.keys] if self.kind == "dict" else
+                 [f"[{i}]" for i in range(len(self.children))])
+        return [step + rest for step, child in zip(steps, self.children)
+                for rest in child.paths()]
+
     def unflatten(self, leaves: Sequence[object]) -> object:
         """The structure with `leaves` (as many as it has, in flattening order) in place."""
         assert len(leaves) == self.leaves, (len(leaves), self.leaves)

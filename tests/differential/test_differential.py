@@ -89,10 +89,18 @@ def test_random_programs_match_numpy(case):
     expected = expected if isinstance(expected, tuple) else (expected,)
     in_layouts = tuple(_layout(spec, mesh) for spec in in_specs)
     out_layouts = None if out_specs is None else tuple(_layout(s, mesh) for s in out_specs)
-    f = dtc.compile(prog, in_layouts=in_layouts, out_layouts=out_layouts, verify=True, **how)
     # arguments alternate between numpy arrays and DTensors already on the mesh
     args = [dtc.copy_to_mesh(a, layout) if i % 2 else a
             for i, (a, layout) in enumerate(zip(inputs, in_layouts))]
+    if rng.integers(2):  # the arrays as one argument, a dict, with in_layouts nested like it
+        keys = [f"x{i}" for i in range(len(args))]
+        f = dtc.compile(lambda d: prog(*[d[k] for k in keys]),
+                        in_layouts=(dict(zip(keys, in_layouts)),), out_layouts=out_layouts,
+                        verify=True, **how)
+        args = [dict(zip(keys, args))]
+    else:
+        f = dtc.compile(prog, in_layouts=in_layouts, out_layouts=out_layouts, verify=True,
+                        **how)
     note = prog.text() + (f"\n{how}" if how else "")
     for call in ("first call", "cached call"):  # a program's first run is checked, later
         got = f(*args)                           # ones are its straight-line form
