@@ -86,7 +86,7 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
                                 "arguments at argnums hold none")
         value, gradient = traced(rec, *args)
         parts = list(value) if has_aux else [value]
-        return (*parts, *(gradient if isinstance(gradient, tuple) else (gradient,)))
+        return (*parts, *((gradient,) if isinstance(argnums, int) else gradient))
 
     def call(*args: Any) -> Any:
         rec = _recorder(args)

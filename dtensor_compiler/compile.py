@@ -36,6 +36,7 @@ import functools
 import inspect
 import os
 import re
+import struct
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -130,9 +131,6 @@ def _refuse_unordered_partials(module: Module, arg_names: Sequence[str]) -> None
                                   f"a {kind} over {m}, complex numbers have no order")
 
 
-_MISSING = object()
-
-
 @dataclass(frozen=True)
 class _Inputs:
     """The structure of a call's arguments when some are dicts, lists or tuples: per
@@ -152,7 +150,8 @@ class _Inputs:
         for ``p['w']``)."""
         out = []
         for name, tree in zip(arguments, self.trees):
-            out += [name + re.sub(r"\W+", "_", path).rstrip("_") for path in tree.paths()]
+            out += [name + re.sub(r"[^0-9A-Za-z_]+", "_", path).rstrip("_")
+                    for path in tree.paths()]
         return out
 
 
@@ -254,25 +253,26 @@ class Lowered:
         if self._inputs is None:
             return self.run_leaves(args)
         trees, constants = self._inputs.trees, self._inputs.constants
-        leaves: list[object] = []
-        given = iter(args)
-        taken = 0
+        starts = [0]
         for tree in trees:
-            if tree is LEAF and len(leaves) in constants:  # a number given to `lower`
+            starts.append(starts[-1] + tree.leaves)
+        taken = [tree for tree, start in zip(trees, starts)
+                 if not (tree is LEAF and start in constants)]  # (numbers given to `lower`)
+        if len(args) != len(taken):
+            raise TraceError(f"the program takes {len(taken)} arguments, got {len(args)}")
+        given = iter(enumerate(args))
+        leaves: list[object] = []
+        for tree, start in zip(trees, starts):
+            if tree is LEAF and start in constants:
                 leaves.append(None)
                 continue
-            arg = next(given, _MISSING)
-            taken += 1
-            if arg is _MISSING:
-                continue
+            position, arg = next(given)
             these, shape = (flatten(arg) if isinstance(arg, (dict, list, tuple)) else
                             ([arg], LEAF))
             if not tree.matches(shape):
-                raise TraceError(f"argument {taken - 1} is {shape.text()}, the program takes "
+                raise TraceError(f"argument {position} is {shape.text()}, the program takes "
                                  f"{tree.text()}")
             leaves += these
-        if taken != len(args) or len(leaves) != sum(t.leaves for t in trees):
-            raise TraceError(f"the program takes {taken} arguments, got {len(args)}")
         return self.run_leaves([v for i, v in enumerate(leaves) if i not in constants])
 
     def run_leaves(self, args: Sequence[object]) -> DTensor | tuple[DTensor, ...]:
@@ -335,6 +335,9 @@ def _normalize_in_layouts(layouts: Layout | Sequence[object] | None
     dict, list or tuple, its layouts nested the same way (checked like the others)."""
     if layouts is None or isinstance(layouts, Layout):
         return _normalize_layouts(layouts, "in_layouts")
+    if isinstance(layouts, dict):
+        raise TypeError("in_layouts is a dict; give one entry per argument: "
+                        "(dict of layouts,) for a function of one dict argument")
     entries = tuple(layouts)
     nested = [isinstance(e, (dict, list, tuple)) for e in entries]
     _normalize_layouts([None if n else e for e, n in zip(entries, nested)], "in_layouts")
@@ -506,10 +509,11 @@ class CompiledFunction:
         types: list[TensorType | _Constant] = []
         values = []
         for i, (name, (leaves, paths, tree), layout) in enumerate(zip(names, trees, layouts)):
-            for leaf, path, leaf_layout in zip(leaves, paths, _leaf_layouts(name, layout, tree)):
+            for leaf, path, leaf_layout in zip(leaves, paths,
+                                               _leaf_layouts(name, layout, leaves, tree)):
                 what = name + path
                 if type(leaf) in _NUMBERS:
-                    if i in self._donate:
+                    if i in self._donate and tree is LEAF:  # (a container's numbers stay)
                         raise TraceError(f"argument {what!r} is a Python number, which cannot "
                                          "be donated (donate_argnums names arrays)")
                     if leaf_layout is not None:
@@ -620,12 +624,18 @@ constant of the program."""
 class _Constant:
     """A Python number passed as an argument: traced as the number itself, so numpy's weak
     typing applies (``x * s`` with ``s = 2.0`` keeps x's float32); each value is a program of
-    its own. Equal only to the same number of the same type (``1 != 1.0 != True`` here)."""
+    its own. Equal only to the same number of the same type (``1 != 1.0 != True`` here), a
+    float by its bits (``0.0 != -0.0``: ``x / s`` differs)."""
 
     value: Number
 
     def _key(self) -> tuple[type, object]:
-        return type(self.value), self.value
+        value = self.value
+        if type(value) is float:  # by its bits: 0.0 is not -0.0, a NaN is itself
+            return float, struct.pack("<d", value)
+        if type(value) is complex:
+            return complex, struct.pack("<dd", value.real, value.imag)
+        return type(value), value
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Constant) and self._key() == other._key()
@@ -645,14 +655,17 @@ def _tree_of(name: str, value: object) -> tuple[list[object], list[str], OutputT
         raise TraceError(f"argument {name!r} holds {e}") from None
 
 
-def _leaf_layouts(name: str, layout: object, tree: OutputTree) -> list[Layout | None]:
-    """The in_layouts entry of an argument, per leaf: None (all free), one Layout (for every
-    leaf), or nested like the argument."""
+def _leaf_layouts(name: str, layout: object, leaves: Sequence[object], tree: OutputTree
+                  ) -> list[Layout | None]:
+    """The in_layouts entry of an argument, per leaf: None (all free), one Layout (for an
+    array; for a dict, list or tuple, for each array in it), or nested like the argument."""
     if layout is None or isinstance(layout, Layout):
-        return [layout] * tree.leaves
+        if tree is LEAF:
+            return [layout]
+        return [None if type(leaf) in _NUMBERS else layout for leaf in leaves]
     if tree is LEAF:
         raise LayoutError(f"in_layouts for argument {name!r} is nested, but the argument is "
-                          "an array: give it a Layout or None")
+                          "not a dict, list or tuple: give it a Layout or None")
     leaves, given = flatten(layout, _is_layout_leaf)
     if given is LEAF or not tree.matches(given):
         raise LayoutError(f"in_layouts for argument {name!r} is {given.text()}, but the "

@@ -535,3 +535,17 @@ def test_a_nested_argument_that_cannot_be_differentiated_is_named_by_its_path():
         dtc.compile(lambda w: dtc.grad(lambda p: np.sum(p[0]))([w, "w"]))(w)
     with pytest.raises(dtc.GradientError, match="a dict whose keys do not sort"):
         dtc.grad(lambda p: np.sum(p["a"]))({"a": w, 1: w})
+
+
+def test_top_level_gradients_of_tuples_and_named_tuples_keep_them_whole():
+    from collections import namedtuple
+    pair = namedtuple("pair", "w b")
+    a = uniform(-1, 1, (4,))
+    g = dtc.grad(lambda p: np.sum(p[0] * p[1]))((a, 2 * a))
+    assert type(g) is tuple and len(g) == 2
+    np.testing.assert_allclose(np.asarray(g[0]), 2 * a)
+    np.testing.assert_allclose(np.asarray(g[1]), a)
+    value, g = dtc.value_and_grad(lambda p: np.sum(p.w * p.b))(pair(a, 2 * a))
+    assert type(g) is pair
+    np.testing.assert_allclose(np.asarray(g.b), a)
+    assert dtc.grad(lambda p, x: np.sum(x))((), a) == ()

@@ -604,7 +604,7 @@ def test_nested_arguments_and_layouts_that_do_not_fit_are_named(mesh):
     with pytest.raises(dtc.LayoutError, match=r"in_layouts for argument 'p' is \{'a': _, "
                                               r"'b': _\}, but the argument is \{'a': _\}"):
         f({"a": a})
-    with pytest.raises(dtc.LayoutError, match="is nested, but the argument is an array"):
+    with pytest.raises(dtc.LayoutError, match="is nested, but the argument is not a dict"):
         f(a)
     g = dtc.compile(lambda p: p[1], in_layouts=(dtc.Layout(["dp", U], mesh),))
     with pytest.raises(dtc.LayoutError, match=r"argument 'p\[0\]' of shape \[4\] does not fit"):
@@ -629,3 +629,44 @@ def test_donating_a_nested_argument_donates_its_arrays(mesh):
     for t in params.values():
         with pytest.raises(dtc.DonatedError):
             t.numpy()
+
+
+def test_numbers_in_a_nested_argument_take_no_layout_and_are_not_donated(mesh):
+    layout = dtc.Layout(["dp"], mesh)
+    a = rand(4)
+    f = dtc.compile(lambda p: p["w"] * p["lr"], in_layouts=(layout,))
+    np.testing.assert_allclose(np.asarray(f({"w": a, "lr": 0.5})), a * 0.5)
+    g = dtc.compile(lambda p: p["w"] * p["lr"], donate_argnums=0)
+    np.testing.assert_allclose(np.asarray(g({"w": dtc.copy_to_mesh(a, layout), "lr": 0.5})),
+                               a * 0.5)
+    with pytest.raises(dtc.TraceError, match="'s' is a Python number, which cannot be donated"):
+        dtc.compile(lambda s, x: x * s, donate_argnums=0)(2.0, a)
+
+
+def test_a_lowered_program_counts_the_arguments_it_takes_without_its_numbers():
+    a = rand(4)
+    low = dtc.compile(lambda x, s, p: x * s + p[0]).lower(a, 2.0, [a])
+    with pytest.raises(dtc.TraceError, match="the program takes 2 arguments, got 0"):
+        low.run()
+    with pytest.raises(dtc.TraceError, match=r"argument 1 is _, the program takes \[_\]"):
+        low.run(a, a)
+    np.testing.assert_allclose(np.asarray(low.run(a, [a])), a * 3)
+
+
+def test_constants_are_told_apart_by_their_bits():
+    """0.0 and -0.0 are equal numbers but different constants (``x / s``)."""
+    a = rand(4) + 5
+    f = dtc.compile(lambda x, s: x / s)
+    with np.errstate(divide="ignore"):
+        assert np.all(np.asarray(f(a, 0.0)) == np.inf)
+        assert np.all(np.asarray(f(a, -0.0)) == -np.inf)
+        g = dtc.compile(lambda p: p["x"] / p["s"])
+        assert np.all(np.asarray(g({"x": a, "s": 0.0})) == np.inf)
+        assert np.all(np.asarray(g({"x": a, "s": -0.0})) == -np.inf)
+
+
+def test_in_layouts_as_a_dict_and_keys_beyond_ascii(mesh):
+    with pytest.raises(TypeError, match=r"in_layouts is a dict; give one entry per argument"):
+        dtc.compile(lambda p: p["w"], in_layouts={"w": dtc.Layout(["dp"], mesh)})
+    low = dtc.compile(lambda params: params["wé"] * 2).lower({"wé": rand(4)})
+    assert low.ir("trace").splitlines()[1].startswith("func @lambda(%params_w: f32[4])")
