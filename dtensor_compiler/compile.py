@@ -148,11 +148,14 @@ class _Inputs:
     def names(self, arguments: Sequence[str]) -> list[str]:
         """Per leaf, its IR name: the argument's, and the keys and indices to it (``p_w``
         for ``p['w']``)."""
-        out = []
-        for name, tree in zip(arguments, self.trees):
-            out += [name + re.sub(r"[^0-9A-Za-z_]+", "_", path).rstrip("_")
-                    for path in tree.paths()]
-        return out
+        return [name + re.sub(r"[^0-9A-Za-z_]+", "_", path).rstrip("_")
+                for name, tree in zip(arguments, self.trees) for path in tree.paths()]
+
+    def paths(self, arguments: Sequence[str]) -> list[str]:
+        """Per leaf, the argument's name and the keys and indices to it (``p['w']``), as
+        messages name it."""
+        return [name + path for name, tree in zip(arguments, self.trees)
+                for path in tree.paths()]
 
 
 class Lowered:
@@ -548,9 +551,13 @@ class CompiledFunction:
 
     def _compile(self, mesh: Mesh, types: list[TensorType | _Constant],
                  inputs: _Inputs | None, locations: bool = False) -> Lowered:
-        all_names = (_arg_names(self._signature, len(types)) if inputs is None else
-                     inputs.names(_arg_names(self._signature, len(inputs.trees))))
+        if inputs is None:
+            all_names = shown = _arg_names(self._signature, len(types))
+        else:
+            arguments = _arg_names(self._signature, len(inputs.trees))
+            all_names, shown = inputs.names(arguments), inputs.paths(arguments)
         names = [n for n, t in zip(all_names, types) if isinstance(t, TensorType)]
+        shown = [n for n, t in zip(shown, types) if isinstance(t, TensorType)]
         tensors = [t for t in types if isinstance(t, TensorType)]
         constants = {i: t.value for i, t in enumerate(types) if isinstance(t, _Constant)}
         out_shardings = None if self._out_layouts is None else [  # (one device: any rank)
@@ -565,11 +572,11 @@ class CompiledFunction:
             raise LayoutError(f"out_layouts nest as {tree.text()}, but {self._name} returns "
                               f"{outputs.text()}: give them nested the same way, or flat (one "
                               "per array, in that order)")
-        _refuse_unordered_partials(module, names)
+        _refuse_unordered_partials(module, shown)
         owners = (range(len(types)) if inputs is None else inputs.owners())
         positions = [owner for owner, t in zip(owners, types) if isinstance(t, TensorType)]
         donated = frozenset(j for j, i in enumerate(positions) if i in self._donate)
-        return lower_module(mesh, module, names, self._passes, verify=self._verify,
+        return lower_module(mesh, module, shown, self._passes, verify=self._verify,
                             keep_ir=self._keep_ir or locations, locations=locations,
                             cost_model=self._cost_model, backend=get_backend(
                                 self._backend_name or backend_for(mesh)),

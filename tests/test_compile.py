@@ -670,3 +670,10 @@ def test_in_layouts_as_a_dict_and_keys_beyond_ascii(mesh):
         dtc.compile(lambda p: p["w"], in_layouts={"w": dtc.Layout(["dp"], mesh)})
     low = dtc.compile(lambda params: params["wé"] * 2).lower({"wé": rand(4)})
     assert low.ir("trace").splitlines()[1].startswith("func @lambda(%params_w: f32[4])")
+
+
+def test_a_lowered_program_names_a_nested_argument_by_its_path():
+    low = dtc.compile(lambda p, x_: p["w"] + x_).lower({"w": rand(4)}, rand(4))
+    assert low.ir("trace").splitlines()[1].startswith("func @lambda(%p_w: f32[4], %x_: f32[4])")
+    with pytest.raises(dtc.TraceError, match=r"argument \"p\['w'\]\" is float32\[3\]"):
+        low.run({"w": rand(3)}, rand(4))
