@@ -83,7 +83,19 @@ def _slice_key(op: Operation) -> tuple[object, object]:
 
 def _narrowed(func: Function, cut: Operation, infer: InferContext
               ) -> tuple[list[Operation], list[Operation]] | None:
-    """The ops to remove and the ops replacing them, if the slice `cut` can move up."""
+    """The ops to remove and the ops replacing them, if the slice `cut` can move up (the ops
+    it made on the way are detached again when it cannot: they are in no use list)."""
+    made: list[Operation] = []
+    rewrite = _try_narrowing(func, cut, infer, made)
+    if rewrite is None:
+        for op in made:
+            op.drop_operands()
+    return rewrite
+
+
+def _try_narrowing(func: Function, cut: Operation, infer: InferContext,
+                   made: list[Operation]) -> tuple[list[Operation], list[Operation]] | None:
+    """`_narrowed`, each op it makes also appended to `made`."""
     value = cut.operands[0]
     producer = value.owner
     users = value.users
@@ -94,7 +106,7 @@ def _narrowed(func: Function, cut: Operation, infer: InferContext
         return None
     target = cut.type
     if producer.name == "all_reduce":
-        new = _as_reduce_scatter(producer, cut, infer)
+        new = _as_reduce_scatter(producer, cut, infer, made)
         return None if new is None else ([producer, *users], [new])
     definition = opdef.lookup(producer.name)
     if not definition.traits.elementwise or not definition.pure or producer.result is None:
@@ -121,6 +133,7 @@ def _narrowed(func: Function, cut: Operation, infer: InferContext
         dims[at] = target.sharding.dims[axis] if target.sharding is not None else dims[at]
         piece = make_op("local_slice", [operand], {"mesh_dims": mesh_dims, "axis": at}, infer,
                         sharding=Sharding(tuple(dims)), loc=cut.loc, why=cut.why)
+        made.append(piece)
         new_ops.append(piece)
         assert piece.result is not None
         pieces[id(operand)] = piece.result
@@ -131,14 +144,16 @@ def _narrowed(func: Function, cut: Operation, infer: InferContext
                            why=producer.why)
     except ShapeError:
         return None
+    made.append(narrowed)
     if narrowed.type != target:
         return None
     return [producer, *users], [*new_ops, narrowed]
 
 
-def _as_reduce_scatter(reduce: Operation, cut: Operation, infer: InferContext
-                       ) -> Operation | None:
-    """``reduce_scatter`` doing `reduce` (an all_reduce) and then `cut`, if one does."""
+def _as_reduce_scatter(reduce: Operation, cut: Operation, infer: InferContext,
+                       made: list[Operation]) -> Operation | None:
+    """``reduce_scatter`` doing `reduce` (an all_reduce) and then `cut`, if one does (appended
+    to `made` once made)."""
     if set(reduce.attrs["mesh_dims"]) != set(cut.attrs["mesh_dims"]):  # type: ignore[arg-type]
         return None
     attrs = {"mesh_dims": cut.attrs["mesh_dims"], "op": reduce.attrs["op"],
@@ -148,6 +163,7 @@ def _as_reduce_scatter(reduce: Operation, cut: Operation, infer: InferContext
                           sharding=cut.type.sharding, loc=reduce.loc, why=reduce.why)
     except ShapeError:
         return None
+    made.append(scatter)
     collective = opdef.lookup("reduce_scatter").collective
     source = reduce.operands[0].type.sharding
     assert collective is not None and source is not None

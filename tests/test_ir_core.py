@@ -48,3 +48,22 @@ def test_a_dropped_op_leaves_no_cycle_for_the_collector():
         if enabled:
             gc.enable()
     assert after == before - 1
+
+
+def test_narrow_early_leaves_no_op_it_gave_up_on_in_a_use_list():
+    """A slice that cannot move above an add (its other operand is pending a sum) leaves
+    the add's operands used by the add alone."""
+    from dtensor_compiler.ir.parser import parse_module
+    from dtensor_compiler.pass_manager import PassManager
+    module = parse_module("""mesh<dp=2, tp=4>
+func @f(%x: f32[16,8] @ {-, tp}, %b: f32[16,8] @ {-, tp} partial(dp:sum)) -> (f32[16,8] @ {dp, tp}) {
+  %0 = negative %x : f32[16,8] @ {-, tp}
+  %1 = add %0, %b : f32[16,8] @ {-, tp}
+  %2 = local_slice %1 {mesh_dims = [dp], axis = 0} : f32[16,8] @ {dp, tp}
+  return %2
+}
+""")
+    PassManager.parse("narrow-early").run(module)
+    func = module.main
+    assert [u.name for u in func.ops[0].results[0].users] == ["add"]
+    assert all(u in func.ops for v in func.values() for u in v.users)
