@@ -168,10 +168,10 @@ def _as_reduce_scatter(reduce: Operation, cut: Operation, infer: InferContext,
     source = reduce.operands[0].type.sharding
     assert collective is not None and source is not None
     try:
-        made = collective.transfer(scatter.attrs, source, infer.mesh)
+        result = collective.transfer(scatter.attrs, source, infer.mesh)
     except ValueError:
         return None
-    return scatter if made == cut.type.sharding and scatter.type == cut.type else None
+    return scatter if result == cut.type.sharding and scatter.type == cut.type else None
 
 
 def _splice(func: Function, removed: list[Operation], added: list[Operation]) -> None:
