@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from dtensor_compiler import tracing
-from dtensor_compiler.compile import CompiledFunction
+from dtensor_compiler.compile import _NUMBERS, CompiledFunction
 from dtensor_compiler.errors import GradientError
 from dtensor_compiler.tracing.autodiff import stop_gradient_traced, value_and_grad_traced
 from dtensor_compiler.tracing.outputs import flatten
@@ -38,9 +38,6 @@ def _positions(argnums: int | tuple[int, ...], count: int) -> tuple[int, ...]:
     if bad:
         raise GradientError(f"argnums {bad[0]} is out of range for {count} arguments")
     return tuple(i % count for i in positions)
-
-
-_NUMBERS = (bool, int, float, complex)
 
 
 def _numbers_as_arrays(i: int, arg: Any) -> Any:

@@ -141,6 +141,14 @@ class _Inputs:
     constants: frozenset[int]
     """The leaves that are Python numbers (constants of the program)."""
 
+    def taken(self) -> list[bool]:
+        """Per argument, whether `Lowered.run` takes it (not a number given to `lower`)."""
+        out, start = [], 0
+        for tree in self.trees:
+            out.append(not (tree is LEAF and start in self.constants))
+            start += tree.leaves
+        return out
+
     def owners(self) -> list[int]:
         """Per leaf, the position of the argument it is in."""
         return [i for i, tree in enumerate(self.trees) for _ in range(tree.leaves)]
@@ -256,17 +264,13 @@ class Lowered:
         if self._inputs is None:
             return self.run_leaves(args)
         trees, constants = self._inputs.trees, self._inputs.constants
-        starts = [0]
-        for tree in trees:
-            starts.append(starts[-1] + tree.leaves)
-        taken = [tree for tree, start in zip(trees, starts)
-                 if not (tree is LEAF and start in constants)]  # (numbers given to `lower`)
-        if len(args) != len(taken):
-            raise TraceError(f"the program takes {len(taken)} arguments, got {len(args)}")
+        taken = self._inputs.taken()
+        if len(args) != sum(taken):
+            raise TraceError(f"the program takes {sum(taken)} arguments, got {len(args)}")
         given = iter(enumerate(args))
         leaves: list[object] = []
-        for tree, start in zip(trees, starts):
-            if tree is LEAF and start in constants:
+        for tree, takes in zip(trees, taken):
+            if not takes:
                 leaves.append(None)
                 continue
             position, arg = next(given)
@@ -673,12 +677,12 @@ def _leaf_layouts(name: str, layout: object, leaves: Sequence[object], tree: Out
     if tree is LEAF:
         raise LayoutError(f"in_layouts for argument {name!r} is nested, but the argument is "
                           "not a dict, list or tuple: give it a Layout or None")
-    leaves, given = flatten(layout, _is_layout_leaf)
+    layouts, given = flatten(layout, _is_layout_leaf)
     if given is LEAF or not tree.matches(given):
         raise LayoutError(f"in_layouts for argument {name!r} is {given.text()}, but the "
                           f"argument is {tree.text()}: give None, one Layout for all its "
                           "arrays, or a Layout or None per array nested the same way")
-    return cast(list[Layout | None], leaves)
+    return cast(list[Layout | None], layouts)
 
 
 def _is_layout_leaf(v: object) -> bool:

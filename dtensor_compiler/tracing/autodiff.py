@@ -27,7 +27,7 @@ from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.ir.vjp import VJPContext, differentiable, unread_operand
 from dtensor_compiler.tracing.location import user_location
-from dtensor_compiler.tracing.outputs import OutputTree, flatten_with_paths
+from dtensor_compiler.tracing.outputs import OutputTree, flatten_with_paths, unflatten_each
 from dtensor_compiler.tracing.recorder import Recorder
 from dtensor_compiler.tracing.tracer import TracedArray, unwrap
 
@@ -77,10 +77,8 @@ def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], h
         raise GradientError(f"grad needs a function with a floating-point scalar output; it "
                             f"returned {output.type.dtype}{list(output.type.shape)}",
                             user_location())
-    grads = iter([TracedArray(g, rec) for g in backward(rec, rec.func.ops[start:], output,
-                                                          wrt)])
-    return TracedArray(output, rec), aux, [
-        tree.unflatten([next(grads) for _ in range(tree.leaves)]) for tree in trees]
+    grads = [TracedArray(g, rec) for g in backward(rec, rec.func.ops[start:], output, wrt)]
+    return TracedArray(output, rec), aux, unflatten_each(trees, grads)
 
 
 def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequence[Value]

@@ -23,7 +23,7 @@ from dtensor_compiler.ir.reasons import OutLayout, Reason, UserRelayout
 from dtensor_compiler.ir.sharding import MeshShape, Sharding
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.tracing.location import user_location
-from dtensor_compiler.tracing.outputs import OutputTree, flatten
+from dtensor_compiler.tracing.outputs import OutputTree, flatten, unflatten_each
 from dtensor_compiler.tracing.recorder import PythonScalar, Recorder
 from dtensor_compiler.tracing.tracer import TracedArray, unwrap
 
@@ -167,8 +167,7 @@ def trace_outputs(fn: Callable, args: Sequence[TensorType], arg_names: Sequence[
         count = len(params) + len(given)
         call = [given[i] if i in given else next(traced) for i in range(count)]
         if inputs is not None:
-            flat = iter(call)
-            call = [tree.unflatten([next(flat) for _ in range(tree.leaves)]) for tree in inputs]
+            call = unflatten_each(inputs, call)
         leaves, tree = _flatten_outputs(unwrap(fn(*call), rec), func_name, fn)
         outputs = [rec.value(out) for out in leaves]
         shardings = _out_shardings(out_shardings, len(outputs), func_name)

@@ -84,6 +84,13 @@ class OutputTree:
 LEAF = OutputTree("leaf")
 
 
+def unflatten_each(trees: Sequence[OutputTree], leaves: Sequence[object]) -> list[object]:
+    """Each tree built from its run of `leaves` (as many as the trees have together, in
+    order)."""
+    it = iter(leaves)
+    return [tree.unflatten([next(it) for _ in range(tree.leaves)]) for tree in trees]
+
+
 def flatten(value: object, is_leaf: Callable[[object], bool] = lambda v: True
             ) -> tuple[list[object], OutputTree]:
     """The leaves of `value` in order and its structure. Tuples, lists and dicts are
