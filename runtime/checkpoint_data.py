@@ -23,7 +23,6 @@ import math
 import os
 import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from dtensor_compiler.runtime.checkpoint_index import (
     TensorRecord,
     durable_file,
 )
+from dtensor_compiler.runtime.checksum import crc32
 
 CHUNK_BYTES = 1 << 20
 """About how many bytes each checksummed chunk holds (at least one row)."""
@@ -157,7 +157,7 @@ def write_data_file(path: Path, pieces: Sequence[Piece], device: int) -> None:
         meta[key] = {"name": p.name, "start": list(p.box.start), "chunk_rows": rows,
                      "crc32": "0" * (8 * n)}
     blob = _header_bytes(entries, _metadata(meta))
-    pool = ThreadPoolExecutor(1)  # checksums beside the writes (zlib drops the GIL)
+    pool = ThreadPoolExecutor(1)  # checksums beside the writes (crc32 drops the GIL)
     try:
         crcs = [pool.submit(_crcs, p.data) for p in order]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +232,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 def _crcs(data: np.ndarray) -> list[int]:
     flat = data.reshape(-1).view(np.uint8).data
     rows = chunk_rows(data.shape, data.dtype.itemsize)
-    return [zlib.crc32(flat[a:b]) for a, b in
+    return [crc32(flat[a:b]) for a, b in
             _chunks(data.nbytes, rows, _row_bytes(data.shape, data.dtype.itemsize))]
 
 
@@ -378,7 +378,7 @@ def _read_rows(directory: Path, name: str, s: StoredSlice, part: Box, dtype: np.
                                       f"{s.offset + begin}..{s.offset + end} of "
                                       f"{s.box.text()} are not all there)")
             for i, a in enumerate(range(0, len(view), step)):
-                if zlib.crc32(view[a:a + step]) != s.crc32[chunk + i]:
+                if crc32(view[a:a + step]) != s.crc32[chunk + i]:
                     raise CheckpointError(f"{name}: data file {path} is corrupt (checksum "
                                           f"mismatch in chunk {chunk + i} of "
                                           f"{s.box.text()})")

@@ -78,6 +78,18 @@ def test_the_index(mesh: dtc.Mesh, tmp_path: Path) -> None:
     assert index["files"] == {f.name: f.stat().st_size for f in tmp_path.glob("*.data-*")}
 
 
+def test_the_checksum_is_zlibs_crc32() -> None:
+    """Checkpoints stay readable without the accelerated implementation (and by other
+    tools): whichever one is installed computes zlib's crc32 of any slice of memory."""
+    from dtensor_compiler.runtime import checksum
+
+    pytest.importorskip("zlib_ng")  # the test extra installs it
+    assert checksum.IMPLEMENTATION == "zlib_ng.zlib_ng"
+    data = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).data
+    for a, b in [(0, 0), (0, 1), (3, 100), (1, 3 << 20), (4097, (2 << 20) + 5)]:
+        assert checksum.crc32(data[a:b]) == zlib.crc32(data[a:b])
+
+
 @pytest.mark.parametrize("damage, message", [
     ("flip", r"w: data file .*ck\.0\.data-00003\.safetensors is corrupt \(checksum mismatch "
              r"in chunk 0 of \[0:4, 12:16\]\)"),
