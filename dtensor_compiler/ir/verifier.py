@@ -8,8 +8,9 @@ run after every pass on 20k-op modules):
   attributes, each holding its kind's type, and the op is legal at the module's level;
 - SSA: every operand is an argument or the result of an earlier op of the same function, every
   value is defined once, and every returned value is defined in the function;
-- use-lists match operands: each operand slot is listed once in its value's `uses`, and no
-  entry names an op of the function that does not use the value there;
+- use-lists match operands: each operand slot is listed once in its value's `uses`, and every
+  entry names an op of the function that uses the value there (an op removed from the
+  function has let go of its operands: planning reads `uses` to find a value's consumers);
 - the (dtype, shape) the definition infers from the operand types equals each result's type;
 - every layout has the tensor's rank and names each mesh dim of the module's mesh at most once;
 - padding (see `TensorType`): a global type records no extents; a localized type records the
@@ -250,7 +251,11 @@ class _FunctionVerifier:
             for user, index in value.uses:
                 line = line_of.get(id(user))
                 if line is None:
-                    continue
+                    owner = value.owner
+                    raise _Broken(f"use-list of {self.name(value)} names {user.name} (operand "
+                                  f"{index}), an op that is not in this function (a pass "
+                                  "removed it without `drop_operands`)",
+                                  0 if owner is None else line_of.get(id(owner), 0), owner)
                 operands = operands_of[id(user)]
                 if not (0 <= index < len(operands) and operands[index] is value):
                     raise _Broken(f"use-list of {self.name(value)} names operand {index} of "
