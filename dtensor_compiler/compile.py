@@ -448,36 +448,60 @@ class CompiledFunction:
         if kwargs:
             raise TraceError(f"{self._name}: compiled functions take their arrays "
                              f"positionally; got keyword arguments {sorted(kwargs)}")
-        key = self._call_key(args)
+        key, leaves = self._call_key(args)
         lowered = self._by_call_key.get(key) if key is not None else None
         if lowered is not None:
-            return lowered.run(*[a for a in args if type(a) not in _NUMBERS])
+            return lowered.run_leaves(leaves)
         mesh, types, values, inputs = self._resolve(args)
         lowered = self._lowered(mesh, types, inputs)
         if key is not None:
             self._by_call_key[key] = lowered
         return lowered.run_leaves(values)
 
-    def _call_key(self, args: Sequence[object]) -> Hashable | None:
-        """What decides the program of a call whose arguments are all numpy arrays or DTensors
-        (their shapes, dtypes and layouts, and the mesh a call without layouts runs on), so a
-        repeated call skips resolving its arguments; None for any other call."""
+    def _call_key(self, args: Sequence[object]) -> tuple[Hashable | None, list[object]]:
+        """What decides the program of a call whose arguments are numpy arrays, DTensors and
+        Python numbers, or dicts, lists and tuples of them (their nesting, the leaves' shapes,
+        dtypes and layouts, the numbers, and the mesh a call without layouts runs on), so a
+        repeated call skips resolving its arguments; with the arrays in flattening order.
+        (None, []) for any other call."""
         parts: list[Hashable] = []
+        leaves: list[object] = []
         placed = self._layout_mesh is not None
-        for a in args:
+
+        def part(a: object) -> Hashable | None:
+            nonlocal placed
             kind = type(a)
             if kind is np.ndarray:
-                parts.append((a.shape, a.dtype))  # type: ignore[attr-defined]
-            elif kind is DTensor:
-                parts.append((a.shape, a.dtype, a.layout))  # type: ignore[attr-defined]
+                leaves.append(a)
+                return (a.shape, a.dtype)  # type: ignore[attr-defined]
+            if kind is DTensor:
+                leaves.append(a)
                 placed = True
-            elif kind in _NUMBERS:
-                parts.append(_Constant(cast(Number, a)))
-            else:
-                return None
+                return (a.shape, a.dtype, a.layout)  # type: ignore[attr-defined]
+            if kind in _NUMBERS:
+                return _Constant(cast(Number, a))
+            if isinstance(a, (list, tuple)):
+                inner = tuple(part(c) for c in a)
+                if None in inner:
+                    return None
+                return (list if isinstance(a, list) else type(a), inner)
+            if isinstance(a, dict):
+                try:
+                    keys = tuple(sorted(a))  # (flattened in key order, as `_resolve` does)
+                except TypeError:
+                    return None
+                inner = tuple(part(a[k]) for k in keys)
+                return None if None in inner else (dict, keys, inner)
+            return None
+
+        for a in args:
+            p = part(a)
+            if p is None:
+                return None, []
+            parts.append(p)
         if not placed:
             parts.append(get_default_mesh() or os.environ.get("DTC_NUM_DEVICES"))
-        return tuple(parts)
+        return tuple(parts), leaves
 
     def lower(self, *args: object, locations: bool = False) -> Lowered:
         """Compile for arguments given as arrays, DTensors or `TensorSpec`s (and Python

@@ -597,6 +597,42 @@ def test_the_structure_of_the_arguments_is_part_of_the_program(mesh):
         low.run([b, 2.0], 3.0)
 
 
+def test_a_repeated_call_with_nested_arguments_skips_resolving_them(mesh, monkeypatch):
+    """Calls whose arguments nest arrays, DTensors and numbers are keyed by their nesting
+    and leaf types, as flat ones are: the second call goes straight to the program, and any
+    difference of structure (a named tuple, a list, other keys, another number) is another
+    program."""
+    from collections import namedtuple
+
+    pair = namedtuple("pair", "first second")
+    layout = dtc.Layout(["dp", U], mesh)
+    a, b = rand(4, 4, seed=1), rand(4, 4, seed=2)
+    f = dtc.compile(lambda p: p, in_layouts=(layout,))
+    resolved = []
+    real = dtc.CompiledFunction._resolve
+    monkeypatch.setattr(dtc.CompiledFunction, "_resolve",
+                        lambda self, args: resolved.append(args) or real(self, args))
+    for given, kind in [((a, b), tuple), (pair(a, b), pair), ([a, b], list)]:
+        got = f(given)
+        assert type(got) is kind
+        np.testing.assert_array_equal(np.asarray(got[1]), b)
+        again = f(type(given)(*given) if kind is pair else kind([b, a]))
+        assert type(again) is kind
+        np.testing.assert_array_equal(np.asarray(again[0]), given[0] if kind is pair else b)
+    assert len(resolved) == 3
+    g = dtc.compile(lambda p: p["w"] * p["s"], in_layouts=(layout,))
+    t = dtc.copy_to_mesh(a, layout)
+    np.testing.assert_allclose(np.asarray(g({"w": t, "s": 2.0})), a * 2)
+    np.testing.assert_allclose(np.asarray(g({"w": t, "s": 3.0})), a * 3)
+    np.testing.assert_allclose(np.asarray(g({"w": b, "s": 3.0})), b * 3)
+    np.testing.assert_allclose(np.asarray(g({"w": t, "s": 3.0})), a * 3)
+    assert len(resolved) == 6
+    h = dtc.compile(lambda p: p.get("x", p.get("y")))
+    np.testing.assert_array_equal(np.asarray(h({"x": a})), a)
+    np.testing.assert_array_equal(np.asarray(h({"y": b})), b)
+    assert len(resolved) == 8
+
+
 def test_nested_arguments_and_layouts_that_do_not_fit_are_named(mesh):
     a = rand(4, 4)
     f = dtc.compile(lambda p: p["a"], in_layouts=({"a": dtc.Layout(["dp", U], mesh),
