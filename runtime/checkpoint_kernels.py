@@ -34,6 +34,7 @@ import numpy as np
 
 from dtensor_compiler.errors import CheckpointError
 from dtensor_compiler.ir import geometry, slice_spec
+from dtensor_compiler.ir.attrs import int_attr, str_attr, strs_attr
 from dtensor_compiler.ir.core import Module, Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.ops import checkpoint
@@ -170,18 +171,6 @@ def _save_in_flight(prefix: str) -> _Save:
     return save
 
 
-def _str(op: Operation, name: str) -> str:
-    value = op.attrs[name]
-    assert isinstance(value, str)
-    return value
-
-
-def _strs(op: Operation, name: str) -> tuple[str, ...]:
-    value = op.attrs[name]
-    assert isinstance(value, tuple)
-    return value
-
-
 def _layout(value: Value) -> Sharding:
     sharding = value.type.sharding
     assert sharding is not None, "a localized value has a layout"
@@ -193,7 +182,7 @@ def _global_shape(value: Value, mesh: MeshShape) -> tuple[int, ...]:
 
 
 def _slices(op: Operation) -> tuple[str, ...]:
-    return _strs(op, "slices") or ("",) * len(op.operands)
+    return strs_attr(op.attrs, "slices") or ("",) * len(op.operands)
 
 
 def _contiguous(x: np.ndarray) -> np.ndarray:
@@ -203,9 +192,8 @@ def _contiguous(x: np.ndarray) -> np.ndarray:
 
 @kernel(checkpoint.SAVE_SHARD)
 def _save_shard(op: Operation, ctx: ExecContext) -> KernelFn:
-    device = op.attrs["device"]
-    assert isinstance(device, int)
-    names, prefix = _strs(op, "names"), _str(op, "prefix")
+    device = int_attr(op.attrs, "device")
+    names, prefix = strs_attr(op.attrs, "names"), str_attr(op.attrs, "prefix")
     coords = geometry.device_coords(device, ctx.mesh)
     local = ctx.box.coords_of(device)
     boxes = []
@@ -237,7 +225,7 @@ def _barrier(op: Operation, ctx: ExecContext) -> KernelFn:
     """Wait for this process's writes, then for every process; raise, on every process,
     what failed on any (so all of them decide the same about the commit). The barrier after
     ``merge_index`` ends the save."""
-    name = _str(op, "name")
+    name = str_attr(op.attrs, "name")
     if name == checkpoint.RESTORE_SHARD.name:
         return _restore_barrier(ctx)
     ends = name == checkpoint.MERGE_INDEX.name
@@ -273,7 +261,7 @@ def _restore_barrier(ctx: ExecContext) -> KernelFn:
 def _merge_index(op: Operation, ctx: ExecContext) -> KernelFn:
     """On the process that holds device 0: read the headers of the writers' data files and
     commit the index (a failure is raised at the barrier after it)."""
-    names, prefix = _strs(op, "names"), _str(op, "prefix")
+    names, prefix = strs_attr(op.attrs, "names"), str_attr(op.attrs, "prefix")
     writers = op.attrs["writers"]
     assert isinstance(writers, tuple)
     mesh = ctx.mesh
@@ -330,7 +318,7 @@ def _merge_index(op: Operation, ctx: ExecContext) -> KernelFn:
 @kernel(checkpoint.RESTORE_SHARD)
 def _restore_shard(op: Operation, ctx: ExecContext) -> KernelFn:
     """Read the block of each device that runs here (once per distinct block)."""
-    name, prefix = _str(op, "name"), _str(op, "prefix")
+    name, prefix = str_attr(op.attrs, "name"), str_attr(op.attrs, "prefix")
     mesh = ctx.mesh
     here = ctx.box
     result = op.results[0]

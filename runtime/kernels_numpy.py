@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from dtensor_compiler.ir import geometry, opdef
+from dtensor_compiler.ir.attrs import int_attr
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.ops import (
@@ -52,12 +53,6 @@ def _sharding(op: Operation) -> Sharding:
     sharding = op.type.sharding
     assert sharding is not None, f"{op.name} result has no sharding in a localized module"
     return sharding
-
-
-def _int_attr(op: Operation, name: str) -> int:
-    value = op.attrs[name]
-    assert isinstance(value, int)
-    return value
 
 
 def align_local_rank(x: np.ndarray, rank: int, k: int) -> np.ndarray:
@@ -220,21 +215,21 @@ def _reduction(op: Operation, ctx: ExecContext) -> KernelFn:
 @kernel(reductions.ARGMAX, reductions.ARGMIN)
 def _arg_reduction(op: Operation, ctx: ExecContext) -> KernelFn:
     reduce = np.argmax if op.name == "argmax" else np.argmin
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     keepdims = bool(op.attrs["keepdims"])
     return lambda x: reduce(x, axis=axis, keepdims=keepdims)
 
 
 @kernel(reductions.CUMSUM)
 def _cumsum(op: Operation, ctx: ExecContext) -> KernelFn:
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     dtype = numpy_dtype(op.type.dtype)
     return lambda x: np.cumsum(x, axis=axis, dtype=dtype)
 
 
 @kernel(reductions.CUMPROD)
 def _cumprod(op: Operation, ctx: ExecContext) -> KernelFn:
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     dtype = numpy_dtype(op.type.dtype)
     return lambda x: np.cumprod(x, axis=axis, dtype=dtype)
 
@@ -242,7 +237,7 @@ def _cumprod(op: Operation, ctx: ExecContext) -> KernelFn:
 @kernel(reductions.SORT, reductions.ARGSORT)
 def _sort(op: Operation, ctx: ExecContext) -> KernelFn:
     order = np.sort if op.name == "sort" else np.argsort
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     kind = op.attrs["kind"]
     assert isinstance(kind, str)
     return lambda x: order(x, axis=axis, kind=kind)  # type: ignore[call-overload,arg-type]
@@ -279,7 +274,7 @@ def _broadcast_to(op: Operation, ctx: ExecContext) -> KernelFn:
 @kernel(shape.CONCATENATE)
 def _concatenate(op: Operation, ctx: ExecContext) -> KernelFn:
     # operands agree on every sharded dim and pending reduction, so on their mesh extents
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     return lambda *args: np.concatenate(args, axis=axis)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dtensor_compiler.ir import geometry, opdef
+from dtensor_compiler.ir.attrs import int_attr
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.ops import (
     contractions,
@@ -100,12 +101,6 @@ def _torch(*definitions: opdef.OpDef, refuses: Callable[[Operation], bool] = lam
         TORCH_KERNELS.override(*definitions)(kernel)
         return build
     return add
-
-
-def _int_attr(op: Operation, name: str) -> int:
-    value = op.attrs[name]
-    assert isinstance(value, int)
-    return value
 
 
 def _axes(op: Operation, ctx: ExecContext) -> tuple[int, ...]:
@@ -285,7 +280,7 @@ def _reduction(op: Operation, ctx: ExecContext) -> KernelFn:
 @_torch(reductions.ARGMAX, reductions.ARGMIN, refuses=_refuses_extremum)
 def _arg_reduction(op: Operation, ctx: ExecContext) -> KernelFn:
     reduce = torch.argmax if op.name == "argmax" else torch.argmin
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     keepdims = bool(op.attrs["keepdims"])
 
     def arg(x: torch.Tensor) -> torch.Tensor:
@@ -298,7 +293,7 @@ def _arg_reduction(op: Operation, ctx: ExecContext) -> KernelFn:
 @_torch(reductions.CUMSUM, reductions.CUMPROD)
 def _scan(op: Operation, ctx: ExecContext) -> KernelFn:
     scan = torch.cumsum if op.name == "cumsum" else torch.cumprod
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     _, dtype = _result_dtype(op)
     wide = _accumulator(dtype)
     return _unary(op, lambda x: scan(x, dim=axis, dtype=wide))
@@ -309,7 +304,7 @@ def _sort(op: Operation, ctx: ExecContext) -> KernelFn:
     """A stable sort (NaNs last, as numpy's), whatever `kind` the op names: an order any
     numpy sort kind may give, though not always the one numpy's quicksort gives among
     equal values (argsort's indices of ties; 0.0 and -0.0)."""
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     values = op.name == "sort"
 
     def order(x: torch.Tensor) -> torch.Tensor:
@@ -326,7 +321,7 @@ def _reverse(op: Operation, ctx: ExecContext) -> KernelFn:
 
 @_torch(shape.CONCATENATE)
 def _concatenate(op: Operation, ctx: ExecContext) -> KernelFn:
-    axis = ctx.mesh_axes + _int_attr(op, "axis")
+    axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
     dtype, torch_dtype = _result_dtype(op)
 
     def run(*arrays: np.ndarray) -> np.ndarray:
@@ -395,7 +390,7 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     one block of a sharded `axis` looks up the indices inside its block and gives -0.0 (the
     zero that adds to any x giving x) for the others: a pending sum."""
     k = ctx.mesh_axes
-    axis = _int_attr(op, "axis")
+    axis = int_attr(op.attrs, "axis")
     table_type, index_type = (v.type for v in op.operands)
     idx_rank = index_type.rank
     dtype, torch_dtype = _result_dtype(op)
@@ -443,7 +438,7 @@ def _scatter_add(op: Operation, ctx: ExecContext) -> KernelFn:
     """``index_add_`` into every device's block, one per mesh position the operands differ
     along (few on the simulated mesh), the indices flattened into one dim."""
     k = ctx.mesh_axes
-    axis = _int_attr(op, "axis")
+    axis = int_attr(op.attrs, "axis")
     local = op.type.shape
     dtype, torch_dtype = _result_dtype(op)
 

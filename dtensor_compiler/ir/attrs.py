@@ -9,6 +9,7 @@ defaults; the verifier checks that every attribute holds exactly its kind's type
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -18,6 +19,27 @@ from dtensor_compiler.ir.sharding import ReduceOp
 
 Attr = int | float | bool | str | tuple | np.ndarray | ReduceOp
 """The Python types attribute values have."""
+
+
+def int_attr(attrs: Mapping[str, Attr], name: str) -> int:
+    """The int attribute `name` of a verified op's `attrs`."""
+    value = attrs[name]
+    assert isinstance(value, int), (name, value)
+    return value
+
+
+def str_attr(attrs: Mapping[str, Attr], name: str) -> str:
+    """The string attribute `name` of a verified op's `attrs`."""
+    value = attrs[name]
+    assert isinstance(value, str), (name, value)
+    return value
+
+
+def strs_attr(attrs: Mapping[str, Attr], name: str) -> tuple[str, ...]:
+    """The list-of-names attribute `name` of a verified op's `attrs`."""
+    value = attrs[name]
+    assert isinstance(value, tuple), (name, value)
+    return value
 
 
 class AttrKind(Enum):

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from itertools import combinations, permutations
 
 from dtensor_compiler.ir import geometry
-from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.attrs import AttrKind, AttrSpec, int_attr
 from dtensor_compiler.ir.collective import (
     Algorithm,
     Attrs,
@@ -112,12 +112,6 @@ def _mesh_dims(name: str, attrs: Attrs) -> tuple[str, ...]:
     if not md:
         raise ValueError(f"{name} needs at least one mesh dim")
     return md
-
-
-def _int(attrs: Attrs, key: str) -> int:
-    value = attrs[key]
-    assert isinstance(value, int)
-    return value
 
 
 def _op(attrs: Attrs) -> ReduceOp:
@@ -222,7 +216,7 @@ def _reduce_scatter_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
 
 def _reduce_scatter(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
     dims, partial = _reduce("reduce_scatter", attrs, src, mesh)
-    axis = _int(attrs, "axis")
+    axis = int_attr(attrs, "axis")
     dims[axis] = dims[axis] + _mesh_dims("reduce_scatter", attrs)
     return Sharding(tuple(dims), tuple(partial.items()))
 
@@ -250,8 +244,8 @@ def _all_to_all_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
 
 
 def _all_to_all(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
-    dims = _unshard("all_to_all", attrs, src, _int(attrs, "concat_axis"))
-    split = _int(attrs, "split_axis")
+    dims = _unshard("all_to_all", attrs, src, int_attr(attrs, "concat_axis"))
+    split = int_attr(attrs, "split_axis")
     dims[split] = dims[split] + _mesh_dims("all_to_all", attrs)
     return Sharding(tuple(dims), src.partial)
 
@@ -272,7 +266,7 @@ def _all_gather_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
 
 
 def _all_gather(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
-    return Sharding(tuple(_unshard("all_gather", attrs, src, _int(attrs, "axis"))), src.partial)
+    return Sharding(tuple(_unshard("all_gather", attrs, src, int_attr(attrs, "axis"))), src.partial)
 
 
 ALL_GATHER = _define("all_gather", (AXIS,), CollectiveDef(
@@ -305,7 +299,7 @@ def _local_slice_moves(state: Sharding, ctx: MoveContext) -> Iterator[Move]:
 def _local_slice(attrs: Attrs, src: Sharding, mesh: MeshShape) -> Sharding:
     md = _unused("local_slice", attrs, src)
     dims = list(src.dims)
-    axis = _int(attrs, "axis")
+    axis = int_attr(attrs, "axis")
     dims[axis] = dims[axis] + md
     return Sharding(tuple(dims), src.partial)
 
