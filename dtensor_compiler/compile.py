@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import re
 import struct
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -48,7 +47,7 @@ from dtensor_compiler.api import backend_for, get_default_mesh
 from dtensor_compiler.checkpoint import writer
 from dtensor_compiler.cost import DEFAULT_COST_MODEL, CostModel
 from dtensor_compiler.dtensor import DistributedValue, DTensor
-from dtensor_compiler.errors import LayoutError, TraceError
+from dtensor_compiler.errors import DonatedError, LayoutError, TraceError
 from dtensor_compiler.explain import Collective, explain_table, kernels_table
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.collector import collector_paused
@@ -58,7 +57,7 @@ from dtensor_compiler.ir.printer import Namer, op_text
 from dtensor_compiler.ir.sharding import ReduceOp
 from dtensor_compiler.ir.types import TensorType, dtype_name, native_array, numpy_dtype
 from dtensor_compiler.layout import MATCH, Layout
-from dtensor_compiler.mesh import Mesh, create_mesh
+from dtensor_compiler.mesh import Mesh, create_mesh, local_cpu_count
 from dtensor_compiler.pass_manager import ModulePass, PassContext, PassManager, Stage
 from dtensor_compiler.passes import DEFAULT_PIPELINE
 from dtensor_compiler.runtime.backends import (
@@ -307,10 +306,15 @@ class Lowered:
     def _input(self, name: str, value: object, arg_type: TensorType, layout: Layout
                ) -> Storage:
         """`value`'s storage, checked against the argument's type and layout."""
-        if type(value) is DTensor and value.layout == layout and value.shape == arg_type.shape:
+        if (type(value) is DTensor and value.layout == layout and value.shape == arg_type.shape
+                and not value.is_donated):
             return value.storage  # the common case, decided without the checks below
         if isinstance(value, DistributedValue):
             tensor = value.as_dtensor()
+            if tensor.donated_to is not None:
+                raise DonatedError(f"argument {name!r} was donated to {tensor.donated_to}, "
+                                   "which may have written its result into its buffer; pass "
+                                   "that result instead")
             _check_type(name, tensor.shape, tensor.dtype, arg_type)
             if tensor.layout != layout:
                 raise LayoutError(f"argument {name!r} has layout {tensor.layout.short_text()} "
@@ -491,7 +495,7 @@ class CompiledFunction:
                 except TypeError:
                     return None
                 inner = tuple(part(a[k]) for k in keys)
-                return None if None in inner else (dict, keys, inner)
+                return None if None in inner else (dict, keys, tuple(map(type, keys)), inner)
             return None
 
         for a in args:
@@ -499,8 +503,8 @@ class CompiledFunction:
             if p is None:
                 return None, []
             parts.append(p)
-        if not placed:
-            parts.append(get_default_mesh() or os.environ.get("DTC_NUM_DEVICES"))
+        if not placed:  # the mesh `_mesh` makes
+            parts.append(get_default_mesh() or local_cpu_count())
         return tuple(parts), leaves
 
     def lower(self, *args: object, locations: bool = False) -> Lowered:

@@ -137,14 +137,14 @@ class _Donated:
     """The storage of a DTensor given away to a compiled function (`DTensor.donated`): its
     dtype remains, any use of its data raises `DonatedError`."""
 
-    __slots__ = ("_to", "dtype")
+    __slots__ = ("to", "dtype")
 
     def __init__(self, to: str, dtype: np.dtype) -> None:
-        self._to = to
+        self.to = to
         self.dtype = dtype
 
     def __getattr__(self, name: str) -> object:
-        raise DonatedError(f"this DTensor was donated to {self._to}, which may have written "
+        raise DonatedError(f"this DTensor was donated to {self.to}, which may have written "
                            "its result into its buffer; use that result instead")
 
 
@@ -204,6 +204,12 @@ class DTensor(DistributedValue):
     def is_donated(self) -> bool:
         """Whether the storage was given away (`donated`)."""
         return isinstance(self._storage, _Donated)
+
+    @property
+    def donated_to(self) -> str | None:
+        """The compiled function the storage was given away to (`donated`), if it was."""
+        storage = self._storage
+        return storage.to if isinstance(storage, _Donated) else None
 
     @property
     def layout(self) -> Layout:

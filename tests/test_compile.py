@@ -633,6 +633,51 @@ def test_a_repeated_call_with_nested_arguments_skips_resolving_them(mesh, monkey
     assert len(resolved) == 8
 
 
+def test_dict_keys_of_another_type_make_another_program():
+    """``1 == 1.0 == True``, but the function sees the keys it is given (and a returned
+    dict has them): equal keys of another type are another structure."""
+    a = rand(4)
+
+    def fn(p):
+        return p[next(iter(p))] * (2.0 if type(next(iter(p))) is int else 3.0)
+
+    f = dtc.compile(fn)
+    np.testing.assert_array_equal(np.asarray(f({1: a})), a * 2)
+    np.testing.assert_array_equal(np.asarray(f({1.0: a})), a * 3)
+    same = dtc.compile(lambda p: p)
+    assert [type(k) for k in same({1: a})] == [int]
+    assert [type(k) for k in same({True: a})] == [bool]
+    assert [type(k) for k in same({1.0: a})] == [float]
+
+
+def test_a_repeated_call_follows_the_devices_a_mesh_without_layouts_gets(monkeypatch):
+    """A call whose arguments name no mesh runs on `create_mesh()`, as many devices as
+    `initialize_accelerator_system` gave (else `DTC_NUM_DEVICES`)."""
+    monkeypatch.delenv("DTC_NUM_DEVICES", raising=False)
+    a = rand(4)
+    f = dtc.compile(lambda p: p[0] * 2)
+    assert f([a]).mesh.size == 8
+    dtc.initialize_accelerator_system(num_logical_cpu_devices=2)
+    try:
+        assert f([a]).mesh.size == 2
+        assert f(a[None]).mesh.size == 2
+    finally:
+        dtc.shutdown_accelerator_system()
+    assert f([a]).mesh.size == 8
+
+
+def test_a_donated_dtensor_given_again_is_named(mesh):
+    layout = dtc.Layout(["dp", U], mesh)
+    step = dtc.compile(lambda p: {k: v * 2 for k, v in p.items()}, donate_argnums=0)
+    params = {"w": dtc.copy_to_mesh(rand(4, 4), layout)}
+    step(params)
+    with pytest.raises(dtc.DonatedError, match=r"argument \"p\['w'\]\" was donated to "
+                                               r"@lambda, which may have written"):
+        step(params)
+    with pytest.raises(dtc.DonatedError, match="argument 'x' was donated to @lambda"):
+        dtc.compile(lambda x: x * 2)(params["w"])
+
+
 def test_nested_arguments_and_layouts_that_do_not_fit_are_named(mesh):
     a = rand(4, 4)
     f = dtc.compile(lambda p: p["a"], in_layouts=({"a": dtc.Layout(["dp", U], mesh),

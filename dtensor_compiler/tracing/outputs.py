@@ -24,6 +24,9 @@ class OutputTree:
     children: tuple[OutputTree, ...] = ()
     keys: tuple[object, ...] = ()
     namedtuple: type | None = None
+    key_types: tuple[type, ...] = ()
+    """The types of a dict's `keys`: equal keys of other types (``1``, ``1.0``, ``True``)
+    make another structure (the function sees them, and a returned dict has them)."""
 
     @property
     def leaves(self) -> int:
@@ -122,7 +125,8 @@ def flatten_with_paths(value: object, is_leaf: Callable[[object], bool] = lambda
                 where = f" at {path}" if path else ""
                 raise TypeError(f"a dict whose keys do not sort{where} (a dict is flattened "
                                 "in key order)") from None
-            return OutputTree("dict", tuple(walk(v[k], f"{path}[{k!r}]") for k in keys), keys)
+            return OutputTree("dict", tuple(walk(v[k], f"{path}[{k!r}]") for k in keys), keys,
+                              key_types=tuple(map(type, keys)))
         if not is_leaf(v):
             raise TypeError(f"a {type(v).__name__}" + (f" at {path}" if path else ""))
         leaves.append(v)
