@@ -23,7 +23,6 @@ invariants hold after the pass.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ import numpy as np
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, Level, Module, Operation, Value
+from dtensor_compiler.ir.equivalence import cse_key
 from dtensor_compiler.ir.opdef import InferContext
 from dtensor_compiler.ir.types import numpy_dtype
 from dtensor_compiler.pass_manager import ModulePass, PassContext, register_pass
@@ -81,7 +81,7 @@ class _Simplifier:
         if folded is not None:
             self._replace(op, list(self._keep(folded).results))
             return
-        key = _cse_key(op, definition)
+        key = cse_key(op, definition)
         if key in self.seen:
             self._replace(op, list(self.seen[key].results))
             return
@@ -90,7 +90,7 @@ class _Simplifier:
 
     def _keep(self, op: Operation) -> Operation:
         """Add a new op, or reuse an equal earlier one."""
-        key = _cse_key(op, opdef.lookup(op.name))
+        key = cse_key(op, opdef.lookup(op.name))
         if key in self.seen:
             op.drop_operands()
             return self.seen[key]
@@ -166,22 +166,3 @@ def _all_equal(flat: np.ndarray) -> bool:
     """Bitwise equality of every element with the first (so 0.0 and -0.0 differ)."""
     rows = np.ascontiguousarray(flat).view(np.uint8).reshape(flat.size, flat.dtype.itemsize)
     return bool((rows == rows[0]).all())
-
-
-def _attr_key(value: object) -> Hashable:
-    if isinstance(value, np.ndarray):
-        return ("array", value.dtype.str, value.shape, value.tobytes())
-    if isinstance(value, float):
-        return ("float", struct.pack("<d", value))  # its bits: 0.0 is not -0.0, nor nan -nan
-    if isinstance(value, (tuple, list)):
-        return tuple(_attr_key(v) for v in value)
-    return (type(value).__name__, value)
-
-
-def _cse_key(op: Operation, definition: opdef.OpDef) -> Hashable:
-    attrs = tuple(sorted((k, _attr_key(v)) for k, v in op.attrs.items()))
-    operands: Hashable = op.operands
-    if definition.traits.commutative:
-        operands = tuple(sorted(map(id, op.operands)))
-    types = (op.result.type,) if op.result is not None else tuple(r.type for r in op.results)
-    return (op.name, operands, attrs, types, op.why)

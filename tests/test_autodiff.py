@@ -290,6 +290,33 @@ def test_a_denominators_gradient_does_not_overflow_where_the_quotients_would():
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=2e-3)
 
 
+def _layernorm_twice(x, g):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return np.sum((x - mu) / np.sqrt(var + 1e-5) * g)
+
+
+def _layernorm_once(x, g):
+    mu = x.mean(-1, keepdims=True)
+    d = x - mu
+    var = (d ** 2).mean(-1, keepdims=True)
+    return np.sum(d / np.sqrt(var + 1e-5) * g)
+
+
+def test_a_subexpression_written_twice_is_differentiated_once():
+    """``x - mu`` traced twice is one value to the backward pass (the ops are equal), so the
+    program is the one of a layernorm that names it once, and its derivative counts both
+    uses."""
+    x, g = uniform(-1, 1, (4, 8)), uniform(0.5, 1.5, (8,))
+    twice = dtc.compile(dtc.grad(_layernorm_twice, argnums=(0, 1))).lower(x, g)
+    once = dtc.compile(dtc.grad(_layernorm_once, argnums=(0, 1))).lower(x, g)
+    assert twice.ir("simplify").replace("_layernorm_twice", "f") == \
+        once.ir("simplify").replace("_layernorm_once", "f")
+    check(lambda x, g: np.stack([_layernorm_twice(x, g)]), x, g)
+    same = dtc.grad(lambda a: np.sum(np.tanh(a) * np.tanh(a)))(x)
+    np.testing.assert_allclose(np.asarray(same), 2 * np.tanh(x) / np.cosh(x) ** 2, rtol=1e-12)
+
+
 def test_a_cotangent_negated_to_the_end_is_negated_once():
     a = uniform(-1, 1, (3, 4))
     f = dtc.compile(dtc.grad(lambda a, b: np.sum(np.exp(b - a)), argnums=0))

@@ -17,13 +17,14 @@ backward program as one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
 from dtensor_compiler.errors import GradientError
 from dtensor_compiler.ir import opdef
 from dtensor_compiler.ir.core import Operation, Value
+from dtensor_compiler.ir.equivalence import cse_key
 from dtensor_compiler.ir.types import TensorType
 from dtensor_compiler.ir.vjp import VJPContext, differentiable, unread_operand
 from dtensor_compiler.tracing.location import user_location
@@ -84,10 +85,13 @@ def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], h
 def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequence[Value]
              ) -> list[Value]:
     """The derivatives of the scalar `output` with respect to `wrt`, through `ops` (the
-    forward program, in order), emitted into `rec`'s function."""
+    forward program, in order), emitted into `rec`'s function. An op that repeats an earlier
+    one of `ops` (`equivalence.cse_key`) is that op: its value's cotangents go to the
+    first's, which is differentiated once."""
+    same = _repeated_values(ops)
     active = {id(v) for v in wrt}
     for op in ops:
-        if any(id(v) in active for v in op.operands):
+        if any(id(same.get(id(v), v)) in active for v in op.operands):
             # complex results are followed too, to refuse the derivatives that need them
             active.update(id(r) for r in op.results
                           if differentiable(r.type) or _is_complex(r.type))
@@ -96,6 +100,7 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
     (a rule's ``negative`` is not emitted but carried: rules are linear in the cotangent,
     so a negated one goes through a rule as it is and its results are negated in turn,
     until an accumulation makes the pair a subtraction)."""
+    output = same.get(id(output), output)
     if id(output) in active:
         cotangents[id(output)] = (rec.full((), output.type.dtype, 1.0), False)
     for op in reversed(ops):
@@ -105,13 +110,14 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         if rule is None:
             raise GradientError(f"cannot differentiate through {op.name}: it has no "
                                 "derivative rule", op.loc)
-        ad = VJPContext(rec.builder, op.loc, [id(v) in active for v in op.operands],
+        operands = [same.get(id(v), v) for v in op.operands]
+        ad = VJPContext(rec.builder, op.loc, [id(v) in active for v in operands],
                         rec.constants)
-        if any(id(v) in active and _is_complex(v.type) for v in op.operands):
+        if any(id(v) in active and _is_complex(v.type) for v in operands):
             raise GradientError(f"cannot differentiate through complex values: {op.name} "
                                 "takes one that depends on a differentiated input", op.loc)
         g, negated = cotangents.pop(id(op.result))
-        for v, c in zip(op.operands, rule(ad, op, _hinted(ad, g, op.result))):
+        for v, c in zip(operands, rule(ad, op, _hinted(ad, g, op.result))):
             if c is None or id(v) not in active:
                 continue
             inner = ad.negation_of(c)
@@ -129,6 +135,36 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
         g, negated = found
         out.append(_hinted(ad, ad.emit("negative", [g]) if negated else g, w))
     return out
+
+
+def _repeated_values(ops: Sequence[Operation]) -> dict[int, Value]:
+    """Per result of a pure op of `ops` that repeats an earlier one (the same op of the same
+    values, `cse_key`), by id: the earlier op's result."""
+    by_operands: dict[tuple[str, tuple[int, ...]], list[Operation]] = {}
+    """Ops by name and operands (the values they stand for): the whole key, which costs
+    more, is compared only between ops that share these."""
+    same: dict[int, Value] = {}
+
+    def key(op: Operation, definition: opdef.OpDef) -> Hashable:
+        return cse_key(op, definition, [same.get(id(v), v) for v in op.operands])
+
+    for op in ops:
+        definition = opdef.lookup(op.name)
+        if op.result is None or not definition.pure:
+            continue
+        ids = tuple(id(same.get(id(v), v)) for v in op.operands)
+        if definition.traits.commutative:
+            ids = tuple(sorted(ids))
+        earlier = by_operands.setdefault((op.name, ids), [])
+        if earlier:
+            mine = key(op, definition)
+            first = next((e for e in earlier if key(e, definition) == mine), None)
+            if first is not None:
+                assert first.result is not None
+                same[id(op.result)] = first.result
+                continue
+        earlier.append(op)
+    return same
 
 
 _Signed = tuple[Value, bool]

@@ -105,8 +105,14 @@ def programs(draw) -> Program:
                                      "triangle", "sort", "norm", "cumprod", "complex_parts",
                                      "mT", "einsum3", "more_ufuncs", "prod",
                                      "relayout_like", "linear", "rmsnorm", "argmax_kept",
-                                     "batched_matmul"]))
-        if kind == "relayout_like":  # another value's layout, chosen by propagation
+                                     "batched_matmul", "repeat"]))
+        if kind == "repeat" and prog.steps:
+            # an earlier step computed again and added to itself: the tracer records its ops
+            # twice, equal ones (simplify merges them; the derivative flows through both)
+            earlier = prog.steps[draw(st.integers(0, len(prog.steps) - 1))]
+            add(f"({earlier.text}) + {earlier.name}",
+                lambda e, step=earlier: step.fn(e) + e[step.name], shapes[earlier.name])
+        elif kind == "relayout_like":  # another value's layout, chosen by propagation
             y = draw(st.sampled_from(sorted(n for n, t in shapes.items() if len(t) == len(s))))
             add(f"dtc.relayout_like({x}, {y})", lambda e, x=x, y=y: _relayout_like(e[x], e[y]),
                 s)
