@@ -7,6 +7,7 @@ result matters) at a random point inside the function's domain.
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import numpy as np
@@ -315,6 +316,47 @@ def test_a_subexpression_written_twice_is_differentiated_once():
     check(lambda x, g: np.stack([_layernorm_twice(x, g)]), x, g)
     same = dtc.grad(lambda a: np.sum(np.tanh(a) * np.tanh(a)))(x)
     np.testing.assert_allclose(np.asarray(same), 2 * np.tanh(x) / np.cosh(x) ** 2, rtol=1e-12)
+
+
+def test_a_commuted_maximum_is_not_the_earlier_one_at_ties():
+    """``maximum`` gives a tie's derivative to its first operand: ``maximum(b, a)`` after a
+    ``maximum(a, b)`` keeps its own, so ``max(b, a) + min(a, b) = a + b`` has gradient 1."""
+    a, b = np.array([1.0, 2.0, 3.0, -1.0]), np.array([1.0, 0.0, 3.0, -1.0])
+
+    def loss(a, b):
+        seen = np.maximum(a, b)
+        return np.sum(np.maximum(b, a) + np.minimum(a, b)) + 0.0 * np.sum(seen)
+
+    for g in dtc.grad(loss, argnums=(0, 1))(a, b):
+        np.testing.assert_array_equal(np.asarray(g), np.ones(4))
+
+
+def test_finding_repeated_ops_is_linear(monkeypatch):
+    """Ops that share their operands but not their attributes (the rows of one array) are
+    compared by a hashed key, each computed once."""
+    from dtensor_compiler.tracing import autodiff
+
+    n = 300
+    x = uniform(-1, 1, (n, 4))
+    calls = []
+    real = autodiff.cse_key
+    monkeypatch.setattr(autodiff, "cse_key", lambda *a, **k: calls.append(1) or real(*a, **k))
+    g = dtc.grad(lambda x: sum(np.sum(x[i] * x[i] * (i + 0.5)) for i in range(n)))(x)
+    np.testing.assert_allclose(np.asarray(g), 2 * x * (np.arange(n)[:, None] + 0.5))
+    assert len(calls) <= 3 * n
+
+
+def _refused(x):
+    aux = np.real(x * 1j)
+    loss = np.sum(np.real(x * 1j))  # the derivative flows through this line
+    return loss, aux
+
+
+def test_a_refused_derivative_names_the_copy_it_flows_through():
+    line = inspect.getsourcelines(_refused)[1] + 2
+    with pytest.raises(dtc.GradientError, match=rf"test_autodiff.py:{line}: cannot "
+                                                r"differentiate through complex values"):
+        dtc.grad(_refused, has_aux=True)(np.ones(3))
 
 
 def test_a_cotangent_negated_to_the_end_is_negated_once():

@@ -20,13 +20,15 @@ from dtensor_compiler.ir.core import Operation, Value
 
 
 def cse_key(op: Operation, definition: opdef.OpDef,
-            operands: Sequence[Value] | None = None) -> Hashable:
+            operands: Sequence[Value] | None = None, ordered: bool = False) -> Hashable:
     """The key of `op` (with `operands` in place of its own, when given: values already
-    known to equal them)."""
+    known to equal them). With `ordered`, a commutative op's operands count in their order
+    too: equal values, but the derivative rules of ``maximum`` and ``minimum`` give a tie to
+    the first operand, so to differentiation ``maximum(a, b)`` is not ``maximum(b, a)``."""
     attrs = tuple(sorted((k, _attr_key(v)) for k, v in op.attrs.items()))
     given: Sequence[Value] = op.operands if operands is None else operands
     key_operands: Hashable = tuple(given)
-    if definition.traits.commutative:
+    if definition.traits.commutative and not ordered:
         key_operands = tuple(sorted(map(id, given)))
     types = (op.result.type,) if op.result is not None else tuple(r.type for r in op.results)
     return (op.name, key_operands, attrs, types, op.why)

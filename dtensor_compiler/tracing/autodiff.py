@@ -100,26 +100,33 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
     (a rule's ``negative`` is not emitted but carried: rules are linear in the cotangent,
     so a negated one goes through a rule as it is and its results are negated in turn,
     until an accumulation makes the pair a subtraction)."""
+    copy: dict[int, Operation] = {}
+    """Per value with a cotangent, the op (the value's own, or a repeat of it) through whose
+    result the last use in the program reached it: the line its derivative is taken at."""
+    if output.owner is not None:
+        copy[id(same.get(id(output), output))] = output.owner
     output = same.get(id(output), output)
     if id(output) in active:
         cotangents[id(output)] = (rec.full((), output.type.dtype, 1.0), False)
     for op in reversed(ops):
         if op.result is None or id(op.result) not in cotangents:
             continue
+        loc = copy.get(id(op.result), op).loc
         rule = opdef.lookup(op.name).vjp
         if rule is None:
             raise GradientError(f"cannot differentiate through {op.name}: it has no "
-                                "derivative rule", op.loc)
+                                "derivative rule", loc)
         operands = [same.get(id(v), v) for v in op.operands]
-        ad = VJPContext(rec.builder, op.loc, [id(v) in active for v in operands],
-                        rec.constants)
+        ad = VJPContext(rec.builder, loc, [id(v) in active for v in operands], rec.constants)
         if any(id(v) in active and _is_complex(v.type) for v in operands):
             raise GradientError(f"cannot differentiate through complex values: {op.name} "
-                                "takes one that depends on a differentiated input", op.loc)
+                                "takes one that depends on a differentiated input", loc)
         g, negated = cotangents.pop(id(op.result))
-        for v, c in zip(operands, rule(ad, op, _hinted(ad, g, op.result))):
+        for given, v, c in zip(op.operands, operands, rule(ad, op, _hinted(ad, g, op.result))):
             if c is None or id(v) not in active:
                 continue
+            if given.owner is not None:
+                copy.setdefault(id(v), given.owner)
             inner = ad.negation_of(c)
             signed = (c, negated) if inner is None else (inner, not negated)
             before = cotangents.get(id(v))
@@ -139,31 +146,31 @@ def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequen
 
 def _repeated_values(ops: Sequence[Operation]) -> dict[int, Value]:
     """Per result of a pure op of `ops` that repeats an earlier one (the same op of the same
-    values, `cse_key`), by id: the earlier op's result."""
-    by_operands: dict[tuple[str, tuple[int, ...]], list[Operation]] = {}
+    values, operands in the same order: `cse_key`), by id: the earlier op's result. Ops
+    without operands (constants) are left alone: no derivative flows into them."""
+    groups: dict[tuple[str, tuple[int, ...]], Operation | dict[Hashable, Operation]] = {}
     """Ops by name and operands (the values they stand for): the whole key, which costs
-    more, is compared only between ops that share these."""
+    more, is computed only for ops that share these, once each."""
     same: dict[int, Value] = {}
 
-    def key(op: Operation, definition: opdef.OpDef) -> Hashable:
-        return cse_key(op, definition, [same.get(id(v), v) for v in op.operands])
+    def key(op: Operation) -> Hashable:
+        return cse_key(op, opdef.lookup(op.name), [same.get(id(v), v) for v in op.operands],
+                       ordered=True)
 
     for op in ops:
-        definition = opdef.lookup(op.name)
-        if op.result is None or not definition.pure:
+        if op.result is None or not op.operands or not opdef.lookup(op.name).pure:
             continue
-        ids = tuple(id(same.get(id(v), v)) for v in op.operands)
-        if definition.traits.commutative:
-            ids = tuple(sorted(ids))
-        earlier = by_operands.setdefault((op.name, ids), [])
-        if earlier:
-            mine = key(op, definition)
-            first = next((e for e in earlier if key(e, definition) == mine), None)
-            if first is not None:
-                assert first.result is not None
-                same[id(op.result)] = first.result
-                continue
-        earlier.append(op)
+        light = (op.name, tuple(id(same.get(id(v), v)) for v in op.operands))
+        group = groups.get(light)
+        if group is None:
+            groups[light] = op
+            continue
+        if isinstance(group, Operation):
+            group = groups[light] = {key(group): group}
+        first = group.setdefault(key(op), op)
+        if first is not op:
+            assert first.result is not None
+            same[id(op.result)] = first.result
     return same
 
 
