@@ -464,45 +464,36 @@ class CompiledFunction:
 
     def _call_key(self, args: Sequence[object]) -> tuple[Hashable | None, list[object]]:
         """What decides the program of a call whose arguments are numpy arrays, DTensors and
-        Python numbers, or dicts, lists and tuples of them (their nesting, the leaves' shapes,
-        dtypes and layouts, the numbers, and the mesh a call without layouts runs on), so a
-        repeated call skips resolving its arguments; with the arrays in flattening order.
-        (None, []) for any other call."""
+        Python numbers, or dicts, lists and tuples of them (their nesting as `_resolve`
+        flattens it, the leaves' shapes, dtypes and layouts, the numbers, and the mesh a call
+        without layouts runs on), so a repeated call skips resolving its arguments; with the
+        arrays in flattening order. (None, []) for any other call."""
         parts: list[Hashable] = []
         leaves: list[object] = []
         placed = self._layout_mesh is not None
-
-        def part(a: object) -> Hashable | None:
-            nonlocal placed
-            kind = type(a)
-            if kind is np.ndarray:
-                leaves.append(a)
-                return (a.shape, a.dtype)  # type: ignore[attr-defined]
-            if kind is DTensor:
-                leaves.append(a)
-                placed = True
-                return (a.shape, a.dtype, a.layout)  # type: ignore[attr-defined]
-            if kind in _NUMBERS:
-                return _Constant(cast(Number, a))
-            if isinstance(a, (list, tuple)):
-                inner = tuple(part(c) for c in a)
-                if None in inner:
-                    return None
-                return (list if isinstance(a, list) else type(a), inner)
-            if isinstance(a, dict):
-                try:
-                    keys = tuple(sorted(a))  # (flattened in key order, as `_resolve` does)
-                except TypeError:
-                    return None
-                inner = tuple(part(a[k]) for k in keys)
-                return None if None in inner else (dict, keys, tuple(map(type, keys)), inner)
-            return None
-
         for a in args:
-            p = part(a)
-            if p is None:
-                return None, []
-            parts.append(p)
+            these: list[object] = [a]
+            if isinstance(a, (dict, list, tuple)):
+                try:
+                    these, tree = flatten(a, _is_call_leaf)
+                except TypeError:
+                    return None, []
+                parts.append(tree)
+            for leaf in these:
+                kind = type(leaf)
+                if kind is np.ndarray:
+                    array = cast(np.ndarray, leaf)
+                    parts.append((array.shape, array.dtype))
+                    leaves.append(leaf)
+                elif kind is DTensor:
+                    tensor = cast(DTensor, leaf)
+                    parts.append((tensor.shape, tensor.dtype, tensor.layout))
+                    leaves.append(leaf)
+                    placed = True
+                elif kind in _NUMBERS:
+                    parts.append(_Constant(cast(Number, leaf)))
+                else:
+                    return None, []
         if not placed:  # the mesh `_mesh` makes
             parts.append(get_default_mesh() or local_cpu_count())
         return tuple(parts), leaves
@@ -655,6 +646,7 @@ def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
 
 Number = bool | int | float | complex
 _NUMBERS = (bool, int, float, complex)
+_CALL_LEAVES = frozenset((np.ndarray, DTensor, *_NUMBERS))
 """Python numbers (these exact types, not numpy's scalars): an argument of one of them is a
 constant of the program."""
 
@@ -711,6 +703,11 @@ def _leaf_layouts(name: str, layout: object, leaves: Sequence[object], tree: Out
                           f"argument is {tree.text()}: give None, one Layout for all its "
                           "arrays, or a Layout or None per array nested the same way")
     return cast(list[Layout | None], layouts)
+
+
+def _is_call_leaf(v: object) -> bool:
+    """Whether `_call_key` knows what `v` makes of the program (else it is resolved)."""
+    return type(v) in _CALL_LEAVES
 
 
 def _is_layout_leaf(v: object) -> bool:
