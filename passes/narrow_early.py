@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from dtensor_compiler.errors import ShapeError
 from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.attrs import int_attr
 from dtensor_compiler.ir.builder import make_op
 from dtensor_compiler.ir.core import Function, Module, Operation, Value
 from dtensor_compiler.ir.opdef import InferContext
@@ -111,8 +112,7 @@ def _try_narrowing(func: Function, cut: Operation, infer: InferContext,
     definition = opdef.lookup(producer.name)
     if not definition.traits.elementwise or not definition.pure or producer.result is None:
         return None
-    axis = cut.attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(cut.attrs, "axis")
     mesh_dims = cut.attrs["mesh_dims"]
     new_ops: list[Operation] = []
     operands: list[Value] = []

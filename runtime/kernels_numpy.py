@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from dtensor_compiler.ir import geometry, opdef
-from dtensor_compiler.ir.attrs import int_attr
+from dtensor_compiler.ir.attrs import int_attr, str_attr
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.mesh_shape import MeshShape
 from dtensor_compiler.ir.ops import (
@@ -150,8 +150,7 @@ def _matmul(op: Operation, ctx: ExecContext) -> KernelFn:
 
 @kernel(contractions.EINSUM)
 def _einsum(op: Operation, ctx: ExecContext) -> KernelFn:
-    spec = op.attrs["spec"]
-    assert isinstance(spec, str)
+    spec = str_attr(op.attrs, "spec")
     ins, out = spec.replace(" ", "").split("->")
     batched = ",".join("..." + sub for sub in ins.split(",")) + "->..." + out
     dtype = numpy_dtype(op.type.dtype)
@@ -238,8 +237,7 @@ def _cumprod(op: Operation, ctx: ExecContext) -> KernelFn:
 def _sort(op: Operation, ctx: ExecContext) -> KernelFn:
     order = np.sort if op.name == "sort" else np.argsort
     axis = ctx.mesh_axes + int_attr(op.attrs, "axis")
-    kind = op.attrs["kind"]
-    assert isinstance(kind, str)
+    kind = str_attr(op.attrs, "kind")
     return lambda x: order(x, axis=axis, kind=kind)  # type: ignore[call-overload,arg-type]
 
 
@@ -303,8 +301,7 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     identity (-0.0 for floats, the zero that adds to any x giving x) for the others: a
     pending sum."""
     k = ctx.mesh_axes
-    axis = op.attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(op.attrs, "axis")
     table_type = op.operands[0].type
     idx_rank = op.operands[1].type.rank
     lookup = _lookup(k, axis, idx_rank)
@@ -449,8 +446,7 @@ def _iota(op: Operation, ctx: ExecContext) -> KernelFn:
     """Each device counts from its block's offset along the iota dimension."""
     k = ctx.mesh_axes
     local = op.type.shape
-    d = op.attrs["dimension"]
-    assert isinstance(d, int)
+    d = int_attr(op.attrs, "dimension")
     dtype = numpy_dtype(op.type.dtype)
     sharding = op.type.sharding
     along = (1,) * k + tuple(s if i == d else 1 for i, s in enumerate(local))

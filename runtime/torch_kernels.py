@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from dtensor_compiler.ir import geometry, opdef
-from dtensor_compiler.ir.attrs import int_attr
+from dtensor_compiler.ir.attrs import int_attr, str_attr
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.ops import (
     contractions,
@@ -359,8 +359,7 @@ def _contraction(op: Operation, ctx: ExecContext) -> KernelFn:
         a, b = (v.type for v in op.operands)
         *subscripts, out = matmul_letters(a, b)
     else:
-        spec = op.attrs["spec"]
-        assert isinstance(spec, str)
+        spec = str_attr(op.attrs, "spec")
         ins, out = spec.replace(" ", "").split("->")
         subscripts = ins.split(",")
     batched = ",".join("..." + s for s in subscripts) + "->..." + out

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.attrs import str_attr
 from dtensor_compiler.ir.core import Operation
 from dtensor_compiler.ir.inference import parse_einsum
 from dtensor_compiler.ir.ops.contractions import EINSUM, MATMUL, matmul_letters
@@ -75,8 +76,7 @@ def contraction(op: Operation) -> tuple[str, str, str] | None:
         a, b = (v.type for v in op.operands)
         subscripts = matmul_letters(a, b)
     elif op.name == EINSUM.name and len(op.operands) == 2:
-        spec = op.attrs["spec"]
-        assert isinstance(spec, str)
+        spec = str_attr(op.attrs, "spec")
         (sa, sb), out = parse_einsum(spec, 2)
         subscripts = (sa, sb, out)
     else:

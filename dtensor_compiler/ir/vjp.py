@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from dtensor_compiler.errors import Location
 from dtensor_compiler.ir import opdef
+from dtensor_compiler.ir.attrs import str_attr
 from dtensor_compiler.ir.builder import Builder, make_op
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.reasons import UserRelayout
@@ -153,8 +154,7 @@ class VJPContext:
             producer = made.owner
             if producer is not None and len(made.uses) == 1:
                 if producer.name == "einsum":
-                    spec = producer.attrs["spec"]
-                    assert isinstance(spec, str)
+                    spec = str_attr(producer.attrs, "spec")
                     ins, out = spec.split("->")
                     permuted = "".join(out[p] for p in perm)
                     return self.emit("einsum", list(producer.operands),

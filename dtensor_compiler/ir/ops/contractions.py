@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dtensor_compiler.ir import factors
-from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.attrs import AttrKind, AttrSpec, str_attr
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.inference import (
     matmul_result_dtype,
@@ -84,8 +84,7 @@ MATMUL = register(OpDef(
 
 def _einsum(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
             ctx: InferContext) -> list[ResultSig]:
-    spec = attrs["spec"]
-    assert isinstance(spec, str)
+    spec = str_attr(attrs, "spec")
     ins, out = parse_einsum(spec, len(ts))
     sizes: dict[str, int] = {}
     for sub, t in zip(ins, ts):
@@ -106,8 +105,7 @@ def _einsum(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorTyp
 
 def _einsum_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
                  ) -> factors.FactorRule:
-    spec = attrs["spec"]
-    assert isinstance(spec, str)
+    spec = str_attr(attrs, "spec")
     subs, out = parse_einsum(spec, len(operands))
     return factors.einsum(subs, out, operands)
 
@@ -115,8 +113,7 @@ def _einsum_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorTyp
 def _einsum_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     """Operand i's cotangent is the einsum of the result's cotangent with the other operands
     onto i's letters; a letter only operand i has (summed away) is broadcast back."""
-    spec = op.attrs["spec"]
-    assert isinstance(spec, str)
+    spec = str_attr(op.attrs, "spec")
     subs, out = parse_einsum(spec, len(op.operands))
     cotangents: list[Value | None] = []
     for i, v in enumerate(op.operands):

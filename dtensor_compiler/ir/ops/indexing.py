@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dtensor_compiler.ir import geometry
-from dtensor_compiler.ir.attrs import Attr, AttrKind, AttrSpec
+from dtensor_compiler.ir.attrs import Attr, AttrKind, AttrSpec, int_attr
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.factors import FactorKind, FactorRule, RuleBuilder
 from dtensor_compiler.ir.inference import check_axis, slice_length
@@ -123,8 +123,7 @@ SLICE = register(OpDef(
 def _take(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
           ctx: InferContext) -> list[ResultSig]:
     table, idx = ts
-    axis = attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(attrs, "axis")
     check_axis(axis, table.rank)
     if not idx.dtype.startswith(("i", "u")):
         raise ValueError(f"take indices must be integers, got {idx.dtype}")
@@ -135,8 +134,7 @@ def _take_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
                ) -> FactorRule:
     b = RuleBuilder()
     table, idx = operands
-    axis = attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(attrs, "axis")
     tdims = [b.dim(s) for s in table.shape]
     # The looked-up dim is summed over: a device holding a block of it looks up the indices
     # that fall in its block and gives the additive identity (-0.0, 0) for the others, so the
@@ -156,8 +154,7 @@ def _take_reads_padding(op: Operation) -> list[PaddingRead]:
 def _take_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     """Every looked-up row's cotangent added into the row it came from."""
     table, indices = op.operands
-    axis = op.attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(op.attrs, "axis")
     rows = ad.emit("scatter_add", [g, indices], {"axis": axis, "size": table.type.shape[axis]})
     return [ad.to_operand(rows, table), None]
 
@@ -173,8 +170,7 @@ pending sum."""
 
 def _index_dims(attrs: Attrs, indices: TensorType) -> range:
     """The dims of scatter_add's updates that the indices index."""
-    axis = attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(attrs, "axis")
     return range(axis, axis + indices.rank)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from dtensor_compiler.ir import factors
-from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.attrs import AttrKind, AttrSpec, int_attr
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.factors import FactorKind
 from dtensor_compiler.ir.inference import accumulated_dtype, check_axis, reduced_shape
@@ -186,16 +186,14 @@ REDUCTIONS: dict[ReduceOp, OpDef] = {kind: _define_reduction(kind) for kind in R
 def _arg_infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
                ctx: InferContext) -> list[ResultSig]:
     t = ts[0]
-    axis = attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(attrs, "axis")
     check_axis(axis, t.rank)
     return [("i64", reduced_shape(t.shape, (axis,), bool(attrs["keepdims"])))]
 
 
 def _arg_rule(attrs: Attrs, operands: Sequence[TensorType], result: TensorType
               ) -> factors.FactorRule:
-    axis = attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(attrs, "axis")
     return factors.reduction(operands[0], (axis,), bool(attrs["keepdims"]),
                              FactorKind.NEEDS_REPLICATION)
 
@@ -220,8 +218,7 @@ def _along_axis(result_dtype: Callable[[str], str], kinds: tuple[str, ...] = ())
     def infer(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
               ctx: InferContext) -> list[ResultSig]:
         t = ts[0]
-        axis = attrs["axis"]
-        assert isinstance(axis, int)
+        axis = int_attr(attrs, "axis")
         check_axis(axis, t.rank)
         if kinds and attrs["kind"] not in kinds:
             raise ValueError(f"sort kind {attrs['kind']!r} is not one of {list(kinds)}")
@@ -244,8 +241,7 @@ def _reversed_cumsum(ad: VJPContext, v: Value, axis: int) -> Value:
 
 def _cumsum_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     """Each element feeds every later prefix: the reversed cumulative sum of `g`."""
-    axis = op.attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(op.attrs, "axis")
     return [ad.to_operand(_reversed_cumsum(ad, g, axis), op.operands[0])]
 
 
@@ -265,8 +261,7 @@ def _cumprod_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     assert y is not None
     if not differentiable(x.type):
         return [None]
-    axis = op.attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(op.attrs, "axis")
     one, zero = ad.scalar(1.0, x), ad.scalar(0.0, x)
     is_zero = ad.emit("equal", [x, zero])
     seen = ad.emit("cumsum", [ad.cast(is_zero, "i64")], {"axis": axis})
@@ -302,8 +297,7 @@ def _sort_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     x = op.operands[0]
     if not differentiable(x.type):
         return [None]
-    axis = op.attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(op.attrs, "axis")
     flat_x, back = _flattened(ad, x, (axis,))
     flat_g, _ = _flattened(ad, g, (axis,))
     n = x.type.shape[axis]

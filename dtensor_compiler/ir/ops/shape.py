@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from math import prod
 
 from dtensor_compiler.ir import factors
-from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.attrs import AttrKind, AttrSpec, int_attr
 from dtensor_compiler.ir.core import Operation, Value
 from dtensor_compiler.ir.factors import RuleBuilder
 from dtensor_compiler.ir.inference import (
@@ -113,8 +113,7 @@ BROADCAST_TO = register(OpDef(name="broadcast_to", operands=1, infer=_broadcast_
 
 def _concatenate(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
                  ctx: InferContext) -> list[ResultSig]:
-    axis = attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(attrs, "axis")
     first = ts[0]
     check_axis(axis, first.rank)
     dtype = first.dtype
@@ -141,8 +140,7 @@ def _concatenate_rule(attrs: Attrs, operands: Sequence[TensorType], result: Tens
 
 def _concatenate_vjp(ad: VJPContext, op: Operation, g: Value) -> list[Value | None]:
     """Each operand's part of `g`, cast back to its dtype."""
-    axis = op.attrs["axis"]
-    assert isinstance(axis, int)
+    axis = int_attr(op.attrs, "axis")
     out: list[Value | None] = []
     at = 0
     for i, v in enumerate(op.operands):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dtensor_compiler.ir.attrs import AttrKind, AttrSpec
+from dtensor_compiler.ir.attrs import AttrKind, AttrSpec, int_attr
 from dtensor_compiler.ir.core import Level, Operation
 from dtensor_compiler.ir.factors import FactorRule, RuleBuilder
 from dtensor_compiler.ir.inference import declared_type
@@ -85,8 +85,7 @@ FULL = register(OpDef(name="full", operands=0, infer=_declared,
 def _iota(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
           ctx: InferContext) -> list[ResultSig]:
     target = declared_type(declared)
-    dimension = attrs["dimension"]
-    assert isinstance(dimension, int)
+    dimension = int_attr(attrs, "dimension")
     if not 0 <= dimension < target.rank:
         raise ValueError(f"iota dimension {dimension} out of bounds for {list(target.shape)}")
     return [(target.dtype, target.shape)]
