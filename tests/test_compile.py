@@ -650,6 +650,37 @@ def test_dict_keys_of_another_type_make_another_program():
     assert [type(k) for k in same({1.0: a})] == [float]
 
 
+def test_an_ordered_dict_and_a_defaultdict_come_back_as_they_were():
+    """Flattened in key order like a dict, rebuilt as what they were: an ``OrderedDict`` in
+    its insertion order (another order is another program), a ``defaultdict`` with its
+    factory; the same for the arguments the function sees and for gradients."""
+    from collections import OrderedDict, defaultdict
+
+    a, b = rand(2, seed=1), rand(3, seed=2)
+    seen = []
+
+    @dtc.compile
+    def twice(p):
+        seen.append((type(p), list(p)))
+        return OrderedDict((k, v * 2) for k, v in p.items())
+
+    for keys in (["b", "a"], ["a", "b"]):
+        got = twice(OrderedDict((k, {"a": a, "b": b}[k]) for k in keys))
+        assert type(got) is OrderedDict and list(got) == keys
+        np.testing.assert_array_equal(np.asarray(got["b"]), b * 2)
+    assert seen == [(OrderedDict, ["b", "a"]), (OrderedDict, ["a", "b"])]
+    got = twice({"b": b, "a": a})  # a plain dict is seen in key order
+    assert type(got) is OrderedDict and list(got) == ["a", "b"]
+
+    counts = dtc.compile(lambda p: defaultdict(int, {"s": p["x"] + 1}))({"x": a})
+    assert type(counts) is defaultdict and counts.default_factory is int
+    np.testing.assert_array_equal(np.asarray(counts["s"]), a + 1)
+
+    grads = dtc.grad(lambda p: (p["w"] ** 2).sum() + p["v"].sum())(OrderedDict(w=b, v=a))
+    assert type(grads) is OrderedDict and list(grads) == ["w", "v"]
+    np.testing.assert_allclose(np.asarray(grads["w"]), 2 * b, rtol=1e-6)
+
+
 def test_a_repeated_call_follows_the_devices_a_mesh_without_layouts_gets(monkeypatch):
     """A call whose arguments name no mesh runs on `create_mesh()`, as many devices as
     `initialize_accelerator_system` gave (else `DTC_NUM_DEVICES`)."""

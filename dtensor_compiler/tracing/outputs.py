@@ -3,6 +3,8 @@ respect to: nested tuples, lists and dicts of arrays.
 
 A compiled function may return one array, or any nesting of tuples (named tuples too), lists
 and dicts (keys in sorted order, as JAX flattens them) whose leaves are arrays or numbers.
+An ``OrderedDict`` or a ``defaultdict`` is flattened like a dict and rebuilt as what it was
+(the insertion order, the default factory); another dict subclass comes back a plain dict.
 Tracing flattens it to the IR function's results (`flatten`), and a run rebuilds the same
 structure around the results (`OutputTree.unflatten`). ``out_layouts`` are flattened the same
 way (None is a leaf there: "free"): given flat, one per array, or nested like the results
@@ -11,8 +13,18 @@ way (None is a leaf there: "free"): given flat, one per array, or nested like th
 
 from __future__ import annotations
 
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
+
+
+class DictKind(Enum):
+    """The kinds of dict a structure rebuilds."""
+
+    DICT = "dict"
+    ORDERED = "OrderedDict"
+    DEFAULT = "defaultdict"
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,12 @@ class OutputTree:
     key_types: tuple[type, ...] = ()
     """The types of a dict's `keys`: equal keys of other types (``1``, ``1.0``, ``True``)
     make another structure (the function sees them, and a returned dict has them)."""
+    mapping: DictKind = DictKind.DICT
+    """What a dict is rebuilt as."""
+    order: tuple[int, ...] = ()
+    """An ``OrderedDict``'s keys in insertion order, as positions in the sorted `keys`."""
+    default_factory: Callable[[], object] | None = None
+    """A ``defaultdict``'s factory."""
 
     @property
     def leaves(self) -> int:
@@ -78,6 +96,10 @@ class OutputTree:
             return take()
         parts = [c._build(take) for c in self.children]
         if self.kind == "dict":
+            if self.mapping is DictKind.ORDERED:
+                return OrderedDict((self.keys[i], parts[i]) for i in self.order)
+            if self.mapping is DictKind.DEFAULT:
+                return defaultdict(self.default_factory, zip(self.keys, parts))
             return dict(zip(self.keys, parts))
         if self.kind == "list":
             return parts
@@ -125,8 +147,17 @@ def flatten_with_paths(value: object, is_leaf: Callable[[object], bool] = lambda
                 where = f" at {path}" if path else ""
                 raise TypeError(f"a dict whose keys do not sort{where} (a dict is flattened "
                                 "in key order)") from None
-            return OutputTree("dict", tuple(walk(v[k], f"{path}[{k!r}]") for k in keys), keys,
-                              key_types=tuple(map(type, keys)))
+            children = tuple(walk(v[k], f"{path}[{k!r}]") for k in keys)
+            key_types = tuple(map(type, keys))
+            if isinstance(v, OrderedDict):
+                position = {k: i for i, k in enumerate(keys)}
+                return OutputTree("dict", children, keys, key_types=key_types,
+                                  mapping=DictKind.ORDERED,
+                                  order=tuple(position[k] for k in v))
+            if isinstance(v, defaultdict):
+                return OutputTree("dict", children, keys, key_types=key_types,
+                                  mapping=DictKind.DEFAULT, default_factory=v.default_factory)
+            return OutputTree("dict", children, keys, key_types=key_types)
         if not is_leaf(v):
             raise TypeError(f"a {type(v).__name__}" + (f" at {path}" if path else ""))
         leaves.append(v)

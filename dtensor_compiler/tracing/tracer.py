@@ -10,6 +10,7 @@ table in `numpy_api`. Anything that needs concrete data (``bool(x)``, ``float(x)
 
 from __future__ import annotations
 
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar, overload
 
@@ -41,7 +42,8 @@ def unwrap(obj: object, rec: Recorder) -> object: ...
 
 def unwrap(obj: object, rec: Recorder) -> object:
     """`obj` with every traced array (also inside lists, tuples, dicts) replaced by its value
-    (a subclass of list or tuple other than a named tuple comes back as a plain one)."""
+    (a subclass of list or tuple other than a named tuple comes back as a plain one, a dict
+    subclass other than ``OrderedDict`` and ``defaultdict`` as a plain dict)."""
     if isinstance(obj, TracedArray):
         if obj.recorder is not rec:
             raise TraceError("an operation mixes traced arrays of two different traces",
@@ -53,7 +55,12 @@ def unwrap(obj: object, rec: Recorder) -> object:
             return type(obj)(*items)  # a named tuple
         return list(items) if isinstance(obj, list) else tuple(items)  # (subclasses: plain)
     if isinstance(obj, dict):
-        return {k: unwrap(v, rec) for k, v in obj.items()}
+        entries = {k: unwrap(v, rec) for k, v in obj.items()}
+        if isinstance(obj, OrderedDict):
+            return OrderedDict(entries)
+        if isinstance(obj, defaultdict):
+            return defaultdict(obj.default_factory, entries)
+        return entries
     return obj
 
 
