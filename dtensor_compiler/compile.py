@@ -622,12 +622,13 @@ def lower_module(mesh: Mesh, module: Module, arg_names: Sequence[str],
     snapshot: list[tuple[str, tuple[Collective, ...], list[TensorType], list[TensorType]]] = []
     manager = PassManager(list(passes), verify=verify, keep_ir=keep_ir, locations=locations,
                           ctx=PassContext(cost_model))
+    stages = manager.stages  # (not the manager: its hook would hold it in a cycle)
 
     def global_facts(m: Module) -> tuple[str, tuple[Collective, ...], list[TensorType],
                                          list[TensorType]]:
         """What `Lowered` keeps of the last global-shape module: its stage name, collectives
         and argument and result types."""
-        return (manager.stages[-1].name, _collectives(m, cost_model),
+        return (stages[-1].name, _collectives(m, cost_model),
                 [a.type for a in m.main.args], [v.type for v in m.main.results])
 
     def before_each(p: ModulePass, m: Module) -> None:

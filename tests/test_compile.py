@@ -633,6 +633,31 @@ def test_a_repeated_call_with_nested_arguments_skips_resolving_them(mesh, monkey
     assert len(resolved) == 8
 
 
+def test_tracing_and_planning_leave_no_cycles_for_the_collector(mesh):
+    """Compiling a training step on nested arguments makes no garbage that only the cyclic
+    collector frees: a cycle through a traced array would keep the whole traced program
+    (and its tensors' memory) alive until it ran."""
+    import gc
+
+    def loss(p, x):
+        return np.mean(np.tanh(x @ p["w"][0]) @ p["w"][1])
+
+    def step(p, x):
+        value, grads = dtc.value_and_grad(loss)(p, x)
+        return value, {"w": [w - 0.1 * g for w, g in zip(p["w"], grads["w"])]}
+
+    params = {"w": [rand(8, 4, seed=1), rand(4, 2, seed=2)]}
+    f = dtc.compile(step, in_layouts=({"w": [None, None]}, dtc.Layout(["dp", U], mesh)))
+    gc.collect()
+    gc.disable()
+    try:
+        lowered = f.lower(params, rand(16, 8))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert len(lowered.collectives()) > 0
+
+
 def test_dict_keys_of_another_type_make_another_program():
     """``1 == 1.0 == True``, but the function sees the keys it is given (and a returned
     dict has them): equal keys of another type are another structure."""

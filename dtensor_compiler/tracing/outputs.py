@@ -132,37 +132,41 @@ def flatten_with_paths(value: object, is_leaf: Callable[[object], bool] = lambda
     leaf)."""
     leaves: list[object] = []
     paths: list[str] = []
-
-    def walk(v: object, path: str) -> OutputTree:
-        if isinstance(v, (tuple, list)):
-            children = tuple(walk(c, f"{path}[{i}]") for i, c in enumerate(v))
-            if isinstance(v, list):
-                return OutputTree("list", children)
-            named = type(v) if hasattr(v, "_fields") else None
-            return OutputTree("tuple", children, namedtuple=named)
-        if isinstance(v, dict):
-            try:
-                keys = tuple(sorted(v))
-            except TypeError:
-                where = f" at {path}" if path else ""
-                raise TypeError(f"a dict whose keys do not sort{where} (a dict is flattened "
-                                "in key order)") from None
-            children = tuple(walk(v[k], f"{path}[{k!r}]") for k in keys)
-            key_types = tuple(map(type, keys))
-            if isinstance(v, OrderedDict):
-                position = {k: i for i, k in enumerate(keys)}
-                return OutputTree("dict", children, keys, key_types=key_types,
-                                  mapping=DictKind.ORDERED,
-                                  order=tuple(position[k] for k in v))
-            if isinstance(v, defaultdict):
-                return OutputTree("dict", children, keys, key_types=key_types,
-                                  mapping=DictKind.DEFAULT, default_factory=v.default_factory)
-            return OutputTree("dict", children, keys, key_types=key_types)
-        if not is_leaf(v):
-            raise TypeError(f"a {type(v).__name__}" + (f" at {path}" if path else ""))
-        leaves.append(v)
-        paths.append(path)
-        return LEAF
-
-    tree = walk(value, "")
+    tree = _walk(value, "", is_leaf, leaves, paths)
     return leaves, paths, tree
+
+
+def _walk(v: object, path: str, is_leaf: Callable[[object], bool], leaves: list[object],
+          paths: list[str]) -> OutputTree:
+    """`v`'s structure, its leaves and their paths appended (a function of the module, not a
+    closure calling itself: that would be a reference cycle holding every leaf, traced arrays
+    and their whole program included, until the cyclic collector ran)."""
+    if isinstance(v, (tuple, list)):
+        children = tuple(_walk(c, f"{path}[{i}]", is_leaf, leaves, paths)
+                         for i, c in enumerate(v))
+        if isinstance(v, list):
+            return OutputTree("list", children)
+        named = type(v) if hasattr(v, "_fields") else None
+        return OutputTree("tuple", children, namedtuple=named)
+    if isinstance(v, dict):
+        try:
+            keys = tuple(sorted(v))
+        except TypeError:
+            where = f" at {path}" if path else ""
+            raise TypeError(f"a dict whose keys do not sort{where} (a dict is flattened "
+                            "in key order)") from None
+        children = tuple(_walk(v[k], f"{path}[{k!r}]", is_leaf, leaves, paths) for k in keys)
+        key_types = tuple(map(type, keys))
+        if isinstance(v, OrderedDict):
+            position = {k: i for i, k in enumerate(keys)}
+            return OutputTree("dict", children, keys, key_types=key_types,
+                              mapping=DictKind.ORDERED, order=tuple(position[k] for k in v))
+        if isinstance(v, defaultdict):
+            return OutputTree("dict", children, keys, key_types=key_types,
+                              mapping=DictKind.DEFAULT, default_factory=v.default_factory)
+        return OutputTree("dict", children, keys, key_types=key_types)
+    if not is_leaf(v):
+        raise TypeError(f"a {type(v).__name__}" + (f" at {path}" if path else ""))
+    leaves.append(v)
+    paths.append(path)
+    return LEAF
