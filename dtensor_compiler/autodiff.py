@@ -15,6 +15,7 @@ anything else, returned alongside); integer inputs have no gradient. Violations 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,19 +25,38 @@ from dtensor_compiler import tracing
 from dtensor_compiler.compile import _NUMBERS, CompiledFunction
 from dtensor_compiler.errors import GradientError
 from dtensor_compiler.tracing.autodiff import stop_gradient_traced, value_and_grad_traced
+from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.tracing.outputs import flatten
 from dtensor_compiler.tracing.recorder import Recorder
 from dtensor_compiler.tracing.tracer import TracedArray
 
 
+def _checked_argnums(argnums: object) -> int | tuple[int, ...]:
+    """`argnums` as an int or a tuple of ints (numpy integers too); GradientError at the
+    user's line for anything else (a bool, a float, an empty tuple)."""
+    def index(i: object) -> int:
+        if isinstance(i, (bool, np.bool_)):
+            raise TypeError
+        return operator.index(i)  # type: ignore[arg-type]
+
+    try:
+        if isinstance(argnums, (tuple, list)):
+            if argnums:
+                return tuple(index(i) for i in argnums)
+        else:
+            return index(argnums)
+    except TypeError:
+        pass
+    raise GradientError(f"argnums must be an int or a non-empty tuple of ints, got "
+                        f"{argnums!r}", user_location())
+
+
 def _positions(argnums: int | tuple[int, ...], count: int) -> tuple[int, ...]:
-    positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    if not positions or not all(isinstance(i, int) for i in positions):
-        raise GradientError(f"argnums must be an int or a non-empty tuple of ints, got "
-                            f"{argnums!r}")
+    positions = (argnums,) if isinstance(argnums, int) else argnums
     bad = [i for i in positions if not -count <= i < count]
     if bad:
-        raise GradientError(f"argnums {bad[0]} is out of range for {count} arguments")
+        raise GradientError(f"argnums {bad[0]} is out of range for {count} arguments",
+                            user_location())
     return tuple(i % count for i in positions)
 
 
@@ -68,11 +88,12 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
                    has_aux: bool = False) -> Callable[..., Any]:
     """A function returning ``(value, gradient)`` (``((value, aux), gradient)`` with
     `has_aux`), the gradient of `fn` with respect to the arguments at `argnums`."""
+    argnums = _checked_argnums(argnums)
     compiled: dict[str, CompiledFunction] = {}
 
-    def traced(rec: Recorder, *args: Any) -> Any:
+    def traced(rec: Recorder, *args: Any, **kwargs: Any) -> Any:
         positions = _positions(argnums, len(args))
-        out, aux, grads = value_and_grad_traced(fn, positions, has_aux, args, rec)
+        out, aux, grads = value_and_grad_traced(fn, positions, has_aux, args, rec, kwargs)
         gradient = grads[0] if isinstance(argnums, int) else tuple(grads)
         return ((out, aux) if has_aux else out), gradient
 
@@ -85,16 +106,22 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
         parts = list(value) if has_aux else [value]
         return (*parts, *((gradient,) if isinstance(argnums, int) else gradient))
 
-    def call(*args: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         rec = _recorder(args)
         if rec is not None:
-            return traced(rec, *args)
+            return traced(rec, *args, **kwargs)
+        if kwargs:
+            raise GradientError(f"keyword arguments {sorted(kwargs)}: a grad called on arrays "
+                                "compiles the call, whose arrays go positionally (inside a "
+                                "compiled function they are passed on, not differentiated)",
+                                user_location())
         positions = _positions(argnums, len(args))
         # a number differentiated is an array, not a constant of the program
         call_args = [_numbers_as_arrays(i, a) if i in positions else a
                      for i, a in enumerate(args)]
         if "f" not in compiled:
             flat.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}"
+            flat.__wrapped__ = fn  # type: ignore[attr-defined]  # (errors name fn's line)
             compiled["f"] = CompiledFunction(flat)
         out = compiled["f"](*call_args)
         values = out if isinstance(out, tuple) else (out,)
@@ -114,8 +141,8 @@ def grad(fn: Callable[..., Any], argnums: int | tuple[int, ...] = 0,
     (``(gradient, aux)`` with `has_aux`)."""
     both = value_and_grad(fn, argnums, has_aux)
 
-    def call(*args: Any) -> Any:
-        value, gradient = both(*args)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        value, gradient = both(*args, **kwargs)
         return (gradient, value[1]) if has_aux else gradient
 
     call.__name__ = f"grad({getattr(fn, '__name__', 'fn')})"

@@ -456,6 +456,10 @@ class CompiledFunction:
         lowered = self._by_call_key.get(key) if key is not None else None
         if lowered is not None:
             return lowered.run_leaves(leaves)
+        if key is None and _holds_traced(args):
+            # called while another function is traced (a compiled function calling this
+            # one, or grad of it): traced into that program, planned with the rest of it
+            return self._fn(*args)
         mesh, types, values, inputs = self._resolve(args)
         lowered = self._lowered(mesh, types, inputs)
         if key is not None:
@@ -704,6 +708,16 @@ def _leaf_layouts(name: str, layout: object, leaves: Sequence[object], tree: Out
                           f"argument is {tree.text()}: give None, one Layout for all its "
                           "arrays, or a Layout or None per array nested the same way")
     return cast(list[Layout | None], layouts)
+
+
+def _holds_traced(args: Sequence[object]) -> bool:
+    """Whether a traced array is among `args` or in the dicts, lists and tuples they hold
+    (not: when they do not flatten, which `_resolve` reports)."""
+    try:
+        leaves, _ = flatten(list(args))
+    except TypeError:
+        return False
+    return any(tracing.is_traced(leaf) for leaf in leaves)
 
 
 def _is_call_leaf(v: object) -> bool:

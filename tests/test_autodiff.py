@@ -232,6 +232,53 @@ def test_value_and_grad_with_aux_and_argnums():
     np.testing.assert_allclose(dtc.grad(lambda x, y: np.sum(x * y), argnums=-1)(x, y), x)
 
 
+def test_argnums_as_jax_takes_them():
+    """A position given twice gets its gradient twice; numpy integers count as ints;
+    keyword arguments inside a compiled function are passed on, not differentiated."""
+    x = uniform(-1, 1, (3,))
+    first, second = dtc.grad(lambda a: np.sum(a ** 2), argnums=(0, 0))(x)
+    np.testing.assert_allclose(np.asarray(first), 2 * x)
+    np.testing.assert_allclose(np.asarray(second), 2 * x)
+    inside = dtc.compile(lambda a: dtc.grad(lambda b: np.sum(b ** 2), argnums=(0, 0))(a))(x)
+    np.testing.assert_allclose(np.asarray(inside[0]), 2 * x)
+    np.testing.assert_allclose(np.asarray(dtc.grad(np.sum, argnums=np.int64(0))(x)), 1.0)
+    scaled = dtc.compile(lambda a: dtc.grad(lambda b, s: np.sum(b) * s)(a, s=3.0))(x)
+    np.testing.assert_allclose(np.asarray(scaled), 3.0)
+
+
+def test_aux_may_hold_none_and_a_compiled_function_may_be_differentiated():
+    x = uniform(-1, 1, (3,))
+    g, aux = dtc.grad(lambda a: (np.sum(a * a), None), has_aux=True)(x)
+    assert aux is None
+    np.testing.assert_allclose(np.asarray(g), 2 * x)
+    g, aux = dtc.grad(lambda a: (np.sum(a * a), {"m": np.mean(a), "none": None}),
+                      has_aux=True)(x)
+    assert aux["none"] is None and np.asarray(aux["m"]) == pytest.approx(np.mean(x))
+    squares = dtc.compile(lambda a: np.sum(a ** 2))
+    np.testing.assert_allclose(np.asarray(dtc.grad(squares)(x)), 2 * x)
+    twice = dtc.compile(lambda a: squares(a) * 2)  # traced into the caller's program
+    assert np.asarray(twice(x)) == pytest.approx(2 * np.sum(x ** 2))
+
+
+def test_derivatives_where_the_formula_is_nan_but_the_function_is_not():
+    """``x**y`` at ``x == 0`` (in y: 0; in x with ``y == 0``: 0), ``logaddexp`` at -inf
+    (a masked position: 0), ``fmax``/``fmin`` with a NaN (the operand returned gets it)."""
+    x, p = np.array([0.0, 0.0, 2.0]), np.array([2.0, 0.0, 2.0])
+    gx, gp = dtc.grad(lambda x, p: np.sum(x ** p), argnums=(0, 1))(x, p)
+    np.testing.assert_allclose(np.asarray(gx), [0.0, 0.0, 4.0])
+    np.testing.assert_allclose(np.asarray(gp), [0.0, 0.0, 4 * np.log(2.0)])
+    a = np.array([0.3, -np.inf, 1.0])
+    b = np.array([-0.2, -np.inf, -np.inf])
+    ga, gb = dtc.grad(lambda a, b: np.sum(np.logaddexp(a, b)), argnums=(0, 1))(a, b)
+    np.testing.assert_allclose(np.asarray(ga), [1 / (1 + np.exp(-0.5)), 0.0, 1.0])
+    np.testing.assert_allclose(np.asarray(gb), [1 / (1 + np.exp(0.5)), 0.0, 0.0])
+    a, b = np.array([1.0, np.nan, 3.0]), np.array([np.nan, 2.0, 1.0])
+    for fn, picks_a in ((np.fmax, [1.0, 0.0, 1.0]), (np.fmin, [1.0, 0.0, 0.0])):
+        ga, gb = dtc.grad(lambda a, b, fn=fn: np.sum(fn(a, b)), argnums=(0, 1))(a, b)
+        np.testing.assert_array_equal(np.asarray(ga), picks_a)
+        np.testing.assert_array_equal(np.asarray(gb), 1.0 - np.asarray(picks_a))
+
+
 def test_stop_gradient_blocks_the_derivative():
     x = uniform(-1, 1)
     g = dtc.grad(lambda x: np.sum(x * dtc.stop_gradient(x)))(x)
@@ -442,6 +489,16 @@ def test_errors_name_what_cannot_be_differentiated():
         dtc.grad(lambda x: np.sum(np.real(x * 1j)))(x)
     with pytest.raises(dtc.GradientError, match=re.escape("pair (output, aux)")):
         dtc.grad(lambda x: np.sum(x), has_aux=True)(x)
+    line = test_errors_name_what_cannot_be_differentiated.__code__.co_firstlineno + 21
+    with pytest.raises(dtc.GradientError, match=rf"test_autodiff.py:{line}: .*it returned a "
+                                                r"tuple \(with has_aux=True"):
+        dtc.grad(lambda x: (np.sum(x), x))(x)
+    for bad in (True, 1.5, ()):
+        with pytest.raises(dtc.GradientError, match="argnums must be an int or a non-empty "
+                                                    "tuple of ints"):
+            dtc.grad(np.sum, argnums=bad)
+    with pytest.raises(dtc.GradientError, match=r"keyword arguments \['s'\]"):
+        dtc.grad(lambda x, s: np.sum(x) * s)(x, s=2.0)
 
 
 def test_complex_values_off_the_differentiated_path_are_fine():

@@ -544,9 +544,14 @@ def test_nested_out_layouts_must_nest_as_the_results_do() -> None:
 
 
 def test_a_value_that_is_not_an_array_is_named_where_it_is_returned() -> None:
-    with pytest.raises(dtc.TraceError, match=r"returned a NoneType at \['a'\]\[1\]\[1\]; a "
+    """A None inside the structure holds no array and comes back as None (as in JAX);
+    anything else that is not an array is named where it is."""
+    with pytest.raises(dtc.TraceError, match=r"returned a str at \['a'\]\[1\]\[1\]; a "
                                              "compiled function must return arrays"):
-        dtc.compile(lambda x: {"a": [x, (x, None)]})(rand(2))
+        dtc.compile(lambda x: {"a": [x, (x, "text")]})(rand(2))
+    got = dtc.compile(lambda x: {"a": [x, (x * 2, None)]})(rand(2))
+    assert got["a"][1][1] is None
+    np.testing.assert_array_equal(np.asarray(got["a"][1][0]), rand(2) * 2)
 
 
 # -- nested arguments ---------------------------------------------------------------------------

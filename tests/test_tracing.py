@@ -298,6 +298,19 @@ def test_reductions(axis: object, keepdims: bool) -> None:
     check(f, f32(2, 3, 4), RNG.integers(-5, 5, (2, 3, 4)).astype(np.int32))
 
 
+def test_mean_and_var_of_narrow_floats_divide_by_their_count_as_numpy_does() -> None:
+    """numpy divides a sum by its count (an intp) in float64: float16 does not hold 3001
+    exactly, nor 70001 at all (inf). Bit-exact against numpy, bfloat16 too."""
+    import ml_dtypes
+
+    for dtype in (np.float16, ml_dtypes.bfloat16, np.float32):
+        for n in (2048, 3001, 70001):
+            x = RNG.uniform(-1, 1, n).astype(dtype)
+            for fn in (np.mean, np.var, np.std, lambda a: np.var(a, ddof=1)):
+                got = np.asarray(dtc.compile(fn)(x))
+                assert got.tobytes() == np.asarray(fn(x)).tobytes(), (dtype, n, fn)
+
+
 def test_a_narrow_accumulation_dtype_wraps_like_numpy() -> None:
     i8 = RNG.integers(-128, 128, (4, 16)).astype(np.int8)
     module = check(lambda i, b: (i.sum(axis=1, dtype=np.int8), np.prod(i, 0, dtype=np.int8),

@@ -17,7 +17,7 @@ backward program as one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,16 +34,20 @@ from dtensor_compiler.tracing.tracer import TracedArray, unwrap
 
 
 def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], has_aux: bool,
-                          args: Sequence[object], rec: Recorder
+                          args: Sequence[object], rec: Recorder,
+                          kwargs: Mapping[str, object] | None = None
                           ) -> tuple[object, object, list[object]]:
-    """Trace `fn(*args)` into `rec`'s function and differentiate its (first) output with
-    respect to the arguments at `argnums`: (output, aux or None, one gradient per argnum).
-    An argument may be an array or a nesting of tuples, lists and dicts of arrays (a dict
-    of parameters); its gradient has the same structure."""
+    """Trace `fn(*args, **kwargs)` into `rec`'s function and differentiate its (first)
+    output with respect to the arguments at `argnums`: (output, aux or None, one gradient
+    per argnum; a position given twice gets the same one twice). An argument may be an
+    array or a nesting of tuples, lists and dicts of arrays (a dict of parameters); its
+    gradient has the same structure. Keyword arguments are passed on, not differentiated."""
+    kwargs = kwargs or {}
     call = list(args)
     wrt: list[Value] = []
     trees: list[OutputTree] = []
-    for i in argnums:
+    unique = tuple(dict.fromkeys(argnums))  # (argnums=(0, 0): one derivative, given twice)
+    for i in unique:
         try:
             leaves, paths, tree = flatten_with_paths(call[i])
         except TypeError as e:
@@ -65,7 +69,7 @@ def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], h
         trees.append(tree)
         call[i] = tree.unflatten(aliases)
     start = len(rec.func.ops)
-    returned = fn(*call)
+    returned = fn(*call, **kwargs)
     if has_aux:
         if not isinstance(returned, (tuple, list)) or len(returned) != 2:
             raise GradientError("with has_aux=True the function must return a pair (output, "
@@ -73,13 +77,18 @@ def value_and_grad_traced(fn: Callable[..., object], argnums: tuple[int, ...], h
         out, aux = returned
     else:
         out, aux = returned, None
+        if isinstance(out, (tuple, list, dict)):
+            raise GradientError(f"grad needs a function with a floating-point scalar output; "
+                                f"it returned a {type(out).__name__} (with has_aux=True, a "
+                                "pair of the output and anything else)", user_location())
     output = _value(out, rec)
     if output.type.shape != () or not differentiable(output.type):
         raise GradientError(f"grad needs a function with a floating-point scalar output; it "
                             f"returned {output.type.dtype}{list(output.type.shape)}",
                             user_location())
     grads = [TracedArray(g, rec) for g in backward(rec, rec.func.ops[start:], output, wrt)]
-    return TracedArray(output, rec), aux, unflatten_each(trees, grads)
+    by_position = dict(zip(unique, unflatten_each(trees, grads)))
+    return TracedArray(output, rec), aux, [by_position[i] for i in argnums]
 
 
 def backward(rec: Recorder, ops: Sequence[Operation], output: Value, wrt: Sequence[Value]

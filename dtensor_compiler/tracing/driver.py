@@ -9,6 +9,7 @@ and every other value is left for layout propagation.
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -92,7 +93,9 @@ def traced_save(prefix: str, values: Mapping[str, TracedArray]) -> None:
 
 
 def _definition(fn: Callable) -> Location | None:
-    """The first line of `fn` (or of a callable object's ``__call__``), if it has one."""
+    """The first line of `fn` (of the function it wraps, `__wrapped__`, if any; or of a
+    callable object's ``__call__``), if it has one."""
+    fn = inspect.unwrap(fn)
     code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
     return None if code is None else Location(source_path(code.co_filename), code.co_firstlineno)
 
@@ -111,8 +114,12 @@ def _is_output(out: object) -> bool:
 
 def _flatten_outputs(returned: object, func_name: str, fn: Callable
                      ) -> tuple[list[Value | np.ndarray | np.generic | PythonScalar], OutputTree]:
-    """The returned arrays in order and their structure; TraceError for anything else."""
+    """The returned arrays in order and their structure; TraceError for anything else,
+    None included (a None inside a tuple, list or dict holds no array; a function returning
+    only None has most likely lost its ``return``)."""
     try:
+        if returned is None:
+            raise TypeError("a NoneType")
         leaves, tree = flatten(returned, _is_output)
     except TypeError as e:
         raise TraceError(f"{func_name} returned {e}; a compiled function must return arrays "

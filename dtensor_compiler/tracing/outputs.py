@@ -2,7 +2,8 @@
 respect to: nested tuples, lists and dicts of arrays.
 
 A compiled function may return one array, or any nesting of tuples (named tuples too), lists
-and dicts (keys in sorted order, as JAX flattens them) whose leaves are arrays or numbers.
+and dicts (keys in sorted order, as JAX flattens them) whose leaves are arrays or numbers;
+a None in it holds no array and comes back as None.
 An ``OrderedDict`` or a ``defaultdict`` is flattened like a dict and rebuilt as what it was
 (the insertion order, the default factory); another dict subclass comes back a plain dict.
 Tracing flattens it to the IR function's results (`flatten`), and a run rebuilds the same
@@ -29,8 +30,9 @@ class DictKind(Enum):
 
 @dataclass(frozen=True)
 class OutputTree:
-    """A node: a leaf (`kind` ``leaf``), or a container of `children` (``tuple``, ``list``,
-    ``dict`` with `keys`, or a named tuple of type `namedtuple`)."""
+    """A node: a leaf (`kind` ``leaf``), ``none`` (a None, which holds no array), or a
+    container of `children` (``tuple``, ``list``, ``dict`` with `keys`, or a named tuple of
+    type `namedtuple`)."""
 
     kind: str
     children: tuple[OutputTree, ...] = ()
@@ -52,7 +54,7 @@ class OutputTree:
 
     def is_flat(self) -> bool:
         """A leaf, or one tuple or list of leaves."""
-        return self.kind == "leaf" or (self.kind != "dict" and
+        return self.kind == "leaf" or (self.kind in ("tuple", "list") and
                                        all(c.kind == "leaf" for c in self.children))
 
     def matches(self, other: OutputTree) -> bool:
@@ -68,6 +70,8 @@ class OutputTree:
         """``(_, [_, _], {a: _})``: the nesting, each leaf an underscore."""
         if self.kind == "leaf":
             return "_"
+        if self.kind == "none":
+            return "None"
         if self.kind == "dict":
             return "{" + ", ".join(f"{k!r}: {c.text()}"
                                    for k, c in zip(self.keys, self.children)) + "}"
@@ -94,6 +98,8 @@ class OutputTree:
     def _build(self, take: Callable[[], object]) -> object:
         if self.kind == "leaf":
             return take()
+        if self.kind == "none":
+            return None
         parts = [c._build(take) for c in self.children]
         if self.kind == "dict":
             if self.mapping is DictKind.ORDERED:
@@ -107,6 +113,8 @@ class OutputTree:
 
 
 LEAF = OutputTree("leaf")
+NONE = OutputTree("none")
+"""``None`` in a structure: no leaves (``(loss, None)`` returns one array), rebuilt as None."""
 
 
 def unflatten_each(trees: Sequence[OutputTree], leaves: Sequence[object]) -> list[object]:
@@ -165,6 +173,8 @@ def _walk(v: object, path: str, is_leaf: Callable[[object], bool], leaves: list[
             return OutputTree("dict", children, keys, key_types=key_types,
                               mapping=DictKind.DEFAULT, default_factory=v.default_factory)
         return OutputTree("dict", children, keys, key_types=key_types)
+    if v is None and not is_leaf(v):
+        return NONE
     if not is_leaf(v):
         raise TypeError(f"a {type(v).__name__}" + (f" at {path}" if path else ""))
     leaves.append(v)

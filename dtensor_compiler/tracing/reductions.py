@@ -65,9 +65,15 @@ def _count(x: Value, axes: tuple[int, ...]) -> int:
 
 
 def _divide_in_place(rec: Recorder, total: Value, count: int | float) -> Value:
-    """``total / count`` keeping `total`'s dtype, as numpy's ``true_divide(..., out=total)``."""
-    return astype(rec, apply_ufunc(rec, "divide", (total, count)),
-                  numpy_dtype(total.type.dtype))
+    """``total / count`` keeping `total`'s dtype, as numpy's ``true_divide(..., out=total)``
+    by its count (an ``intp``), which divides in float64: where `total`'s dtype does not
+    hold the count exactly (a float16 sum of more than 2048 items, or more than 65504,
+    whose count is inf there), so does this; elsewhere dividing in that dtype rounds alike."""
+    dtype = numpy_dtype(total.type.dtype)
+    with np.errstate(over="ignore"):
+        exact = np.asarray(count, dtype=dtype).astype(np.complex128).item() == count
+    wide = total if exact else astype(rec, total, np.float64)
+    return astype(rec, apply_ufunc(rec, "divide", (wide, count)), dtype)
 
 
 def _accumulator(x: Value, dtype: DTypeLike | None) -> DTypeLike | None:

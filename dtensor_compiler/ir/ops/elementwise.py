@@ -190,16 +190,27 @@ def _binary(dx: Callable[[VJPContext, Value, Value, Value, Value], Value | None]
     return rule
 
 
+def _picks_x(ad: VJPContext, compare: str, x: Value, y: Value) -> Value:
+    """Where ``fmax`` (`compare` ``greater_equal``) or ``fmin`` (``less_equal``) returns x:
+    where the comparison holds or y is NaN (they return the operand that is not NaN)."""
+    return ad.emit("logical_or", [ad.emit(compare, [x, y]), ad.emit("isnan", [y])])
+
+
 def _select(ad: VJPContext, cond: Value, g: Value, when: bool) -> Value:
     zero = ad.scalar(0.0, g)
     return ad.emit("where", [cond, g, zero] if when else [cond, zero, g])
 
 
 def _power_dx(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value:
+    """``y * x**(y - 1)``; 0 where ``y == 0`` (``x**0`` is 1 everywhere, also at ``x == 0``,
+    where the formula is ``0 * inf``)."""
     if _is_full(y, 2.0):  # x**2, the common case: x**1 is x
         return _mul(ad, g, y, x)
     one = ad.scalar(1.0, out)
-    return _mul(ad, g, y, ad.emit("power", [x, ad.emit("subtract", [y, one])]))
+    flat = ad.emit("equal", [y, ad.scalar(0.0, y)])
+    safe = ad.emit("where", [flat, one, y])  # (no 0**-1 computed where it is not used)
+    slope = _mul(ad, safe, ad.emit("power", [x, ad.emit("subtract", [safe, one])]))
+    return _mul(ad, g, ad.emit("where", [flat, ad.scalar(0.0, slope), slope]))
 
 
 def _is_full(v: Value, value: float) -> bool:
@@ -208,7 +219,26 @@ def _is_full(v: Value, value: float) -> bool:
 
 
 def _power_dy(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value:
-    return _mul(ad, g, out, ad.emit("log", [x]))
+    """``x**y * log(x)``; 0 where ``x == 0`` (``0**y`` is constant in y, where the formula
+    is ``0 * -inf``)."""
+    zero = ad.emit("equal", [x, ad.scalar(0.0, x)])
+    return _mul(ad, g, out, ad.emit("log", [ad.emit("where", [zero, ad.scalar(1.0, x), x])]))
+
+
+def _logaddexp_d(exp: str) -> Callable[[VJPContext, Value, Value, Value, Value], Value]:
+    """The derivative of ``logaddexp(x, y)`` (``exp`` = ``exp``; ``logaddexp2``: ``exp2``)
+    with respect to x: ``exp(x - out)``, which is ``inf - inf`` where x is infinite: 1 where
+    x is the result (the other operand -inf, or x +inf), 0 where x is -inf (a masked
+    position: both -inf included)."""
+    def d(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value:
+        same = ad.emit("equal", [x, out])
+        zero = ad.scalar(0.0, out)
+        difference = ad.emit("subtract", [ad.emit("where", [same, zero, x]),
+                                          ad.emit("where", [same, zero, out])])
+        slope = ad.emit(exp, [difference])
+        masked = ad.emit("equal", [x, ad.scalar(-math.inf, x)])
+        return _mul(ad, g, ad.emit("where", [masked, ad.scalar(0.0, slope), slope]))
+    return d
 
 
 def _ratio(ad: VJPContext, g: Value, top: Value, out: Value) -> Value:
@@ -230,24 +260,30 @@ _BINARY_VJPS: dict[str, VJPRule] = {
                           ad.emit("divide", [_mul(ad, g, out), y]))),
     "power": _binary(_power_dx, _power_dy),
     "float_power": _binary(_power_dx, _power_dy),
-    **dict.fromkeys(("maximum", "fmax"), _binary(
+    "maximum": _binary(
         lambda ad, g, x, y, out: _select(ad, ad.emit("greater_equal", [x, y]), g, True),
-        lambda ad, g, x, y, out: _select(ad, ad.emit("greater_equal", [x, y]), g, False))),
-    **dict.fromkeys(("minimum", "fmin"), _binary(
+        lambda ad, g, x, y, out: _select(ad, ad.emit("greater_equal", [x, y]), g, False)),
+    "minimum": _binary(
         lambda ad, g, x, y, out: _select(ad, ad.emit("less_equal", [x, y]), g, True),
-        lambda ad, g, x, y, out: _select(ad, ad.emit("less_equal", [x, y]), g, False))),
+        lambda ad, g, x, y, out: _select(ad, ad.emit("less_equal", [x, y]), g, False)),
+    "fmax": _binary(lambda ad, g, x, y, out: _select(ad, _picks_x(ad, "greater_equal", x, y),
+                                                     g, True),
+                    lambda ad, g, x, y, out: _select(ad, _picks_x(ad, "greater_equal", x, y),
+                                                     g, False)),
+    "fmin": _binary(lambda ad, g, x, y, out: _select(ad, _picks_x(ad, "less_equal", x, y),
+                                                     g, True),
+                    lambda ad, g, x, y, out: _select(ad, _picks_x(ad, "less_equal", x, y),
+                                                     g, False)),
     "hypot": _binary(lambda ad, g, x, y, out: _ratio(ad, g, x, out),
                      lambda ad, g, x, y, out: _ratio(ad, g, y, out)),
     "arctan2": _binary(
         lambda ad, g, y, x, out: _ratio(ad, g, x, _atan2_denominator(ad, y, x)),
         lambda ad, g, y, x, out: ad.negate(
             _ratio(ad, g, y, _atan2_denominator(ad, y, x)))),
-    "logaddexp": _binary(
-        lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp", [ad.emit("subtract", [x, out])])),
-        lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp", [ad.emit("subtract", [y, out])]))),
-    "logaddexp2": _binary(
-        lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp2", [ad.emit("subtract", [x, out])])),
-        lambda ad, g, x, y, out: _mul(ad, g, ad.emit("exp2", [ad.emit("subtract", [y, out])]))),
+    "logaddexp": _binary(_logaddexp_d("exp"),
+                         lambda ad, g, x, y, out: _logaddexp_d("exp")(ad, g, y, x, out)),
+    "logaddexp2": _binary(_logaddexp_d("exp2"),
+                          lambda ad, g, x, y, out: _logaddexp_d("exp2")(ad, g, y, x, out)),
     "remainder": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.negate(
         _mul(ad, g, ad.emit("floor", [ad.emit("divide", [x, y])])))),
     "fmod": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.negate(
