@@ -15,12 +15,13 @@ merge_index %w, %b {names = [w, b], prefix = "ck", writers = [0, 4]}
 barrier {name = merge_index}
 ```
 
-A value saved as a slice of a larger tensor (the save's ``slices``) writes its blocks at
-their place in that tensor. Every distinct block of a saved value is written once, by the
-lowest device id that holds it (a replicated value by device 0); a value listed in the save's
-``as_bf16`` is written through an ``astype`` to bfloat16 (float32 only). The checkpoint ops
-take their operands without pending reductions: propagate-layouts has already put the
-relayout that applies them before the ``save``, and insert-collectives plans it.
+A save of no values has no writers and no writers' barrier: ``merge_index`` commits an index
+listing no tensor. A value saved as a slice of a larger tensor (the save's ``slices``) writes
+its blocks at their place in that tensor. Every distinct block of a saved value is written
+once, by the lowest device id that holds it (a replicated value by device 0); a value listed
+in the save's ``as_bf16`` is written through an ``astype`` to bfloat16 (float32 only). The
+checkpoint ops take their operands without pending reductions: propagate-layouts has already
+put the relayout that applies them before the ``save``, and insert-collectives plans it.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def _expand(func: Function, op: Operation, mesh: MeshShape, infer: InferContext)
             attrs["slices"] = tuple(slices[i] for i in positions)
         b.create_op("save_shard", [stored[i] for i in positions], attrs, loc=op.loc,
                     why=Writes(device, tuple(written), nbytes))
-    b.create_op("barrier", [], {"name": "save_shard"}, loc=op.loc)
+    if plan:  # (a save of nothing has no writers to wait for: its index lists no tensor)
+        b.create_op("barrier", [], {"name": "save_shard"}, loc=op.loc)
     merge: dict[str, object] = {"names": names, "prefix": prefix, "writers": tuple(plan)}
     if op.attrs["slices"]:
         merge["slices"] = slices

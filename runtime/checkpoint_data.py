@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from dtensor_compiler.errors import CheckpointError
-from dtensor_compiler.ir.types import DTYPE_NAMES, LOW_PRECISION_FLOATS, numpy_dtype
 from dtensor_compiler.runtime.checkpoint_index import (
     Box,
     StoredSlice,
     TensorRecord,
     durable_file,
+    stored_dtype,
 )
 from dtensor_compiler.runtime.checksum import crc32
 
@@ -416,17 +416,3 @@ def _read_at(fd: int, into: memoryview, offset: int) -> int:
             break
         got += n
     return got
-
-
-_BY_NUMPY_NAME = {LOW_PRECISION_FLOATS.get(n) or np.dtype(numpy_dtype(n)).name: n
-                  for n in DTYPE_NAMES}
-"""IR dtype names by numpy name (ml_dtypes' by theirs, without importing it)."""
-
-
-def stored_dtype(name: str) -> np.dtype:
-    """The dtype of a numpy dtype name as the index records it (``bfloat16`` included)."""
-    ir_name = _BY_NUMPY_NAME.get(name)
-    if ir_name is None:
-        raise CheckpointError(f"the checkpoint stores dtype {name!r}, which this installation "
-                              "does not have")
-    return numpy_dtype(ir_name)

@@ -28,7 +28,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dtensor_compiler.errors import CheckpointError
+from dtensor_compiler.ir.types import DTYPE_NAMES, LOW_PRECISION_FLOATS, numpy_dtype
 
 FORMAT = "dtensor-compiler-checkpoint"
 VERSION = 1
@@ -126,6 +129,10 @@ class Index:
 
     @staticmethod
     def from_json(text: str, where: str) -> Index:
+        """The index in `text` (the file `where`), checked as far as it can be without its
+        data files: every number a whole number in range, every dtype known, every slice's
+        byte count and checksum count those of its box, every file a plain name the index
+        lists; CheckpointError naming the tensor otherwise."""
         try:
             doc = json.loads(text)
             if doc.get("format") != FORMAT:
@@ -133,25 +140,70 @@ class Index:
             if doc.get("version") != VERSION:
                 raise CheckpointError(f"{where} has version {doc.get('version')}; this "
                                       f"release reads version {VERSION}")
+            files = {_file_name(k, where): _whole(v, f"the size of {k!r}", where)
+                     for k, v in doc["files"].items()}
             tensors = {}
             for name, t in doc["tensors"].items():
-                slices = tuple(
-                    StoredSlice(Box(tuple(map(int, s["start"])), tuple(map(int, s["shape"]))),
-                                str(s["file"]), int(s["offset"]), int(s["nbytes"]),
-                                int(s["chunk_rows"]), tuple(int(c) for c in s["crc32"]))
-                    for s in t["slices"])
-                shape = tuple(int(d) for d in t["shape"])
-                _check_slices(str(name), shape, slices, where)
-                tensors[str(name)] = TensorRecord(
-                    str(t["dtype"]), shape, str(t["layout"]), str(t["mesh"]),
-                    None if t["saved_from"] is None else str(t["saved_from"]), slices)
-            files = {str(k): int(v) for k, v in doc["files"].items()}
-            return Index(int(doc["generation"]), tensors, files)
+                tensors[str(name)] = _record(str(name), t, files, where)
+            return Index(_whole(doc["generation"], "the generation", where), tensors, files)
         except CheckpointError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{where} is not a valid checkpoint index "
                                   f"({type(e).__name__}: {e})") from None
+
+
+def _whole(v: object, what: str, where: str) -> int:
+    """`v` if it is a whole number >= 0 (not a bool, not 0.5), else CheckpointError."""
+    if type(v) is not int or v < 0:
+        raise CheckpointError(f"{where}: {what} is {v!r}, not a whole number >= 0")
+    return v
+
+
+def _file_name(v: object, where: str) -> str:
+    """`v` if it names a file in the index's own directory (no path: nothing outside it)."""
+    if not isinstance(v, str) or not v or v in (".", "..") or "/" in v or "\\" in v:
+        raise CheckpointError(f"{where}: {v!r} is not the name of a data file beside it")
+    return v
+
+
+def _record(name: str, t: dict, files: dict[str, int], where: str) -> TensorRecord:
+    what = f"{where}: tensor {name!r}"
+    saved_from = None if t["saved_from"] is None else str(t["saved_from"])
+    try:
+        dtype = stored_dtype(str(t["dtype"]), name)
+        if saved_from is not None:
+            stored_dtype(saved_from, name)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    if not isinstance(t["shape"], list):
+        raise CheckpointError(f"{what}: its shape is {t['shape']!r}, not a list")
+    shape = tuple(_whole(d, "a dim of its shape", what) for d in t["shape"])
+    slices = []
+    for s in t["slices"]:
+        if not isinstance(s["start"], list) or not isinstance(s["shape"], list):
+            raise CheckpointError(f"{what}: a slice's start and shape are not lists")
+        box = Box(tuple(_whole(a, "a slice's start", what) for a in s["start"]),
+                  tuple(_whole(n, "a slice's extent", what) for n in s["shape"]))
+        file = _file_name(s["file"], what)
+        if file not in files:
+            raise CheckpointError(f"{what}: its slice {box.text()} is in {file!r}, which the "
+                                  "index does not list among its files")
+        nbytes = _whole(s["nbytes"], f"the byte count of slice {box.text()}", what)
+        if nbytes != math.prod(box.shape) * dtype.itemsize:
+            raise CheckpointError(f"{what}: its slice {box.text()} has {nbytes} bytes, not the "
+                                  f"{math.prod(box.shape) * dtype.itemsize} of its box")
+        rows = _whole(s["chunk_rows"], f"the chunk rows of slice {box.text()}", what)
+        crcs = tuple(_whole(c, "a checksum", what) for c in s["crc32"])
+        chunks = 0 if not nbytes else -(-(box.shape[0] if box.shape else 1) // max(rows, 1))
+        if rows < 1 or len(crcs) != chunks:
+            raise CheckpointError(f"{what}: its slice {box.text()} has {len(crcs)} checksums "
+                                  f"in chunks of {rows} rows, not one per chunk")
+        slices.append(StoredSlice(box, file, _whole(s["offset"], "a slice's offset", what),
+                                  nbytes, rows, crcs))
+    _check_slices(name, shape, tuple(slices), where)
+    return TensorRecord(str(t["dtype"]), shape, str(t["layout"]), str(t["mesh"]), saved_from,
+                        tuple(slices))
 
 
 _PARSED: dict[Path, tuple[tuple[int, int, int], Index]] = {}
@@ -300,3 +352,18 @@ def data_files(prefix: str) -> list[Path]:
         return []
     return sorted(p for p in path.parent.iterdir()
                   if p.name.startswith(path.name) and _DATA.fullmatch(p.name[len(path.name):]))
+
+
+_BY_NUMPY_NAME = {LOW_PRECISION_FLOATS.get(n) or np.dtype(numpy_dtype(n)).name: n
+                  for n in DTYPE_NAMES}
+"""IR dtype names by numpy name (ml_dtypes' by theirs, without importing it)."""
+
+
+def stored_dtype(name: str, tensor: str | None = None) -> np.dtype:
+    """The dtype of a numpy dtype name as the index records it (``bfloat16`` included)."""
+    ir_name = _BY_NUMPY_NAME.get(name)
+    if ir_name is None:
+        of = f" for {tensor!r}" if tensor is not None else ""
+        raise CheckpointError(f"the checkpoint stores dtype {name!r}{of}, which this "
+                              "installation does not have")
+    return numpy_dtype(ir_name)

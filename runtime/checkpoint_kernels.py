@@ -45,7 +45,6 @@ from dtensor_compiler.runtime.checkpoint_data import (
     Piece,
     read_box,
     read_stored_slices,
-    stored_dtype,
     write_data_file,
 )
 from dtensor_compiler.runtime.checkpoint_index import (
@@ -57,6 +56,7 @@ from dtensor_compiler.runtime.checkpoint_index import (
     data_file_name,
     load_index,
     next_generation,
+    stored_dtype,
 )
 from dtensor_compiler.runtime.executor import ExecContext, KernelFn
 from dtensor_compiler.runtime.kernels_numpy import NUMPY_KERNELS

@@ -16,6 +16,7 @@ import dtensor_compiler as dtc
 from dtensor_compiler.checkpoint import inspect, progress, writer
 from dtensor_compiler.ir.slice_spec import SliceSpec
 from dtensor_compiler.runtime import checkpoint_data
+from dtensor_compiler.runtime.checkpoint_index import load_index
 
 U = dtc.UNSHARDED
 
@@ -81,8 +82,9 @@ def test_bad_arguments(mesh: dtc.Mesh, tmp_path: Path) -> None:
         dtc.name_based_save(mesh, tmp_path / "ck", {"w": np.zeros(3)})
     with pytest.raises(dtc.LayoutError, match="'w' is on .*x=8.*not on"):
         dtc.name_based_save(mesh, tmp_path / "ck", {"w": put(np.zeros(8), ["x"], other)})
-    with pytest.raises(ValueError, match="names a directory"):
-        dtc.name_based_save(mesh, str(tmp_path) + "/", {"w": put(np.zeros(8), [U], mesh)})
+    for directory in (str(tmp_path) + "/", str(tmp_path) + "/.", str(tmp_path) + "/.."):
+        with pytest.raises(ValueError, match="names a directory"):
+            dtc.name_based_save(mesh, directory, {"w": put(np.zeros(8), [U], mesh)})
     with pytest.raises(TypeError, match="must be a path"):
         dtc.name_based_save(mesh, 3, {})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="names must be non-empty strings"):
@@ -297,6 +299,81 @@ def test_deferred_restore(mesh: dtc.Mesh, tmp_path: Path) -> None:
     assert (np.asarray(plain["layers"][0].w) == 0).all()
     status.run_restore_ops()
     assert (np.asarray(plain["layers"][0].w) == 1).all()
+
+
+def test_a_root_is_tracked_as_it_is_at_each_save_and_restore(mesh: dtc.Mesh,
+                                                              tmp_path: Path) -> None:
+    """Attributes set on `root` after the checkpoint was made are saved, and restored into
+    when they are attached later (an AutoTrackable root notices its assignments)."""
+    source = Model(mesh, 1)
+    ckpt = dtc.DTensorCheckpoint(mesh, root=source)
+    source.head = Layer(mesh, 7)  # after the checkpoint was made
+    path = ckpt.save(tmp_path / "ck")
+    assert "head/w" in ckpt.variables()
+    assert "head/w" in load_index(str(path)).tensors
+
+    class Empty(dtc.AutoTrackable):
+        pass
+
+    target = Empty()
+    status = dtc.DTensorCheckpoint(mesh, root=target).restore(path)
+    target.head = Layer(mesh, 0)
+    target.layers = [Layer(mesh, 0), Layer(mesh, 0)]
+    assert (np.asarray(target.head.w) == 7).all() and (np.asarray(target.layers[1].b) == 2).all()
+    status.assert_consumed()
+
+
+def test_deferred_values_come_from_the_checkpoint_as_it_was_restored(mesh: dtc.Mesh,
+                                                                     tmp_path: Path) -> None:
+    """A value kept for a variable attached later is read when it is attached; if the prefix
+    was saved again in between, that is refused, not mixed in."""
+    dtc.DTensorCheckpoint(mesh, model=Model(mesh, 1)).write(tmp_path / "ck")
+
+    class Empty(dtc.AutoTrackable):
+        pass
+
+    model = Empty()
+    ckpt = dtc.DTensorCheckpoint(mesh, model=model)
+    ckpt.read(tmp_path / "ck")
+    dtc.DTensorCheckpoint(mesh, model=Model(mesh, 5)).write(tmp_path / "ck")
+    with pytest.raises(dtc.CheckpointError, match=r"has been saved again since it was restored "
+                                                  r"\(generation 0, now 1\)"):
+        model.layers = [Layer(mesh, 0), Layer(mesh, 0)]
+    assert (np.asarray(model.layers[0].w) == 0).all()
+
+
+def test_the_counters_name_and_other_meshes_are_refused(mesh: dtc.Mesh, tmp_path: Path) -> None:
+    class Holder(dtc.AutoTrackable):
+        pass
+
+    holder = Holder()
+    holder.save_counter = dtc.DVariable(np.zeros(8, np.float32), layout=dtc.Layout([U], mesh))
+    ckpt = dtc.DTensorCheckpoint(mesh, root=holder)
+    with pytest.raises(ValueError, match="tracked as 'save_counter', which is the checkpoint's "
+                                         "own counter"):
+        ckpt.save(tmp_path / "ck")
+    with pytest.raises(AttributeError, match="cannot set 'save_counter'"):
+        dtc.DTensorCheckpoint(mesh).save_counter = Layer(mesh, 0).w
+    path = dtc.DTensorCheckpoint(mesh, layer=Layer(mesh, 1)).save(tmp_path / "ok")
+    line = dtc.create_mesh([("x", 8)])
+    elsewhere = {"w": dtc.DVariable(np.zeros((8, 16), np.float32),
+                                    layout=dtc.Layout(["x", U], line))}
+    with pytest.raises(ValueError, match=r"layer/w is on mesh<x=8>, the checkpoint on "
+                                         r"mesh<dp=2, tp=4>"):
+        dtc.DTensorCheckpoint(mesh, layer=elsewhere).restore(path)
+
+
+def test_a_save_of_nothing_is_an_empty_checkpoint(mesh: dtc.Mesh, tmp_path: Path) -> None:
+    dtc.name_based_save(mesh, tmp_path / "a", {})
+    assert dtc.name_based_restore(mesh, tmp_path / "a", {}) == {}
+    dtc.sharded_save(mesh, tmp_path / "b", [], [], [])
+    handle = dtc.name_based_save(mesh, tmp_path / "c", {}, blocking=False)
+    assert handle is not None
+    handle.result()
+    assert dtc.DTensorCheckpoint(mesh).write(tmp_path / "d") == str(tmp_path / "d")
+    for name in "abcd":
+        assert load_index(str(tmp_path / name)).tensors == {}
+    assert "merge_index" in dtc.lower_name_based_save(mesh, tmp_path / "e", {}).ir()
 
 
 def test_checkpoint_tracking_errors(mesh: dtc.Mesh, tmp_path: Path) -> None:

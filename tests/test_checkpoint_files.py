@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -140,6 +141,37 @@ def test_overlapping_slices_in_an_index_are_refused(mesh: dtc.Mesh, tmp_path: Pa
         restore(mesh, tmp_path / "ck", data)
     done = dtc_cli("verify", str(tmp_path / "ck"))
     assert done.returncode == 1 and "overlap" in done.stderr
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("chunk_rows", -1, r"the chunk rows of slice \[0:4, 0:4\] is -1, not a whole number"),
+    ("chunk_rows", 0, r"has 1 checksums in chunks of 0 rows, not one per chunk"),
+    ("chunk_rows", 1, r"has 1 checksums in chunks of 1 rows, not one per chunk"),
+    ("offset", -8, r"a slice's offset is -8"),
+    ("start", [0.5, 0], r"a slice's start is 0\.5"),
+    ("nbytes", 4, r"has 4 bytes, not the 64 of its box"),
+    ("file", "../../elsewhere.safetensors", r"is not the name of a data file beside it"),
+    ("file", "ck.7.data-00000.safetensors", r"which the index does not list among its files"),
+    ("dtype", "float33", r"stores dtype 'float33' for 'w'"),
+])
+def test_an_index_that_contradicts_itself_is_refused_by_restore_and_verify(
+        mesh: dtc.Mesh, tmp_path: Path, field: str, value: object, message: str) -> None:
+    """Every field of a slice (and a tensor's dtype) is checked before any byte is read:
+    a negative chunk size made the restore skip its rows, leaving them unwritten, and
+    verify call the checkpoint sound."""
+    data = saved(mesh, tmp_path / "ck")
+    path = tmp_path / "ck.index.json"
+    index = json.loads(path.read_text())
+    w = index["tensors"]["w"]
+    if field == "dtype":
+        w["dtype"] = value
+    else:
+        next(s for s in w["slices"] if s["start"] == [0, 0])[field] = value
+    path.write_text(json.dumps(index))
+    with pytest.raises(dtc.CheckpointError, match=f"ck.index.json: .*{message}"):
+        restore(mesh, tmp_path / "ck", data)
+    done = dtc_cli("verify", str(tmp_path / "ck"))
+    assert done.returncode == 1 and re.search(message, done.stderr), done.stderr
 
 
 def test_export_refuses_a_tensor_named_metadata(mesh: dtc.Mesh, tmp_path: Path) -> None:
@@ -317,6 +349,22 @@ def test_dtc_ckpt_ls_verify_export(mesh: dtc.Mesh, tmp_path: Path) -> None:
     failed = dtc_cli("export", str(tmp_path / "ck"), str(tmp_path / "again.safetensors"))
     assert failed.returncode == 1 and "is corrupt" in failed.stderr
     assert not list(tmp_path.glob("*again*"))  # nothing half-written
+
+
+def test_dtc_ckpt_export_paths(mesh: dtc.Mesh, tmp_path: Path) -> None:
+    """A file export makes its missing parents as a directory export does; an OUT that
+    names no file is a usage error; an existing directory is refused before anything is
+    written."""
+    data = saved(mesh, tmp_path / "ck")
+    nested = tmp_path / "new" / "dirs" / "all.safetensors"
+    done = dtc_cli("export", str(tmp_path / "ck"), str(nested))
+    assert done.returncode == 0, done.stderr
+    assert load_file(nested)["w"].tobytes() == data["w"].tobytes()
+    root = dtc_cli("export", str(tmp_path / "ck"), "/")
+    assert root.returncode == 2 and "cannot export to '/'" in root.stderr, root.stderr
+    taken = dtc_cli("export", str(tmp_path / "ck"), str(tmp_path))
+    assert taken.returncode == 1 and "already exists" in taken.stderr
+    assert not list(tmp_path.glob(".*tmp-*"))
 
 
 def test_dtc_ckpt_usage_errors(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from dtensor_compiler.runtime.checkpoint_data import (
     SAFETENSORS_DTYPES,
     read_box,
     read_stored_slices,
-    stored_dtype,
     write_streamed,
 )
 from dtensor_compiler.runtime.checkpoint_index import (
@@ -36,6 +35,7 @@ from dtensor_compiler.runtime.checkpoint_index import (
     fsync_directory,
     index_path,
     load_index,
+    stored_dtype,
     write_durably,
 )
 
@@ -123,8 +123,10 @@ def _size(t: TensorRecord) -> int:
 
 def export(prefix: str, out: str, max_shard_bytes: int | None = None) -> list[Path]:
     """Write the checkpoint as plain safetensors at `out`: one file when `out` ends in
-    ``.safetensors``, else a directory of shards of at most `max_shard_bytes` each (a tensor
-    larger than that gets a shard of its own) with its index. Returns the files written."""
+    ``.safetensors`` (replaced if it exists), else a new directory of shards of at most
+    `max_shard_bytes` each (a tensor larger than that gets a shard of its own) with its
+    index; missing parent directories are made. Returns the files written. ValueError for
+    an `out` that names no file (``/``, ``.``), CheckpointError for a directory that exists."""
     index = load_index(prefix)
     directory = index_path(prefix).parent
     for name, t in index.tensors.items():
@@ -133,10 +135,16 @@ def export(prefix: str, out: str, max_shard_bytes: int | None = None) -> list[Pa
                                   "safetensors reserves that key")
         if t.dtype not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{name}: dtype {t.dtype} has no safetensors code")
-    target = Path(out)
+    target = Path(out).absolute()
+    if not target.name or target.name in (".", ".."):
+        raise ValueError(f"cannot export to {out!r}: give a new directory or a .safetensors "
+                         "file")
     if target.suffix == ".safetensors":
+        target.parent.mkdir(parents=True, exist_ok=True)
         _write_file(target, directory, index, sorted(index.tensors))
         return [target]
+    if target.exists():
+        raise CheckpointError(f"{target} already exists; export into a new directory")
     groups: list[list[str]] = [[]]
     size = 0
     limit = max_shard_bytes or (2 << 30)

@@ -31,8 +31,7 @@ from dtensor_compiler.ir.slice_spec import SliceSpec, placement
 from dtensor_compiler.ir.types import dtype_name, numpy_dtype
 from dtensor_compiler.layout import Layout
 from dtensor_compiler.mesh import Mesh
-from dtensor_compiler.runtime.checkpoint_data import stored_dtype
-from dtensor_compiler.runtime.checkpoint_index import Box, load_index
+from dtensor_compiler.runtime.checkpoint_index import Box, load_index, stored_dtype
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.variable import DVariable
 
@@ -45,7 +44,7 @@ def as_prefix(prefix: PathLike, what: str) -> str:
         raise TypeError(f"{what}: the checkpoint prefix must be a path, got "
                         f"{type(prefix).__name__}")
     text = os.fspath(prefix)
-    if not text or text.endswith(("/", os.sep)):
+    if not text or text.endswith(("/", os.sep)) or os.path.basename(text) in (".", ".."):
         raise ValueError(f"{what}: the checkpoint prefix {text!r} names a directory; give a "
                          "path inside it, like 'ckpt/model'")
     return text

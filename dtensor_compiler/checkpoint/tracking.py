@@ -1,11 +1,11 @@
 """`DTensorCheckpoint`: object-based checkpoints of the DVariables an object graph holds.
 
-What is tracked: the keyword arguments (and, with `root`, that object's attributes), and
-below each, recursively, dict values, list and tuple items and object attributes. A
-`DVariable` is saved under its path from the checkpoint, keys joined by ``/``
-(``model/layers/0/w``); a variable reachable by two paths is saved once, under the first in
-the order the walk meets them (arguments as given, then insertion order). Values that are
-neither DVariables nor containers of them are not tracked.
+What is tracked: the keyword arguments (and, with `root`, that object's attributes as they are
+at each save or restore), and below each, recursively, dict values, list and tuple items and
+object attributes. A `DVariable` is saved under its path from the checkpoint, keys joined by
+``/`` (``model/layers/0/w``); a variable reachable by two paths is saved once, under the first
+in the order the walk meets them (root's attributes, then the arguments as given, then
+insertion order). Values that are neither DVariables nor containers of them are not tracked.
 
 `save(prefix)` adds one to `save_counter` (itself saved, as ``save_counter``), writes the
 checkpoint ``prefix-N`` and records it in the state file ``checkpoint`` of its directory, which
@@ -14,10 +14,13 @@ restores without expecting it; `restore` restores it too.
 
 Deferred restore: the values of a restore that no tracked variable takes yet are kept, and a
 variable attached later takes its value when it is attached to the checkpoint itself
-(``ckpt.layer = obj``) or to an `AutoTrackable` object that the checkpoint has already walked
-(``model.head = Head()``, with ``Model(dtc.AutoTrackable)``); `LoadStatus.run_restore_ops()`
-applies them to whatever is attached by other means. The load status is live: its assertions
-look at the objects as they are when called.
+(``ckpt.layer = obj``), to an `AutoTrackable` root, or to an `AutoTrackable` object that the
+checkpoint has already walked (``model.head = Head()``, with ``Model(dtc.AutoTrackable)``);
+`LoadStatus.run_restore_ops()` applies them to whatever is attached by other means. They are
+read then, from the checkpoint as it was restored: if its prefix has been saved again since,
+a CheckpointError says so (nothing of another generation is ever mixed in). The load status
+is live: its assertions look at the objects as they are when called. The name
+``save_counter`` is the checkpoint's own: a variable tracked under it is refused.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class AutoTrackable:
     def __setattr__(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)
         for ckpt, path in list(_attached_at(self)):
-            ckpt._attach(f"{path}/{name}", value)
+            ckpt._attach(f"{path}/{name}" if path else name, value)  # ("": a root)
 
 
 _ATTACHED: weakref.WeakKeyDictionary[object, list[tuple[weakref.ref[DTensorCheckpoint],
@@ -92,6 +95,8 @@ def _walk(roots: Mapping[str, object], ckpt: DTensorCheckpoint,
     variables get the same path (``{"a/b": v, "a": {"b": w}}``)."""
     out: dict[str, DVariable] = {}
     seen: set[int] = set() if root is None else {id(root)}
+    if isinstance(root, AutoTrackable):
+        _note_attached(root, ckpt, "")
 
     def visit(path: str, obj: object) -> None:
         if id(obj) in seen:
@@ -104,16 +109,23 @@ def _walk(roots: Mapping[str, object], ckpt: DTensorCheckpoint,
             out[path] = obj
             return
         if isinstance(obj, AutoTrackable):
-            places = _ATTACHED.setdefault(obj, [])
-            if not any(r() is ckpt and p == path for r, p in places):
-                places.append((weakref.ref(ckpt), path))
+            _note_attached(obj, ckpt, path)
         for key, child in _children(obj):
             if _trackable(child):
                 visit(f"{path}/{key}", child)
 
     for name, value in roots.items():
         visit(name, value)
+    if COUNTER in out:
+        raise ValueError(f"a variable is tracked as {COUNTER!r}, which is the checkpoint's own "
+                         "counter; rename it")
     return out
+
+
+def _note_attached(obj: AutoTrackable, ckpt: DTensorCheckpoint, path: str) -> None:
+    places = _ATTACHED.setdefault(obj, [])
+    if not any(r() is ckpt and p == path for r, p in places):
+        places.append((weakref.ref(ckpt), path))
 
 
 def _trackable(obj: object) -> bool:
@@ -133,9 +145,11 @@ class DTensorCheckpoint:
 
     _mesh: Mesh
     _tracked: dict[str, object]
-    """The tracked objects by name: `root`'s attributes and the keyword arguments."""
-    _pending: dict[str, str]
-    """Deferred values: checkpoint name -> the prefix of the restore it came from."""
+    """The tracked objects by name: the keyword arguments and what was attached since
+    (`root`'s attributes are read from it each time)."""
+    _pending: dict[str, tuple[str, int]]
+    """Deferred values: checkpoint name -> the prefix and generation of the restore it came
+    from."""
     _counter: DVariable | None
     _root: object | None
 
@@ -154,9 +168,6 @@ class DTensorCheckpoint:
                 if hasattr(root, name) and getattr(root, name) is not value:
                     raise ValueError(f"root.{name} and the keyword argument {name!r} are "
                                      "different objects; a checkpoint tracks one per name")
-            for name, value in _children(root):
-                if _trackable(value):
-                    self._tracked[name] = value
         for name, value in kwargs.items():
             if name == COUNTER:
                 raise ValueError(f"{COUNTER!r} is the checkpoint's own counter")
@@ -168,21 +179,31 @@ class DTensorCheckpoint:
 
     # -- the tracked graph ---------------------------------------------------------------------
     def __setattr__(self, name: str, value: object) -> None:
-        if name.startswith("_") or not _trackable(value):
+        if name.startswith("_") or name == COUNTER or not _trackable(value):
             raise AttributeError(f"cannot set {name!r} on a DTensorCheckpoint: attach "
-                                 "DVariables, containers of them or objects holding them")
+                                 "DVariables, containers of them or objects holding them "
+                                 f"({COUNTER!r} is the checkpoint's own)")
         self._tracked[name] = value
         self._attach(name, value)
 
     def __getattr__(self, name: str) -> object:
-        tracked = object.__getattribute__(self, "_tracked")
+        tracked = object.__getattribute__(self, "_roots")()
         if name in tracked:
             return tracked[name]
         raise AttributeError(f"DTensorCheckpoint has no attribute {name!r}")
 
+    def _roots(self) -> dict[str, object]:
+        """What is tracked by name: `root`'s trackable attributes as they are now, then the
+        keyword arguments and what was attached to the checkpoint."""
+        roots: dict[str, object] = {}
+        if self._root is not None:
+            roots.update((k, v) for k, v in _children(self._root) if _trackable(v))
+        roots.update(self._tracked)
+        return roots
+
     def variables(self) -> dict[str, DVariable]:
         """Every tracked DVariable by its checkpoint name, in walk order."""
-        return _walk(self._tracked, self, self._root)
+        return _walk(self._roots(), self, self._root)
 
     @property
     def save_counter(self) -> DVariable:
@@ -200,10 +221,7 @@ class DTensorCheckpoint:
         variables = self.variables()
         if with_counter:
             variables = {**variables, COUNTER: self.save_counter}
-        for name, v in variables.items():
-            if v.mesh != self._mesh:
-                raise ValueError(f"{name} is on {v.mesh.short_text()}, the checkpoint on "
-                                 f"{self._mesh.short_text()}")
+        self._check_meshes(variables)
         return [SaveEntry(name, v.read_value(), as_bf16=v.save_as_bf16)
                 for name, v in variables.items()]
 
@@ -250,18 +268,26 @@ class DTensorCheckpoint:
             return LoadStatus(self, frozenset())
         prefix = as_prefix(save_path, "DTensorCheckpoint.restore")
         writer.wait_for_saves()
-        stored = frozenset(load_index(prefix).tensors)
+        index = load_index(prefix)
+        stored = frozenset(index.tensors)
         variables = self.variables()
         if with_counter and COUNTER in stored:
             variables[COUNTER] = self.save_counter
         present = {n: v for n, v in variables.items() if n in stored}
+        self._check_meshes(present)
         templates = {n: v.read_value() for n, v in present.items()}
         for name, value in run_restore(self._mesh, prefix, templates, progress).items():
             present[name].assign(value)
         self._pending.clear()
         for name in stored - set(present) - {COUNTER}:
-            self._pending[name] = prefix
+            self._pending[name] = (prefix, index.generation)
         return LoadStatus(self, stored - {COUNTER})
+
+    def _check_meshes(self, variables: Mapping[str, DVariable]) -> None:
+        for name, v in variables.items():
+            if v.mesh != self._mesh:
+                raise ValueError(f"{name} is on {v.mesh.short_text()}, the checkpoint on "
+                                 f"{self._mesh.short_text()}")
 
     def _attach(self, path: str, value: object) -> None:
         """Give the variables of a `value` newly attached at `path` their pending restored
@@ -272,11 +298,19 @@ class DTensorCheckpoint:
                 self._apply_pending(found)
 
     def _apply_pending(self, variables: Mapping[str, DVariable]) -> None:
-        by_prefix: dict[str, dict[str, DVariable]] = {}
+        by_prefix: dict[tuple[str, int], dict[str, DVariable]] = {}
         for name, v in variables.items():
             if name in self._pending:
                 by_prefix.setdefault(self._pending[name], {})[name] = v
-        for prefix, group in by_prefix.items():
+        for (prefix, generation), group in by_prefix.items():
+            self._check_meshes(group)
+            writer.wait_for_saves()
+            now = load_index(prefix).generation
+            if now != generation:
+                raise CheckpointError(
+                    f"{prefix} has been saved again since it was restored (generation "
+                    f"{generation}, now {now}): the values kept for {', '.join(sorted(group))} "
+                    "are gone; restore it again")
             restored = run_restore(self._mesh, prefix,
                                    {n: v.read_value() for n, v in group.items()}, None)
             for name, value in restored.items():

@@ -90,7 +90,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     _check_prefix(args.prefix)
-    files = inspect.export(args.prefix, args.out, args.max_shard_size)
+    try:
+        files = inspect.export(args.prefix, args.out, args.max_shard_size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     for f in files:
         print(f)
     return EXIT_OK
