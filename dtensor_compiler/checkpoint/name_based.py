@@ -295,7 +295,8 @@ def name_based_restore(mesh: Mesh, checkpoint_prefix: PathLike,
 
 def enable_save_as_bf16(variables: Sequence[DVariable]) -> None:
     """Store these float32 DVariables as bfloat16 in every later checkpoint (restored back to
-    float32); other dtypes are left as they are, as in the reference."""
+    float32); other dtypes are left as they are, as in the reference. A compiled function's
+    `dtc.save` sees arrays, not the variables they came from: it stores them as they are."""
     for v in variables:
         if not isinstance(v, DVariable):
             raise TypeError(f"enable_save_as_bf16 expects DVariables, got {type(v).__name__}")
