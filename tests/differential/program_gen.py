@@ -105,7 +105,7 @@ def programs(draw) -> Program:
                                      "triangle", "sort", "norm", "cumprod", "complex_parts",
                                      "mT", "einsum3", "more_ufuncs", "prod",
                                      "relayout_like", "linear", "rmsnorm", "argmax_kept",
-                                     "batched_matmul", "repeat"]))
+                                     "batched_matmul", "repeat", "power"]))
         if kind == "repeat" and prog.steps:
             # an earlier step computed again and added to itself: the tracer records its ops
             # twice, equal ones (simplify merges them; the derivative flows through both)
@@ -122,9 +122,14 @@ def programs(draw) -> Program:
             add(f"np.{name}({x} * 0.1)", lambda e, x=x, f=f: f(e[x] * 0.1), s)
         elif kind == "binary":
             y = draw(st.sampled_from(sorted(n for n, t in shapes.items() if t == s)))
-            op = draw(st.sampled_from(["add", "subtract", "multiply", "maximum"]))
+            op = draw(st.sampled_from(["add", "subtract", "multiply", "maximum", "fmin",
+                                       "logaddexp"]))
             f = getattr(np, op)
             add(f"np.{op}({x}, {y})", lambda e, x=x, y=y, f=f: f(e[x], e[y]), s)
+        elif kind == "power":  # an array exponent: the derivative in both operands
+            y = draw(st.sampled_from(sorted(n for n, t in shapes.items() if t == s)))
+            add(f"np.power(np.abs({x}) + 0.5, {y} * 0.5)",
+                lambda e, x=x, y=y: np.power(np.abs(e[x]) + 0.5, e[y] * 0.5), s)
         elif kind == "scalar":
             c = draw(st.sampled_from([0.5, 2.0, -1.5]))
             add(f"{x} * {c} + 1", lambda e, x=x, c=c: e[x] * c + 1, s)
