@@ -250,6 +250,24 @@ def test_opt_unknown_pass_and_missing_file() -> None:
     assert error_line(done) == "dtc: error: missing.dtir: no such file"
 
 
+def test_opt_input_that_is_not_utf8_is_bad_usage(tmp_path: Path) -> None:
+    (tmp_path / "latin1.dtir").write_bytes(IR.encode() + b"// caf\xe9\n")
+    done = dtc("opt", str(tmp_path / "latin1.dtir"))
+    assert done.returncode == 2
+    assert "latin1.dtir: not UTF-8 text (byte" in error_line(done)
+
+
+def test_a_function_named_beyond_ascii_dumps_ir_that_parses(tmp_path: Path) -> None:
+    """IR names are ASCII (the grammar's): `scalé` is traced as `scal`."""
+    (tmp_path / "uni.py").write_text("import numpy as np\nimport dtensor_compiler as dtc\n\n"
+                                     "@dtc.compile\ndef scalé(x):\n    return x * 2\n",
+                                     encoding="utf-8")
+    dumped = dtc("dump", f"{tmp_path / 'uni.py'}:scalé", "--shapes", "8")
+    assert dumped.returncode == 0, dumped.stderr
+    assert "func @scal(" in dumped.stdout
+    assert dtc("opt", "-", stdin=dumped.stdout).returncode == 0
+
+
 # -- explain --------------------------------------------------------------------------------
 
 

@@ -131,6 +131,10 @@ def error_at(text: str) -> IRParseError:
     ("mesh<dp=2, tp=4>", "mesh<dp=2, dp=4>", 1, 12, "mesh dim 'dp' appears twice"),
     ("mesh<dp=2, tp=4>", "mesh<dp=2, tp=0>", 1, 15, "mesh dim 'tp' must have a positive size"),
     ("func @mlp", "func mlp", 2, 6, "unexpected name 'mlp', expected '@'"),
+    ('loc("mlp.py":7)', 'loc("ml\\qp.py":7)', 3, 54, 'bad string "ml\\qp.py": Invalid \\escape'),
+    ("axis = 1", 'axis = 1, note = "a\tb"', 5, 58, "Invalid control character"),
+    ("axis = 1", "axis = 1, deep = " + "[" * 40 + "]" * 40, 5, 51,
+     "attribute 'deep' nests lists deeper than 32"),
 ])
 def test_malformed_text_is_reported_at_its_line_and_column(
         old: str, new: str, line: int, column: int, message: str) -> None:
@@ -141,6 +145,12 @@ def test_malformed_text_is_reported_at_its_line_and_column(
     assert message in str(error)
     assert error.context == text.split("\n")[line - 1]
     assert f"\n  {error.context}\n  {' ' * (column - 1)}^" in str(error)
+
+
+def test_text_written_with_crlf_line_ends_is_the_same_module() -> None:
+    crlf = parse_module(MLP.replace("\n", "\r\n"))
+    assert print_module(crlf, locations=True) == print_module(parse_module(MLP), locations=True)
+    assert crlf.main.ops[2].why == Written("out_layouts[0]")
 
 
 def test_end_of_text_is_reported_after_the_last_line() -> None:

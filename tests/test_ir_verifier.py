@@ -96,6 +96,10 @@ TEXT_FAULTS = [
      "%5 = all_to_all %4 {mesh_dims = [tp], split_axis = 0} : f32[8,16] @ {tp, -}",
      "all_to_all is missing attribute 'concat_axis'"),
     ("%8 = add %2, %7 : f32[8,16]", "%8 = add %2 : f32[8,16]", "add takes 2 operands, has 1"),
+    ("%9 = multiply %8, %8 : f32[8,16]", "%9 = full {value = 300} : i8[8,16]",
+     "full: full value 300 does not fit i8"),
+    ("%9 = multiply %8, %8 : f32[8,16]", "%9 = full {value = nan} : i32[8,16]",
+     "full: full value nan does not fit i32"),
 ]
 
 
@@ -273,3 +277,41 @@ def test_an_op_has_the_registered_result_count() -> None:
     text = fault(module)
     assert "matmul has 1 result(s), not 0" in text
     assert ">   matmul %x, %w" in text
+
+
+NESTED_KERNELS = """\
+mesh<x=2> local entry @f
+func @f(%a: f32[4,6] @ {x, -}) -> (f32[4,6] @ {x, -}) {
+  %0 = kernel %a {body = g} : f32[4,6] @ {x, -}
+  return %0
+}
+
+func @g(%a: f32[4,6] @ {x, -}) -> (f32[4,6] @ {x, -}) {
+  %0 = kernel %a {body = h} : f32[4,6] @ {x, -}
+  return %0
+}
+
+func @h(%a: f32[4,6] @ {x, -}) -> (f32[4,6] @ {x, -}) {
+  %0 = exp %a : f32[4,6] @ {x, -}
+  return %0
+}
+"""
+
+
+def test_a_kernel_body_runs_no_function_itself() -> None:
+    """The executor runs a body on its own: one that runs another (or itself, through a
+    cycle) could not run."""
+    assert "kernel runs @g, which runs another function itself (kernel)" in fault(
+        parse_module(NESTED_KERNELS))
+    verify_module(parse_module(NESTED_KERNELS.replace("kernel %a {body = h}", "exp %a")))
+
+
+def test_checkpoint_ops_name_devices_of_the_mesh() -> None:
+    text = """\
+mesh<dp=2> local entry @save
+func @save(%w: f32[4] @ {dp}) -> () {
+  save_shard %w {device = 7, names = [w], prefix = "ck"}
+  return
+}
+"""
+    assert "save_shard: device 7 is not one of the mesh's 2" in fault(parse_module(text))

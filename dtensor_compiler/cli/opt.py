@@ -53,12 +53,16 @@ def stage_index(pm: PassManager, stage: str) -> int:
 
 
 def read_input(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
-    path = Path(name)
-    if not path.is_file():
-        raise UsageError(f"{name}: no such file")
-    return path.read_text(encoding="utf-8")
+    try:
+        if name == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"{name}: no such file")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        where = "<stdin>" if name == "-" else name
+        raise UsageError(f"{where}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -77,6 +77,7 @@ _TERMINAL_WORDS = {
 
 def parse_module(text: str) -> Module:
     """Parse IR text (as written by `print_module`) into a new `Module`."""
+    text = text.replace("\r\n", "\n")  # (a file written on Windows: the same module)
     try:
         with collector_paused():
             syntax = _lark().parse(text, start="start")
@@ -283,13 +284,16 @@ class _Syntax(Transformer):
 
     def attr(self, key: Token, value: Attr | _Dense | _DenseHex
              ) -> tuple[Token, Attr | _Dense | _DenseHex]:
+        if _depth(value) > MAX_LIST_DEPTH:
+            raise _Fault(f"attribute {str(key)!r} nests lists deeper than {MAX_LIST_DEPTH}",
+                         key)
         return key, value
 
     def dense(self, at: Token, value: object) -> _Dense:
         return _Dense(value, at)
 
     def dense_hex(self, at: Token, data: Token) -> _DenseHex:
-        return _DenseHex(json.loads(data), at)
+        return _DenseHex(_unquote(data), at)
 
     def int_value(self, tok: Token) -> int:
         return int(tok)
@@ -316,10 +320,36 @@ class _Syntax(Transformer):
         return str(tok)
 
     def quoted_string(self, tok: Token) -> str:
-        return json.loads(tok)
+        return _unquote(tok)
 
     def list_value(self, *items: Attr) -> tuple:
         return items
+
+
+MAX_LIST_DEPTH = 32
+"""How deep attribute lists may nest (no op has more than two levels; far deeper ones would
+overflow the recursion of whatever prints or checks them)."""
+
+
+def _depth(value: object) -> int:
+    """How deep `value` nests lists (0 for a scalar), level by level: no recursion, and no
+    further than one past MAX_LIST_DEPTH."""
+    depth, level = 0, [value]
+    while depth <= MAX_LIST_DEPTH:
+        lists = [v for v in level if isinstance(v, tuple)]
+        if not lists:
+            break
+        depth += 1
+        level = [item for items in lists for item in items]
+    return depth
+
+
+def _unquote(tok: Token) -> str:
+    """The text of a quoted STRING token (JSON's escapes), or a fault at it."""
+    try:
+        return json.loads(tok)
+    except json.JSONDecodeError as e:
+        raise _Fault(f"bad string {str(tok)[:40]}: {e.msg}", tok) from None
 
 
 _VALUE = re.compile(r"%[A-Za-z0-9_]+")
@@ -370,7 +400,9 @@ def _location(tok: Token | None) -> Location | None:
     if tok is None:
         return None
     file, _, line = tok.lstrip()[len("loc("):-1].rpartition(":")
-    return Location(json.loads(file), int(line))
+    quote = (tok.column or 1) + str(tok).index('"')
+    return Location(_unquote(Token("STRING", file.strip(), line=tok.line, column=quote)),
+                    int(line))
 
 
 def _why(tok: Token | None) -> Written | None:

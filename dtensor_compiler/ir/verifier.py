@@ -59,6 +59,14 @@ def verify_module(module: Module, after: str | None = None) -> None:
             raise VerificationError(_report(func, broken, after), source) from None
 
 
+def _calls(op: Operation) -> bool:
+    """Whether `op` runs another function (an unknown op does not: its own check says so)."""
+    try:
+        return opdef.lookup(op.name).calls is not None
+    except KeyError:
+        return False
+
+
 class _Broken(Exception):
     """A broken invariant at one printed line of the function (0 is its header)."""
 
@@ -159,6 +167,10 @@ class _FunctionVerifier:
         if body is self.func or name == self.module.entry:
             raise _Broken(f"{op.name} runs @{name}, the function it is in or the entry",
                           line, op)
+        nested = next((o for o in body.ops if _calls(o)), None)
+        if nested is not None:
+            raise _Broken(f"{op.name} runs @{name}, which runs another function itself "
+                          f"({nested.name}): a body runs no function", line, op)
         if len(body.args) != len(op.operands) or len(body.results) != len(op.results):
             raise _Broken(f"{op.name} passes {len(op.operands)} operands for the "
                           f"{len(body.args)} arguments of @{name} and has {len(op.results)} "

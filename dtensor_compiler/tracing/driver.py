@@ -32,7 +32,7 @@ from dtensor_compiler.tracing.tracer import TracedArray, unwrap
 def function_name(fn: Callable) -> str:
     """An IR-safe name for `fn`: ``<lambda>`` becomes ``lambda``."""
     raw = getattr(fn, "__name__", type(fn).__name__)
-    name = re.sub(r"\W+", "_", raw).strip("_") or "fn"
+    name = re.sub(r"\W+", "_", raw, flags=re.ASCII).strip("_") or "fn"  # (IR names: ASCII)
     return "fn_" + name if name[0].isdigit() else name
 
 

@@ -71,6 +71,11 @@ def _named_values(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[Ten
     for text, t in zip(slices, ts):
         local = ctx.level is not Level.GLOBAL
         slice_spec.placement(text, t.global_shape(ctx.mesh) if local else t.shape)
+    devices = ctx.mesh.num_devices
+    writers = attrs.get("writers")
+    for device in (attrs.get("device"), *(writers if isinstance(writers, tuple) else ())):
+        if isinstance(device, int) and not 0 <= device < devices:
+            raise ValueError(f"device {device} is not one of the mesh's {devices}")
     return []
 
 

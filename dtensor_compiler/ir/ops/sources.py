@@ -7,6 +7,7 @@ In localized IR a ``constant`` keeps its global value, which the runtime splits 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -76,7 +77,30 @@ def _full_value(op: Operation) -> np.ndarray:
     return np.broadcast_to(scalar, op.type.shape)  # a view: large splats cost no memory
 
 
-FULL = register(OpDef(name="full", operands=0, infer=_declared,
+def _full(ts: Sequence[TensorType], attrs: Attrs, declared: Sequence[TensorType],
+          ctx: InferContext) -> list[ResultSig]:
+    """The declared type; its dtype must hold the value exactly where it is an integer or
+    bool (a float dtype rounds it, as numpy does)."""
+    target = declared_type(declared)
+    value = attrs["value"]
+    dtype = numpy_dtype(target.dtype)
+    if dtype.kind in "biu":
+        whole = isinstance(value, (bool, int)) or (
+            isinstance(value, float) and math.isfinite(value) and value.is_integer())
+        if not whole:
+            fits = False
+        elif dtype.kind == "b":
+            fits = value in (0, 1)
+        else:
+            assert isinstance(value, (bool, int, float))
+            info = np.iinfo(dtype)
+            fits = info.min <= int(value) <= info.max
+        if not fits:
+            raise ValueError(f"full value {value!r} does not fit {target.dtype}")
+    return [(target.dtype, target.shape)]
+
+
+FULL = register(OpDef(name="full", operands=0, infer=_full,
                       attrs=(AttrSpec("value", AttrKind.SCALAR),), declared_type=True,
                       sharding=SOURCE_RULE, folds=False, value=_full_value))
 """Every element is `value`."""
