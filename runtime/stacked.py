@@ -65,10 +65,12 @@ def block_index(mesh_dims: Sequence[str], mesh: MeshShape) -> np.ndarray:
 
 
 def reduction_identity(op: str, dtype: np.dtype) -> np.generic:
-    """The element `x` with ``op(x, y) == y`` for every `y` of `dtype`."""
+    """The element `x` with ``op(x, y) == y`` for every `y` of `dtype`: for a float sum
+    -0.0, since ``0.0 + -0.0`` is ``0.0`` (a -0.0 held by one device of a pending sum would
+    come back +0.0)."""
     dtype = np.dtype(dtype)
     if op == "sum":
-        return dtype.type(0)
+        return -dtype.type(0) if is_floating(dtype) or dtype.kind == "c" else dtype.type(0)
     if op == "prod":
         return dtype.type(1)
     if op not in ("max", "min"):
@@ -90,8 +92,13 @@ def reduction_identity(op: str, dtype: np.dtype) -> np.generic:
 
 def reduce_mesh_axes(x: np.ndarray, mesh_dims: Sequence[str], op: str, mesh: MeshShape
                      ) -> np.ndarray:
-    """Apply reduction `op` over the mesh axes of `mesh_dims`, keeping them with extent 1."""
+    """Apply reduction `op` over the mesh axes of `mesh_dims`, keeping them with extent 1.
+    A float sum starts from -0.0 (numpy's starts from 0.0, which turns the -0.0 one device
+    holds into 0.0)."""
     axes = tuple(sorted(mesh.index(m) for m in mesh_dims))
+    if op == "sum" and (is_floating(x.dtype) or x.dtype.kind == "c"):
+        return np.add.reduce(x, axis=axes, dtype=x.dtype, keepdims=True,
+                             initial=reduction_identity(op, x.dtype))
     return REDUCE_UFUNCS[op].reduce(x, axis=axes, dtype=x.dtype, keepdims=True)
 
 

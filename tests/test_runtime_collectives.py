@@ -201,3 +201,20 @@ def test_local_slice_moves_no_data() -> None:
     x = to_stacked(np.arange(32.0).reshape(8, 4), s, MESH_2x4)
     sliced = run("local_slice", x, {"mesh_dims": ("x", "y"), "axis": 0}, s, MESH_2x4)
     assert np.shares_memory(sliced, x)
+
+
+def test_a_negative_zero_survives_a_pending_sum() -> None:
+    """Indexing along a sharded dim leaves a pending sum of the owner's element and every
+    other device's identity: -0.0, since 0.0 + -0.0 is 0.0 (numpy's own sum starts from
+    0.0, so the reduction over devices starts from -0.0)."""
+    import dtensor_compiler as dtc
+
+    mesh = dtc.create_mesh([("x", 8)])
+    a = np.full((3, 5), -0.0)
+    for fn, specs in ((lambda a: a[:, 3], [dtc.UNSHARDED, "x"]),
+                      (lambda a: np.take(a, np.array([4, 0]), axis=1), [dtc.UNSHARDED, "x"]),
+                      (lambda a: a[1], ["x", dtc.UNSHARDED])):
+        got = np.asarray(dtc.compile(fn, in_layouts=dtc.Layout(specs, mesh))(a))
+        assert np.signbit(got).all(), fn
+    pending = dtc.Layout([dtc.UNSHARDED], dtc.create_mesh([("x", 4)]), partial={"x": "sum"})
+    assert np.signbit(np.asarray(dtc.copy_to_mesh(np.full(4, -0.0), pending))).all()

@@ -780,3 +780,33 @@ def test_a_reused_constant_is_one_op_per_line_and_keeps_a_nans_sign():
         got = [np.asarray(v) for v in compiled(x)]
         for g, want in zip(got, signs(x)):
             np.testing.assert_array_equal(g, want)
+
+
+def test_ndarray_methods_take_numpys_arguments() -> None:
+    """C order as numpy's default; another order, `out=`, a modulus and divmod (whose
+    numpy function is not supported) are refused at the user's line."""
+    import copy
+
+    x = f32(3, 4)
+    got = dtc.compile(lambda a: (a.flatten("C"), a.ravel(order="C"), a.copy("F") + 1,
+                                 a.dot(a.T, None), copy.deepcopy(a) * 2))(x)
+    for g, w in zip(got, (x.ravel(), x.ravel(), x + 1, x @ x.T, x * 2)):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-6)
+    line = inspect.currentframe().f_lineno  # type: ignore[union-attr]
+    for below, fn, message in (
+            (2, lambda a: a.flatten(order="F"), r"ndarray.flatten with order='F'"),
+            (3, lambda a: pow(a, 2, 3), "pow with a modulus"),
+            (4, lambda a: divmod(a, 3), "numpy.divmod is not supported")):
+        with pytest.raises(errors.UnsupportedOperationError,
+                           match=rf"test_tracing.py:{line + below}: {message}"):
+            dtc.compile(fn)(x)
+
+
+def test_std_with_an_integer_dtype_is_numpys() -> None:
+    """numpy puts the square root back into the integer dtype: refused for an array,
+    truncated for a scalar."""
+    i = RNG.integers(0, 30, (2, 5))
+    got = np.asarray(dtc.compile(lambda a: np.std(a, dtype=np.int64))(i))
+    assert got.dtype == np.int64 and got == np.std(i, dtype=np.int64)
+    with pytest.raises(errors.ShapeError, match="numpy.std with dtype=int64"):
+        dtc.compile(lambda a: np.std(a, axis=1, dtype=np.int64))(i)

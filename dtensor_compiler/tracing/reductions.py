@@ -110,7 +110,17 @@ def var(rec: Recorder, a: Operand, axis: Axis = None, dtype: DTypeLike | None = 
 
 def std(rec: Recorder, a: Operand, axis: Axis = None, dtype: DTypeLike | None = None,
         ddof: int | float = 0, keepdims: bool = False) -> Value:
-    return apply_ufunc(rec, "sqrt", (var(rec, a, axis, dtype, ddof, keepdims),))
+    """numpy's std: with an integer `dtype` the variance is of that dtype, and its square
+    root goes back into it, which numpy refuses for an array (float64 does not cast to it
+    in place) and truncates for a scalar."""
+    variance = var(rec, a, axis, dtype, ddof, keepdims)
+    if dtype is None or np.dtype(dtype).kind not in "biu":
+        return apply_ufunc(rec, "sqrt", (variance,))
+    if variance.type.rank:
+        raise ShapeError(f"numpy.std with dtype={np.dtype(dtype).name}: numpy takes the "
+                         "square root into that dtype, and cannot cast float64 to it",
+                         user_location())
+    return astype(rec, apply_ufunc(rec, "sqrt", (variance,)), dtype)
 
 
 def arg_reduce(rec: Recorder, kind: str, a: Operand, axis: int | None = None,

@@ -79,6 +79,13 @@ def _data_dependent(what: str) -> NoReturn:
                      "(use np.where for data-dependent selection)", user_location())
 
 
+def _c_order_only(method: str, order: str) -> None:
+    """A traced array has no memory layout to follow: only C order is one it can give."""
+    if order != "C":
+        raise UnsupportedOperationError(f"ndarray.{method} with order={order!r} is not "
+                                        "supported (only 'C')", user_location())
+
+
 def _forward(ufunc: np.ufunc) -> Callable:
     def apply(self: TracedArray, other: object) -> object:
         return ufunc(self, other)
@@ -186,7 +193,15 @@ class TracedArray:
     __truediv__, __rtruediv__ = _forward(np.divide), _reflected(np.divide)
     __floordiv__, __rfloordiv__ = _forward(np.floor_divide), _reflected(np.floor_divide)
     __mod__, __rmod__ = _forward(np.remainder), _reflected(np.remainder)
-    __pow__, __rpow__ = _forward(np.power), _reflected(np.power)
+    __rpow__ = _reflected(np.power)
+    __divmod__, __rdivmod__ = _forward(np.divmod), _reflected(np.divmod)
+
+    def __pow__(self, other: object, modulo: object = None) -> object:
+        if modulo is not None:
+            raise UnsupportedOperationError("pow with a modulus is not supported on traced "
+                                            "arrays", user_location())
+        return np.power(self, other)  # type: ignore[call-overload]
+
     __matmul__, __rmatmul__ = _forward(np.matmul), _reflected(np.matmul)
     __and__, __rand__ = _forward(np.bitwise_and), _reflected(np.bitwise_and)
     __or__, __ror__ = _forward(np.bitwise_or), _reflected(np.bitwise_or)
@@ -270,10 +285,12 @@ class TracedArray:
     def squeeze(self, *args: Any, **kwargs: Any) -> object:
         return np.squeeze(self, *args, **kwargs)
 
-    def flatten(self) -> object:
+    def flatten(self, order: str = "C") -> object:
+        _c_order_only("flatten", order)
         return np.ravel(self)
 
-    def ravel(self) -> object:
+    def ravel(self, order: str = "C") -> object:
+        _c_order_only("ravel", order)
         return np.ravel(self)
 
     def astype(self, dtype: DTypeLike | None, order: str = "K", casting: str = "unsafe",
@@ -285,7 +302,14 @@ class TracedArray:
         # numpy's stubs take only an ndarray; np.astype dispatches to __array_function__
         return np.astype(self, dtype)  # type: ignore[call-overload]
 
-    def copy(self) -> TracedArray:
+    def copy(self, order: str = "C") -> TracedArray:
+        """Itself: a traced array is immutable, and `order` changes no value."""
+        return self
+
+    def __copy__(self) -> TracedArray:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TracedArray:
         return self
 
     def sum(self, *args: Any, **kwargs: Any) -> object:
@@ -343,5 +367,8 @@ class TracedArray:
     def take(self, *args: Any, **kwargs: Any) -> object:
         return np.take(self, *args, **kwargs)
 
-    def dot(self, other: Any) -> object:
+    def dot(self, other: Any, out: None = None) -> object:
+        if out is not None:
+            raise UnsupportedOperationError("ndarray.dot with out= is not supported: traced "
+                                            "arrays are immutable", user_location())
         return np.dot(self, other)
