@@ -91,6 +91,11 @@ def test_bad_arguments(mesh: dtc.Mesh, tmp_path: Path) -> None:
         dtc.name_based_save(mesh, tmp_path / "ck", {"": put(np.zeros(8), [U], mesh)})
     with pytest.raises(dtc.CheckpointError, match="no checkpoint at .*missing"):
         dtc.name_based_restore(mesh, tmp_path / "missing", {})
+    complex_ = {"c": put(np.zeros(8, np.complex128), [U], mesh)}
+    for blocking in (True, False):  # refused by the call, before anything is written
+        with pytest.raises(dtc.CheckpointError, match="c: dtype complex128 cannot be stored"):
+            dtc.name_based_save(mesh, tmp_path / "c", complex_, blocking=blocking)
+    assert not list(tmp_path.glob("c.*"))
 
 
 def test_saving_a_prefix_again_replaces_it(mesh: dtc.Mesh, tmp_path: Path) -> None:

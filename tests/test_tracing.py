@@ -810,3 +810,19 @@ def test_std_with_an_integer_dtype_is_numpys() -> None:
     assert got.dtype == np.int64 and got == np.std(i, dtype=np.int64)
     with pytest.raises(errors.ShapeError, match="numpy.std with dtype=int64"):
         dtc.compile(lambda a: np.std(a, axis=1, dtype=np.int64))(i)
+
+
+def test_extremes_of_an_empty_axis_are_refused_when_traced() -> None:
+    """numpy refuses max/min and argmax/argmin over a zero-size axis (the result may be
+    empty or not); so does tracing, at the user's line, instead of the run."""
+    for shape, axis, ok in (((0, 0), 1, False), ((0, 3), 1, True), ((3, 0), 0, True),
+                            ((0, 3), 0, False), ((0,), None, False)):
+        x = np.zeros(shape, np.float32)
+        for fn in (np.max, np.min, np.argmax, np.argmin):
+            if ok:
+                got = np.asarray(dtc.compile(lambda a, fn=fn, axis=axis: fn(a, axis=axis))(x))
+                assert got.shape == fn(x, axis=axis).shape
+            else:
+                with pytest.raises(errors.ShapeError, match=r"test_tracing.py:\d+: (zero-size "
+                                                            r"array|attempt to get arg)"):
+                    dtc.compile(lambda a, fn=fn, axis=axis: fn(a, axis=axis))(x)

@@ -31,6 +31,7 @@ from dtensor_compiler.ir.slice_spec import SliceSpec, placement
 from dtensor_compiler.ir.types import dtype_name, numpy_dtype
 from dtensor_compiler.layout import Layout
 from dtensor_compiler.mesh import Mesh
+from dtensor_compiler.runtime.checkpoint_data import SAFETENSORS_DTYPES
 from dtensor_compiler.runtime.checkpoint_index import Box, load_index, stored_dtype
 from dtensor_compiler.tracing.location import user_location
 from dtensor_compiler.variable import DVariable
@@ -87,6 +88,11 @@ def run_save(mesh: Mesh, prefix: str, entries: Sequence[SaveEntry], blocking: bo
     of the values are applied (collectives) and the plan is compared with the other
     clients'. The writer thread only writes, and meets the other clients at the save's
     barriers (keyed by the checkpoint, not by order)."""
+    for e in entries:  # (refused here, not in the writer thread: `result()` comes later)
+        stored = "bfloat16" if e.as_bf16 and e.value.dtype.name == "float32" else e.value.dtype.name
+        if stored not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{e.name}: dtype {stored} cannot be stored in safetensors, "
+                                  "which has no code for it")
     if backend_for(mesh) == "distributed":
         entries = [replace(e, value=_settled(e.value)) for e in entries]
     program = lower_save(mesh, prefix, entries)

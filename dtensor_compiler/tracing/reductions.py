@@ -56,6 +56,10 @@ def reduce(rec: Recorder, kind: str, a: Operand, axis: Axis = None, dtype: DType
     if dtype is not None:
         x = astype(rec, x, dtype)
     axes = normalize_axes(axis, x.type.rank)
+    if kind in ("max", "min") and any(x.type.shape[i] == 0 for i in axes):
+        name = "maximum" if kind == "max" else "minimum"
+        raise ShapeError(f"zero-size array to reduction operation {name} which has no "
+                         "identity (numpy refuses it)", user_location())
     out = rec.emit(f"reduce_{kind}", [x], {"axes": axes, "keepdims": bool(keepdims)})
     return out if dtype is None else astype(rec, out, dtype)
 
@@ -127,6 +131,10 @@ def arg_reduce(rec: Recorder, kind: str, a: Operand, axis: int | None = None,
                keepdims: bool = False) -> Value:
     """``argmax``/``argmin`` (`kind`) along `axis`; None means over the flattened array."""
     x = rec.value(a)
+    if x.type.size == 0 and (axis is None or x.type.shape[normalize_axis(int(axis),
+                                                                         x.type.rank)] == 0):
+        raise ShapeError(f"attempt to get {kind} of an empty sequence (numpy refuses it)",
+                         user_location())
     if axis is None:
         flat = reshape(rec, x, (x.type.size,))
         index = arg_reduce(rec, kind, flat, 0)
