@@ -187,7 +187,9 @@ class DTensorCheckpoint:
         self._attach(name, value)
 
     def __getattr__(self, name: str) -> object:
-        tracked = object.__getattribute__(self, "_roots")()
+        if name.startswith("_"):  # (its own fields, not yet set: a copy being made)
+            raise AttributeError(f"DTensorCheckpoint has no attribute {name!r}")
+        tracked = self._roots()
         if name in tracked:
             return tracked[name]
         raise AttributeError(f"DTensorCheckpoint has no attribute {name!r}")
