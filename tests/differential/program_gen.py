@@ -292,9 +292,13 @@ def programs(draw) -> Program:
         elif kind == "prod":
             axis = draw(st.integers(0, last))
             out = tuple(d for k, d in enumerate(s) if k != axis)
-            if out:  # exact zeros (the first row), which the derivatives must not divide by
-                add(f"np.prod(np.ldexp({x} - {x}[:1], -1), axis={axis})",
-                    lambda e, x=x, a=axis: np.prod(np.ldexp(e[x] - e[x][:1], -1), axis=a), out)
+            if out:  # exact zeros (the first row), which the derivatives must not divide by;
+                # in float64 (ldexp of an int8 is float16, where a product of a few of them
+                # overflows: 0 * inf is NaN on a device whose rows hold no zero, in any order
+                # but numpy's, a difference of float16, not of the plan)
+                add(f"np.prod(np.ldexp(({x} - {x}[:1]).astype(np.float64), -1), axis={axis})",
+                    lambda e, x=x, a=axis: np.prod(np.ldexp(
+                        (e[x] - e[x][:1]).astype(np.float64), -1), axis=a), out)
         elif kind == "complex_parts":
             add(f"np.real({x} * (1 + 2j)) - ({x} * 1j).imag",
                 lambda e, x=x: np.real(e[x] * (1 + 2j)) - (e[x] * 1j).imag, s)
