@@ -361,6 +361,11 @@ def test_the_counters_name_and_other_meshes_are_refused(mesh: dtc.Mesh, tmp_path
         dtc.DTensorCheckpoint(mesh).save_counter = Layer(mesh, 0).w
     path = dtc.DTensorCheckpoint(mesh, layer=Layer(mesh, 1)).save(tmp_path / "ok")
     line = dtc.create_mesh([("x", 8)])
+    refused = dtc.DTensorCheckpoint(mesh, a=dtc.DVariable(np.zeros(4, np.complex128),
+                                                          layout=dtc.Layout([U], mesh)))
+    with pytest.raises(dtc.CheckpointError, match="cannot be stored"):
+        refused.save(tmp_path / "refused")
+    assert int(refused.save_counter.numpy()) == 0  # a refused save does not count
     elsewhere = {"w": dtc.DVariable(np.zeros((8, 16), np.float32),
                                     layout=dtc.Layout(["x", U], line))}
     with pytest.raises(ValueError, match=r"layer/w is on mesh<x=8>, the checkpoint on "

@@ -231,14 +231,19 @@ class DTensorCheckpoint:
              progress: bool | None = None) -> str | writer.SaveHandle:
         """Write ``{file_prefix}-{N}`` with N the new `save_counter`, record it in the state
         file, and give its path (or, with `blocking=False`, a `SaveHandle` whose `result()`
-        gives it)."""
+        gives it). A save the call refuses (a variable on another mesh, a dtype safetensors
+        cannot store, a write that fails) leaves `save_counter` as it was."""
         prefix = as_prefix(file_prefix, "DTensorCheckpoint.save")
         counter = self.save_counter
         number = int(counter.numpy()) + 1
         counter.assign(np.int64(number))
         path = f"{prefix}-{number}"
-        handle = run_save(self._mesh, path, self._entries(True), blocking, progress,
-                          then=lambda: _record_state(path))
+        try:
+            handle = run_save(self._mesh, path, self._entries(True), blocking, progress,
+                              then=lambda: _record_state(path))
+        except BaseException:
+            counter.assign(np.int64(number - 1))
+            raise
         return path if handle is None else handle
 
     def write(self, file_prefix: PathLike, *, blocking: bool = True,
