@@ -320,7 +320,7 @@ def _take(op: Operation, ctx: ExecContext) -> KernelFn:
     start = np.asarray(geometry.block_start(extent, shards,
                                             np.asarray(ctx.block_index(mesh_dims))))
     start = start.reshape(start.shape + (1,) * idx_rank)
-    identity = -np.zeros((), numpy_dtype(op.type.dtype))
+    identity = reduction_identity("sum", numpy_dtype(op.type.dtype))
 
     def masked(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
         _check_indices(indices, axis, extent)

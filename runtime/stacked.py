@@ -93,10 +93,10 @@ def reduction_identity(op: str, dtype: np.dtype) -> np.generic:
 def reduce_mesh_axes(x: np.ndarray, mesh_dims: Sequence[str], op: str, mesh: MeshShape
                      ) -> np.ndarray:
     """Apply reduction `op` over the mesh axes of `mesh_dims`, keeping them with extent 1.
-    A float sum starts from -0.0 (numpy's starts from 0.0, which turns the -0.0 one device
-    holds into 0.0)."""
+    A sum starts from its identity (-0.0 for floats: numpy's starts from 0.0, which turns
+    the -0.0 one device holds into 0.0)."""
     axes = tuple(sorted(mesh.index(m) for m in mesh_dims))
-    if op == "sum" and (is_floating(x.dtype) or x.dtype.kind == "c"):
+    if op == "sum":
         return np.add.reduce(x, axis=axes, dtype=x.dtype, keepdims=True,
                              initial=reduction_identity(op, x.dtype))
     return REDUCE_UFUNCS[op].reduce(x, axis=axes, dtype=x.dtype, keepdims=True)

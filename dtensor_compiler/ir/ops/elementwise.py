@@ -190,10 +190,16 @@ def _binary(dx: Callable[[VJPContext, Value, Value, Value, Value], Value | None]
     return rule
 
 
-def _picks_x(ad: VJPContext, compare: str, x: Value, y: Value) -> Value:
-    """Where ``fmax`` (`compare` ``greater_equal``) or ``fmin`` (``less_equal``) returns x:
-    where the comparison holds or y is NaN (they return the operand that is not NaN)."""
-    return ad.emit("logical_or", [ad.emit(compare, [x, y]), ad.emit("isnan", [y])])
+def _picking(picks_x: Callable[[VJPContext, Value, Value], Value]) -> VJPRule:
+    """The rule of an op that returns one of its operands (``maximum``): the cotangent goes
+    to x where `picks_x` holds, to y elsewhere."""
+    return _binary(lambda ad, g, x, y, out: _select(ad, picks_x(ad, x, y), g, True),
+                   lambda ad, g, x, y, out: _select(ad, picks_x(ad, x, y), g, False))
+
+
+def _or_nan(ad: VJPContext, picks: Value, y: Value) -> Value:
+    """`picks`, or where y is NaN: ``fmax`` and ``fmin`` return the operand that is not."""
+    return ad.emit("logical_or", [picks, ad.emit("isnan", [y])])
 
 
 def _select(ad: VJPContext, cond: Value, g: Value, when: bool) -> Value:
@@ -225,11 +231,11 @@ def _power_dy(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value
     return _mul(ad, g, out, ad.emit("log", [ad.emit("where", [zero, ad.scalar(1.0, x), x])]))
 
 
-def _logaddexp_d(exp: str) -> Callable[[VJPContext, Value, Value, Value, Value], Value]:
-    """The derivative of ``logaddexp(x, y)`` (``exp`` = ``exp``; ``logaddexp2``: ``exp2``)
-    with respect to x: ``exp(x - out)``, which is ``inf - inf`` where x is infinite: 1 where
-    x is the result (the other operand -inf, or x +inf), 0 where x is -inf (a masked
-    position: both -inf included)."""
+def _logaddexp(exp: str) -> VJPRule:
+    """The rule of ``logaddexp`` (`exp` ``exp``; ``logaddexp2``: ``exp2``). Its derivative
+    in x is ``exp(x - out)``, which is ``inf - inf`` where x is infinite: 1 where x is the
+    result (the other operand -inf, or x +inf), 0 where x is -inf (a masked position: both
+    -inf included); in y likewise."""
     def d(ad: VJPContext, g: Value, x: Value, y: Value, out: Value) -> Value:
         same = ad.emit("equal", [x, out])
         zero = ad.scalar(0.0, out)
@@ -238,7 +244,7 @@ def _logaddexp_d(exp: str) -> Callable[[VJPContext, Value, Value, Value, Value],
         slope = ad.emit(exp, [difference])
         masked = ad.emit("equal", [x, ad.scalar(-math.inf, x)])
         return _mul(ad, g, ad.emit("where", [masked, ad.scalar(0.0, slope), slope]))
-    return d
+    return _binary(d, lambda ad, g, x, y, out: d(ad, g, y, x, out))
 
 
 def _ratio(ad: VJPContext, g: Value, top: Value, out: Value) -> Value:
@@ -260,30 +266,18 @@ _BINARY_VJPS: dict[str, VJPRule] = {
                           ad.emit("divide", [_mul(ad, g, out), y]))),
     "power": _binary(_power_dx, _power_dy),
     "float_power": _binary(_power_dx, _power_dy),
-    "maximum": _binary(
-        lambda ad, g, x, y, out: _select(ad, ad.emit("greater_equal", [x, y]), g, True),
-        lambda ad, g, x, y, out: _select(ad, ad.emit("greater_equal", [x, y]), g, False)),
-    "minimum": _binary(
-        lambda ad, g, x, y, out: _select(ad, ad.emit("less_equal", [x, y]), g, True),
-        lambda ad, g, x, y, out: _select(ad, ad.emit("less_equal", [x, y]), g, False)),
-    "fmax": _binary(lambda ad, g, x, y, out: _select(ad, _picks_x(ad, "greater_equal", x, y),
-                                                     g, True),
-                    lambda ad, g, x, y, out: _select(ad, _picks_x(ad, "greater_equal", x, y),
-                                                     g, False)),
-    "fmin": _binary(lambda ad, g, x, y, out: _select(ad, _picks_x(ad, "less_equal", x, y),
-                                                     g, True),
-                    lambda ad, g, x, y, out: _select(ad, _picks_x(ad, "less_equal", x, y),
-                                                     g, False)),
+    "maximum": _picking(lambda ad, x, y: ad.emit("greater_equal", [x, y])),
+    "minimum": _picking(lambda ad, x, y: ad.emit("less_equal", [x, y])),
+    "fmax": _picking(lambda ad, x, y: _or_nan(ad, ad.emit("greater_equal", [x, y]), y)),
+    "fmin": _picking(lambda ad, x, y: _or_nan(ad, ad.emit("less_equal", [x, y]), y)),
     "hypot": _binary(lambda ad, g, x, y, out: _ratio(ad, g, x, out),
                      lambda ad, g, x, y, out: _ratio(ad, g, y, out)),
     "arctan2": _binary(
         lambda ad, g, y, x, out: _ratio(ad, g, x, _atan2_denominator(ad, y, x)),
         lambda ad, g, y, x, out: ad.negate(
             _ratio(ad, g, y, _atan2_denominator(ad, y, x)))),
-    "logaddexp": _binary(_logaddexp_d("exp"),
-                         lambda ad, g, x, y, out: _logaddexp_d("exp")(ad, g, y, x, out)),
-    "logaddexp2": _binary(_logaddexp_d("exp2"),
-                          lambda ad, g, x, y, out: _logaddexp_d("exp2")(ad, g, y, x, out)),
+    "logaddexp": _logaddexp("exp"),
+    "logaddexp2": _logaddexp("exp2"),
     "remainder": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.negate(
         _mul(ad, g, ad.emit("floor", [ad.emit("divide", [x, y])])))),
     "fmod": _binary(lambda ad, g, x, y, out: g, lambda ad, g, x, y, out: ad.negate(
